@@ -1,0 +1,30 @@
+"""Exact e-commerce loyalty and retention metrics in one pass over sorted orders."""
+from .api import compute
+from .errors import (
+    AmountOverflowError,
+    CorruptInputError,
+    DuplicateMerchantError,
+    InputError,
+    LoyaltyMetricsError,
+    NegativeAmountError,
+    NullValueError,
+    SchemaError,
+    TimestampRangeError,
+    UnsortedInputError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compute",
+    "AmountOverflowError",
+    "CorruptInputError",
+    "DuplicateMerchantError",
+    "InputError",
+    "LoyaltyMetricsError",
+    "NegativeAmountError",
+    "NullValueError",
+    "SchemaError",
+    "TimestampRangeError",
+    "UnsortedInputError",
+]

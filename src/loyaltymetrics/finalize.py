@@ -1,0 +1,235 @@
+"""From int64 partials per (merchant, period) to the output table (SPEC §4-7).
+
+Written once and shared by every engine and driver: combine partials, join
+the merchants table, bucket merchant size per period, group, derive ratios,
+look up the previous period and the same period a year earlier.
+"""
+import math
+from fractions import Fraction
+
+import numpy as np
+import pyarrow as pa
+
+from . import periods
+from .scan import PARTIAL_COLUMNS, Partials
+
+BASE_COLUMNS = (
+    "merchants", "orders", "revenue", "customers", "new_customers", "returning_customers",
+    "repeat_orders", "repeat_customers", "orders_from_repeat_customers", "retained_customers",
+    "reward_orders", "reward_revenue", "reward_customers", "fees", "member_orders",
+    "member_revenue", "member_repeat_customers",
+)
+DERIVED_COLUMNS = (
+    "aov", "reward_aov", "purchase_frequency", "reward_purchase_frequency", "clv", "reward_clv",
+    "repeat_customer_rate", "repeat_order_share", "retention_rate", "strict_retention_rate",
+    "loyalty_roi", "member_repeat_lift", "member_aov_lift", "member_frequency_lift",
+)
+GROUP_KEYS = {"merchant": "merchant_id", "industry": "industry", "country": "country", "size": "size"}
+DEFAULT_SIZE_EDGES = (30, 300, 3000, 30000)
+
+
+def check_by(by):
+    """``by`` as a tuple of group keys (SPEC §6); a single string is one key."""
+    by = (by,) if isinstance(by, str) else tuple(by or ())
+    unknown = [k for k in by if k not in GROUP_KEYS]
+    if unknown:
+        raise ValueError(f"by= has unknown key(s) {unknown}; choose from {', '.join(GROUP_KEYS)}")
+    if len(set(by)) != len(by):
+        raise ValueError(f"by= names a key twice: {list(by)}")
+    return by
+
+
+def check_size_edges(edges):
+    edges = tuple(edges)
+    if not edges or not all(isinstance(e, (int, float, Fraction)) and not isinstance(e, bool) for e in edges):
+        raise ValueError(f"size_edges must be a non-empty sequence of numbers; got {edges!r}")
+    if not all(math.isfinite(e) and e > 0 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"size_edges must be positive, finite and strictly increasing; got {edges!r}")
+    return edges
+
+
+def size_labels(edges):
+    """Bucket labels: ``"<30"``, ``"30-300"``, …, ``"30k+"`` for the edges (SPEC §6)."""
+    names = [_edge_label(e) for e in edges]
+    return [f"<{names[0]}"] + [f"{a}-{b}" for a, b in zip(names, names[1:])] + [f"{names[-1]}+"]
+
+
+def _edge_label(edge):
+    for scale, suffix in ((10**6, "M"), (10**3, "k")):
+        if edge >= scale:
+            return f"{edge / scale:g}{suffix}"
+    return f"{float(edge):g}"
+
+
+def size_buckets(orders, months, edges):
+    """Bucket index of each merchant-period: orders per month against the edges, closed on the left.
+
+    Exact: ``orders / months >= edge`` is ``orders >= ceil(edge * months)`` for integer orders.
+    """
+    thresholds = np.array([math.ceil(Fraction(e) * months) for e in edges], dtype=np.int64)
+    return np.searchsorted(thresholds, orders, side="right")
+
+
+def combine(partials):
+    """Sum partials that share (merchant, period) — e.g. from two chunks — sorted by both."""
+    order = np.lexsort((partials.period, partials.merchant_id))
+    merchant, period = partials.merchant_id[order], partials.period[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (merchant[1:] != merchant[:-1]) | (period[1:] != period[:-1])
+    starts = np.flatnonzero(first)
+    counts = np.add.reduceat(partials.counts[order], starts, axis=0) if len(order) else partials.counts
+    return Partials(merchant[starts], period[starts], counts, partials.month_range)
+
+
+def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES):
+    """The SPEC §7 table from ``Partials`` and an ``inputs.Merchants``."""
+    p = combine(partials)
+    first_month, last_month = p.month_range or (0, 0)
+    months = (last_month - first_month + 1) if period == "all" else periods.MONTHS_PER_PERIOD[period]
+    industry, country, fee = merchants.lookup(p.merchant_id)
+    bucket = size_buckets(p.column("orders"), months, size_edges)
+
+    # Each key as integer codes that sort like its values.
+    codes, decode = [], []
+    for key in by:
+        if key == "merchant":
+            codes.append(p.merchant_id)
+            decode.append(lambda c: pa.array(c, pa.int64()))
+        elif key == "size":
+            labels = np.array(size_labels(size_edges), dtype=object)
+            codes.append(bucket)
+            decode.append(lambda c, labels=labels: pa.array(labels[c], pa.string()))
+        else:
+            values = np.unique(industry if key == "industry" else country, return_inverse=True)
+            codes.append(values[1].astype(np.int64))
+            decode.append(lambda c, names=values[0]: pa.array(names[c], pa.string()))
+
+    order = np.lexsort([p.period] + codes[::-1])
+    codes = [c[order] for c in codes]
+    period_index = p.period[order].astype(np.int64)
+    n = len(order)
+    new_group = np.zeros(n, dtype=bool)
+    new_group[:1] = True
+    for c in codes:
+        new_group[1:] |= c[1:] != c[:-1]
+    new_row = new_group.copy()
+    new_row[1:] |= period_index[1:] != period_index[:-1]
+    starts = np.flatnonzero(new_row)
+
+    sums = np.add.reduceat(p.counts[order], starts, axis=0) if n else np.zeros((0, len(PARTIAL_COLUMNS)), np.int64)
+    base = {name: sums[:, i] for i, name in enumerate(PARTIAL_COLUMNS)}
+    base["merchants"] = np.diff(np.append(starts, n)).astype(np.int64)
+    base["returning_customers"] = base["customers"] - base["new_customers"]
+    base["repeat_orders"] = base["orders"] - base["new_customers"]
+    fee_sum = np.add.reduceat(fee[order], starts) if n else np.zeros(0, np.int64)
+    group_id = np.cumsum(new_group)[starts] - 1
+    group_period = period_index[starts]
+
+    columns = {GROUP_KEYS[key]: dec(c[starts]) for key, c, dec in zip(by, codes, decode)}
+    columns["period_start"] = pa.array(periods.period_start(period, group_period, first_month), pa.date32())
+
+    # Metric values with validity: (float or int array, bool array).
+    metrics = {name: (base[name], np.ones(len(starts), bool)) for name in BASE_COLUMNS if name != "fees"}
+    if period == "all":
+        metrics["fees"] = (np.zeros(len(starts)), np.zeros(len(starts), bool))
+    else:
+        metrics["fees"] = ((fee_sum * months).astype(np.float64) / 12, np.ones(len(starts), bool))
+    base_order = {name: metrics[name] for name in BASE_COLUMNS}
+
+    prev_period = _shift(group_id, group_period, 1, period)
+    customers_prev = _take(metrics["customers"], prev_period)
+    derived = _derived(base_order, customers_prev)
+
+    year_ago = _shift(group_id, group_period, periods.PERIODS_PER_YEAR.get(period), period)
+    all_metrics = {**base_order, **derived}
+    for name, (values, valid) in all_metrics.items():
+        columns[name] = _to_arrow(values, valid)
+    for name, (values, valid) in all_metrics.items():
+        prev_values, prev_valid = _take((values, valid), year_ago)
+        delta = values - prev_values  # integer subtraction for counts, as SPEC writes it
+        yoy, ok = _ratio(delta, prev_values)
+        columns[f"{name}_yoy"] = _to_arrow(yoy * 100, ok & valid & prev_valid)
+    return pa.table(columns)
+
+
+def _shift(group_id, group_period, lag, period):
+    """Row index of the same group ``lag`` periods earlier, -1 where there is none."""
+    n = len(group_id)
+    if lag is None or period == "all" or n == 0:
+        return np.full(n, -1, dtype=np.int64)
+    stride = periods.n_periods(period) + 1
+    key = group_id * stride + group_period  # ascending: rows are sorted by group, then period
+    idx = np.searchsorted(key, key - lag)
+    found = idx < n
+    found[found] = key[idx[found]] == (key - lag)[found]
+    return np.where(found, idx, -1)
+
+
+def _take(metric, index):
+    values, valid = metric
+    found = index >= 0
+    safe = np.where(found, index, 0)
+    if len(values) == 0:
+        return values.copy(), found
+    return values[safe], found & valid[safe]
+
+
+def _ratio(num, den):
+    """num / den as float64 with validity (null where den is 0)."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    ok = den != 0
+    out = np.zeros(np.broadcast(num, den).shape)
+    np.divide(num, den, out=out, where=ok)
+    return out, ok
+
+
+def _lift(a, b, c, d):
+    """(a / b) / (c / d), null where any denominator is 0 (SPEC §5 lifts)."""
+    members, ok1 = _ratio(a, b)
+    others, ok2 = _ratio(c, d)
+    lift, ok3 = _ratio(members, others)
+    return lift, ok1 & ok2 & ok3
+
+
+def _derived(m, customers_prev):
+    """SPEC §5, each formula as written there, left to right."""
+    v = {name: values for name, (values, _) in m.items()}
+    prev, prev_ok = customers_prev
+
+    def rate(num, den, ok=True):
+        values, ok2 = _ratio(num, den)
+        return values * 100, ok2 & ok
+
+    fees, fees_ok = m["fees"]
+    return {
+        "aov": _ratio(v["revenue"], v["orders"]),
+        "reward_aov": _ratio(v["reward_revenue"], v["reward_orders"]),
+        "purchase_frequency": _ratio(v["orders"], v["customers"]),
+        "reward_purchase_frequency": _ratio(v["reward_orders"], v["reward_customers"]),
+        "clv": _ratio(v["revenue"], v["customers"]),
+        "reward_clv": _ratio(v["reward_revenue"], v["reward_customers"]),
+        "repeat_customer_rate": _ratio(v["repeat_customers"], v["customers"]),
+        "repeat_order_share": _ratio(v["orders_from_repeat_customers"], v["orders"]),
+        "retention_rate": rate(v["customers"] - v["new_customers"], prev, prev_ok),
+        "strict_retention_rate": rate(v["retained_customers"], prev, prev_ok),
+        "loyalty_roi": rate(v["reward_revenue"] - fees, fees, fees_ok),
+        "member_repeat_lift": _lift(
+            v["member_repeat_customers"], v["reward_customers"],
+            v["repeat_customers"] - v["member_repeat_customers"], v["customers"] - v["reward_customers"],
+        ),
+        "member_aov_lift": _lift(
+            v["member_revenue"], v["member_orders"],
+            v["revenue"] - v["member_revenue"], v["orders"] - v["member_orders"],
+        ),
+        "member_frequency_lift": _lift(
+            v["member_orders"], v["reward_customers"],
+            v["orders"] - v["member_orders"], v["customers"] - v["reward_customers"],
+        ),
+    }
+
+
+def _to_arrow(values, valid):
+    if values.dtype == np.int64 and valid.all():
+        return pa.array(values, pa.int64())
+    return pa.array(values.astype(np.float64), pa.float64(), mask=~valid)

@@ -1,0 +1,369 @@
+"""Reading orders and merchants (SPEC §2) into zero-copy column views.
+
+Orders are read one record batch at a time, so memory holds the batch in
+flight and nothing that grows with the number of rows: an Arrow IPC file is
+memory-mapped and its buffers are handed to the kernel as they are, a
+Parquet file is streamed row group by row group.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import (
+    CorruptInputError,
+    DuplicateMerchantError,
+    InputError,
+    NegativeAmountError,
+    NullValueError,
+    SchemaError,
+)
+from .periods import UNITS_PER_DAY
+
+ORDER_COLUMNS = ("merchant_id", "customer_id", "order_ts", "amount", "reward")
+REQUIRED_ORDER_COLUMNS = ORDER_COLUMNS[:4]
+PARQUET_BATCH_ROWS = 1 << 20
+IN_MEMORY = "<table>"
+UNKNOWN = "unknown"
+
+_KEY_DTYPES = {pa.int32(): np.dtype(np.int32), pa.int64(): np.dtype(np.int64)}
+# Integer amount types that widen to int64 without loss (int64 itself is read zero-copy).
+_WIDENING_INTS = (pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint16(), pa.uint32())
+
+
+@dataclass(frozen=True)
+class OrderBatch:
+    """One record batch of orders as the kernel reads it."""
+
+    source: str          # file name, or "<table>" for in-memory input
+    first_row: int       # row index of this batch's row 0 within `source`
+    merchant_id: np.ndarray
+    customer_id: np.ndarray
+    order_ts: np.ndarray  # raw int64 timestamp or int32 date32 values
+    amount: np.ndarray
+    reward_bits: np.ndarray  # LSB bitmap, nulls cleared
+    reward_offset: int
+    units_per_day: int
+
+    def __len__(self):
+        return len(self.merchant_id)
+
+
+def resolve_columns(columns):
+    """Map canonical column names to the input's names (``columns={"amount": "total_cents"}``)."""
+    columns = dict(columns or {})
+    unknown = set(columns) - set(ORDER_COLUMNS)
+    if unknown:
+        raise ValueError(
+            f"columns= maps unknown names {sorted(unknown)}; the canonical names are {', '.join(ORDER_COLUMNS)}"
+        )
+    return {name: columns.get(name, name) for name in ORDER_COLUMNS}
+
+
+def order_batches(orders, columns=None):
+    """Yield the orders as ``OrderBatch`` es, checking schema and nulls.
+
+    ``orders``: a path to an Arrow IPC file or stream, a Parquet file or a
+    directory of Parquet files (read in sorted path order); a
+    ``pyarrow.Table``, ``RecordBatch`` or ``RecordBatchReader``; a pandas or
+    polars DataFrame; or any object exporting an Arrow C stream.
+    """
+    names = resolve_columns(columns)
+    ts_type = None
+    for source, first_row, batch in _record_batches(orders, list(names.values())):
+        if batch.num_rows == 0:
+            continue
+        checked = _OrderColumns(batch, names, source, first_row)
+        if ts_type is None:
+            ts_type = checked.ts.type
+        elif checked.ts.type != ts_type:
+            # The kernel compares timestamps across batches: one unit per input.
+            raise SchemaError(
+                source, first_row,
+                f"column {names['order_ts']!r} is {checked.ts.type} here but {ts_type} in earlier rows",
+            )
+        yield checked.to_order_batch()
+
+
+class _OrderColumns:
+    """Type and null checks of one record batch (SPEC §2)."""
+
+    def __init__(self, batch, names, source, first_row):
+        self.source, self.first_row, self.names = source, first_row, names
+        present = set(batch.schema.names)
+        missing = [names[c] for c in REQUIRED_ORDER_COLUMNS if names[c] not in present]
+        if missing:
+            raise SchemaError(
+                source, None,
+                f"missing column(s) {', '.join(map(repr, missing))}; the input has {', '.join(map(repr, batch.schema.names))}"
+                " (map other names with columns={...} / --columns)",
+            )
+        self.merchant = self._non_null(batch, "merchant_id")
+        self.customer = self._non_null(batch, "customer_id")
+        self.ts = self._non_null(batch, "order_ts")
+        self.amount = self._non_null(batch, "amount")
+        self.reward = batch.column(names["reward"]) if names["reward"] in present else None
+        for key in ("merchant_id", "customer_id"):
+            arr = self._get(key)
+            if arr.type not in _KEY_DTYPES:
+                self._type_error(key, arr.type, "int32 or int64")
+        if not (pa.types.is_timestamp(self.ts.type) or self.ts.type in (pa.date32(), pa.date64())):
+            self._type_error("order_ts", self.ts.type, "a timestamp (any unit, any time zone) or date32")
+        if self.amount.type != pa.int64() and self.amount.type not in _WIDENING_INTS:
+            self._type_error(
+                "amount", self.amount.type,
+                "int64 minor units (cents); convert decimal or float major units first, e.g. round(x * 100)",
+            )
+        if self.reward is not None and self.reward.type != pa.bool_():
+            self._type_error("reward", self.reward.type, "bool (null counts as false)")
+
+    def _get(self, key):
+        return {"merchant_id": self.merchant, "customer_id": self.customer}[key]
+
+    def _type_error(self, key, actual, expected):
+        name = self.names[key]
+        label = repr(name) if name == key else f"{name!r} (mapped to {key})"
+        raise SchemaError(self.source, None, f"column {label} has type {actual}; expected {expected}")
+
+    def _non_null(self, batch, key):
+        arr = batch.column(self.names[key])
+        if arr.null_count:
+            row = pc.index(arr.is_null(), True).as_py()
+            raise NullValueError(
+                self.source, self.first_row + row, f"null in column {self.names[key]!r}, which must have no nulls"
+            )
+        return arr
+
+    def to_order_batch(self):
+        if pa.types.is_timestamp(self.ts.type):
+            units_per_day, ts = UNITS_PER_DAY[self.ts.type.unit], _values(self.ts, np.int64)
+        elif self.ts.type == pa.date64():
+            units_per_day, ts = UNITS_PER_DAY["ms"], _values(self.ts, np.int64)
+        else:
+            units_per_day, ts = 1, _values(self.ts, np.int32)
+        amount = self.amount if self.amount.type == pa.int64() else self.amount.cast(pa.int64())
+        if self.reward is None:
+            reward_bits, reward_offset = np.zeros((len(self.merchant) + 7) // 8, np.uint8), 0
+        else:
+            reward = pc.fill_null(self.reward, False) if self.reward.null_count else self.reward
+            reward_bits = np.frombuffer(reward.buffers()[1], dtype=np.uint8)
+            reward_offset = reward.offset
+        return OrderBatch(
+            source=self.source,
+            first_row=self.first_row,
+            merchant_id=_values(self.merchant, _KEY_DTYPES[self.merchant.type]),
+            customer_id=_values(self.customer, _KEY_DTYPES[self.customer.type]),
+            order_ts=ts,
+            amount=_values(amount, np.int64),
+            reward_bits=reward_bits,
+            reward_offset=reward_offset,
+            units_per_day=units_per_day,
+        )
+
+
+def _values(arr, dtype):
+    """Zero-copy (read-only) NumPy view of a primitive Arrow array's values."""
+    dtype = np.dtype(dtype)
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+
+
+# --- sources ---------------------------------------------------------------
+
+def _record_batches(orders, wanted):
+    """Yield ``(source, first_row, RecordBatch)`` with the wanted columns that exist."""
+    if isinstance(orders, (str, os.PathLike)):
+        yield from _file_batches(Path(orders), wanted)
+        return
+    table = _in_memory(orders)
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    if isinstance(table, pa.Table):
+        table = table.select([c for c in wanted if c in table.schema.names])
+        batches = table.to_batches()
+    else:  # RecordBatchReader: streamed, never materialised
+        batches = table
+    row = 0
+    for batch in batches:
+        yield IN_MEMORY, row, batch.select([c for c in wanted if c in batch.schema.names])
+        row += batch.num_rows
+
+
+def _in_memory(obj):
+    if isinstance(obj, (pa.Table, pa.RecordBatch, pa.RecordBatchReader)):
+        return obj
+    module = type(obj).__module__
+    if module.startswith("pandas") and hasattr(obj, "columns"):
+        return pa.Table.from_pandas(obj, preserve_index=False)
+    if module.startswith("polars") and hasattr(obj, "to_arrow"):
+        return obj.to_arrow()
+    if hasattr(obj, "__arrow_c_stream__"):
+        return pa.RecordBatchReader.from_stream(obj)
+    raise TypeError(
+        "orders must be a file or directory path, a pyarrow Table/RecordBatch/RecordBatchReader, "
+        f"or a pandas/polars DataFrame; got {type(obj).__name__}"
+    )
+
+
+def _file_kind(path):
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:6] == b"ARROW1":
+        return "ipc_file"
+    if head[:4] == b"\xff\xff\xff\xff":
+        return "ipc_stream"
+    if head[:4] == b"PAR1":
+        return "parquet"
+    if path.suffix.lower() in (".csv", ".tsv", ".txt", ".json", ".jsonl"):
+        raise CorruptInputError(
+            str(path), None,
+            f"{path.suffix} files are not read directly; convert the export to Arrow IPC or Parquet "
+            "in the canonical layout (SPEC §2) first",
+        )
+    if not head:
+        raise CorruptInputError(str(path), None, "the file is empty")
+    raise CorruptInputError(str(path), None, f"not an Arrow IPC or Parquet file (starts with {head!r})")
+
+
+def _file_batches(path, wanted):
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
+        )
+        if not files:
+            raise InputError(str(path), None, "the directory holds no Parquet files")
+        for file in files:
+            yield from _file_batches(file, wanted)
+        return
+    source = str(path)
+    kind = _file_kind(path)
+    row = 0
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(source, memory_map=True)
+            columns = [c for c in wanted if c in parquet.schema_arrow.names]
+            batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns)
+        else:
+            mapped = pa.memory_map(source, "r")
+            if kind == "ipc_file":
+                reader = pa.ipc.open_file(mapped)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            else:
+                batches = pa.ipc.open_stream(mapped)
+        for batch in batches:
+            batch.validate()  # buffer sizes agree with lengths: the kernel reads them unchecked
+            yield source, row, batch.select([c for c in wanted if c in batch.schema.names])
+            row += batch.num_rows
+    except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CorruptInputError(source, row, f"cannot read {kind.replace('_', ' ')}: {e}") from e
+
+
+# --- merchants ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Merchants:
+    """The merchants table, sorted by merchant_id, nulls resolved (SPEC §2)."""
+
+    merchant_id: np.ndarray  # int64, sorted, unique
+    industry: np.ndarray     # object (str)
+    country: np.ndarray      # object (str)
+    annual_fee: np.ndarray   # int64 minor units
+
+    @classmethod
+    def empty(cls):
+        return cls(np.empty(0, np.int64), np.empty(0, object), np.empty(0, object), np.empty(0, np.int64))
+
+    def lookup(self, merchant_id):
+        """(industry, country, annual_fee) arrays for ``merchant_id``; missing → "unknown", 0."""
+        idx = np.searchsorted(self.merchant_id, merchant_id)
+        found = idx < len(self.merchant_id)
+        found[found] = self.merchant_id[idx[found]] == merchant_id[found]
+        idx = idx[found]
+        industry = np.full(len(merchant_id), UNKNOWN, dtype=object)
+        country = industry.copy()
+        fee = np.zeros(len(merchant_id), np.int64)
+        industry[found] = self.industry[idx]
+        country[found] = self.country[idx]
+        fee[found] = self.annual_fee[idx]
+        return industry, country, fee
+
+
+def read_merchants(merchants):
+    """Read and check a merchants table: a path (Parquet, Arrow IPC, CSV) or a table/DataFrame.
+
+    ``industry``/``country`` absent or null → "unknown"; ``annual_fee``
+    absent or null → 0 (as for a merchant missing from the table).
+    """
+    if merchants is None:
+        return Merchants.empty()
+    if isinstance(merchants, (str, os.PathLike)):
+        source = str(merchants)
+        path = Path(merchants)
+        try:
+            if path.suffix.lower() == ".csv":
+                import pyarrow.csv as pacsv
+
+                table = pacsv.read_csv(source)
+            else:
+                table = pa.Table.from_batches(
+                    [b for _, _, b in _file_batches(path, ["merchant_id", "industry", "country", "annual_fee"])]
+                )
+        except (pa.ArrowInvalid, pa.ArrowIOError) as e:
+            raise CorruptInputError(source, None, f"cannot read merchants table: {e}") from e
+    else:
+        source = IN_MEMORY
+        table = _in_memory(merchants)
+        if isinstance(table, pa.RecordBatchReader):
+            table = table.read_all()
+        elif isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+    names = table.schema.names
+    if "merchant_id" not in names:
+        raise SchemaError(source, None, f"merchants table has no 'merchant_id' column; it has {', '.join(map(repr, names))}")
+    ids = table.column("merchant_id")
+    if not pa.types.is_integer(ids.type):
+        raise SchemaError(source, None, f"merchants column 'merchant_id' has type {ids.type}; expected an integer")
+    if ids.null_count:
+        row = pc.index(ids.is_null(), True).as_py()
+        raise NullValueError(source, row, "null in merchants column 'merchant_id'")
+    ids = ids.cast(pa.int64()).to_numpy()
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
+    if len(dup):
+        first, second = sorted(order[dup[0]: dup[0] + 2])
+        raise DuplicateMerchantError(
+            source, int(second), f"merchant_id {sorted_ids[dup[0]]} appears again (first at row {first})"
+        )
+
+    def text(column):
+        if column not in names:
+            return np.full(len(ids), UNKNOWN, dtype=object)
+        col = table.column(column)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+                or pa.types.is_dictionary(col.type) or pa.types.is_null(col.type)):
+            raise SchemaError(source, None, f"merchants column {column!r} has type {col.type}; expected string")
+        values = np.array(col.cast(pa.string()).fill_null(UNKNOWN).to_pylist(), dtype=object)
+        return values[order]
+
+    if "annual_fee" in names:
+        fee_col = table.column("annual_fee")
+        if not pa.types.is_integer(fee_col.type):
+            raise SchemaError(
+                source, None, f"merchants column 'annual_fee' has type {fee_col.type}; expected int64 minor units"
+            )
+        fee = fee_col.cast(pa.int64()).fill_null(0).to_numpy()
+        if (fee < 0).any():
+            row = int(np.flatnonzero(fee < 0)[0])
+            raise NegativeAmountError(source, row, f"negative annual_fee {fee[row]}")
+        fee = fee[order]
+    else:
+        fee = np.zeros(len(ids), np.int64)
+    return Merchants(sorted_ids, text("industry"), text("country"), fee)
