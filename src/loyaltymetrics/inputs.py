@@ -73,7 +73,7 @@ def order_batches(orders, columns=None):
     """
     names = resolve_columns(columns)
     ts_type = None
-    for source, first_row, batch in _record_batches(orders, list(names.values())):
+    for source, first_row, batch in _record_batches(orders, names):
         if batch.num_rows == 0:
             continue
         checked = _OrderColumns(batch, names, source, first_row)
@@ -94,13 +94,6 @@ class _OrderColumns:
     def __init__(self, batch, names, source, first_row):
         self.source, self.first_row, self.names = source, first_row, names
         present = set(batch.schema.names)
-        missing = [names[c] for c in REQUIRED_ORDER_COLUMNS if names[c] not in present]
-        if missing:
-            raise SchemaError(
-                source, None,
-                f"missing column(s) {', '.join(map(repr, missing))}; the input has {', '.join(map(repr, batch.schema.names))}"
-                " (map other names with columns={...} / --columns)",
-            )
         self.merchant = self._non_null(batch, "merchant_id")
         self.customer = self._non_null(batch, "customer_id")
         self.ts = self._non_null(batch, "order_ts")
@@ -172,22 +165,33 @@ def _values(arr, dtype):
 
 # --- sources ---------------------------------------------------------------
 
-def _record_batches(orders, wanted):
-    """Yield ``(source, first_row, RecordBatch)`` with the wanted columns that exist."""
+def _select(source, schema, names):
+    """The input's names of the order columns it has; SchemaError if a required one is missing."""
+    present = set(schema.names)
+    missing = [names[c] for c in REQUIRED_ORDER_COLUMNS if names[c] not in present]
+    if missing:
+        raise SchemaError(
+            source, None,
+            f"missing column(s) {', '.join(map(repr, missing))}; the input has {', '.join(map(repr, schema.names))}"
+            " (map other names with columns={...} / --columns)",
+        )
+    return [names[c] for c in ORDER_COLUMNS if names[c] in present]
+
+
+def _record_batches(orders, names):
+    """Yield ``(source, first_row, RecordBatch)`` holding just the order columns."""
     if isinstance(orders, (str, os.PathLike)):
-        yield from _file_batches(Path(orders), wanted)
+        yield from _file_batches(Path(orders), names)
         return
     table = _in_memory(orders)
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
-    if isinstance(table, pa.Table):
-        table = table.select([c for c in wanted if c in table.schema.names])
-        batches = table.to_batches()
-    else:  # RecordBatchReader: streamed, never materialised
-        batches = table
+    wanted = _select(IN_MEMORY, table.schema, names)
+    # A RecordBatchReader is streamed, never materialised.
+    batches = table.select(wanted).to_batches() if isinstance(table, pa.Table) else table
     row = 0
     for batch in batches:
-        yield IN_MEMORY, row, batch.select([c for c in wanted if c in batch.schema.names])
+        yield IN_MEMORY, row, batch.select(wanted)
         row += batch.num_rows
 
 
@@ -227,7 +231,7 @@ def _file_kind(path):
     raise CorruptInputError(str(path), None, f"not an Arrow IPC or Parquet file (starts with {head!r})")
 
 
-def _file_batches(path, wanted):
+def _file_batches(path, names):
     if path.is_dir():
         files = sorted(
             p for p in path.rglob("*")
@@ -236,7 +240,7 @@ def _file_batches(path, wanted):
         if not files:
             raise InputError(str(path), None, "the directory holds no Parquet files")
         for file in files:
-            yield from _file_batches(file, wanted)
+            yield from _file_batches(file, names)
         return
     source = str(path)
     kind = _file_kind(path)
@@ -246,23 +250,36 @@ def _file_batches(path, wanted):
             import pyarrow.parquet as pq
 
             parquet = pq.ParquetFile(source, memory_map=True)
-            columns = [c for c in wanted if c in parquet.schema_arrow.names]
-            batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns)
+            wanted = _select(source, parquet.schema_arrow, names)
+            batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
         else:
             mapped = pa.memory_map(source, "r")
             if kind == "ipc_file":
                 reader = pa.ipc.open_file(mapped)
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
             else:
-                batches = pa.ipc.open_stream(mapped)
+                reader = batches = pa.ipc.open_stream(mapped)
+            wanted = _select(source, reader.schema, names)
         for batch in batches:
             batch.validate()  # buffer sizes agree with lengths: the kernel reads them unchecked
-            yield source, row, batch.select([c for c in wanted if c in batch.schema.names])
+            yield source, row, batch.select(wanted)
             row += batch.num_rows
     except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise CorruptInputError(source, row, f"cannot read {kind.replace('_', ' ')}: {e}") from e
+
+
+def _read_table(path):
+    """A whole (small) Arrow IPC or Parquet file as a Table."""
+    kind = _file_kind(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(str(path))
+    with pa.memory_map(str(path), "r") as mapped:
+        reader = pa.ipc.open_file(mapped) if kind == "ipc_file" else pa.ipc.open_stream(mapped)
+        return reader.read_all()
 
 
 # --- merchants ---------------------------------------------------------------
@@ -312,9 +329,7 @@ def read_merchants(merchants):
 
                 table = pacsv.read_csv(source)
             else:
-                table = pa.Table.from_batches(
-                    [b for _, _, b in _file_batches(path, ["merchant_id", "industry", "country", "annual_fee"])]
-                )
+                table = _read_table(path)
         except (pa.ArrowInvalid, pa.ArrowIOError) as e:
             raise CorruptInputError(source, None, f"cannot read merchants table: {e}") from e
     else:
