@@ -157,8 +157,11 @@ def _shift(group_id, group_period, lag, period):
     n = len(group_id)
     if lag is None or period == "all" or n == 0:
         return np.full(n, -1, dtype=np.int64)
-    stride = periods.n_periods(period) + 1
-    key = group_id * stride + group_period  # ascending: rows are sorted by group, then period
+    # Ascending, as rows are sorted by group then period. The stride leaves a
+    # gap of n_periods between groups, so ``key - lag`` never lands in the
+    # previous group.
+    stride = 2 * periods.n_periods(period)
+    key = group_id * stride + group_period
     idx = np.searchsorted(key, key - lag)
     found = idx < n
     found[found] = key[idx[found]] == (key - lag)[found]

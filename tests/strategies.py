@@ -1,0 +1,234 @@
+"""Hypothesis strategies for hostile small order sets (SPEC §2 canonical layout).
+
+Orders are generated as exact UTC instants in integer nanoseconds, clustered
+on period boundaries, then floored to the drawn storage unit. Rows are sorted
+by (merchant_id, customer_id, stored order_ts) with a stable sort, so equal
+timestamps keep their drawing order (that is the file order of ties).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+from hypothesis import strategies as st
+
+__all__ = [
+    "ALL_BY_KEYS",
+    "PERIODS",
+    "SAFE_SIZE_EDGES",
+    "instants_ns",
+    "orders_tables",
+    "merchants_tables",
+    "orders_and_merchants",
+    "bys",
+    "periods",
+    "size_edges",
+    "batch_sizes",
+    "rebatch",
+    "rebatched",
+]
+
+ALL_BY_KEYS = ("merchant", "industry", "country", "size")
+PERIODS = ("year", "quarter", "month", "all")
+
+NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+NS_PER_DAY = 86400 * 10**9
+TIME_ZONES = (None, "UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe")
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+# Edges whose labels and comparisons are unambiguous: integers, or binary
+# fractions (exact as float64). Small ones matter for small inputs.
+SAFE_SIZE_EDGES = (0.25, 0.5, 1, 2, 2.5, 5, 10, 30, 300, 1500, 3000, 30000, 2_000_000)
+
+INDUSTRIES = ("retail", "food", "fashion", "Électronique", "", "unknown", "Food")
+COUNTRIES = ("DE", "US", "FR", "de", "ÅL")
+
+
+def _ns(year, month=1, day=1, hour=0, minute=0, second=0):
+    delta = dt.datetime(year, month, day, hour, minute, second) - dt.datetime(1970, 1, 1)
+    return (delta.days * 86400 + delta.seconds) * 10**9
+
+
+# Latest allowed instant: before 2262-04-11 (ns timestamps end at
+# 2262-04-11T23:47:16.854775807); kept for every unit so that all units can
+# represent every drawn instant.
+MAX_NS = _ns(2262, 4, 11) - 1
+
+# Offsets around a period boundary: exact, one ns/us/ms/s before and after,
+# an hour (time-zone sized), a day.
+_BOUNDARY_OFFSETS = (
+    0, -1, 1, -10**3, -10**6, -10**9, 10**9 - 1, 10**9, -3600 * 10**9, 3600 * 10**9,
+    -NS_PER_DAY, NS_PER_DAY - 1,
+)
+
+_YEARS = st.integers(2019, 2024) | st.sampled_from([2018, 2025])
+
+
+@st.composite
+def _boundary_instants(draw):
+    year = draw(_YEARS)
+    # Year and quarter starts are over-represented; any month start works.
+    month = draw(st.sampled_from([1, 1, 1, 4, 7, 10]) | st.integers(1, 12))
+    offset = draw(st.sampled_from(_BOUNDARY_OFFSETS))
+    return min(max(_ns(year, month) + offset, 0), MAX_NS)
+
+
+_SPECIAL_INSTANTS = st.sampled_from(
+    [
+        0,  # 1970-01-01 00:00:00
+        1,
+        NS_PER_DAY - 1,  # 1970-01-01 23:59:59.999999999
+        _ns(1970, 2, 1) - 1,
+        _ns(2262, 1, 1),
+        _ns(2262, 4, 10, 23, 59, 59),
+        MAX_NS,
+    ]
+)
+
+
+def instants_ns():
+    """UTC instants in integer nanoseconds, 1970-01-01 .. 2262-04-10."""
+    return st.one_of(
+        _boundary_instants(),
+        st.integers(_ns(2019), _ns(2025) - 1),
+        _SPECIAL_INSTANTS,
+    )
+
+
+def _ids(dtype):
+    top = INT32_MAX if dtype == pa.int32() else INT64_MAX
+    return st.one_of(st.integers(0, 12), st.integers(0, top), st.just(top))
+
+
+_AMOUNTS = st.one_of(st.just(0), st.integers(0, 10_000), st.integers(0, 10**12))
+
+
+@st.composite
+def orders_tables(draw, max_merchants=4, max_customers=4, max_orders=5, allow_empty=True):
+    """A canonical-layout orders ``pa.Table``, sorted, ties allowed."""
+    merchant_type = draw(st.sampled_from([pa.int32(), pa.int64()]))
+    customer_type = draw(st.sampled_from([pa.int32(), pa.int64()]))
+    unit = draw(st.sampled_from(["s", "ms", "us", "ns", "date32"]))
+    tz = None if unit == "date32" else draw(st.sampled_from(TIME_ZONES))
+    reward_mode = draw(st.sampled_from(["absent", "all_null", "mixed", "bool"]))
+
+    empty = allow_empty and draw(st.integers(0, 15)) == 0
+    merchant_ids = [] if empty else draw(
+        st.lists(_ids(merchant_type), min_size=1, max_size=max_merchants, unique=True)
+    )
+    # A small shared pool: the same customer id at several merchants.
+    customer_pool = draw(st.lists(_ids(customer_type), min_size=1, max_size=6, unique=True))
+    # Few anchors per example: equal timestamps across and within customers.
+    anchors = draw(st.lists(instants_ns(), min_size=1, max_size=6))
+    instant = st.one_of(st.sampled_from(anchors), instants_ns())
+
+    rows = []  # (merchant, customer, stored ts, amount, reward)
+    for m in merchant_ids:
+        customers = draw(
+            st.lists(st.sampled_from(customer_pool), min_size=1, max_size=max_customers, unique=True)
+        )
+        for c in customers:
+            n = draw(st.integers(1, max_orders))
+            for _ in range(n):
+                ns = draw(instant)
+                stored = ns // NS_PER_DAY if unit == "date32" else ns // NS_PER_UNIT[unit]
+                amount = draw(_AMOUNTS)
+                if reward_mode == "mixed":
+                    reward = draw(st.sampled_from([True, False, None]))
+                elif reward_mode == "bool":
+                    reward = draw(st.booleans())
+                else:
+                    reward = None
+                rows.append((m, c, stored, amount, reward))
+    # Stable: ties in (merchant, customer, stored ts) keep drawing order.
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+
+    ts_type = pa.date32() if unit == "date32" else pa.timestamp(unit, tz=tz)
+    columns = {
+        "merchant_id": pa.array([r[0] for r in rows], merchant_type),
+        "customer_id": pa.array([r[1] for r in rows], customer_type),
+        "order_ts": pa.array([r[2] for r in rows], ts_type),
+        "amount": pa.array([r[3] for r in rows], pa.int64()),
+    }
+    if reward_mode != "absent":
+        columns["reward"] = pa.array([r[4] for r in rows], pa.bool_())
+    return pa.table(columns)
+
+
+@st.composite
+def merchants_tables(draw, merchant_ids):
+    """A merchants table covering a subset of ``merchant_ids`` plus strangers."""
+    merchant_ids = list(dict.fromkeys(merchant_ids))
+    ids = [m for m in merchant_ids if draw(st.integers(0, 3)) > 0]
+    extras = draw(st.lists(st.integers(0, INT64_MAX) | st.integers(0, 12), max_size=2))
+    for m in extras:
+        if m not in ids and m not in merchant_ids:
+            ids.append(m)
+    ids = draw(st.permutations(ids))
+    industry = st.sampled_from(INDUSTRIES) | st.none()
+    country = st.sampled_from(COUNTRIES) | st.none()
+    fee = st.one_of(st.none(), st.just(0), st.integers(0, 10**6), st.integers(0, 10**12))
+    return pa.table(
+        {
+            "merchant_id": pa.array(ids, pa.int64()),
+            "industry": pa.array([draw(industry) for _ in ids], pa.string()),
+            "country": pa.array([draw(country) for _ in ids], pa.string()),
+            "annual_fee": pa.array([draw(fee) for _ in ids], pa.int64()),
+        }
+    )
+
+
+@st.composite
+def orders_and_merchants(draw, **kwargs):
+    """(orders, merchants or None)."""
+    orders = draw(orders_tables(**kwargs))
+    if draw(st.integers(0, 4)) == 0:
+        return orders, None
+    merchants = draw(merchants_tables(orders.column("merchant_id").to_pylist()))
+    return orders, merchants
+
+
+def bys():
+    """Any subset of the grouping keys, in any order, including empty."""
+    return st.permutations(ALL_BY_KEYS).flatmap(
+        lambda keys: st.integers(0, len(keys)).map(lambda k: list(keys[:k]))
+    )
+
+
+def periods():
+    return st.sampled_from(PERIODS)
+
+
+def size_edges():
+    """Ascending, distinct edges from SAFE_SIZE_EDGES."""
+    return st.lists(st.sampled_from(SAFE_SIZE_EDGES), min_size=1, max_size=5, unique=True).map(
+        lambda edges: tuple(sorted(edges))
+    )
+
+
+def batch_sizes():
+    return st.integers(1, 70)
+
+
+def rebatch(table: pa.Table, max_chunksize: int, empty_batches: bool = False) -> pa.Table:
+    """The same table cut into record batches of at most ``max_chunksize`` rows.
+
+    With ``empty_batches`` an empty batch is put before, between and after
+    the batches (hostile, but a valid Arrow table).
+    """
+    batches = table.to_batches(max_chunksize=max_chunksize)
+    if empty_batches:
+        empty = pa.RecordBatch.from_pylist([], schema=table.schema)
+        spaced = [empty]
+        for b in batches:
+            spaced += [b, empty]
+        batches = spaced
+    return pa.Table.from_batches(batches, schema=table.schema)
+
+
+@st.composite
+def rebatched(draw, table: pa.Table) -> pa.Table:
+    return rebatch(table, draw(batch_sizes()), empty_batches=draw(st.booleans()))
