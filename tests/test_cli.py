@@ -1,0 +1,79 @@
+"""The command line writes exactly what compute() returns, in each format."""
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+import loyaltymetrics as lm
+from loyaltymetrics.cli import main
+from loyaltymetrics.sample import make_sample
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sample")
+    orders, merchants = make_sample(n_merchants=12, seed=3)
+    orders = orders.rename_columns(["merchant_id", "customer_id", "created_at", "total_cents", "reward"])
+    orders_path, merchants_path = folder / "orders.arrow", folder / "merchants.csv"
+    with pa.OSFile(str(orders_path), "wb") as sink, pa.ipc.new_file(sink, orders.schema) as writer:
+        writer.write_table(orders, max_chunksize=5000)
+    pacsv.write_csv(merchants, merchants_path)
+    return folder, str(orders_path), str(merchants_path)
+
+
+def expected(orders_path, merchants_path):
+    return lm.compute(orders_path, merchants_path, by=["industry", "size"], period="quarter",
+                      columns={"order_ts": "created_at", "amount": "total_cents"})
+
+
+ARGS = ["--by", "industry,size", "--period", "quarter", "--columns", "order_ts=created_at,amount=total_cents"]
+
+
+def test_parquet_output_equals_compute(sample):
+    folder, orders, merchants = sample
+    out = folder / "m.parquet"
+    assert main(["compute", orders, "--merchants", merchants, *ARGS, "-o", str(out)]) == 0
+    assert pq.read_table(out).equals(expected(orders, merchants))
+
+
+def test_csv_and_json_outputs_hold_the_same_values(sample):
+    folder, orders, merchants = sample
+    want = expected(orders, merchants)
+    assert main(["compute", orders, "--merchants", merchants, *ARGS, "-o", str(folder / "m.csv")]) == 0
+    csv = pacsv.read_csv(folder / "m.csv")
+    assert csv.column_names == want.column_names
+    assert csv.column("orders").to_pylist() == want.column("orders").to_pylist()
+    assert csv.column("aov").to_pylist() == want.column("aov").to_pylist()
+    assert main(["compute", orders, "--merchants", merchants, *ARGS, "-o", str(folder / "m.json")]) == 0
+    rows = json.loads((folder / "m.json").read_text())
+    assert [list(r) for r in rows[:1]] == [want.column_names]
+    assert [r["retention_rate"] for r in rows] == want.column("retention_rate").to_pylist()
+    assert [r["period_start"] for r in rows] == [str(d) for d in want.column("period_start").to_pylist()]
+
+
+def test_summary_to_stdout(sample, capsys):
+    _, orders, merchants = sample
+    assert main(["compute", orders, "--merchants", merchants, *ARGS]) == 0
+    printed = capsys.readouterr().out
+    want = expected(orders, merchants)
+    assert f"({want.num_rows} rows;" in printed
+    assert len(printed.splitlines()) == want.num_rows + 3
+
+
+def test_unknown_output_suffix_is_an_error(sample, capsys):
+    folder, orders, _ = sample
+    assert main(["compute", orders, *ARGS, "-o", str(folder / "m.xlsx")]) == 1
+    assert "use a .parquet, .csv or .json suffix" in capsys.readouterr().err
+
+
+def test_help_and_demo_run_as_a_module():
+    help_text = subprocess.run([sys.executable, "-m", "loyaltymetrics", "compute", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    for option in ("--merchants", "--by", "--period", "-o", "--columns", "--size-edges", "--refunds"):
+        assert option in help_text
+    demo = subprocess.run([sys.executable, "-m", "loyaltymetrics", "demo"], capture_output=True, text=True, check=True)
+    assert "industry" in demo.stdout and "size" in demo.stdout and "orders YoY" in demo.stdout
