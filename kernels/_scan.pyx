@@ -213,6 +213,13 @@ cdef inline bint close_run(ScanState st, Cursor* c) noexcept nogil:
     return True
 
 
+cdef inline void open_store_customer(Cursor* c) noexcept nogil:
+    """The row at hand is a store-customer's first: open its first run."""
+    c.prev_run_period = NO_PERIOD
+    c.run_is_first = True
+    c.run_period = c.period
+
+
 cdef inline void flush_merchant(ScanState st, Cursor* c) noexcept nogil:
     """Move the current merchant's touched periods to the output (capacity checked by caller)."""
     cdef int32_t p
@@ -287,9 +294,7 @@ cdef Status scan_rows(
                 if not close_run(st, &c):
                     status = AMOUNT_OVERFLOW
                     break
-                c.prev_run_period = NO_PERIOD
-                c.run_is_first = True
-                c.run_period = c.period
+                open_store_customer(&c)
             else:
                 status = UNSORTED
                 break
@@ -303,9 +308,7 @@ cdef Status scan_rows(
                     break
                 flush_merchant(st, &c)
             c.started = True
-            c.prev_run_period = NO_PERIOD
-            c.run_is_first = True
-            c.run_period = c.period
+            open_store_customer(&c)
         else:
             status = UNSORTED
             break

@@ -2,40 +2,27 @@
 
 `sql_peer` computes the counts with window functions, GROUP BY and a
 self-join; the library computes them in one streaming pass. The two share no
-code. The tests that need the library skip while it is not installed; the
-tests of the SQL itself (hand example, consistency) always run.
+code. The tests of the SQL itself (hand example, consistency) check the
+peer before it is trusted as one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-try:
-    from .sql_peer import (
-        BASE_COUNT_COLUMNS,
-        PERIODS,
-        duckdb_base_counts,
-        duckdb_network_counts,
-        make_merchants,
-        make_orders,
-    )
-except ImportError:  # tests/ is not a package: import from its directory
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from sql_peer import (  # type: ignore[no-redef]
-        BASE_COUNT_COLUMNS,
-        PERIODS,
-        duckdb_base_counts,
-        duckdb_network_counts,
-        make_merchants,
-        make_orders,
-    )
+from sql_peer import (  # pytest puts tests/ on sys.path (rootdir-relative import mode)
+    BASE_COUNT_COLUMNS,
+    PERIODS,
+    duckdb_base_counts,
+    duckdb_network_counts,
+    make_merchants,
+    make_orders,
+)
 
 SEED = 20240229
 N_CUSTOMERS = 1200  # ~5,000 order rows at 20 merchants
@@ -48,19 +35,9 @@ N_CUSTOMERS = 1200  # ~5,000 order rows at 20 merchants
 
 @pytest.fixture(scope="module")
 def lm():
-    """The library, or a skip while it is not installed. A library that is
-    installed but fails to import (e.g. an unbuilt kernel) is an error, not a
-    skip."""
-    try:
-        import loyaltymetrics
-    except ModuleNotFoundError as exc:
-        if exc.name != "loyaltymetrics":
-            raise
-        pytest.skip("loyaltymetrics is not installed")
-    if getattr(loyaltymetrics, "__file__", None) is None:
-        # src/loyaltymetrics without __init__.py imports as a namespace
-        # package: the library is not written yet.
-        pytest.skip("loyaltymetrics has no __init__.py yet")
+    """The library under test (a missing or broken install fails, never skips)."""
+    import loyaltymetrics
+
     return loyaltymetrics
 
 

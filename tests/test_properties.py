@@ -8,9 +8,7 @@ warm up an engine).
 from __future__ import annotations
 
 import itertools
-import os
 import pathlib
-import sys
 import tempfile
 
 import pyarrow as pa
@@ -19,7 +17,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import loyaltymetrics  # noqa: E402
 from reference import assert_tables_match, reference_columns, reference_compute  # noqa: E402

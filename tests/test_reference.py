@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
-import sys
 
 import pyarrow as pa
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from reference import (  # noqa: E402
     BASE_COLUMNS,
