@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import periods
+from .arrays import numeric_array, string_array
 from .scan import PARTIAL_COLUMNS, Partials
 
 BASE_COLUMNS = (
@@ -94,15 +95,15 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES):
     for key in by:
         if key == "merchant":
             codes.append(p.merchant_id)
-            decode.append(lambda c: pa.array(c, pa.int64()))
+            decode.append(lambda c: numeric_array(c, pa.int64()))
         elif key == "size":
             labels = np.array(size_labels(size_edges), dtype=object)
             codes.append(bucket)
-            decode.append(lambda c, labels=labels: pa.array(labels[c], pa.string()))
+            decode.append(lambda c, labels=labels: string_array(labels[c]))
         else:
             values = np.unique(industry if key == "industry" else country, return_inverse=True)
             codes.append(values[1].astype(np.int64))
-            decode.append(lambda c, names=values[0]: pa.array(names[c], pa.string()))
+            decode.append(lambda c, names=values[0]: string_array(names[c]))
 
     order = np.lexsort([p.period] + codes[::-1])
     codes = [c[order] for c in codes]
@@ -126,7 +127,8 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES):
     group_period = period_index[starts]
 
     columns = {GROUP_KEYS[key]: dec(c[starts]) for key, c, dec in zip(by, codes, decode)}
-    columns["period_start"] = pa.array(periods.period_start(period, group_period, first_month), pa.date32())
+    days = periods.period_start(period, group_period, first_month).astype(np.int32)
+    columns["period_start"] = numeric_array(days, pa.date32())
 
     # Metric values with validity: (float or int array, bool array).
     metrics = {name: (base[name], np.ones(len(starts), bool)) for name in BASE_COLUMNS if name != "fees"}
@@ -234,5 +236,5 @@ def _derived(m, customers_prev):
 
 def _to_arrow(values, valid):
     if values.dtype == np.int64 and valid.all():
-        return pa.array(values, pa.int64())
-    return pa.array(values.astype(np.float64), pa.float64(), mask=~valid)
+        return numeric_array(values, pa.int64())
+    return numeric_array(values.astype(np.float64), pa.float64(), valid)

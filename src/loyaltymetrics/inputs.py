@@ -138,12 +138,7 @@ class _OrderColumns:
         else:
             units_per_day, ts = 1, _values(self.ts, np.int32)
         amount = self.amount if self.amount.type == pa.int64() else self.amount.cast(pa.int64())
-        if self.reward is None:
-            reward_bits, reward_offset = np.zeros((len(self.merchant) + 7) // 8, np.uint8), 0
-        else:
-            reward = pc.fill_null(self.reward, False) if self.reward.null_count else self.reward
-            reward_bits = np.frombuffer(reward.buffers()[1], dtype=np.uint8)
-            reward_offset = reward.offset
+        reward_bits, reward_offset = _reward_bitmap(self.reward, len(self.merchant))
         return OrderBatch(
             source=self.source,
             first_row=self.first_row,
@@ -155,6 +150,18 @@ class _OrderColumns:
             reward_offset=reward_offset,
             units_per_day=units_per_day,
         )
+
+
+def _reward_bitmap(reward, n):
+    """``(bitmap, bit_offset)`` of the reward flags with nulls cleared (null = false, SPEC §2)."""
+    if reward is None or reward.null_count == n:
+        return np.zeros((n + 7) // 8, np.uint8), 0
+    validity, data = reward.buffers()[:2]
+    data = np.frombuffer(data, dtype=np.uint8)
+    if not reward.null_count:
+        return data, reward.offset
+    first, stop = reward.offset // 8, (reward.offset + n + 7) // 8
+    return data[first:stop] & np.frombuffer(validity, dtype=np.uint8)[first:stop], reward.offset % 8
 
 
 def _values(arr, dtype):
@@ -276,7 +283,7 @@ def _read_table(path):
     if kind == "parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(str(path))
+        return pq.ParquetFile(str(path)).read()  # not pq.read_table: its dataset layer imports pandas
     with pa.memory_map(str(path), "r") as mapped:
         reader = pa.ipc.open_file(mapped) if kind == "ipc_file" else pa.ipc.open_stream(mapped)
         return reader.read_all()
@@ -348,7 +355,7 @@ def read_merchants(merchants):
     if ids.null_count:
         row = pc.index(ids.is_null(), True).as_py()
         raise NullValueError(source, row, "null in merchants column 'merchant_id'")
-    ids = ids.cast(pa.int64()).to_numpy()
+    ids = np.array(ids.cast(pa.int64()).to_pylist(), dtype=np.int64)  # ChunkedArray.to_numpy imports pandas
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
@@ -365,8 +372,8 @@ def read_merchants(merchants):
         if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
                 or pa.types.is_dictionary(col.type) or pa.types.is_null(col.type)):
             raise SchemaError(source, None, f"merchants column {column!r} has type {col.type}; expected string")
-        values = np.array(col.cast(pa.string()).fill_null(UNKNOWN).to_pylist(), dtype=object)
-        return values[order]
+        values = [UNKNOWN if v is None else v for v in col.cast(pa.string()).to_pylist()]
+        return np.array(values, dtype=object)[order]
 
     if "annual_fee" in names:
         fee_col = table.column("annual_fee")
@@ -374,7 +381,7 @@ def read_merchants(merchants):
             raise SchemaError(
                 source, None, f"merchants column 'annual_fee' has type {fee_col.type}; expected int64 minor units"
             )
-        fee = fee_col.cast(pa.int64()).fill_null(0).to_numpy()
+        fee = np.array([v or 0 for v in fee_col.cast(pa.int64()).to_pylist()], dtype=np.int64)
         if (fee < 0).any():
             row = int(np.flatnonzero(fee < 0)[0])
             raise NegativeAmountError(source, row, f"negative annual_fee {fee[row]}")
