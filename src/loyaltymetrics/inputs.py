@@ -5,6 +5,7 @@ flight and nothing that grows with the number of rows: an Arrow IPC file is
 memory-mapped and its buffers are handed to the kernel as they are, a
 Parquet file is streamed row group by row group.
 """
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,25 +257,55 @@ def _file_batches(path, names):
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            parquet = pq.ParquetFile(source, memory_map=True)
+            # Read, not mapped: decoded batches are copies anyway, and mapped
+            # pages would pile up in RSS as the file is streamed.
+            parquet = pq.ParquetFile(source, memory_map=False)
             wanted = _select(source, parquet.schema_arrow, names)
             batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
+            release = None
         else:
-            mapped = pa.memory_map(source, "r")
+            mapped = _MappedFile(source)
             if kind == "ipc_file":
-                reader = pa.ipc.open_file(mapped)
+                reader = pa.ipc.open_file(mapped.buffer)
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
             else:
-                reader = batches = pa.ipc.open_stream(mapped)
+                reader = batches = pa.ipc.open_stream(mapped.buffer)
             wanted = _select(source, reader.schema, names)
+            release = mapped.release
         for batch in batches:
             batch.validate()  # buffer sizes agree with lengths: the kernel reads them unchecked
-            yield source, row, batch.select(wanted)
+            batch = batch.select(wanted)
+            yield source, row, batch
+            if release:
+                release(batch)
             row += batch.num_rows
     except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise CorruptInputError(source, row, f"cannot read {kind.replace('_', ' ')}: {e}") from e
+
+
+class _MappedFile:
+    """A read-only memory map whose pages are let go once a batch has been scanned.
+
+    The batches' buffers point into the map (zero-copy). Pages the kernel has
+    read stay in the page cache but are dropped from this process's resident
+    set, so RSS stays flat however large the file.
+    """
+
+    def __init__(self, path):
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.buffer = pa.py_buffer(self._map)
+
+    def release(self, batch):
+        base, size = self.buffer.address, self.buffer.size
+        spans = [(b.address - base, b.address - base + b.size)
+                 for column in batch.columns for b in column.buffers()
+                 if b is not None and base <= b.address < base + size]  # compressed files decode elsewhere
+        if spans and hasattr(mmap, "MADV_DONTNEED"):
+            start = min(lo for lo, _ in spans) // mmap.PAGESIZE * mmap.PAGESIZE
+            self._map.madvise(mmap.MADV_DONTNEED, start, max(hi for _, hi in spans) - start)
 
 
 def _read_table(path):
