@@ -9,10 +9,11 @@ tests/test_reference.py for hand-worked examples of each one):
 
 * output columns: group keys in ``by`` order, ``period_start``, base counts,
   derived metrics, then ``<x>_yoy`` for every base and derived column;
-* rows sorted by the group keys (``size`` in bucket order) then
-  ``period_start``;
+* rows sorted by the group keys' values (``size`` labels as strings, as
+  SPEC §7 says "sorted by the group keys") then ``period_start``;
 * ``fees = (sum_fee * months) / 12``, null for ``period="all"``;
-* size buckets closed on the left, compared exactly with ``Fraction``.
+* size buckets closed on the left, ``orders / months >= edge`` as SPEC §6
+  writes it.
 """
 
 from __future__ import annotations
@@ -155,11 +156,11 @@ def _size_bucket(orders: int, months: int, edges) -> int:
     """Bucket index: the number of edges e with orders / months >= e.
 
     Intervals are closed on the left (§6: exactly 30 orders a month is
-    "30-300"), compared exactly: orders >= e * months.
+    "30-300").
     """
     index = 0
     for e in edges:
-        if Fraction(orders) >= Fraction(e) * months:
+        if orders / months >= e:
             index += 1
     return index
 
@@ -358,8 +359,8 @@ def reference_compute(
         mp = (merchant_ids[i], p)
         merchant_period_orders[mp] = merchant_period_orders.get(mp, 0) + 1
 
-    # §6: the group of a merchant in a period. The size key is kept as the
-    # bucket index so that it sorts in bucket order.
+    # §6: the group of a merchant in a period; keys sort by their values,
+    # the size key by its label.
     def group_key(m, p):
         key = []
         for b in by:
@@ -370,7 +371,7 @@ def reference_compute(
             elif b == "country":
                 key.append(country(m))
             else:
-                key.append(_size_bucket(merchant_period_orders[(m, p)], months, size_edges))
+                key.append(labels[_size_bucket(merchant_period_orders[(m, p)], months, size_edges)])
         return tuple(key)
 
     groups = {}  # (group key, period_start) -> dict of base counts + merchant set
@@ -479,7 +480,7 @@ def reference_compute(
         previous = values(prev_gp) if prev_gp in base else None
         row = {}
         for b, k in zip(by, key):
-            row[KEY_COLUMN_NAMES[b]] = labels[k] if b == "size" else k
+            row[KEY_COLUMN_NAMES[b]] = k
         row["period_start"] = p
         row.update(current)
         for name in BASE_COLUMNS + DERIVED_COLUMNS:

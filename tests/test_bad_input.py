@@ -94,6 +94,10 @@ def test_null_reward_is_false_not_an_error():
     table = orders(reward=[None, True, None])
     out = lm.compute(table)
     assert out.column("reward_orders").to_pylist() == [1]
+    # An all-null column arrives as Arrow type null (e.g. pandas [None, None, None]).
+    all_null = orders().append_column("reward", pa.nulls(3))
+    out = lm.compute(all_null)
+    assert out.column("reward_orders").to_pylist() == [0] and out.column("orders").to_pylist() == [3]
 
 
 @pytest.mark.parametrize(

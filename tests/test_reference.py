@@ -453,10 +453,10 @@ def _many_orders(merchant, n, month, year=2022):
 
 def test_size_edge_exactly_30_orders_a_month():
     # month: merchant 1 has 30 orders in Jan 2022 (30/1 >= 30 -> "30-300"),
-    # merchant 2 has 29 (-> "<30").
+    # merchant 2 has 29 (-> "<30"). Labels sort as strings: "30-300" < "<30".
     t = make_orders(_many_orders(1, 30, 1) + _many_orders(2, 29, 1))
     rows = reference_compute(t, by=["size"], period="month")
-    assert [(r["size"], r["merchants"], r["orders"]) for r in rows] == [("<30", 1, 29), ("30-300", 1, 30)]
+    assert [(r["size"], r["merchants"], r["orders"]) for r in rows] == [("30-300", 1, 30), ("<30", 1, 29)]
     # year: 30 orders / 12 months = 2.5 a month -> "<30" for both.
     rows = reference_compute(t, by=["size"], period="year")
     assert [(r["size"], r["merchants"], r["orders"]) for r in rows] == [("<30", 2, 59)]
@@ -465,7 +465,7 @@ def test_size_edge_exactly_30_orders_a_month():
     assert [(r["merchant_id"], r["size"]) for r in rows] == [(1, "2.5+"), (2, "<2.5")]
 
 
-def test_size_buckets_sort_in_bucket_order_and_yoy_is_bucket_to_bucket():
+def test_size_buckets_sort_by_label_and_yoy_is_bucket_to_bucket():
     # Merchant 1: 360 orders in 2022 (30/month -> "30-300"), 1 order in 2021
     # ("<30"). Merchant 2: 1 order in 2021 and 1 in 2022 ("<30" both years).
     rows = _many_orders(1, 1, 6, year=2021)
@@ -475,26 +475,25 @@ def test_size_buckets_sort_in_bucket_order_and_yoy_is_bucket_to_bucket():
     rows.sort(key=lambda r: (r[0], r[1], r[2]))
     t = make_orders(rows)
     result = reference_compute(t, by=["size"])
-    # "<30" sorts before "30-300" (bucket order), then by period.
+    # Labels sort as strings (SPEC §7 "sorted by the group keys"): "30-300"
+    # before "<30" ('3' < '<'), then by period.
     assert [(r["size"], r["period_start"], r["merchants"], r["orders"]) for r in result] == [
+        ("30-300", D(2022, 1, 1), 1, 360),
         ("<30", D(2021, 1, 1), 2, 2),
         ("<30", D(2022, 1, 1), 1, 1),
-        ("30-300", D(2022, 1, 1), 1, 360),
     ]
-    lt30_2022 = result[1]
+    lt30_2022 = result[2]
     # "<30" 2022 vs "<30" 2021: merchants (1-2)/2*100 = -50, orders -50.
     assert lt30_2022["merchants_yoy"] == -50.0 and lt30_2022["orders_yoy"] == -50.0
     # retention for "<30" 2022: customers_prev = 2 ("<30" 2021), customers 1
     # (m2 c1, returning) -> (1-0)/2*100 = 50; retained 1 -> strict 50.
     assert lt30_2022["retention_rate"] == 50.0 and lt30_2022["strict_retention_rate"] == 50.0
     # "30-300" 2022 has no "30-300" 2021 row: yoy and retention null.
-    big = result[2]
+    big = result[0]
     assert big["orders_yoy"] is None and big["retention_rate"] is None
     # ...but its store-customers are still counted as retained by their own
     # orders: none of the 360 customers ordered in 2021 -> 0.
     assert big["retained_customers"] == 0
-    # Alphabetically "30-300" < "<30"; make sure we did not sort by label.
-    assert "30-300" < "<30"
 
 
 def test_period_all_months_span_whole_input():

@@ -5,7 +5,7 @@ the merchants table, bucket merchant size per period, group, derive ratios,
 look up the previous period and the same period a year earlier.
 """
 import math
-from fractions import Fraction
+import numbers
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +42,7 @@ def check_by(by):
 
 def check_size_edges(edges):
     edges = tuple(edges)
-    if not edges or not all(isinstance(e, (int, float, Fraction)) and not isinstance(e, bool) for e in edges):
+    if not edges or not all(isinstance(e, numbers.Real) and not isinstance(e, bool) for e in edges):
         raise ValueError(f"size_edges must be a non-empty sequence of numbers; got {edges!r}")
     if not all(math.isfinite(e) and e > 0 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ValueError(f"size_edges must be positive, finite and strictly increasing; got {edges!r}")
@@ -63,12 +63,14 @@ def _edge_label(edge):
 
 
 def size_buckets(orders, months, edges):
-    """Bucket index of each merchant-period: orders per month against the edges, closed on the left.
+    """Bucket index of each merchant-period: ``orders / months >= edge`` counted over the edges.
 
-    Exact: ``orders / months >= edge`` is ``orders >= ceil(edge * months)`` for integer orders.
+    Closed on the left, evaluated in float64 as SPEC §6 writes it (for
+    integer edges this is exact: a quotient that is not the edge itself is
+    at least 1/months away from it).
     """
-    thresholds = np.array([math.ceil(Fraction(e) * months) for e in edges], dtype=np.int64)
-    return np.searchsorted(thresholds, orders, side="right")
+    rate = np.asarray(orders, dtype=np.float64) / months
+    return (rate[:, None] >= np.asarray(edges, dtype=np.float64)[None, :]).sum(axis=1)
 
 
 def combine(partials):
@@ -96,14 +98,14 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES):
         if key == "merchant":
             codes.append(p.merchant_id)
             decode.append(lambda c: numeric_array(c, pa.int64()))
-        elif key == "size":
-            labels = np.array(size_labels(size_edges), dtype=object)
-            codes.append(bucket)
-            decode.append(lambda c, labels=labels: string_array(labels[c]))
-        else:
-            values = np.unique(industry if key == "industry" else country, return_inverse=True)
-            codes.append(values[1].astype(np.int64))
-            decode.append(lambda c, names=values[0]: string_array(names[c]))
+        else:  # string keys sort by their values (SPEC §7), size labels included
+            if key == "size":
+                labels = np.array(size_labels(size_edges), dtype=object)[bucket]
+            else:
+                labels = industry if key == "industry" else country
+            names, code = np.unique(labels, return_inverse=True)
+            codes.append(code.astype(np.int64))
+            decode.append(lambda c, names=names: string_array(names[c]))
 
     order = np.lexsort([p.period] + codes[::-1])
     codes = [c[order] for c in codes]

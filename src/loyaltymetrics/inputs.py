@@ -100,6 +100,8 @@ class _OrderColumns:
         self.ts = self._non_null(batch, "order_ts")
         self.amount = self._non_null(batch, "amount")
         self.reward = batch.column(names["reward"]) if names["reward"] in present else None
+        if self.reward is not None and pa.types.is_null(self.reward.type):
+            self.reward = None  # an all-null column (e.g. from pandas): null = false
         for key in ("merchant_id", "customer_id"):
             arr = self._get(key)
             if arr.type not in _KEY_DTYPES:
