@@ -57,7 +57,8 @@ cpdef enum Status:
     UNSORTED = 2            # row is before the previous row in key order
     NEGATIVE_AMOUNT = 3
     TIMESTAMP_RANGE = 4     # order_ts before 1970-01-01 or after 2262
-    AMOUNT_OVERFLOW = 5     # a revenue sum does not fit in int64
+    AMOUNT_OVERFLOW = 5     # row's amount makes its store-customer's revenue overflow int64
+    TOTAL_OVERFLOW = 6      # the previous row's store-customer makes a merchant total overflow
 
 cdef enum:
     NO_PERIOD = -2          # never equals period - 1 for a period >= 0
@@ -163,8 +164,10 @@ cdef class ScanState:
 
         Returns ``(merchant_id int64[n], period int32[n], counts int64[n, k])``
         with one row per (merchant, period) that has orders, in scan order.
+        Raises OverflowError if closing the last run overflows a total.
         """
-        close_run(self, &self.cur)
+        if not close_run(self, &self.cur):
+            raise OverflowError("the last store-customer makes a merchant's revenue total overflow int64")
         while self.out_rows + self.cur.acc_hi - self.cur.acc_lo + 1 > self.out_merchant.shape[0]:
             self.grow()
         if self.cur.started:
@@ -285,14 +288,14 @@ cdef Status scan_rows(
                     break
                 if c.period != c.run_period:     # same store-customer, next period
                     if not close_run(st, &c):
-                        status = AMOUNT_OVERFLOW
+                        status = TOTAL_OVERFLOW
                         break
                     c.prev_run_period = c.run_period
                     c.run_is_first = False
                     c.run_period = c.period
             elif cust > c.prev_customer:       # next store-customer
                 if not close_run(st, &c):
-                    status = AMOUNT_OVERFLOW
+                    status = TOTAL_OVERFLOW
                     break
                 open_store_customer(&c)
             else:
@@ -300,7 +303,7 @@ cdef Status scan_rows(
                 break
         elif not c.started or m > c.prev_merchant:   # next merchant
             if not close_run(st, &c):
-                status = AMOUNT_OVERFLOW
+                status = TOTAL_OVERFLOW
                 break
             if c.started:
                 if st.out_rows + (c.acc_hi - c.acc_lo + 1) > capacity:

@@ -1,7 +1,7 @@
 """The public entry points."""
 from . import periods
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, finalize
-from .inputs import order_batches, read_merchants
+from .inputs import order_batches, read_merchants, source_label
 from .scan import scan_orders
 
 
@@ -47,4 +47,4 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     size_edges = check_size_edges(size_edges)
     merchant_table = read_merchants(merchants)
     partials = scan_orders(order_batches(orders, columns), period, refunds=refunds)
-    return finalize(partials, merchant_table, by, period, size_edges)
+    return finalize(partials, merchant_table, by, period, size_edges, source=source_label(orders))

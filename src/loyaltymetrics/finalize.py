@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from . import periods
 from .arrays import numeric_array, string_array
+from .errors import AmountOverflowError
 from .scan import PARTIAL_COLUMNS, Partials
 
 BASE_COLUMNS = (
@@ -27,6 +28,7 @@ DERIVED_COLUMNS = (
 )
 GROUP_KEYS = {"merchant": "merchant_id", "industry": "industry", "country": "country", "size": "size"}
 DEFAULT_SIZE_EDGES = (30, 300, 3000, 30000)
+INT64 = np.iinfo(np.int64)
 
 
 def check_by(by):
@@ -44,7 +46,8 @@ def check_size_edges(edges):
     edges = tuple(edges)
     if not edges or not all(isinstance(e, numbers.Real) and not isinstance(e, bool) for e in edges):
         raise ValueError(f"size_edges must be a non-empty sequence of numbers; got {edges!r}")
-    if not all(math.isfinite(e) and e > 0 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+    floats = [float(e) for e in edges]  # buckets compare in float64: distinct there too
+    if not all(math.isfinite(e) and e > 0 for e in floats) or any(b <= a for a, b in zip(floats, floats[1:])):
         raise ValueError(f"size_edges must be positive, finite and strictly increasing; got {edges!r}")
     return edges
 
@@ -56,10 +59,20 @@ def size_labels(edges):
 
 
 def _edge_label(edge):
-    for scale, suffix in ((10**6, "M"), (10**3, "k")):
-        if edge >= scale:
-            return f"{edge / scale:g}{suffix}"
-    return f"{float(edge):g}"
+    """30 → "30", 3000 → "3k", 1500 → "1.5k", 2e6 → "2M", 1234 → "1234", 2.5 → "2.5".
+
+    k and M only where they lose nothing (multiples of 100 and 100,000), so
+    distinct edges always get distinct labels.
+    """
+    x = float(edge)
+    for scale, step, suffix in ((10**6, 10**5, "M"), (10**3, 100, "k")):
+        if x >= scale and x % step == 0:
+            return _plain_number(x / scale) + suffix
+    return _plain_number(x)
+
+
+def _plain_number(x):
+    return str(int(x)) if x.is_integer() else repr(x)
 
 
 def size_buckets(orders, months, edges):
@@ -73,20 +86,42 @@ def size_buckets(orders, months, edges):
     return (rate[:, None] >= np.asarray(edges, dtype=np.float64)[None, :]).sum(axis=1)
 
 
-def combine(partials):
+def combine(partials, source="orders"):
     """Sum partials that share (merchant, period) — e.g. from two chunks — sorted by both."""
     order = np.lexsort((partials.period, partials.merchant_id))
     merchant, period = partials.merchant_id[order], partials.period[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = (merchant[1:] != merchant[:-1]) | (period[1:] != period[:-1])
     starts = np.flatnonzero(first)
-    counts = np.add.reduceat(partials.counts[order], starts, axis=0) if len(order) else partials.counts
+    counts = sum_groups(partials.counts[order], starts, source)
     return Partials(merchant[starts], period[starts], counts, partials.month_range)
 
 
-def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES):
-    """The SPEC §7 table from ``Partials`` and an ``inputs.Merchants``."""
-    p = combine(partials)
+def sum_groups(values, starts, source):
+    """``np.add.reduceat(values, starts, axis=0)`` that raises instead of wrapping (SPEC §2).
+
+    int64 addition wraps modulo 2**64, so the sum is exact whenever the true
+    sum fits; a float64 sum finds the groups that may not, and those are
+    checked exactly.
+    """
+    if len(values) == 0:
+        return values[:0].copy() if values.ndim == 1 else np.zeros((0,) + values.shape[1:], values.dtype)
+    sums = np.add.reduceat(values, starts, axis=0)
+    suspect = np.abs(np.add.reduceat(values.astype(np.float64), starts, axis=0)) > 2.0**62
+    ends = np.append(starts[1:], len(values))
+    for index in zip(*np.nonzero(suspect)):
+        group = values[starts[index[0]]:ends[index[0]]]
+        exact = sum(int(v) for v in (group[:, index[1]] if values.ndim == 2 else group))
+        if not INT64.min <= exact <= INT64.max:
+            raise AmountOverflowError(
+                source, None, f"a sum over a group of orders is {exact}, outside int64 (about ±9.2e18 minor units)"
+            )
+    return sums
+
+
+def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, source="orders"):
+    """The SPEC §7 table from ``Partials`` and an ``inputs.Merchants``; ``source`` names the input in errors."""
+    p = combine(partials, source)
     first_month, last_month = p.month_range or (0, 0)
     months = (last_month - first_month + 1) if period == "all" else periods.MONTHS_PER_PERIOD[period]
     industry, country, fee = merchants.lookup(p.merchant_id)
@@ -119,12 +154,12 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES):
     new_row[1:] |= period_index[1:] != period_index[:-1]
     starts = np.flatnonzero(new_row)
 
-    sums = np.add.reduceat(p.counts[order], starts, axis=0) if n else np.zeros((0, len(PARTIAL_COLUMNS)), np.int64)
+    sums = sum_groups(p.counts[order], starts, source)
     base = {name: sums[:, i] for i, name in enumerate(PARTIAL_COLUMNS)}
     base["merchants"] = np.diff(np.append(starts, n)).astype(np.int64)
     base["returning_customers"] = base["customers"] - base["new_customers"]
     base["repeat_orders"] = base["orders"] - base["new_customers"]
-    fee_sum = np.add.reduceat(fee[order], starts) if n else np.zeros(0, np.int64)
+    fee_sum = sum_groups(fee[order], starts, "merchants")
     group_id = np.cumsum(new_group)[starts] - 1
     group_period = period_index[starts]
 
@@ -137,7 +172,7 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES):
     if period == "all":
         metrics["fees"] = (np.zeros(len(starts)), np.zeros(len(starts), bool))
     else:
-        metrics["fees"] = ((fee_sum * months).astype(np.float64) / 12, np.ones(len(starts), bool))
+        metrics["fees"] = (_fees(fee_sum, months), np.ones(len(starts), bool))
     base_order = {name: metrics[name] for name in BASE_COLUMNS}
 
     prev_period = _shift(group_id, group_period, 1, period)
@@ -150,10 +185,28 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES):
         columns[name] = _to_arrow(values, valid)
     for name, (values, valid) in all_metrics.items():
         prev_values, prev_valid = _take((values, valid), year_ago)
-        delta = values - prev_values  # integer subtraction for counts, as SPEC writes it
+        delta = difference(values, prev_values)  # exact integer subtraction for counts
         yoy, ok = _ratio(delta, prev_values)
         columns[f"{name}_yoy"] = _to_arrow(yoy * 100, ok & valid & prev_valid)
     return pa.table(columns)
+
+
+def _fees(fee_sum, months):
+    """``(fee_sum * months) / 12`` correctly rounded, as Python computes it on ints (SPEC §4)."""
+    if np.all(np.abs(fee_sum) < 2**53 // months):  # the product is exact in float64
+        return (fee_sum * months).astype(np.float64) / 12
+    return np.array([int(f) * months / 12 for f in fee_sum], dtype=np.float64)
+
+
+def difference(a, b):
+    """``a - b`` as float64; for int64 arrays exact even where int64 subtraction would wrap."""
+    if a.dtype != np.int64 or b.dtype != np.int64:
+        return np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    d = a - b  # wraps silently on overflow (refunds near ±9.2e18)
+    out = d.astype(np.float64)
+    for i in np.flatnonzero(((a ^ b) & (a ^ d)) < 0):
+        out[i] = float(int(a[i]) - int(b[i]))
+    return out
 
 
 def _shift(group_id, group_period, lag, period):
@@ -227,7 +280,7 @@ def _derived(m, customers_prev):
         ),
         "member_aov_lift": _lift(
             v["member_revenue"], v["member_orders"],
-            v["revenue"] - v["member_revenue"], v["orders"] - v["member_orders"],
+            difference(v["revenue"], v["member_revenue"]), v["orders"] - v["member_orders"],
         ),
         "member_frequency_lift": _lift(
             v["member_orders"], v["reward_customers"],

@@ -5,6 +5,7 @@ flight and nothing that grows with the number of rows: an Arrow IPC file is
 memory-mapped and its buffers are handed to the kernel as they are, a
 Parquet file is streamed row group by row group.
 """
+import itertools
 import mmap
 import os
 from dataclasses import dataclass
@@ -53,6 +54,11 @@ class OrderBatch:
         return len(self.merchant_id)
 
 
+def source_label(orders):
+    """How errors name an input: its path, or "<table>"."""
+    return str(orders) if isinstance(orders, (str, os.PathLike)) else IN_MEMORY
+
+
 def resolve_columns(columns):
     """Map canonical column names to the input's names (``columns={"amount": "total_cents"}``)."""
     columns = dict(columns or {})
@@ -61,7 +67,11 @@ def resolve_columns(columns):
         raise ValueError(
             f"columns= maps unknown names {sorted(unknown)}; the canonical names are {', '.join(ORDER_COLUMNS)}"
         )
-    return {name: columns.get(name, name) for name in ORDER_COLUMNS}
+    names = {name: columns.get(name, name) for name in ORDER_COLUMNS}
+    for a, b in itertools.combinations(ORDER_COLUMNS, 2):
+        if names[a] == names[b]:
+            raise ValueError(f"columns= reads both {a} and {b} from the input column {names[a]!r}")
+    return names
 
 
 def order_batches(orders, columns=None):
@@ -70,94 +80,105 @@ def order_batches(orders, columns=None):
     ``orders``: a path to an Arrow IPC file or stream, a Parquet file or a
     directory of Parquet files (read in sorted path order); a
     ``pyarrow.Table``, ``RecordBatch`` or ``RecordBatchReader``; a pandas or
-    polars DataFrame; or any object exporting an Arrow C stream.
+    polars DataFrame; or any object exporting an Arrow C stream. ``reward``
+    is optional unless ``columns`` names it.
     """
     names = resolve_columns(columns)
-    ts_type = None
-    for source, first_row, batch in _record_batches(orders, names):
+    required = REQUIRED_ORDER_COLUMNS + (("reward",) if "reward" in (columns or {}) else ())
+    units_per_day = None
+    for source, first_row, batch in _record_batches(orders, names, required):
         if batch.num_rows == 0:
             continue
-        checked = _OrderColumns(batch, names, source, first_row)
-        if ts_type is None:
-            ts_type = checked.ts.type
-        elif checked.ts.type != ts_type:
-            # The kernel compares timestamps across batches: one unit per input.
+        order_batch = _order_batch(batch, names, source, first_row)
+        if units_per_day is None:
+            units_per_day = order_batch.units_per_day
+        elif order_batch.units_per_day != units_per_day:
+            # The kernel compares timestamps across batches: one unit per input (time zones may differ).
+            ts_type = batch.schema.field(names["order_ts"]).type
             raise SchemaError(
                 source, first_row,
-                f"column {names['order_ts']!r} is {checked.ts.type} here but {ts_type} in earlier rows",
+                f"column {names['order_ts']!r} is {ts_type} here, in another unit than in earlier rows",
             )
-        yield checked.to_order_batch()
+        yield order_batch
 
 
-class _OrderColumns:
-    """Type and null checks of one record batch (SPEC §2)."""
+_EXPECTED_TYPES = {
+    "merchant_id": ("int32 or int64", lambda t: t in _KEY_DTYPES),
+    "customer_id": ("int32 or int64", lambda t: t in _KEY_DTYPES),
+    "order_ts": (
+        "a timestamp (any unit, any time zone), date32 or date64",
+        lambda t: pa.types.is_timestamp(t) or t in (pa.date32(), pa.date64()),
+    ),
+    "amount": (
+        "int64 minor units (cents); convert decimal or float major units first, e.g. round(x * 100)",
+        lambda t: t == pa.int64() or t in _WIDENING_INTS,
+    ),
+    "reward": ("bool (null counts as false)", lambda t: t == pa.bool_() or pa.types.is_null(t)),
+}
 
-    def __init__(self, batch, names, source, first_row):
-        self.source, self.first_row, self.names = source, first_row, names
-        present = set(batch.schema.names)
-        self.merchant = self._non_null(batch, "merchant_id")
-        self.customer = self._non_null(batch, "customer_id")
-        self.ts = self._non_null(batch, "order_ts")
-        self.amount = self._non_null(batch, "amount")
-        self.reward = batch.column(names["reward"]) if names["reward"] in present else None
-        if self.reward is not None and pa.types.is_null(self.reward.type):
-            self.reward = None  # an all-null column (e.g. from pandas): null = false
-        for key in ("merchant_id", "customer_id"):
-            arr = self._get(key)
-            if arr.type not in _KEY_DTYPES:
-                self._type_error(key, arr.type, "int32 or int64")
-        if not (pa.types.is_timestamp(self.ts.type) or self.ts.type in (pa.date32(), pa.date64())):
-            self._type_error("order_ts", self.ts.type, "a timestamp (any unit, any time zone) or date32")
-        if self.amount.type != pa.int64() and self.amount.type not in _WIDENING_INTS:
-            self._type_error(
-                "amount", self.amount.type,
-                "int64 minor units (cents); convert decimal or float major units first, e.g. round(x * 100)",
-            )
-        if self.reward is not None and self.reward.type != pa.bool_():
-            self._type_error("reward", self.reward.type, "bool (null counts as false)")
 
-    def _get(self, key):
-        return {"merchant_id": self.merchant, "customer_id": self.customer}[key]
-
-    def _type_error(self, key, actual, expected):
-        name = self.names[key]
-        label = repr(name) if name == key else f"{name!r} (mapped to {key})"
-        raise SchemaError(self.source, None, f"column {label} has type {actual}; expected {expected}")
-
-    def _non_null(self, batch, key):
-        arr = batch.column(self.names[key])
-        if arr.null_count:
-            row = pc.index(arr.is_null(), True).as_py()
-            raise NullValueError(
-                self.source, self.first_row + row, f"null in column {self.names[key]!r}, which must have no nulls"
-            )
-        return arr
-
-    def to_order_batch(self):
-        if pa.types.is_timestamp(self.ts.type):
-            units_per_day, ts = UNITS_PER_DAY[self.ts.type.unit], _values(self.ts, np.int64)
-        elif self.ts.type == pa.date64():
-            units_per_day, ts = UNITS_PER_DAY["ms"], _values(self.ts, np.int64)
-        else:
-            units_per_day, ts = 1, _values(self.ts, np.int32)
-        amount = self.amount if self.amount.type == pa.int64() else self.amount.cast(pa.int64())
-        reward_bits, reward_offset = _reward_bitmap(self.reward, len(self.merchant))
-        return OrderBatch(
-            source=self.source,
-            first_row=self.first_row,
-            merchant_id=_values(self.merchant, _KEY_DTYPES[self.merchant.type]),
-            customer_id=_values(self.customer, _KEY_DTYPES[self.customer.type]),
-            order_ts=ts,
-            amount=_values(amount, np.int64),
-            reward_bits=reward_bits,
-            reward_offset=reward_offset,
-            units_per_day=units_per_day,
+def _select(source, schema, names, required):
+    """The input's names of the order columns it has, after checking the schema (SPEC §2)."""
+    present = set(schema.names)
+    missing = [names[c] for c in required if names[c] not in present]
+    if missing:
+        raise SchemaError(
+            source, None,
+            f"missing column(s) {', '.join(map(repr, missing))}; the input has {', '.join(map(repr, schema.names))}"
+            " (map other names with columns={...} / --columns)",
         )
+    for canonical in ORDER_COLUMNS:
+        name = names[canonical]
+        if name not in present:
+            continue
+        label = repr(name) if name == canonical else f"{name!r} (mapped to {canonical})"
+        if len(schema.get_all_field_indices(name)) > 1:
+            raise SchemaError(source, None, f"column {label} appears more than once")
+        expected, accepts = _EXPECTED_TYPES[canonical]
+        if not accepts(schema.field(name).type):
+            raise SchemaError(source, None, f"column {label} has type {schema.field(name).type}; expected {expected}")
+    return [names[c] for c in ORDER_COLUMNS if names[c] in present]
+
+
+def _non_null(batch, name, source, first_row):
+    arr = batch.column(name)
+    if arr.null_count:
+        row = pc.index(arr.is_null(), True).as_py()
+        raise NullValueError(source, first_row + row, f"null in column {name!r}, which must have no nulls")
+    return arr
+
+
+def _order_batch(batch, names, source, first_row):
+    """Null checks and zero-copy views of one record batch whose schema passed ``_select``."""
+    merchant, customer, ts, amount = (
+        _non_null(batch, names[c], source, first_row) for c in REQUIRED_ORDER_COLUMNS
+    )
+    reward = batch.column(names["reward"]) if names["reward"] in batch.schema.names else None
+    if pa.types.is_timestamp(ts.type):
+        units_per_day, ts_values = UNITS_PER_DAY[ts.type.unit], _values(ts, np.int64)
+    elif ts.type == pa.date64():
+        units_per_day, ts_values = UNITS_PER_DAY["ms"], _values(ts, np.int64)
+    else:
+        units_per_day, ts_values = 1, _values(ts, np.int32)
+    if amount.type != pa.int64():
+        amount = amount.cast(pa.int64())
+    reward_bits, reward_offset = _reward_bitmap(reward, len(merchant))
+    return OrderBatch(
+        source=source,
+        first_row=first_row,
+        merchant_id=_values(merchant, _KEY_DTYPES[merchant.type]),
+        customer_id=_values(customer, _KEY_DTYPES[customer.type]),
+        order_ts=ts_values,
+        amount=_values(amount, np.int64),
+        reward_bits=reward_bits,
+        reward_offset=reward_offset,
+        units_per_day=units_per_day,
+    )
 
 
 def _reward_bitmap(reward, n):
     """``(bitmap, bit_offset)`` of the reward flags with nulls cleared (null = false, SPEC §2)."""
-    if reward is None or reward.null_count == n:
+    if reward is None or reward.null_count == n:  # absent, or all null (Arrow type null included)
         return np.zeros((n + 7) // 8, np.uint8), 0
     validity, data = reward.buffers()[:2]
     data = np.frombuffer(data, dtype=np.uint8)
@@ -175,28 +196,15 @@ def _values(arr, dtype):
 
 # --- sources ---------------------------------------------------------------
 
-def _select(source, schema, names):
-    """The input's names of the order columns it has; SchemaError if a required one is missing."""
-    present = set(schema.names)
-    missing = [names[c] for c in REQUIRED_ORDER_COLUMNS if names[c] not in present]
-    if missing:
-        raise SchemaError(
-            source, None,
-            f"missing column(s) {', '.join(map(repr, missing))}; the input has {', '.join(map(repr, schema.names))}"
-            " (map other names with columns={...} / --columns)",
-        )
-    return [names[c] for c in ORDER_COLUMNS if names[c] in present]
-
-
-def _record_batches(orders, names):
+def _record_batches(orders, names, required):
     """Yield ``(source, first_row, RecordBatch)`` holding just the order columns."""
     if isinstance(orders, (str, os.PathLike)):
-        yield from _file_batches(Path(orders), names)
+        yield from _file_batches(Path(orders), names, required)
         return
     table = _in_memory(orders)
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
-    wanted = _select(IN_MEMORY, table.schema, names)
+    wanted = _select(IN_MEMORY, table.schema, names, required)
     # A RecordBatchReader is streamed, never materialised.
     batches = table.select(wanted).to_batches() if isinstance(table, pa.Table) else table
     row = 0
@@ -241,7 +249,7 @@ def _file_kind(path):
     raise CorruptInputError(str(path), None, f"not an Arrow IPC or Parquet file (starts with {head!r})")
 
 
-def _file_batches(path, names):
+def _file_batches(path, names, required):
     if path.is_dir():
         files = sorted(
             p for p in path.rglob("*")
@@ -250,7 +258,7 @@ def _file_batches(path, names):
         if not files:
             raise InputError(str(path), None, "the directory holds no Parquet files")
         for file in files:
-            yield from _file_batches(file, names)
+            yield from _file_batches(file, names, required)
         return
     source = str(path)
     kind = _file_kind(path)
@@ -262,7 +270,7 @@ def _file_batches(path, names):
             # Read, not mapped: decoded batches are copies anyway, and mapped
             # pages would pile up in RSS as the file is streamed.
             parquet = pq.ParquetFile(source, memory_map=False)
-            wanted = _select(source, parquet.schema_arrow, names)
+            wanted = _select(source, parquet.schema_arrow, names, required)
             batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
             release = None
         else:
@@ -272,7 +280,7 @@ def _file_batches(path, names):
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
             else:
                 reader = batches = pa.ipc.open_stream(mapped.buffer)
-            wanted = _select(source, reader.schema, names)
+            wanted = _select(source, reader.schema, names, required)
             release = mapped.release
         for batch in batches:
             batch.validate()  # buffer sizes agree with lengths: the kernel reads them unchecked
@@ -281,7 +289,9 @@ def _file_batches(path, names):
             if release:
                 release(batch)
             row += batch.num_rows
-    except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, OSError) as e:
+    except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, pa.ArrowMemoryError,
+            UnicodeDecodeError, OSError) as e:
+        # ArrowMemoryError: a corrupt length asks to decompress into an absurd buffer.
         if isinstance(e, FileNotFoundError):
             raise
         raise CorruptInputError(source, row, f"cannot read {kind.replace('_', ' ')}: {e}") from e
@@ -323,6 +333,18 @@ def _read_table(path):
 
 
 # --- merchants ---------------------------------------------------------------
+
+def _is_string_view(arrow_type):
+    is_string_view = getattr(pa.types, "is_string_view", None)  # pyarrow >= 16
+    return bool(is_string_view and is_string_view(arrow_type))
+
+
+def _int64_values(column, source, name):
+    """A merchants column as Python ints (nulls as None); SchemaError if a value does not fit int64."""
+    try:
+        return column.cast(pa.int64()).to_pylist()
+    except pa.ArrowInvalid as e:
+        raise SchemaError(source, None, f"merchants column {name!r} has values outside int64: {e}") from e
 
 @dataclass(frozen=True)
 class Merchants:
@@ -367,7 +389,9 @@ def read_merchants(merchants):
             if path.suffix.lower() == ".csv":
                 import pyarrow.csv as pacsv
 
-                table = pacsv.read_csv(source)
+                # Industry and country are names even when they look like numbers (NAICS, ISO codes).
+                text_columns = {"industry": pa.string(), "country": pa.string()}
+                table = pacsv.read_csv(source, convert_options=pacsv.ConvertOptions(column_types=text_columns))
             else:
                 table = _read_table(path)
         except (pa.ArrowInvalid, pa.ArrowIOError) as e:
@@ -388,7 +412,7 @@ def read_merchants(merchants):
     if ids.null_count:
         row = pc.index(ids.is_null(), True).as_py()
         raise NullValueError(source, row, "null in merchants column 'merchant_id'")
-    ids = np.array(ids.cast(pa.int64()).to_pylist(), dtype=np.int64)  # ChunkedArray.to_numpy imports pandas
+    ids = np.array(_int64_values(ids, source, "merchant_id"), dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
@@ -402,7 +426,7 @@ def read_merchants(merchants):
         if column not in names:
             return np.full(len(ids), UNKNOWN, dtype=object)
         col = table.column(column)
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or _is_string_view(col.type)
                 or pa.types.is_dictionary(col.type) or pa.types.is_null(col.type)):
             raise SchemaError(source, None, f"merchants column {column!r} has type {col.type}; expected string")
         values = [UNKNOWN if v is None else v for v in col.cast(pa.string()).to_pylist()]
@@ -410,11 +434,11 @@ def read_merchants(merchants):
 
     if "annual_fee" in names:
         fee_col = table.column("annual_fee")
-        if not pa.types.is_integer(fee_col.type):
+        if not (pa.types.is_integer(fee_col.type) or pa.types.is_null(fee_col.type)):
             raise SchemaError(
                 source, None, f"merchants column 'annual_fee' has type {fee_col.type}; expected int64 minor units"
             )
-        fee = np.array([v or 0 for v in fee_col.cast(pa.int64()).to_pylist()], dtype=np.int64)
+        fee = np.array([v or 0 for v in _int64_values(fee_col, source, "annual_fee")], dtype=np.int64)
         if (fee < 0).any():
             row = int(np.flatnonzero(fee < 0)[0])
             raise NegativeAmountError(source, row, f"negative annual_fee {fee[row]}")

@@ -79,6 +79,8 @@ def period_start(period, index, first_month=0):
 def format_timestamp(value, units_per_day):
     """Human-readable UTC timestamp of a raw value, for error messages."""
     unit = {v: k for k, v in UNITS_PER_DAY.items()}.get(units_per_day, "D")
+    if int(value) == np.iinfo(np.int64).min:  # NumPy's NaT
+        return f"{value} ({unit} since 1970)"
     try:
         return str(np.datetime64(int(value), unit)) + ("" if unit == "D" else "Z")
     except (OverflowError, ValueError):

@@ -31,6 +31,7 @@ def scan_orders(batches, period, refunds=False):
     state = _scan.ScanState(
         periods.day_month(), periods.month_period(period), periods.n_periods(period), allow_negative=refunds
     )
+    batch = None
     for batch in batches:
         month_start = periods.month_start(batch.units_per_day)
         ts_max = periods.ts_max(batch.units_per_day)
@@ -45,7 +46,10 @@ def scan_orders(batches, period, refunds=False):
             if status != _scan.Status.NEED_SPACE:
                 raise _stop_error(status, batch, row, state)
             state.grow()
-    merchant_id, period_index, counts = state.finish()
+    try:
+        merchant_id, period_index, counts = state.finish()
+    except OverflowError:
+        raise _total_overflow(state, batch, len(batch) - 1) from None
     return Partials(merchant_id, period_index, counts, state.month_range)
 
 
@@ -62,6 +66,8 @@ def _stop_error(status, batch, row, state):
         return AmountOverflowError(
             *where, f"amount {amount} makes a revenue sum overflow int64 (more than 9.2e18 minor units)"
         )
+    if status == _scan.Status.TOTAL_OVERFLOW:
+        return _total_overflow(state, batch, row - 1)
     if status == _scan.Status.UNSORTED:
         m, c, t = state.last_row_keys
         previous = f"row {where[1] - 1}" if where[1] else "the last row of the previous file"
@@ -72,3 +78,19 @@ def _stop_error(status, batch, row, state):
             "rows must be sorted ascending by (merchant_id, customer_id, order_ts)",
         )
     raise AssertionError(f"unexpected kernel status {status}")
+
+
+def _total_overflow(state, batch, last):
+    """The store-customer just scanned, ending at row ``last`` of ``batch`` (-1: the
+    batch before), overflowed its merchant's totals."""
+    m, c, _ = state.last_row_keys
+    last_row = batch.first_row + last
+    if last >= 0:
+        where = f"row {last_row} (amount {batch.amount[last]})"
+    else:
+        where = f"row {last_row}" if last_row >= 0 else "the last row of the previous file"
+    return AmountOverflowError(
+        batch.source, max(last_row, 0),
+        f"the orders of store-customer (merchant_id {m}, customer_id {c}), ending at {where}, "
+        f"make a revenue total of merchant {m} overflow int64 (more than 9.2e18 minor units)",
+    )
