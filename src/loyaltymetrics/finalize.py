@@ -105,7 +105,7 @@ def sum_groups(values, starts, source):
     checked exactly.
     """
     if len(values) == 0:
-        return values[:0].copy() if values.ndim == 1 else np.zeros((0,) + values.shape[1:], values.dtype)
+        return values[:0].copy()
     sums = np.add.reduceat(values, starts, axis=0)
     suspect = np.abs(np.add.reduceat(values.astype(np.float64), starts, axis=0)) > 2.0**62
     ends = np.append(starts[1:], len(values))

@@ -292,7 +292,7 @@ def _file_batches(path, names, required):
     except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, pa.ArrowMemoryError,
             UnicodeDecodeError, OSError) as e:
         # ArrowMemoryError: a corrupt length asks to decompress into an absurd buffer.
-        if isinstance(e, FileNotFoundError):
+        if isinstance(e, (FileNotFoundError, PermissionError)):
             raise
         raise CorruptInputError(source, row, f"cannot read {kind.replace('_', ' ')}: {e}") from e
 
