@@ -49,7 +49,7 @@ def scan_orders(batches, period, refunds=False):
     try:
         merchant_id, period_index, counts = state.finish()
     except OverflowError:
-        raise _total_overflow(state, batch, len(batch) - 1) from None
+        raise _total_overflow(state, batch, len(batch)) from None
     return Partials(merchant_id, period_index, counts, state.month_range)
 
 
@@ -67,30 +67,30 @@ def _stop_error(status, batch, row, state):
             *where, f"amount {amount} makes a revenue sum overflow int64 (more than 9.2e18 minor units)"
         )
     if status == _scan.Status.TOTAL_OVERFLOW:
-        return _total_overflow(state, batch, row - 1)
+        return _total_overflow(state, batch, row)
     if status == _scan.Status.UNSORTED:
         m, c, t = state.last_row_keys
-        previous = f"row {where[1] - 1}" if where[1] else "the last row of the previous file"
         return UnsortedInputError(
             *where,
             f"(merchant_id, customer_id, order_ts) = ({batch.merchant_id[row]}, {batch.customer_id[row]}, {ts}) "
-            f"comes after ({m}, {c}, {periods.format_timestamp(t, batch.units_per_day)}) at {previous}; "
+            f"comes after ({m}, {c}, {periods.format_timestamp(t, batch.units_per_day)}) at {_row_before(batch, row)}; "
             "rows must be sorted ascending by (merchant_id, customer_id, order_ts)",
         )
     raise AssertionError(f"unexpected kernel status {status}")
 
 
-def _total_overflow(state, batch, last):
-    """The store-customer just scanned, ending at row ``last`` of ``batch`` (-1: the
-    batch before), overflowed its merchant's totals."""
+def _row_before(batch, row):
+    """How to name the row before ``row`` of ``batch``: it may be in an earlier batch or file."""
+    before = batch.first_row + row - 1
+    return f"row {before}" if before >= 0 else "the last row of the previous file"
+
+
+def _total_overflow(state, batch, row):
+    """The store-customer scanned just before ``row`` of ``batch`` overflowed its merchant's totals."""
     m, c, _ = state.last_row_keys
-    last_row = batch.first_row + last
-    if last >= 0:
-        where = f"row {last_row} (amount {batch.amount[last]})"
-    else:
-        where = f"row {last_row}" if last_row >= 0 else "the last row of the previous file"
+    where = _row_before(batch, row) + (f" (amount {batch.amount[row - 1]})" if row > 0 else "")
     return AmountOverflowError(
-        batch.source, max(last_row, 0),
+        batch.source, max(batch.first_row + row - 1, 0),
         f"the orders of store-customer (merchant_id {m}, customer_id {c}), ending at {where}, "
         f"make a revenue total of merchant {m} overflow int64 (more than 9.2e18 minor units)",
     )
