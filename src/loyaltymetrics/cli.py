@@ -11,6 +11,7 @@ from .api import compute
 from .errors import LoyaltyMetricsError
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS
 from .periods import PERIODS
+from .scan import ENGINES
 
 # What the terminal summary shows; -o writes every column.
 SUMMARY = (
@@ -63,6 +64,16 @@ def _edges(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _add_compute_options(p):
     p.add_argument("--merchants", metavar="FILE",
                    help="merchants table (Parquet, Arrow or CSV): merchant_id, industry, country, annual_fee")
@@ -76,6 +87,11 @@ def _add_compute_options(p):
     p.add_argument("--size-edges", type=_edges, default=DEFAULT_SIZE_EDGES, metavar="E1,E2,...",
                    help="orders-per-month edges of the merchant-size buckets (default: 30,300,3000,30000)")
     p.add_argument("--refunds", action="store_true", help="accept negative amounts (refunds) and net them in revenue")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="threads scanning chunks side by side (default: the CPUs this process may use, "
+                        "or OMP_NUM_THREADS)")
+    p.add_argument("--engine", choices=ENGINES, default="cython",
+                   help="kernel: cython (default, compiled ahead of time) or numba (compiled on first use)")
 
 
 def build_parser():
@@ -103,7 +119,8 @@ def main(argv=None):
         if args.command == "demo":
             return _demo(args)
         table = compute(args.orders, args.merchants, by=args.by, period=args.period, columns=args.columns,
-                        size_edges=args.size_edges, refunds=args.refunds)
+                        size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
+                        threads=args.threads)
         if args.output:
             write_table(table, args.output)
             print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
