@@ -7,7 +7,7 @@ and sums the amounts of the periods that ``monetary_value`` averages over
 (the repeat periods, or every period with ``include_first``). It emits
 those int64 partials, one output row per store-customer once the next one
 starts; frequency, recency, T and the mean are derived from them in
-finalize (``loyaltymetrics.rfm``), which is where floats appear.
+finalize (``loyaltymetrics.rfm_summary``), which is where floats appear.
 
 State lives in an ``RfmState`` and carries across calls, so a store-customer
 split over record batches is one store-customer. A call stops early and

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import loyaltymetrics as lm
 from loyaltymetrics.inputs import order_batches
-from loyaltymetrics.rfm import SCHEMA, RfmKernel, observation_day, scan_sequential
+from loyaltymetrics.rfm_summary import SCHEMA, RfmKernel, observation_day, scan_sequential
 
 from cdnow import cdnow_frame, cdnow_orders
 from lifetimes_peer import key_of, lifetimes_summary, orders_frame

@@ -1,6 +1,6 @@
 """Exact e-commerce loyalty and retention metrics in one pass over sorted orders."""
 from .api import compute
-from .rfm import rfm
+from .rfm_summary import rfm
 from .errors import (
     AmountOverflowError,
     CorruptInputError,

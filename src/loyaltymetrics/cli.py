@@ -136,7 +136,7 @@ def _add_rfm_parser(sub):
 
 
 def _rfm(args):
-    from .rfm import rfm, write_rfm
+    from .rfm_summary import rfm, write_rfm
 
     reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
                  columns=args.columns, engine=args.engine, refunds=args.refunds)

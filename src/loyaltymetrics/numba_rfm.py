@@ -2,7 +2,7 @@
 
 Same algorithm, same state, same statuses and the same module signature
 (``RfmState``, ``scan``, ``Status``, ``OUTPUT_COLUMNS``), so that the driver
-in ``loyaltymetrics.rfm`` runs either engine unchanged. The state is a small
+in ``loyaltymetrics.rfm_summary`` runs either engine unchanged. The state is a small
 int64 array (the Cython kernel's ``Cursor`` struct) plus the output array;
 the jitted function reads it into locals and writes it back, as the Cython
 kernel keeps a local copy of its cursor.
