@@ -4,9 +4,9 @@
    lifetimes' ``summary_data_from_transaction_data`` column by column, for
    every freq, both include_first_transaction settings, observation end
    given and defaulted, both engines.
-2. Hypothesis: both engines, any record-batch size, output capacity and
-   chunking at store-customer boundaries equal ``reference_rfm``; and the
-   reference equals lifetimes on the same random orders.
+2. Hypothesis: both engines, any thread count, chunk size, record-batch
+   size and output capacity equal ``reference_rfm``; and the reference
+   equals lifetimes on the same random orders.
 3. Bad input raises the typed errors ``compute`` raises.
 """
 import datetime as dt
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import loyaltymetrics as lm
 from loyaltymetrics.inputs import order_batches
-from loyaltymetrics.rfm_summary import SCHEMA, RfmKernel, observation_day, scan_sequential
+from loyaltymetrics.rfm_summary import SCHEMA, RfmKernel, observation_day, output_batches
 
 from cdnow import cdnow_frame, cdnow_orders
 from lifetimes_peer import key_of, lifetimes_summary, orders_frame
@@ -129,8 +129,11 @@ def test_rfm_equals_reference(data):
     include_first = data.draw(st.booleans())
     end = data.draw(observation_ends(table))
     engine = data.draw(st.sampled_from(ENGINES))
+    threads = data.draw(st.sampled_from([1, 2, 3]))
+    chunk_rows = data.draw(st.integers(1, 30))
     expected = reference_rfm(table, freq, end, include_first)
-    assert rows(lm.rfm(batched, freq, end, include_first, engine=engine)) == expected
+    got = lm.rfm(batched, freq, end, include_first, engine=engine, threads=threads, chunk_rows=chunk_rows)
+    assert rows(got) == expected
 
 
 def pieces(batches, lo, hi):
@@ -173,8 +176,7 @@ def test_chunked_kernel_equals_reference(data):
             mid = data.draw(st.integers(start, stop))
             kernel.scan(state, batch, start, mid)
             kernel.scan(state, batch, mid, stop)
-            out += kernel.take_ready(state)
-        out += kernel.end_chunk(state)
+        out += kernel.end_chunk(state) or []
     assert all(b.schema == SCHEMA and b.num_rows <= capacity for b in out)
     assert pa.Table.from_batches(out, SCHEMA).to_pylist() == reference_rfm(table, freq, end, include_first)
 
@@ -200,17 +202,21 @@ def test_kernel_stops_for_space_at_every_row():
     table = cdnow_table().slice(0, 500)
     for engine in ENGINES:
         kernel = RfmKernel("W", observation_day("1998-06-30"), engine=engine, capacity=1)
-        out = list(scan_sequential(kernel, order_batches(table)))
+        out = list(output_batches(order_batches(table), kernel, threads=1))
         assert all(b.num_rows == 1 for b in out)
         assert pa.Table.from_batches(out).to_pylist() == reference_rfm(table, "W", dt.date(1998, 6, 30))
 
 
 def test_output_is_streamed_in_bounded_batches():
-    table = cdnow_orders(replicas=3)    # 70,710 store-customers
-    reader = lm.rfm(table, "D", "1998-06-30")
+    table = cdnow_orders(replicas=3)    # 70,710 store-customers, 208,977 rows
+    reader = lm.rfm(table, "D", "1998-06-30", threads=1)
     assert isinstance(reader, pa.RecordBatchReader) and reader.schema == SCHEMA
-    sizes = [b.num_rows for b in reader]
-    assert sizes == [65536, 70710 - 65536]
+    batches = list(reader)
+    assert [b.num_rows for b in batches] == [65536, 70710 - 65536]
+    # Two threads, chunks of 30,000 rows: more, smaller batches; the same rows.
+    chunked = list(lm.rfm(table, "D", "1998-06-30", threads=2, chunk_rows=30_000))
+    assert len(chunked) > 2 and max(b.num_rows for b in chunked) < 30_000
+    assert pa.Table.from_batches(chunked).equals(pa.Table.from_batches(batches))
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -248,7 +254,7 @@ def test_bad_observation_end(value, error):
         lm.rfm(cdnow_table(), observation_end=value)
 
 
-@pytest.mark.parametrize("bad", [dict(freq="Q"), dict(engine="c"), dict(threads=2)])
+@pytest.mark.parametrize("bad", [dict(freq="Q"), dict(engine="c"), dict(threads=0), dict(chunk_rows=0)])
 def test_bad_arguments(bad):
     with pytest.raises(ValueError):
         lm.rfm(cdnow_table(), **bad)
@@ -310,15 +316,17 @@ BAD_TABLES = {
 }
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("observation_end", [None, "2022-12-31"])
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("case", sorted(BAD_TABLES))
-def test_bad_input_raises_what_compute_raises(case, engine, observation_end):
+def test_bad_input_raises_what_compute_raises(case, engine, observation_end, threads):
     table = BAD_TABLES[case]
     with pytest.raises(lm.InputError) as expected:
-        lm.compute(table)
+        lm.compute(table, threads=1)
     with pytest.raises(lm.InputError) as got:
-        lm.rfm(table, observation_end=observation_end, engine=engine).read_all()
+        # One-row chunks: with two threads, order checks at chunk edges are the driver's.
+        lm.rfm(table, observation_end=observation_end, engine=engine, threads=threads, chunk_rows=1).read_all()
     assert type(got.value) is type(expected.value)
     assert str(got.value) == str(expected.value)
 

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import _rfm, _scan, periods
+from . import _rfm, _scan, parallel, periods
 from .arrays import numeric_array
 from .errors import AmountOverflowError
-from .inputs import _in_memory, order_batches
+from .inputs import _in_memory, order_batches, rereadable
 from .scan import _stop_error
 
 FREQS = ("D", "W", "M")
@@ -151,17 +151,17 @@ class RfmRun:
 
 
 class RfmKernel:
-    """The RFM kernel behind the interface of the chunk-parallel driver.
+    """The RFM kernel in the shape ``parallel.run`` drives.
 
     ``new_state()`` → a state; ``scan(state, batch, start, stop)`` scans rows
     ``[start, stop)`` of an ``inputs.OrderBatch``, carrying the open
     store-customer across calls and raising typed ``InputError`` s;
     ``end_chunk(state)`` closes the open store-customer (the rows given so
-    far end at a store-customer boundary) and returns this chunk's output;
-    ``finish(state)`` does the same at the end of the input. Output is a list
-    of ``pyarrow.RecordBatch`` es with ``SCHEMA``, rows in input order.
-    ``take_ready(state)`` hands out the full output batches so far, so that
-    a single-threaded stream holds at most one batch of output.
+    far end at a store-customer boundary) and returns the state's output
+    since its last ``end_chunk``; ``finish(state)`` does the same at the end
+    of the input. Output is a list of ``pyarrow.RecordBatch`` es with
+    ``SCHEMA`` and at most ``capacity`` rows each, in input order, or None.
+    Combining the outputs of states is concatenation in chunk order.
     """
 
     def __init__(self, freq="D", observation_day=0, include_first_transaction=False, refunds=False,
@@ -197,15 +197,12 @@ class RfmKernel:
                 raise _error(engine.Status(status), batch, row, st)
             self._move_output(state)
 
-    def take_ready(self, state):
-        ready, state.ready = state.ready, []
-        return ready
-
     def end_chunk(self, state):
         while state.engine_state.close() == self.engine.Status.NEED_SPACE:
             self._move_output(state)
         self._move_output(state)
-        return self.take_ready(state)
+        ready, state.ready = state.ready, []
+        return ready or None
 
     finish = end_chunk
 
@@ -245,21 +242,13 @@ def _error(status, batch, row, engine_state):
     return _stop_error(_scan.Status[status.name], batch, row, engine_state)
 
 
-def scan_sequential(kernel, batches):
-    """Yield the output record batches of ``kernel`` over ``batches``, one thread, in input order."""
-    state = kernel.new_state()
-    for batch in batches:
-        kernel.scan(state, batch, 0, len(batch))
-        yield from kernel.take_ready(state)
-    yield from kernel.finish(state)
+def output_batches(batches, kernel, threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
+    """Yield the output record batches of ``kernel`` over ``batches`` in input order (``parallel.run``)."""
+    for output in parallel.run(batches, kernel, threads, chunk_rows):
+        yield from output
 
 
 # --- the entry point -----------------------------------------------------------
-
-def _reiterable(orders):
-    """Can ``orders`` be read twice (a path or a table), or is it a one-shot stream?"""
-    return isinstance(orders, (str, Path, pa.Table, pa.RecordBatch)) or hasattr(orders, "__fspath__")
-
 
 def last_order_day(orders, columns=None):
     """Day (since 1970-01-01, UTC) of the latest order_ts in ``orders``, or None if it has no rows.
@@ -272,6 +261,7 @@ def last_order_day(orders, columns=None):
         top = int(batch.order_ts.max())
         units_per_day = batch.units_per_day
         latest = top if latest is None else max(latest, top)
+        batch.release()
     if latest is None:
         return None
     # Out of range: the scan reports it as a TimestampRangeError at its row.
@@ -279,7 +269,7 @@ def last_order_day(orders, columns=None):
 
 
 def rfm(orders, freq="D", observation_end=None, include_first_transaction=False, *, columns=None,
-        engine="cython", threads=None, refunds=False):
+        engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, refunds=False):
     """Frequency, recency, T and monetary value per store-customer (SPEC §9), streamed.
 
     Equal to ``lifetimes.utils.summary_data_from_transaction_data(orders,
@@ -306,16 +296,23 @@ def rfm(orders, freq="D", observation_end=None, include_first_transaction=False,
     columns : dict, optional
         Canonical name → the input's name, e.g. ``{"amount": "total_cents"}``.
     engine : {"cython", "numba"}
-        The kernel; both give identical output.
-    threads : None or 1
-        Threads scanning chunks of the input (one for now).
+        The kernel; both give identical output (``"numba"`` compiles on
+        first use in a process).
+    threads : int, optional
+        Threads scanning chunks of the input side by side; default: the
+        CPUs this process may use (``OMP_NUM_THREADS`` if set, else its CPU
+        affinity). Output is identical for every thread count.
+    chunk_rows : int
+        Rows per chunk and thread in one round; memory in flight is about
+        ``threads * chunk_rows`` input rows and their output. Output is
+        identical for every chunk size.
     refunds : bool
         Accept negative amounts, as ``compute`` does.
 
     Returns
     -------
     pyarrow.RecordBatchReader
-        Record batches of at most 65,536 rows, columns ``merchant_id``,
+        Record batches of at most 65,536 rows (in chunk-sized groups), columns ``merchant_id``,
         ``customer_id`` (int64), ``frequency`` (int64), ``recency``, ``T``,
         ``monetary_value`` (float64, in minor units like ``amount``), one
         row per store-customer with an order up to the observation period,
@@ -326,13 +323,13 @@ def rfm(orders, freq="D", observation_end=None, include_first_transaction=False,
     """
     check_freq(freq)
     engine_module(engine)
-    if threads not in (None, 1):
-        raise ValueError(f"threads must be None or 1 for now; got {threads!r}")
+    threads = parallel.resolve_threads(threads)
+    chunk_rows = parallel.check_chunk_rows(chunk_rows)
     if not isinstance(orders, (str, Path)) and not hasattr(orders, "__fspath__"):
         orders = _in_memory(orders)     # a DataFrame is converted once, not once per pass
     if observation_end is not None:
         day = observation_day(observation_end)
-    elif _reiterable(orders):
+    elif rereadable(orders):
         day = last_order_day(orders, columns)
         if day is None:
             day = 0   # no orders: no output rows, whatever the observation end
@@ -342,7 +339,8 @@ def rfm(orders, freq="D", observation_end=None, include_first_transaction=False,
             "pass observation_end for a one-shot stream such as a RecordBatchReader"
         )
     kernel = RfmKernel(freq, day, include_first_transaction, refunds, engine)
-    return pa.RecordBatchReader.from_batches(SCHEMA, scan_sequential(kernel, order_batches(orders, columns)))
+    batches = output_batches(order_batches(orders, columns), kernel, threads, chunk_rows)
+    return pa.RecordBatchReader.from_batches(SCHEMA, batches)
 
 
 def write_rfm(reader, path):
