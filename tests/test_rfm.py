@@ -376,7 +376,7 @@ def test_cli_writes_parquet_equal_to_rfm(tmp_path):
     out = tmp_path / "rfm.parquet"
     assert main(["rfm", str(source), "-o", str(out), "--freq", "W", "--observation-end", "1997-12-31",
                  "--include-first-transaction", "--columns", "order_ts=day,amount=cents",
-                 "--engine", "numba"]) == 0
+                 "--engine", "numba", "--threads", "2"]) == 0
     expected = lm.rfm(cdnow_table().slice(0, 5000), "W", "1997-12-31", True).read_all()
     assert pq.read_table(out).equals(expected)
 

@@ -132,6 +132,7 @@ def _add_rfm_parser(sub):
     p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
                    help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
     p.add_argument("--engine", choices=("cython", "numba"), default="cython", help="kernel (default: cython)")
+    p.add_argument("--threads", type=int, metavar="N", help="threads scanning chunks (default: the usable CPUs)")
     p.add_argument("--refunds", action="store_true", help="accept negative amounts (refunds)")
 
 
@@ -139,7 +140,7 @@ def _rfm(args):
     from .rfm_summary import rfm, write_rfm
 
     reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
-                 columns=args.columns, engine=args.engine, refunds=args.refunds)
+                 columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds)
     rows = write_rfm(reader, args.output)
     print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
     return 0
