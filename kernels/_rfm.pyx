@@ -29,7 +29,8 @@ cdef extern from *:
     """
     bint lm_rfm_add_overflows(int64_t a, int64_t b, int64_t *out) noexcept nogil
 
-# Output columns, one row per store-customer (int64).
+# Output columns (int64), one entry per store-customer: out[column, row], so
+# that each column is contiguous for finalize.
 cdef enum:
     MERCHANT_ID
     CUSTOMER_ID
@@ -104,7 +105,7 @@ cdef class RfmState:
         self.cur.period_lo = 0
         self.cur.period_hi = 0      # empty: the first row always misses
         self.out_rows = 0
-        self._out = np.empty((max(capacity, 1), N_OUT), dtype=np.int64)
+        self._out = np.empty((N_OUT, max(capacity, 1)), dtype=np.int64)
         self.out = self._out
 
     @property
@@ -115,8 +116,19 @@ cdef class RfmState:
         return (self.cur.prev_merchant, self.cur.prev_customer, self.cur.prev_ts)
 
     def take_output(self):
-        """The rows emitted since the last take (a copy), leaving the output empty."""
-        rows = self._out[:self.out_rows].copy()
+        """The rows emitted since the last take, int64[N_OUT, rows], leaving the output empty.
+
+        A full output array is handed over as it is (finalize uses its
+        columns as the Arrow buffers) and the kernel writes on in a new one;
+        a mostly empty one is copied, so that small batches hold no large
+        buffers.
+        """
+        rows = self._out[:, :self.out_rows]
+        if 2 * self.out_rows < self.out.shape[1]:
+            rows = rows.copy()
+        else:
+            self._out = np.empty_like(self._out)
+            self.out = self._out
         self.out_rows = 0
         return rows
 
@@ -126,7 +138,7 @@ cdef class RfmState:
         Returns ``NEED_SPACE`` (take the output, call again) or ``OK``.
         """
         if self.cur.open:
-            if self.out_rows == self.out.shape[0]:
+            if self.out_rows == self.out.shape[1]:
                 return Status.NEED_SPACE
             emit(self, &self.cur)
         return Status.OK
@@ -134,14 +146,14 @@ cdef class RfmState:
 
 cdef inline void emit(RfmState st, Cursor* c) noexcept nogil:
     """Write the open store-customer to the output (capacity checked by caller) and close it."""
-    cdef int64_t* row = &st.out[st.out_rows, 0]
-    row[MERCHANT_ID] = c.open_merchant
-    row[CUSTOMER_ID] = c.open_customer
-    row[PERIODS] = c.periods
-    row[FIRST_PERIOD] = c.first_period
-    row[LAST_PERIOD] = c.last_period
-    row[VALUE] = c.value
-    st.out_rows += 1
+    cdef Py_ssize_t row = st.out_rows
+    st.out[MERCHANT_ID, row] = c.open_merchant
+    st.out[CUSTOMER_ID, row] = c.open_customer
+    st.out[PERIODS, row] = c.periods
+    st.out[FIRST_PERIOD, row] = c.first_period
+    st.out[LAST_PERIOD, row] = c.last_period
+    st.out[VALUE, row] = c.value
+    st.out_rows = row + 1
     c.open = False
 
 
@@ -160,7 +172,7 @@ cdef Status scan_rows(
 ) noexcept nogil:
     cdef Cursor c = st.cur          # a local copy the compiler can keep in registers
     cdef Py_ssize_t i
-    cdef Py_ssize_t capacity = st.out.shape[0]
+    cdef Py_ssize_t capacity = st.out.shape[1]
     cdef int64_t m, cust, t, a, min_amount = st.min_amount
     cdef int64_t observation_period = st.observation_period
     cdef bint include_first = st.include_first

@@ -52,7 +52,7 @@ class RfmState:
         self.include_first = bool(include_first)
         self.min_amount = INT64_MIN if allow_negative else 0
         self.cursor = np.zeros(N_CURSOR, np.int64)   # period_lo = period_hi = 0: the first row misses
-        self.out = np.empty((max(int(capacity), 1), N_OUT), np.int64)
+        self.out = np.empty((N_OUT, max(int(capacity), 1)), np.int64)   # out[column, row], as in Cython
 
     @property
     def last_row_keys(self):
@@ -63,8 +63,12 @@ class RfmState:
         return (int(c[PREV_MERCHANT]), int(c[PREV_CUSTOMER]), int(c[PREV_TS]))
 
     def take_output(self):
-        """The rows emitted since the last take (a copy), leaving the output empty."""
-        rows = self.out[: self.cursor[OUT_ROWS]].copy()
+        """The rows emitted since the last take, int64[N_OUT, rows], leaving the output empty (see ``_rfm``)."""
+        rows = self.out[:, : self.cursor[OUT_ROWS]]
+        if 2 * len(rows[0]) < self.out.shape[1]:
+            rows = rows.copy()
+        else:
+            self.out = np.empty_like(self.out)
         self.cursor[OUT_ROWS] = 0
         return rows
 
@@ -76,12 +80,12 @@ class RfmState:
 @njit(nogil=True, cache=True)
 def _emit(cursor, out):
     row = cursor[OUT_ROWS]
-    out[row, 0] = cursor[OPEN_MERCHANT]
-    out[row, 1] = cursor[OPEN_CUSTOMER]
-    out[row, 2] = cursor[PERIODS]
-    out[row, 3] = cursor[FIRST_PERIOD]
-    out[row, 4] = cursor[LAST_PERIOD]
-    out[row, 5] = cursor[VALUE]
+    out[0, row] = cursor[OPEN_MERCHANT]
+    out[1, row] = cursor[OPEN_CUSTOMER]
+    out[2, row] = cursor[PERIODS]
+    out[3, row] = cursor[FIRST_PERIOD]
+    out[4, row] = cursor[LAST_PERIOD]
+    out[5, row] = cursor[VALUE]
     cursor[OUT_ROWS] = row + 1
     cursor[OPEN] = 0
 
@@ -89,7 +93,7 @@ def _emit(cursor, out):
 @njit(nogil=True, cache=True)
 def _close(cursor, out):
     if cursor[OPEN]:
-        if cursor[OUT_ROWS] == out.shape[0]:
+        if cursor[OUT_ROWS] == out.shape[1]:
             return 1  # NEED_SPACE
         _emit(cursor, out)
     return 0
@@ -105,7 +109,7 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
     period_lo = cursor[PERIOD_LO]
     period_hi = cursor[PERIOD_HI]
     period = cursor[PERIOD]
-    capacity = out.shape[0]
+    capacity = out.shape[1]
     status = 0
     i = start
     while i < stop:

@@ -208,21 +208,29 @@ class RfmKernel:
 
     def _move_output(self, state):
         rows = state.engine_state.take_output()
-        if len(rows):
+        if rows.shape[1]:
             state.ready.append(self._record_batch(rows))
 
     def _record_batch(self, rows):
-        """Finalize: int64 partials per store-customer → the output columns (floats only here)."""
-        merchant_id, customer_id, n_periods, first_period, last_period, value = rows.T
-        frequency = n_periods - 1 + self.include_first     # the periods monetary_value averages over
+        """Finalize: int64 partials per store-customer → the output columns (floats only here).
+
+        ``rows`` is int64[6, n], one contiguous row per ``OUTPUT_COLUMNS``
+        entry. Durations are float64(days) × 86400 / seconds per unit: the
+        product is exact, so this is the correctly rounded quotient.
+        """
+        merchant_id, customer_id, frequency, first_period, last_period, value = rows
+        frequency -= not self.include_first    # periods → the periods monetary_value averages over
         start_day = period_start_day(self.freq)
         first_day = start_day[first_period]
         seconds = float(SECONDS_PER_UNIT[self.freq])
-        recency = ((start_day[last_period] - first_day) * SECONDS_PER_DAY).astype(np.float64) / seconds
-        age = ((self.observation_start_day - first_day) * SECONDS_PER_DAY).astype(np.float64) / seconds
-        monetary_value = np.zeros(len(rows), np.float64)
-        repeat = frequency > 0
-        monetary_value[repeat] = value[repeat].astype(np.float64) / frequency[repeat].astype(np.float64)
+        recency = (start_day[last_period] - first_day).astype(np.float64)
+        recency *= SECONDS_PER_DAY
+        recency /= seconds
+        age = (self.observation_start_day - first_day).astype(np.float64)
+        age *= SECONDS_PER_DAY
+        age /= seconds
+        monetary_value = np.divide(value.astype(np.float64), frequency, out=np.zeros(len(value)),
+                                   where=frequency > 0)
         return pa.RecordBatch.from_arrays(
             [numeric_array(merchant_id, pa.int64()), numeric_array(customer_id, pa.int64()),
              numeric_array(frequency, pa.int64()), numeric_array(recency, pa.float64()),
