@@ -215,6 +215,7 @@ def _run_chunk(kernel, state, chunk, closes):
     segments, _ = chunk
     try:
         for batch, lo, hi in segments:
+            batch.populate(lo, hi)
             kernel.scan(state, batch, lo, hi)
         return (kernel.end_chunk(state) if closes else None), None
     except Exception as error:  # reported in row order by _raise_first_error
