@@ -321,6 +321,7 @@ def _file_batches(path, names, required):
         raise CorruptInputError(source, row, f"cannot read {kind.replace('_', ' ')}: {e}") from e
 
 
+_MADV_DONTNEED = 4
 _MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels answer EINVAL, and pages fault in as usual
 
 
@@ -359,25 +360,25 @@ class _MappedFile:
         One call per column instead of a page fault every few pages; the GIL
         is released (ctypes), so threads populate side by side.
         """
+        self._advise(arrays, _MADV_POPULATE_READ)
+
+    def release(self, arrays):
+        """Drop the pages of the NumPy views ``arrays`` (those that point into the map).
+
+        Called by each thread for the rows it has scanned (the GIL is released).
+        A page shared with rows another thread still reads is only faulted in again.
+        """
+        self._advise(arrays, _MADV_DONTNEED)
+
+    def _advise(self, arrays, advice):
         if _madvise is None:
             return
         base, size = self.buffer.address, self.buffer.size
         for array in arrays:
             address = array.__array_interface__["data"][0]
-            if array.nbytes and base <= address < base + size:
-                start = address // mmap.PAGESIZE * mmap.PAGESIZE
-                _madvise(start, address + array.nbytes - start, _MADV_POPULATE_READ)
-
-    def release(self, arrays):
-        """Drop the pages of the NumPy views ``arrays`` (those that point into the map)."""
-        if not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        base, size = self.buffer.address, self.buffer.size
-        for array in arrays:
-            address = array.__array_interface__["data"][0]
             if array.nbytes and base <= address < base + size:  # compressed files decode elsewhere
-                start = (address - base) // mmap.PAGESIZE * mmap.PAGESIZE
-                self._map.madvise(mmap.MADV_DONTNEED, start, address - base + array.nbytes - start)
+                start = address // mmap.PAGESIZE * mmap.PAGESIZE
+                _madvise(start, address + array.nbytes - start, advice)
 
 
 def _read_table(path):
