@@ -33,6 +33,7 @@ EPILOG = """\
 examples:
   loyaltymetrics demo
   loyaltymetrics generate orders.arrow --rows 1e7
+  loyaltymetrics prepare export.csv -o orders.arrow --columns customer_id=email,order_ts=created_at
   loyaltymetrics compute orders.arrow --merchants merchants.parquet --by industry,size
   loyaltymetrics compute orders.parquet --period quarter -o metrics.parquet
   loyaltymetrics compute export/ --columns amount=total_cents,order_ts=created_at -o metrics.csv
@@ -98,6 +99,7 @@ def build_parser():
     d.add_argument("--merchants-count", type=int, default=60, help="merchants in the sample (default: 60)")
     d.add_argument("--keep", metavar="DIR", help="also keep the sample's orders.arrow and merchants.parquet in DIR")
     _add_generate_parser(sub)
+    _add_prepare_parser(sub)
     return parser
 
 
@@ -199,6 +201,52 @@ def _generate_command(args):
         print(f"wrote {made.rows:,} orders of {made.merchants:,} merchants to {made.orders_path} "
               f"(merchants: {made.merchants_path}) in {made.seconds:.1f} s, "
               f"{made.rows_per_second:,.0f} rows/s", file=sys.stderr)
+    return 0
+
+
+# --- prepare -------------------------------------------------------------------
+
+def _add_prepare_parser(sub):
+    p = sub.add_parser(
+        "prepare", help="turn a raw order export (CSV or Parquet, any order, string ids) into sorted orders",
+        description="Convert a raw order export into the canonical layout (SPEC §2): integer ids (mappings "
+                    "written beside the output), int64 cents, UTC timestamps, sorted out of core with "
+                    "DuckDB. Every row is written or rejected with a reason; nothing is dropped silently.",
+        epilog="example:\n  loyaltymetrics prepare export.csv -o orders.arrow "
+               "--columns merchant_id=shop,customer_id=email,order_ts=created_at,amount=total,reward=discount_used",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("raw", metavar="RAW", help="the export: a CSV file, a Parquet file or a directory of Parquet files")
+    p.add_argument("-o", "--output", required=True, metavar="ORDERS.arrow", help="the sorted Arrow IPC file to write")
+    p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
+                   help="map canonical names to the export's, e.g. customer_id=email,reward=discount_used")
+    p.add_argument("--refunds", action="store_true", help="keep negative amounts (refunds) instead of rejecting them")
+    p.add_argument("--rejects", metavar="FILE", help="also write rejected rows with their reason to FILE (.csv or .parquet)")
+    p.add_argument("--timezone", default="UTC", metavar="ZONE",
+                   help="zone of timestamps written without one, e.g. Europe/Berlin (default: UTC)")
+    p.add_argument("--amount-unit", choices=("major", "minor"), default="major",
+                   help="amounts in major units (dollars, the default) or already in minor units (cents)")
+    p.add_argument("--memory-limit", default="4GB", metavar="SIZE",
+                   help="memory the sort may use before spilling to disk (default: 4GB)")
+    p.add_argument("--temp-directory", metavar="DIR", help="where the sort spills (default: beside the output)")
+    p.add_argument("--threads", type=int, metavar="N", help="threads for the sort (default: all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; the report shows only rejects")
+    p.set_defaults(handler=_prepare_command)
+
+
+def _prepare_command(args):
+    from .convert import MissingDependencyError, prepare
+
+    try:
+        report = prepare(args.raw, args.output, columns=args.columns, refunds=args.refunds,
+                         rejects=args.rejects, timezone=args.timezone, amount_unit=args.amount_unit,
+                         memory_limit=args.memory_limit, temp_directory=args.temp_directory,
+                         threads=args.threads, progress=not args.quiet)
+    except (LoyaltyMetricsError, MissingDependencyError, ValueError, OSError) as e:
+        print(f"loyaltymetrics: error: {e}", file=sys.stderr)
+        return 1
+    if not args.quiet or report.rows_rejected:  # rejects are always reported: never a silent drop
+        print(report.summary(), file=sys.stderr)
     return 0
 
 
