@@ -413,7 +413,7 @@ def _normalise(canonical, array):
 
 # --- parsing -------------------------------------------------------------------
 
-def _amount_sql(t, unit):
+def _amount_sql(t):
     if pa.types.is_null(t):
         return "NULL::DECIMAL(38, 16)", "NULL"
     if _is_text(t):
@@ -452,7 +452,7 @@ def _reward_sql(batch):
 
 def _parse(con, batch, refunds, scale):
     """Parsed columns, the raw values as text, and a ``reason`` (null for rows that pass) of a batch."""
-    decimal, as_double = _amount_sql(batch.schema.field("amount").type, scale)
+    decimal, as_double = _amount_sql(batch.schema.field("amount").type)
     ts = _ts_sql(batch.schema.field("order_ts").type)
     reward, bad_reward = _reward_sql(batch)
     raw_reward = "CAST(reward AS VARCHAR)" if "reward" in batch.schema.names else "NULL::VARCHAR"
