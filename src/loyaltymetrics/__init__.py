@@ -1,5 +1,6 @@
 """Exact e-commerce loyalty and retention metrics in one pass over sorted orders."""
 from .api import compute
+from .rfm_summary import rfm
 from .errors import (
     AmountOverflowError,
     CorruptInputError,
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compute",
+    "rfm",
     "AmountOverflowError",
     "CorruptInputError",
     "DuplicateMerchantError",
