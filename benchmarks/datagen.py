@@ -157,9 +157,18 @@ def file_parameters(path):
     try:
         with pa.memory_map(str(path)) as source:
             metadata = pa.ipc.open_file(source).schema.metadata or {}
-        return json.loads(metadata[METADATA_KEY])
+        parameters = json.loads(metadata[METADATA_KEY])
     except (OSError, pa.ArrowInvalid, KeyError, ValueError):
         return None
+    # Files written before the merchant count was a parameter used the default (same rows).
+    parameters.setdefault("merchants", default_merchants(parameters.get("rows", 0)))
+    return parameters
+
+
+def data_file_name(n_rows, seed=0, n_merchants=None):
+    """The file name a data set is kept under in a data folder (the default merchant count is left out)."""
+    merchants = f"-m{n_merchants}" if n_merchants else ""
+    return f"orders-{int(n_rows)}{merchants}-seed{seed}-int32.arrow"
 
 
 def estimated_file_bytes(n_rows, key_type=pa.int32()):

@@ -51,7 +51,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from datagen import estimated_file_bytes, write_orders_file  # noqa: E402
+from datagen import data_file_name, estimated_file_bytes, write_orders_file  # noqa: E402
 
 # SPEC §4 base counts the kernel emits; the rest (merchants, returning
 # customers, repeat orders) are differences of these.
@@ -629,7 +629,7 @@ def main(argv=None):
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     free = os.statvfs(data_dir)
-    path = data_dir / f"orders-{rows}-m{args.merchants or 'auto'}-seed{args.seed}-int32.arrow"
+    path = data_dir / data_file_name(rows, args.seed, args.merchants)
     if not path.exists() and estimated_file_bytes(rows) > free.f_bavail * free.f_frsize:
         raise SystemExit(f"{data_dir} has {mib(free.f_bavail * free.f_frsize)} free; "
                          f"{rows:,} rows need about {mib(estimated_file_bytes(rows))}")
@@ -640,7 +640,7 @@ def main(argv=None):
         print(f"{key + ':':<10}{value}")
     start = time.perf_counter()
     path, reused = write_orders_file(path, rows, args.seed, n_merchants=args.merchants)
-    warmup, _ = write_orders_file(data_dir / f"orders-{WARMUP_ROWS}-seed{args.seed}-int32.arrow", WARMUP_ROWS, args.seed)
+    warmup, _ = write_orders_file(data_dir / data_file_name(WARMUP_ROWS, args.seed), WARMUP_ROWS, args.seed)
     print(f"data:     {path} ({mib(Path(path).stat().st_size)}, {rows:,} rows, "
           + ("reused" if reused else f"written in {time.perf_counter() - start:,.1f} s") + ")")
     warm = warm_page_cache(path)

@@ -40,7 +40,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from datagen import estimated_file_bytes, file_parameters, dataset_parameters, write_orders_file  # noqa: E402
+from datagen import (  # noqa: E402
+    data_file_name, dataset_parameters, estimated_file_bytes, file_parameters, write_orders_file,
+)
 from peers import machine_info, meminfo, mib, warm_page_cache  # noqa: E402
 
 DISK_MARGIN = 2 << 30  # left free for everything else on the disk
@@ -63,7 +65,7 @@ def parse_sizes(text):
 
 
 def data_path(data_dir, rows, seed, merchants):
-    return Path(data_dir) / f"orders-{rows}-m{merchants or 'auto'}-seed{seed}-int32.arrow"
+    return Path(data_dir) / data_file_name(rows, seed, merchants)
 
 
 def parse_merchants(text):

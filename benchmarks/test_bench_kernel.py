@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from datagen import write_orders_file
+from datagen import data_file_name, write_orders_file
 
 lm = pytest.importorskip("loyaltymetrics")
 from loyaltymetrics.inputs import order_batches  # noqa: E402
@@ -40,7 +40,7 @@ ENGINE_THREADS = [("cython", 1), ("cython", 2), ("numba", 1), ("numba", 2)]
 @pytest.fixture(scope="session")
 def orders_path(tmp_path_factory):
     folder = os.environ.get("LOYALTYMETRICS_BENCH_DATA") or tmp_path_factory.mktemp("bench")
-    path, _ = write_orders_file(Path(folder) / f"orders-{ROWS}-seed0-int32.arrow", ROWS, seed=0)
+    path, _ = write_orders_file(Path(folder) / data_file_name(ROWS), ROWS, seed=0)
     with open(path, "rb", buffering=0) as f:  # into the page cache
         while f.read(16 << 20):
             pass
