@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 from . import progress as _progress
 from .errors import CorruptInputError, InputError, SchemaError
 from .inputs import ORDER_COLUMNS, REQUIRED_ORDER_COLUMNS, resolve_columns
+from .synthetic import ORDERS_SCHEMA
 
 BATCH_ROWS = 1 << 20
 REASONS = (
@@ -47,14 +48,6 @@ REASONS = (
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "")
 AMOUNT_UNITS = {"major": 100, "minor": 1}
-
-ORDERS_SCHEMA = pa.schema([
-    ("merchant_id", pa.int32()),
-    ("customer_id", pa.int64()),
-    ("order_ts", pa.timestamp("us", tz="UTC")),
-    ("amount", pa.int64()),
-    ("reward", pa.bool_()),
-])
 
 
 class MissingDependencyError(ImportError):

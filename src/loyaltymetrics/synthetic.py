@@ -68,6 +68,7 @@ BATCH_ROWS = 1 << 20   # rows per record batch in the file (a constant: part of 
 BLOCK_ROWS = 1 << 19   # rows simulated at once within a merchant (bounds memory)
 ARRIVAL_BINS = 1 << 16  # resolution of the arrival-day lookup table
 
+# The canonical layout (SPEC §2) that generate and prepare write.
 ORDERS_SCHEMA = pa.schema([
     ("merchant_id", pa.int32()),
     ("customer_id", pa.int64()),
