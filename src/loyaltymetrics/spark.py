@@ -21,6 +21,7 @@ only an exception's text from a task to the driver, so a task carries its
 ``InputError`` in its message and the driver rebuilds it from there.
 """
 import functools
+import itertools
 import json
 import re
 
@@ -157,7 +158,7 @@ def _scan_partition(batches, period, refunds, engine):
     state = kernel.new_state()
     ranges = []
     try:
-        reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
+        reader = pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
         for batch in order_batches(reader):
             kernel.scan(state, batch, 0, len(batch))  # raises at a row out of order, even across batches
             ranges.append(_customer_ranges(batch))
@@ -166,11 +167,6 @@ def _scan_partition(batches, period, refunds, engine):
     partials = kernel.finish(state)
     if len(partials.merchant_id):
         yield _partials_batch(partials, ranges)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def _customer_ranges(batch):
@@ -231,7 +227,7 @@ class _TaskInputError(Exception):
 def _collect(combined, period):
     """The combined partials as ``Partials`` on the driver, after the checks the sums need."""
     try:
-        table = combined.toArrow()
+        table = combined.toArrow().combine_chunks()
     except Exception as exc:
         error = _input_error(exc)
         if error is None:
@@ -239,28 +235,23 @@ def _collect(combined, period):
         raise error from None
     merchant_id = table.column("merchant_id").to_numpy()
     period_index = table.column("period").to_numpy().astype(np.int32)
-    _check_whole_store_customers(merchant_id, table.column("customer_ranges"))
-    counts = np.empty((table.num_rows, len(PARTIAL_COLUMNS)), np.int64)
-    for i, name in enumerate(PARTIAL_COLUMNS):
-        counts[:, i] = _int64(table.column(name), name, merchant_id, period_index, period)
+    _check_whole_store_customers(merchant_id, table.column("customer_ranges").chunk(0))
     month_range = None
     if period == "all" and table.num_rows:
         month_range = (pc.min(table.column("first_month")).as_py(), pc.max(table.column("last_month")).as_py())
+    counts = np.empty((table.num_rows, len(PARTIAL_COLUMNS)), np.int64)
+    for i, name in enumerate(PARTIAL_COLUMNS):
+        try:
+            counts[:, i] = table.column(name).cast(pa.int64()).to_numpy()
+        except pa.ArrowInvalid:
+            values = table.column(name).to_pylist()
+            row = next(r for r, v in enumerate(values) if not -2**63 <= v < 2**63)
+            start = periods.period_start(period, period_index[row:row + 1], (month_range or (0,))[0])[0]
+            raise AmountOverflowError(
+                SOURCE, None, f"the {name} of merchant_id {merchant_id[row]} in the period from {start} "
+                f"is {values[row]}, outside int64 (about ±9.2e18 minor units)",
+            ) from None
     return Partials(merchant_id, period_index, counts, month_range)
-
-
-def _int64(column, name, merchant_id, period_index, period):
-    """A decimal sum column as int64; AmountOverflowError where a sum does not fit (SPEC §2)."""
-    try:
-        return column.cast(pa.int64()).to_numpy()
-    except pa.ArrowInvalid:
-        values = column.to_pylist()
-        row = next(i for i, v in enumerate(values) if not -2**63 <= v < 2**63)
-        start = periods.period_start(period, period_index[row : row + 1])[0]
-        raise AmountOverflowError(
-            SOURCE, None, f"the {name} of merchant_id {merchant_id[row]} in the period from {start} "
-            f"is {values[row]}, outside int64 (about ±9.2e18 minor units)",
-        ) from None
 
 
 def _check_whole_store_customers(merchant_id, customer_ranges):
@@ -274,8 +265,7 @@ def _check_whole_store_customers(merchant_id, customer_ranges):
     """
     merchant = merchant_id[pc.list_parent_indices(customer_ranges).to_numpy()]
     ranges = pc.list_flatten(customer_ranges)
-    first = pc.struct_field(ranges, "first").to_numpy()
-    last = pc.struct_field(ranges, "last").to_numpy()
+    first, last = ranges.field("first").to_numpy(), ranges.field("last").to_numpy()
     order = np.lexsort((first, merchant))
     merchant, first, last = merchant[order], first[order], last[order]
     overlap = np.flatnonzero((merchant[1:] == merchant[:-1]) & (first[1:] <= last[:-1]))
