@@ -285,3 +285,9 @@ def test_empty_input(spark, lms):
 def test_importing_the_library_does_not_import_pyspark():
     code = "import sys, loyaltymetrics; assert 'pyspark' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_numba_engine(spark, lms, generated):
+    orders, parquet, _ = generated
+    actual = lms.compute(spark.read.parquet(str(parquet)), by=["merchant"], period="quarter", engine="numba")
+    assert_identical(actual.toArrow(), lm.compute(orders, by=["merchant"], period="quarter"))
