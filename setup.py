@@ -17,6 +17,11 @@ extensions = [
         ["kernels/_scan.pyx"],
         extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
     ),
+    Extension(
+        "loyaltymetrics._analyses",
+        ["kernels/_analyses.pyx"],
+        extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
+    ),
 ]
 
 setup(
