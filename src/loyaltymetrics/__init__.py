@@ -1,9 +1,12 @@
 """Exact e-commerce loyalty and retention metrics in one pass over sorted orders."""
 from .api import compute
+from .cohorts import cohorts
+from .concentration import concentration
 from .errors import (
     AmountOverflowError,
     CorruptInputError,
     DuplicateMerchantError,
+    InputChangedError,
     InputError,
     LoyaltyMetricsError,
     NegativeAmountError,
@@ -17,9 +20,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compute",
+    "cohorts",
+    "concentration",
     "AmountOverflowError",
     "CorruptInputError",
     "DuplicateMerchantError",
+    "InputChangedError",
     "InputError",
     "LoyaltyMetricsError",
     "NegativeAmountError",

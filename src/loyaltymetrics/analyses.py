@@ -29,7 +29,6 @@ import numbers
 import numpy as np
 
 from . import _analyses, _scan, periods
-from .errors import InputError
 from .scan import _stop_error, _total_overflow
 
 ENGINES = ("cython", "numba")
@@ -427,7 +426,3 @@ def top_count(customers, top):
     """``ceil(top × customers)`` exactly, per entry (SPEC §9)."""
     num, den = top.numerator, top.denominator
     return np.array([-((-int(c) * num) // den) for c in customers], dtype=np.int64)
-
-
-class InputChangedError(InputError):
-    """The input read differently on a later pass than on the first."""
