@@ -1,7 +1,7 @@
 """Exact e-commerce loyalty and retention metrics in one pass over sorted orders."""
 from .api import compute
-from .cohorts import cohorts
-from .concentration import concentration
+from .cohort_analysis import cohorts
+from .concentration_analysis import concentration
 from .errors import (
     AmountOverflowError,
     CorruptInputError,

@@ -100,7 +100,7 @@ def build_parser():
 
 def _add_analysis_commands(sub):
     """The SPEC §9 analyses: ``cohorts`` and ``concentration``, options as for ``compute``."""
-    from .cohorts import COHORT_PERIODS
+    from .cohort_analysis import COHORT_PERIODS
 
     for name, help_text, period_choices, default in (
         ("cohorts", "acquisition cohorts: retention and revenue by period since acquisition (SPEC §9)",
@@ -128,8 +128,8 @@ def _add_analysis_commands(sub):
 
 
 def _run_analysis(args):
-    from .cohorts import cohorts
-    from .concentration import concentration
+    from .cohort_analysis import cohorts
+    from .concentration_analysis import concentration
 
     options = dict(by=args.by, period=args.period, columns=args.columns, size_edges=args.size_edges,
                    engine=args.engine)

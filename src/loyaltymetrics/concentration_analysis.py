@@ -41,7 +41,7 @@ from .analyses import (
 )
 from .arrays import numeric_array
 from ._analyses import bin_offsets
-from .cohorts import _group_starts
+from .cohort_analysis import _group_starts
 from .errors import InputChangedError
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, group_codes, sum_groups
 from .inputs import _in_memory, order_batches, read_merchants, resolve_columns, source_label
