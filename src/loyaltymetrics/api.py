@@ -1,12 +1,14 @@
 """The public entry points."""
-from . import periods
-from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, finalize
-from .inputs import order_batches, read_merchants, source_label
-from .scan import scan_orders
+from . import parallel, periods
+from .errors import AmountOverflowError
+from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, combine, finalize
+from .inputs import order_batches, read_merchants, rereadable, source_label
+from .scan import scan_module, scan_orders
 
 
 def compute(orders, merchants=None, *, by=(), period="year", columns=None,
-            size_edges=DEFAULT_SIZE_EDGES, refunds=False):
+            size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
+            chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
     """Loyalty and retention metrics per group and period (SPEC §4-7).
 
     Parameters
@@ -30,6 +32,19 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     refunds : bool
         Accept negative amounts (refunds) and add them to revenue; by
         default a negative amount is a ``NegativeAmountError``.
+    engine : {"cython", "numba"}
+        The kernel: ``"cython"`` is compiled ahead of time and starts at
+        once; ``"numba"`` runs the same algorithm compiled by Numba on first
+        use in a process (a few seconds per key/timestamp type combination,
+        cached on disk). Results are identical.
+    threads : int, optional
+        Threads scanning chunks of the input side by side; default: the
+        CPUs this process may use (``OMP_NUM_THREADS`` if set, else its CPU
+        affinity). Results are identical for every thread count.
+    chunk_rows : int
+        Rows per chunk and thread in one round (memory in flight is about
+        ``threads * chunk_rows`` rows of the input). Results are identical
+        for every chunk size.
 
     Returns
     -------
@@ -45,6 +60,23 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     by = check_by(by)
     periods.check_period(period)
     size_edges = check_size_edges(size_edges)
+    scan_module(engine)
+    threads = parallel.resolve_threads(threads)
+    chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
-    partials = scan_orders(order_batches(orders, columns), period, refunds=refunds)
-    return finalize(partials, merchant_table, by, period, size_edges, source=source_label(orders))
+    source = source_label(orders)
+
+    def scan(threads):
+        batches = order_batches(orders, columns)
+        return combine(scan_orders(batches, period, refunds, engine, threads, chunk_rows), source)
+
+    try:
+        partials = scan(threads)
+    except AmountOverflowError as error:
+        # A merchant's sum overflowed only when the threads' pieces were added up,
+        # where no row is known: one thread finds the row, if the input can be read again.
+        if error.row is not None or threads == 1 or not rereadable(orders):
+            raise
+        partials = scan(1)
+        raise error from None  # one thread did not overflow: should not happen, keep the error
+    return finalize(partials, merchant_table, by, period, size_edges, source=source)

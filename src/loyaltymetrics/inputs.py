@@ -49,14 +49,33 @@ class OrderBatch:
     reward_bits: np.ndarray  # LSB bitmap, nulls cleared
     reward_offset: int
     units_per_day: int
+    mapped: object = None  # the _MappedFile the columns point into, if any
 
     def __len__(self):
         return len(self.merchant_id)
+
+    def release(self, lo=0, hi=None):
+        """Let go of the memory-mapped pages of rows ``[lo, hi)`` once they are scanned."""
+        if self.mapped is not None:
+            hi = len(self) if hi is None else hi
+            bit_lo, bit_hi = (self.reward_offset + lo) // 8, (self.reward_offset + hi + 7) // 8
+            self.mapped.release(
+                [(a[lo:hi]) for a in (self.merchant_id, self.customer_id, self.order_ts, self.amount)]
+                + [self.reward_bits[bit_lo:bit_hi]]
+            )
 
 
 def source_label(orders):
     """How errors name an input: its path, or "<table>"."""
     return str(orders) if isinstance(orders, (str, os.PathLike)) else IN_MEMORY
+
+
+def rereadable(orders):
+    """Whether ``orders`` can be read a second time (not a one-shot stream)."""
+    return not isinstance(orders, pa.RecordBatchReader) and (
+        isinstance(orders, (str, os.PathLike, pa.Table, pa.RecordBatch)) or not hasattr(orders, "__arrow_c_stream__")
+        or type(orders).__module__.startswith(("pandas", "polars"))
+    )
 
 
 def resolve_columns(columns):
@@ -86,10 +105,10 @@ def order_batches(orders, columns=None):
     names = resolve_columns(columns)
     required = REQUIRED_ORDER_COLUMNS + (("reward",) if "reward" in (columns or {}) else ())
     units_per_day = None
-    for source, first_row, batch in _record_batches(orders, names, required):
+    for source, first_row, batch, mapped in _record_batches(orders, names, required):
         if batch.num_rows == 0:
             continue
-        order_batch = _order_batch(batch, names, source, first_row)
+        order_batch = _order_batch(batch, names, source, first_row, mapped)
         if units_per_day is None:
             units_per_day = order_batch.units_per_day
         elif order_batch.units_per_day != units_per_day:
@@ -148,7 +167,7 @@ def _non_null(batch, name, source, first_row):
     return arr
 
 
-def _order_batch(batch, names, source, first_row):
+def _order_batch(batch, names, source, first_row, mapped=None):
     """Null checks and zero-copy views of one record batch whose schema passed ``_select``."""
     merchant, customer, ts, amount = (
         _non_null(batch, names[c], source, first_row) for c in REQUIRED_ORDER_COLUMNS
@@ -173,6 +192,7 @@ def _order_batch(batch, names, source, first_row):
         reward_bits=reward_bits,
         reward_offset=reward_offset,
         units_per_day=units_per_day,
+        mapped=mapped,
     )
 
 
@@ -197,7 +217,7 @@ def _values(arr, dtype):
 # --- sources ---------------------------------------------------------------
 
 def _record_batches(orders, names, required):
-    """Yield ``(source, first_row, RecordBatch)`` holding just the order columns."""
+    """Yield ``(source, first_row, RecordBatch, mapped file or None)`` holding just the order columns."""
     if isinstance(orders, (str, os.PathLike)):
         yield from _file_batches(Path(orders), names, required)
         return
@@ -209,7 +229,7 @@ def _record_batches(orders, names, required):
     batches = table.select(wanted).to_batches() if isinstance(table, pa.Table) else table
     row = 0
     for batch in batches:
-        yield IN_MEMORY, row, batch.select(wanted)
+        yield IN_MEMORY, row, batch.select(wanted), None
         row += batch.num_rows
 
 
@@ -272,7 +292,7 @@ def _file_batches(path, names, required):
             parquet = pq.ParquetFile(source, memory_map=False)
             wanted = _select(source, parquet.schema_arrow, names, required)
             batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
-            release = None
+            mapped = None
         else:
             mapped = _MappedFile(source)
             if kind == "ipc_file":
@@ -281,13 +301,10 @@ def _file_batches(path, names, required):
             else:
                 reader = batches = pa.ipc.open_stream(mapped.buffer)
             wanted = _select(source, reader.schema, names, required)
-            release = mapped.release
         for batch in batches:
             batch.validate()  # buffer sizes agree with lengths: the kernel reads them unchecked
             batch = batch.select(wanted)
-            yield source, row, batch
-            if release:
-                release(batch)
+            yield source, row, batch, mapped
             row += batch.num_rows
     except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, pa.ArrowMemoryError,
             UnicodeDecodeError, OSError) as e:
@@ -298,11 +315,12 @@ def _file_batches(path, names, required):
 
 
 class _MappedFile:
-    """A read-only memory map whose pages are let go once a batch has been scanned.
+    """A read-only memory map whose pages are let go once rows have been scanned.
 
     The batches' buffers point into the map (zero-copy). Pages the kernel has
     read stay in the page cache but are dropped from this process's resident
-    set, so RSS stays flat however large the file.
+    set, so RSS stays flat however large the file. Dropping a page that is
+    read again later only costs a page fault: the map is read-only.
     """
 
     def __init__(self, path):
@@ -310,14 +328,16 @@ class _MappedFile:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.buffer = pa.py_buffer(self._map)
 
-    def release(self, batch):
+    def release(self, arrays):
+        """Drop the pages of the NumPy views ``arrays`` (those that point into the map)."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
         base, size = self.buffer.address, self.buffer.size
-        spans = [(b.address - base, b.address - base + b.size)
-                 for column in batch.columns for b in column.buffers()
-                 if b is not None and base <= b.address < base + size]  # compressed files decode elsewhere
-        if spans and hasattr(mmap, "MADV_DONTNEED"):
-            start = min(lo for lo, _ in spans) // mmap.PAGESIZE * mmap.PAGESIZE
-            self._map.madvise(mmap.MADV_DONTNEED, start, max(hi for _, hi in spans) - start)
+        for array in arrays:
+            address = array.__array_interface__["data"][0]
+            if array.nbytes and base <= address < base + size:  # compressed files decode elsewhere
+                start = (address - base) // mmap.PAGESIZE * mmap.PAGESIZE
+                self._map.madvise(mmap.MADV_DONTNEED, start, address - base + array.nbytes - start)
 
 
 def _read_table(path):

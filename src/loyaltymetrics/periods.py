@@ -1,8 +1,12 @@
 """Calendar periods in UTC (SPEC §3) as the lookup tables the kernel uses.
 
-Every period kind is a union of calendar months, so the kernel maps a
-timestamp to its month (one division and a table lookup, cached while rows
-stay in the same month) and the month to its period index.
+Every period kind is a union of calendar months. The kernel finds a
+timestamp's period without a division or a branch: ``period_table`` cuts the
+time axis into buckets of ``2**shift`` units (at most 28 days, the shortest
+month, so a bucket holds at most one period boundary) and stores for each
+bucket the period of its start and where that period ends if the next one
+begins inside the bucket. The table has a few thousand entries and stays in
+cache.
 Period indexes count from 1970: years since 1970, quarters since 1970-Q1,
 months since 1970-01; ``"all"`` has the single index 0.
 """
@@ -34,8 +38,8 @@ def check_period(period):
 @lru_cache(maxsize=None)
 def day_month():
     """int32[N_DAYS]: month index of each day since 1970-01-01."""
-    days = np.arange(N_DAYS).astype("datetime64[D]")
-    return days.astype("datetime64[M]").astype(np.int32)
+    first_days = np.arange(N_MONTHS + 1).astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
+    return np.repeat(np.arange(N_MONTHS, dtype=np.int32), np.diff(first_days))
 
 
 @lru_cache(maxsize=None)
@@ -59,6 +63,41 @@ def month_start(units_per_day):
     """
     days = np.arange(N_MONTHS + 1).astype("datetime64[M]").astype("datetime64[D]").astype(np.int64).tolist()
     return np.array([min(d * units_per_day, INT64_MAX) for d in days], dtype=np.int64)
+
+
+def bucket_shift(units_per_day):
+    """log2 of the bucket width of ``period_table``: the largest power of two not above 28 days."""
+    return (28 * int(units_per_day)).bit_length() - 1
+
+
+@lru_cache(maxsize=None)
+def period_table(period, units_per_day):
+    """int64[n, 2] for bucket ``b = ts >> bucket_shift(units_per_day)``.
+
+    ``[b, 0]`` is the period index of the bucket's first timestamp and
+    ``[b, 1]`` the last timestamp of that period if the next period starts
+    inside the bucket, else INT64_MAX; so ``period(ts) = [b, 0] + (ts > [b, 1])``.
+    Covers every timestamp from 0 to ``ts_max(units_per_day)``.
+    """
+    shift = bucket_shift(units_per_day)
+    starts = np.arange((ts_max(units_per_day) >> shift) + 1, dtype=np.int64) << shift
+    index = month_period(period)[day_month()[starts // units_per_day]].astype(np.int64)
+    table = np.empty((len(starts), 2), dtype=np.int64)
+    table[:, 0] = index
+    table[:, 1] = INT64_MAX
+    if period != "all":
+        # The next period starts at month (index + 1) * months-per-period; month_start
+        # has an entry for the month after the last, clamped to INT64_MAX (no boundary).
+        following = month_start(units_per_day)[(index + 1) * MONTHS_PER_PERIOD[period]]
+        inside = (following <= starts + ((1 << shift) - 1)) & (following < INT64_MAX)
+        table[inside, 1] = following[inside] - 1
+    table.setflags(write=False)
+    return table
+
+
+def month_of(ts, units_per_day):
+    """Month index (months since 1970-01) of a valid raw timestamp."""
+    return int(day_month()[int(ts) // units_per_day])
 
 
 def ts_max(units_per_day):

@@ -3,10 +3,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _scan, periods
+from . import _scan, parallel, periods
 from .errors import AmountOverflowError, NegativeAmountError, TimestampRangeError, UnsortedInputError
 
 PARTIAL_COLUMNS = _scan.PARTIAL_COLUMNS
+Status = _scan.Status
 
 
 @dataclass(frozen=True)
@@ -26,31 +27,77 @@ class Partials:
         return self.counts[:, PARTIAL_COLUMNS.index(name)]
 
 
-def scan_orders(batches, period, refunds=False):
-    """One pass of the kernel over ``batches`` (``inputs.OrderBatch``); returns ``Partials``."""
-    state = _scan.ScanState(
-        periods.day_month(), periods.month_period(period), periods.n_periods(period), allow_negative=refunds
-    )
-    batch = None
-    for batch in batches:
-        month_start = periods.month_start(batch.units_per_day)
-        ts_max = periods.ts_max(batch.units_per_day)
-        row = 0
+ENGINES = ("cython", "numba")
+
+
+def scan_module(engine):
+    """The kernel module of an engine: ``ScanState``, ``scan`` and ``Status`` with the same signatures.
+
+    ``"cython"`` (the default) is compiled ahead of time; ``"numba"`` compiles
+    the same algorithm on first use, once per key/timestamp type combination.
+    """
+    if engine == "cython":
+        return _scan
+    if engine == "numba":
+        from . import numba_scan
+
+        return numba_scan
+    raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+
+
+class ComputeKernel:
+    """The partials kernel (SPEC §4) in the shape ``parallel.run`` drives."""
+
+    def __init__(self, engine="cython", period="year", refunds=False):
+        self.module = scan_module(engine)
+        self.period = period
+        self.refunds = refunds
+        self.units_per_day = None
+
+    def new_state(self):
+        return self.module.ScanState(periods.n_periods(self.period), allow_negative=self.refunds)
+
+    def scan(self, state, batch, start, stop):
+        upd = self.units_per_day = batch.units_per_day
+        table, shift, ts_max = periods.period_table(self.period, upd), periods.bucket_shift(upd), periods.ts_max(upd)
+        row = start
         while True:
-            status, row = _scan.scan(
+            status, row = self.module.scan(
                 state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
-                batch.reward_bits, batch.reward_offset, month_start, batch.units_per_day, ts_max, row,
+                batch.reward_bits, batch.reward_offset, table, shift, ts_max, row, stop,
             )
-            if status == _scan.Status.OK:
-                break
-            if status != _scan.Status.NEED_SPACE:
+            if status == Status.OK:
+                return
+            if status != Status.NEED_SPACE:
                 raise _stop_error(status, batch, row, state)
             state.grow()
-    try:
+
+    def end_chunk(self, state):
+        return None  # partials accumulate in the state
+
+    def finish(self, state):
         merchant_id, period_index, counts = state.finish()
-    except OverflowError:
-        raise _total_overflow(state, batch, len(batch)) from None
-    return Partials(merchant_id, period_index, counts, state.month_range)
+        ts_range = state.ts_range
+        months = None if ts_range is None else tuple(periods.month_of(t, self.units_per_day) for t in ts_range)
+        return Partials(merchant_id, period_index, counts, months)
+
+
+def scan_orders(batches, period, refunds=False, engine="cython", threads=None,
+                chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=None):
+    """One pass of the kernel over ``batches`` (``inputs.OrderBatch``); returns ``Partials``.
+
+    With several threads the partials of one (merchant, period) may come in
+    pieces from several states; ``finalize.combine`` adds them up.
+    """
+    kernel = ComputeKernel(engine, period, refunds)
+    parts = list(parallel.run(batches, kernel, threads, chunk_rows, progress))
+    ranges = [p.month_range for p in parts if p.month_range is not None]
+    return Partials(
+        np.concatenate([p.merchant_id for p in parts]),
+        np.concatenate([p.period for p in parts]),
+        np.concatenate([p.counts for p in parts]),
+        (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None,
+    )
 
 
 def _stop_error(status, batch, row, state):
@@ -58,17 +105,15 @@ def _stop_error(status, batch, row, state):
     where = (batch.source, batch.first_row + row)
     ts = periods.format_timestamp(batch.order_ts[row], batch.units_per_day)
     amount = int(batch.amount[row])
-    if status == _scan.Status.NEGATIVE_AMOUNT:
+    if status == Status.NEGATIVE_AMOUNT:
         return NegativeAmountError(*where, f"negative amount {amount} (pass refunds=True / --refunds to accept refunds)")
-    if status == _scan.Status.TIMESTAMP_RANGE:
+    if status == Status.TIMESTAMP_RANGE:
         return TimestampRangeError(*where, f"order_ts {ts} is outside 1970-01-01 .. 2262-12-31 UTC")
-    if status == _scan.Status.AMOUNT_OVERFLOW:
+    if status == Status.AMOUNT_OVERFLOW:
         return AmountOverflowError(
             *where, f"amount {amount} makes a revenue sum overflow int64 (more than 9.2e18 minor units)"
         )
-    if status == _scan.Status.TOTAL_OVERFLOW:
-        return _total_overflow(state, batch, row)
-    if status == _scan.Status.UNSORTED:
+    if status == Status.UNSORTED:
         m, c, t = state.last_row_keys
         return UnsortedInputError(
             *where,
@@ -83,14 +128,3 @@ def _row_before(batch, row):
     """How to name the row before ``row`` of ``batch``: it may be in an earlier batch or file."""
     before = batch.first_row + row - 1
     return f"row {before}" if before >= 0 else "the last row of the previous file"
-
-
-def _total_overflow(state, batch, row):
-    """The store-customer scanned just before ``row`` of ``batch`` overflowed its merchant's totals."""
-    m, c, _ = state.last_row_keys
-    where = _row_before(batch, row) + (f" (amount {batch.amount[row - 1]})" if row > 0 else "")
-    return AmountOverflowError(
-        batch.source, max(batch.first_row + row - 1, 0),
-        f"the orders of store-customer (merchant_id {m}, customer_id {c}), ending at {where}, "
-        f"make a revenue total of merchant {m} overflow int64 (more than 9.2e18 minor units)",
-    )

@@ -1,0 +1,235 @@
+"""The partials kernel of ``kernels/_scan.pyx`` as plain Numba loops (``engine="numba"``).
+
+Same algorithm, same signatures, same statuses, same results: the module is
+a drop-in for ``loyaltymetrics._scan``. It compiles on first use in a
+process (once per key/timestamp type combination; the machine code is
+cached on disk), so the Cython engine stays the default; it is here for
+platforms without a C compiler and for changing the algorithm quickly.
+"""
+import numpy as np
+from numba import njit
+
+from ._scan import PARTIAL_COLUMNS, Status
+
+N_COUNTS = len(PARTIAL_COLUMNS)
+(ORDERS, REVENUE, CUSTOMERS, NEW_CUSTOMERS, REPEAT_CUSTOMERS, ORDERS_FROM_REPEAT_CUSTOMERS,
+ RETAINED_CUSTOMERS, REWARD_ORDERS, REWARD_REVENUE, REWARD_CUSTOMERS, MEMBER_ORDERS,
+ MEMBER_REVENUE, MEMBER_REPEAT_CUSTOMERS) = range(N_COUNTS)
+ACC_STRIDE = 16
+INT64_MAX = np.iinfo(np.int64).max
+INT64_MIN = np.iinfo(np.int64).min
+
+# The cursor: what the Cython kernel keeps in its Cursor struct, as int64 slots.
+(STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, RUN_PERIOD, RUN_ORDERS, RUN_REWARD_ORDERS,
+ RUN_REVENUE, RUN_MEMBER_REPEAT, MIN_TS, MAX_TS, ACC_LO, ACC_HI, OUT_ROWS, N_CURSOR) = range(15)
+
+OK, NEED_SPACE, UNSORTED, NEGATIVE_AMOUNT, TIMESTAMP_RANGE, AMOUNT_OVERFLOW = (
+    int(Status.OK), int(Status.NEED_SPACE), int(Status.UNSORTED), int(Status.NEGATIVE_AMOUNT),
+    int(Status.TIMESTAMP_RANGE), int(Status.AMOUNT_OVERFLOW),
+)
+
+
+class ScanState:
+    """Everything a scan carries between calls, and the partials it emitted."""
+
+    def __init__(self, n_periods, allow_negative=False, capacity=1024):
+        if n_periods <= 0:
+            raise ValueError("n_periods must be positive")
+        self.n_periods = n_periods
+        self.acc = np.zeros((n_periods, ACC_STRIDE), dtype=np.int64)
+        self.min_amount = INT64_MIN if allow_negative else 0
+        self.cur = np.zeros(N_CURSOR, dtype=np.int64)
+        self.cur[RUN_PERIOD] = -2
+        self.cur[MIN_TS], self.cur[MAX_TS] = INT64_MAX, INT64_MIN
+        self.cur[ACC_LO], self.cur[ACC_HI] = INT64_MAX, -1
+        self._checked_table = None
+        self.out_merchant = np.empty(0, np.int64)
+        self.out_period = np.empty(0, np.int32)
+        self.out_counts = np.empty((0, N_COUNTS), np.int64)
+        self._allocate(max(capacity, 1))
+
+    def _allocate(self, capacity):
+        rows = self.cur[OUT_ROWS]
+        merchant = np.empty(capacity, dtype=np.int64)
+        period = np.empty(capacity, dtype=np.int32)
+        counts = np.empty((capacity, N_COUNTS), dtype=np.int64)
+        merchant[:rows] = self.out_merchant[:rows]
+        period[:rows] = self.out_period[:rows]
+        counts[:rows] = self.out_counts[:rows]
+        self.out_merchant, self.out_period, self.out_counts = merchant, period, counts
+
+    def grow(self):
+        """Double the output capacity (after a scan returned NEED_SPACE)."""
+        self._allocate(2 * len(self.out_merchant))
+
+    def check_table(self, table, ts_max):
+        """Check once per table that every period it yields up to ``ts_max`` indexes ``acc``."""
+        if table is self._checked_table:
+            return
+        table = np.asarray(table)
+        reachable = table[:, 0] + (table[:, 1] < ts_max)
+        if len(table) and not (0 <= np.min(table[:, 0]) and np.max(reachable) < self.n_periods):
+            raise ValueError("period_table yields periods outside [0, n_periods)")
+        self._checked_table = table
+
+    @property
+    def last_row_keys(self):
+        """(merchant_id, customer_id, order_ts) of the last row scanned, or None."""
+        if not self.cur[STARTED]:
+            return None
+        return int(self.cur[PREV_MERCHANT]), int(self.cur[PREV_CUSTOMER]), int(self.cur[PREV_TS])
+
+    @property
+    def ts_range(self):
+        """(earliest, latest) order_ts scanned, or None if no rows."""
+        if not self.cur[STARTED]:
+            return None
+        return int(self.cur[MIN_TS]), int(self.cur[MAX_TS])
+
+    def finish(self):
+        """Flush the last merchant; return ``(merchant_id, period, counts)`` in scan order."""
+        while self.cur[OUT_ROWS] + self.cur[ACC_HI] - self.cur[ACC_LO] + 1 > len(self.out_merchant):
+            self.grow()
+        if self.cur[STARTED]:
+            _flush_merchant(self.cur, self.acc, self.out_merchant, self.out_period, self.out_counts)
+        n = self.cur[OUT_ROWS]
+        return self.out_merchant[:n].copy(), self.out_period[:n].copy(), self.out_counts[:n].copy()
+
+
+def scan(state, merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
+         period_table, shift, ts_max, start=0, stop=-1):
+    """Scan rows ``start:stop`` of one record batch; return ``(status, row)`` (see ``_scan.scan``)."""
+    n = len(merchant_id)
+    if len(customer_id) != n or len(order_ts) != n or len(amount) != n:
+        raise ValueError("columns of one batch must have the same length")
+    if stop < 0:
+        stop = n
+    if not 0 <= start <= stop <= n:
+        raise ValueError("rows out of range")
+    if (reward_offset + n + 7) // 8 > len(reward_bits):
+        raise ValueError("reward bitmap is shorter than the batch")
+    table = np.ascontiguousarray(period_table, dtype=np.int64)
+    if table.ndim != 2 or table.shape[1] != 2 or not 0 <= shift < 63 or ts_max < 0 or (ts_max >> shift) >= len(table):
+        raise ValueError("ts_max is outside the period table")
+    state.check_table(period_table, ts_max)
+    status, row = _scan_rows(
+        state.cur, state.acc, state.out_merchant, state.out_period, state.out_counts, state.min_amount,
+        merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
+        table.reshape(-1), shift, ts_max, start, stop,
+    )
+    return Status(status), row
+
+
+@njit(nogil=True, cache=True)
+def _add_overflows(a, b):
+    """``(a + b, overflowed)`` with two's-complement wrap-around, as __builtin_add_overflow."""
+    total = np.int64(np.uint64(a) + np.uint64(b))
+    return total, ((a ^ total) & (b ^ total)) < 0
+
+
+@njit(nogil=True, cache=True)
+def _flush_merchant(cur, acc, out_merchant, out_period, out_counts):
+    """Move the current merchant's touched periods to the output (capacity checked by caller)."""
+    for p in range(cur[ACC_LO], cur[ACC_HI] + 1):
+        if acc[p, ORDERS] == 0:
+            continue
+        row = cur[OUT_ROWS]
+        out_merchant[row] = cur[PREV_MERCHANT]
+        out_period[row] = p
+        for k in range(N_COUNTS):
+            out_counts[row, k] = acc[p, k]
+            acc[p, k] = 0
+        cur[OUT_ROWS] = row + 1
+    cur[ACC_LO] = INT64_MAX
+    cur[ACC_HI] = -1
+
+
+@njit(nogil=True, cache=True)
+def _scan_rows(cur, acc, out_merchant, out_period, out_counts, min_amount,
+               merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
+               table, shift, ts_max, start, stop):
+    capacity = len(out_merchant)
+    started = cur[STARTED]
+    prev_merchant, prev_customer, prev_ts = cur[PREV_MERCHANT], cur[PREV_CUSTOMER], cur[PREV_TS]
+    run_period, run_orders, run_reward_orders = cur[RUN_PERIOD], cur[RUN_ORDERS], cur[RUN_REWARD_ORDERS]
+    run_revenue, run_member_repeat = cur[RUN_REVENUE], cur[RUN_MEMBER_REPEAT]
+    min_ts, max_ts, acc_lo, acc_hi = cur[MIN_TS], cur[MAX_TS], cur[ACC_LO], cur[ACC_HI]
+    status = OK
+    i = start
+    while i < stop:
+        m = np.int64(merchant_id[i])
+        cust = np.int64(customer_id[i])
+        t = np.int64(order_ts[i])
+        a = amount[i]
+        same_merchant = started & np.int64(m == prev_merchant)
+        same_customer = same_merchant & np.int64(cust == prev_customer)
+        unsorted = started & np.int64(
+            (m < prev_merchant) | (same_merchant & (cust < prev_customer)) | (same_customer & (t < prev_ts))
+        )
+        if (a < min_amount) | (t < 0) | (t > ts_max) | unsorted:
+            if a < min_amount:
+                status = NEGATIVE_AMOUNT
+            elif t < 0 or t > ts_max:
+                status = TIMESTAMP_RANGE
+            else:
+                status = UNSORTED
+            break
+        if not same_merchant:                   # next merchant: emit the last one's partials
+            if started:
+                if cur[OUT_ROWS] + (acc_hi - acc_lo + 1) > capacity:
+                    status = NEED_SPACE
+                    break
+                cur[PREV_MERCHANT], cur[ACC_LO], cur[ACC_HI] = prev_merchant, acc_lo, acc_hi
+                _flush_merchant(cur, acc, out_merchant, out_period, out_counts)
+                acc_lo, acc_hi = cur[ACC_LO], cur[ACC_HI]
+            started = 1
+        bucket = (t >> shift) * 2
+        p = table[bucket] + np.int64(t > table[bucket + 1])
+        bit = reward_offset + i
+        r = np.int64((reward_bits[bit >> 3] >> (bit & 7)) & 1)
+        # The row's place in its store-customer's history, as 0/1 facts (SPEC §4).
+        new_run = (1 - same_customer) | np.int64(p != run_period)
+        acc[p, CUSTOMERS] += new_run
+        acc[p, NEW_CUSTOMERS] += 1 - same_customer
+        acc[p, RETAINED_CUSTOMERS] += same_customer & new_run & np.int64(run_period + 1 == p)
+        keep = new_run - 1                      # all ones while the run goes on, else 0
+        run_period = p
+        run_orders = (run_orders & keep) + 1
+        run_reward_orders = (run_reward_orders & keep) + r
+        run_revenue, overflow = _add_overflows(run_revenue & keep, a)
+        acc[p, ORDERS] += 1
+        acc[p, REVENUE], o = _add_overflows(acc[p, REVENUE], a)
+        overflow |= o
+        # The second order of a run makes its store-customer a repeat customer
+        # and brings the first order with it.
+        acc[p, REPEAT_CUSTOMERS] += np.int64(run_orders == 2)
+        acc[p, ORDERS_FROM_REPEAT_CUSTOMERS] += np.int64(run_orders >= 2) + np.int64(run_orders == 2)
+        acc[p, REWARD_ORDERS] += r
+        acc[p, REWARD_REVENUE], o = _add_overflows(acc[p, REWARD_REVENUE], a & -r)
+        overflow |= o
+        # A run's first reward order makes it a member run and brings its earlier orders with it.
+        first_reward = r & np.int64(run_reward_orders == 1)
+        member = np.int64(run_reward_orders != 0)
+        acc[p, REWARD_CUSTOMERS] += first_reward
+        acc[p, MEMBER_ORDERS] += run_orders if first_reward else member
+        member_revenue = run_revenue if first_reward else (a & -member)
+        acc[p, MEMBER_REVENUE], o = _add_overflows(acc[p, MEMBER_REVENUE], member_revenue)
+        overflow |= o
+        member_repeat = member & np.int64(run_orders >= 2)
+        acc[p, MEMBER_REPEAT_CUSTOMERS] += member_repeat & (1 - (run_member_repeat & keep))
+        run_member_repeat = member_repeat
+        if overflow:
+            status = AMOUNT_OVERFLOW
+            break
+        acc_lo = min(acc_lo, p)
+        acc_hi = max(acc_hi, p)
+        min_ts = min(min_ts, t)
+        max_ts = max(max_ts, t)
+        prev_merchant, prev_customer, prev_ts = m, cust, t
+        i += 1
+    cur[STARTED] = started
+    cur[PREV_MERCHANT], cur[PREV_CUSTOMER], cur[PREV_TS] = prev_merchant, prev_customer, prev_ts
+    cur[RUN_PERIOD], cur[RUN_ORDERS], cur[RUN_REWARD_ORDERS] = run_period, run_orders, run_reward_orders
+    cur[RUN_REVENUE], cur[RUN_MEMBER_REPEAT] = run_revenue, run_member_repeat
+    cur[MIN_TS], cur[MAX_TS], cur[ACC_LO], cur[ACC_HI] = min_ts, max_ts, acc_lo, acc_hi
+    return status, i

@@ -1,0 +1,234 @@
+"""Chunk-parallel driver: any kernel, any number of threads, one result.
+
+The row stream is cut into chunks whose edges are moved forward to the next
+store-customer boundary (a row whose ``(merchant_id, customer_id)`` differs
+from the row before), so no store-customer is split between two kernel
+states. Each thread owns one state; the chunks of a round run side by side,
+one per thread, while the GIL is released inside the kernels. The last chunk
+of a round ends where the rows read so far end, so its store-customer may go
+on in the next round: the next round's first chunk goes to the same state.
+
+A state therefore sees its rows in increasing key order, with gaps where
+other states took rows; combining what the states emit is the kernel's
+business (for partial sums, addition). Every pair of adjacent rows is
+checked for order either by a kernel or, at chunk edges, here, so unsorted
+input is always reported, and at the row a one-thread scan would name.
+
+A kernel is any object with:
+
+``new_state()``
+    a fresh state, one per thread;
+``scan(state, batch, start, stop)``
+    scan rows ``[start, stop)`` of an ``inputs.OrderBatch``, carrying the
+    open store-customer across calls; raise an ``InputError`` for a bad row;
+``end_chunk(state)``
+    the rows given so far end at a store-customer boundary: close what is
+    open and return this chunk's output (or None);
+``finish(state)``
+    return the state's accumulated output (or None).
+"""
+import bisect
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .errors import NegativeAmountError, TimestampRangeError, UnsortedInputError
+from .periods import format_timestamp
+
+DEFAULT_CHUNK_ROWS = 1 << 20
+
+
+def resolve_threads(threads):
+    """The thread count to use: ``threads``, or the CPUs this process may run on.
+
+    ``None`` respects ``OMP_NUM_THREADS`` when it is set, else the process's
+    CPU affinity (as set by ``taskset``, cgroups or a batch scheduler).
+    """
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+        if env.isdigit() and int(env) > 0:
+            return int(env)
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            return os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None; got {threads!r}")
+    return int(threads)
+
+
+def check_chunk_rows(chunk_rows):
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer; got {chunk_rows!r}")
+    return int(chunk_rows)
+
+
+def run(batches, kernel, threads=None, chunk_rows=DEFAULT_CHUNK_ROWS, progress=None):
+    """Run ``kernel`` over ``batches`` (``inputs.OrderBatch``); yield its outputs in input order.
+
+    Yields every non-None ``end_chunk`` output in row order, then every
+    non-None ``finish`` output (one per state). ``progress(rows)`` is called
+    as rows are done. Mapped pages of batches are let go once scanned.
+    """
+    threads = resolve_threads(threads)
+    chunk_rows = check_chunk_rows(chunk_rows)
+    states = [kernel.new_state() for _ in range(threads)]
+    tail = 0        # the state holding the store-customer open at the end of the last round
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        for window, last_round in _rounds(batches, threads * chunk_rows):
+            chunks = _plan(window, threads)
+            # Chunk i goes to state (tail + i) % threads: chunk 0 continues the last round's tail.
+            jobs = [(states[(tail + i) % threads], chunk, last_round or i < len(chunks) - 1)
+                    for i, chunk in enumerate(chunks)]
+            if pool is None:
+                results = [_run_chunk(kernel, *job) for job in jobs]
+            else:
+                results = list(pool.map(lambda job: _run_chunk(kernel, *job), jobs))
+            _raise_first_error(chunks, results)
+            tail = (tail + len(chunks) - 1) % threads
+            for batch, lo, hi in window:
+                batch.release(lo, hi)
+            if progress is not None:
+                progress(sum(hi - lo for _, lo, hi in window))
+            for output, _ in results:
+                if output is not None:
+                    yield output
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    for state in states:
+        output = kernel.finish(state)
+        if output is not None:
+            yield output
+
+
+def _rounds(batches, round_rows):
+    """Yield ``(window, is_last)``: lists of ``(batch, lo, hi)`` row ranges of about ``round_rows`` rows."""
+    window, rows = [], 0
+    for batch in batches:
+        lo = 0
+        while lo < len(batch):
+            hi = min(len(batch), lo + round_rows - rows)
+            window.append((batch, lo, hi))
+            rows += hi - lo
+            lo = hi
+            if rows >= round_rows:
+                yield window, False
+                window, rows = [], 0
+    # The last window may be empty: the states still get end_chunk for their open store-customer.
+    yield window, True
+
+
+def _plan(window, threads):
+    """Cut ``window`` into at most ``threads`` chunks at store-customer boundaries.
+
+    Returns a list of ``(segments, cut_error)``: ``segments`` a list of
+    ``(batch, lo, hi)``; ``cut_error`` the UnsortedInputError at the chunk's
+    first row if it is not after the row before it (None if it is, and for
+    the first chunk, whose first row the kernel checks against its state).
+    """
+    starts = np.cumsum([0] + [hi - lo for _, lo, hi in window]).tolist()
+    total = starts[-1]
+    size = -(-total // threads)
+    cuts = []
+    for j in range(1, threads):
+        cut = _next_boundary(window, starts, max(j * size, cuts[-1] + 1 if cuts else 1))
+        if cut is None:
+            break
+        cuts.append(cut)
+    edges = [0] + cuts + [total]
+    chunks = [_slice(window, starts, a, b) for a, b in zip(edges, edges[1:])]
+    return [(segments, _cut_error(chunks[i - 1], segments) if i else None) for i, segments in enumerate(chunks)]
+
+
+def _next_boundary(window, starts, position):
+    """The first position at or after ``position`` (> 0) where a store-customer starts, or None."""
+    k = bisect.bisect_right(starts, position) - 1
+    while k < len(window):
+        batch, lo, hi = window[k]
+        row = lo + position - starts[k]
+        if row == lo:  # compare with the last row of the segment before
+            prev_batch, _, prev_hi = window[k - 1]
+            if _keys(prev_batch, prev_hi - 1) != _keys(batch, lo):
+                return position
+            row += 1
+        found = _first_change(batch, row, hi)
+        if found is not None:
+            return starts[k] + found - lo
+        k += 1
+        position = starts[k]
+    return None
+
+
+def _slice(window, starts, a, b):
+    """The ``(batch, lo, hi)`` segments of positions ``[a, b)``."""
+    segments = []
+    for (batch, lo, hi), s in zip(window, starts):
+        first, last = max(a, s), min(b, s + hi - lo)
+        if first < last:
+            segments.append((batch, lo + first - s, lo + last - s))
+    return segments
+
+
+def _keys(batch, row):
+    return int(batch.merchant_id[row]), int(batch.customer_id[row])
+
+
+def _first_change(batch, start, stop):
+    """First row in ``[start, stop)`` whose store-customer differs from the row before, or None."""
+    m, c = batch.merchant_id, batch.customer_id
+    width = 256
+    while start < stop:
+        end = min(stop, start + width)
+        change = (m[start:end] != m[start - 1:end - 1]) | (c[start:end] != c[start - 1:end - 1])
+        hit = int(np.argmax(change))
+        if change[hit]:
+            return start + hit
+        start, width = end, width * 4
+    return None
+
+
+def _cut_error(before, segments):
+    """UnsortedInputError if the first row of ``segments`` is not after the last row of ``before``."""
+    if not before or not segments:
+        return None
+    prev_batch, _, prev_hi = before[-1]
+    batch, row, _ = segments[0]
+    prev, here = _keys(prev_batch, prev_hi - 1), _keys(batch, row)
+    if here > prev:
+        return None
+    ts = format_timestamp(batch.order_ts[row], batch.units_per_day)
+    prev_ts = format_timestamp(prev_batch.order_ts[prev_hi - 1], prev_batch.units_per_day)
+    return UnsortedInputError(
+        batch.source, batch.first_row + row,
+        f"(merchant_id, customer_id, order_ts) = ({here[0]}, {here[1]}, {ts}) comes after "
+        f"({prev[0]}, {prev[1]}, {prev_ts}) at row {prev_batch.first_row + prev_hi - 1}"
+        + ("" if prev_batch.source == batch.source else f" of the previous file {prev_batch.source}")
+        + "; rows must be sorted ascending by (merchant_id, customer_id, order_ts)",
+    )
+
+
+def _run_chunk(kernel, state, chunk, closes):
+    """Scan one chunk; return ``(output, error)``."""
+    segments, _ = chunk
+    try:
+        for batch, lo, hi in segments:
+            kernel.scan(state, batch, lo, hi)
+        return (kernel.end_chunk(state) if closes else None), None
+    except Exception as error:  # reported in row order by _raise_first_error
+        return None, error
+
+
+def _raise_first_error(chunks, results):
+    """Raise the error a one-thread scan would have met first, if any."""
+    for (segments, cut_error), (_, error) in zip(chunks, results):
+        if cut_error is not None:
+            # A bad amount or timestamp of the chunk's first row is found before its order.
+            batch, row, _ = segments[0]
+            if not (isinstance(error, (NegativeAmountError, TimestampRangeError))
+                    and error.row == batch.first_row + row):
+                raise cut_error
+        if error is not None:
+            raise error
