@@ -124,9 +124,9 @@ def test_concentration_many_close_values_takes_several_passes(engine, monkeypatc
     passes = []
     real_run = concentration_module.run
 
-    def counting_run(kernel, batches, threads):
+    def counting_run(kernel, batches, *args):
         passes.append(kernel.targets)
-        return real_run(kernel, batches, threads)
+        return real_run(kernel, batches, *args)
 
     monkeypatch.setattr(concentration_module, "run", counting_run)
     for budget, kinds in ((1 << 21, ["collect"]), (100, ["histogram", "collect"]), (0, ["histogram"] * 3)):
@@ -157,7 +157,7 @@ def _pieces(batch, cuts):
 
 def _round_robin_run(n_states, draw_cuts):
     """A run() that hands pieces of the input to ``n_states`` states in turn, as a chunk-parallel driver does."""
-    def run(kernel, batches, threads):
+    def run(kernel, batches, *args):
         states = [kernel.new_state() for _ in range(n_states)]
         turn = 0
         for batch in batches:
@@ -196,6 +196,25 @@ def test_pieces_on_several_states_give_identical_tables(data, by, top, n_states,
         patch.setattr(concentration_module, "COLLECT_BUDGET", st_data.draw(st.sampled_from([0, 2, 1 << 21])))
         assert lm.cohorts(table, merchants, by=by, period="quarter", engine=engine).equals(whole_cohorts)
         assert lm.concentration(table, merchants, by=by, period="quarter", top=top, engine=engine).equals(whole_conc)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(deadline=None, max_examples=30)
+@given(data=cohort_data(amounts=CLOSE_AMOUNTS), by=bys(), top=TOPS, k=st.integers(1, 9),
+       threads=st.integers(1, 3), chunk_rows=st.sampled_from([1, 2, 3, 7, 1 << 20]))
+def test_threads_and_chunk_sizes_give_identical_tables(data, by, top, k, threads, chunk_rows, engine):
+    # SPEC §8: identical, bit for bit, whatever the thread count or chunk size.
+    orders, merchants = data
+    orders = rebatch(orders, k)
+    one = dict(engine=engine, threads=1)
+    many = dict(engine=engine, threads=threads, chunk_rows=chunk_rows)
+    assert lm.cohorts(orders, merchants, by=by, period="quarter", **many).equals(
+        lm.cohorts(orders, merchants, by=by, period="quarter", **one))
+    for budget in (0, 1 << 21):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(concentration_module, "COLLECT_BUDGET", budget)
+            assert lm.concentration(orders, merchants, by=by, top=top, **many).equals(
+                lm.concentration(orders, merchants, by=by, top=top, **one))
 
 
 # --- engines, batch sizes, formats, inputs ----------------------------------------------
@@ -261,7 +280,7 @@ def test_spooled_stream_is_read_twice_and_removed(tmp_path, monkeypatch):
     passes = []
     real_run = concentration_module.run
     monkeypatch.setattr(concentration_module, "run",
-                        lambda kernel, batches, threads: passes.append(1) or real_run(kernel, batches, threads))
+                        lambda kernel, batches, *args: passes.append(1) or real_run(kernel, batches, *args))
     reader = pa.RecordBatchReader.from_batches(orders.schema, orders.to_batches(max_chunksize=64))
     out = lm.concentration(reader, top=0.1)
     assert len(passes) == 2                              # the stream was read again, from the spool

@@ -16,7 +16,7 @@ interface a chunk-parallel driver needs:
 
 One state may see a merchant's rows in several non-contiguous pieces, so
 partials are keyed by merchant and combined by addition, never by position.
-``run_serial`` is the one-thread loop over that interface.
+``run`` drives a kernel with ``parallel.run`` (one thread or several).
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ import numbers
 
 import numpy as np
 
-from . import _analyses, _scan, periods
-from .scan import _stop_error, _total_overflow
+from . import _analyses, _scan, parallel, periods
+from .errors import AmountOverflowError
+from .scan import _row_before, _stop_error
 
 ENGINES = ("cython", "numba")
 CURSOR_FIELDS = _analyses.CURSOR_FIELDS
@@ -50,12 +51,8 @@ def engine_module(engine):
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
 
 
-def check_threads(threads):
-    if threads is None:
-        return 1
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise ValueError(f"threads must be a positive integer; got {threads!r}")
-    return int(threads)
+# The kernels' statuses 0-5 are _scan.Status values; this one is theirs alone.
+TOTAL_OVERFLOW = 6
 
 
 def _new_cursor():
@@ -330,6 +327,8 @@ class _Kernel:
                                      ts_max, row, stop)
             if status == _scan.Status.OK:
                 break
+            if status == TOTAL_OVERFLOW:
+                raise _total_overflow(state, batch, row)
             if status != _scan.Status.NEED_SPACE:
                 raise _stop_error(_scan.Status(status), batch, row, state)
             state.grow()
@@ -388,18 +387,20 @@ class HistKernel(_Kernel):
     combine = staticmethod(HistPartials.combine)
 
 
-def run_serial(kernel, batches):
-    """One thread, one state: the whole input through ``kernel``; returns its partials."""
-    state = kernel.new_state()
-    for batch in batches:
-        kernel.scan(state, batch, 0, len(batch))
-    return kernel.finish(state)
+def run(kernel, batches, threads=1, chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
+    """The partials of ``batches`` through ``kernel``, its states' partials combined."""
+    return kernel.combine(parallel.run(batches, kernel, threads, chunk_rows))
 
 
-def run(kernel, batches, threads=1):
-    """The partials of ``batches`` through ``kernel``, on ``threads`` threads."""
-    # The chunk-parallel driver plugs in here; until then every run is serial.
-    return run_serial(kernel, batches)
+def _total_overflow(state, batch, row):
+    """The store-customer closed at ``row`` of ``batch`` overflowed a sum of its merchant."""
+    m, c, _ = state.last_row_keys
+    where = _row_before(batch, row) + (f" (amount {batch.amount[row - 1]})" if row > 0 else "")
+    return AmountOverflowError(
+        batch.source, max(batch.first_row + row - 1, 0),
+        f"the orders of store-customer (merchant_id {m}, customer_id {c}), ending at {where}, "
+        f"make a revenue total of merchant {m} overflow int64 (more than 9.2e18 minor units)",
+    )
 
 
 # --- the top fraction ------------------------------------------------------------

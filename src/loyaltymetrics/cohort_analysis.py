@@ -2,8 +2,8 @@
 import numpy as np
 import pyarrow as pa
 
-from . import periods
-from .analyses import CohortKernel, check_threads, engine_module, run
+from . import parallel, periods
+from .analyses import CohortKernel, engine_module, run
 from .arrays import numeric_array
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, group_codes, sum_groups
 from .inputs import order_batches, read_merchants, source_label
@@ -16,7 +16,8 @@ COLUMNS = (
 
 
 def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size_edges=DEFAULT_SIZE_EDGES,
-            engine="cython", threads=None):
+            engine="cython", threads=None,
+            chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
     """Acquisition cohorts per group (SPEC §9).
 
     A store-customer's cohort is the period of its rank-1 order. For each
@@ -38,9 +39,10 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
     size_edges : sequence of numbers
         As for ``compute``.
     engine : {"cython", "numba"}
-    threads : int, optional
-        Threads of the chunk-parallel driver (results are identical whatever
-        the count).
+    threads, chunk_rows
+        As for ``compute``: threads scanning chunks of the input side by side
+        (default: the CPUs this process may use) and rows per chunk and
+        thread. Results are identical for every thread count and chunk size.
 
     Returns
     -------
@@ -77,10 +79,11 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
         raise ValueError(f"period must be one of {', '.join(COHORT_PERIODS)} for cohorts; got {period!r}")
     size_edges = check_size_edges(size_edges)
     engine_module(engine)
-    threads = check_threads(threads)
+    threads = parallel.resolve_threads(threads)
+    chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
     kernel = CohortKernel(period, engine)
-    partials = run(kernel, order_batches(orders, columns), threads)
+    partials = run(kernel, order_batches(orders, columns), threads, chunk_rows)
     return cohorts_table(partials, merchant_table, by, period, size_edges, source=source_label(orders))
 
 

@@ -29,11 +29,10 @@ import tempfile
 import numpy as np
 import pyarrow as pa
 
-from . import periods
+from . import parallel, periods
 from .analyses import (
     HistKernel,
     Targets,
-    check_threads,
     check_top,
     engine_module,
     run,
@@ -52,7 +51,8 @@ COLUMNS = ("period_start", "customers", "top_customers", "revenue", "top_revenue
 
 
 def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, columns=None,
-                  size_edges=DEFAULT_SIZE_EDGES, engine="cython", threads=None):
+                  size_edges=DEFAULT_SIZE_EDGES, engine="cython", threads=None,
+                  chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
     """Share of revenue from the top store-customers, per group and period (SPEC §9).
 
     Parameters
@@ -65,9 +65,10 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
         customers). A float counts as the decimal it prints as (0.07 is
         7/100), a ``Fraction`` or ``Decimal`` exactly.
     engine : {"cython", "numba"}
-    threads : int, optional
-        Threads of the chunk-parallel driver (results are identical whatever
-        the count).
+    threads, chunk_rows
+        As for ``compute``: threads scanning chunks of the input side by side
+        (default: the CPUs this process may use) and rows per chunk and
+        thread. Results are identical for every thread count and chunk size.
 
     Returns
     -------
@@ -118,13 +119,14 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
     size_edges = check_size_edges(size_edges)
     top = check_top(top)
     engine_module(engine)
-    threads = check_threads(threads)
+    threads = parallel.resolve_threads(threads)
+    chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
     with _Rereadable(orders, columns) as source:
-        first = run(HistKernel(period, engine), source.batches(), threads)
+        first = run(HistKernel(period, engine), source.batches(), threads, chunk_rows)
 
         def rerun(targets):
-            return run(HistKernel(period, engine, targets), source.batches(), threads)
+            return run(HistKernel(period, engine, targets), source.batches(), threads, chunk_rows)
 
         return concentration_table(first, merchant_table, by, period, top, rerun, size_edges,
                                    source=source_label(orders))
