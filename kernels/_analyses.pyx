@@ -128,7 +128,7 @@ def bin_offsets(bins):
 
 
 def bins_of(values):
-    """The bin of each offset (a slow NumPy version of the kernel's, for tests)."""
+    """The kernel's bin of each offset (for tests and inspection)."""
     return np.array([bin_of(<uint64_t>v) for v in np.asarray(values, dtype=np.int64)], dtype=np.int32)
 
 
