@@ -22,6 +22,11 @@ extensions = [
         ["kernels/_analyses.pyx"],
         extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
     ),
+    Extension(
+        "loyaltymetrics._rfm",
+        ["kernels/_rfm.pyx"],
+        extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
+    ),
 ]
 
 setup(

@@ -18,7 +18,7 @@ error at a row); it is resumable at the row it names.
 """
 import numpy as np
 
-from libc.stdint cimport INT32_MAX, INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint64_t
 from _types cimport customer_key_t, merchant_key_t, order_ts_t
 
 cdef extern from *:
@@ -77,9 +77,6 @@ cdef struct Cursor:
     int64_t run_orders
     int64_t run_reward_orders
     int64_t run_revenue
-    int64_t run_member_repeat    # 1 if the run has a reward order and >= 2 orders
-    int64_t min_ts               # earliest / latest order_ts seen
-    int64_t max_ts
     # Periods the current merchant has touched in `acc`.
     int64_t acc_lo
     int64_t acc_hi
@@ -113,9 +110,6 @@ cdef class ScanState:
         self.cur.run_orders = 0
         self.cur.run_reward_orders = 0
         self.cur.run_revenue = 0
-        self.cur.run_member_repeat = 0
-        self.cur.min_ts = INT64_MAX
-        self.cur.max_ts = INT64_MIN
         self.cur.acc_lo = INT64_MAX
         self.cur.acc_hi = -1
         self.out_rows = 0
@@ -153,13 +147,6 @@ cdef class ScanState:
             return None
         return (self.cur.prev_merchant, self.cur.prev_customer, self.cur.prev_ts)
 
-    @property
-    def ts_range(self):
-        """(earliest, latest) order_ts scanned, or None if no rows."""
-        if not self.cur.started:
-            return None
-        return (self.cur.min_ts, self.cur.max_ts)
-
     def finish(self):
         """Flush the last merchant; return the partials.
 
@@ -169,27 +156,30 @@ cdef class ScanState:
         while self.out_rows + self.cur.acc_hi - self.cur.acc_lo + 1 > self.out_merchant.shape[0]:
             self.grow()
         if self.cur.started:
-            flush_merchant(self, &self.cur)
+            flush_merchant(self, self.cur.prev_merchant, self.cur.acc_lo, self.cur.acc_hi)
+            self.cur.acc_lo = INT64_MAX
+            self.cur.acc_hi = -1
         n = self.out_rows
         return (self._out_merchant[:n].copy(), self._out_period[:n].copy(),
                 self._out_counts[:n].copy())
 
 
-cdef inline void flush_merchant(ScanState st, Cursor* c) noexcept nogil:
-    """Move the current merchant's touched periods to the output (capacity checked by caller)."""
+cdef void flush_merchant(ScanState st, int64_t merchant, int64_t lo, int64_t hi) noexcept nogil:
+    """Move a merchant's touched periods ``[lo, hi]`` to the output (capacity checked by caller)."""
     cdef Py_ssize_t p, k, row
-    for p in range(c.acc_lo, c.acc_hi + 1):
+    for p in range(lo, hi + 1):
         if st.acc[p, ORDERS] == 0:
             continue
         row = st.out_rows
-        st.out_merchant[row] = c.prev_merchant
+        st.out_merchant[row] = merchant
         st.out_period[row] = <int32_t>p
+        # A run's orders all come from a repeat customer unless the run has one order.
+        st.acc[p, ORDERS_FROM_REPEAT_CUSTOMERS] = (
+            st.acc[p, ORDERS] - st.acc[p, CUSTOMERS] + st.acc[p, REPEAT_CUSTOMERS])
         for k in range(N_COUNTS):
             st.out_counts[row, k] = st.acc[p, k]
             st.acc[p, k] = 0
         st.out_rows = row + 1
-    c.acc_lo = INT64_MAX
-    c.acc_hi = -1
 
 
 cdef Status scan_rows(
@@ -206,29 +196,65 @@ cdef Status scan_rows(
     Py_ssize_t start,
     Py_ssize_t* stop,
 ) noexcept nogil:
-    cdef Cursor c = st.cur          # a local copy the compiler can keep in registers
-    cdef Py_ssize_t i, n = stop[0]
-    cdef Py_ssize_t capacity = st.out_merchant.shape[0]
-    cdef int64_t* acc_base = &st.acc[0, 0]
+    # Two copies of the loop, the mode a constant in each (branch on modes
+    # outside the row loop): without refunds every revenue sum is bounded by
+    # the period's revenue, so one overflow check covers them all.
+    if st.min_amount == 0:
+        return scan_rows_mode(st, merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
+                              period_table, shift, ts_max, start, stop, False)
+    return scan_rows_mode(st, merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
+                          period_table, shift, ts_max, start, stop, True)
+
+
+cdef inline Status scan_rows_mode(
+    ScanState st,
+    const merchant_key_t[::1] merchant_id,
+    const customer_key_t[::1] customer_id,
+    const order_ts_t[::1] order_ts,
+    const int64_t[::1] amount,
+    const uint8_t[::1] reward_bits,
+    Py_ssize_t reward_offset,
+    const int64_t[:, ::1] period_table,
+    int shift,
+    int64_t ts_max,
+    Py_ssize_t start,
+    Py_ssize_t* stop,
+    const bint refunds,
+) noexcept nogil:
+    # The cursor lives in locals whose address never escapes, so the compiler
+    # can keep them in registers across the stores into `acc`; the loop keeps
+    # as few of them as it can (the row loop is bound by instruction count).
+    cdef bint started = st.cur.started
+    cdef int64_t prev_merchant = st.cur.prev_merchant, prev_customer = st.cur.prev_customer
+    cdef int64_t prev_ts = st.cur.prev_ts, run_period = st.cur.run_period
+    cdef int64_t run_orders = st.cur.run_orders, run_reward_orders = st.cur.run_reward_orders
+    cdef int64_t run_revenue = st.cur.run_revenue
+    cdef int64_t acc_lo = st.cur.acc_lo, acc_hi = st.cur.acc_hi
+    cdef const merchant_key_t* merchants = &merchant_id[0] if merchant_id.shape[0] else NULL
+    cdef const customer_key_t* customers = &customer_id[0] if customer_id.shape[0] else NULL
+    cdef const order_ts_t* timestamps = &order_ts[0] if order_ts.shape[0] else NULL
+    cdef const int64_t* amounts = &amount[0] if amount.shape[0] else NULL
+    cdef const uint8_t* bits = &reward_bits[0] if reward_bits.shape[0] else NULL
     cdef const int64_t* table = &period_table[0, 0]
+    cdef int64_t* acc_base = &st.acc[0, 0]
     cdef int64_t* acc
-    cdef int64_t m, cust, t, a, p, r, bit, min_amount = st.min_amount
-    cdef int64_t same_merchant, same_customer, new_run, keep, first_reward, member, member_revenue
-    cdef int64_t member_repeat
+    cdef Py_ssize_t i, n = stop[0]
+    cdef int64_t m, cust, t, a, p, r, bit
+    cdef int64_t same_merchant, same_customer, new_run, keep, first_reward, member, was_member_repeat
     cdef bint overflow
     cdef Status status = OK
     for i in range(start, n):
-        m = merchant_id[i]
-        cust = customer_id[i]
-        t = order_ts[i]
-        a = amount[i]
-        same_merchant = c.started & (m == c.prev_merchant)
-        same_customer = same_merchant & (cust == c.prev_customer)
+        m = merchants[i]
+        cust = customers[i]
+        t = timestamps[i]
+        a = amounts[i]
+        same_merchant = started & (m == prev_merchant)
+        same_customer = same_merchant & (cust == prev_customer)
         # One predictable branch for every way a row can be bad.
-        if ((a < min_amount) | (t < 0) | (t > ts_max)
-                | (c.started & ((m < c.prev_merchant) | (same_merchant & (cust < c.prev_customer))
-                                | (same_customer & (t < c.prev_ts))))):
-            if a < min_amount:
+        if (((not refunds) & (a < 0)) | (<uint64_t>t > <uint64_t>ts_max)
+                | (started & ((m < prev_merchant) | (same_merchant & (cust < prev_customer))
+                              | (same_customer & (t < prev_ts))))):
+            if not refunds and a < 0:
                 status = NEGATIVE_AMOUNT
             elif t < 0 or t > ts_max:
                 status = TIMESTAMP_RANGE
@@ -236,59 +262,71 @@ cdef Status scan_rows(
                 status = UNSORTED
             break
         if not same_merchant:                   # next merchant: emit the last one's partials
-            if c.started:
-                if st.out_rows + (c.acc_hi - c.acc_lo + 1) > capacity:
+            if started:
+                if st.out_rows + (acc_hi - acc_lo + 1) > st.out_merchant.shape[0]:
                     status = NEED_SPACE
                     break
-                flush_merchant(st, &c)
-            c.started = True
+                flush_merchant(st, prev_merchant, acc_lo, acc_hi)
+                acc_lo = INT64_MAX
+                acc_hi = -1
+            started = True
         bit = (t >> shift) * 2
         p = table[bit] + (t > table[bit + 1])
         bit = reward_offset + i
-        r = (reward_bits[bit >> 3] >> (bit & 7)) & 1
+        r = (bits[bit >> 3] >> (bit & 7)) & 1
         # The row's place in its store-customer's history, as 0/1 facts (SPEC §4).
-        new_run = (not same_customer) | (p != c.run_period)
+        new_run = (not same_customer) | (p != run_period)
+        keep = new_run - 1                      # all ones while the run goes on, else 0
+        was_member_repeat = (run_reward_orders != 0) & (run_orders >= 2) & keep
         acc = acc_base + p * ACC_STRIDE
         acc[CUSTOMERS] += new_run
         acc[NEW_CUSTOMERS] += not same_customer
-        acc[RETAINED_CUSTOMERS] += same_customer & new_run & (c.run_period + 1 == p)
-        keep = new_run - 1                      # all ones while the run goes on, else 0
-        c.run_period = p
-        c.run_orders = (c.run_orders & keep) + 1
-        c.run_reward_orders = (c.run_reward_orders & keep) + r
-        overflow = lm_add_overflows(c.run_revenue & keep, a, &c.run_revenue)
+        acc[RETAINED_CUSTOMERS] += same_customer & new_run & (run_period + 1 == p)
+        run_period = p
+        run_orders = (run_orders & keep) + 1
+        run_reward_orders = (run_reward_orders & keep) + r
         acc[ORDERS] += 1
-        overflow |= lm_add_overflows(acc[REVENUE], a, &acc[REVENUE])
+        overflow = lm_add_overflows(acc[REVENUE], a, &acc[REVENUE])
+        if refunds:
+            overflow |= lm_add_overflows(run_revenue & keep, a, &run_revenue)
+        else:
+            run_revenue = (run_revenue & keep) + a  # <= the period's revenue: cannot overflow
         # The second order of a run makes its store-customer a repeat customer
-        # and brings the first order with it.
-        acc[REPEAT_CUSTOMERS] += c.run_orders == 2
-        acc[ORDERS_FROM_REPEAT_CUSTOMERS] += (c.run_orders >= 2) + (c.run_orders == 2)
+        # (orders_from_repeat_customers is derived when the merchant is flushed).
+        acc[REPEAT_CUSTOMERS] += run_orders == 2
         acc[REWARD_ORDERS] += r
-        overflow |= lm_add_overflows(acc[REWARD_REVENUE], a & -r, &acc[REWARD_REVENUE])
-        # A run's first reward order makes it a member run and brings its earlier orders with it.
-        first_reward = r & (c.run_reward_orders == 1)
-        member = c.run_reward_orders != 0
+        if refunds:
+            overflow |= lm_add_overflows(acc[REWARD_REVENUE], a & -r, &acc[REWARD_REVENUE])
+        else:
+            acc[REWARD_REVENUE] += a & -r
+        # A run's first reward order makes it a member run and brings its earlier
+        # orders and revenue with it; later orders of a member run add themselves.
+        first_reward = r & (run_reward_orders == 1)
+        member = run_reward_orders != 0
         acc[REWARD_CUSTOMERS] += first_reward
-        acc[MEMBER_ORDERS] += c.run_orders if first_reward else member
-        member_revenue = c.run_revenue if first_reward else (a & -member)
-        overflow |= lm_add_overflows(acc[MEMBER_REVENUE], member_revenue, &acc[MEMBER_REVENUE])
-        member_repeat = member & (c.run_orders >= 2)
-        acc[MEMBER_REPEAT_CUSTOMERS] += member_repeat & (1 - (c.run_member_repeat & keep))
-        c.run_member_repeat = member_repeat
+        acc[MEMBER_ORDERS] += member + ((run_orders - 1) & -first_reward)
+        if refunds:
+            overflow |= lm_add_overflows(acc[MEMBER_REVENUE], (a & -member) + ((run_revenue - a) & -first_reward),
+                                         &acc[MEMBER_REVENUE])
+        else:
+            acc[MEMBER_REVENUE] += (a & -member) + ((run_revenue - a) & -first_reward)
+        acc[MEMBER_REPEAT_CUSTOMERS] += member & (run_orders >= 2) & (not was_member_repeat)
         if overflow:
             status = AMOUNT_OVERFLOW
             break
-        c.acc_lo = p if p < c.acc_lo else c.acc_lo
-        c.acc_hi = p if p > c.acc_hi else c.acc_hi
-        c.min_ts = t if t < c.min_ts else c.min_ts
-        c.max_ts = t if t > c.max_ts else c.max_ts
-        c.prev_merchant = m
-        c.prev_customer = cust
-        c.prev_ts = t
+        acc_lo = p if p < acc_lo else acc_lo
+        acc_hi = p if p > acc_hi else acc_hi
+        prev_merchant = m
+        prev_customer = cust
+        prev_ts = t
     else:
         i = n
     stop[0] = i
-    st.cur = c
+    st.cur.started = started
+    st.cur.prev_merchant, st.cur.prev_customer, st.cur.prev_ts = prev_merchant, prev_customer, prev_ts
+    st.cur.run_period, st.cur.run_orders, st.cur.run_reward_orders = run_period, run_orders, run_reward_orders
+    st.cur.run_revenue = run_revenue
+    st.cur.acc_lo, st.cur.acc_hi = acc_lo, acc_hi
     return status
 
 

@@ -77,3 +77,21 @@ def test_help_and_demo_run_as_a_module():
         assert option in help_text
     demo = subprocess.run([sys.executable, "-m", "loyaltymetrics", "demo"], capture_output=True, text=True, check=True)
     assert "industry" in demo.stdout and "size" in demo.stdout and "orders YoY" in demo.stdout
+
+
+@pytest.mark.parametrize("engine", ["cython", "numba"])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_engine_and_threads_options_give_the_same_table(sample, engine, threads):
+    folder, orders, merchants = sample
+    out = folder / f"m-{engine}-{threads}.parquet"
+    assert main(["compute", orders, "--merchants", merchants, *ARGS, "--engine", engine, "--threads", threads,
+                 "-o", str(out)]) == 0
+    assert pq.read_table(out).equals(expected(orders, merchants))
+
+
+@pytest.mark.parametrize("option", [["--threads", "0"], ["--threads", "two"], ["--engine", "fortran"]])
+def test_bad_engine_or_threads_is_a_usage_error(sample, option):
+    _, orders, _ = sample
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compute", orders, *option])
+    assert exit_info.value.code == 2

@@ -2,6 +2,7 @@
 from .api import compute
 from .cohort_analysis import cohorts
 from .concentration_analysis import concentration
+from .rfm_summary import rfm
 from .errors import (
     AmountOverflowError,
     CorruptInputError,
@@ -22,6 +23,7 @@ __all__ = [
     "compute",
     "cohorts",
     "concentration",
+    "rfm",
     "AmountOverflowError",
     "CorruptInputError",
     "DuplicateMerchantError",

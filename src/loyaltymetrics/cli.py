@@ -11,6 +11,7 @@ from .api import compute
 from .errors import LoyaltyMetricsError
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS
 from .periods import PERIODS
+from .scan import ENGINES
 
 # What the terminal summary shows; -o writes every column.
 SUMMARY = (
@@ -63,6 +64,16 @@ def _edges(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _add_compute_options(p):
     p.add_argument("--merchants", metavar="FILE",
                    help="merchants table (Parquet, Arrow or CSV): merchant_id, industry, country, annual_fee")
@@ -76,6 +87,11 @@ def _add_compute_options(p):
     p.add_argument("--size-edges", type=_edges, default=DEFAULT_SIZE_EDGES, metavar="E1,E2,...",
                    help="orders-per-month edges of the merchant-size buckets (default: 30,300,3000,30000)")
     p.add_argument("--refunds", action="store_true", help="accept negative amounts (refunds) and net them in revenue")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="threads scanning chunks side by side (default: the CPUs this process may use, "
+                        "or OMP_NUM_THREADS)")
+    p.add_argument("--engine", choices=ENGINES, default="cython",
+                   help="kernel: cython (default, compiled ahead of time) or numba (compiled on first use)")
 
 
 def build_parser():
@@ -91,6 +107,7 @@ def build_parser():
     p.add_argument("orders", metavar="ORDERS", help="sorted orders: .arrow file, Parquet file or directory")
     _add_compute_options(p)
     _add_analysis_commands(sub)
+    _add_rfm_parser(sub)
     d = sub.add_parser("demo", help="generate a small sample network and print its metrics by industry and size")
     d.add_argument("--seed", type=int, default=0, help="random seed of the sample (default: 0)")
     d.add_argument("--merchants-count", type=int, default=60, help="merchants in the sample (default: 60)")
@@ -125,6 +142,8 @@ def _add_analysis_commands(sub):
         p.add_argument("--size-edges", type=_edges, default=DEFAULT_SIZE_EDGES, metavar="E1,E2,...",
                        help="orders-per-month edges of the merchant-size buckets (default: 30,300,3000,30000)")
         p.add_argument("--engine", choices=("cython", "numba"), default="cython", help="kernel engine")
+        p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="threads scanning chunks side by side (default: the CPUs this process may use)")
 
 
 def _run_analysis(args):
@@ -132,7 +151,7 @@ def _run_analysis(args):
     from .concentration_analysis import concentration
 
     options = dict(by=args.by, period=args.period, columns=args.columns, size_edges=args.size_edges,
-                   engine=args.engine)
+                   engine=args.engine, threads=args.threads)
     if args.command == "cohorts":
         table = cohorts(args.orders, args.merchants, **options)
     else:
@@ -162,8 +181,11 @@ def main(argv=None):
             return _demo(args)
         if args.command in ("cohorts", "concentration"):
             return _run_analysis(args)
+        if args.command == "rfm":
+            return _rfm(args)
         table = compute(args.orders, args.merchants, by=args.by, period=args.period, columns=args.columns,
-                        size_edges=args.size_edges, refunds=args.refunds)
+                        size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
+                        threads=args.threads)
         if args.output:
             write_table(table, args.output)
             print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
@@ -172,6 +194,34 @@ def main(argv=None):
     except (LoyaltyMetricsError, ValueError, OSError) as e:
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _add_rfm_parser(sub):
+    p = sub.add_parser("rfm", help="frequency, recency, T, monetary value per store-customer (SPEC §9)",
+                       description="One row per store-customer, as lifetimes' summary_data_from_transaction_data; "
+                                   "streamed to Parquet or CSV.")
+    p.add_argument("orders", metavar="ORDERS", help="sorted orders: .arrow file, Parquet file or directory")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="OUT.parquet or OUT.csv")
+    p.add_argument("--freq", choices=("D", "W", "M"), default="D", help="days, weeks (Mon-Sun) or months (default: D)")
+    p.add_argument("--observation-end", metavar="DATE",
+                   help="ISO date (UTC) of the observation end (default: the latest order)")
+    p.add_argument("--include-first-transaction", action="store_true",
+                   help="count the first period in frequency and monetary_value")
+    p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
+                   help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
+    p.add_argument("--engine", choices=("cython", "numba"), default="cython", help="kernel (default: cython)")
+    p.add_argument("--threads", type=int, metavar="N", help="threads scanning chunks (default: the usable CPUs)")
+    p.add_argument("--refunds", action="store_true", help="accept negative amounts (refunds)")
+
+
+def _rfm(args):
+    from .rfm_summary import rfm, write_rfm
+
+    reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
+                 columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds)
+    rows = write_rfm(reader, args.output)
+    print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
     return 0
 
 

@@ -21,7 +21,7 @@ INT64_MIN = np.iinfo(np.int64).min
 
 # The cursor: what the Cython kernel keeps in its Cursor struct, as int64 slots.
 (STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, RUN_PERIOD, RUN_ORDERS, RUN_REWARD_ORDERS,
- RUN_REVENUE, RUN_MEMBER_REPEAT, MIN_TS, MAX_TS, ACC_LO, ACC_HI, OUT_ROWS, N_CURSOR) = range(15)
+ RUN_REVENUE, ACC_LO, ACC_HI, OUT_ROWS, N_CURSOR) = range(12)
 
 OK, NEED_SPACE, UNSORTED, NEGATIVE_AMOUNT, TIMESTAMP_RANGE, AMOUNT_OVERFLOW = (
     int(Status.OK), int(Status.NEED_SPACE), int(Status.UNSORTED), int(Status.NEGATIVE_AMOUNT),
@@ -40,7 +40,6 @@ class ScanState:
         self.min_amount = INT64_MIN if allow_negative else 0
         self.cur = np.zeros(N_CURSOR, dtype=np.int64)
         self.cur[RUN_PERIOD] = -2
-        self.cur[MIN_TS], self.cur[MAX_TS] = INT64_MAX, INT64_MIN
         self.cur[ACC_LO], self.cur[ACC_HI] = INT64_MAX, -1
         self._checked_table = None
         self.out_merchant = np.empty(0, np.int64)
@@ -78,13 +77,6 @@ class ScanState:
         if not self.cur[STARTED]:
             return None
         return int(self.cur[PREV_MERCHANT]), int(self.cur[PREV_CUSTOMER]), int(self.cur[PREV_TS])
-
-    @property
-    def ts_range(self):
-        """(earliest, latest) order_ts scanned, or None if no rows."""
-        if not self.cur[STARTED]:
-            return None
-        return int(self.cur[MIN_TS]), int(self.cur[MAX_TS])
 
     def finish(self):
         """Flush the last merchant; return ``(merchant_id, period, counts)`` in scan order."""
@@ -136,6 +128,8 @@ def _flush_merchant(cur, acc, out_merchant, out_period, out_counts):
         row = cur[OUT_ROWS]
         out_merchant[row] = cur[PREV_MERCHANT]
         out_period[row] = p
+        # A run's orders all come from a repeat customer unless the run has one order.
+        acc[p, ORDERS_FROM_REPEAT_CUSTOMERS] = acc[p, ORDERS] - acc[p, CUSTOMERS] + acc[p, REPEAT_CUSTOMERS]
         for k in range(N_COUNTS):
             out_counts[row, k] = acc[p, k]
             acc[p, k] = 0
@@ -152,8 +146,7 @@ def _scan_rows(cur, acc, out_merchant, out_period, out_counts, min_amount,
     started = cur[STARTED]
     prev_merchant, prev_customer, prev_ts = cur[PREV_MERCHANT], cur[PREV_CUSTOMER], cur[PREV_TS]
     run_period, run_orders, run_reward_orders = cur[RUN_PERIOD], cur[RUN_ORDERS], cur[RUN_REWARD_ORDERS]
-    run_revenue, run_member_repeat = cur[RUN_REVENUE], cur[RUN_MEMBER_REPEAT]
-    min_ts, max_ts, acc_lo, acc_hi = cur[MIN_TS], cur[MAX_TS], cur[ACC_LO], cur[ACC_HI]
+    run_revenue, acc_lo, acc_hi = cur[RUN_REVENUE], cur[ACC_LO], cur[ACC_HI]
     status = OK
     i = start
     while i < stop:
@@ -189,10 +182,11 @@ def _scan_rows(cur, acc, out_merchant, out_period, out_counts, min_amount,
         r = np.int64((reward_bits[bit >> 3] >> (bit & 7)) & 1)
         # The row's place in its store-customer's history, as 0/1 facts (SPEC §4).
         new_run = (1 - same_customer) | np.int64(p != run_period)
+        keep = new_run - 1                      # all ones while the run goes on, else 0
+        was_member_repeat = np.int64(run_reward_orders != 0) & np.int64(run_orders >= 2) & keep
         acc[p, CUSTOMERS] += new_run
         acc[p, NEW_CUSTOMERS] += 1 - same_customer
         acc[p, RETAINED_CUSTOMERS] += same_customer & new_run & np.int64(run_period + 1 == p)
-        keep = new_run - 1                      # all ones while the run goes on, else 0
         run_period = p
         run_orders = (run_orders & keep) + 1
         run_reward_orders = (run_reward_orders & keep) + r
@@ -201,35 +195,30 @@ def _scan_rows(cur, acc, out_merchant, out_period, out_counts, min_amount,
         acc[p, REVENUE], o = _add_overflows(acc[p, REVENUE], a)
         overflow |= o
         # The second order of a run makes its store-customer a repeat customer
-        # and brings the first order with it.
+        # (orders_from_repeat_customers is derived when the merchant is flushed).
         acc[p, REPEAT_CUSTOMERS] += np.int64(run_orders == 2)
-        acc[p, ORDERS_FROM_REPEAT_CUSTOMERS] += np.int64(run_orders >= 2) + np.int64(run_orders == 2)
         acc[p, REWARD_ORDERS] += r
         acc[p, REWARD_REVENUE], o = _add_overflows(acc[p, REWARD_REVENUE], a & -r)
         overflow |= o
-        # A run's first reward order makes it a member run and brings its earlier orders with it.
+        # A run's first reward order makes it a member run and brings its earlier
+        # orders and revenue with it; later orders of a member run add themselves.
         first_reward = r & np.int64(run_reward_orders == 1)
         member = np.int64(run_reward_orders != 0)
         acc[p, REWARD_CUSTOMERS] += first_reward
-        acc[p, MEMBER_ORDERS] += run_orders if first_reward else member
-        member_revenue = run_revenue if first_reward else (a & -member)
-        acc[p, MEMBER_REVENUE], o = _add_overflows(acc[p, MEMBER_REVENUE], member_revenue)
+        acc[p, MEMBER_ORDERS] += member + ((run_orders - 1) & -first_reward)
+        acc[p, MEMBER_REVENUE], o = _add_overflows(
+            acc[p, MEMBER_REVENUE], (a & -member) + ((run_revenue - a) & -first_reward))
         overflow |= o
-        member_repeat = member & np.int64(run_orders >= 2)
-        acc[p, MEMBER_REPEAT_CUSTOMERS] += member_repeat & (1 - (run_member_repeat & keep))
-        run_member_repeat = member_repeat
+        acc[p, MEMBER_REPEAT_CUSTOMERS] += member & np.int64(run_orders >= 2) & (1 - was_member_repeat)
         if overflow:
             status = AMOUNT_OVERFLOW
             break
         acc_lo = min(acc_lo, p)
         acc_hi = max(acc_hi, p)
-        min_ts = min(min_ts, t)
-        max_ts = max(max_ts, t)
         prev_merchant, prev_customer, prev_ts = m, cust, t
         i += 1
     cur[STARTED] = started
     cur[PREV_MERCHANT], cur[PREV_CUSTOMER], cur[PREV_TS] = prev_merchant, prev_customer, prev_ts
     cur[RUN_PERIOD], cur[RUN_ORDERS], cur[RUN_REWARD_ORDERS] = run_period, run_orders, run_reward_orders
-    cur[RUN_REVENUE], cur[RUN_MEMBER_REPEAT] = run_revenue, run_member_repeat
-    cur[MIN_TS], cur[MAX_TS], cur[ACC_LO], cur[ACC_HI] = min_ts, max_ts, acc_lo, acc_hi
+    cur[RUN_REVENUE], cur[ACC_LO], cur[ACC_HI] = run_revenue, acc_lo, acc_hi
     return status, i

@@ -36,7 +36,7 @@ import numpy as np
 from .errors import NegativeAmountError, TimestampRangeError, UnsortedInputError
 from .periods import format_timestamp
 
-DEFAULT_CHUNK_ROWS = 1 << 20
+DEFAULT_CHUNK_ROWS = 1 << 21
 
 
 def resolve_threads(threads):
@@ -69,7 +69,8 @@ def run(batches, kernel, threads=None, chunk_rows=DEFAULT_CHUNK_ROWS, progress=N
 
     Yields every non-None ``end_chunk`` output in row order, then every
     non-None ``finish`` output (one per state). ``progress(rows)`` is called
-    as rows are done. Mapped pages of batches are let go once scanned.
+    as rows are done. Each thread maps the pages of its rows before scanning
+    them and lets them go after.
     """
     threads = resolve_threads(threads)
     chunk_rows = check_chunk_rows(chunk_rows)
@@ -88,8 +89,6 @@ def run(batches, kernel, threads=None, chunk_rows=DEFAULT_CHUNK_ROWS, progress=N
                 results = list(pool.map(lambda job: _run_chunk(kernel, *job), jobs))
             _raise_first_error(chunks, results)
             tail = (tail + len(chunks) - 1) % threads
-            for batch, lo, hi in window:
-                batch.release(lo, hi)
             if progress is not None:
                 progress(sum(hi - lo for _, lo, hi in window))
             for output, _ in results:
@@ -215,7 +214,9 @@ def _run_chunk(kernel, state, chunk, closes):
     segments, _ = chunk
     try:
         for batch, lo, hi in segments:
+            batch.populate(lo, hi)
             kernel.scan(state, batch, lo, hi)
+            batch.release(lo, hi)
         return (kernel.end_chunk(state) if closes else None), None
     except Exception as error:  # reported in row order by _raise_first_error
         return None, error

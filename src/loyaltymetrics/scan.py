@@ -1,4 +1,5 @@
 """Drive the kernel over a stream of order batches and turn its stops into errors."""
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ class Partials:
     merchant_id: np.ndarray   # int64[n]
     period: np.ndarray        # int32[n] period index (see periods.py)
     counts: np.ndarray        # int64[n, len(PARTIAL_COLUMNS)]
-    month_range: tuple | None  # (first, last) month index of any order, None if no orders
+    month_range: tuple | None  # (first, last) month of any order (period="all" only), else None
 
     def column(self, name):
         return self.counts[:, PARTIAL_COLUMNS.index(name)]
@@ -53,6 +54,8 @@ class ComputeKernel:
         self.period = period
         self.refunds = refunds
         self.units_per_day = None
+        self.ts_range = None    # (earliest, latest) order_ts, kept for period="all" only
+        self.lock = threading.Lock()
 
     def new_state(self):
         return self.module.ScanState(periods.n_periods(self.period), allow_negative=self.refunds)
@@ -67,18 +70,25 @@ class ComputeKernel:
                 batch.reward_bits, batch.reward_offset, table, shift, ts_max, row, stop,
             )
             if status == Status.OK:
-                return
+                break
             if status != Status.NEED_SPACE:
                 raise _stop_error(status, batch, row, state)
             state.grow()
+        if self.period == "all" and stop > start:
+            # "all" reports its first month and counts its months (SPEC §3, §6): the
+            # kernel does not track them row by row for the other periods' sake.
+            ts = batch.order_ts[start:stop]
+            lo, hi = int(ts.min()), int(ts.max())
+            with self.lock:
+                self.ts_range = (lo, hi) if self.ts_range is None else (
+                    min(lo, self.ts_range[0]), max(hi, self.ts_range[1]))
 
     def end_chunk(self, state):
         return None  # partials accumulate in the state
 
     def finish(self, state):
         merchant_id, period_index, counts = state.finish()
-        ts_range = state.ts_range
-        months = None if ts_range is None else tuple(periods.month_of(t, self.units_per_day) for t in ts_range)
+        months = None if self.ts_range is None else tuple(periods.month_of(t, self.units_per_day) for t in self.ts_range)
         return Partials(merchant_id, period_index, counts, months)
 
 

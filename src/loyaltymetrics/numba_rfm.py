@@ -1,0 +1,205 @@
+"""The RFM kernel (SPEC §9 ``rfm``) as a plain Numba loop: the twin of ``kernels/_rfm.pyx``.
+
+Same algorithm, same state, same statuses and the same module signature
+(``RfmState``, ``scan``, ``Status``, ``OUTPUT_COLUMNS``), so that the driver
+in ``loyaltymetrics.rfm_summary`` runs either engine unchanged. The state is a small
+int64 array (the Cython kernel's ``Cursor`` struct) plus the output array;
+the jitted function reads it into locals and writes it back, as the Cython
+kernel keeps a local copy of its cursor.
+"""
+import enum
+
+import numpy as np
+from numba import njit
+
+OUTPUT_COLUMNS = ("merchant_id", "customer_id", "periods", "first_period", "last_period", "value")
+N_OUT = len(OUTPUT_COLUMNS)
+INT64_MIN = np.iinfo(np.int64).min
+INT64_MAX = np.iinfo(np.int64).max
+_KEY_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_AMOUNT_DTYPES = (np.dtype(np.int64),)
+
+
+class Status(enum.IntEnum):
+    """Why a scan call returned (the values of the Cython kernel's ``Status``)."""
+
+    OK = 0
+    NEED_SPACE = 1
+    UNSORTED = 2
+    NEGATIVE_AMOUNT = 3
+    TIMESTAMP_RANGE = 4
+    AMOUNT_OVERFLOW = 5
+
+
+# Cursor fields (indexes into the state's int64 array).
+(STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, PERIOD_LO, PERIOD_HI, PERIOD, OPEN, OPEN_MERCHANT,
+ OPEN_CUSTOMER, PERIODS, FIRST_PERIOD, LAST_PERIOD, COUNTED, VALUE, OUT_ROWS, N_CURSOR) = range(17)
+
+
+class RfmState:
+    """Everything a scan carries between calls, and the rows it emitted (see ``_rfm.RfmState``)."""
+
+    def __init__(self, day_period, n_periods, observation_period, include_first=False,
+                 allow_negative=False, capacity=65536):
+        day_period = np.asarray(day_period)
+        if day_period.dtype != np.int64 or day_period.ndim != 1:
+            raise ValueError("day_period must be a 1-d int64 array")
+        if len(day_period) and not (0 <= day_period.min() and day_period.max() < n_periods):
+            raise ValueError("day_period indexes outside [0, n_periods)")
+        self.day_period = day_period
+        self.n_periods = int(n_periods)
+        self.observation_period = int(observation_period)
+        self.include_first = bool(include_first)
+        self.min_amount = INT64_MIN if allow_negative else 0
+        self.cursor = np.zeros(N_CURSOR, np.int64)   # period_lo = period_hi = 0: the first row misses
+        self.out = np.empty((N_OUT, max(int(capacity), 1)), np.int64)   # out[column, row], as in Cython
+
+    @property
+    def last_row_keys(self):
+        """(merchant_id, customer_id, order_ts) of the last row scanned, or None."""
+        c = self.cursor
+        if not c[STARTED]:
+            return None
+        return (int(c[PREV_MERCHANT]), int(c[PREV_CUSTOMER]), int(c[PREV_TS]))
+
+    def take_output(self):
+        """The rows emitted since the last take, int64[N_OUT, rows], leaving the output empty (see ``_rfm``)."""
+        rows = self.out[:, : self.cursor[OUT_ROWS]]
+        if 2 * len(rows[0]) < self.out.shape[1]:
+            rows = rows.copy()
+        else:
+            self.out = np.empty_like(self.out)
+        self.cursor[OUT_ROWS] = 0
+        return rows
+
+    def close(self):
+        """Emit the open store-customer, if any; ``NEED_SPACE`` (take the output, call again) or ``OK``."""
+        return Status(_close(self.cursor, self.out))
+
+
+@njit(nogil=True, cache=True)
+def _emit(cursor, out):
+    row = cursor[OUT_ROWS]
+    out[0, row] = cursor[OPEN_MERCHANT]
+    out[1, row] = cursor[OPEN_CUSTOMER]
+    out[2, row] = cursor[PERIODS]
+    out[3, row] = cursor[FIRST_PERIOD]
+    out[4, row] = cursor[LAST_PERIOD]
+    out[5, row] = cursor[VALUE]
+    cursor[OUT_ROWS] = row + 1
+    cursor[OPEN] = 0
+
+
+@njit(nogil=True, cache=True)
+def _close(cursor, out):
+    if cursor[OPEN]:
+        if cursor[OUT_ROWS] == out.shape[1]:
+            return 1  # NEED_SPACE
+        _emit(cursor, out)
+    return 0
+
+
+@njit(nogil=True, cache=True)
+def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_period, period_start,
+               units_per_day, ts_max, min_amount, observation_period, include_first, start, stop):
+    started = cursor[STARTED] != 0
+    prev_merchant = cursor[PREV_MERCHANT]
+    prev_customer = cursor[PREV_CUSTOMER]
+    prev_ts = cursor[PREV_TS]
+    period_lo = cursor[PERIOD_LO]
+    period_hi = cursor[PERIOD_HI]
+    period = cursor[PERIOD]
+    capacity = out.shape[1]
+    status = 0
+    i = start
+    while i < stop:
+        m = np.int64(merchant_id[i])
+        cust = np.int64(customer_id[i])
+        t = np.int64(order_ts[i])
+        a = amount[i]
+        if a < min_amount:
+            status = 3  # NEGATIVE_AMOUNT
+            break
+        if t < period_lo or t >= period_hi:
+            if t < 0 or t > ts_max:
+                status = 4  # TIMESTAMP_RANGE
+                break
+            period = day_period[t // units_per_day]
+            period_lo = period_start[period]
+            period_hi = period_start[period + 1]
+        same = False
+        if started:
+            if m == prev_merchant:
+                if cust == prev_customer:
+                    if t < prev_ts:
+                        status = 2  # UNSORTED
+                        break
+                    same = True
+                elif cust < prev_customer:
+                    status = 2
+                    break
+            elif m < prev_merchant:
+                status = 2
+                break
+        if not same and cursor[OPEN]:       # the previous store-customer is complete
+            if cursor[OUT_ROWS] == capacity:
+                status = 1  # NEED_SPACE: nothing of row i is consumed yet, resume here
+                break
+            _emit(cursor, out)
+        if period <= observation_period:
+            if not cursor[OPEN]:            # the store-customer's first order in the window
+                cursor[OPEN] = 1
+                cursor[OPEN_MERCHANT] = m
+                cursor[OPEN_CUSTOMER] = cust
+                cursor[PERIODS] = 1
+                cursor[FIRST_PERIOD] = period
+                cursor[LAST_PERIOD] = period
+                cursor[COUNTED] = include_first
+                cursor[VALUE] = 0
+            elif period != cursor[LAST_PERIOD]:     # its next period (sorted: a later one)
+                cursor[PERIODS] += 1
+                cursor[LAST_PERIOD] = period
+                cursor[COUNTED] = 1
+            if cursor[COUNTED]:
+                value = cursor[VALUE]
+                if (a > 0 and value > INT64_MAX - a) or (a < 0 and value < INT64_MIN - a):
+                    status = 5  # AMOUNT_OVERFLOW
+                    break
+                cursor[VALUE] = value + a
+        started = True
+        prev_merchant = m
+        prev_customer = cust
+        prev_ts = t
+        i += 1
+    cursor[STARTED] = started
+    cursor[PREV_MERCHANT] = prev_merchant
+    cursor[PREV_CUSTOMER] = prev_customer
+    cursor[PREV_TS] = prev_ts
+    cursor[PERIOD_LO] = period_lo
+    cursor[PERIOD_HI] = period_hi
+    cursor[PERIOD] = period
+    return status, i
+
+
+def scan(state, merchant_id, customer_id, order_ts, amount, period_start, units_per_day, ts_max, start, stop):
+    """Scan rows ``[start, stop)`` of one record batch; return ``(status, row)`` (see ``_rfm.scan``)."""
+    n = len(merchant_id)
+    if len(customer_id) != n or len(order_ts) != n or len(amount) != n:
+        raise ValueError("columns of one batch must have the same length")
+    if not 0 <= start <= stop <= n:
+        raise ValueError("rows [start, stop) out of range")
+    if units_per_day <= 0 or ts_max < 0 or ts_max // units_per_day >= len(state.day_period):
+        raise ValueError("ts_max is outside the day table")
+    if len(period_start) < state.n_periods + 1:
+        raise ValueError("period_start needs one entry per period plus one")
+    # The dtypes of the Cython kernel's fused types (kernels/_types.pxd).
+    for column, dtypes in ((merchant_id, _KEY_DTYPES), (customer_id, _KEY_DTYPES), (order_ts, _KEY_DTYPES),
+                           (amount, _AMOUNT_DTYPES)):
+        if column.ndim != 1 or column.dtype not in dtypes:
+            raise ValueError(f"unexpected column dtype {column.dtype}")
+    status, row = _scan_rows(
+        state.cursor, state.out, merchant_id, customer_id, order_ts, amount, state.day_period, period_start,
+        np.int64(units_per_day), np.int64(ts_max), np.int64(state.min_amount), np.int64(state.observation_period),
+        np.int64(state.include_first), np.int64(start), np.int64(stop),
+    )
+    return Status(status), int(row)

@@ -1,0 +1,382 @@
+"""RFM summary per store-customer (SPEC §9 ``rfm``), as lifetimes' ``summary_data_from_transaction_data``.
+
+lifetimes truncates every order's time to the start of its ``freq`` period
+(pandas periods: ``D`` days, ``W`` weeks ``W-SUN`` that start on Monday,
+``M`` calendar months), drops orders in periods after the observation
+period, and merges a customer's orders of one period into one transaction
+whose value is their sum. Then, per customer:
+
+- ``frequency``: its periods minus one (the first), or all of them with
+  ``include_first_transaction``;
+- ``recency``: from the start of its first period to the start of its last;
+- ``T``: from the start of its first period to the start of the observation
+  period;
+- ``monetary_value``: the mean of its period sums over the repeat periods
+  (every period with ``include_first_transaction``), 0 when there are none.
+
+Durations are in units of ``freq`` as pandas divides them: a timedelta over
+``np.timedelta64(1, freq)``; for ``M`` that is NumPy's mean Gregorian month,
+2,629,746 s (365.2425 / 12 days), so recency and T in months are not whole
+numbers. Here they are computed as ``float64(days × 86400) / seconds per
+unit``: both operands are exact, so the quotient is the correctly rounded
+value pandas computes from nanoseconds (or microseconds), bit for bit.
+
+The kernel (``kernels/_rfm.pyx``, or its Numba twin ``numba_rfm``) emits
+int64 partials per store-customer; ``_record_batch`` is the finalize step
+that turns them into the output columns.
+"""
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from . import _rfm, _scan, parallel, periods
+from .arrays import numeric_array
+from .errors import AmountOverflowError
+from .inputs import _in_memory, order_batches, rereadable
+from .scan import _stop_error
+
+FREQS = ("D", "W", "M")
+ENGINES = ("cython", "numba")
+SECONDS_PER_DAY = 86_400
+# pandas divides by np.timedelta64(1, freq); NumPy's month is 365.2425 / 12 days.
+SECONDS_PER_UNIT = {
+    "D": SECONDS_PER_DAY,
+    "W": 7 * SECONDS_PER_DAY,
+    "M": int(np.timedelta64(1, "M").astype("timedelta64[s]").astype(np.int64)),
+}
+# Day 0 (1970-01-01) is a Thursday; pandas' weekly period W-SUN starts on Monday, day -3.
+_FIRST_MONDAY = -3
+INT64_MAX = np.iinfo(np.int64).max
+OUTPUT_CAPACITY = 1 << 16   # store-customers per output record batch
+
+SCHEMA = pa.schema([
+    ("merchant_id", pa.int64()),
+    ("customer_id", pa.int64()),
+    ("frequency", pa.int64()),
+    ("recency", pa.float64()),
+    ("T", pa.float64()),
+    ("monetary_value", pa.float64()),
+])
+
+
+# --- periods ------------------------------------------------------------------
+
+def check_freq(freq):
+    if freq not in FREQS:
+        raise ValueError(f"freq must be one of {', '.join(FREQS)}; got {freq!r}")
+    return freq
+
+
+@lru_cache(maxsize=None)
+def day_period(freq):
+    """int64[N_DAYS]: the ``freq`` period index of each day since 1970-01-01."""
+    days = np.arange(periods.N_DAYS, dtype=np.int64)
+    if freq == "D":
+        return days
+    if freq == "W":
+        return (days - _FIRST_MONDAY) // 7
+    return periods.day_month().astype(np.int64)
+
+
+@lru_cache(maxsize=None)
+def period_start_day(freq):
+    """int64[n_periods + 1]: first day (since 1970-01-01) of each period index, and of the one after the last."""
+    n = int(day_period(freq)[-1]) + 2
+    index = np.arange(n, dtype=np.int64)
+    if freq == "D":
+        return index
+    if freq == "W":
+        return index * 7 + _FIRST_MONDAY
+    return periods.month_start(1)[:n].copy()
+
+
+@lru_cache(maxsize=None)
+def period_start_ts(freq, units_per_day):
+    """int64[n_periods + 1]: first timestamp of each period in the given units, clamped to int64."""
+    days = period_start_day(freq)
+    return np.where(days > INT64_MAX // units_per_day, INT64_MAX, days * units_per_day)
+
+
+def observation_day(value):
+    """Day since 1970-01-01 (UTC) of an observation end: a date, datetime, NumPy datetime64 or ISO string.
+
+    A naive datetime is UTC; an aware one is converted to UTC.
+    """
+    original = value
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"observation_end {original!r} is not an ISO date or datetime (YYYY-MM-DD[THH:MM:SS])") from None
+    if isinstance(value, np.datetime64):
+        if np.isnat(value):
+            raise ValueError("observation_end is NaT")
+        day = int(value.astype("datetime64[D]").astype(np.int64))
+    elif isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        day = (value.date() - dt.date(1970, 1, 1)).days
+    elif isinstance(value, dt.date):
+        day = (value - dt.date(1970, 1, 1)).days
+    else:
+        raise TypeError(f"observation_end must be a date, datetime, numpy.datetime64 or ISO string; got {type(original).__name__}")
+    if not 0 <= day < periods.N_DAYS:
+        raise ValueError(f"observation_end {original!r} is outside 1970-01-01 .. 2262-12-31")
+    return day
+
+
+# --- the kernel, in the shape the chunk-parallel driver runs ---------------------
+
+def engine_module(engine):
+    """The kernel module of ``engine``: same ``RfmState``, ``scan``, ``Status`` in each."""
+    if engine == "cython":
+        return _rfm
+    if engine == "numba":
+        from . import numba_rfm
+
+        return numba_rfm
+    raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+
+
+@dataclass
+class RfmRun:
+    """One thread's kernel state: the engine's state and the finished output not yet handed out."""
+
+    engine_state: object
+    ready: list = field(default_factory=list)   # finalized pyarrow.RecordBatch es
+
+
+class RfmKernel:
+    """The RFM kernel in the shape ``parallel.run`` drives.
+
+    ``new_state()`` → a state; ``scan(state, batch, start, stop)`` scans rows
+    ``[start, stop)`` of an ``inputs.OrderBatch``, carrying the open
+    store-customer across calls and raising typed ``InputError`` s;
+    ``end_chunk(state)`` closes the open store-customer (the rows given so
+    far end at a store-customer boundary) and returns the state's output
+    since its last ``end_chunk``; ``finish(state)`` does the same at the end
+    of the input. Output is a list of ``pyarrow.RecordBatch`` es with
+    ``SCHEMA`` and at most ``capacity`` rows each, in input order, or None.
+    Combining the outputs of states is concatenation in chunk order.
+    """
+
+    def __init__(self, freq="D", observation_day=0, include_first_transaction=False, refunds=False,
+                 engine="cython", capacity=OUTPUT_CAPACITY):
+        self.freq = check_freq(freq)
+        self.engine = engine_module(engine)
+        self.observation_period = int(day_period(freq)[observation_day])
+        self.observation_start_day = int(period_start_day(freq)[self.observation_period])
+        self.include_first = bool(include_first_transaction)
+        self.refunds = bool(refunds)
+        self.capacity = capacity
+        self._day_period = day_period(freq)
+        self._n_periods = len(period_start_day(freq)) - 1
+
+    def new_state(self):
+        return RfmRun(self.engine.RfmState(
+            self._day_period, self._n_periods, self.observation_period,
+            include_first=self.include_first, allow_negative=self.refunds, capacity=self.capacity,
+        ))
+
+    def scan(self, state, batch, start=0, stop=None):
+        stop = len(batch) if stop is None else stop
+        period_start = period_start_ts(self.freq, batch.units_per_day)
+        ts_max = periods.ts_max(batch.units_per_day)
+        engine, st = self.engine, state.engine_state
+        row = start
+        while True:
+            status, row = engine.scan(st, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
+                                      period_start, batch.units_per_day, ts_max, row, stop)
+            if status == engine.Status.OK:
+                return
+            if status != engine.Status.NEED_SPACE:
+                raise _error(engine.Status(status), batch, row, st)
+            self._move_output(state)
+
+    def end_chunk(self, state):
+        while state.engine_state.close() == self.engine.Status.NEED_SPACE:
+            self._move_output(state)
+        self._move_output(state)
+        ready, state.ready = state.ready, []
+        return ready or None
+
+    finish = end_chunk
+
+    def _move_output(self, state):
+        rows = state.engine_state.take_output()
+        if rows.shape[1]:
+            state.ready.append(self._record_batch(rows))
+
+    def _record_batch(self, rows):
+        """Finalize: int64 partials per store-customer → the output columns (floats only here).
+
+        ``rows`` is int64[6, n], one contiguous row per ``OUTPUT_COLUMNS``
+        entry. Durations are float64(days) × 86400 / seconds per unit: the
+        product is exact, so this is the correctly rounded quotient.
+        """
+        merchant_id, customer_id, frequency, first_period, last_period, value = rows
+        frequency -= not self.include_first    # periods → the periods monetary_value averages over
+        start_day = period_start_day(self.freq)
+        first_day = start_day[first_period]
+        seconds = float(SECONDS_PER_UNIT[self.freq])
+        recency = (start_day[last_period] - first_day).astype(np.float64)
+        recency *= SECONDS_PER_DAY
+        recency /= seconds
+        age = (self.observation_start_day - first_day).astype(np.float64)
+        age *= SECONDS_PER_DAY
+        age /= seconds
+        monetary_value = np.divide(value.astype(np.float64), frequency, out=np.zeros(len(value)),
+                                   where=frequency > 0)
+        return pa.RecordBatch.from_arrays(
+            [numeric_array(merchant_id, pa.int64()), numeric_array(customer_id, pa.int64()),
+             numeric_array(frequency, pa.int64()), numeric_array(recency, pa.float64()),
+             numeric_array(age, pa.float64()), numeric_array(monetary_value, pa.float64())],
+            schema=SCHEMA,
+        )
+
+
+def _error(status, batch, row, engine_state):
+    """The typed error of a kernel stop, worded as compute's (``scan._stop_error``)."""
+    if status.name == "AMOUNT_OVERFLOW":
+        return AmountOverflowError(
+            batch.source, batch.first_row + row,
+            f"amount {int(batch.amount[row])} makes its store-customer's sum of amounts overflow int64 "
+            "(more than 9.2e18 minor units)",
+        )
+    return _stop_error(_scan.Status[status.name], batch, row, engine_state)
+
+
+def output_batches(batches, kernel, threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
+    """Yield the output record batches of ``kernel`` over ``batches`` in input order (``parallel.run``)."""
+    for output in parallel.run(batches, kernel, threads, chunk_rows):
+        yield from output
+
+
+# --- the entry point -----------------------------------------------------------
+
+def last_order_day(orders, columns=None):
+    """Day (since 1970-01-01, UTC) of the latest order_ts in ``orders``, or None if it has no rows.
+
+    A separate pass over the input: lifetimes' default observation end is
+    the latest order, which a single streaming pass only knows at its end.
+    """
+    latest, units_per_day = None, 1
+    for batch in order_batches(orders, columns):
+        top = int(batch.order_ts.max())
+        units_per_day = batch.units_per_day
+        latest = top if latest is None else max(latest, top)
+        batch.release()
+    if latest is None:
+        return None
+    # Out of range: the scan reports it as a TimestampRangeError at its row.
+    return min(max(latest // units_per_day, 0), periods.N_DAYS - 1)
+
+
+def rfm(orders, freq="D", observation_end=None, include_first_transaction=False, *, columns=None,
+        engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, refunds=False):
+    """Frequency, recency, T and monetary value per store-customer (SPEC §9), streamed.
+
+    Equal to ``lifetimes.utils.summary_data_from_transaction_data(orders,
+    customer, order_ts, amount, freq=freq, observation_period_end=
+    observation_end, include_first_transaction=...)`` with the customer
+    being the store-customer ``(merchant_id, customer_id)`` and times in UTC.
+
+    Parameters
+    ----------
+    orders : path or table
+        Order rows sorted by (merchant_id, customer_id, order_ts), as for
+        ``compute`` (SPEC §2).
+    freq : {"D", "W", "M"}
+        Days, weeks (Monday to Sunday, pandas ``W-SUN``) or calendar months.
+    observation_end : date, datetime, numpy.datetime64 or ISO string, optional
+        The end of the observation (UTC; a naive datetime is UTC). Its
+        ``freq`` period is the last one counted: orders in later periods are
+        left out, and T runs to the start of that period. Default: the
+        latest order in the input, as in lifetimes; that takes one extra
+        pass over ``order_ts``, so a one-shot stream (a
+        ``RecordBatchReader``) needs it given.
+    include_first_transaction : bool
+        Count the first period in ``frequency`` and ``monetary_value``.
+    columns : dict, optional
+        Canonical name → the input's name, e.g. ``{"amount": "total_cents"}``.
+    engine : {"cython", "numba"}
+        The kernel; both give identical output (``"numba"`` compiles on
+        first use in a process).
+    threads : int, optional
+        Threads scanning chunks of the input side by side; default: the
+        CPUs this process may use (``OMP_NUM_THREADS`` if set, else its CPU
+        affinity). Output is identical for every thread count.
+    chunk_rows : int
+        Rows per chunk and thread in one round; memory in flight is about
+        ``threads * chunk_rows`` input rows and their output. Output is
+        identical for every chunk size.
+    refunds : bool
+        Accept negative amounts, as ``compute`` does.
+
+    Returns
+    -------
+    pyarrow.RecordBatchReader
+        Record batches of at most 65,536 rows (in chunk-sized groups), columns ``merchant_id``,
+        ``customer_id`` (int64), ``frequency`` (int64), ``recency``, ``T``,
+        ``monetary_value`` (float64, in minor units like ``amount``), one
+        row per store-customer with an order up to the observation period,
+        in input order. The input is read as the reader is consumed, so
+        memory stays bounded; bad input raises a typed ``InputError`` from
+        the read that reaches it. Use ``.read_all()`` for a Table, or pass
+        the reader to a Parquet writer.
+    """
+    check_freq(freq)
+    engine_module(engine)
+    threads = parallel.resolve_threads(threads)
+    chunk_rows = parallel.check_chunk_rows(chunk_rows)
+    if not isinstance(orders, (str, Path)) and not hasattr(orders, "__fspath__"):
+        orders = _in_memory(orders)     # a DataFrame is converted once, not once per pass
+    if observation_end is not None:
+        day = observation_day(observation_end)
+    elif rereadable(orders):
+        day = last_order_day(orders, columns)
+        if day is None:
+            day = 0   # no orders: no output rows, whatever the observation end
+    else:
+        raise ValueError(
+            "observation_end=None reads the input twice (to find its latest order first); "
+            "pass observation_end for a one-shot stream such as a RecordBatchReader"
+        )
+    kernel = RfmKernel(freq, day, include_first_transaction, refunds, engine)
+    batches = output_batches(order_batches(orders, columns), kernel, threads, chunk_rows)
+    return pa.RecordBatchReader.from_batches(SCHEMA, batches)
+
+
+def write_rfm(reader, path):
+    """Stream an ``rfm`` reader to ``path``: Parquet or CSV by the suffix; returns the rows written."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        def open_writer(target):
+            return pq.ParquetWriter(str(target), reader.schema)
+    elif suffix == ".csv":
+        import pyarrow.csv as pacsv
+
+        def open_writer(target):
+            return pacsv.CSVWriter(str(target), reader.schema)
+    else:
+        raise ValueError(f"cannot tell the output format of {path!r}: use a .parquet or .csv suffix")
+    # Written beside the target and renamed at the end: bad input found midway
+    # leaves no partial file that looks complete, and an older file intact.
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    rows = 0
+    try:
+        with open_writer(partial) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return rows

@@ -1,0 +1,102 @@
+"""A slow, obviously-correct RFM summary, written from SPEC §9 and lifetimes' documented semantics.
+
+lifetimes' ``summary_data_from_transaction_data`` (0.11.3), which SPEC §9
+defers to:
+
+1. The observation end (default: the latest transaction) and every
+   transaction's time are truncated to the start of their ``freq`` period:
+   the day; the Monday of the week (pandas ``W`` = ``W-SUN``, weeks ending
+   on Sunday); the first of the month.
+2. Transactions whose period starts after the observation period's start
+   are dropped; a customer with none left is absent.
+3. A customer's transactions in the same period are merged into one whose
+   value is their sum.
+4. ``frequency`` is the number of periods minus the first (all of them with
+   ``include_first_transaction``); ``recency`` the time from the first
+   period to the last, ``T`` from the first period to the observation
+   period, both divided by ``np.timedelta64(1, freq)`` — for months NumPy's
+   fixed 365.2425 / 12 days; ``monetary_value`` the mean value over the
+   periods ``frequency`` counts, 0 if it counts none.
+
+Here the customer is the store-customer (SPEC §4), times are UTC, values
+are the integer ``amount`` (cents), and all arithmetic is on Python ints
+and dates: the only floats are the final quotients, which Python rounds
+correctly — as float64 division of exact operands does.
+"""
+import datetime as dt
+from fractions import Fraction
+
+import pyarrow as pa
+
+EPOCH = dt.date(1970, 1, 1)
+SECONDS_PER_DAY = 86_400
+# np.timedelta64(1, freq) in seconds; a Gregorian year is 365.2425 days.
+SECONDS_PER_UNIT = {
+    "D": SECONDS_PER_DAY,
+    "W": 7 * SECONDS_PER_DAY,
+    "M": int(Fraction(3652425, 10000) * SECONDS_PER_DAY / 12),
+}
+assert Fraction(3652425, 10000) * SECONDS_PER_DAY / 12 == SECONDS_PER_UNIT["M"]
+UNITS_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+
+
+def period_start(day, freq):
+    """First day of the ``freq`` period holding ``day`` (a ``datetime.date``)."""
+    if freq == "D":
+        return day
+    if freq == "W":
+        return day - dt.timedelta(days=day.weekday())   # Monday
+    if freq == "M":
+        return day.replace(day=1)
+    raise ValueError(freq)
+
+
+def order_days(orders):
+    """UTC calendar day of each order (``order_ts`` stored values are UTC for any time zone)."""
+    ts = orders.column("order_ts")
+    if pa.types.is_timestamp(ts.type):
+        per_day = UNITS_PER_DAY[ts.type.unit]
+        return [EPOCH + dt.timedelta(days=v // per_day) for v in ts.cast(pa.int64()).to_pylist()]
+    if ts.type == pa.date64():
+        return [EPOCH + dt.timedelta(days=v // 86_400_000) for v in ts.cast(pa.int64()).to_pylist()]
+    return [EPOCH + dt.timedelta(days=v) for v in ts.cast(pa.int32()).to_pylist()]
+
+
+def _in_units(days, freq):
+    return days * SECONDS_PER_DAY / SECONDS_PER_UNIT[freq]   # int / int: correctly rounded
+
+
+def reference_rfm(orders, freq="D", observation_end=None, include_first_transaction=False):
+    """Rows ``{merchant_id, customer_id, frequency, recency, T, monetary_value}`` in input order.
+
+    ``orders`` is a canonical ``pa.Table`` (sorted); ``observation_end`` a
+    ``datetime.date`` (UTC) or None for the latest order.
+    """
+    days = order_days(orders)
+    if not days:
+        return []
+    end = period_start(max(days) if observation_end is None else observation_end, freq)
+    merchants = orders.column("merchant_id").to_pylist()
+    customers = orders.column("customer_id").to_pylist()
+    amounts = orders.column("amount").to_pylist()
+    # store-customer -> {period start: summed amount}; dicts keep insertion (input) order.
+    periods = {}
+    for m, c, day, amount in zip(merchants, customers, days, amounts):
+        start = period_start(day, freq)
+        if start > end:
+            continue
+        sums = periods.setdefault((m, c), {})
+        sums[start] = sums.get(start, 0) + amount
+    rows = []
+    for (m, c), sums in periods.items():
+        starts = sorted(sums)
+        counted = starts if include_first_transaction else starts[1:]
+        rows.append({
+            "merchant_id": m,
+            "customer_id": c,
+            "frequency": len(counted),
+            "recency": _in_units((starts[-1] - starts[0]).days, freq),
+            "T": _in_units((end - starts[0]).days, freq),
+            "monetary_value": sum(sums[s] for s in counted) / len(counted) if counted else 0.0,
+        })
+    return rows

@@ -1,0 +1,399 @@
+"""``lm.rfm`` (SPEC §9) against lifetimes itself, the pure-Python reference, and bad input.
+
+1. CDNOW, the real order log shipped with lifetimes: ``rfm`` equals
+   lifetimes' ``summary_data_from_transaction_data`` column by column, for
+   every freq, both include_first_transaction settings, observation end
+   given and defaulted, both engines.
+2. Hypothesis: both engines, any thread count, chunk size, record-batch
+   size and output capacity equal ``reference_rfm``; and the reference
+   equals lifetimes on the same random orders.
+3. Bad input raises the typed errors ``compute`` raises.
+"""
+import datetime as dt
+import hashlib
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import loyaltymetrics as lm
+from loyaltymetrics.inputs import order_batches
+from loyaltymetrics.rfm_summary import SCHEMA, RfmKernel, observation_day, output_batches
+
+from cdnow import cdnow_frame, cdnow_orders
+from lifetimes_peer import key_of, lifetimes_summary, orders_frame
+from reference_rfm import order_days, reference_rfm
+from strategies import orders_tables, rebatch
+
+ENGINES = ("cython", "numba")
+FREQS = ("D", "W", "M")
+UTC = dt.timezone.utc
+
+# --- 1. CDNOW against lifetimes -------------------------------------------------
+
+# None: lifetimes' default, the latest order (1998-06-30). 1997-09-30: the
+# usual CDNOW calibration end. 1997-02-15: inside the acquisition quarter, so
+# later-acquired customers are absent and later orders dropped.
+CDNOW_ENDS = (None, "1997-09-30", "1997-02-15")
+
+
+@lru_cache(maxsize=None)
+def cdnow_table():
+    return cdnow_orders()
+
+
+@lru_cache(maxsize=None)
+def cdnow_lifetimes(freq, observation_end, include_first, value_column):
+    return lifetimes_summary(cdnow_frame(), "customer_id", "date", value_column, freq=freq,
+                             observation_end=observation_end, include_first_transaction=include_first)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("observation_end", CDNOW_ENDS)
+@pytest.mark.parametrize("include_first", [False, True])
+@pytest.mark.parametrize("freq", FREQS)
+def test_cdnow_equals_lifetimes(freq, include_first, observation_end, engine):
+    ours = lm.rfm(cdnow_table(), freq, observation_end, include_first, engine=engine).read_all()
+    theirs = cdnow_lifetimes(freq, observation_end, include_first, "cents")
+    assert ours.schema == SCHEMA
+    assert len(ours) == len(theirs) > 0
+    assert set(ours.column("merchant_id").to_pylist()) == {1}
+    np.testing.assert_array_equal(ours.column("customer_id").to_numpy(), theirs.index.to_numpy())
+    # Given the amounts in cents, lifetimes' float sums and means are of
+    # integers below 2**53, hence exact: every column is equal bit for bit.
+    for column in ("frequency", "recency", "T", "monetary_value"):
+        np.testing.assert_array_equal(ours.column(column).to_numpy().astype(np.float64),
+                                      theirs[column].to_numpy(), err_msg=column)
+
+
+@pytest.mark.parametrize("observation_end", CDNOW_ENDS)
+@pytest.mark.parametrize("include_first", [False, True])
+@pytest.mark.parametrize("freq", FREQS)
+def test_cdnow_monetary_value_in_dollars_as_lifetimes_users_compute_it(freq, include_first, observation_end):
+    """lifetimes given CDNOW's dollar values: monetary_value / 100 agrees to a few ulp.
+
+    lifetimes sums binary approximations of decimal dollars (each off by up
+    to half an ulp), in two compensated float sums (per period, then the
+    mean), and divides; rfm sums exact cents and divides twice (by the
+    count, then by 100 here). Every value is ≥ 0, so each step's relative
+    error is at most about one ulp (2**-53 ≈ 1.1e-16) and the two results
+    differ by at most ~8 ulp relative: rtol 1e-15. (CDNOW shows ≤ 4.4e-16.)
+    """
+    ours = lm.rfm(cdnow_table(), freq, observation_end, include_first).read_all()
+    theirs = cdnow_lifetimes(freq, observation_end, include_first, "dollar_value")
+    np.testing.assert_array_equal(ours.column("customer_id").to_numpy(), theirs.index.to_numpy())
+    dollars = ours.column("monetary_value").to_numpy() / 100
+    np.testing.assert_allclose(dollars, theirs["monetary_value"].to_numpy(), rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(dollars == 0, theirs["monetary_value"].to_numpy() == 0)
+
+
+def test_cdnow_cases_are_not_trivial():
+    """The CDNOW comparisons see repeat buyers, fractional months and means, and truncation."""
+    months = lm.rfm(cdnow_table(), "M").read_all()
+    assert (months.column("frequency").to_numpy() > 0).sum() > 5000
+    assert np.any(months.column("recency").to_numpy() % 1 != 0)
+    assert np.any(months.column("monetary_value").to_numpy() % 1 != 0)
+    early = lm.rfm(cdnow_table(), "D", "1997-02-15").read_all()
+    assert 0 < len(early) < 23570
+
+
+# --- 2. reference and properties --------------------------------------------------
+
+def rows(reader_or_table):
+    table = reader_or_table.read_all() if isinstance(reader_or_table, pa.RecordBatchReader) else reader_or_table
+    return table.to_pylist()
+
+
+@st.composite
+def observation_ends(draw, table):
+    """None, any date, or a date near the orders (on and around period boundaries)."""
+    kind = draw(st.sampled_from(["none", "any", "near"]))
+    if kind == "none" or (kind == "near" and len(table) == 0):
+        return None
+    if kind == "any":
+        return draw(st.dates(dt.date(1970, 1, 1), dt.date(2262, 12, 31)))
+    day = draw(st.sampled_from(order_days(table)))
+    return min(max(day + dt.timedelta(days=draw(st.integers(-40, 40))), dt.date(1970, 1, 1)), dt.date(2262, 12, 31))
+
+
+@given(st.data())
+def test_rfm_equals_reference(data):
+    table = data.draw(orders_tables())
+    batched = rebatch(table, data.draw(st.integers(1, 70)), empty_batches=data.draw(st.booleans()))
+    freq = data.draw(st.sampled_from(FREQS))
+    include_first = data.draw(st.booleans())
+    end = data.draw(observation_ends(table))
+    engine = data.draw(st.sampled_from(ENGINES))
+    threads = data.draw(st.sampled_from([1, 2, 3]))
+    chunk_rows = data.draw(st.integers(1, 30))
+    expected = reference_rfm(table, freq, end, include_first)
+    got = lm.rfm(batched, freq, end, include_first, engine=engine, threads=threads, chunk_rows=chunk_rows)
+    assert rows(got) == expected
+
+
+def pieces(batches, lo, hi):
+    """(batch, start, stop) covering global rows [lo, hi) of ``batches``."""
+    offset = 0
+    for batch in batches:
+        start, stop = max(lo - offset, 0), min(hi - offset, len(batch))
+        if start < stop:
+            yield batch, start, stop
+        offset += len(batch)
+
+
+@given(st.data())
+def test_chunked_kernel_equals_reference(data):
+    """The chunk-parallel shape: chunks cut at store-customer boundaries, each its own state.
+
+    Within a chunk, rows arrive in arbitrary [start, stop) slices of the
+    record batches; the output capacity is tiny, so the kernel stops for
+    space mid-batch and at chunk ends.
+    """
+    table = data.draw(orders_tables(allow_empty=False))
+    batches = list(order_batches(rebatch(table, data.draw(st.integers(1, 20)))))
+    freq = data.draw(st.sampled_from(FREQS))
+    include_first = data.draw(st.booleans())
+    end = data.draw(observation_ends(table))
+    engine = data.draw(st.sampled_from(ENGINES))
+    capacity = data.draw(st.integers(1, 4))
+    day = observation_day(max(order_days(table)) if end is None else end)
+    kernel = RfmKernel(freq, day, include_first, engine=engine, capacity=capacity)
+
+    keys = list(zip(table.column("merchant_id").to_pylist(), table.column("customer_id").to_pylist()))
+    boundaries = [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
+    cuts = sorted(data.draw(st.sets(st.sampled_from(boundaries))) if boundaries else [])
+    edges = [0, *cuts, len(keys)]
+    out = []
+    for lo, hi in zip(edges, edges[1:]):
+        state = kernel.new_state()
+        for batch, start, stop in pieces(batches, lo, hi):
+            # Split each piece once more at a drawn row: calls need not end at batch ends.
+            mid = data.draw(st.integers(start, stop))
+            kernel.scan(state, batch, start, mid)
+            kernel.scan(state, batch, mid, stop)
+        out += kernel.end_chunk(state) or []
+    assert all(b.schema == SCHEMA and b.num_rows <= capacity for b in out)
+    assert pa.Table.from_batches(out, SCHEMA).to_pylist() == reference_rfm(table, freq, end, include_first)
+
+
+@given(st.data())
+def test_reference_equals_lifetimes(data):
+    """The oracle itself agrees with lifetimes on random orders (store-customer as lifetimes' customer)."""
+    table = data.draw(orders_tables(allow_empty=False))
+    freq = data.draw(st.sampled_from(FREQS))
+    include_first = data.draw(st.booleans())
+    end = data.draw(observation_ends(table))
+    expected = reference_rfm(table, freq, end, include_first)
+    theirs = lifetimes_summary(orders_frame(table), "customer", "date", "amount", freq=freq,
+                               observation_end=None if end is None else pd.Timestamp(end),
+                               include_first_transaction=include_first)
+    assert list(theirs.index) == [key_of(r["merchant_id"], r["customer_id"]) for r in expected]
+    for column in ("frequency", "recency", "T", "monetary_value"):
+        assert theirs[column].tolist() == [float(r[column]) for r in expected], column
+
+
+def test_kernel_stops_for_space_at_every_row():
+    """Output capacity 1: a stop for space before every store-customer, same rows."""
+    table = cdnow_table().slice(0, 500)
+    for engine in ENGINES:
+        kernel = RfmKernel("W", observation_day("1998-06-30"), engine=engine, capacity=1)
+        out = list(output_batches(order_batches(table), kernel, threads=1))
+        assert all(b.num_rows == 1 for b in out)
+        assert pa.Table.from_batches(out).to_pylist() == reference_rfm(table, "W", dt.date(1998, 6, 30))
+
+
+def test_output_is_streamed_in_bounded_batches():
+    table = cdnow_orders(replicas=3)    # 70,710 store-customers, 208,977 rows
+    reader = lm.rfm(table, "D", "1998-06-30", threads=1)
+    assert isinstance(reader, pa.RecordBatchReader) and reader.schema == SCHEMA
+    batches = list(reader)
+    assert [b.num_rows for b in batches] == [65536, 70710 - 65536]
+    # Two threads, chunks of 30,000 rows: more, smaller batches; the same rows.
+    chunked = list(lm.rfm(table, "D", "1998-06-30", threads=2, chunk_rows=30_000))
+    assert len(chunked) > 2 and max(b.num_rows for b in chunked) < 30_000
+    assert pa.Table.from_batches(chunked).equals(pa.Table.from_batches(batches))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_refunds(engine):
+    table = pa.table({
+        "merchant_id": pa.array([1, 1, 1, 1], pa.int64()),
+        "customer_id": pa.array([5, 5, 5, 5], pa.int64()),
+        "order_ts": pa.array([dt.date(2023, 1, 1), dt.date(2023, 1, 2), dt.date(2023, 1, 2), dt.date(2023, 1, 9)],
+                             pa.date32()),
+        "amount": pa.array([100, 250, -300, -7], pa.int64()),
+    })
+    with pytest.raises(lm.NegativeAmountError):
+        lm.rfm(table, engine=engine).read_all()
+    got = rows(lm.rfm(table, engine=engine, refunds=True))
+    assert got == reference_rfm(table)
+    assert got[0]["monetary_value"] == (-50 + -7) / 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1998-01-01", "1998-01-01T23:59:59", dt.date(1998, 1, 1), dt.datetime(1998, 1, 1, 12),
+     dt.datetime(1998, 1, 2, 1, tzinfo=dt.timezone(dt.timedelta(hours=2))),   # 1998-01-01 23:00 UTC
+     np.datetime64("1998-01-01T18:00"), pd.Timestamp("1998-01-01 08:00")],
+)
+def test_observation_end_forms_are_the_same_utc_day(value):
+    assert observation_day(value) == (dt.date(1998, 1, 1) - dt.date(1970, 1, 1)).days
+
+
+@pytest.mark.parametrize("value, error", [
+    ("1969-12-31", ValueError), ("2263-01-01", ValueError), ("01/02/1998", ValueError),
+    (np.datetime64("NaT"), ValueError), (19980101, TypeError),
+])
+def test_bad_observation_end(value, error):
+    with pytest.raises(error):
+        lm.rfm(cdnow_table(), observation_end=value)
+
+
+@pytest.mark.parametrize("bad", [dict(freq="Q"), dict(engine="c"), dict(threads=0), dict(chunk_rows=0)])
+def test_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        lm.rfm(cdnow_table(), **bad)
+
+
+def test_one_shot_stream_needs_an_observation_end():
+    table = cdnow_table().slice(0, 1000)
+    with pytest.raises(ValueError, match="observation_end"):
+        lm.rfm(pa.RecordBatchReader.from_batches(table.schema, table.to_batches(100)))
+    stream = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(100))
+    assert rows(lm.rfm(stream, "M", "1998-06-30")) == rows(lm.rfm(table, "M", "1998-06-30"))
+
+
+def test_inputs_are_not_modified(tmp_path):
+    table = cdnow_table().slice(0, 2000)
+    frame = table.to_pandas()
+    before = frame.copy(deep=True)
+    path = tmp_path / "o.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=300)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = reference_rfm(table, "W")
+    for engine in ENGINES:
+        assert rows(lm.rfm(frame, "W", engine=engine)) == expected
+        assert rows(lm.rfm(str(path), "W", engine=engine)) == expected
+    pd.testing.assert_frame_equal(frame, before)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_columns_mapping_and_parquet_input(tmp_path):
+    table = cdnow_table().slice(0, 3000).rename_columns(["merchant_id", "customer_id", "created_at", "total_cents"])
+    pq.write_table(table, tmp_path / "o.parquet", row_group_size=700)
+    got = rows(lm.rfm(str(tmp_path / "o.parquet"), "M", columns={"order_ts": "created_at", "amount": "total_cents"}))
+    assert got == rows(lm.rfm(cdnow_table().slice(0, 3000), "M"))
+
+
+# --- 3. bad input: the errors compute raises ---------------------------------------
+
+def _orders(merchant=(1, 1, 2), customer=(1, 2, 1), when=None, amount=(100, 200, 300), ts_type=pa.timestamp("us")):
+    when = when or [dt.datetime(2022, 1, 1), dt.datetime(2022, 2, 1), dt.datetime(2022, 3, 1)]
+    return pa.table({
+        "merchant_id": pa.array(merchant, pa.int64()),
+        "customer_id": pa.array(customer, pa.int64()),
+        "order_ts": pa.array(when, ts_type),
+        "amount": pa.array(amount, pa.int64()),
+    })
+
+
+BAD_TABLES = {
+    "merchant goes back": _orders((2, 1, 3), (1, 1, 1)),
+    "customer goes back": _orders((1, 1, 1), (5, 4, 6)),
+    "time goes back": _orders((1, 1, 1), (1, 1, 1), [dt.datetime(2022, 5, 1), dt.datetime(2022, 4, 1),
+                                                     dt.datetime(2022, 6, 1)]),
+    "negative amount": _orders(amount=(100, -1, 300)),
+    "before 1970": _orders(when=[dt.datetime(2022, 1, 1), dt.datetime(1969, 12, 31), dt.datetime(2022, 3, 1)]),
+    "null key": _orders().set_column(1, "customer_id", pa.array([1, None, 1], pa.int64())),
+    "float amount": _orders().set_column(3, "amount", pa.array([1.5, 2.0, 3.0])),
+    "missing column": _orders().drop_columns(["amount"]),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("observation_end", [None, "2022-12-31"])
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("case", sorted(BAD_TABLES))
+def test_bad_input_raises_what_compute_raises(case, engine, observation_end, threads):
+    table = BAD_TABLES[case]
+    with pytest.raises(lm.InputError) as expected:
+        lm.compute(table, threads=1)
+    with pytest.raises(lm.InputError) as got:
+        # One-row chunks: with two threads, order checks at chunk edges are the driver's.
+        lm.rfm(table, observation_end=observation_end, engine=engine, threads=threads, chunk_rows=1).read_all()
+    assert type(got.value) is type(expected.value)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_unsorted_across_record_batches_of_a_file(tmp_path, engine):
+    table = _orders((1, 1, 1, 1), (1, 2, 3, 2), [dt.datetime(2022, 1, 1)] * 4, (1, 2, 3, 4))
+    path = tmp_path / "o.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=3)
+    with pytest.raises(lm.UnsortedInputError) as err:
+        lm.rfm(str(path), engine=engine).read_all()
+    assert err.value.source == str(path) and err.value.row == 3
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_corrupt_file(tmp_path, engine):
+    path = tmp_path / "o.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _orders().schema) as writer:
+        writer.write_table(_orders())
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(lm.CorruptInputError):
+        lm.rfm(str(path), observation_end="2022-12-31", engine=engine).read_all()
+
+
+@pytest.mark.parametrize("include_first", [False, True])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sum_overflow_is_an_error_not_a_wrapped_number(engine, include_first):
+    big = 2**62
+    months = [dt.datetime(2022, m, 1) for m in (1, 2, 3)]
+    table = _orders((1, 1, 1), (7, 7, 7), months, (big, big, big))
+    with pytest.raises(lm.AmountOverflowError) as err:
+        lm.rfm(table, "M", engine=engine, include_first_transaction=include_first).read_all()
+    # The first period's amount is not summed unless included: the overflow comes a row later.
+    assert err.value.row == (1 if include_first else 2)
+    assert str(big) in str(err.value)
+
+
+# --- the command line --------------------------------------------------------------
+
+def test_cli_writes_parquet_equal_to_rfm(tmp_path):
+    from loyaltymetrics.cli import main
+
+    table = cdnow_table().slice(0, 5000).rename_columns(["merchant_id", "customer_id", "day", "cents"])
+    source = tmp_path / "orders.parquet"
+    pq.write_table(table, source)
+    out = tmp_path / "rfm.parquet"
+    assert main(["rfm", str(source), "-o", str(out), "--freq", "W", "--observation-end", "1997-12-31",
+                 "--include-first-transaction", "--columns", "order_ts=day,amount=cents",
+                 "--engine", "numba", "--threads", "2"]) == 0
+    expected = lm.rfm(cdnow_table().slice(0, 5000), "W", "1997-12-31", True).read_all()
+    assert pq.read_table(out).equals(expected)
+
+
+def test_cli_bad_input_exits_1_and_leaves_no_partial_file(tmp_path, capsys):
+    from loyaltymetrics.cli import main
+
+    # Many store-customers, then an unsorted row far in: output batches are written before the error.
+    good = cdnow_orders(replicas=2)
+    bad = pa.concat_tables([good, good.slice(0, 1)])
+    source = tmp_path / "orders.arrow"
+    with pa.OSFile(str(source), "wb") as sink, pa.ipc.new_file(sink, bad.schema) as writer:
+        writer.write_table(bad, max_chunksize=10_000)
+    out = tmp_path / "rfm.parquet"
+    out.write_bytes(b"an older result")
+    assert main(["rfm", str(source), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"row {len(good)}" in err and "Traceback" not in err
+    assert out.read_bytes() == b"an older result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, out.name])
