@@ -446,11 +446,10 @@ def test_inconsistent_state_arrays_are_refused():
 
 
 def test_cli_cohorts_and_concentration_write_what_the_api_returns(tmp_path, capsys):
-    from loyaltymetrics.sample import make_sample
+    from loyaltymetrics.synthetic import generate
 
-    orders, merchants = make_sample(n_merchants=6, seed=2)
-    path, mpath = _write_ipc(orders, tmp_path / "o.arrow", 5000), str(tmp_path / "m.parquet")
-    pq.write_table(merchants, mpath)
+    made = generate(tmp_path / "o.arrow", tmp_path / "m.parquet", rows=20_000, seed=2, merchants_count=6)
+    path, mpath = str(made.orders_path), str(made.merchants_path)
     assert main(["cohorts", path, "--merchants", mpath, "--by", "industry", "--period", "quarter",
                  "-o", str(tmp_path / "c.parquet")]) == 0
     assert pq.read_table(tmp_path / "c.parquet").equals(lm.cohorts(path, mpath, by=["industry"], period="quarter"))

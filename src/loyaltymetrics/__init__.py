@@ -3,6 +3,8 @@ from .api import compute
 from .cohort_analysis import cohorts
 from .concentration_analysis import concentration
 from .rfm_summary import rfm
+from .convert import prepare
+from .synthetic import generate
 from .errors import (
     AmountOverflowError,
     CorruptInputError,
@@ -24,6 +26,8 @@ __all__ = [
     "cohorts",
     "concentration",
     "rfm",
+    "generate",
+    "prepare",
     "AmountOverflowError",
     "CorruptInputError",
     "DuplicateMerchantError",
