@@ -108,6 +108,7 @@ def build_parser():
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("orders", metavar="ORDERS", help="sorted orders: .arrow file, Parquet file or directory")
     _add_compute_options(p)
+    _add_analysis_commands(sub)
     _add_rfm_parser(sub)
     d = sub.add_parser("demo", help="generate a small sample network and print its metrics by industry and size")
     d.add_argument("--seed", type=int, default=0, help="random seed of the sample (default: 0)")
@@ -120,6 +121,65 @@ def build_parser():
     return parser
 
 
+def _add_analysis_commands(sub):
+    """The SPEC §9 analyses: ``cohorts`` and ``concentration``, options as for ``compute``."""
+    from .cohort_analysis import COHORT_PERIODS
+
+    for name, help_text, period_choices, default in (
+        ("cohorts", "acquisition cohorts: retention and revenue by period since acquisition (SPEC §9)",
+         COHORT_PERIODS, "month"),
+        ("concentration", "share of revenue from the top store-customers per group and period (SPEC §9)",
+         PERIODS, "year"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("orders", metavar="ORDERS", help="sorted orders: .arrow file, Parquet file or directory")
+        p.add_argument("--merchants", metavar="FILE", help="merchants table (Parquet, Arrow or CSV)")
+        p.add_argument("--by", type=_csv_list, default=[], metavar="KEYS",
+                       help=f"comma-separated group keys from {', '.join(GROUP_KEYS)} (default: the whole network)")
+        p.add_argument("--period", choices=period_choices, default=default,
+                       help=f"calendar period in UTC (default: {default})")
+        if name == "concentration":
+            p.add_argument("--top", type=float, default=0.05, metavar="FRACTION",
+                           help="fraction of store-customers at the top, in (0, 1] (default: 0.05)")
+        p.add_argument("-o", "--output", metavar="OUT",
+                       help="write the table to OUT.parquet, OUT.csv or OUT.json (default: print it)")
+        p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
+                       help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
+        p.add_argument("--size-edges", type=_edges, default=DEFAULT_SIZE_EDGES, metavar="E1,E2,...",
+                       help="orders-per-month edges of the merchant-size buckets (default: 30,300,3000,30000)")
+        p.add_argument("--engine", choices=("cython", "numba"), default="cython", help="kernel engine")
+        p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="threads scanning chunks side by side (default: the CPUs this process may use)")
+
+
+def _run_analysis(args):
+    from .cohort_analysis import cohorts
+    from .concentration_analysis import concentration
+
+    options = dict(by=args.by, period=args.period, columns=args.columns, size_edges=args.size_edges,
+                   engine=args.engine, threads=args.threads)
+    if args.command == "cohorts":
+        table = cohorts(args.orders, args.merchants, **options)
+    else:
+        table = concentration(args.orders, args.merchants, top=args.top, **options)
+    if args.output:
+        write_table(table, args.output)
+        print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
+    else:
+        print(_format_rows(table))
+    return 0
+
+
+def _format_rows(table):
+    """Every column of a small table as fixed-width text (floats to 4 decimals)."""
+    cells = [["-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
+             for row in table.to_pylist()]
+    header = table.column_names
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [header] + cells]
+    return "\n".join(lines + [f"({table.num_rows} rows)"])
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if getattr(args, "handler", None):  # subcommands that bring their own function
@@ -127,6 +187,8 @@ def main(argv=None):
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command in ("cohorts", "concentration"):
+            return _run_analysis(args)
         if args.command == "rfm":
             return _rfm(args)
         table = compute(args.orders, args.merchants, by=args.by, period=args.period, columns=args.columns,
