@@ -193,7 +193,7 @@ def _add_report_parser(sub):
 
 
 def _report(args):
-    from .report import report
+    from .html_report import report
 
     try:
         report(args.orders, args.merchants, args.output, period=args.period, title=args.title, top=args.top,
