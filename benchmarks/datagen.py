@@ -75,15 +75,20 @@ def orders_schema(key_type=pa.int32()):
     ])
 
 
-def streamed_orders(n_rows, seed=0, customers_per_block=1 << 19, key_type=pa.int32()):
+def default_merchants(n_rows):
+    """About 2,000 store-customers a merchant: merchants grow with the rows, as in a real network."""
+    return max(1, round(int(n_rows) * ORDERS_PER_CUSTOMER_P / CUSTOMERS_PER_MERCHANT))
+
+
+def streamed_orders(n_rows, seed=0, customers_per_block=1 << 19, key_type=pa.int32(), n_merchants=None):
     """Yield record batches of exactly ``n_rows`` orders in total, sorted by (merchant_id, customer_id, order_ts).
 
     Memory is bounded by one block (``customers_per_block`` store-customers,
     about 1.67 times as many rows) plus one weight per merchant, whatever
     ``n_rows`` is. Merchant sizes are heavy-tailed (Pareto weights over
-    ``n_rows * 0.6 / 2000`` merchants); a store-customer belongs to the
-    merchant whose share of the rows holds its first order, so merchants
-    ascend through the file. ``customer_id`` counts from 1 within each
+    ``n_merchants`` merchants, by default ``default_merchants(n_rows)``); a
+    store-customer belongs to the merchant whose share of the rows holds its
+    first order, so merchants ascend through the file. ``customer_id`` counts from 1 within each
     merchant, so the same id recurs at many merchants (different
     store-customers, SPEC §4). Orders run over 2020-2023 UTC; each
     store-customer has 1 + a geometric number of further orders at
@@ -92,7 +97,7 @@ def streamed_orders(n_rows, seed=0, customers_per_block=1 << 19, key_type=pa.int
     n_rows = int(n_rows)
     key_dtype = np.dtype(key_type.to_pandas_dtype())
     rng = np.random.default_rng([seed, 0])
-    n_merchants = max(1, round(n_rows * ORDERS_PER_CUSTOMER_P / CUSTOMERS_PER_MERCHANT))
+    n_merchants = int(n_merchants or default_merchants(n_rows))
     weights = rng.pareto(1.2, n_merchants) + 1
     # Merchant m owns rows [row_edge[m-1], row_edge[m]) of the file.
     row_edge = np.cumsum(weights / weights.sum() * n_rows)
@@ -141,9 +146,10 @@ def streamed_orders(n_rows, seed=0, customers_per_block=1 << 19, key_type=pa.int
         customers_done += n_customers
 
 
-def dataset_parameters(n_rows, seed=0, key_type=pa.int32()):
+def dataset_parameters(n_rows, seed=0, key_type=pa.int32(), n_merchants=None):
     """What identifies a streamed data set: a file with the same parameters is reused."""
-    return {"generator": GENERATOR, "rows": int(n_rows), "seed": int(seed), "key_type": str(key_type)}
+    return {"generator": GENERATOR, "rows": int(n_rows), "seed": int(seed), "key_type": str(key_type),
+            "merchants": int(n_merchants or default_merchants(n_rows))}
 
 
 def file_parameters(path):
@@ -151,9 +157,18 @@ def file_parameters(path):
     try:
         with pa.memory_map(str(path)) as source:
             metadata = pa.ipc.open_file(source).schema.metadata or {}
-        return json.loads(metadata[METADATA_KEY])
+        parameters = json.loads(metadata[METADATA_KEY])
     except (OSError, pa.ArrowInvalid, KeyError, ValueError):
         return None
+    # Files written before the merchant count was a parameter used the default (same rows).
+    parameters.setdefault("merchants", default_merchants(parameters.get("rows", 0)))
+    return parameters
+
+
+def data_file_name(n_rows, seed=0, n_merchants=None):
+    """The file name a data set is kept under in a data folder (the default merchant count is left out)."""
+    merchants = f"-m{n_merchants}" if n_merchants else ""
+    return f"orders-{int(n_rows)}{merchants}-seed{seed}-int32.arrow"
 
 
 def estimated_file_bytes(n_rows, key_type=pa.int32()):
@@ -162,7 +177,7 @@ def estimated_file_bytes(n_rows, key_type=pa.int32()):
     return int(n_rows * (2 * key + 8 + 8 + 1 / 8) * 1.002) + (1 << 20)
 
 
-def write_orders_file(path, n_rows, seed=0, key_type=pa.int32(), log=None):
+def write_orders_file(path, n_rows, seed=0, key_type=pa.int32(), log=None, n_merchants=None):
     """Stream ``n_rows`` orders to an uncompressed Arrow IPC file at ``path``; reuse it if it matches.
 
     Returns ``(path, reused)``. The file is written under a temporary name
@@ -170,7 +185,7 @@ def write_orders_file(path, n_rows, seed=0, key_type=pa.int32(), log=None):
     looks finished.
     """
     path = Path(path)
-    parameters = dataset_parameters(n_rows, seed, key_type)
+    parameters = dataset_parameters(n_rows, seed, key_type, n_merchants)
     if path.exists() and file_parameters(path) == parameters:
         return str(path), True
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +193,7 @@ def write_orders_file(path, n_rows, seed=0, key_type=pa.int32(), log=None):
     schema = orders_schema(key_type).with_metadata({METADATA_KEY: json.dumps(parameters, sort_keys=True)})
     rows = 0
     with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for batch in streamed_orders(n_rows, seed, key_type=key_type):
+        for batch in streamed_orders(n_rows, seed, key_type=key_type, n_merchants=n_merchants):
             writer.write_batch(batch)
             rows += batch.num_rows
             if log is not None:

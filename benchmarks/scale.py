@@ -19,6 +19,9 @@ all in it), rows/s and peak RSS (the child's own ``ru_maxrss``, from
 written. A file that fits in memory is read once before timing (page cache
 warm); a larger one is read from disk, and the table says which.
 
+The merchant count is held fixed (``--merchants``, default 3,000), so the
+output does not grow with the rows and any growth of RSS is the scan's.
+
 Before writing anything it checks the free space in ``--data-dir`` and
 refuses, saying how much is needed, if the files would not fit.
 ``--delete`` removes each file once measured (then only the largest must
@@ -33,12 +36,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from datagen import estimated_file_bytes, file_parameters, dataset_parameters, write_orders_file  # noqa: E402
+from datagen import (  # noqa: E402
+    data_file_name, dataset_parameters, estimated_file_bytes, file_parameters, write_orders_file,
+)
 from peers import machine_info, meminfo, mib, warm_page_cache  # noqa: E402
 
 DISK_MARGIN = 2 << 30  # left free for everything else on the disk
@@ -60,52 +64,64 @@ def parse_sizes(text):
     return [int(float(x)) for x in text.split(",") if x.strip()]
 
 
-def data_path(data_dir, rows, seed):
-    return Path(data_dir) / f"orders-{rows}-seed{seed}-int32.arrow"
+def data_path(data_dir, rows, seed, merchants):
+    return Path(data_dir) / data_file_name(rows, seed, merchants)
 
 
-def needed_bytes(paths_rows, seed, delete):
+def parse_merchants(text):
+    return None if text == "auto" else int(float(text))
+
+
+def needed_bytes(paths_rows, seed, merchants, delete):
     """Disk the files still to be written need: all of them, or (with --delete) the largest at a time."""
     missing = [estimated_file_bytes(rows) for path, rows in paths_rows
-               if file_parameters(path) != dataset_parameters(rows, seed)]
+               if file_parameters(path) != dataset_parameters(rows, seed, n_merchants=merchants)]
     if not missing:
         return 0
     return max(missing) if delete else sum(missing)
 
 
-def wait_with_rusage(proc, timeout):
-    """Wait for ``proc``; return (exit code, wall seconds, peak RSS bytes) or None if it ran past ``timeout``."""
-    start = time.perf_counter()
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, time.perf_counter() - start, usage.ru_maxrss * 1024  # KiB on Linux
-        if timeout is not None and time.perf_counter() - start > timeout:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return None
-        time.sleep(0.02)
+# Runs a command and reports its wall time and peak RSS. A process's ru_maxrss
+# starts from the RSS of the process it was forked from (Linux carries it
+# across exec), so the command is started from this small launcher, not from
+# the benchmark, whose own RSS would otherwise show up as the command's.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+cmd, report = json.loads(sys.argv[1]), sys.argv[2]
+start = time.perf_counter()
+proc = subprocess.Popen(cmd)
+_, status, usage = os.wait4(proc.pid, 0)
+seconds = time.perf_counter() - start
+proc.returncode = code = os.waitstatus_to_exitcode(status)
+with open(report, "w") as f:
+    json.dump({"code": code, "seconds": seconds, "peak_rss": usage.ru_maxrss * 1024}, f)  # KiB on Linux
+"""
 
 
-def run_measured(cmd, timeout=None, **popen):
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
-    # The pipes are small here (a line or two), so waiting before reading cannot block on a full pipe.
-    result = wait_with_rusage(proc, timeout)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
-    if result is None:
-        return None, out, err
-    code, _, peak = result
-    return (code, time.perf_counter() - start, peak), out, err
+def run_measured(cmd, timeout=None):
+    """Run ``cmd``; return ((exit code, wall seconds, peak RSS bytes) or None past ``timeout``, stdout, stderr)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "report.json")
+        proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, json.dumps(cmd), report],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the command
+            out, err = proc.communicate()
+            return None, out, err
+        if proc.returncode != 0:
+            return (proc.returncode, None, None), out, err
+        with open(report) as f:
+            r = json.load(f)
+    return (r["code"], r["seconds"], r["peak_rss"]), out, err
 
 
-def generate(path, rows, seed):
+def generate(path, rows, seed, merchants):
     """Write the file in a child process; return (seconds, peak RSS bytes, reused)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child-generate", str(path),
-           "--rows", str(rows), "--seed", str(seed)]
+           "--rows", str(rows), "--seed", str(seed), "--merchants", str(merchants or "auto")]
     result, out, err = run_measured(cmd)
     code, seconds, peak = result
     if code != 0:
@@ -113,7 +129,7 @@ def generate(path, rows, seed):
     return seconds, peak, json.loads(out.strip().splitlines()[-1])["reused"]
 
 
-def generate_child(path, rows, seed):
+def generate_child(path, rows, seed, merchants):
     step = max(rows // 10, 1)
     next_report = [step]
 
@@ -122,7 +138,7 @@ def generate_child(path, rows, seed):
             print(f"    wrote {done:,} rows", file=sys.stderr, flush=True)
             next_report[0] += step
 
-    _, reused = write_orders_file(path, rows, seed, log=log)
+    _, reused = write_orders_file(path, rows, seed, log=log, n_merchants=merchants)
     print(json.dumps({"reused": reused}))
 
 
@@ -156,6 +172,10 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "loyaltymetrics-bench"),
                         help="where data files are written and reused (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--merchants", type=parse_merchants, default=3000,
+                        help="merchants in every data set, held fixed so that only the rows grow and the "
+                             "output (one row per merchant and year) does not; 'auto' grows them with the "
+                             "rows, about 2,000 store-customers a merchant (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=1, help="compute runs per size (default: 1)")
     parser.add_argument("--threads", type=int, help="passed to loyaltymetrics compute --threads, where it exists")
     parser.add_argument("--engine", help="passed to loyaltymetrics compute --engine, where it exists")
@@ -164,15 +184,15 @@ def main(argv=None):
     parser.add_argument("--child-generate", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_generate:
-        return generate_child(args.child_generate, int(args.rows), args.seed)
+        return generate_child(args.child_generate, int(args.rows), args.seed, args.merchants)
 
     sizes = sorted(set(args.sizes or default_sizes(int(args.rows))) | {STARTUP_ROWS})
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    plan = [(data_path(data_dir, rows, args.seed), rows) for rows in sizes]
+    plan = [(data_path(data_dir, rows, args.seed, args.merchants), rows) for rows in sizes]
     stat = os.statvfs(data_dir)
     free = stat.f_bavail * stat.f_frsize
-    need = needed_bytes(plan, args.seed, args.delete)
+    need = needed_bytes(plan, args.seed, args.merchants, args.delete)
     if need + DISK_MARGIN > free:
         raise SystemExit(
             f"not enough disk: the data files for {', '.join(f'{r:,}' for r in sizes)} rows need about "
@@ -186,7 +206,7 @@ def main(argv=None):
     rows_out = []
     for path, rows in plan:
         print(f"{rows:,} rows: writing {path.name}", flush=True)
-        gen_seconds, gen_peak, reused = generate(path, rows, args.seed)
+        gen_seconds, gen_peak, reused = generate(path, rows, args.seed, args.merchants)
         warm = warm_page_cache(path)
         size = path.stat().st_size
         runs = []
@@ -214,8 +234,9 @@ def main(argv=None):
             path.unlink()
 
     print()
+    merchants = "merchants growing with the rows" if args.merchants is None else f"{args.merchants:,} merchants"
     print(f"loyaltymetrics compute --by merchant --period year{' ' + ' '.join(options) if options else ''}, "
-          f"whole command (start-up to Parquet written); median of {args.repeat} run(s):")
+          f"whole command (start-up to Parquet written), {merchants}; median of {args.repeat} run(s):")
     header = ["rows", "file", "write", "write peak RSS", "compute", "rows/s", "compute peak RSS", "page cache"]
     lines = []
     for rows, size, reused, gen_seconds, gen_peak, warm, runs in rows_out:

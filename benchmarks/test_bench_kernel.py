@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from datagen import write_orders_file
+from datagen import data_file_name, write_orders_file
 
 lm = pytest.importorskip("loyaltymetrics")
 from loyaltymetrics.inputs import order_batches  # noqa: E402
@@ -33,12 +33,14 @@ from loyaltymetrics.scan import scan_orders  # noqa: E402
 ROWS = int(float(os.environ.get("LOYALTYMETRICS_BENCH_ROWS", 3_000_000)))
 ROUNDS = int(os.environ.get("LOYALTYMETRICS_BENCH_ROUNDS", 5))
 COMPUTE_KEYWORDS = set(inspect.signature(lm.compute).parameters)
+SCAN_KEYWORDS = set(inspect.signature(scan_orders).parameters)
+ENGINE_THREADS = [("cython", 1), ("cython", 2), ("numba", 1), ("numba", 2)]
 
 
 @pytest.fixture(scope="session")
 def orders_path(tmp_path_factory):
     folder = os.environ.get("LOYALTYMETRICS_BENCH_DATA") or tmp_path_factory.mktemp("bench")
-    path, _ = write_orders_file(Path(folder) / f"orders-{ROWS}-seed0-int32.arrow", ROWS, seed=0)
+    path, _ = write_orders_file(Path(folder) / data_file_name(ROWS), ROWS, seed=0)
     with open(path, "rb", buffering=0) as f:  # into the page cache
         while f.read(16 << 20):
             pass
@@ -55,27 +57,24 @@ def timed(benchmark, fn):
     return benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1, iterations=1)
 
 
-def engine_options(engine, threads):
-    """compute() keywords for this variant, or skip where this version lacks them."""
-    options = {}
-    if engine is not None:
-        if "engine" not in COMPUTE_KEYWORDS:
-            pytest.skip("compute() has no engine= in this version")
-        if engine == "numba":
-            pytest.importorskip("numba")
-        options["engine"] = engine
-    if threads is not None:
-        if "threads" not in COMPUTE_KEYWORDS:
-            pytest.skip("compute() has no threads= in this version")
-        options["threads"] = threads
-    return options
+def engine_options(engine, threads, keywords):
+    """Keywords for this variant, or skip where this version lacks them."""
+    if "engine" not in keywords or "threads" not in keywords:
+        if (engine, threads) != ("cython", 1):
+            pytest.skip("no engine= / threads= in this version")
+        return {}  # the one-thread Cython kernel was the only one
+    if engine == "numba":
+        pytest.importorskip("numba")
+    return {"engine": engine, "threads": threads}
 
 
+@pytest.mark.parametrize("engine, threads", ENGINE_THREADS)
 @pytest.mark.parametrize("period", ["year", "month"])
-def test_kernel(benchmark, orders_path, period):
-    """One pass of the Cython kernel over the memory-mapped batches: no finalize."""
+def test_kernel(benchmark, orders_path, period, engine, threads):
+    """One pass of the kernel over the memory-mapped batches: no combine, no finalize."""
+    options = engine_options(engine, threads, SCAN_KEYWORDS)
     benchmark.extra_info["rows"] = ROWS
-    partials = timed(benchmark, lambda: scan_orders(order_batches(orders_path), period))
+    partials = timed(benchmark, lambda: scan_orders(order_batches(orders_path), period, **options))
     assert int(partials.column("orders").sum()) == ROWS
 
 
@@ -87,12 +86,10 @@ def test_compute_default(benchmark, orders_path, by):
     assert sum(table.column("orders").to_pylist()) == ROWS
 
 
-@pytest.mark.parametrize("engine, threads", [
-    ("cython", 1), ("cython", 2), ("numba", 1), ("numba", 2),
-])
+@pytest.mark.parametrize("engine, threads", ENGINE_THREADS)
 def test_compute_engine_threads(benchmark, orders_path, reference, engine, threads):
     """compute(by=["merchant"]) per engine and thread count; each must equal the default's table."""
-    options = engine_options(engine, threads)
+    options = engine_options(engine, threads, COMPUTE_KEYWORDS)
     benchmark.extra_info["rows"] = ROWS
     table = timed(benchmark, lambda: lm.compute(orders_path, by=["merchant"], period="year", **options))
     assert table.equals(reference)

@@ -18,6 +18,8 @@ error at a row); it is resumable at the row it names.
 """
 import numpy as np
 
+from loyaltymetrics.periods import check_period_table
+
 from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint64_t
 from _types cimport customer_key_t, merchant_key_t, order_ts_t
 
@@ -128,13 +130,9 @@ cdef class ScanState:
 
     def check_table(self, table, int64_t ts_max):
         """Check once per table that every period it yields up to ``ts_max`` indexes ``acc``."""
-        if table is self._checked_table:
-            return
-        table = np.asarray(table)
-        reachable = table[:, 0] + (table[:, 1] < ts_max)
-        if len(table) and not (0 <= np.min(table[:, 0]) and np.max(reachable) < self.n_periods):
-            raise ValueError("period_table yields periods outside [0, n_periods)")
-        self._checked_table = table
+        if table is not self._checked_table:
+            check_period_table(table, ts_max, self.n_periods)
+            self._checked_table = table
 
     def grow(self):
         """Double the output capacity (after a scan returned NEED_SPACE)."""
@@ -182,31 +180,7 @@ cdef void flush_merchant(ScanState st, int64_t merchant, int64_t lo, int64_t hi)
         st.out_rows = row + 1
 
 
-cdef Status scan_rows(
-    ScanState st,
-    const merchant_key_t[::1] merchant_id,
-    const customer_key_t[::1] customer_id,
-    const order_ts_t[::1] order_ts,
-    const int64_t[::1] amount,
-    const uint8_t[::1] reward_bits,
-    Py_ssize_t reward_offset,
-    const int64_t[:, ::1] period_table,
-    int shift,
-    int64_t ts_max,
-    Py_ssize_t start,
-    Py_ssize_t* stop,
-) noexcept nogil:
-    # Two copies of the loop, the mode a constant in each (branch on modes
-    # outside the row loop): without refunds every revenue sum is bounded by
-    # the period's revenue, so one overflow check covers them all.
-    if st.min_amount == 0:
-        return scan_rows_mode(st, merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
-                              period_table, shift, ts_max, start, stop, False)
-    return scan_rows_mode(st, merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
-                          period_table, shift, ts_max, start, stop, True)
-
-
-cdef inline Status scan_rows_mode(
+cdef inline Status scan_rows(
     ScanState st,
     const merchant_key_t[::1] merchant_id,
     const customer_key_t[::1] customer_id,
@@ -366,7 +340,14 @@ def scan(ScanState state not None,
         raise ValueError("ts_max is outside the period table")
     state.check_table(period_table, ts_max)
     cdef Status status
+    # Two copies of the loop, the mode a constant in each (branch on modes
+    # outside the row loop): without refunds every revenue sum is bounded by
+    # the period's revenue, so one overflow check covers them all.
     with nogil:
-        status = scan_rows(state, merchant_id, customer_id, order_ts, amount,
-                           reward_bits, reward_offset, table, shift, ts_max, start, &stop)
+        if state.min_amount == 0:
+            status = scan_rows(state, merchant_id, customer_id, order_ts, amount,
+                               reward_bits, reward_offset, table, shift, ts_max, start, &stop, False)
+        else:
+            status = scan_rows(state, merchant_id, customer_id, order_ts, amount,
+                               reward_bits, reward_offset, table, shift, ts_max, start, &stop, True)
     return status, stop

@@ -10,13 +10,15 @@ import pytest
 
 import loyaltymetrics as lm
 from loyaltymetrics.cli import main
-from loyaltymetrics.sample import make_sample
+from loyaltymetrics.synthetic import generate
 
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sample")
-    orders, merchants = make_sample(n_merchants=12, seed=3)
+    made = generate(folder / "generated.arrow", rows=40_000, seed=3, merchants_count=12)
+    orders = pa.ipc.open_file(made.orders_path).read_all()
+    merchants = pq.read_table(made.merchants_path)
     orders = orders.rename_columns(["merchant_id", "customer_id", "created_at", "total_cents", "reward"])
     orders_path, merchants_path = folder / "orders.arrow", folder / "merchants.csv"
     with pa.OSFile(str(orders_path), "wb") as sink, pa.ipc.new_file(sink, orders.schema) as writer:

@@ -45,9 +45,11 @@ def test_compute_does_not_import_pandas(tmp_path):
     """pyarrow imports pandas on the first pa.array(); that alone costs more than 10M rows of kernel."""
     import pyarrow.parquet as pq
 
-    from loyaltymetrics.sample import make_sample
+    from loyaltymetrics.synthetic import generate
 
-    orders, merchants = make_sample(n_merchants=8, seed=1)
+    made = generate(tmp_path / "generated.arrow", rows=30_000, seed=1, merchants_count=8)
+    orders = pa.ipc.open_file(made.orders_path).read_all()
+    merchants = pq.read_table(made.merchants_path)
     reward = orders.column("reward").to_pylist()
     reward[::3] = [None] * len(reward[::3])
     orders = orders.set_column(4, "reward", pa.array(reward, pa.bool_()))

@@ -1,6 +1,8 @@
 """Exact e-commerce loyalty and retention metrics in one pass over sorted orders."""
 from .api import compute
 from .rfm_summary import rfm
+from .convert import prepare
+from .synthetic import generate
 from .errors import (
     AmountOverflowError,
     CorruptInputError,
@@ -19,6 +21,8 @@ __version__ = "0.1.0"
 __all__ = [
     "compute",
     "rfm",
+    "generate",
+    "prepare",
     "AmountOverflowError",
     "CorruptInputError",
     "DuplicateMerchantError",

@@ -269,7 +269,7 @@ def _file_kind(path):
         raise CorruptInputError(
             str(path), None,
             f"{path.suffix} files are not read directly; convert the export to Arrow IPC or Parquet "
-            "in the canonical layout (SPEC §2) first",
+            "in the canonical layout (SPEC §2) first, e.g. with: loyaltymetrics prepare RAW -o orders.arrow",
         )
     if not head:
         raise CorruptInputError(str(path), None, "the file is empty")

@@ -4,12 +4,14 @@ Same algorithm, same signatures, same statuses, same results: the module is
 a drop-in for ``loyaltymetrics._scan``. It compiles on first use in a
 process (once per key/timestamp type combination; the machine code is
 cached on disk), so the Cython engine stays the default; it is here for
-platforms without a C compiler and for changing the algorithm quickly.
+changing the algorithm quickly (edit, re-run, no rebuild) and as a second,
+independently compiled implementation that the tests hold the first to.
 """
 import numpy as np
 from numba import njit
 
 from ._scan import PARTIAL_COLUMNS, Status
+from .periods import check_period_table
 
 N_COUNTS = len(PARTIAL_COLUMNS)
 (ORDERS, REVENUE, CUSTOMERS, NEW_CUSTOMERS, REPEAT_CUSTOMERS, ORDERS_FROM_REPEAT_CUSTOMERS,
@@ -63,13 +65,9 @@ class ScanState:
 
     def check_table(self, table, ts_max):
         """Check once per table that every period it yields up to ``ts_max`` indexes ``acc``."""
-        if table is self._checked_table:
-            return
-        table = np.asarray(table)
-        reachable = table[:, 0] + (table[:, 1] < ts_max)
-        if len(table) and not (0 <= np.min(table[:, 0]) and np.max(reachable) < self.n_periods):
-            raise ValueError("period_table yields periods outside [0, n_periods)")
-        self._checked_table = table
+        if table is not self._checked_table:
+            check_period_table(table, ts_max, self.n_periods)
+            self._checked_table = table
 
     @property
     def last_row_keys(self):

@@ -95,6 +95,17 @@ def period_table(period, units_per_day):
     return table
 
 
+def check_period_table(table, ts_max, n_periods):
+    """ValueError unless every period ``table`` yields for timestamps up to ``ts_max`` is in [0, n_periods).
+
+    The kernels index their accumulators with these periods unchecked.
+    """
+    table = np.asarray(table)
+    reachable = table[:, 0] + (table[:, 1] < ts_max)
+    if len(table) and not (0 <= np.min(table[:, 0]) and np.max(reachable) < n_periods):
+        raise ValueError("period_table yields periods outside [0, n_periods)")
+
+
 def month_of(ts, units_per_day):
     """Month index (months since 1970-01) of a valid raw timestamp."""
     return int(day_month()[int(ts) // units_per_day])
