@@ -3,6 +3,7 @@ from .api import compute
 from .rfm_summary import rfm
 from .convert import prepare
 from .synthetic import generate
+from .html_report import report
 from .errors import (
     AmountOverflowError,
     CorruptInputError,
@@ -23,6 +24,7 @@ __all__ = [
     "rfm",
     "generate",
     "prepare",
+    "report",
     "AmountOverflowError",
     "CorruptInputError",
     "DuplicateMerchantError",

@@ -19,8 +19,6 @@ import pyarrow as pa
 
 from . import parallel
 from .api import compute
-from .cohort_analysis import cohorts
-from .concentration_analysis import concentration
 from .finalize import DEFAULT_SIZE_EDGES, check_size_edges, size_labels
 from .inputs import rereadable, source_label
 
@@ -126,16 +124,21 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
                          "not a one-shot stream (RecordBatchReader)")
     size_edges = check_size_edges(size_edges)
     _require_matplotlib()
+    from .cohort_analysis import cohorts
+    from .concentration_analysis import concentration
+
     if isinstance(merchants, pa.RecordBatchReader):
         merchants = merchants.read_all()  # read by every pass below
 
     options = dict(columns=columns, size_edges=size_edges, engine=engine, threads=threads, chunk_rows=chunk_rows)
+    # First: it rejects a bad ``top`` before reading any orders.
+    top_share = concentration(orders, merchants, by=["industry"], period=period, top=top, **options)
     data = ReportData(
         period=period,
         network=compute(orders, merchants, by=[], period=period, **options),
         by_industry=compute(orders, merchants, by=["industry"], period=period, **options),
         by_size=compute(orders, merchants, by=["size"], period=period, **options),
-        concentration=concentration(orders, merchants, by=["industry"], period=period, top=top, **options),
+        concentration=top_share,
         cohorts=cohorts(orders, merchants, by=[], period="month", **options),
         size_order=tuple(size_labels(size_edges)),
         top=top,
@@ -326,6 +329,10 @@ def series_bar_chart(categories, series, ylabel, reference=None, colors=SERIES_C
     for i, (name, values) in enumerate(series):
         offset = (i - (k - 1) / 2) * width
         ax.bar([x + offset for x in range(n)], _nan(values), width, label=name, color=colors[i % len(colors)])
+        for x, value in enumerate(values):
+            if value is None:  # say so rather than leave a gap that reads as 0
+                ax.annotate("n/a", (x + offset, 0), xytext=(0, 2), textcoords="offset points", ha="center",
+                            va="bottom", fontsize=6, color="#555555", rotation=90)
     if reference is not None:
         ax.axhline(reference, color="#333333", linewidth=0.8, linestyle="--")
     _style_axes(ax, categories, ylabel)
