@@ -15,17 +15,30 @@ from loyaltymetrics.html_report import HEADLINE
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
-# Waits for every image to decode (a broken one rejects), then reports what was drawn.
+# Waits for every image to decode (a broken one rejects), then reports what was drawn. A cut-off
+# PNG still decodes its first rows, so the pixels are read back too: the charts are opaque, and
+# a cut-off one leaves transparent rows.
 CHECK_IMAGES = """async () => {
     const images = [...document.images];
     const decoded = await Promise.allSettled(images.map(image => image.decode()));
-    return images.map((image, i) => ({
-        chart: image.closest("figure").dataset.chart,
-        decoded: decoded[i].status === "fulfilled",
-        naturalWidth: image.naturalWidth,
-        naturalHeight: image.naturalHeight,
-        shownWidth: image.getBoundingClientRect().width,
-    }));
+    return images.map((image, i) => {
+        const canvas = document.createElement("canvas");
+        canvas.width = image.naturalWidth;
+        canvas.height = image.naturalHeight;
+        const context = canvas.getContext("2d");
+        context.drawImage(image, 0, 0);
+        const pixels = canvas.width ? context.getImageData(0, 0, canvas.width, canvas.height).data : [];
+        let transparent = 0;
+        for (let p = 3; p < pixels.length; p += 4) transparent += pixels[p] === 0;
+        return {
+            chart: image.closest("figure").dataset.chart,
+            decoded: decoded[i].status === "fulfilled",
+            naturalWidth: image.naturalWidth,
+            naturalHeight: image.naturalHeight,
+            transparentPixels: transparent,
+            shownWidth: image.getBoundingClientRect().width,
+        };
+    });
 }"""
 
 
@@ -88,6 +101,7 @@ def test_report_renders_in_chromium(rendered):
     for image in images:
         assert image["decoded"], image
         assert image["naturalWidth"] > 0 and image["naturalHeight"] > 0, image
+        assert image["transparentPixels"] == 0, image  # every row of the PNG was decoded
         assert image["shownWidth"] > 200, image  # laid out, not collapsed
 
     for column, _, unit in HEADLINE:
