@@ -5,6 +5,7 @@ from .concentration_analysis import concentration
 from .rfm_summary import rfm
 from .convert import prepare
 from .synthetic import generate
+from .html_report import report
 from .errors import (
     AmountOverflowError,
     CorruptInputError,
@@ -28,6 +29,7 @@ __all__ = [
     "rfm",
     "generate",
     "prepare",
+    "report",
     "AmountOverflowError",
     "CorruptInputError",
     "DuplicateMerchantError",

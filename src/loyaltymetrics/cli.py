@@ -110,6 +110,7 @@ def build_parser():
     _add_compute_options(p)
     _add_analysis_commands(sub)
     _add_rfm_parser(sub)
+    _add_report_parser(sub)
     d = sub.add_parser("demo", help="generate a small sample network and print its metrics by industry and size")
     d.add_argument("--seed", type=int, default=0, help="random seed of the sample (default: 0)")
     d.add_argument("--rows", type=_rows, default=DEMO_ROWS, metavar="N",
@@ -191,6 +192,8 @@ def main(argv=None):
             return _run_analysis(args)
         if args.command == "rfm":
             return _rfm(args)
+        if args.command == "report":
+            return _report(args)
         table = compute(args.orders, args.merchants, by=args.by, period=args.period, columns=args.columns,
                         size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
                         threads=args.threads)
@@ -230,6 +233,45 @@ def _rfm(args):
                  columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds)
     rows = write_rfm(reader, args.output)
     print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _add_report_parser(sub):
+    p = sub.add_parser(
+        "report", help="an HTML loyalty report: headline numbers and charts, year over year",
+        description="Write one self-contained HTML file (charts embedded, no external files or scripts): "
+                    "the latest period against the same period a year earlier, by industry and merchant "
+                    "size, participants vs non-participants, retention, revenue concentration and month "
+                    "cohorts. Needs matplotlib: pip install \"loyaltymetrics[report]\".")
+    p.add_argument("orders", metavar="ORDERS", help="sorted orders: .arrow file, Parquet file or directory")
+    p.add_argument("--merchants", metavar="FILE",
+                   help="merchants table (Parquet, Arrow or CSV): merchant_id, industry, country, annual_fee; "
+                        "without it every industry is \"unknown\" and loyalty ROI is undefined")
+    p.add_argument("-o", "--output", metavar="OUT.html", required=True, help="the HTML file to write")
+    p.add_argument("--period", choices=("year", "quarter", "month"), default="year",
+                   help="reporting period: the latest one against a year earlier (default: year)")
+    p.add_argument("--title", default="Loyalty report", help="the page's title (default: Loyalty report)")
+    p.add_argument("--top", type=float, default=0.05, metavar="SHARE",
+                   help="top share of store-customers in the revenue-concentration chart (default: 0.05)")
+    p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
+                   help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
+    p.add_argument("--size-edges", type=_edges, default=DEFAULT_SIZE_EDGES, metavar="E1,E2,...",
+                   help="orders-per-month edges of the merchant-size buckets (default: 30,300,3000,30000)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="threads scanning chunks side by side (default: the CPUs this process may use)")
+    p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
+
+
+def _report(args):
+    from .html_report import report
+
+    try:
+        report(args.orders, args.merchants, args.output, period=args.period, title=args.title, top=args.top,
+               columns=args.columns, size_edges=args.size_edges, engine=args.engine, threads=args.threads)
+    except ImportError as e:  # matplotlib missing: say what to install, without a traceback
+        print(f"loyaltymetrics: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote the report to {args.output}", file=sys.stderr)
     return 0
 
 
