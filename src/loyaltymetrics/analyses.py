@@ -387,9 +387,12 @@ class HistKernel(_Kernel):
     combine = staticmethod(HistPartials.combine)
 
 
-def run(kernel, batches, threads=1, chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
-    """The partials of ``batches`` through ``kernel``, its states' partials combined."""
-    return kernel.combine(parallel.run(batches, kernel, threads, chunk_rows))
+def run(kernel, batches, threads=1, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=None):
+    """The partials of ``batches`` through ``kernel``, its states' partials combined.
+
+    ``progress(rows)`` is called as rows are done (``parallel.run``).
+    """
+    return kernel.combine(parallel.run(batches, kernel, threads, chunk_rows, progress))
 
 
 def _total_overflow(state, batch, row):

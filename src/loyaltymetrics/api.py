@@ -1,14 +1,15 @@
 """The public entry points."""
 from . import parallel, periods
+from . import progress as _progress
 from .errors import AmountOverflowError
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, combine, finalize
-from .inputs import order_batches, read_merchants, rereadable, source_label
+from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 from .scan import scan_module, scan_orders
 
 
 def compute(orders, merchants=None, *, by=(), period="year", columns=None,
             size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
-            chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
+            chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
     """Loyalty and retention metrics per group and period (SPEC §4-7).
 
     Parameters
@@ -45,6 +46,9 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
         Rows per chunk and thread in one round (memory in flight is about
         ``threads * chunk_rows`` rows of the input). Results are identical
         for every chunk size.
+    progress : bool
+        Show a progress bar with rows/s on stderr while the input is
+        scanned, when stderr is a terminal.
 
     Returns
     -------
@@ -66,17 +70,20 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     merchant_table = read_merchants(merchants)
     source = source_label(orders)
 
-    def scan(threads):
-        batches = order_batches(orders, columns)
-        return combine(scan_orders(batches, period, refunds, engine, threads, chunk_rows), source)
+    def scan(threads, desc):
+        total = count_rows(orders) if _progress.shown(progress) else None
+        with _progress.bar(total, progress, desc=desc) as bar:
+            batches = order_batches(orders, columns)
+            parts = scan_orders(batches, period, refunds, engine, threads, chunk_rows, bar.update)
+        return combine(parts, source)
 
     try:
-        partials = scan(threads)
+        partials = scan(threads, "compute")
     except AmountOverflowError as error:
         # A merchant's sum overflowed only when the threads' pieces were added up,
         # where no row is known: one thread finds the row, if the input can be read again.
         if error.row is not None or threads == 1 or not rereadable(orders):
             raise
-        partials = scan(1)
+        partials = scan(1, "compute: rescan for the overflowing row")
         raise error from None  # one thread did not overflow: should not happen, keep the error
     return finalize(partials, merchant_table, by, period, size_edges, source=source)

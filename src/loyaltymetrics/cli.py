@@ -76,6 +76,11 @@ def _positive_int(text):
     return value
 
 
+def _add_quiet(p):
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (it is drawn on stderr only when that is a terminal)")
+
+
 def _add_compute_options(p):
     p.add_argument("--merchants", metavar="FILE",
                    help="merchants table (Parquet, Arrow or CSV): merchant_id, industry, country, annual_fee")
@@ -94,6 +99,7 @@ def _add_compute_options(p):
                         "or OMP_NUM_THREADS)")
     p.add_argument("--engine", choices=ENGINES, default="cython",
                    help="kernel: cython (default, compiled ahead of time) or numba (compiled on first use)")
+    _add_quiet(p)
 
 
 def build_parser():
@@ -151,6 +157,7 @@ def _add_analysis_commands(sub):
         p.add_argument("--engine", choices=("cython", "numba"), default="cython", help="kernel engine")
         p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="threads scanning chunks side by side (default: the CPUs this process may use)")
+        _add_quiet(p)
 
 
 def _run_analysis(args):
@@ -158,7 +165,7 @@ def _run_analysis(args):
     from .concentration_analysis import concentration
 
     options = dict(by=args.by, period=args.period, columns=args.columns, size_edges=args.size_edges,
-                   engine=args.engine, threads=args.threads)
+                   engine=args.engine, threads=args.threads, progress=not args.quiet)
     if args.command == "cohorts":
         table = cohorts(args.orders, args.merchants, **options)
     else:
@@ -196,7 +203,7 @@ def main(argv=None):
             return _report(args)
         table = compute(args.orders, args.merchants, by=args.by, period=args.period, columns=args.columns,
                         size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
-                        threads=args.threads)
+                        threads=args.threads, progress=not args.quiet)
         if args.output:
             write_table(table, args.output)
             print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
@@ -224,13 +231,15 @@ def _add_rfm_parser(sub):
     p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
     p.add_argument("--threads", type=_positive_int, metavar="N", help="threads scanning chunks (default: the usable CPUs)")
     p.add_argument("--refunds", action="store_true", help="accept negative amounts (refunds)")
+    _add_quiet(p)
 
 
 def _rfm(args):
     from .rfm_summary import rfm, write_rfm
 
     reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
-                 columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds)
+                 columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds,
+                 progress=not args.quiet)
     rows = write_rfm(reader, args.output)
     print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
     return 0

@@ -3,10 +3,11 @@ import numpy as np
 import pyarrow as pa
 
 from . import parallel, periods
+from . import progress as _progress
 from .analyses import CohortKernel, engine_module, run
 from .arrays import numeric_array
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, group_codes, sum_groups
-from .inputs import order_batches, read_merchants, source_label
+from .inputs import count_rows, order_batches, read_merchants, source_label
 
 COHORT_PERIODS = ("month", "quarter", "year")
 COLUMNS = (
@@ -16,8 +17,7 @@ COLUMNS = (
 
 
 def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size_edges=DEFAULT_SIZE_EDGES,
-            engine="cython", threads=None,
-            chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
+            engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
     """Acquisition cohorts per group (SPEC §9).
 
     A store-customer's cohort is the period of its rank-1 order. For each
@@ -43,6 +43,9 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
         As for ``compute``: threads scanning chunks of the input side by side
         (default: the CPUs this process may use) and rows per chunk and
         thread. Results are identical for every thread count and chunk size.
+    progress : bool
+        Show a progress bar with rows/s on stderr while the input is
+        scanned, when stderr is a terminal.
 
     Returns
     -------
@@ -83,7 +86,9 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
     kernel = CohortKernel(period, engine)
-    partials = run(kernel, order_batches(orders, columns), threads, chunk_rows)
+    total = count_rows(orders) if _progress.shown(progress) else None
+    with _progress.bar(total, progress, desc="cohorts") as bar:
+        partials = run(kernel, order_batches(orders, columns), threads, chunk_rows, bar.update)
     return cohorts_table(partials, merchant_table, by, period, size_edges, source=source_label(orders))
 
 

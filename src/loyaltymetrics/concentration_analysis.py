@@ -23,6 +23,7 @@ Exact top-k sums in bounded memory, by histogram refinement:
    most 8 refinements even for adversarial revenues; in practice one
    collection pass settles everything).
 """
+import itertools
 import os
 import tempfile
 
@@ -30,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import parallel, periods
+from . import progress as _progress
 from .analyses import (
     HistKernel,
     Targets,
@@ -43,7 +45,7 @@ from ._analyses import bin_offsets
 from .cohort_analysis import _group_starts
 from .errors import InputChangedError
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, group_codes, sum_groups
-from .inputs import _in_memory, order_batches, read_merchants, resolve_columns, source_label
+from .inputs import _in_memory, count_rows, order_batches, read_merchants, resolve_columns, source_label
 
 # Revenues a refinement pass may collect (two int64 each: 32 MiB); beyond it, it histograms.
 COLLECT_BUDGET = 1 << 21
@@ -52,7 +54,7 @@ COLUMNS = ("period_start", "customers", "top_customers", "revenue", "top_revenue
 
 def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, columns=None,
                   size_edges=DEFAULT_SIZE_EDGES, engine="cython", threads=None,
-                  chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
+                  chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
     """Share of revenue from the top store-customers, per group and period (SPEC §9).
 
     Parameters
@@ -69,6 +71,9 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
         As for ``compute``: threads scanning chunks of the input side by side
         (default: the CPUs this process may use) and rows per chunk and
         thread. Results are identical for every thread count and chunk size.
+    progress : bool
+        Show a progress bar with rows/s on stderr for each pass over the
+        input, when stderr is a terminal.
 
     Returns
     -------
@@ -122,11 +127,18 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
+    total = count_rows(orders) if _progress.shown(progress) else None
+    passes = itertools.count(1)
+
+    def scan(kernel, batches):
+        with _progress.bar(total, progress, desc=f"concentration: pass {next(passes)}") as bar:
+            return run(kernel, batches, threads, chunk_rows, bar.update)
+
     with _Rereadable(orders, columns) as source:
-        first = run(HistKernel(period, engine), source.batches(), threads, chunk_rows)
+        first = scan(HistKernel(period, engine), source.batches())
 
         def rerun(targets):
-            return run(HistKernel(period, engine, targets), source.batches(), threads, chunk_rows)
+            return scan(HistKernel(period, engine, targets), source.batches())
 
         return concentration_table(first, merchant_table, by, period, top, rerun, size_edges,
                                    source=source_label(orders))
