@@ -284,11 +284,20 @@ def _style_axes(ax, categories, ylabel):
     ax.set_xticklabels(categories, rotation=30 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(axis="y", labelsize=8)
+    ax.yaxis.set_major_formatter(_axis_number)
     ax.axhline(0, color="#555555", linewidth=0.6)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.grid(axis="y", color="#e4e7eb", linewidth=0.6)
     ax.set_axisbelow(True)
+
+
+def _axis_number(x, _pos=None):
+    """Axis ticks in plain figures (12k, 3.5M) rather than matplotlib's "1e7" offset."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
 
 
 def _nan(values):
