@@ -357,6 +357,30 @@ def test_totals_that_overflow_are_typed_errors(engine):
         lm.cohorts(spread, engine=engine)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_overflow_met_only_adding_thread_pieces_names_the_row(engine, threads):
+    # Merchant 1's revenue overflows int64 only over all its store-customers: with small chunks
+    # every thread's piece fits, and a one-thread rescan names the row a one-thread scan names.
+    orders = _orders([1] * 10, range(10), [T] * 10, [10**18] * 10)
+    for analysis in (lm.cohorts, lm.concentration):
+        with pytest.raises(lm.AmountOverflowError) as one:
+            analysis(orders, engine=engine, threads=1)
+        assert one.value.row == 9
+        with pytest.raises(lm.AmountOverflowError) as many:
+            analysis(orders, engine=engine, threads=threads, chunk_rows=2)
+        assert (many.value.row, str(many.value)) == (9, str(one.value))
+    # A one-shot stream cannot be read again for cohorts (no row); concentration spools it anyway.
+    stream = pa.RecordBatchReader.from_batches(orders.schema, orders.to_batches())
+    with pytest.raises(lm.AmountOverflowError) as err:
+        lm.cohorts(stream, engine=engine, threads=threads, chunk_rows=2)
+    assert err.value.row is None
+    stream = pa.RecordBatchReader.from_batches(orders.schema, orders.to_batches())
+    with pytest.raises(lm.AmountOverflowError) as err:
+        lm.concentration(stream, engine=engine, threads=threads, chunk_rows=2)
+    assert err.value.row == 9
+
+
 def test_input_that_changes_between_passes_is_detected(tmp_path, monkeypatch):
     rows = 500
     orders = pa.table({"merchant_id": pa.array(np.zeros(rows, np.int64)),

@@ -1,7 +1,6 @@
 """The public entry points."""
 from . import parallel, periods
 from . import progress as _progress
-from .errors import AmountOverflowError
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, combine, finalize
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 from .scan import scan_module, scan_orders
@@ -70,20 +69,13 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     merchant_table = read_merchants(merchants)
     source = source_label(orders)
 
-    def scan(threads, desc):
+    def scan(threads):
         total = count_rows(orders) if _progress.shown(progress) else None
-        with _progress.bar(total, progress, desc=desc) as bar:
+        with _progress.bar(total, progress, desc="compute") as bar:
             batches = order_batches(orders, columns)
             parts = scan_orders(batches, period, refunds, engine, threads, chunk_rows, bar.update)
+        # Adding the threads' pieces may overflow where no row is known: see rescan_for_row.
         return combine(parts, source)
 
-    try:
-        partials = scan(threads, "compute")
-    except AmountOverflowError as error:
-        # A merchant's sum overflowed only when the threads' pieces were added up,
-        # where no row is known: one thread finds the row, if the input can be read again.
-        if error.row is not None or threads == 1 or not rereadable(orders):
-            raise
-        partials = scan(1, "compute: rescan for the overflowing row")
-        raise error from None  # one thread did not overflow: should not happen, keep the error
+    partials = parallel.rescan_for_row(scan, threads, rereadable(orders))
     return finalize(partials, merchant_table, by, period, size_edges, source=source)

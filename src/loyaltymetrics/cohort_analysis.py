@@ -7,7 +7,7 @@ from . import progress as _progress
 from .analyses import CohortKernel, engine_module, run
 from .arrays import numeric_array
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, group_codes, sum_groups
-from .inputs import count_rows, order_batches, read_merchants, source_label
+from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 
 COHORT_PERIODS = ("month", "quarter", "year")
 COLUMNS = (
@@ -87,9 +87,13 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
     merchant_table = read_merchants(merchants)
     kernel = CohortKernel(period, engine)
     total = count_rows(orders) if _progress.shown(progress) else None
-    with _progress.bar(total, progress, desc="cohorts") as bar:
-        partials = run(kernel, order_batches(orders, columns), threads, chunk_rows, bar.update)
-    return cohorts_table(partials, merchant_table, by, period, size_edges, source=source_label(orders))
+
+    def compute(threads):
+        with _progress.bar(total, progress, desc="cohorts") as bar:
+            partials = run(kernel, order_batches(orders, columns), threads, chunk_rows, bar.update)
+        return cohorts_table(partials, merchant_table, by, period, size_edges, source=source_label(orders))
+
+    return parallel.rescan_for_row(compute, threads, rereadable(orders))
 
 
 def _group_starts(keys):

@@ -130,18 +130,19 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
     total = count_rows(orders) if _progress.shown(progress) else None
     passes = itertools.count(1)
 
-    def scan(kernel, batches):
-        with _progress.bar(total, progress, desc=f"concentration: pass {next(passes)}") as bar:
-            return run(kernel, batches, threads, chunk_rows, bar.update)
-
     with _Rereadable(orders, columns) as source:
-        first = scan(HistKernel(period, engine), source.batches())
 
-        def rerun(targets):
-            return scan(HistKernel(period, engine, targets), source.batches())
+        def compute(threads):
+            def scan(kernel):
+                with _progress.bar(total, progress, desc=f"concentration: pass {next(passes)}") as bar:
+                    return run(kernel, source.batches(), threads, chunk_rows, bar.update)
 
-        return concentration_table(first, merchant_table, by, period, top, rerun, size_edges,
-                                   source=source_label(orders))
+            return concentration_table(scan(HistKernel(period, engine)), merchant_table, by, period, top,
+                                       lambda targets: scan(HistKernel(period, engine, targets)), size_edges,
+                                       source=source_label(orders))
+
+        # Always readable again: a one-shot stream is spooled on the first pass.
+        return parallel.rescan_for_row(compute, threads, rereadable=True)
 
 
 class _Rereadable:
