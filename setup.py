@@ -18,6 +18,11 @@ extensions = [
         extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
     ),
     Extension(
+        "loyaltymetrics._analyses",
+        ["kernels/_analyses.pyx"],
+        extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
+    ),
+    Extension(
         "loyaltymetrics._rfm",
         ["kernels/_rfm.pyx"],
         extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),

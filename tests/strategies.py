@@ -18,6 +18,7 @@ __all__ = [
     "PERIODS",
     "SAFE_SIZE_EDGES",
     "instants_ns",
+    "recent_instants_ns",
     "orders_tables",
     "merchants_tables",
     "orders_and_merchants",
@@ -89,6 +90,11 @@ _SPECIAL_INSTANTS = st.sampled_from(
 )
 
 
+def recent_instants_ns():
+    """UTC instants in 2018 .. 2025, clustered on period boundaries (short cohort grids)."""
+    return st.one_of(_boundary_instants(), st.integers(_ns(2019), _ns(2025) - 1))
+
+
 def instants_ns():
     """UTC instants in integer nanoseconds, 1970-01-01 .. 2262-04-10."""
     return st.one_of(
@@ -107,8 +113,15 @@ _AMOUNTS = st.one_of(st.just(0), st.integers(0, 10_000), st.integers(0, 10**12))
 
 
 @st.composite
-def orders_tables(draw, max_merchants=4, max_customers=4, max_orders=5, allow_empty=True):
-    """A canonical-layout orders ``pa.Table``, sorted, ties allowed."""
+def orders_tables(draw, max_merchants=4, max_customers=4, max_orders=5, allow_empty=True, amounts=None,
+                  instants=None):
+    """A canonical-layout orders ``pa.Table``, sorted, ties allowed.
+
+    ``amounts`` / ``instants``: strategies to use instead of the default
+    amounts and ``instants_ns()``.
+    """
+    amounts = _AMOUNTS if amounts is None else amounts
+    instants = instants_ns() if instants is None else instants
     merchant_type = draw(st.sampled_from([pa.int32(), pa.int64()]))
     customer_type = draw(st.sampled_from([pa.int32(), pa.int64()]))
     unit = draw(st.sampled_from(["s", "ms", "us", "ns", "date32"]))
@@ -122,8 +135,8 @@ def orders_tables(draw, max_merchants=4, max_customers=4, max_orders=5, allow_em
     # A small shared pool: the same customer id at several merchants.
     customer_pool = draw(st.lists(_ids(customer_type), min_size=1, max_size=6, unique=True))
     # Few anchors per example: equal timestamps across and within customers.
-    anchors = draw(st.lists(instants_ns(), min_size=1, max_size=6))
-    instant = st.one_of(st.sampled_from(anchors), instants_ns())
+    anchors = draw(st.lists(instants, min_size=1, max_size=6))
+    instant = st.one_of(st.sampled_from(anchors), instants)
 
     rows = []  # (merchant, customer, stored ts, amount, reward)
     for m in merchant_ids:
@@ -135,7 +148,7 @@ def orders_tables(draw, max_merchants=4, max_customers=4, max_orders=5, allow_em
             for _ in range(n):
                 ns = draw(instant)
                 stored = ns // NS_PER_DAY if unit == "date32" else ns // NS_PER_UNIT[unit]
-                amount = draw(_AMOUNTS)
+                amount = draw(amounts)
                 if reward_mode == "mixed":
                     reward = draw(st.sampled_from([True, False, None]))
                 elif reward_mode == "bool":

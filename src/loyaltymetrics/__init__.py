@@ -1,12 +1,16 @@
 """Exact e-commerce loyalty and retention metrics in one pass over sorted orders."""
 from .api import compute
+from .cohort_analysis import cohorts
+from .concentration_analysis import concentration
 from .rfm_summary import rfm
 from .convert import prepare
 from .synthetic import generate
+from .html_report import report
 from .errors import (
     AmountOverflowError,
     CorruptInputError,
     DuplicateMerchantError,
+    InputChangedError,
     InputError,
     LoyaltyMetricsError,
     NegativeAmountError,
@@ -20,12 +24,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compute",
+    "cohorts",
+    "concentration",
     "rfm",
     "generate",
     "prepare",
+    "report",
     "AmountOverflowError",
     "CorruptInputError",
     "DuplicateMerchantError",
+    "InputChangedError",
     "InputError",
     "LoyaltyMetricsError",
     "NegativeAmountError",

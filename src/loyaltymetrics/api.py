@@ -1,14 +1,14 @@
 """The public entry points."""
 from . import parallel, periods
-from .errors import AmountOverflowError
+from . import progress as _progress
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, combine, finalize
-from .inputs import order_batches, read_merchants, rereadable, source_label
+from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 from .scan import scan_module, scan_orders
 
 
 def compute(orders, merchants=None, *, by=(), period="year", columns=None,
             size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
-            chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
+            chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
     """Loyalty and retention metrics per group and period (SPEC §4-7).
 
     Parameters
@@ -45,6 +45,9 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
         Rows per chunk and thread in one round (memory in flight is about
         ``threads * chunk_rows`` rows of the input). Results are identical
         for every chunk size.
+    progress : bool
+        Show a progress bar with rows/s on stderr while the input is
+        scanned, when stderr is a terminal.
 
     Returns
     -------
@@ -67,16 +70,12 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     source = source_label(orders)
 
     def scan(threads):
-        batches = order_batches(orders, columns)
-        return combine(scan_orders(batches, period, refunds, engine, threads, chunk_rows), source)
+        total = count_rows(orders) if _progress.shown(progress) else None
+        with _progress.bar(total, progress, desc="compute") as bar:
+            batches = order_batches(orders, columns)
+            parts = scan_orders(batches, period, refunds, engine, threads, chunk_rows, bar.update)
+        # Adding the threads' pieces may overflow where no row is known: see rescan_for_row.
+        return combine(parts, source)
 
-    try:
-        partials = scan(threads)
-    except AmountOverflowError as error:
-        # A merchant's sum overflowed only when the threads' pieces were added up,
-        # where no row is known: one thread finds the row, if the input can be read again.
-        if error.row is not None or threads == 1 or not rereadable(orders):
-            raise
-        partials = scan(1)
-        raise error from None  # one thread did not overflow: should not happen, keep the error
+    partials = parallel.rescan_for_row(scan, threads, rereadable(orders))
     return finalize(partials, merchant_table, by, period, size_edges, source=source)

@@ -76,6 +76,11 @@ def _positive_int(text):
     return value
 
 
+def _add_quiet(p):
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (it is drawn on stderr only when that is a terminal)")
+
+
 def _add_compute_options(p):
     p.add_argument("--merchants", metavar="FILE",
                    help="merchants table (Parquet, Arrow or CSV): merchant_id, industry, country, annual_fee")
@@ -94,6 +99,7 @@ def _add_compute_options(p):
                         "or OMP_NUM_THREADS)")
     p.add_argument("--engine", choices=ENGINES, default="cython",
                    help="kernel: cython (default, compiled ahead of time) or numba (compiled on first use)")
+    _add_quiet(p)
 
 
 def build_parser():
@@ -108,7 +114,9 @@ def build_parser():
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("orders", metavar="ORDERS", help="sorted orders: .arrow file, Parquet file or directory")
     _add_compute_options(p)
+    _add_analysis_commands(sub)
     _add_rfm_parser(sub)
+    _add_report_parser(sub)
     d = sub.add_parser("demo", help="generate a small sample network and print its metrics by industry and size")
     d.add_argument("--seed", type=int, default=0, help="random seed of the sample (default: 0)")
     d.add_argument("--rows", type=_rows, default=DEMO_ROWS, metavar="N",
@@ -120,6 +128,66 @@ def build_parser():
     return parser
 
 
+def _add_analysis_commands(sub):
+    """The SPEC §9 analyses: ``cohorts`` and ``concentration``, options as for ``compute``."""
+    from .cohort_analysis import COHORT_PERIODS
+
+    for name, help_text, period_choices, default in (
+        ("cohorts", "acquisition cohorts: retention and revenue by period since acquisition (SPEC §9)",
+         COHORT_PERIODS, "month"),
+        ("concentration", "share of revenue from the top store-customers per group and period (SPEC §9)",
+         PERIODS, "year"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("orders", metavar="ORDERS", help="sorted orders: .arrow file, Parquet file or directory")
+        p.add_argument("--merchants", metavar="FILE", help="merchants table (Parquet, Arrow or CSV)")
+        p.add_argument("--by", type=_csv_list, default=[], metavar="KEYS",
+                       help=f"comma-separated group keys from {', '.join(GROUP_KEYS)} (default: the whole network)")
+        p.add_argument("--period", choices=period_choices, default=default,
+                       help=f"calendar period in UTC (default: {default})")
+        if name == "concentration":
+            p.add_argument("--top", type=float, default=0.05, metavar="FRACTION",
+                           help="fraction of store-customers at the top, in (0, 1] (default: 0.05)")
+        p.add_argument("-o", "--output", metavar="OUT",
+                       help="write the table to OUT.parquet, OUT.csv or OUT.json (default: print it)")
+        p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
+                       help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
+        p.add_argument("--size-edges", type=_edges, default=DEFAULT_SIZE_EDGES, metavar="E1,E2,...",
+                       help="orders-per-month edges of the merchant-size buckets (default: 30,300,3000,30000)")
+        p.add_argument("--engine", choices=("cython", "numba"), default="cython", help="kernel engine")
+        p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="threads scanning chunks side by side (default: the CPUs this process may use)")
+        _add_quiet(p)
+
+
+def _run_analysis(args):
+    from .cohort_analysis import cohorts
+    from .concentration_analysis import concentration
+
+    options = dict(by=args.by, period=args.period, columns=args.columns, size_edges=args.size_edges,
+                   engine=args.engine, threads=args.threads, progress=not args.quiet)
+    if args.command == "cohorts":
+        table = cohorts(args.orders, args.merchants, **options)
+    else:
+        table = concentration(args.orders, args.merchants, top=args.top, **options)
+    if args.output:
+        write_table(table, args.output)
+        print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
+    else:
+        print(_format_rows(table))
+    return 0
+
+
+def _format_rows(table):
+    """Every column of a small table as fixed-width text (floats to 4 decimals)."""
+    cells = [["-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
+             for row in table.to_pylist()]
+    header = table.column_names
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [header] + cells]
+    return "\n".join(lines + [f"({table.num_rows} rows)"])
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if getattr(args, "handler", None):  # subcommands that bring their own function
@@ -127,11 +195,15 @@ def main(argv=None):
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command in ("cohorts", "concentration"):
+            return _run_analysis(args)
         if args.command == "rfm":
             return _rfm(args)
+        if args.command == "report":
+            return _report(args)
         table = compute(args.orders, args.merchants, by=args.by, period=args.period, columns=args.columns,
                         size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
-                        threads=args.threads)
+                        threads=args.threads, progress=not args.quiet)
         if args.output:
             write_table(table, args.output)
             print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
@@ -159,15 +231,56 @@ def _add_rfm_parser(sub):
     p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
     p.add_argument("--threads", type=_positive_int, metavar="N", help="threads scanning chunks (default: the usable CPUs)")
     p.add_argument("--refunds", action="store_true", help="accept negative amounts (refunds)")
+    _add_quiet(p)
 
 
 def _rfm(args):
     from .rfm_summary import rfm, write_rfm
 
     reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
-                 columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds)
+                 columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds,
+                 progress=not args.quiet)
     rows = write_rfm(reader, args.output)
     print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _add_report_parser(sub):
+    p = sub.add_parser(
+        "report", help="an HTML loyalty report: headline numbers and charts, year over year",
+        description="Write one self-contained HTML file (charts embedded, no external files or scripts): "
+                    "the latest period against the same period a year earlier, by industry and merchant "
+                    "size, participants vs non-participants, retention, revenue concentration and month "
+                    "cohorts. Needs matplotlib: pip install \"loyaltymetrics[report]\".")
+    p.add_argument("orders", metavar="ORDERS", help="sorted orders: .arrow file, Parquet file or directory")
+    p.add_argument("--merchants", metavar="FILE",
+                   help="merchants table (Parquet, Arrow or CSV): merchant_id, industry, country, annual_fee; "
+                        "without it every industry is \"unknown\" and loyalty ROI is undefined")
+    p.add_argument("-o", "--output", metavar="OUT.html", required=True, help="the HTML file to write")
+    p.add_argument("--period", choices=("year", "quarter", "month"), default="year",
+                   help="reporting period: the latest one against a year earlier (default: year)")
+    p.add_argument("--title", default="Loyalty report", help="the page's title (default: Loyalty report)")
+    p.add_argument("--top", type=float, default=0.05, metavar="SHARE",
+                   help="top share of store-customers in the revenue-concentration chart (default: 0.05)")
+    p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
+                   help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
+    p.add_argument("--size-edges", type=_edges, default=DEFAULT_SIZE_EDGES, metavar="E1,E2,...",
+                   help="orders-per-month edges of the merchant-size buckets (default: 30,300,3000,30000)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="threads scanning chunks side by side (default: the CPUs this process may use)")
+    p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
+
+
+def _report(args):
+    from .html_report import report
+
+    try:
+        report(args.orders, args.merchants, args.output, period=args.period, title=args.title, top=args.top,
+               columns=args.columns, size_edges=args.size_edges, engine=args.engine, threads=args.threads)
+    except ImportError as e:  # matplotlib missing: say what to install, without a traceback
+        print(f"loyaltymetrics: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote the report to {args.output}", file=sys.stderr)
     return 0
 
 

@@ -52,3 +52,7 @@ class CorruptInputError(InputError):
 
 class DuplicateMerchantError(InputError):
     """The merchants table has the same merchant_id on more than one row."""
+
+
+class InputChangedError(InputError):
+    """The input read differently on a later pass than on the first (analyses that read it twice)."""

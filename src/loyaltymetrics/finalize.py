@@ -119,28 +119,40 @@ def sum_groups(values, starts, source):
     return sums
 
 
+def group_codes(merchant_id, orders, months, merchants, by, size_edges):
+    """The ``by`` keys (SPEC §6) of rows that are each one merchant in one period.
+
+    ``orders`` are the merchant's orders in that period and ``months`` the
+    months in it (for ``size``). Returns ``(codes, decode)``: per key, int64
+    codes that sort like the key's values (SPEC §7), and a function turning
+    codes back into the key's Arrow output column. Shared by ``finalize``
+    and the SPEC §9 analyses, so every output groups merchants alike.
+    """
+    industry, country, _ = merchants.lookup(merchant_id)
+    codes, decode = [], []
+    for key in by:
+        if key == "merchant":
+            codes.append(np.asarray(merchant_id, dtype=np.int64))
+            decode.append(lambda c: numeric_array(c, pa.int64()))
+        else:  # string keys sort by their values (SPEC §7), size labels included
+            if key == "size":
+                bucket = size_buckets(orders, months, size_edges)
+                labels = np.array(size_labels(size_edges), dtype=object)[bucket]
+            else:
+                labels = industry if key == "industry" else country
+            names, code = np.unique(labels, return_inverse=True)
+            codes.append(code.astype(np.int64).reshape(-1))
+            decode.append(lambda c, names=names: string_array(names[c]))
+    return codes, decode
+
+
 def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, source="orders"):
     """The SPEC §7 table from ``Partials`` and an ``inputs.Merchants``; ``source`` names the input in errors."""
     p = combine(partials, source)
     first_month, last_month = p.month_range or (0, 0)
     months = (last_month - first_month + 1) if period == "all" else periods.MONTHS_PER_PERIOD[period]
-    industry, country, fee = merchants.lookup(p.merchant_id)
-    bucket = size_buckets(p.column("orders"), months, size_edges)
-
-    # Each key as integer codes that sort like its values.
-    codes, decode = [], []
-    for key in by:
-        if key == "merchant":
-            codes.append(p.merchant_id)
-            decode.append(lambda c: numeric_array(c, pa.int64()))
-        else:  # string keys sort by their values (SPEC §7), size labels included
-            if key == "size":
-                labels = np.array(size_labels(size_edges), dtype=object)[bucket]
-            else:
-                labels = industry if key == "industry" else country
-            names, code = np.unique(labels, return_inverse=True)
-            codes.append(code.astype(np.int64))
-            decode.append(lambda c, names=names: string_array(names[c]))
+    _, _, fee = merchants.lookup(p.merchant_id)
+    codes, decode = group_codes(p.merchant_id, p.column("orders"), months, merchants, by, size_edges)
 
     order = np.lexsort([p.period] + codes[::-1])
     codes = [c[order] for c in codes]

@@ -85,6 +85,40 @@ def rereadable(orders):
     )
 
 
+def count_rows(orders):
+    """Rows in ``orders`` when its metadata says so cheaply (for a progress bar's total), else None.
+
+    Arrow IPC files and Parquet files or directories are counted from their
+    footers, tables by their length; a stream or a one-shot reader is not
+    read ahead, and an unreadable file is left for the scan to report.
+    """
+    if isinstance(orders, (pa.Table, pa.RecordBatch)):
+        return orders.num_rows
+    if type(orders).__module__.startswith(("pandas", "polars")) and hasattr(orders, "shape"):
+        return int(orders.shape[0])
+    if not isinstance(orders, (str, os.PathLike)):
+        return None
+    path = Path(orders)
+    files = _directory_files(path) if path.is_dir() else [path]
+    total = 0
+    try:
+        for file in files:
+            kind = _file_kind(file)
+            if kind == "parquet":
+                import pyarrow.parquet as pq
+
+                total += pq.ParquetFile(str(file)).metadata.num_rows
+            elif kind == "ipc_file":
+                with pa.memory_map(str(file)) as source:
+                    reader = pa.ipc.open_file(source)
+                    total += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            else:
+                return None
+    except (pa.ArrowException, OSError, InputError):
+        return None
+    return total
+
+
 def resolve_columns(columns):
     """Map canonical column names to the input's names (``columns={"amount": "total_cents"}``)."""
     columns = dict(columns or {})
@@ -276,12 +310,17 @@ def _file_kind(path):
     raise CorruptInputError(str(path), None, f"not an Arrow IPC or Parquet file (starts with {head!r})")
 
 
+def _directory_files(path):
+    """The data files of a directory, in sorted path order (hidden and ``_``-prefixed entries skipped)."""
+    return sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
+    )
+
+
 def _file_batches(path, names, required):
     if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
-        )
+        files = _directory_files(path)
         if not files:
             raise InputError(str(path), None, "the directory holds no Parquet files")
         for file in files:

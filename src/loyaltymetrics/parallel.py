@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .errors import NegativeAmountError, TimestampRangeError, UnsortedInputError
+from .errors import AmountOverflowError, NegativeAmountError, TimestampRangeError, UnsortedInputError
 from .periods import format_timestamp
 
 DEFAULT_CHUNK_ROWS = 1 << 21
@@ -56,6 +56,25 @@ def resolve_threads(threads):
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive integer or None; got {threads!r}")
     return int(threads)
+
+
+def rescan_for_row(compute, threads, rereadable):
+    """``compute(threads)``, naming the row of an int64 overflow that only the threads' sums met.
+
+    A sum that fits in every thread's partials but not once they are added
+    is found where no row is known (``AmountOverflowError.row is None``). A
+    one-thread run meets it in its kernel, at the row a one-thread scan
+    names, so ``compute(1)`` is run to raise that error, when the input can
+    be read again. An overflow that has no row in any case (a sum over a
+    group of merchants) is raised as it was.
+    """
+    try:
+        return compute(threads)
+    except AmountOverflowError as error:
+        if error.row is not None or threads == 1 or not rereadable:
+            raise
+        compute(1)
+        raise error from None  # one thread did not overflow: should not happen, keep the error
 
 
 def check_chunk_rows(chunk_rows):

@@ -34,9 +34,10 @@ import numpy as np
 import pyarrow as pa
 
 from . import _rfm, _scan, parallel, periods
+from . import progress as _progress
 from .arrays import numeric_array
 from .errors import AmountOverflowError
-from .inputs import _in_memory, order_batches, rereadable
+from .inputs import _in_memory, count_rows, order_batches, rereadable
 from .scan import _stop_error
 
 FREQS = ("D", "W", "M")
@@ -250,10 +251,16 @@ def _error(status, batch, row, engine_state):
     return _stop_error(_scan.Status[status.name], batch, row, engine_state)
 
 
-def output_batches(batches, kernel, threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
-    """Yield the output record batches of ``kernel`` over ``batches`` in input order (``parallel.run``)."""
-    for output in parallel.run(batches, kernel, threads, chunk_rows):
-        yield from output
+def output_batches(batches, kernel, threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False,
+                   total=None):
+    """Yield the output record batches of ``kernel`` over ``batches`` in input order (``parallel.run``).
+
+    With ``progress``, a bar (of ``total`` rows) counts the rows scanned from
+    the first read on, and closes when the output ends.
+    """
+    with _progress.bar(total, progress, desc="rfm") as bar:
+        for output in parallel.run(batches, kernel, threads, chunk_rows, bar.update):
+            yield from output
 
 
 # --- the entry point -----------------------------------------------------------
@@ -277,7 +284,7 @@ def last_order_day(orders, columns=None):
 
 
 def rfm(orders, freq="D", observation_end=None, include_first_transaction=False, *, columns=None,
-        engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, refunds=False):
+        engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, refunds=False, progress=False):
     """Frequency, recency, T and monetary value per store-customer (SPEC §9), streamed.
 
     Equal to ``lifetimes.utils.summary_data_from_transaction_data(orders,
@@ -316,6 +323,9 @@ def rfm(orders, freq="D", observation_end=None, include_first_transaction=False,
         identical for every chunk size.
     refunds : bool
         Accept negative amounts, as ``compute`` does.
+    progress : bool
+        Show a progress bar with rows/s on stderr as the reader is consumed,
+        when stderr is a terminal.
 
     Returns
     -------
@@ -347,7 +357,8 @@ def rfm(orders, freq="D", observation_end=None, include_first_transaction=False,
             "pass observation_end for a one-shot stream such as a RecordBatchReader"
         )
     kernel = RfmKernel(freq, day, include_first_transaction, refunds, engine)
-    batches = output_batches(order_batches(orders, columns), kernel, threads, chunk_rows)
+    total = count_rows(orders) if _progress.shown(progress) else None
+    batches = output_batches(order_batches(orders, columns), kernel, threads, chunk_rows, progress, total)
     return pa.RecordBatchReader.from_batches(SCHEMA, batches)
 
 

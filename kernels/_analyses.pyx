@@ -1,0 +1,641 @@
+# cython: freethreading_compatible = True
+"""Single-pass kernels of the SPEC §9 analyses: acquisition cohorts and
+revenue-concentration histograms.
+
+Like ``_scan``, a kernel knows nothing about files, chunks or threads: it
+walks rows sorted by (merchant_id, customer_id, order_ts), checks them as
+``_scan`` does (same statuses, same order of checks), and adds int64
+partials into caller-owned NumPy arrays. All of its state lives in those
+arrays (``cur`` is the cursor, indexed by ``CURSOR_FIELDS``), so a call can
+stop at any row and be resumed there, and the NumPy-only twin
+``loyaltymetrics.numba_analyses`` runs on exactly the same state.
+
+A call stops early with ``NEED_SPACE`` when a caller-owned array is full;
+``cur[NEED]`` says which (``NEED_SLOTS``, ``NEED_ROWS``, ``NEED_VALUES``)
+and ``cur[NEED_COUNT]`` how many entries are missing. Nothing has been
+changed for the row it stopped at.
+"""
+import numpy as np
+
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t, uint64_t
+from _types cimport customer_key_t, merchant_key_t, order_ts_t
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    static inline int lm_analyses_add_overflows(int64_t a, int64_t b, int64_t *out) {
+        return __builtin_add_overflow(a, b, out);
+    }
+    static inline int lm_bit_length(uint64_t x) {
+        return x ? 64 - __builtin_clzll(x) : 0;
+    }
+    """
+    bint add_overflows "lm_analyses_add_overflows"(int64_t a, int64_t b, int64_t *out) noexcept nogil
+    int bit_length "lm_bit_length"(uint64_t x) noexcept nogil
+
+# Statuses: the same values as ``_scan.Status`` so that one function turns
+# a stop of any kernel into a typed error.
+cdef enum:
+    OK = 0
+    NEED_SPACE = 1
+    UNSORTED = 2
+    NEGATIVE_AMOUNT = 3
+    TIMESTAMP_RANGE = 4
+    AMOUNT_OVERFLOW = 5
+    TOTAL_OVERFLOW = 6
+
+# The cursor: one int64 per field, in this order.
+cdef enum:
+    STARTED
+    PREV_MERCHANT
+    PREV_CUSTOMER
+    PREV_TS
+    RUN_PERIOD          # the open run: one store-customer's orders in one period
+    RUN_ORDERS
+    RUN_REVENUE
+    COHORT              # period of the open store-customer's rank-1 order
+    MONTH_LO            # order_ts -> month cache, [MONTH_LO, MONTH_HI) in timestamp units
+    MONTH_HI
+    PERIOD
+    FIRST_MONTH
+    LAST_MONTH
+    N_SLOTS             # slots in use by the current merchant
+    N_ROWS              # rows emitted
+    N_BIN_ROWS          # histogram bins emitted (concentration)
+    N_VALUES            # values collected (concentration refinement)
+    TARGET_LO           # the current merchant's targets, [TARGET_LO, TARGET_HI)
+    TARGET_HI
+    NEED
+    NEED_COUNT
+    N_CURSOR
+
+CURSOR_FIELDS = (
+    "started", "prev_merchant", "prev_customer", "prev_ts", "run_period", "run_orders",
+    "run_revenue", "cohort", "month_lo", "month_hi", "period", "first_month", "last_month",
+    "n_slots", "n_rows", "n_bin_rows", "n_values", "target_lo", "target_hi", "need", "need_count",
+)
+assert len(CURSOR_FIELDS) == N_CURSOR
+
+cdef enum:
+    NEED_NOTHING = 0
+    NEED_SLOTS = 1
+    NEED_ROWS = 2
+    NEED_VALUES = 3
+
+NEEDS = {"slots": NEED_SLOTS, "rows": NEED_ROWS, "values": NEED_VALUES}
+
+# Row transitions (>= 0) returned by `advance`; errors come back negated.
+cdef enum:
+    SAME_RUN
+    NEXT_PERIOD
+    NEXT_CUSTOMER
+    NEXT_MERCHANT
+
+# Cohort cells, SPEC §9.
+cdef enum:
+    ACTIVE = 0
+    ORDERS = 1
+    REVENUE = 2
+    N_CELLS = 3
+
+# Histogram bins (concentration): values below 2**MANTISSA_BITS get a bin
+# each; above, a value's bit length and its next MANTISSA_BITS bits name the
+# bin, so every bin is [lo, lo + 2**s) with a relative width <= 2**-6.
+cdef enum:
+    MANTISSA_BITS = 6
+    MANTISSA = 64       # 2 ** MANTISSA_BITS
+N_BINS = (64 - MANTISSA_BITS) * MANTISSA
+assert MANTISSA == 1 << MANTISSA_BITS
+
+
+cdef inline int32_t bin_of(uint64_t x) noexcept nogil:
+    """Bin of an offset ``x`` >= 0 from the target's lower end."""
+    if x < MANTISSA:
+        return <int32_t>x
+    cdef int length = bit_length(x)
+    return <int32_t>((length - MANTISSA_BITS) * MANTISSA
+                     + ((x >> (length - 1 - MANTISSA_BITS)) & (MANTISSA - 1)))
+
+
+def bin_offsets(bins):
+    """``(lower end, width)`` of each bin as int64 offsets from the target's lower end."""
+    bins = np.asarray(bins, dtype=np.int64)
+    small = bins < MANTISSA
+    length = np.where(small, 0, bins // MANTISSA + MANTISSA_BITS)
+    shift = np.where(small, 0, length - 1 - MANTISSA_BITS)
+    lower = np.where(small, bins, (MANTISSA + bins % MANTISSA) << shift)
+    return lower.astype(np.int64), (np.int64(1) << shift).astype(np.int64)
+
+
+def bins_of(values):
+    """The kernel's bin of each offset (for tests and inspection)."""
+    return np.array([bin_of(<uint64_t>v) for v in np.asarray(values, dtype=np.int64)], dtype=np.int32)
+
+
+cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, int64_t a,
+                        const int32_t[::1] day_month, const int32_t[::1] month_period,
+                        const int64_t[::1] month_start, int64_t units_per_day,
+                        int64_t ts_max) noexcept nogil:
+    """Check one row and say how it moves the cursor (or ``-status``).
+
+    Checks in the order ``_scan`` makes them, so both report the same
+    error for the same bad row. Only the month cache changes here; it is
+    a pure function of ``t``, so a resumed row finds the same answer.
+    """
+    cdef int32_t month
+    if a < 0:
+        return -NEGATIVE_AMOUNT
+    if t < cur[MONTH_LO] or t >= cur[MONTH_HI]:
+        if t < 0 or t > ts_max:
+            return -TIMESTAMP_RANGE
+        month = day_month[t // units_per_day]
+        cur[MONTH_LO] = month_start[month]
+        cur[MONTH_HI] = month_start[month + 1]
+        cur[PERIOD] = month_period[month]
+        if month < cur[FIRST_MONTH]:
+            cur[FIRST_MONTH] = month
+        if month > cur[LAST_MONTH]:
+            cur[LAST_MONTH] = month
+    if cur[STARTED] and m == cur[PREV_MERCHANT]:
+        if cust == cur[PREV_CUSTOMER]:
+            if t < cur[PREV_TS]:
+                return -UNSORTED
+            return SAME_RUN if cur[PERIOD] == cur[RUN_PERIOD] else NEXT_PERIOD
+        if cust > cur[PREV_CUSTOMER]:
+            return NEXT_CUSTOMER
+        return -UNSORTED
+    if not cur[STARTED] or m > cur[PREV_MERCHANT]:
+        return NEXT_MERCHANT
+    return -UNSORTED
+
+
+cdef inline void add_order(int64_t[::1] cur, int move, int64_t m, int64_t cust, int64_t t) noexcept nogil:
+    """Open what ``move`` starts (run, store-customer) and count the row's order."""
+    if move != SAME_RUN:
+        cur[RUN_PERIOD] = cur[PERIOD]
+        if move != NEXT_PERIOD:
+            cur[COHORT] = cur[PERIOD]       # rows are in time order: this is the rank-1 order
+    cur[STARTED] = 1
+    cur[PREV_MERCHANT] = m
+    cur[PREV_CUSTOMER] = cust
+    cur[PREV_TS] = t
+    cur[RUN_ORDERS] += 1
+
+
+cdef inline int need(int64_t[::1] cur, int what, int64_t count) noexcept nogil:
+    cur[NEED] = what
+    cur[NEED_COUNT] = count
+    return NEED_SPACE
+
+
+# --- cohorts -----------------------------------------------------------------
+
+cdef class CohortArrays:
+    """Typed views of a cohort state's arrays (see ``analyses.CohortState``)."""
+    cdef int64_t[::1] cur
+    cdef int32_t[::1] slot_of         # [period] -> slot of that cohort for the current merchant, or -1
+    cdef int32_t[::1] slot_cohort     # [slot] -> cohort period
+    cdef int32_t[::1] slot_last       # [slot] -> last period index with activity
+    cdef int64_t[:, :, ::1] cells     # [slot, period_index, cell]
+    cdef int64_t[::1] out_merchant
+    cdef int32_t[::1] out_cohort
+    cdef int32_t[::1] out_index
+    cdef int64_t[:, ::1] out_cells
+
+    def __init__(self, state):
+        self.cur = state.cur
+        self.slot_of = state.slot_of
+        self.slot_cohort = state.slot_cohort
+        self.slot_last = state.slot_last
+        self.cells = state.cells
+        self.out_merchant = state.out_merchant
+        self.out_cohort = state.out_cohort
+        self.out_index = state.out_index
+        self.out_cells = state.out_cells
+        n_periods, n_slots, n_out = self.slot_of.shape[0], self.slot_cohort.shape[0], self.out_merchant.shape[0]
+        if (self.cur.shape[0] != N_CURSOR or self.slot_last.shape[0] != n_slots
+                or tuple(state.cells.shape) != (n_slots, n_periods, N_CELLS)
+                or self.out_cohort.shape[0] != n_out or self.out_index.shape[0] != n_out
+                or tuple(state.out_cells.shape) != (n_out, N_CELLS)
+                or not 0 <= self.cur[N_SLOTS] <= n_slots or not 0 <= self.cur[N_ROWS] <= n_out):
+            raise ValueError("inconsistent cohort state arrays")
+
+    cdef bint fits(self, const int32_t[::1] month_period):
+        return month_period.shape[0] and month_period[month_period.shape[0] - 1] < self.slot_of.shape[0]
+
+
+cdef int cohort_close_run(CohortArrays s) noexcept nogil:
+    """Add the open run to its (cohort, period_index) cell; idempotent."""
+    cdef int64_t[::1] cur = s.cur
+    cdef int64_t n = cur[RUN_ORDERS]
+    if n == 0:
+        return OK
+    cdef int32_t cohort = <int32_t>cur[COHORT]
+    cdef int32_t k = <int32_t>(cur[RUN_PERIOD] - cohort)
+    cdef int32_t slot = s.slot_of[cohort]
+    cdef int64_t revenue
+    if slot < 0:
+        if cur[N_SLOTS] == s.slot_cohort.shape[0]:
+            return need(cur, NEED_SLOTS, 1)
+        slot = <int32_t>cur[N_SLOTS]
+        cur[N_SLOTS] += 1
+        s.slot_of[cohort] = slot
+        s.slot_cohort[slot] = cohort
+        s.slot_last[slot] = -1
+    if add_overflows(s.cells[slot, k, REVENUE], cur[RUN_REVENUE], &revenue):
+        return TOTAL_OVERFLOW
+    s.cells[slot, k, REVENUE] = revenue
+    s.cells[slot, k, ACTIVE] += 1
+    s.cells[slot, k, ORDERS] += n
+    if k > s.slot_last[slot]:
+        s.slot_last[slot] = k
+    cur[RUN_ORDERS] = 0
+    cur[RUN_REVENUE] = 0
+    return OK
+
+
+cdef int cohort_flush_merchant(CohortArrays s) noexcept nogil:
+    """Move the current merchant's non-empty cells to the output."""
+    cdef int64_t[::1] cur = s.cur
+    cdef Py_ssize_t slot, k, c, row = cur[N_ROWS], needed = 0
+    for slot in range(cur[N_SLOTS]):
+        needed += s.slot_last[slot] + 1
+    if row + needed > s.out_merchant.shape[0]:
+        return need(cur, NEED_ROWS, row + needed - s.out_merchant.shape[0])
+    for slot in range(cur[N_SLOTS]):
+        for k in range(s.slot_last[slot] + 1):
+            if s.cells[slot, k, ACTIVE] == 0:
+                continue
+            s.out_merchant[row] = cur[PREV_MERCHANT]
+            s.out_cohort[row] = s.slot_cohort[slot]
+            s.out_index[row] = <int32_t>k
+            for c in range(N_CELLS):
+                s.out_cells[row, c] = s.cells[slot, k, c]
+                s.cells[slot, k, c] = 0
+            row += 1
+        s.slot_of[s.slot_cohort[slot]] = -1
+    cur[N_ROWS] = row
+    cur[N_SLOTS] = 0
+    return OK
+
+
+cdef int cohort_rows(
+    CohortArrays s,
+    const merchant_key_t[::1] merchant_id,
+    const customer_key_t[::1] customer_id,
+    const order_ts_t[::1] order_ts,
+    const int64_t[::1] amount,
+    const int32_t[::1] day_month,
+    const int32_t[::1] month_period,
+    const int64_t[::1] month_start,
+    int64_t units_per_day,
+    int64_t ts_max,
+    Py_ssize_t start,
+    Py_ssize_t stop,
+    Py_ssize_t* row,
+) noexcept nogil:
+    cdef int64_t[::1] cur = s.cur
+    cdef Py_ssize_t i
+    cdef int move, status = OK
+    cdef int64_t m, cust, t, a
+    for i in range(start, stop):
+        m = merchant_id[i]
+        cust = customer_id[i]
+        t = order_ts[i]
+        a = amount[i]
+        move = advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max)
+        if move < 0:
+            status = -move
+            break
+        if move != SAME_RUN:
+            status = cohort_close_run(s)
+            if status != OK:
+                break
+            if move == NEXT_MERCHANT and cur[STARTED]:
+                status = cohort_flush_merchant(s)
+                if status != OK:
+                    break
+        add_order(cur, move, m, cust, t)
+        if add_overflows(cur[RUN_REVENUE], a, &cur[RUN_REVENUE]):
+            status = AMOUNT_OVERFLOW
+            break
+    else:
+        i = stop
+    row[0] = i
+    return status
+
+
+def cohort_scan(state,
+                const merchant_key_t[::1] merchant_id not None,
+                const customer_key_t[::1] customer_id not None,
+                const order_ts_t[::1] order_ts not None,
+                const int64_t[::1] amount not None,
+                const int32_t[::1] day_month not None,
+                const int32_t[::1] month_period not None,
+                const int64_t[::1] month_start not None,
+                int64_t units_per_day, int64_t ts_max,
+                Py_ssize_t start, Py_ssize_t stop):
+    """Scan rows ``[start, stop)`` of one batch into a ``CohortState``; return ``(status, row)``."""
+    _check_batch(merchant_id.shape[0], customer_id.shape[0], order_ts.shape[0], amount.shape[0],
+                 start, stop, day_month, month_period, month_start, units_per_day, ts_max)
+    cdef CohortArrays s = CohortArrays(state)
+    if not s.fits(month_period):
+        raise ValueError("the state has fewer periods than month_period names")
+    cdef Py_ssize_t row = start
+    cdef int status
+    with nogil:
+        status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
+                             month_period, month_start, units_per_day, ts_max, start, stop, &row)
+    return status, row
+
+
+def cohort_end(state, bint flush):
+    """Close the open store-customer (and, with ``flush``, the merchant); return a status."""
+    cdef CohortArrays s = CohortArrays(state)
+    cdef int status = cohort_close_run(s)
+    if status == OK and flush and s.cur[STARTED]:
+        status = cohort_flush_merchant(s)
+    return status
+
+
+# --- concentration -------------------------------------------------------------
+
+cdef class HistArrays:
+    """Typed views of a histogram state's arrays (see ``analyses.HistState``)."""
+    cdef int64_t[::1] cur
+    cdef bint first_pass              # every run counts, from 0; else only runs inside a target
+    cdef int32_t[::1] slot_of         # [period] -> slot of the current merchant, or -1
+    cdef int32_t[::1] slot_period
+    cdef int64_t[::1] slot_orders     # first pass: the merchant's orders in the period (size, SPEC §6)
+    cdef int32_t[:, ::1] slot_bins    # [slot, 2]: lowest and highest bin touched
+    cdef int64_t[:, ::1] hist_count   # [slot, bin]
+    cdef int64_t[:, ::1] hist_sum
+    cdef int64_t[::1] out_merchant    # first pass: one row per (merchant, period)
+    cdef int32_t[::1] out_period
+    cdef int64_t[::1] out_orders
+    cdef int64_t[::1] bin_key         # first pass: the output row; later: the target
+    cdef int32_t[::1] bin_index
+    cdef int64_t[::1] bin_count
+    cdef int64_t[::1] bin_sum
+    cdef int64_t[::1] value_target    # collected (target, value) pairs
+    cdef int64_t[::1] value
+    cdef const int64_t[::1] target_merchant   # sorted by (merchant, period)
+    cdef const int32_t[::1] target_period
+    cdef const int64_t[::1] target_low        # values in [low, high] (inclusive)
+    cdef const int64_t[::1] target_high
+    cdef const uint8_t[::1] target_collect    # 1: collect the values, 0: histogram them from low
+    cdef int32_t[::1] period_target   # [period] -> target of the current merchant, or -1
+
+    def __init__(self, state):
+        self.cur = state.cur
+        self.first_pass = state.first_pass
+        self.slot_of = state.slot_of
+        self.slot_period = state.slot_period
+        self.slot_orders = state.slot_orders
+        self.slot_bins = state.slot_bins
+        self.hist_count = state.hist_count
+        self.hist_sum = state.hist_sum
+        self.out_merchant = state.out_merchant
+        self.out_period = state.out_period
+        self.out_orders = state.out_orders
+        self.bin_key = state.bin_key
+        self.bin_index = state.bin_index
+        self.bin_count = state.bin_count
+        self.bin_sum = state.bin_sum
+        self.value_target = state.value_target
+        self.value = state.value
+        self.target_merchant = state.target_merchant
+        self.target_period = state.target_period
+        self.target_low = state.target_low
+        self.target_high = state.target_high
+        self.target_collect = state.target_collect
+        self.period_target = state.period_target
+        n_periods, n_slots, n_targets = self.slot_of.shape[0], self.slot_period.shape[0], self.target_merchant.shape[0]
+        n_out, n_bins, n_values = self.out_merchant.shape[0], self.bin_key.shape[0], self.value.shape[0]
+        if (self.cur.shape[0] != N_CURSOR or self.slot_orders.shape[0] != n_slots
+                or tuple(state.slot_bins.shape) != (n_slots, 2)
+                or tuple(state.hist_count.shape) != (n_slots, N_BINS) or tuple(state.hist_sum.shape) != (n_slots, N_BINS)
+                or self.out_period.shape[0] != n_out or self.out_orders.shape[0] != n_out
+                or self.bin_index.shape[0] != n_bins or self.bin_count.shape[0] != n_bins
+                or self.bin_sum.shape[0] != n_bins or self.value_target.shape[0] != n_values
+                or self.target_period.shape[0] != n_targets or self.target_low.shape[0] != n_targets
+                or self.target_high.shape[0] != n_targets or self.target_collect.shape[0] != n_targets
+                or self.period_target.shape[0] != n_periods
+                or (n_targets and not (0 <= np.min(state.target_period) and np.max(state.target_period) < n_periods))
+                or not 0 <= self.cur[N_SLOTS] <= n_slots or not 0 <= self.cur[N_ROWS] <= n_out
+                or not 0 <= self.cur[N_BIN_ROWS] <= n_bins or not 0 <= self.cur[N_VALUES] <= n_values):
+            raise ValueError("inconsistent histogram state arrays")
+
+    cdef bint fits(self, const int32_t[::1] month_period):
+        return month_period.shape[0] and month_period[month_period.shape[0] - 1] < self.slot_of.shape[0]
+
+
+cdef int hist_close_run(HistArrays s) noexcept nogil:
+    """Count the open run's revenue in its period's histogram (or collect it); idempotent."""
+    cdef int64_t[::1] cur = s.cur
+    cdef int64_t n = cur[RUN_ORDERS]
+    if n == 0:
+        return OK
+    cdef int32_t p = <int32_t>cur[RUN_PERIOD]
+    cdef int64_t v = cur[RUN_REVENUE], low = 0, total
+    cdef int32_t target = -1, slot, b
+    cdef Py_ssize_t k
+    if not s.first_pass:
+        target = s.period_target[p]
+        if target < 0 or v < s.target_low[target] or v > s.target_high[target]:
+            cur[RUN_ORDERS] = 0
+            cur[RUN_REVENUE] = 0
+            return OK
+        low = s.target_low[target]
+        if s.target_collect[target]:
+            k = cur[N_VALUES]
+            if k == s.value.shape[0]:
+                return need(cur, NEED_VALUES, 1)
+            s.value_target[k] = target
+            s.value[k] = v
+            cur[N_VALUES] = k + 1
+            cur[RUN_ORDERS] = 0
+            cur[RUN_REVENUE] = 0
+            return OK
+    slot = s.slot_of[p]
+    if slot < 0:
+        if cur[N_SLOTS] == s.slot_period.shape[0]:
+            return need(cur, NEED_SLOTS, 1)
+        slot = <int32_t>cur[N_SLOTS]
+        cur[N_SLOTS] += 1
+        s.slot_of[p] = slot
+        s.slot_period[slot] = p
+        s.slot_orders[slot] = 0
+        s.slot_bins[slot, 0] = INT32_MAX
+        s.slot_bins[slot, 1] = -1
+    b = bin_of(<uint64_t>(v - low))
+    if add_overflows(s.hist_sum[slot, b], v, &total):
+        return TOTAL_OVERFLOW
+    s.hist_sum[slot, b] = total
+    s.hist_count[slot, b] += 1
+    s.slot_orders[slot] += n
+    if b < s.slot_bins[slot, 0]:
+        s.slot_bins[slot, 0] = b
+    if b > s.slot_bins[slot, 1]:
+        s.slot_bins[slot, 1] = b
+    cur[RUN_ORDERS] = 0
+    cur[RUN_REVENUE] = 0
+    return OK
+
+
+cdef int hist_flush_merchant(HistArrays s) noexcept nogil:
+    """Move the current merchant's non-empty bins to the output and forget its targets."""
+    cdef int64_t[::1] cur = s.cur
+    cdef Py_ssize_t slot, b, row = cur[N_ROWS], binrow = cur[N_BIN_ROWS], needed = 0
+    cdef int32_t p
+    cdef int64_t key
+    for slot in range(cur[N_SLOTS]):
+        needed += s.slot_bins[slot, 1] - s.slot_bins[slot, 0] + 1
+    if s.first_pass and row + cur[N_SLOTS] > s.out_merchant.shape[0]:
+        return need(cur, NEED_ROWS, cur[N_SLOTS])
+    if binrow + needed > s.bin_key.shape[0]:
+        return need(cur, NEED_ROWS, needed)
+    for slot in range(cur[N_SLOTS]):
+        p = s.slot_period[slot]
+        if s.first_pass:
+            s.out_merchant[row] = cur[PREV_MERCHANT]
+            s.out_period[row] = p
+            s.out_orders[row] = s.slot_orders[slot]
+            key = row
+            row += 1
+        else:
+            key = s.period_target[p]
+        for b in range(s.slot_bins[slot, 0], s.slot_bins[slot, 1] + 1):
+            if s.hist_count[slot, b] == 0:
+                continue
+            s.bin_key[binrow] = key
+            s.bin_index[binrow] = <int32_t>b
+            s.bin_count[binrow] = s.hist_count[slot, b]
+            s.bin_sum[binrow] = s.hist_sum[slot, b]
+            s.hist_count[slot, b] = 0
+            s.hist_sum[slot, b] = 0
+            binrow += 1
+        s.slot_of[p] = -1
+    cur[N_ROWS] = row
+    cur[N_BIN_ROWS] = binrow
+    cur[N_SLOTS] = 0
+    for b in range(cur[TARGET_LO], cur[TARGET_HI]):
+        s.period_target[s.target_period[b]] = -1
+    cur[TARGET_LO] = 0
+    cur[TARGET_HI] = 0
+    return OK
+
+
+cdef void hist_open_merchant(HistArrays s, int64_t m) noexcept nogil:
+    """Later passes: point the merchant's periods at its targets (sorted by merchant, then period)."""
+    cdef int64_t[::1] cur = s.cur
+    cdef Py_ssize_t lo = 0, hi = s.target_merchant.shape[0], mid, j
+    while lo < hi:                        # first target of a merchant >= m
+        mid = (lo + hi) // 2
+        if s.target_merchant[mid] < m:
+            lo = mid + 1
+        else:
+            hi = mid
+    j = lo
+    while j < s.target_merchant.shape[0] and s.target_merchant[j] == m:
+        s.period_target[s.target_period[j]] = <int32_t>j
+        j += 1
+    cur[TARGET_LO] = lo
+    cur[TARGET_HI] = j
+
+
+cdef int hist_rows(
+    HistArrays s,
+    const merchant_key_t[::1] merchant_id,
+    const customer_key_t[::1] customer_id,
+    const order_ts_t[::1] order_ts,
+    const int64_t[::1] amount,
+    const int32_t[::1] day_month,
+    const int32_t[::1] month_period,
+    const int64_t[::1] month_start,
+    int64_t units_per_day,
+    int64_t ts_max,
+    Py_ssize_t start,
+    Py_ssize_t stop,
+    Py_ssize_t* row,
+) noexcept nogil:
+    cdef int64_t[::1] cur = s.cur
+    cdef Py_ssize_t i
+    cdef int move, status = OK
+    cdef int64_t m, cust, t, a
+    for i in range(start, stop):
+        m = merchant_id[i]
+        cust = customer_id[i]
+        t = order_ts[i]
+        a = amount[i]
+        move = advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max)
+        if move < 0:
+            status = -move
+            break
+        if move != SAME_RUN:
+            status = hist_close_run(s)
+            if status != OK:
+                break
+            if move == NEXT_MERCHANT:
+                if cur[STARTED]:
+                    status = hist_flush_merchant(s)
+                    if status != OK:
+                        break
+                if not s.first_pass:
+                    hist_open_merchant(s, m)
+        add_order(cur, move, m, cust, t)
+        if add_overflows(cur[RUN_REVENUE], a, &cur[RUN_REVENUE]):
+            status = AMOUNT_OVERFLOW
+            break
+    else:
+        i = stop
+    row[0] = i
+    return status
+
+
+def hist_scan(state,
+              const merchant_key_t[::1] merchant_id not None,
+              const customer_key_t[::1] customer_id not None,
+              const order_ts_t[::1] order_ts not None,
+              const int64_t[::1] amount not None,
+              const int32_t[::1] day_month not None,
+              const int32_t[::1] month_period not None,
+              const int64_t[::1] month_start not None,
+              int64_t units_per_day, int64_t ts_max,
+              Py_ssize_t start, Py_ssize_t stop):
+    """Scan rows ``[start, stop)`` of one batch into a ``HistState``; return ``(status, row)``."""
+    _check_batch(merchant_id.shape[0], customer_id.shape[0], order_ts.shape[0], amount.shape[0],
+                 start, stop, day_month, month_period, month_start, units_per_day, ts_max)
+    cdef HistArrays s = HistArrays(state)
+    if not s.fits(month_period):
+        raise ValueError("the state has fewer periods than month_period names")
+    cdef Py_ssize_t row = start
+    cdef int status
+    with nogil:
+        status = hist_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
+                           month_period, month_start, units_per_day, ts_max, start, stop, &row)
+    return status, row
+
+
+def hist_end(state, bint flush):
+    """Close the open store-customer (and, with ``flush``, the merchant); return a status."""
+    cdef HistArrays s = HistArrays(state)
+    cdef int status = hist_close_run(s)
+    if status == OK and flush and s.cur[STARTED]:
+        status = hist_flush_merchant(s)
+    return status
+
+
+def _check_batch(Py_ssize_t n, Py_ssize_t n_customer, Py_ssize_t n_ts, Py_ssize_t n_amount,
+                 Py_ssize_t start, Py_ssize_t stop, const int32_t[::1] day_month,
+                 const int32_t[::1] month_period, const int64_t[::1] month_start,
+                 int64_t units_per_day, int64_t ts_max):
+    """The row loops index these unchecked: check them once per call."""
+    if n_customer != n or n_ts != n or n_amount != n:
+        raise ValueError("columns of one batch must have the same length")
+    if not 0 <= start <= stop <= n:
+        raise ValueError("start/stop out of range")
+    if units_per_day <= 0 or ts_max < 0 or ts_max // units_per_day >= day_month.shape[0]:
+        raise ValueError("ts_max is outside the day table")
+    if month_start.shape[0] < month_period.shape[0] + 1:
+        raise ValueError("month_start needs one entry per month plus one")

@@ -1,0 +1,696 @@
+"""The loyalty report: one self-contained HTML file of the network's metrics, charts and tables.
+
+Every number shown is a value of ``compute()``, ``concentration()`` or
+``cohorts()`` (converted for display only: money ÷ 100, rates × 100); the
+report never recomputes a metric. Charts are PNG images embedded as base64
+``data:`` URLs, drawn with matplotlib's Agg canvas (no pyplot, so no global
+state and no display needed); the page loads nothing else and runs no script.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import math
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from . import parallel
+from .api import compute
+from .finalize import DEFAULT_SIZE_EDGES, check_size_edges, size_labels
+from .inputs import rereadable, source_label
+
+REPORT_PERIODS = ("year", "quarter", "month")
+MINOR_PER_MAJOR = 100  # money arrives in minor units (cents); the report shows major units
+UNKNOWN = "unknown"    # industry of merchants missing from the merchants table (SPEC §2)
+ALL_MERCHANTS = "all merchants"
+
+# How a column is shown. "money": minor units ÷ 100; "fraction": × 100 as a percent;
+# "percent": already a percent; "number": as is; "lift": a ratio, 1 = no difference.
+UNITS = ("money", "fraction", "percent", "number", "lift", "count")
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    title: str
+    unit: str
+    definition: str
+    axis: str
+
+
+METRICS = (
+    Metric("reward_revenue", "Reward-generated value", "money",
+           "Revenue of orders that used a loyalty reward (discount code, points redemption).",
+           "revenue of reward orders"),
+    Metric("clv", "Customer lifetime value", "money",
+           "Revenue per store-customer with an order in the period (historical CLV).", "revenue per customer"),
+    Metric("repeat_customer_rate", "Repeat customer rate", "fraction",
+           "Share of the period's store-customers with two or more orders in it.", "% of customers"),
+    Metric("aov", "Average order value", "money", "Revenue per order.", "revenue per order"),
+    Metric("purchase_frequency", "Purchase frequency", "number",
+           "Orders per store-customer in the period.", "orders per customer"),
+    Metric("loyalty_roi", "Loyalty ROI", "percent",
+           "(Reward-generated value − program fees) ÷ program fees × 100; fees are the merchants' "
+           "annual_fee for the months of the period.", "% return on fees"),
+)
+HEADLINE = (
+    ("orders", "Orders", "count"),
+    ("revenue", "Revenue", "money"),
+    ("reward_revenue", "Reward-generated value", "money"),
+    ("merchants", "Merchants", "count"),
+)
+LIFTS = (
+    ("member_repeat_lift", "repeat rate"),
+    ("member_aov_lift", "AOV"),
+    ("member_frequency_lift", "purchase frequency"),
+)
+RETENTION = (
+    ("retention_rate", "retention rate (E − N) / B"),
+    ("strict_retention_rate", "strict retention (bought in both periods)"),
+)
+DIMENSIONS = (("industry", "industry"), ("size", "merchant size (orders a month)"))
+
+PREVIOUS_COLOR, LATEST_COLOR = "#a9b4c2", "#2f6db5"
+SERIES_COLORS = ("#2f6db5", "#e08a2c", "#3f9c5a")
+
+
+def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort_count=24,
+           title="Loyalty report", columns=None, size_edges=DEFAULT_SIZE_EDGES, engine="cython",
+           threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
+    """Write an HTML loyalty report of the latest period against the same period a year earlier.
+
+    Parameters
+    ----------
+    orders, merchants, columns, size_edges, engine, threads, chunk_rows
+        As for ``compute``. The orders are read several times (one pass per
+        breakdown and analysis), so they must be a file or a table, not a
+        one-shot ``RecordBatchReader``.
+    path : str or path, optional
+        Where to write the HTML file (UTF-8). Without it nothing is written.
+    period : {"year", "quarter", "month"}
+        The reporting period: the report shows the input's latest period and
+        the same period one year earlier.
+    top : number in (0, 1]
+        The top share of store-customers of the revenue-concentration chart.
+    cohort_count : int
+        The most recent month cohorts shown in the cohort heat map.
+    title : str
+        The page's title.
+
+    Returns
+    -------
+    str
+        The HTML text (also written to ``path`` when given).
+
+    Raises
+    ------
+    loyaltymetrics.InputError
+        For bad input, as ``compute`` does.
+    ValueError
+        For bad options, a one-shot stream, or input without orders.
+    ImportError
+        When matplotlib is not installed (``pip install "loyaltymetrics[report]"``).
+    """
+    if period not in REPORT_PERIODS:
+        raise ValueError(f"period must be one of {', '.join(REPORT_PERIODS)} for a report "
+                         f"(it compares a period with the same period a year earlier); got {period!r}")
+    if isinstance(cohort_count, bool) or not isinstance(cohort_count, int) or cohort_count < 1:
+        raise ValueError(f"cohort_count must be a positive integer; got {cohort_count!r}")
+    if not rereadable(orders):
+        raise ValueError("report() reads the orders once per breakdown and analysis: pass a file or a table, "
+                         "not a one-shot stream (RecordBatchReader)")
+    size_edges = check_size_edges(size_edges)
+    _require_matplotlib()
+    from .cohort_analysis import cohorts
+    from .concentration_analysis import concentration
+
+    if isinstance(merchants, pa.RecordBatchReader):
+        merchants = merchants.read_all()  # read by every pass below
+
+    options = dict(columns=columns, size_edges=size_edges, engine=engine, threads=threads, chunk_rows=chunk_rows)
+    # First: it rejects a bad ``top`` before reading any orders.
+    top_share = concentration(orders, merchants, by=["industry"], period=period, top=top, **options)
+    data = ReportData(
+        period=period,
+        network=compute(orders, merchants, by=[], period=period, **options),
+        by_industry=compute(orders, merchants, by=["industry"], period=period, **options),
+        by_size=compute(orders, merchants, by=["size"], period=period, **options),
+        concentration=top_share,
+        cohorts=cohorts(orders, merchants, by=[], period="month", **options),
+        size_order=tuple(size_labels(size_edges)),
+        top=top,
+        has_merchants=merchants is not None,
+        source=source_label(orders),
+        merchants_source=None if merchants is None else source_label(merchants),
+    )
+    text = render(data, title=title, cohort_count=cohort_count)
+    if path is not None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return text
+
+
+def _require_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise ImportError('the report draws its charts with matplotlib: pip install "loyaltymetrics[report]"') from e
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """The tables a report shows, as ``compute``/``concentration``/``cohorts`` returned them."""
+
+    period: str
+    network: pa.Table
+    by_industry: pa.Table
+    by_size: pa.Table
+    concentration: pa.Table
+    cohorts: pa.Table
+    size_order: tuple
+    top: float
+    has_merchants: bool
+    source: str
+    merchants_source: str | None
+
+
+# ---------------------------------------------------------------------------
+# Periods and rows
+
+
+def year_earlier(start):
+    """The same period one year earlier (SPEC §5: YoY compares with it)."""
+    return start.replace(year=start.year - 1)
+
+
+def period_label(start, period):
+    if period == "year":
+        return f"{start.year}"
+    if period == "quarter":
+        return f"{start.year} Q{(start.month - 1) // 3 + 1}"
+    return f"{start.year}-{start.month:02d}"
+
+
+def latest_periods(network):
+    """(latest period_start, the one a year earlier) of the whole network."""
+    starts = network.column("period_start").to_pylist()
+    if not starts:
+        raise ValueError("the orders hold no rows: nothing to report")
+    latest = max(starts)
+    return latest, year_earlier(latest)
+
+
+def rows_by(table, key, start):
+    """{group value: row dict} of ``table``'s rows in the period starting at ``start``."""
+    return {row[key]: row for row in table.to_pylist() if row["period_start"] == start}
+
+
+def network_row(network, start):
+    rows = [row for row in network.to_pylist() if row["period_start"] == start]
+    return rows[0] if rows else None
+
+
+# ---------------------------------------------------------------------------
+# Formatting: display units only, never a different number
+
+
+def shown(value, unit):
+    """A value in the units the page shows (money in major units, fractions as percent)."""
+    if value is None:
+        return None
+    if unit == "money":
+        return value / MINOR_PER_MAJOR
+    if unit == "fraction":
+        return value * 100
+    return value
+
+
+def fmt(value, unit):
+    """The text the page shows for ``value``; "n/a" for null (a zero denominator, SPEC §5)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    x = shown(value, unit)
+    if unit == "count":
+        return f"{x:,}"
+    if unit == "money":
+        return f"{x:,.2f}"
+    if unit in ("fraction", "percent"):
+        return f"{x:,.1f}%"
+    if unit == "lift":
+        return f"{x:.2f}×"
+    return f"{x:,.2f}"
+
+
+def fmt_change(yoy):
+    return "n/a" if yoy is None else f"{yoy:+.1f}%"
+
+
+def data_value(value):
+    """The exact value behind a cell, for machines: ints as is, floats by repr, null as ""."""
+    if value is None:
+        return ""
+    if isinstance(value, (dt.date,)):
+        return value.isoformat()
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------
+# Charts
+
+
+def _png(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    # No timestamp or version in the file: the same input gives the same report.
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _figure(width=6.4, height=3.6):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _style_axes(ax, categories, ylabel):
+    ax.set_xticks(range(len(categories)))
+    rotate = len(categories) > 4 or max((len(c) for c in categories), default=0) > 12
+    ax.set_xticklabels(categories, rotation=30 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.yaxis.set_major_formatter(_axis_number)
+    ax.axhline(0, color="#555555", linewidth=0.6)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.grid(axis="y", color="#e4e7eb", linewidth=0.6)
+    ax.set_axisbelow(True)
+
+
+def _axis_number(x, _pos=None):
+    """Axis ticks in plain figures (12k, 3.5M) rather than matplotlib's "1e7" offset."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
+
+
+def _nan(values):
+    return [math.nan if v is None else v for v in values]
+
+
+def yoy_bar_chart(categories, previous, latest, changes, labels, ylabel):
+    """Grouped bars, the earlier period beside the latest, each latest bar labelled with its YoY change."""
+    fig, ax = _figure()
+    n = len(categories)
+    width = 0.38
+    xs = range(n)
+    ax.bar([x - width / 2 for x in xs], _nan(previous), width, label=labels[0], color=PREVIOUS_COLOR)
+    bars = ax.bar([x + width / 2 for x in xs], _nan(latest), width, label=labels[1], color=LATEST_COLOR)
+    finite = [v for v in previous + latest if v is not None]
+    top = max(finite + [0])
+    bottom = min(finite + [0])
+    pad = (top - bottom) * 0.04 or 1
+    for bar, value, change in zip(bars, latest, changes):
+        y = 0 if value is None else value
+        above = y >= 0
+        ax.annotate(fmt_change(change), (bar.get_x() + bar.get_width() / 2, y),
+                    xytext=(0, 2 if above else -2), textcoords="offset points",
+                    ha="center", va="bottom" if above else "top", fontsize=7,
+                    color="#1b7a3a" if change is not None and change >= 0 else
+                    "#b3261e" if change is not None else "#555555")
+    ax.set_ylim(bottom - (pad * 3 if bottom < 0 else 0), top + pad * 3)
+    _style_axes(ax, categories, ylabel)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    return _png(fig)
+
+
+def series_bar_chart(categories, series, ylabel, reference=None, colors=SERIES_COLORS):
+    """Grouped bars of several series; ``reference``: a dashed line (1 for lifts)."""
+    fig, ax = _figure()
+    n, k = len(categories), len(series)
+    width = 0.8 / k
+    for i, (name, values) in enumerate(series):
+        offset = (i - (k - 1) / 2) * width
+        ax.bar([x + offset for x in range(n)], _nan(values), width, label=name, color=colors[i % len(colors)])
+        for x, value in enumerate(values):
+            if value is None:  # say so rather than leave a gap that reads as 0
+                ax.annotate("n/a", (x + offset, 0), xytext=(0, 2), textcoords="offset points", ha="center",
+                            va="bottom", fontsize=6, color="#555555", rotation=90)
+    if reference is not None:
+        ax.axhline(reference, color="#333333", linewidth=0.8, linestyle="--")
+    _style_axes(ax, categories, ylabel)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    return _png(fig)
+
+
+def heat_map(row_labels, column_labels, matrix, colorbar_label):
+    """A cohort × period-index heat map; NaN cells (not yet observable) stay blank."""
+    import numpy as np
+
+    values = np.array(matrix, dtype=float)
+    height = 1.2 + 0.24 * len(row_labels)
+    fig, ax = _figure(width=9.6, height=max(3.0, height))
+    masked = np.ma.masked_invalid(values)
+    finite = values[np.isfinite(values)]
+    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    image = ax.imshow(masked, aspect="auto", cmap="Blues", vmin=0, vmax=vmax, interpolation="nearest")
+    ax.set_xticks(range(len(column_labels)))
+    ax.set_xticklabels(column_labels, fontsize=7)
+    ax.set_yticks(range(len(row_labels)))
+    ax.set_yticklabels(row_labels, fontsize=7)
+    ax.set_xlabel("months since acquisition", fontsize=8)
+    ax.set_ylabel("cohort (store-customers)", fontsize=8)
+    if len(column_labels) <= 30 and len(row_labels) <= 40:
+        for (r, c), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(c, r, f"{v:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if v > vmax * 0.6 else "#1f2a36")
+    bar = fig.colorbar(image, ax=ax, shrink=0.8)
+    bar.set_label(colorbar_label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------
+# HTML
+
+CSS = """
+body { font-family: "Liberation Sans", "DejaVu Sans", Arial, sans-serif; color: #1f2a36; margin: 0;
+       background: #f6f7f9; }
+main { max-width: 1380px; margin: 0 auto; padding: 24px 32px 48px; }
+h1 { margin: 0 0 4px; font-size: 28px; }
+h2 { margin: 36px 0 8px; font-size: 21px; border-bottom: 2px solid #d8dde3; padding-bottom: 4px; }
+h3 { margin: 20px 0 4px; font-size: 16px; }
+p.meta, p.note, p.definition { margin: 4px 0; font-size: 13px; color: #4a5868; }
+p.warning { margin: 8px 0; padding: 8px 12px; font-size: 13px; background: #fff4d6; border-left: 4px solid #e0a800; }
+.cards { display: grid; grid-template-columns: repeat(4, 1fr); gap: 16px; margin-top: 12px; }
+.card { background: #fff; border-radius: 8px; padding: 14px 18px; box-shadow: 0 1px 3px rgba(0,0,0,.08); }
+.card .label { font-size: 13px; color: #4a5868; }
+.card .value { font-size: 28px; font-weight: bold; margin: 4px 0; }
+.card .change { font-size: 13px; }
+.up { color: #1b7a3a; } .down { color: #b3261e; } .flat { color: #4a5868; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
+figure { background: #fff; margin: 8px 0; padding: 10px 12px; border-radius: 8px;
+         box-shadow: 0 1px 3px rgba(0,0,0,.08); }
+figure img { display: block; max-width: 100%; height: auto; }
+figcaption { font-size: 13px; font-weight: bold; margin-bottom: 6px; }
+figure p.empty { font-size: 13px; color: #4a5868; padding: 24px 8px; }
+details { font-size: 12px; margin-top: 6px; }
+table { border-collapse: collapse; margin-top: 6px; }
+th, td { padding: 2px 8px; border-bottom: 1px solid #e4e7eb; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+footer { margin-top: 40px; font-size: 12px; color: #4a5868; }
+"""
+
+
+def esc(text):
+    return html.escape(str(text), quote=True)
+
+
+def img_tag(png, alt):
+    encoded = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def table_html(header, rows):
+    """``rows``: lists of cells, a cell being text or (value, unit) — shown formatted, exact in data-value."""
+    out = ["<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    for row in rows:
+        cells = []
+        for cell in row:
+            if isinstance(cell, tuple):
+                value, unit = cell
+                text = fmt_change(value) if unit == "change" else fmt(value, unit)
+                cells.append(f'<td data-value="{esc(data_value(value))}">{esc(text)}</td>')
+            else:
+                cells.append(f"<td>{esc(cell)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def figure_html(chart_id, caption, png, alt, table, empty_reason=None):
+    body = (f'<p class="empty">{esc(empty_reason)}</p>' if png is None else img_tag(png, alt))
+    return (f'<figure data-chart="{esc(chart_id)}"><figcaption>{esc(caption)}</figcaption>{body}'
+            f"<details><summary>Numbers</summary>{table}</details></figure>")
+
+
+def render(data, *, title="Loyalty report", cohort_count=24):
+    """The report's HTML for the tables in ``data`` (a ``ReportData``)."""
+    latest, previous = latest_periods(data.network)
+    labels = (period_label(previous, data.period), period_label(latest, data.period))
+    page = Page(data, latest, previous, labels)
+    sections = [
+        page.headline(),
+        page.metric_sections(),
+        page.participants(),
+        page.retention(),
+        page.concentration(),
+        page.cohort_section(cohort_count),
+    ]
+    source = f"orders: {data.source}; merchants: {data.merchants_source or 'none given'}"
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
+        f"<style>{CSS}</style></head><body><main>"
+        f"<header><h1>{esc(title)}</h1>"
+        f'<p class="meta" data-latest="{latest.isoformat()}" data-previous="{previous.isoformat()}">'
+        f"{esc(labels[1])} against {esc(labels[0])}, by calendar {esc(data.period)} in UTC. "
+        f"Money is shown in major units: the input's minor units (cents) ÷ {MINOR_PER_MAJOR}. "
+        f"YoY is the change against the same {esc(data.period)} a year earlier, in percent of the earlier value.</p>"
+        f'<p class="meta">{esc(source)}</p>{page.warnings()}</header>'
+        + "".join(sections)
+        + "<footer><p>Made by loyaltymetrics: every number is a value of compute(), concentration() "
+          "or cohorts() over the same orders. Store-customers are (merchant, customer) pairs: the same "
+          "shopper at two merchants counts twice. "
+          "n/a: undefined (a zero denominator, or no earlier period to compare with).</p></footer>"
+        "</main></body></html>\n"
+    )
+
+
+class Page:
+    """The sections of one report."""
+
+    def __init__(self, data, latest, previous, labels):
+        self.data, self.latest, self.previous, self.labels = data, latest, previous, labels
+        self.network_latest = network_row(data.network, latest)
+        self.network_previous = network_row(data.network, previous)
+        self.tables = {"industry": data.by_industry, "size": data.by_size}
+        self.latest_rows = {key: rows_by(table, key, latest) for key, table in self.tables.items()}
+        self.previous_rows = {key: rows_by(table, key, previous) for key, table in self.tables.items()}
+
+    # -- groups ------------------------------------------------------------
+
+    def categories(self, key):
+        """Groups with an order in either period: industries by latest revenue (unknown last), sizes small first."""
+        present = set(self.latest_rows[key]) | set(self.previous_rows[key])
+        if key == "size":
+            return [label for label in self.data.size_order if label in present]
+
+        def revenue(name):
+            row = self.latest_rows[key].get(name)
+            return row["revenue"] if row else -1
+
+        return sorted(present, key=lambda name: (name == UNKNOWN, -revenue(name), name))
+
+    def warnings(self):
+        notes = []
+        if not self.data.has_merchants:
+            notes.append("No merchants table was given: every merchant is in industry \u201cunknown\u201d, "
+                         "and loyalty ROI is undefined (it divides by the merchants\u2019 annual fees).")
+        elif UNKNOWN in self.latest_rows["industry"] or UNKNOWN in self.previous_rows["industry"]:
+            notes.append("Industry \u201cunknown\u201d: merchants missing from the merchants table "
+                         "or without an industry in it.")
+        if self.network_previous is None:
+            notes.append(f"The orders hold nothing in {self.labels[0]}: there is no year-over-year comparison.")
+        return "".join(f'<p class="warning">{esc(n)}</p>' for n in notes)
+
+    # -- headline ----------------------------------------------------------
+
+    def headline(self):
+        cards = []
+        for column, label, unit in HEADLINE:
+            value = self.network_latest[column]
+            change = self.network_latest[f"{column}_yoy"]
+            before = None if self.network_previous is None else self.network_previous[column]
+            tone = "flat" if not change else ("up" if change > 0 else "down")
+            cards.append(
+                f'<div class="card" data-metric="{column}" data-value="{esc(data_value(value))}" '
+                f'data-yoy="{esc(data_value(change))}">'
+                f'<div class="label">{esc(label)}{" (major units)" if unit == "money" else ""}</div>'
+                f'<div class="value">{esc(fmt(value, unit))}</div>'
+                f'<div class="change {tone}">{esc(fmt_change(change))} YoY '
+                f'<span class="flat">({esc(self.labels[0])}: {esc(fmt(before, unit))})</span></div></div>')
+        return (f'<section id="headline"><h2>{esc(self.labels[1])} at a glance</h2>'
+                f'<div class="cards">{"".join(cards)}</div></section>')
+
+    # -- the six metrics, by industry and by size, year over year ----------
+
+    def metric_sections(self):
+        parts = ['<section id="metrics"><h2>Metrics by industry and merchant size, year over year</h2>'
+                 f'<p class="note">Grey: {esc(self.labels[0])}; blue: {esc(self.labels[1])}. '
+                 "The label over each blue bar is its YoY change.</p>"]
+        for metric in METRICS:
+            parts.append(f'<h3 id="{metric.column}">{esc(metric.title)}</h3>'
+                         f'<p class="definition">{esc(metric.definition)}</p><div class="pair">')
+            for key, name in DIMENSIONS:
+                parts.append(self.yoy_figure(metric, key, name))
+            parts.append("</div>")
+        parts.append("</section>")
+        return "".join(parts)
+
+    def yoy_figure(self, metric, key, name):
+        categories = self.categories(key)
+        latest = [self._value(self.latest_rows[key], c, metric.column) for c in categories]
+        previous = [self._value(self.previous_rows[key], c, metric.column) for c in categories]
+        changes = [self._value(self.latest_rows[key], c, f"{metric.column}_yoy") for c in categories]
+        unit = metric.unit
+        table = table_html(
+            [name, self.labels[0], self.labels[1], "YoY"],
+            [[c, (p, unit), (v, unit), (ch, "change")] for c, p, v, ch in zip(categories, previous, latest, changes)])
+        chart_id = f"{metric.column}-by-{key}"
+        caption = f"{metric.title} by {name}"
+        if all(v is None for v in latest + previous):
+            return figure_html(chart_id, caption, None, None, table, self._empty_reason(metric.column))
+        ylabel = metric.axis + (" (major units)" if unit == "money" else "")
+        png = yoy_bar_chart(categories, [shown(v, unit) for v in previous], [shown(v, unit) for v in latest],
+                            changes, self.labels, ylabel)
+        return figure_html(chart_id, caption, png, f"{caption}, {self.labels[0]} and {self.labels[1]}", table)
+
+    @staticmethod
+    def _value(rows, category, column):
+        row = rows.get(category)
+        return None if row is None else row[column]
+
+    def _empty_reason(self, column):
+        if column == "loyalty_roi":
+            if not self.data.has_merchants:
+                return ("Loyalty ROI is undefined: it divides by the merchants\u2019 annual fees, and no "
+                        "merchants table was given.")
+            return "Loyalty ROI is undefined: the merchants\u2019 annual fees are 0 (or missing) in every group."
+        if column in ("retention_rate", "strict_retention_rate"):
+            return "Retention is undefined: it needs orders in the period before."
+        if column.startswith("member_"):
+            return ("Participant lifts are undefined: they need both program participants "
+                    "(customers with a reward order) and non-participants.")
+        return "No values: every group's denominator is 0."
+
+    # -- one-period snapshots: participants and retention -----------------
+
+    def snapshot_figure(self, chart_id, caption, key, name, series, unit, ylabel, reference=None):
+        """Several columns of the latest period, network first, then the groups of ``key``."""
+        categories = self.categories(key)
+        rows = [self.network_latest] + [self.latest_rows[key].get(c) for c in categories]
+        names = [ALL_MERCHANTS] + categories
+        values = [[None if row is None else row[column] for row in rows] for column, _ in series]
+        table = table_html([name] + [label for _, label in series],
+                           [[n] + [(v[i], unit) for v in values] for i, n in enumerate(names)])
+        if all(x is None for v in values for x in v):
+            return figure_html(chart_id, caption, None, None, table, self._empty_reason(series[0][0]))
+        png = series_bar_chart(names, [(label, [shown(x, unit) for x in v]) for (_, label), v in zip(series, values)],
+                               ylabel, reference)
+        return figure_html(chart_id, caption, png, caption, table)
+
+    def participants(self):
+        n = self.network_latest
+        sentences = []
+        for column, label in LIFTS:
+            if n[column] is not None:
+                sentences.append(f"{label} {fmt(n[column], 'lift')}")
+        summary = ("Across all merchants in " + self.labels[1] + ", participants\u2019 " + ", ".join(sentences)
+                   + " that of non-participants.") if sentences else ""
+        figures = "".join(
+            self.snapshot_figure(f"member-lifts-by-{key}", f"Participants vs non-participants by {name}, "
+                                 f"{self.labels[1]}", key, name, LIFTS, "lift", "participants ÷ non-participants",
+                                 reference=1.0)
+            for key, name in DIMENSIONS)
+        return ('<section id="participants"><h2>Program participants vs non-participants</h2>'
+                '<p class="definition">Participants are the period\u2019s store-customers with at least one reward '
+                "order; each bar is their repeat rate, AOV or purchase frequency divided by the non-participants\u2019 "
+                "(1 = no difference, the dashed line).</p>"
+                f'<p class="note">{esc(summary)}</p><div class="pair">{figures}</div></section>')
+
+    def retention(self):
+        figures = "".join(
+            self.snapshot_figure(f"retention-by-{key}", f"Retention by {name}, {self.labels[1]}", key, name,
+                                 RETENTION, "percent", "% of the earlier period\u2019s customers")
+            for key, name in DIMENSIONS)
+        return ('<section id="retention"><h2>Retention</h2>'
+                '<p class="definition">Customer retention rate: (customers \u2212 new customers) \u00f7 the '
+                "customers of the period before \u00d7 100. Strict retention counts only store-customers who "
+                "bought in both periods.</p>"
+                f'<div class="pair">{figures}</div></section>')
+
+    # -- concentration ------------------------------------------------------
+
+    def concentration(self):
+        table = self.data.concentration
+        latest = rows_by(table, "industry", self.latest)
+        previous = rows_by(table, "industry", self.previous)
+        categories = [c for c in self.categories("industry") if c in latest or c in previous]
+        top_label = f"top {self.data.top * 100:g}%"
+        rows = []
+        for c in categories:
+            rows.append([c] + [(None if r.get(c) is None else r[c][col], unit)
+                               for r in (previous, latest)
+                               for col, unit in (("top_customers", "count"), ("top_share", "fraction"))])
+        header = ["industry"] + [f"{label}: {what}" for label in self.labels
+                                 for what in (f"{top_label} customers", "their revenue share")]
+        html_table = table_html(header, rows)
+        caption = f"Revenue share of the {top_label} of store-customers by industry"
+        shares = {label: [None if r.get(c) is None else r[c]["top_share"] for c in categories]
+                  for label, r in zip(self.labels, (previous, latest))}
+        if not categories:
+            figure = figure_html("concentration-by-industry", caption, None, None, html_table, "No revenue.")
+        else:
+            png = series_bar_chart(categories, [(label, [shown(v, "fraction") for v in shares[label]])
+                                                for label in self.labels], "% of revenue",
+                                   colors=(PREVIOUS_COLOR, LATEST_COLOR))
+            figure = figure_html("concentration-by-industry", caption, png, caption, html_table)
+        return ('<section id="concentration"><h2>Revenue concentration</h2>'
+                f'<p class="definition">The share of each industry\u2019s revenue that comes from its {top_label} '
+                "of store-customers by revenue in the period (ceil of the share \u00d7 customers).</p>"
+                f"{figure}</section>")
+
+    # -- cohorts ------------------------------------------------------------
+
+    def cohort_section(self, cohort_count):
+        every = self.data.cohorts.to_pylist()
+        size = {r["cohort_start"]: r["cohort_customers"] for r in every}
+        starts = sorted(size)[-cohort_count:]
+        shown_starts = set(starts)
+        rows = [r for r in every if r["cohort_start"] in shown_starts and r["period_index"] >= 1]
+        max_index = max((r["period_index"] for r in rows), default=0)
+        position = {s: i for i, s in enumerate(starts)}
+        matrix = [[math.nan] * max_index for _ in starts]
+        for r in rows:
+            matrix[position[r["cohort_start"]]][r["period_index"] - 1] = r["retention"] * 100
+        row_labels = [f"{s.year}-{s.month:02d} ({size[s]:,})" for s in starts]
+        caption = "Month cohorts: share of each cohort active k months after its first order"
+        table = table_html(["cohort", "customers"] + [str(k) for k in range(1, max_index + 1)],
+                           [[f"{s.year}-{s.month:02d}", (size[s], "count")]
+                            + [self._cohort_cell(rows_at, k) for k in range(1, max_index + 1)]
+                            for s, rows_at in ((s, {r["period_index"]: r for r in rows if r["cohort_start"] == s})
+                                               for s in starts)])
+        if max_index == 0:
+            figure = figure_html("cohort-retention", caption, None, None, table,
+                                 "No cohort has a month after its first yet: the orders span one month.")
+        else:
+            png = heat_map(row_labels, [str(k) for k in range(1, max_index + 1)], matrix, "% of the cohort active")
+            figure = figure_html("cohort-retention", caption, png, caption, table)
+        return ('<section id="cohorts"><h2>Cohort retention</h2>'
+                f'<p class="definition">Store-customers grouped by the calendar month (UTC) of their first order '
+                f"(the latest {len(starts)} cohorts, all merchants); each cell is the share of the cohort with an order "
+                "k months later. Month 0 is 100% by definition and left out; blank cells are not observable yet.</p>"
+                f"{figure}</section>")
+
+    @staticmethod
+    def _cohort_cell(rows_at, k):
+        row = rows_at.get(k)
+        return (None if row is None else row["retention"], "fraction")

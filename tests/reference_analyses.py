@@ -1,0 +1,187 @@
+"""Slow, obviously-correct reference of the SPEC §9 analyses (test oracle).
+
+Plain loops, dicts and Python ints, straight from SPEC §9 and the README's
+decisions; it never imports the library. Grouping and periods reuse the
+§3/§6 helpers of ``reference.py`` (also library-free).
+
+Decisions it encodes (README, "Further analyses"):
+
+* concentration: k = ceil(top × customers) with ``top`` read as the decimal
+  it prints as; ``top_share`` null where revenue is 0; ``size`` is the
+  merchant's bucket in the period, as in ``compute``;
+* cohorts: a cell (cohort, k) is observable when period cohort + k is not
+  after the period of the input's latest order; every observable cell is
+  present (zeros where nobody was active); ``size`` is the merchant's bucket
+  in the cohort period.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from decimal import Decimal
+from fractions import Fraction
+
+from reference import (
+    DEFAULT_SIZE_EDGES,
+    KEY_COLUMN_NAMES,
+    MONTHS_IN_PERIOD,
+    UNKNOWN,
+    _column_values,
+    _order_dates,
+    _period_start,
+    _read_merchants,
+    _size_bucket,
+    size_labels,
+)
+
+CONCENTRATION_COLUMNS = ["period_start", "customers", "top_customers", "revenue", "top_revenue", "top_share"]
+COHORT_COLUMNS = [
+    "cohort_start", "period_index", "period_start", "cohort_customers", "active_customers", "orders",
+    "revenue", "cumulative_revenue", "retention", "cumulative_revenue_per_customer",
+]
+
+
+def exact_top(top) -> Fraction:
+    if isinstance(top, (Fraction, int, Decimal)):
+        return Fraction(top)
+    return Fraction(str(top))
+
+
+def _month_number(day: dt.date) -> int:
+    return day.year * 12 + day.month - 1
+
+
+def _read_orders(orders):
+    merchants = _column_values(orders, "merchant_id")
+    customers = _column_values(orders, "customer_id")
+    days = _order_dates(orders.column("order_ts")) if orders.num_rows else []
+    amounts = _column_values(orders, "amount")
+    return list(zip(merchants, customers, days, amounts))
+
+
+def _group_key(by, merchant_info, labels, edges, m, orders_in_period, months):
+    key = []
+    for b in by:
+        if b == "merchant":
+            key.append(m)
+        elif b == "industry":
+            key.append(merchant_info.get(m, (UNKNOWN, UNKNOWN, 0))[0])
+        elif b == "country":
+            key.append(merchant_info.get(m, (UNKNOWN, UNKNOWN, 0))[1])
+        else:
+            key.append(labels[_size_bucket(orders_in_period, months, edges)])
+    return tuple(key)
+
+
+def reference_concentration(orders, merchants=None, by=(), period="year", top=0.05,
+                            size_edges=DEFAULT_SIZE_EDGES) -> list[dict]:
+    rows = _read_orders(orders)
+    if not rows:
+        return []
+    info = _read_merchants(merchants)
+    labels = size_labels(size_edges)
+    if period == "all":
+        first, last = min(r[2] for r in rows), max(r[2] for r in rows)
+        months = _month_number(last) - _month_number(first) + 1
+        start = dt.date(first.year, first.month, 1)
+        period_of = lambda day: start  # noqa: E731
+    else:
+        months = MONTHS_IN_PERIOD[period]
+        period_of = lambda day: _period_start(day, period)  # noqa: E731
+
+    revenue = {}            # (merchant, customer, period) -> revenue in the period
+    merchant_orders = {}    # (merchant, period) -> orders
+    for m, c, day, amount in rows:
+        p = period_of(day)
+        revenue[(m, c, p)] = revenue.get((m, c, p), 0) + amount
+        merchant_orders[(m, p)] = merchant_orders.get((m, p), 0) + 1
+
+    groups = {}             # (key, period) -> store-customer revenues
+    for (m, c, p), value in revenue.items():
+        key = _group_key(by, info, labels, size_edges, m, merchant_orders[(m, p)], months)
+        groups.setdefault((key, p), []).append(value)
+
+    fraction = exact_top(top)
+    out = []
+    for (key, p), values in sorted(groups.items()):
+        k = math.ceil(fraction * len(values))
+        top_revenue = sum(sorted(values, reverse=True)[:k])
+        row = {KEY_COLUMN_NAMES[b]: v for b, v in zip(by, key)}
+        row.update(period_start=p, customers=len(values), top_customers=k, revenue=sum(values),
+                   top_revenue=top_revenue, top_share=None if sum(values) == 0 else top_revenue / sum(values))
+        out.append(row)
+    return out
+
+
+def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=DEFAULT_SIZE_EDGES) -> list[dict]:
+    rows = _read_orders(orders)
+    if not rows:
+        return []
+    info = _read_merchants(merchants)
+    labels = size_labels(size_edges)
+    step = MONTHS_IN_PERIOD[period]
+
+    def index(day):            # periods since 1970 of the period holding `day`
+        return _month_number(day) // step
+
+    def start_of(i):
+        months = i * step
+        return dt.date(months // 12, months % 12 + 1, 1)
+
+    cohort = {}              # store-customer -> period index of its rank-1 order
+    merchant_orders = {}     # (merchant, period index) -> orders
+    activity = {}            # (merchant, customer, period index) -> [orders, revenue]
+    for m, c, day, amount in rows:  # in file order: the first row of a store-customer is rank 1
+        p = index(day)
+        cohort.setdefault((m, c), p)
+        merchant_orders[(m, p)] = merchant_orders.get((m, p), 0) + 1
+        cell = activity.setdefault((m, c, p), [0, 0])
+        cell[0] += 1
+        cell[1] += amount
+    last = max(index(r[2]) for r in rows)
+
+    def group(m, c):
+        p = cohort[(m, c)]
+        return _group_key(by, info, labels, size_edges, m, merchant_orders[(m, p)], step), p
+
+    size = {}                # (key, cohort) -> store-customers
+    cells = {}               # (key, cohort, k) -> [active, orders, revenue]
+    for (m, c), p in cohort.items():
+        g = group(m, c)
+        size[g] = size.get(g, 0) + 1
+    for (m, c, p), (n, amount) in activity.items():
+        key, q = group(m, c)
+        cell = cells.setdefault((key, q, p - q), [0, 0, 0])
+        cell[0] += 1
+        cell[1] += n
+        cell[2] += amount
+
+    out = []
+    for (key, q), customers in sorted(size.items()):
+        cumulative = 0
+        for k in range(last - q + 1):
+            active, n, amount = cells.get((key, q, k), [0, 0, 0])
+            cumulative += amount
+            row = {KEY_COLUMN_NAMES[b]: v for b, v in zip(by, key)}
+            row.update(cohort_start=start_of(q), period_index=k, period_start=start_of(q + k),
+                       cohort_customers=customers, active_customers=active, orders=n, revenue=amount,
+                       cumulative_revenue=cumulative, retention=active / customers,
+                       cumulative_revenue_per_customer=cumulative / customers)
+            out.append(row)
+    return out
+
+
+FLOAT_COLUMNS = {"top_share", "retention", "cumulative_revenue_per_customer"}
+
+
+def assert_rows_match(actual, expected, columns):
+    """Library table == reference rows: names, order, exact ints/strings/dates, floats to 1e-12."""
+    assert actual.column_names == list(columns), (actual.column_names, list(columns))
+    got = actual.to_pylist()
+    assert len(got) == len(expected), f"{len(got)} rows, expected {len(expected)}"
+    for i, (a, e) in enumerate(zip(got, expected)):
+        for name in columns:
+            if name in FLOAT_COLUMNS and e[name] is not None:
+                assert a[name] is not None and math.isclose(a[name], e[name], rel_tol=1e-12), (i, name, a, e)
+            else:
+                assert a[name] == e[name] and type(a[name]) is type(e[name]), (i, name, a[name], e[name])

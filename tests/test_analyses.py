@@ -1,0 +1,495 @@
+"""SPEC §9 cohorts and concentration against the pure-Python reference, on both engines.
+
+Also: the chunk interface (pieces of the input on several states, combined
+by addition), record-batch sizes, input formats and spooled streams,
+unmodified inputs, bad input raising what compute raises, option errors,
+and the command line.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import json
+from fractions import Fraction
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference_analyses import (
+    COHORT_COLUMNS,
+    CONCENTRATION_COLUMNS,
+    assert_rows_match,
+    reference_cohorts,
+    reference_concentration,
+)
+from strategies import ALL_BY_KEYS, bys, orders_and_merchants, rebatch, recent_instants_ns
+
+import loyaltymetrics as lm
+import loyaltymetrics.cohort_analysis as cohorts_module
+import loyaltymetrics.concentration_analysis as concentration_module
+from loyaltymetrics import analyses, inputs
+from loyaltymetrics.cli import main
+
+ENGINES = ("cython", "numba")
+GROUPINGS = [list(c) for k in range(len(ALL_BY_KEYS) + 1) for c in itertools.combinations(ALL_BY_KEYS, k)]
+GROUPINGS += [["size", "merchant"], ["country", "industry"]]
+KEY_NAMES = {"merchant": "merchant_id", "industry": "industry", "country": "country", "size": "size"}
+
+# Amounts whose store-customer sums share histogram bins and tie: exercises the refinement passes.
+CLOSE_AMOUNTS = st.sampled_from([0, 1, 63, 64, 65, 1000, 1001, 1003, 1007, 4096, 4100, 10**12, 10**12 + 1]) | \
+    st.integers(0, 3000)
+TOPS = st.sampled_from([0.05, 1.0, 0.5, 0.07, 1e-12, 0.999, Fraction(1, 3), 0.25]) | \
+    st.floats(min_value=1e-6, max_value=1.0)
+
+
+def _ids(by):
+    return ",".join(by) or "network"
+
+
+def cohort_data(**kwargs):
+    return orders_and_merchants(instants=recent_instants_ns(), **kwargs)
+
+
+def check_cohorts(orders, merchants, by, period, engine, **kwargs):
+    actual = lm.cohorts(orders, merchants, by=by, period=period, engine=engine, **kwargs)
+    expected = reference_cohorts(orders, merchants, by=by, period=period, **kwargs)
+    assert_rows_match(actual, expected, [KEY_NAMES[b] for b in by] + COHORT_COLUMNS)
+    return actual
+
+
+def check_concentration(orders, merchants, by, period, top, engine, **kwargs):
+    actual = lm.concentration(orders, merchants, by=by, period=period, top=top, engine=engine, **kwargs)
+    expected = reference_concentration(orders, merchants, by=by, period=period, top=top, **kwargs)
+    assert_rows_match(actual, expected, [KEY_NAMES[b] for b in by] + CONCENTRATION_COLUMNS)
+    return actual
+
+
+# --- against the reference ---------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("by", GROUPINGS, ids=_ids)
+@pytest.mark.parametrize("period", ["month", "quarter", "year"])
+@settings(deadline=None, max_examples=15)
+@given(data=cohort_data())
+def test_cohorts_match_reference(data, period, by, engine):
+    orders, merchants = data
+    check_cohorts(orders, merchants, by, period, engine)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(deadline=None)
+@given(data=orders_and_merchants(), by=bys())
+def test_cohorts_by_year_over_the_whole_timestamp_range(data, by, engine):
+    orders, merchants = data
+    check_cohorts(orders, merchants, by, "year", engine, size_edges=(0.5, 2))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("by", GROUPINGS, ids=_ids)
+@pytest.mark.parametrize("period", ["year", "quarter", "month", "all"])
+@settings(deadline=None, max_examples=15)
+@given(data=orders_and_merchants(amounts=CLOSE_AMOUNTS), top=TOPS)
+def test_concentration_matches_reference(data, top, period, by, engine):
+    orders, merchants = data
+    check_concentration(orders, merchants, by, period, top, engine)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("budget", [0, 3])
+@settings(deadline=None)
+@given(data=orders_and_merchants(amounts=CLOSE_AMOUNTS, max_customers=6), by=bys(), top=TOPS,
+       period=st.sampled_from(["year", "all"]))
+def test_concentration_refines_by_histogram_when_collection_is_over_budget(data, by, top, period, budget, engine):
+    orders, merchants = data
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(concentration_module, "COLLECT_BUDGET", budget)
+        check_concentration(orders, merchants, by, period, top, engine)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_concentration_many_close_values_takes_several_passes(engine, monkeypatch):
+    # 300 clusters of 10 revenues (tied in pairs) 2**20 apart, all in one first-pass bin
+    # (width 2**34 at 2**40); k = ceil(0.0483 × 3000) = 145 ends mid-cluster. Refinement bins of
+    # (value - 2**40) < 2**29 are 2**22 wide at the top (4 clusters, 40 values: collected if the
+    # budget allows), then 2**15 (one cluster), then exact.
+    i, j = np.divmod(np.arange(3000), 10)
+    values = 2**40 + i * 2**20 + j // 2
+    n = len(values)
+    orders = pa.table({"merchant_id": pa.array(np.zeros(n, np.int64)), "customer_id": pa.array(np.arange(n)),
+                       "order_ts": pa.array(np.full(n, 19000, np.int32), pa.date32()), "amount": pa.array(values)})
+    passes = []
+    real_run = concentration_module.run
+
+    def counting_run(kernel, batches, *args):
+        passes.append(kernel.targets)
+        return real_run(kernel, batches, *args)
+
+    monkeypatch.setattr(concentration_module, "run", counting_run)
+    for budget, kinds in ((1 << 21, ["collect"]), (100, ["histogram", "collect"]), (0, ["histogram"] * 3)):
+        passes.clear()
+        monkeypatch.setattr(concentration_module, "COLLECT_BUDGET", budget)
+        check_concentration(orders, None, [], "year", 0.0483, engine)
+        assert passes[0] is None
+        assert ["collect" if t.collect.all() else "histogram" for t in passes[1:]] == kinds
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cohorts_and_concentration_of_empty_input(engine):
+    empty = pa.table({"merchant_id": pa.array([], pa.int64()), "customer_id": pa.array([], pa.int64()),
+                      "order_ts": pa.array([], pa.timestamp("us")), "amount": pa.array([], pa.int64())})
+    c = lm.cohorts(empty, by=["merchant", "size"], engine=engine)
+    assert c.num_rows == 0 and c.column_names == ["merchant_id", "size"] + COHORT_COLUMNS
+    k = lm.concentration(empty, by=["industry"], engine=engine)
+    assert k.num_rows == 0 and k.column_names == ["industry"] + CONCENTRATION_COLUMNS
+
+
+# --- the chunk interface: pieces on several states, combined by addition ------------------
+
+def _pieces(batch, cuts):
+    """Cut one OrderBatch at store-customer boundaries ``cuts`` (row indices)."""
+    bounds = [0] + sorted(cuts) + [len(batch)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _round_robin_run(n_states, draw_cuts):
+    """A run() that hands pieces of the input to ``n_states`` states in turn, as a chunk-parallel driver does."""
+    def run(kernel, batches, *args):
+        states = [kernel.new_state() for _ in range(n_states)]
+        turn = 0
+        for batch in batches:
+            keys = np.stack([batch.merchant_id.astype(np.int64), batch.customer_id.astype(np.int64)])
+            boundaries = np.flatnonzero((keys[:, 1:] != keys[:, :-1]).any(axis=0)) + 1
+            cuts = draw_cuts(boundaries.tolist())
+            for start, stop in _pieces(batch, cuts):
+                state = states[turn % n_states]
+                # Each piece in two scan calls: the store-customer carries across them.
+                middle = (start + stop) // 2
+                kernel.scan(state, batch, start, middle)
+                kernel.scan(state, batch, middle, stop)
+                assert kernel.end_chunk(state) is None
+                turn += 1
+        return kernel.combine(kernel.finish(s) for s in states)
+    return run
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("n_states", [1, 2, 3])
+@settings(deadline=None, max_examples=30)
+@given(data=cohort_data(amounts=CLOSE_AMOUNTS), by=bys(), top=TOPS, st_data=st.data())
+def test_pieces_on_several_states_give_identical_tables(data, by, top, n_states, engine, st_data):
+    orders, merchants = data
+    whole_cohorts = lm.cohorts(orders, merchants, by=by, period="quarter", engine=engine)
+    whole_conc = lm.concentration(orders, merchants, by=by, period="quarter", top=top, engine=engine)
+
+    def draw_cuts(boundaries):
+        return st_data.draw(st.lists(st.sampled_from(boundaries), unique=True)) if boundaries else []
+
+    run = _round_robin_run(n_states, draw_cuts)
+    table = pa.Table.from_batches([orders.combine_chunks().to_batches()[0]]) if orders.num_rows else orders
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cohorts_module, "run", run)
+        patch.setattr(concentration_module, "run", run)
+        patch.setattr(concentration_module, "COLLECT_BUDGET", st_data.draw(st.sampled_from([0, 2, 1 << 21])))
+        assert lm.cohorts(table, merchants, by=by, period="quarter", engine=engine).equals(whole_cohorts)
+        assert lm.concentration(table, merchants, by=by, period="quarter", top=top, engine=engine).equals(whole_conc)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(deadline=None, max_examples=30)
+@given(data=cohort_data(amounts=CLOSE_AMOUNTS), by=bys(), top=TOPS, k=st.integers(1, 9),
+       threads=st.integers(1, 3), chunk_rows=st.sampled_from([1, 2, 3, 7, 1 << 20]))
+def test_threads_and_chunk_sizes_give_identical_tables(data, by, top, k, threads, chunk_rows, engine):
+    # SPEC §8: identical, bit for bit, whatever the thread count or chunk size.
+    orders, merchants = data
+    orders = rebatch(orders, k)
+    one = dict(engine=engine, threads=1)
+    many = dict(engine=engine, threads=threads, chunk_rows=chunk_rows)
+    assert lm.cohorts(orders, merchants, by=by, period="quarter", **many).equals(
+        lm.cohorts(orders, merchants, by=by, period="quarter", **one))
+    for budget in (0, 1 << 21):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(concentration_module, "COLLECT_BUDGET", budget)
+            assert lm.concentration(orders, merchants, by=by, top=top, **many).equals(
+                lm.concentration(orders, merchants, by=by, top=top, **one))
+
+
+# --- engines, batch sizes, formats, inputs ----------------------------------------------
+
+@settings(deadline=None)
+@given(data=cohort_data(amounts=CLOSE_AMOUNTS), by=bys(), k=st.integers(1, 9), top=TOPS,
+       period=st.sampled_from(["month", "year"]))
+def test_engines_and_record_batch_sizes_give_identical_tables(data, by, k, top, period):
+    orders, merchants = data
+    cohorts = lm.cohorts(orders, merchants, by=by, period=period)
+    conc = lm.concentration(orders, merchants, by=by, period=period, top=top)
+    for engine in ENGINES:
+        small = rebatch(orders, k, empty_batches=True)
+        assert lm.cohorts(small, merchants, by=by, period=period, engine=engine).equals(cohorts)
+        assert lm.concentration(small, merchants, by=by, period=period, top=top, engine=engine).equals(conc)
+
+
+def _write_ipc(table, path, max_chunksize=None):
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max_chunksize)
+    return str(path)
+
+
+@settings(deadline=None, max_examples=25)
+@given(data=cohort_data(amounts=CLOSE_AMOUNTS), by=bys(), top=TOPS)
+def test_input_formats_and_one_shot_streams_give_identical_tables(data, by, top, tmp_path_factory):
+    import pandas as pd
+    import polars as pl
+
+    orders, merchants = data
+    orders = orders.append_column("note", pa.array(["x"] * orders.num_rows))   # a column the spool skips
+    conc = check_concentration(orders, merchants, by, "year", top, "cython")
+    cohorts = lm.cohorts(orders, merchants, by=by, period="month")
+    tmp = tmp_path_factory.mktemp("formats")
+    arrow, parquet = _write_ipc(orders, tmp / "o.arrow", 3), str(tmp / "o.parquet")
+    pq.write_table(orders, parquet)
+    digests = {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in (arrow, parquet)}
+    df = orders.to_pandas(date_as_object=False)
+    if "reward" in df.columns:
+        df["reward"] = df["reward"].astype("boolean")
+    df_before = df.copy(deep=True)
+    sources = [arrow, parquet, df, pl.from_arrow(orders),
+               lambda: pa.RecordBatchReader.from_batches(orders.schema, orders.to_batches(max_chunksize=2))]
+    for source in sources:
+        fresh = source() if callable(source) else source
+        assert lm.concentration(fresh, merchants, by=by, top=top).equals(conc)
+        fresh = source() if callable(source) else source
+        assert lm.cohorts(fresh, merchants, by=by, period="month").equals(cohorts)
+    assert digests == {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in digests}
+    pd.testing.assert_frame_equal(df, df_before)
+
+
+def test_spooled_stream_is_read_twice_and_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    rows = 2000
+    orders = pa.table({"merchant_id": pa.array(np.zeros(rows, np.int64)),
+                       "customer_id": pa.array(np.arange(rows, dtype=np.int64)),
+                       "order_ts": pa.array(np.full(rows, 19000, np.int32), pa.date32()),
+                       "amount": pa.array(np.arange(rows, dtype=np.int64) * 7 + 10_000)})
+    passes = []
+    real_run = concentration_module.run
+    monkeypatch.setattr(concentration_module, "run",
+                        lambda kernel, batches, *args: passes.append(1) or real_run(kernel, batches, *args))
+    reader = pa.RecordBatchReader.from_batches(orders.schema, orders.to_batches(max_chunksize=64))
+    out = lm.concentration(reader, top=0.1)
+    assert len(passes) == 2                              # the stream was read again, from the spool
+    assert out.equals(lm.concentration(orders, top=0.1))
+    assert list(tmp_path.iterdir()) == []                # and the spool is gone
+
+
+@settings(deadline=None, max_examples=25)
+@given(data=cohort_data(), by=bys(), k=st.integers(1, 5))
+def test_inputs_are_not_modified(data, by, k):
+    orders, merchants = data
+    orders = rebatch(orders, k)
+    before = orders.to_pylist(), None if merchants is None else merchants.to_pylist()
+    lm.cohorts(orders, merchants, by=by, period="quarter")
+    lm.concentration(orders, merchants, by=by, period="quarter", top=0.3)
+    assert (orders.to_pylist(), None if merchants is None else merchants.to_pylist()) == before
+
+
+# --- bad input: the same typed errors as compute --------------------------------------------
+
+UTC = dt.timezone.utc
+
+
+def _orders(merchant, customer, when, amount, ts_type=pa.timestamp("us", tz="UTC")):
+    return pa.table({"merchant_id": pa.array(merchant, pa.int64()), "customer_id": pa.array(customer, pa.int64()),
+                     "order_ts": pa.array(when, ts_type), "amount": pa.array(amount, pa.int64())})
+
+
+T = dt.datetime(2022, 1, 1, tzinfo=UTC)
+BAD = {
+    "unsorted merchant": _orders((2, 1, 3), (1, 1, 1), [T] * 3, (1, 2, 3)),
+    "unsorted customer": _orders((1, 1, 1), (5, 4, 6), [T] * 3, (1, 2, 3)),
+    "unsorted time": _orders((1, 1), (1, 1), [T, T - dt.timedelta(seconds=1)], (1, 2)),
+    "negative amount": _orders((1, 1, 1), (1, 2, 3), [T] * 3, (1, -2, 3)),
+    "negative and unsorted": _orders((1, 1), (2, 1), [T] * 2, (1, -2)),
+    "before 1970": _orders((1, 1), (1, 2), [T, -5], (1, 2)),
+    "null amount": _orders((1, 1), (1, 2), [T, T], (1, None)),
+    "float amount": _orders((1,), (1,), [T], (1,)).set_column(3, "amount", pa.array([1.5])),
+    "missing column": _orders((1,), (1,), [T], (1,)).drop_columns(["customer_id"]),
+    "run overflow": _orders((1, 1), (1, 1), [T, T], (2**63 - 5, 10)),
+}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("analysis", ["cohorts", "concentration"])
+@pytest.mark.parametrize("name", list(BAD))
+@pytest.mark.parametrize("as_file", [False, True])
+def test_bad_input_raises_what_compute_raises(name, analysis, engine, as_file, tmp_path):
+    table = BAD[name]
+    source = _write_ipc(table, tmp_path / "bad.arrow", 1) if as_file else table
+    with pytest.raises(lm.InputError) as expected:
+        lm.compute(source)
+    with pytest.raises(lm.InputError) as got:
+        getattr(lm, analysis)(source, engine=engine)
+    assert type(got.value) is type(expected.value)
+    assert str(got.value) == str(expected.value)
+    assert (got.value.source, got.value.row) == (expected.value.source, expected.value.row)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_totals_that_overflow_are_typed_errors(engine):
+    # Two store-customers of one merchant and period: each fits, their sum does not.
+    table = _orders((1, 1), (1, 2), [T, T], (2**62, 2**62 + 2**61 + 2**60 + 2**59))
+    table = pa.concat_tables([table, _orders((1, 1), (3, 4), [T, T], (2**62, 2**62))])
+    with pytest.raises(lm.AmountOverflowError):
+        lm.concentration(table, engine=engine)
+    with pytest.raises(lm.AmountOverflowError):
+        lm.cohorts(table, engine=engine)
+    # Across merchants only the group sum overflows: still typed.
+    spread = _orders((1, 2, 3), (1, 1, 1), [T] * 3, (2**62, 2**62, 2**62))
+    with pytest.raises(lm.AmountOverflowError):
+        lm.concentration(spread, engine=engine)
+    with pytest.raises(lm.AmountOverflowError):
+        lm.cohorts(spread, engine=engine)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_overflow_met_only_adding_thread_pieces_names_the_row(engine, threads):
+    # Merchant 1's revenue overflows int64 only over all its store-customers: with small chunks
+    # every thread's piece fits, and a one-thread rescan names the row a one-thread scan names.
+    orders = _orders([1] * 10, range(10), [T] * 10, [10**18] * 10)
+    for analysis in (lm.cohorts, lm.concentration):
+        with pytest.raises(lm.AmountOverflowError) as one:
+            analysis(orders, engine=engine, threads=1)
+        assert one.value.row == 9
+        with pytest.raises(lm.AmountOverflowError) as many:
+            analysis(orders, engine=engine, threads=threads, chunk_rows=2)
+        assert (many.value.row, str(many.value)) == (9, str(one.value))
+    # A one-shot stream cannot be read again for cohorts (no row); concentration spools it anyway.
+    stream = pa.RecordBatchReader.from_batches(orders.schema, orders.to_batches())
+    with pytest.raises(lm.AmountOverflowError) as err:
+        lm.cohorts(stream, engine=engine, threads=threads, chunk_rows=2)
+    assert err.value.row is None
+    stream = pa.RecordBatchReader.from_batches(orders.schema, orders.to_batches())
+    with pytest.raises(lm.AmountOverflowError) as err:
+        lm.concentration(stream, engine=engine, threads=threads, chunk_rows=2)
+    assert err.value.row == 9
+
+
+def test_input_that_changes_between_passes_is_detected(tmp_path, monkeypatch):
+    rows = 500
+    orders = pa.table({"merchant_id": pa.array(np.zeros(rows, np.int64)),
+                       "customer_id": pa.array(np.arange(rows, dtype=np.int64)),
+                       "order_ts": pa.array(np.full(rows, 19000, np.int32), pa.date32()),
+                       "amount": pa.array(np.arange(rows, dtype=np.int64) + 5000)})
+    path = _write_ipc(orders, tmp_path / "o.arrow")
+    real = concentration_module._Rereadable.batches
+    calls = []
+
+    def batches(self):
+        calls.append(1)
+        if len(calls) == 2:  # someone rewrites the file between the passes
+            _write_ipc(orders.set_column(3, "amount", pa.array(np.full(rows, 5000, np.int64))), path)
+        return real(self)
+
+    monkeypatch.setattr(concentration_module._Rereadable, "batches", batches)
+    with pytest.raises(lm.InputChangedError, match="read differently"):
+        lm.concentration(path, top=0.1)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda t: lm.concentration(t, top=0), "top"),
+    (lambda t: lm.concentration(t, top=1.5), "top"),
+    (lambda t: lm.concentration(t, top=-0.1), "top"),
+    (lambda t: lm.concentration(t, top=float("nan")), "top"),
+    (lambda t: lm.concentration(t, top="5%"), "top"),
+    (lambda t: lm.concentration(t, top=True), "top"),
+    (lambda t: lm.concentration(t, period="week"), "period"),
+    (lambda t: lm.concentration(t, engine="fortran"), "engine"),
+    (lambda t: lm.concentration(t, threads=0), "threads"),
+    (lambda t: lm.cohorts(t, period="all"), "period"),
+    (lambda t: lm.cohorts(t, by=["region"]), "unknown key"),
+    (lambda t: lm.cohorts(t, engine="numpy"), "engine"),
+    (lambda t: lm.cohorts(t, size_edges=(3, 1)), "strictly increasing"),
+])
+def test_bad_options_are_value_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(_orders((1,), (1,), [T], (1,)))
+
+
+# --- engine internals and the command line --------------------------------------------------
+
+def test_engines_share_the_state_layout_and_bins():
+    from loyaltymetrics import _analyses, numba_analyses
+
+    assert numba_analyses.CURSOR_FIELDS == _analyses.CURSOR_FIELDS
+    assert numba_analyses.N_BINS == _analyses.N_BINS
+    values = np.array([0, 1, 63, 64, 65, 127, 128, 129, 1000, 2**40 + 12345, 2**62, 2**63 - 1], dtype=np.int64)
+    bins = _analyses.bins_of(values)
+    assert [numba_analyses._bin_of(int(v)) for v in values] == bins.tolist()
+    lower, width = _analyses.bin_offsets(bins)
+    assert np.all((lower <= values) & (values - lower < width))          # each value lies in its bin
+    every = np.arange(_analyses.N_BINS)
+    lower, width = _analyses.bin_offsets(every)
+    assert lower[0] == 0 and np.all(lower[1:] == lower[:-1] + width[:-1])  # bins tile [0, 2**63)
+    assert int(lower[-1]) + int(width[-1]) == 2**63
+
+
+def test_kernel_stops_at_a_full_state_and_resumes(monkeypatch):
+    # Tiny initial buffers force every NEED_SPACE path; the result must not change.
+    orders = pa.table({"merchant_id": pa.array(np.repeat(np.arange(5), 40)),
+                       "customer_id": pa.array(np.tile(np.arange(40), 5)),
+                       "order_ts": pa.array(np.tile(np.arange(40) * 9, 5).astype(np.int32) + 18000, pa.date32()),
+                       "amount": pa.array(np.arange(200) * 37 % 5000)})
+    want = (lm.cohorts(orders, by=["merchant"]), lm.concentration(orders, by=["merchant"], period="month"))
+    for cls in (analyses.CohortState, analyses.HistState):
+        init = cls.__init__
+        monkeypatch.setattr(cls, "__init__", lambda self, *a, _init=init, **k: _init(self, *a, slots=1, rows=1))
+    for engine in ENGINES:
+        assert lm.cohorts(orders, by=["merchant"], engine=engine).equals(want[0])
+        assert lm.concentration(orders, by=["merchant"], period="month", engine=engine).equals(want[1])
+
+
+def test_inconsistent_state_arrays_are_refused():
+    from loyaltymetrics import _analyses, numba_analyses, periods
+
+    kernel = analyses.CohortKernel("month")
+    [batch] = list(inputs.order_batches(_orders((1,), (1,), [T], (1,))))
+    for module in (_analyses, numba_analyses):
+        state = kernel.new_state()
+        state.cells = np.zeros((len(state.slot_cohort), 10, 3), np.int64)   # too few periods
+        with pytest.raises(ValueError, match="inconsistent"):
+            module.cohort_scan(state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
+                               periods.day_month(), periods.month_period("month"), periods.month_start(86400 * 10**6),
+                               batch.units_per_day, periods.ts_max(batch.units_per_day), 0, 1)
+
+
+def test_cli_cohorts_and_concentration_write_what_the_api_returns(tmp_path, capsys):
+    from loyaltymetrics.synthetic import generate
+
+    made = generate(tmp_path / "o.arrow", tmp_path / "m.parquet", rows=20_000, seed=2, merchants_count=6)
+    path, mpath = str(made.orders_path), str(made.merchants_path)
+    assert main(["cohorts", path, "--merchants", mpath, "--by", "industry", "--period", "quarter",
+                 "-o", str(tmp_path / "c.parquet")]) == 0
+    assert pq.read_table(tmp_path / "c.parquet").equals(lm.cohorts(path, mpath, by=["industry"], period="quarter"))
+    assert main(["concentration", path, "--by", "size", "--top", "0.1", "--engine", "numba",
+                 "-o", str(tmp_path / "k.json")]) == 0
+    rows = json.loads((tmp_path / "k.json").read_text())
+    want = lm.concentration(path, by=["size"], top=0.1)
+    assert [r["top_revenue"] for r in rows] == want.column("top_revenue").to_pylist()
+    capsys.readouterr()
+    assert main(["concentration", path]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    network = lm.concentration(path)
+    assert printed[0].split() == CONCENTRATION_COLUMNS
+    assert len(printed) == network.num_rows + 2 and printed[-1] == f"({network.num_rows} rows)"
+    with pytest.raises(SystemExit):                      # cohorts have no period "all"
+        main(["cohorts", path, "--period", "all"])
+    bad = _write_ipc(_orders((2, 1), (1, 1), [T, T], (1, 1)), tmp_path / "bad.arrow")
+    assert main(["cohorts", bad]) == 1
+    assert "bad.arrow: row 1:" in capsys.readouterr().err

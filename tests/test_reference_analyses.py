@@ -1,0 +1,99 @@
+"""Hand-worked examples that check the SPEC §9 reference itself (no library involved)."""
+import datetime as dt
+from fractions import Fraction
+
+import pyarrow as pa
+import pytest
+from reference_analyses import exact_top, reference_cohorts, reference_concentration
+
+
+def table(rows):
+    """rows: (merchant, customer, "YYYY-MM-DD", amount), already sorted."""
+    return pa.table({
+        "merchant_id": pa.array([r[0] for r in rows], pa.int64()),
+        "customer_id": pa.array([r[1] for r in rows], pa.int64()),
+        "order_ts": pa.array([dt.date.fromisoformat(r[2]) for r in rows], pa.date32()),
+        "amount": pa.array([r[3] for r in rows], pa.int64()),
+    })
+
+
+D = dt.date
+
+
+def test_concentration_top_fifth_of_ten_customers():
+    # Ten store-customers at merchant 1 in 2022 with revenues 10, 20, ..., 100
+    # (customer 10 orders twice: 60 + 40): top ceil(0.2 × 10) = 2 are 100 + 90.
+    rows = [(1, c, "2022-03-01", 10 * c) for c in range(1, 10)]
+    rows += [(1, 10, "2022-04-01", 60), (1, 10, "2022-12-31", 40)]
+    [row] = reference_concentration(table(rows), top=0.2)
+    assert row == {"period_start": D(2022, 1, 1), "customers": 10, "top_customers": 2, "revenue": 550,
+                   "top_revenue": 190, "top_share": 190 / 550}
+
+
+def test_concentration_store_customers_and_periods():
+    # Customer 7 at two merchants is two store-customers; by year, 2023 stands alone.
+    rows = [(1, 7, "2022-01-01", 5), (1, 7, "2023-01-01", 1), (2, 7, "2022-06-01", 3), (2, 8, "2022-06-02", 0)]
+    out = reference_concentration(table(rows), top=0.5, by=["merchant"])
+    assert [(r["merchant_id"], r["period_start"], r["customers"], r["top_customers"], r["top_revenue"])
+            for r in out] == [(1, D(2022, 1, 1), 1, 1, 5), (1, D(2023, 1, 1), 1, 1, 1), (2, D(2022, 1, 1), 2, 1, 3)]
+    network = reference_concentration(table(rows), top=0.5, period="all")
+    # One period starting in the first order's month; 3 store-customers, top 2: 6 (5 + 1) and 3.
+    assert network == [{"period_start": D(2022, 1, 1), "customers": 3, "top_customers": 2, "revenue": 9,
+                        "top_revenue": 9, "top_share": 1.0}]
+
+
+def test_concentration_zero_revenue_share_is_null_and_ties():
+    rows = [(1, c, "2022-01-01", 0) for c in range(3)]
+    [row] = reference_concentration(table(rows), top=1.0)
+    assert row["top_customers"] == 3 and row["top_revenue"] == 0 and row["top_share"] is None
+    tied = [(1, c, "2022-01-01", 50) for c in range(4)]
+    [row] = reference_concentration(table(tied), top=0.5)
+    assert row["top_revenue"] == 100
+
+
+def test_concentration_size_is_the_bucket_in_the_period():
+    # With the single edge 2: merchant 1 has 24 orders in 2022 (2 a month: "2+") and 1 in 2023 ("<2").
+    rows = [(1, c, "2022-05-01", 1) for c in range(24)] + [(1, 99, "2023-01-01", 1)]
+    out = reference_concentration(table(rows), by=["size"], size_edges=(2,))
+    assert [(r["size"], r["period_start"]) for r in out] == [("2+", D(2022, 1, 1)), ("<2", D(2023, 1, 1))]
+
+
+@pytest.mark.parametrize("top, k", [(0.07, 7), (0.05, 5), (1e-9, 1), (1, 100), (Fraction(1, 3), 34)])
+def test_top_is_read_as_its_decimal(top, k):
+    assert -((-100 * exact_top(top).numerator) // exact_top(top).denominator) == k
+
+
+def test_cohorts_month_grid_to_the_input_horizon():
+    # Merchant 1: customer 1 buys in Jan and Mar 2022, customer 2 in Feb (twice).
+    # Merchant 2's last order (Apr) sets the horizon for everyone.
+    rows = [(1, 1, "2022-01-05", 10), (1, 1, "2022-03-01", 20), (1, 2, "2022-02-01", 30),
+            (1, 2, "2022-02-02", 40), (2, 5, "2022-04-30", 7)]
+    out = reference_cohorts(table(rows), by=["merchant"])
+    got = [(r["merchant_id"], r["cohort_start"], r["period_index"], r["period_start"], r["cohort_customers"],
+            r["active_customers"], r["orders"], r["revenue"], r["cumulative_revenue"]) for r in out]
+    assert got == [
+        (1, D(2022, 1, 1), 0, D(2022, 1, 1), 1, 1, 1, 10, 10),
+        (1, D(2022, 1, 1), 1, D(2022, 2, 1), 1, 0, 0, 0, 10),
+        (1, D(2022, 1, 1), 2, D(2022, 3, 1), 1, 1, 1, 20, 30),
+        (1, D(2022, 1, 1), 3, D(2022, 4, 1), 1, 0, 0, 0, 30),
+        (1, D(2022, 2, 1), 0, D(2022, 2, 1), 1, 1, 2, 70, 70),
+        (1, D(2022, 2, 1), 1, D(2022, 3, 1), 1, 0, 0, 0, 70),
+        (1, D(2022, 2, 1), 2, D(2022, 4, 1), 1, 0, 0, 0, 70),
+        (2, D(2022, 4, 1), 0, D(2022, 4, 1), 1, 1, 1, 7, 7),
+    ]
+    assert [r["retention"] for r in out[:4]] == [1.0, 0.0, 1.0, 0.0]
+    assert out[2]["cumulative_revenue_per_customer"] == 30.0
+
+
+def test_cohorts_network_quarters_and_size_in_cohort_period():
+    # Quarterly: customers 1, 2 acquired in 2022-Q1, customer 3 in Q2; customer 1 returns in Q2.
+    rows = [(1, 1, "2022-01-01", 1), (1, 1, "2022-04-01", 2), (1, 2, "2022-03-31", 4), (1, 3, "2022-05-01", 8)]
+    out = reference_cohorts(table(rows), period="quarter")
+    assert [(r["cohort_start"], r["period_index"], r["cohort_customers"], r["active_customers"], r["revenue"],
+             r["retention"]) for r in out] == [
+        (D(2022, 1, 1), 0, 2, 2, 5, 1.0), (D(2022, 1, 1), 1, 2, 1, 2, 0.5), (D(2022, 4, 1), 0, 1, 1, 8, 1.0)]
+    # Edges (0.5, 1): Q1 and Q2 each have 2 orders, 2/3 a month, in [0.5, 1): "0.5-1". Both Q1
+    # cohort rows take the Q1 bucket (the cohort period), not the bucket of the period they describe.
+    sized = reference_cohorts(table(rows), period="quarter", by=["size"], size_edges=(0.5, 1))
+    assert [(r["size"], r["cohort_start"], r["period_index"]) for r in sized] == [
+        ("0.5-1", D(2022, 1, 1), 0), ("0.5-1", D(2022, 1, 1), 1), ("0.5-1", D(2022, 4, 1), 0)]
