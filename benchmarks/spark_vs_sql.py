@@ -1,12 +1,12 @@
 """``loyaltymetrics.spark.compute`` against Spark SQL alone, on the same Parquet data.
 
     python benchmarks/spark_vs_sql.py --rows 4e6 --repeat 3
-    python benchmarks/spark_vs_sql.py --rows 1e7 --master 'local[*]' --data-dir /data/bench
+    python benchmarks/spark_vs_sql.py --rows 1e7 --repeat 5 --partitions 16 --data-dir /data/bench
 
 Generates an order network with ``loyaltymetrics generate`` (or reuses the
 files of an earlier run with the same ``--rows`` and ``--seed``) and copies
 it to Parquet, batch by batch: the canonical layout of SPEC §2 as Spark
-reads it. Then, in one local Spark session, both formulations compute the
+reads it. Then, in one local Spark session, two formulations compute the
 SPEC §4 base counts per (merchant_id, year) from ``spark.read.parquet``:
 
 - ``spark.compute(orders, by=["merchant"], period="year")``: range
@@ -14,9 +14,10 @@ SPEC §4 base counts per (merchant_id, year) from ``spark.read.parquet``:
   partials summed by Spark, finalize on the driver;
 - ``SQL_BASE_COUNTS``: one aggregate per store-customer and year, a window
   over each store-customer's years (first year, previous year), one
-  aggregate per merchant and year: how the counts are written in Spark SQL;
-- for scale, ``lm.compute`` on the same Parquet file, on one machine
-  without Spark (its threads: the CPUs the process may use).
+  aggregate per merchant and year: how the counts are written in Spark SQL.
+
+For scale, ``lm.compute`` reads the same Parquet file on one machine
+without Spark (with its default threads: the CPUs the process may use).
 
 Each is run once untimed (JVM warm-up, Python workers), then ``--repeat``
 times, interleaved, each timed from reading the Parquet files to holding
