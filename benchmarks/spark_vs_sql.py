@@ -156,6 +156,7 @@ def main(argv=None):
                         help="where the data files are made and reused (default: the temp directory)")
     args = parser.parse_args(argv)
 
+    args.data_dir.mkdir(parents=True, exist_ok=True)
     path = parquet_orders(args.rows, args.seed, args.data_dir)
     spark = spark_session(args.master, args.partitions, args.driver_memory)
     runners = {"loyaltymetrics.spark.compute": run_loyaltymetrics, "Spark SQL": run_sql,
