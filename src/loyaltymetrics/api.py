@@ -69,8 +69,9 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     merchant_table = read_merchants(merchants)
     source = source_label(orders)
 
+    total = count_rows(orders) if _progress.shown(progress) else None
+
     def scan(threads):
-        total = count_rows(orders) if _progress.shown(progress) else None
         with _progress.bar(total, progress, desc="compute") as bar:
             batches = order_batches(orders, columns)
             parts = scan_orders(batches, period, refunds, engine, threads, chunk_rows, bar.update)
