@@ -56,3 +56,12 @@ class DuplicateMerchantError(InputError):
 
 class InputChangedError(InputError):
     """The input read differently on a later pass than on the first (analyses that read it twice)."""
+
+
+class OutputPathError(LoyaltyMetricsError, ValueError):
+    """An output path that cannot be written safely: an input of the same command, or a directory."""
+
+    def __init__(self, path, detail):
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path}: {detail}")
