@@ -1,14 +1,18 @@
 """The ``loyaltymetrics`` command line (SPEC §8)."""
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pyarrow as pa
 
 from .api import compute
 from .errors import LoyaltyMetricsError
+from .outputs import atomic_output, check_output_path
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS
 from .periods import PERIODS
 from .scan import ENGINES
@@ -166,12 +170,15 @@ def _run_analysis(args):
 
     options = dict(by=args.by, period=args.period, columns=args.columns, size_edges=args.size_edges,
                    engine=args.engine, threads=args.threads, progress=not args.quiet)
+    inputs = [args.orders, args.merchants]
+    if args.output:
+        check_table_path(args.output, inputs)  # before reading anything
     if args.command == "cohorts":
         table = cohorts(args.orders, args.merchants, **options)
     else:
         table = concentration(args.orders, args.merchants, top=args.top, **options)
     if args.output:
-        write_table(table, args.output)
+        write_table(table, args.output, inputs)
         print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
     else:
         print(_format_rows(table))
@@ -188,8 +195,46 @@ def _format_rows(table):
     return "\n".join(lines + [f"({table.num_rows} rows)"])
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that ``finally`` blocks and context managers
+    remove temporary files and work folders, as ``KeyboardInterrupt`` does for SIGINT."""
+
+
+INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGINT raises KeyboardInterrupt (Python's default) and SIGTERM ``Terminated`` in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    try:
+        with _signals_raise():
+            return _dispatch(args)
+    except (KeyboardInterrupt, Terminated) as e:
+        # Cleanup already ran as the exception unwound; one line, no traceback, the shell's exit code.
+        name = "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM"
+        print(f"loyaltymetrics: interrupted by {name}; no output written", file=sys.stderr)
+        return INTERRUPTED_EXIT[name]
+
+
+def _dispatch(args):
     if getattr(args, "handler", None):  # subcommands that bring their own function
         return args.handler(args)
     try:
@@ -201,11 +246,14 @@ def main(argv=None):
             return _rfm(args)
         if args.command == "report":
             return _report(args)
+        inputs = [args.orders, args.merchants]
+        if args.output:
+            check_table_path(args.output, inputs)  # before reading anything
         table = compute(args.orders, args.merchants, by=args.by, period=args.period, columns=args.columns,
                         size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
                         threads=args.threads, progress=not args.quiet)
         if args.output:
-            write_table(table, args.output)
+            write_table(table, args.output, inputs)
             print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
         else:
             print(format_summary(table))
@@ -235,12 +283,13 @@ def _add_rfm_parser(sub):
 
 
 def _rfm(args):
-    from .rfm_summary import rfm, write_rfm
+    from .rfm_summary import check_rfm_path, rfm, write_rfm
 
+    check_rfm_path(args.output, [args.orders])  # before reading anything
     reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
                  columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds,
                  progress=not args.quiet)
-    rows = write_rfm(reader, args.output)
+    rows = write_rfm(reader, args.output, inputs=[args.orders])
     print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
     return 0
 
@@ -411,24 +460,38 @@ def _prepare_command(args):
     return 0
 
 
-def write_table(table, path):
-    """Write ``table`` as Parquet, CSV or JSON, chosen by the file's suffix."""
+TABLE_SUFFIXES = (".parquet", ".csv", ".json")
+
+
+def check_table_path(path, inputs=()):
+    """Refuse, before any work, an output path with an unknown suffix or that is one of ``inputs``."""
+    if Path(path).suffix.lower() not in TABLE_SUFFIXES:
+        raise ValueError(f"cannot tell the output format of {str(path)!r}: use a .parquet, .csv or .json suffix")
+    check_output_path(path, inputs)
+
+
+def write_table(table, path, inputs=()):
+    """Write ``table`` as Parquet, CSV or JSON, chosen by the file's suffix.
+
+    Written through :func:`outputs.atomic_output`: an output that is one of
+    ``inputs`` is refused, and a failure leaves an earlier file as it was.
+    """
+    check_table_path(path, inputs)
     suffix = Path(path).suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    with atomic_output(path, inputs) as tmp:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
 
-        pq.write_table(table, path)
-    elif suffix == ".csv":
-        import pyarrow.csv as pacsv
+            pq.write_table(table, str(tmp))
+        elif suffix == ".csv":
+            import pyarrow.csv as pacsv
 
-        pacsv.write_csv(table, path)
-    elif suffix == ".json":
-        rows = table.to_pylist()
-        with open(path, "w") as f:
-            json.dump(rows, f, default=str, indent=1)
-            f.write("\n")
-    else:
-        raise ValueError(f"cannot tell the output format of {path!r}: use a .parquet, .csv or .json suffix")
+            pacsv.write_csv(table, str(tmp))
+        else:
+            rows = table.to_pylist()
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(rows, f, default=str, indent=1)
+                f.write("\n")
 
 
 def format_summary(table):

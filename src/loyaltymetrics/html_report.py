@@ -21,6 +21,7 @@ from . import parallel
 from .api import compute
 from .finalize import DEFAULT_SIZE_EDGES, check_size_edges, size_labels
 from .inputs import rereadable, source_label
+from .outputs import atomic_output, check_output_path
 
 REPORT_PERIODS = ("year", "quarter", "month")
 MINOR_PER_MAJOR = 100  # money arrives in minor units (cents); the report shows major units
@@ -123,6 +124,8 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
         raise ValueError("report() reads the orders once per breakdown and analysis: pass a file or a table, "
                          "not a one-shot stream (RecordBatchReader)")
     size_edges = check_size_edges(size_edges)
+    if path is not None:  # refused before any work: the report never replaces its input
+        check_output_path(path, [orders, merchants])
     _require_matplotlib()
     from .cohort_analysis import cohorts
     from .concentration_analysis import concentration
@@ -148,7 +151,7 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
     )
     text = render(data, title=title, cohort_count=cohort_count)
     if path is not None:
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_output(path, [orders, merchants]) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
     return text
 
@@ -261,6 +264,25 @@ def data_value(value):
 # Charts
 
 
+# Names (industries, countries) are data: drawn as typed, never parsed as
+# mathtext ("$\\frac$" would fail, "Toys $ Games $" would render as math).
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+def _literal_text(chart):
+    """Run ``chart`` (creating and rendering a figure) with every text drawn literally."""
+    import functools
+
+    @functools.wraps(chart)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(LITERAL_TEXT):
+            return chart(*args, **kwargs)
+
+    return wrapper
+
+
 def _png(fig):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -304,6 +326,7 @@ def _nan(values):
     return [math.nan if v is None else v for v in values]
 
 
+@_literal_text
 def yoy_bar_chart(categories, previous, latest, changes, labels, ylabel):
     """Grouped bars, the earlier period beside the latest, each latest bar labelled with its YoY change."""
     fig, ax = _figure()
@@ -330,6 +353,7 @@ def yoy_bar_chart(categories, previous, latest, changes, labels, ylabel):
     return _png(fig)
 
 
+@_literal_text
 def series_bar_chart(categories, series, ylabel, reference=None, colors=SERIES_COLORS):
     """Grouped bars of several series; ``reference``: a dashed line (1 for lifts)."""
     fig, ax = _figure()
@@ -349,6 +373,7 @@ def series_bar_chart(categories, series, ylabel, reference=None, colors=SERIES_C
     return _png(fig)
 
 
+@_literal_text
 def heat_map(row_labels, column_labels, matrix, colorbar_label):
     """A cohort × period-index heat map; NaN cells (not yet observable) stay blank."""
     import numpy as np

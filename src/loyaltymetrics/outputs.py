@@ -50,6 +50,19 @@ def check_not_input(output, inputs, what="output"):
                                   "refusing to overwrite an input; choose another path")
 
 
+def check_output_path(path, inputs=(), what="output"):
+    """The checks :func:`atomic_output` makes, for a command to run before any work.
+
+    Raises :class:`OutputPathError` if ``path`` is one of ``inputs`` (see
+    :func:`check_not_input`) or a directory.
+    """
+    path = Path(path)
+    check_not_input(path, inputs, what)
+    if path.is_dir():
+        raise OutputPathError(path, f"the {what} is a directory; give a file name")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_output(path, inputs=(), private=False, what="output"):
     """Yield a private temporary path beside ``path``; rename it onto ``path`` on success.
@@ -59,10 +72,7 @@ def atomic_output(path, inputs=(), private=False, what="output"):
     (id mappings and rejects hold customer e-mails); otherwise it gets the
     mode a new file would get under the process umask.
     """
-    path = Path(path)
-    check_not_input(path, inputs, what)
-    if path.is_dir():
-        raise OutputPathError(path, f"the {what} is a directory; give a file name")
+    path = check_output_path(path, inputs, what)
     directory = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     os.close(fd)

@@ -115,7 +115,10 @@ def run(batches, kernel, threads=None, chunk_rows=DEFAULT_CHUNK_ROWS, progress=N
                     yield output
     finally:
         if pool is not None:
-            pool.shutdown()
+            # On an error or a signal (raised in the main thread while it waits on the futures,
+            # an interruptible wait) queued chunks are dropped; running ones finish before their
+            # pages go away.
+            pool.shutdown(cancel_futures=True)
     for state in states:
         output = kernel.finish(state)
         if output is not None:

@@ -38,6 +38,7 @@ from . import progress as _progress
 from .arrays import numeric_array
 from .errors import AmountOverflowError
 from .inputs import _in_memory, count_rows, order_batches, rereadable
+from .outputs import atomic_output, check_output_path
 from .scan import _stop_error
 
 FREQS = ("D", "W", "M")
@@ -362,32 +363,38 @@ def rfm(orders, freq="D", observation_end=None, include_first_transaction=False,
     return pa.RecordBatchReader.from_batches(SCHEMA, batches)
 
 
-def write_rfm(reader, path):
-    """Stream an ``rfm`` reader to ``path``: Parquet or CSV by the suffix; returns the rows written."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".parquet":
+RFM_SUFFIXES = (".parquet", ".csv")
+
+
+def check_rfm_path(path, inputs=()):
+    """Refuse an ``rfm`` output path with an unknown suffix or that is one of ``inputs``."""
+    if Path(path).suffix.lower() not in RFM_SUFFIXES:
+        raise ValueError(f"cannot tell the output format of {str(path)!r}: use a .parquet or .csv suffix")
+    check_output_path(path, inputs)
+
+
+def write_rfm(reader, path, inputs=()):
+    """Stream an ``rfm`` reader to ``path``: Parquet or CSV by the suffix; returns the rows written.
+
+    Written through :func:`outputs.atomic_output` (a private temporary file
+    renamed into place at the end): bad input found midway, a full disk or a
+    signal leave no partial file and an older file intact; an output that
+    is one of ``inputs`` (the orders the reader reads) is refused.
+    """
+    check_rfm_path(path, inputs)
+    if Path(path).suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
         def open_writer(target):
             return pq.ParquetWriter(str(target), reader.schema)
-    elif suffix == ".csv":
+    else:
         import pyarrow.csv as pacsv
 
         def open_writer(target):
             return pacsv.CSVWriter(str(target), reader.schema)
-    else:
-        raise ValueError(f"cannot tell the output format of {path!r}: use a .parquet or .csv suffix")
-    # Written beside the target and renamed at the end: bad input found midway
-    # leaves no partial file that looks complete, and an older file intact.
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
     rows = 0
-    try:
-        with open_writer(partial) as writer:
-            for batch in reader:
-                writer.write_batch(batch)
-                rows += batch.num_rows
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_output(path, inputs) as tmp, open_writer(tmp) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+            rows += batch.num_rows
     return rows

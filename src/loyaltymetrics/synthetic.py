@@ -52,7 +52,6 @@ bucket empties first. More merchants than the default for the same rows
 likewise makes every merchant smaller; fewer makes them larger.
 """
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import progress as _progress
+from .outputs import atomic_output, check_output_path
 
 DAY_US = 86_400_000_000
 SECOND_US = 1_000_000
@@ -239,16 +239,19 @@ def generate(path, merchants_path=None, *, rows, seed=0, merchants_count=None, y
     path = Path(path)
     merchants_path = Path(merchants_path) if merchants_path is not None else \
         path.with_name(path.stem + "_merchants.parquet")
-    if merchants_path.resolve() == path.resolve():
-        raise ValueError("the orders and merchants files must differ")
+    # Two outputs: neither may be the other (also through a link) nor a directory.
+    check_output_path(path, what="orders file")
+    check_output_path(merchants_path, [path], what="merchants table")
 
     root = np.random.SeedSequence(seed)
     plan = _plan_merchants(np.random.default_rng(root.spawn(1)[0]), merchants_count, rows, months)
     window = _Window(first_year, last_year)
 
-    _write_merchants(plan, merchants_path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    # Both written to private temporary files and renamed into place only when both are
+    # complete (orders, then merchants): a failure or a signal leaves earlier files as they were.
+    with atomic_output(merchants_path, [path], what="merchants table") as merchants_tmp, \
+            atomic_output(path, [merchants_path], what="orders file") as tmp:
+        _write_merchants(plan, merchants_path, merchants_tmp)
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ORDERS_SCHEMA) as writer, \
                 _progress.bar(rows, progress, desc="generate") as bar:
             out = _BatchWriter(writer, BATCH_ROWS)
@@ -259,10 +262,6 @@ def generate(path, merchants_path=None, *, rows, seed=0, merchants_count=None, y
                     out.append(block)
                     bar.update(len(block[0]))
             out.flush()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return GenerateResult(str(path), str(merchants_path), rows, merchants_count, time.perf_counter() - started)
 
 
@@ -372,18 +371,17 @@ def merchants_table(plan):
     })
 
 
-def _write_merchants(plan, path):
+def _write_merchants(plan, path, tmp):
+    """The merchants table to ``tmp`` (a temporary file of ``atomic_output``), in the format of ``path``."""
     table = merchants_table(plan)
-    tmp = path.with_name(path.name + ".partial")
     if path.suffix.lower() == ".csv":
         import pyarrow.csv as pacsv
 
-        pacsv.write_csv(table, tmp)
+        pacsv.write_csv(table, str(tmp))
     else:
         import pyarrow.parquet as pq
 
-        pq.write_table(table, tmp)
-    os.replace(tmp, path)
+        pq.write_table(table, str(tmp))
 
 
 # --- orders -----------------------------------------------------------------
