@@ -171,7 +171,7 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     base["merchants"] = np.diff(np.append(starts, n)).astype(np.int64)
     base["returning_customers"] = base["customers"] - base["new_customers"]
     base["repeat_orders"] = base["orders"] - base["new_customers"]
-    fee_sum = sum_groups(fee[order], starts, "merchants")
+    fee_sum = _fee_sums(fee[order], starts, p.merchant_id[order], merchants.source)
     group_id = np.cumsum(new_group)[starts] - 1
     group_period = period_index[starts]
 
@@ -201,6 +201,22 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
         yoy, ok = _ratio(delta, prev_values)
         columns[f"{name}_yoy"] = _to_arrow(yoy * 100, ok & valid & prev_valid)
     return pa.table(columns)
+
+
+def _fee_sums(fee, starts, merchant_id, source):
+    """``sum_groups`` of the merchants' ``annual_fee``, an overflow named as such with its merchants."""
+    try:
+        return sum_groups(fee, starts, source)
+    except AmountOverflowError:
+        ends = np.append(starts[1:], len(fee))
+        for start, end in zip(starts, ends):
+            total = sum(int(f) for f in fee[start:end])
+            if not INT64.min <= total <= INT64.max:
+                ids = ", ".join(str(m) for m in merchant_id[start:end][:5]) + (", ..." if end - start > 5 else "")
+                raise AmountOverflowError(
+                    source, None, f"the annual_fee of merchants {ids} (counted in one group and period) adds up to "
+                    f"{total}, outside int64 (about ±9.2e18 minor units)") from None
+        raise
 
 
 def _fees(fee_sum, months):

@@ -446,6 +446,24 @@ def _int64_values(column, source, name):
     except pa.ArrowInvalid as e:
         raise SchemaError(source, None, f"merchants column {name!r} has values outside int64: {e}") from e
 
+def _utf8_values(column, source, name):
+    """A string column as Python str (nulls as None); CorruptInputError naming the row of bytes that are not UTF-8.
+
+    Parquet and Arrow IPC files do not guarantee that their string columns hold UTF-8.
+    """
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        for row, raw in enumerate(column.cast(pa.binary()).to_pylist()):
+            try:
+                raw is None or raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorruptInputError(
+                    source, row, f"merchants column {name!r} holds {raw[:40]!r}, which is not UTF-8 text ({e.reason} "
+                    f"at byte {e.start})") from None
+        raise
+
+
 @dataclass(frozen=True)
 class Merchants:
     """The merchants table, sorted by merchant_id, nulls resolved (SPEC §2)."""
@@ -454,6 +472,7 @@ class Merchants:
     industry: np.ndarray     # object (str)
     country: np.ndarray      # object (str)
     annual_fee: np.ndarray   # int64 minor units
+    source: str = "merchants"  # the file (or "<table>") named in errors about these values
 
     @classmethod
     def empty(cls):
@@ -507,7 +526,8 @@ def read_merchants(merchants):
     if "merchant_id" not in names:
         raise SchemaError(source, None, f"merchants table has no 'merchant_id' column; it has {', '.join(map(repr, names))}")
     ids = table.column("merchant_id")
-    if not pa.types.is_integer(ids.type):
+    # A header-only CSV has no rows to infer types from (null type): an empty table, as in Parquet.
+    if not (pa.types.is_integer(ids.type) or (pa.types.is_null(ids.type) and table.num_rows == 0)):
         raise SchemaError(source, None, f"merchants column 'merchant_id' has type {ids.type}; expected an integer")
     if ids.null_count:
         row = pc.index(ids.is_null(), True).as_py()
@@ -529,7 +549,7 @@ def read_merchants(merchants):
         if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or _is_string_view(col.type)
                 or pa.types.is_dictionary(col.type) or pa.types.is_null(col.type)):
             raise SchemaError(source, None, f"merchants column {column!r} has type {col.type}; expected string")
-        values = [UNKNOWN if v is None else v for v in col.cast(pa.string()).to_pylist()]
+        values = [UNKNOWN if v is None else v for v in _utf8_values(col.cast(pa.string()), source, column)]
         return np.array(values, dtype=object)[order]
 
     if "annual_fee" in names:
@@ -545,4 +565,4 @@ def read_merchants(merchants):
         fee = fee[order]
     else:
         fee = np.zeros(len(ids), np.int64)
-    return Merchants(sorted_ids, text("industry"), text("country"), fee)
+    return Merchants(sorted_ids, text("industry"), text("country"), fee, source)
