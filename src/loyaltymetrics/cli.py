@@ -465,9 +465,9 @@ TABLE_SUFFIXES = (".parquet", ".csv", ".json")
 
 def check_table_path(path, inputs=()):
     """Refuse, before any work, an output path with an unknown suffix or that is one of ``inputs``."""
+    check_output_path(path, inputs)
     if Path(path).suffix.lower() not in TABLE_SUFFIXES:
         raise ValueError(f"cannot tell the output format of {str(path)!r}: use a .parquet, .csv or .json suffix")
-    check_output_path(path, inputs)
 
 
 def write_table(table, path, inputs=()):

@@ -368,9 +368,9 @@ RFM_SUFFIXES = (".parquet", ".csv")
 
 def check_rfm_path(path, inputs=()):
     """Refuse an ``rfm`` output path with an unknown suffix or that is one of ``inputs``."""
+    check_output_path(path, inputs)
     if Path(path).suffix.lower() not in RFM_SUFFIXES:
         raise ValueError(f"cannot tell the output format of {str(path)!r}: use a .parquet or .csv suffix")
-    check_output_path(path, inputs)
 
 
 def write_rfm(reader, path, inputs=()):
