@@ -203,23 +203,26 @@ class Terminated(BaseException):
 INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+def _stop(signum, frame):
+    """The first SIGINT or SIGTERM: ignore further ones while the cleanup runs, then unwind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 @contextlib.contextmanager
 def _signals_raise():
-    """SIGINT raises KeyboardInterrupt (Python's default) and SIGTERM ``Terminated`` in the main thread."""
+    """SIGINT raises KeyboardInterrupt and SIGTERM ``Terminated`` in the main thread, once."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
-    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        signal.signal(signal.SIGINT, previous_int)
+        for signum, handler in previous.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be restored
+                signal.signal(signum, handler)
 
 
 def main(argv=None):
