@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from .api import compute
 from .errors import LoyaltyMetricsError
-from .outputs import atomic_output, check_output_path
+from .outputs import Terminated, atomic_output, check_output_path, check_stop, request_stop, reset_stop
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS
 from .periods import PERIODS
 from .scan import ENGINES
@@ -195,30 +195,25 @@ def _format_rows(table):
     return "\n".join(lines + [f"({table.num_rows} rows)"])
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived: raised in the main thread so that ``finally`` blocks and context managers
-    remove temporary files and work folders, as ``KeyboardInterrupt`` does for SIGINT."""
-
-
 INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
 
 
 def _stop(signum, frame):
-    """The first SIGINT or SIGTERM: ignore further ones while the cleanup runs, then unwind."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+    """SIGINT/SIGTERM: unwind the main thread (cleanup runs in ``finally`` blocks), remembering why."""
+    raise request_stop(signum)
 
 
 @contextlib.contextmanager
 def _signals_raise():
-    """SIGINT raises KeyboardInterrupt and SIGTERM ``Terminated`` in the main thread, once."""
+    """SIGINT raises KeyboardInterrupt and SIGTERM ``Terminated`` in the main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
+    reset_stop()
     previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+        check_stop()  # a stop whose exception was lost on the way
     finally:
         for signum, handler in previous.items():
             if handler is not None:  # None: a handler not set from Python, which cannot be restored

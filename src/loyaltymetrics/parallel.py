@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import AmountOverflowError, NegativeAmountError, TimestampRangeError, UnsortedInputError
+from .outputs import check_stop
 from .periods import format_timestamp
 
 DEFAULT_CHUNK_ROWS = 1 << 21
@@ -98,6 +99,7 @@ def run(batches, kernel, threads=None, chunk_rows=DEFAULT_CHUNK_ROWS, progress=N
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         for window, last_round in _rounds(batches, threads * chunk_rows):
+            check_stop()  # SIGINT/SIGTERM whose exception was lost (see outputs.py)
             chunks = _plan(window, threads)
             # Chunk i goes to state (tail + i) % threads: chunk 0 continues the last round's tail.
             jobs = [(states[(tail + i) % threads], chunk, last_round or i < len(chunks) - 1)

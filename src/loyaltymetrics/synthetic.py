@@ -60,7 +60,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import progress as _progress
-from .outputs import atomic_output, check_output_path
+from .outputs import atomic_output, check_output_path, check_stop
 
 DAY_US = 86_400_000_000
 SECOND_US = 1_000_000
@@ -257,6 +257,7 @@ def generate(path, merchants_path=None, *, rows, seed=0, merchants_count=None, y
             out = _BatchWriter(writer, BATCH_ROWS)
             # One random stream per merchant, keyed by its id: merchants never share draws.
             for index in range(merchants_count):
+                check_stop()  # SIGINT/SIGTERM whose exception was lost (see outputs.py)
                 rng = np.random.default_rng(np.random.SeedSequence([seed, 1, index]))
                 for block in _merchant_orders(rng, plan, index, window):
                     out.append(block)
