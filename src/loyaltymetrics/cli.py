@@ -200,7 +200,13 @@ INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number,
 
 def _stop(signum, frame):
     """SIGINT/SIGTERM: unwind the main thread (cleanup runs in ``finally`` blocks), remembering why."""
-    raise request_stop(signum)
+    stop = request_stop(signum)
+    if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+        # Inside the import system an exception is printed as "ignored" and lost: the request
+        # is kept, and ``check_stop`` raises it at the next checkpoint (a round of work, the
+        # rename of an output, the end of the command).
+        return
+    raise stop
 
 
 @contextlib.contextmanager
@@ -476,14 +482,14 @@ def write_table(table, path, inputs=()):
     """
     check_table_path(path, inputs)
     suffix = Path(path).suffix.lower()
+    # Imported before the temporary file exists: no import runs while it does.
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     with atomic_output(path, inputs) as tmp:
         if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
             pq.write_table(table, str(tmp))
         elif suffix == ".csv":
-            import pyarrow.csv as pacsv
-
             pacsv.write_csv(table, str(tmp))
         else:
             rows = table.to_pylist()

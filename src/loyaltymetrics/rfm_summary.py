@@ -26,6 +26,7 @@ int64 partials per store-customer; ``_record_batch`` is the finalize step
 that turns them into the output columns.
 """
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -382,19 +383,18 @@ def write_rfm(reader, path, inputs=()):
     is one of ``inputs`` (the orders the reader reads) is refused.
     """
     check_rfm_path(path, inputs)
+    # Imported before the temporary file exists: no import runs while it does.
     if Path(path).suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
-        def open_writer(target):
-            return pq.ParquetWriter(str(target), reader.schema)
+        writer = functools.partial(pq.ParquetWriter, schema=reader.schema)
     else:
         import pyarrow.csv as pacsv
 
-        def open_writer(target):
-            return pacsv.CSVWriter(str(target), reader.schema)
+        writer = functools.partial(pacsv.CSVWriter, schema=reader.schema)
     rows = 0
-    with atomic_output(path, inputs) as tmp, open_writer(tmp) as writer:
+    with atomic_output(path, inputs) as tmp, writer(str(tmp)) as out:
         for batch in reader:
-            writer.write_batch(batch)
+            out.write_batch(batch)
             rows += batch.num_rows
     return rows

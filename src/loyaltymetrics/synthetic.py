@@ -249,9 +249,10 @@ def generate(path, merchants_path=None, *, rows, seed=0, merchants_count=None, y
 
     # Both written to private temporary files and renamed into place only when both are
     # complete (orders, then merchants): a failure or a signal leaves earlier files as they were.
+    write_merchants = _merchants_writer(merchants_path)  # no import runs while a temporary file exists
     with atomic_output(merchants_path, [path], what="merchants table") as merchants_tmp, \
             atomic_output(path, [merchants_path], what="orders file") as tmp:
-        _write_merchants(plan, merchants_path, merchants_tmp)
+        _write_merchants(plan, write_merchants, merchants_tmp)
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ORDERS_SCHEMA) as writer, \
                 _progress.bar(rows, progress, desc="generate") as bar:
             out = _BatchWriter(writer, BATCH_ROWS)
@@ -372,17 +373,20 @@ def merchants_table(plan):
     })
 
 
-def _write_merchants(plan, path, tmp):
-    """The merchants table to ``tmp`` (a temporary file of ``atomic_output``), in the format of ``path``."""
-    table = merchants_table(plan)
+def _merchants_writer(path):
+    """The function writing the merchants table in the format of ``path`` (imported now, not while writing)."""
     if path.suffix.lower() == ".csv":
         import pyarrow.csv as pacsv
 
-        pacsv.write_csv(table, str(tmp))
-    else:
-        import pyarrow.parquet as pq
+        return pacsv.write_csv
+    import pyarrow.parquet as pq
 
-        pq.write_table(table, str(tmp))
+    return pq.write_table
+
+
+def _write_merchants(plan, write, tmp):
+    """The merchants table to ``tmp`` (a temporary file of ``atomic_output``) with ``write``."""
+    write(merchants_table(plan), str(tmp))
 
 
 # --- orders -----------------------------------------------------------------
