@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from .api import compute
 from .errors import LoyaltyMetricsError
-from .outputs import Terminated, atomic_output, check_output_path, check_stop, request_stop, reset_stop
+from .outputs import (Terminated, atomic_output, check_output_path, check_stop, request_stop, reset_stop,
+                      stop_requested)
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS
 from .periods import PERIODS
 from .scan import ENGINES
@@ -231,9 +232,15 @@ def main(argv=None):
     try:
         with _signals_raise():
             return _dispatch(args)
-    except (KeyboardInterrupt, Terminated) as e:
-        # Cleanup already ran as the exception unwound; one line, no traceback, the shell's exit code.
-        name = "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM"
+    except BaseException as e:
+        # After SIGINT/SIGTERM any exception is the interruption (DuckDB, for one, reports it as
+        # RuntimeError("Query interrupted")). Cleanup already ran as it unwound: one line, no
+        # traceback, the shell's exit code.
+        signum = stop_requested()
+        if signum is None and not isinstance(e, (KeyboardInterrupt, Terminated)):
+            raise
+        name = signal.Signals(signum).name if signum is not None else \
+            "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM"
         print(f"loyaltymetrics: interrupted by {name}; no output written", file=sys.stderr)
         return INTERRUPTED_EXIT[name]
 
@@ -262,6 +269,7 @@ def _dispatch(args):
         else:
             print(format_summary(table))
     except (LoyaltyMetricsError, ValueError, OSError) as e:
+        check_stop()  # an error caused by SIGINT/SIGTERM is reported as the interruption
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -409,6 +417,7 @@ def _generate_command(args):
         made = generate(args.output, args.merchants, rows=args.rows, seed=args.seed,
                         merchants_count=args.merchants_count, years=args.years, progress=not args.quiet)
     except (LoyaltyMetricsError, ValueError, OSError) as e:
+        check_stop()  # an error caused by SIGINT/SIGTERM is reported as the interruption
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
         return 1
     if not args.quiet:

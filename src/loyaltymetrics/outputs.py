@@ -136,6 +136,11 @@ def request_stop(signum):
     return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
+def stop_requested():
+    """The signal number of a stop requested (and not reset), or None."""
+    return _stop_signal
+
+
 def reset_stop():
     global _stop_signal
     _stop_signal = None
