@@ -114,7 +114,6 @@ class NoSpaceError(OSError):
     """An output could not be written for want of space (disk full, quota, file size limit)."""
 
 
-
 # --- stopping on SIGINT/SIGTERM --------------------------------------------------
 # The command line's handlers (cli.main) raise KeyboardInterrupt or Terminated in the
 # main thread, so that ``finally`` blocks and ``atomic_output`` remove what is half
@@ -149,4 +148,4 @@ def reset_stop():
 def check_stop():
     """Raise KeyboardInterrupt or Terminated if a stop was requested (even if its exception was lost)."""
     if _stop_signal is not None:
-        raise KeyboardInterrupt() if _stop_signal == signal.SIGINT else Terminated()
+        raise request_stop(_stop_signal)
