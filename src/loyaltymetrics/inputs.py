@@ -446,6 +446,7 @@ def _int64_values(column, source, name):
     except pa.ArrowInvalid as e:
         raise SchemaError(source, None, f"merchants column {name!r} has values outside int64: {e}") from e
 
+
 def _utf8_values(column, source, name):
     """A string column as Python str (nulls as None); CorruptInputError naming the row of bytes that are not UTF-8.
 
