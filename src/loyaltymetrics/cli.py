@@ -205,10 +205,22 @@ def _stop(signum, frame):
     stop = request_stop(signum)
     if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
         # Inside the import system an exception is printed as "ignored" and lost: the request
-        # is kept, and ``check_stop`` raises it at the next checkpoint (a round of work, the
-        # rename of an output, the end of the command).
+        # is kept (``check_stop`` raises it at the next round of work, before an output is
+        # renamed into place and at the end of the command) and the signal is sent again
+        # shortly, to land once the import is done.
+        try:
+            timer = threading.Timer(0.05, _resend, (signum,))
+            timer.daemon = True
+            timer.start()
+        except RuntimeError:  # no thread to be had: the checkpoints still stop the command
+            pass
         return
     raise stop
+
+
+def _resend(signum):
+    if stop_requested() == signum and signal.getsignal(signum) is _stop:  # still stopping, still ours
+        os.kill(os.getpid(), signum)
 
 
 @contextlib.contextmanager
