@@ -254,7 +254,7 @@ def main(argv=None):
             raise
         name = signal.Signals(signum).name if signum is not None else \
             "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM"
-        print(f"loyaltymetrics: interrupted by {name}; no output written", file=sys.stderr)
+        print(f"loyaltymetrics: interrupted by {name}; no partial output left", file=sys.stderr)
         if argv is None:  # the program itself (not a call from Python): exit with exactly this status
             _exit_now(INTERRUPTED_EXIT[name])
         return INTERRUPTED_EXIT[name]
@@ -265,7 +265,7 @@ def main(argv=None):
 def _exit_now(code):
     """Exit with ``code`` at once; cleanup has run already. After a handled KeyboardInterrupt,
     CPython's own exit sometimes ends the process by sending itself SIGINT (seen as status -2,
-    not 130, about 1 run in 50 in tests/test_safety.py's stress), when the interrupt passed
+    not 130, about 1 run in 50 when the signal test is repeated), when the interrupt passed
     through one of its internal paths that flag an "unhandled" KeyboardInterrupt."""
     for stream in (sys.stdout, sys.stderr):
         try:
