@@ -260,6 +260,18 @@ def test_a_stop_whose_exception_is_lost_is_raised_at_the_next_checkpoint(tmp_pat
         outputs.reset_stop()
 
 
+def test_temporary_files_of_a_with_block_cut_short_are_removed(tmp_path):
+    # A signal's exception raised just as ``with atomic_output(...)`` enters leaves the block
+    # without its __exit__; the interrupt handling removes the temporary file by its record.
+    from loyaltymetrics import outputs
+
+    manager = outputs.atomic_output(tmp_path / "out.txt")
+    tmp = manager.__enter__()  # and no __exit__, as when the exception comes right after
+    assert tmp.exists() and oct(tmp.stat().st_mode & 0o777) == oct(0o600)
+    outputs.remove_temporaries()
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- unclear errors ----------------------------------------------------------------------
 
 T = dt.datetime(2023, 3, 1, tzinfo=UTC)

@@ -13,8 +13,8 @@ import pyarrow as pa
 
 from .api import compute
 from .errors import LoyaltyMetricsError
-from .outputs import (Terminated, atomic_output, check_output_path, check_stop, request_stop, reset_stop,
-                      stop_requested)
+from .outputs import (Terminated, atomic_output, check_output_path, check_stop, remove_temporaries,
+                      request_stop, reset_stop, stop_requested)
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS
 from .periods import PERIODS
 from .scan import ENGINES
@@ -254,6 +254,7 @@ def main(argv=None):
             raise
         name = signal.Signals(signum).name if signum is not None else \
             "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM"
+        remove_temporaries()  # any whose ``with`` block the signal cut short before it began
         print(f"loyaltymetrics: interrupted by {name}; no partial output left", file=sys.stderr)
         if argv is None:  # the program itself (not a call from Python): exit with exactly this status
             _exit_now(INTERRUPTED_EXIT[name])

@@ -79,9 +79,14 @@ def atomic_output(path, inputs=(), private=False, what="output"):
     # chosen before the file exists: a signal raised just as the file is created still knows
     # what to remove (mkstemp's name is lost if the signal's exception comes before it returns).
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # Registered before it exists: if a signal's exception leaves this generator suspended
+    # (raised as ``with`` enters it, so that no ``__exit__`` runs), the command's interrupt
+    # handling still removes it (remove_temporaries).
+    _temporaries.add(tmp)
     try:
         fd = os.open(tmp, _CREATE, 0o600)
     except OSError as e:  # nothing was created; name the output, not the temporary file
+        _temporaries.discard(tmp)
         raise OSError(e.errno, f"cannot write {str(path)!r}: {e.strerror}") from None
     except BaseException:  # SIGINT/SIGTERM as the file was created
         tmp.unlink(missing_ok=True)
@@ -104,6 +109,18 @@ def atomic_output(path, inputs=(), private=False, what="output"):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _temporaries.discard(tmp)
+
+
+_temporaries = set()  # temporary files of the atomic_output blocks in progress
+
+
+def remove_temporaries():
+    """Remove every temporary file of an ``atomic_output`` still in progress (on SIGINT/SIGTERM)."""
+    for tmp in list(_temporaries):
+        tmp.unlink(missing_ok=True)
+        _temporaries.discard(tmp)
 
 
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
