@@ -227,6 +227,9 @@ def _add_rfm_parser(sub):
                    help="ISO date (UTC) of the observation end (default: the latest order)")
     p.add_argument("--include-first-transaction", action="store_true",
                    help="count the first period in frequency and monetary_value")
+    p.add_argument("--calibration-end", metavar="DATE",
+                   help="ISO date or datetime (UTC): summarize orders up to it and add frequency_holdout, "
+                        "monetary_value_holdout, duration_holdout (lifetimes' calibration_and_holdout_data)")
     p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
                    help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
     p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
@@ -239,7 +242,7 @@ def _rfm(args):
     from .rfm_summary import rfm, write_rfm
 
     reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
-                 columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds,
+                 calibration_end=args.calibration_end, columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds,
                  progress=not args.quiet)
     rows = write_rfm(reader, args.output)
     print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
