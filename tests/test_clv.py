@@ -83,7 +83,7 @@ def assert_close(ours, theirs, names, rtol):
 @pytest.mark.parametrize("penalizer", [0.0, 0.001, 0.1])
 def test_cdnow_sample_fits_equal_lifetimes(penalizer):
     frame = cdnow_summary()
-    ours = only_row(lm.clv(summary=frame, freq="W", penalizer_coef=penalizer).params)
+    ours = only_row(lm.clv(summary=frame, freq="W", penalizer_coef=penalizer, spend_penalizer_coef=penalizer).params)
     bgf, ggf = fit_lifetimes(frame, penalizer)
     assert ours["bgnbd_status"] == "ok"
     # A strong penalizer pulls Gamma-Gamma's q below 1 (lifetimes too): reported, parameters still given.
@@ -94,6 +94,21 @@ def test_cdnow_sample_fits_equal_lifetimes(penalizer):
     # Distinct (frequency, recency, T): fewer rows than customers, all customers counted.
     unique = frame[["frequency", "recency", "T"]].drop_duplicates()
     assert ours["distinct_summaries"] == len(unique) < 2357
+
+
+def test_penalizers_are_per_model():
+    """penalizer_coef is BetaGeoFitter's, spend_penalizer_coef GammaGammaFitter's."""
+    frame = cdnow_summary()
+    ours = only_row(lm.clv(summary=frame, freq="W", penalizer_coef=0.05).params)
+    bgf, _ = fit_lifetimes(frame, 0.05)
+    _, ggf = fit_lifetimes(frame, 0.0)
+    assert_close(ours, bgf.params_, BG, 1e-4)
+    assert_close(ours, ggf.params_, GG, 1e-4)
+    ours = only_row(lm.clv(summary=frame, freq="W", spend_penalizer_coef=0.001).params)
+    bgf, _ = fit_lifetimes(frame, 0.0)
+    _, ggf = fit_lifetimes(frame, 0.001)
+    assert_close(ours, bgf.params_, BG, 1e-4)
+    assert_close(ours, ggf.params_, GG, 1e-4)
 
 
 def test_cdnow_summary_without_spend_fits_equal_lifetimes():
@@ -387,8 +402,17 @@ def test_bad_rfm_tables():
         lm.clv(summary=bad)
 
 
+def test_unreadable_rfm_table_is_a_typed_error(tmp_path):
+    path = tmp_path / "summary.parquet"
+    path.write_bytes(b"not parquet")
+    with pytest.raises(lm.CorruptInputError) as err:
+        lm.clv(summary=str(path))
+    assert err.value.source == str(path)
+
+
 @pytest.mark.parametrize("bad", [dict(horizon=0), dict(horizon=1.5), dict(discount_rate=-0.1),
-                                 dict(penalizer_coef=float("nan")), dict(by=["planet"]), dict(freq="Q")])
+                                 dict(penalizer_coef=float("nan")), dict(spend_penalizer_coef=-1), dict(by=["planet"]),
+                                 dict(freq="Q")])
 def test_bad_arguments(bad):
     with pytest.raises(ValueError):
         lm.clv(summary=cdnow_summary(), **bad)

@@ -266,7 +266,11 @@ def _add_clv_parser(sub):
     p.add_argument("--horizon", type=_positive_int, default=12, metavar="MONTHS",
                    help="months ahead for expected orders and CLV (default: 12)")
     p.add_argument("--discount-rate", type=float, default=0.01, metavar="R", help="monthly discount rate (default: 0.01)")
-    p.add_argument("--penalizer", type=float, default=0.0, metavar="X", help="L2 penalizer coefficient (default: 0)")
+    p.add_argument("--penalizer", type=float, default=0.0, metavar="X",
+                   help="L2 penalizer coefficient of the BG/NBD fit (default: 0; 0.001 tames a fit that runs off "
+                        "to infinity)")
+    p.add_argument("--spend-penalizer", type=float, default=0.0, metavar="X",
+                   help="L2 penalizer coefficient of the Gamma-Gamma fit (default: 0; it weighs v in minor units)")
     p.add_argument("--min-customers", type=_positive_int, default=10, metavar="N",
                    help="fewer customers in a group is a too_few_customers status (default: 10)")
     p.add_argument("-o", "--output", metavar="OUT", help="predictions to OUT.parquet or OUT.csv")
@@ -287,6 +291,7 @@ def _clv_command(args):
         source = dict(summary=args.orders) if args.rfm_table else dict(orders=args.orders)
         result = clv(merchants=args.merchants, by=args.by, freq=args.freq, observation_end=args.observation_end,
                      horizon=args.horizon, discount_rate=args.discount_rate, penalizer_coef=args.penalizer,
+                     spend_penalizer_coef=args.spend_penalizer,
                      min_customers=args.min_customers, columns=args.columns, engine=args.engine,
                      threads=args.threads, progress=not args.quiet, **source)
         print(_format_clv_params(result.params))

@@ -50,7 +50,7 @@ from scipy.optimize import minimize
 from scipy.special import digamma, expit, gammaln, hyp2f1
 
 from . import parallel
-from .errors import InputError, NullValueError, SchemaError
+from .errors import CorruptInputError, InputError, NullValueError, SchemaError
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, size_buckets, size_labels
 from .inputs import IN_MEMORY, _in_memory, order_batches, read_merchants, rereadable
 from .rfm_summary import check_freq, observation_day, period_start_day, rfm
@@ -412,7 +412,8 @@ class ClvResult:
 
 
 def clv(orders=None, merchants=None, *, summary=None, by=(), freq="D", observation_end=None, horizon=12,
-        discount_rate=0.01, penalizer_coef=0.0, min_customers=DEFAULT_MIN_CUSTOMERS, columns=None,
+        discount_rate=0.01, penalizer_coef=0.0, spend_penalizer_coef=0.0, min_customers=DEFAULT_MIN_CUSTOMERS,
+        columns=None,
         size_edges=DEFAULT_SIZE_EDGES, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS,
         progress=False):
     """Fit BG/NBD and Gamma-Gamma per group and predict per store-customer (SPEC §11).
@@ -447,7 +448,14 @@ def clv(orders=None, merchants=None, *, summary=None, by=(), freq="D", observati
     discount_rate : float
         Monthly discount rate of the CLV (lifetimes' ``discount_rate``).
     penalizer_coef : float
-        L2 penalty on the parameters, lifetimes' ``penalizer_coef``.
+        L2 penalty on the BG/NBD parameters, ``BetaGeoFitter``'s
+        ``penalizer_coef``: a small one (0.001) keeps a fit whose maximum
+        lies at infinity (a, b → ∞: every customer drops out alike) finite.
+    spend_penalizer_coef : float
+        L2 penalty on the Gamma-Gamma parameters, ``GammaGammaFitter``'s
+        ``penalizer_coef``. Separate because it weighs ``v`` in the units of
+        ``monetary_value`` (minor units from orders): a coefficient that
+        suits BG/NBD can swamp a fit in cents.
     min_customers : int
         Fewer customers than this in a group (repeat customers with
         positive spend, for Gamma-Gamma) is a ``too_few_customers`` status.
@@ -469,6 +477,7 @@ def clv(orders=None, merchants=None, *, summary=None, by=(), freq="D", observati
     horizon = _check_horizon(horizon)
     discount_rate = _check_finite("discount_rate", discount_rate, low=0.0, inclusive=True)
     penalizer_coef = _check_finite("penalizer_coef", penalizer_coef, low=0.0, inclusive=True)
+    spend_penalizer_coef = _check_finite("spend_penalizer_coef", spend_penalizer_coef, low=0.0, inclusive=True)
     if (orders is None) == (summary is None):
         raise ValueError("pass either orders (order rows) or summary= (a ready RFM table), not both or neither")
     merchants_table = read_merchants(merchants)
@@ -524,7 +533,7 @@ def clv(orders=None, merchants=None, *, summary=None, by=(), freq="D", observati
         bg_fit = fit_bgnbd(x, tx, T, w, penalizer_coef, min_customers)
         lo, hi = np.searchsorted(gg_rows[0], [g, g + 1])
         _, x, m, w = (c[lo:hi] for c in gg_rows)
-        gg_fit = fit_gamma_gamma(x, m, w, penalizer_coef, min_customers)
+        gg_fit = fit_gamma_gamma(x, m, w, spend_penalizer_coef, min_customers)
         fits[g] = (bg_fit, gg_fit, int(np.searchsorted(bg_rows[0], g + 1) - np.searchsorted(bg_rows[0], g)))
     params = _params_table(groups, fits, customers, size_edges)
     predict = _Predictor(groups, fits, freq, horizon, discount_rate, source, check=summary is not None)
@@ -554,20 +563,10 @@ def _check_finite(name, value, low, inclusive):
 
 def _read_summary(summary, source):
     if isinstance(summary, (str, Path)):
-        path = Path(summary)
-        if path.suffix.lower() == ".csv":
-            import pyarrow.csv as pacsv
-
-            text = {"industry": pa.string(), "country": pa.string(), "size": pa.string()}
-            table = pacsv.read_csv(str(path), convert_options=pacsv.ConvertOptions(column_types=text))
-        elif path.suffix.lower() in (".arrow", ".ipc", ".feather"):
-            import pyarrow.feather as feather
-
-            table = feather.read_table(str(path))
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(str(path))
+        try:
+            table = _read_summary_file(Path(summary))
+        except (pa.ArrowInvalid, pa.ArrowIOError) as e:
+            raise CorruptInputError(source, None, f"cannot read the RFM table: {e}") from e
     elif type(summary).__module__.startswith("pandas"):
         table = pa.Table.from_pandas(summary)   # a named index (lifetimes' customer id) becomes a column
     else:
@@ -585,6 +584,22 @@ def _read_summary(summary, source):
             raise SchemaError(source, None, f"RFM column {name!r} has type {table.schema.field(name).type}; "
                               "expected a number")
     return table.combine_chunks()
+
+
+def _read_summary_file(path):
+    """An RFM table file: CSV (group keys read as text), Arrow IPC, or Parquet (file or directory)."""
+    if path.suffix.lower() == ".csv":
+        import pyarrow.csv as pacsv
+
+        text = {"industry": pa.string(), "country": pa.string(), "size": pa.string()}
+        return pacsv.read_csv(str(path), convert_options=pacsv.ConvertOptions(column_types=text))
+    if path.suffix.lower() in (".arrow", ".ipc", ".feather"):
+        import pyarrow.feather as feather
+
+        return feather.read_table(str(path))
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(path))
 
 
 def _rfm_arrays(batch, source, check, first_row=0):
