@@ -458,3 +458,18 @@ def test_cli_reports_failing_groups_and_refuses_to_overwrite_its_input(tmp_path,
     assert main(["clv", str(source), "--rfm-table", "-o", str(source)]) == 1
     assert "refusing to overwrite an input" in capsys.readouterr().err
     assert source.read_bytes() == before
+
+
+def test_input_changed_between_fit_and_predictions(tmp_path):
+    """The predictions read the orders again: a summary the fit never saw is an InputChangedError."""
+    orders = cdnow_orders().slice(0, 5000)
+    path = tmp_path / "orders.parquet"
+    pq.write_table(orders, path)
+    result = lm.clv(str(path), freq="W", observation_end="1998-06-30")
+    assert result.params.column("bgnbd_status").to_pylist() == ["ok"]
+    # Every order one week later: recency is the same, T one week shorter.
+    later = orders.set_column(2, "order_ts", pa.array(
+        orders.column("order_ts").to_numpy().astype("datetime64[D]") + np.timedelta64(7, "D"), pa.date32()))
+    pq.write_table(later, path)
+    with pytest.raises(lm.InputChangedError):
+        result.predictions().read_all()

@@ -50,7 +50,7 @@ from scipy.optimize import minimize
 from scipy.special import digamma, expit, gammaln, hyp2f1
 
 from . import parallel
-from .errors import CorruptInputError, InputError, NullValueError, SchemaError
+from .errors import CorruptInputError, InputChangedError, InputError, NullValueError, SchemaError
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, size_buckets, size_labels
 from .inputs import IN_MEMORY, _in_memory, order_batches, read_merchants, rereadable
 from .rfm_summary import check_freq, observation_day, period_start_day, rfm
@@ -536,7 +536,7 @@ def clv(orders=None, merchants=None, *, summary=None, by=(), freq="D", observati
         gg_fit = fit_gamma_gamma(x, m, w, spend_penalizer_coef, min_customers)
         fits[g] = (bg_fit, gg_fit, int(np.searchsorted(bg_rows[0], g + 1) - np.searchsorted(bg_rows[0], g)))
     params = _params_table(groups, fits, customers, size_edges)
-    predict = _Predictor(groups, fits, freq, horizon, discount_rate, source, check=summary is not None)
+    predict = _Predictor(groups, fits, bg_rows, freq, horizon, discount_rate, source, check=summary is not None)
     out_schema = _prediction_schema(schema)
 
     def prediction_batches():
@@ -675,63 +675,89 @@ def _prediction_schema(schema):
 
 
 class _Predictor:
-    """The prediction columns of one batch: each distinct (group, frequency, recency, T) predicted once."""
+    """The prediction columns of one batch.
 
-    def __init__(self, groups, fits, freq, horizon, discount_rate, source, check):
+    The BG/NBD predictions depend on a customer only through its group and
+    ``(frequency, recency, T)``: they are computed once per distinct
+    summary of the fit pass (``table``, sorted as ``_reduce`` sorts), and
+    each row of a prediction batch finds its summary there. Spend and CLV
+    need the row's own ``monetary_value`` and are computed per row.
+    """
+
+    def __init__(self, groups, fits, table, freq, horizon, discount_rate, source, check):
         self.groups, self.fits = groups, fits
         self.freq, self.horizon, self.discount_rate = freq, horizon, discount_rate
         self.source, self.check = source, check
         self.first_row = 0
+        self.keys = table[:4]       # gid, x, tx, T of every distinct summary
+        n = len(self.keys[0])
+        self.expected = np.full(n, np.nan)
+        self.alive = np.full(n, np.nan)
+        self.increments = np.full((horizon, n), np.nan)
+        self.steps = np.arange(1, horizon + 1) * MONTH_FACTOR[freq]
+        for g, fit in fits.items():
+            if fit[0].status != OK:
+                continue
+            lo, hi = np.searchsorted(self.keys[0], [g, g + 1])
+            _, x, tx, T = (k[lo:hi] for k in self.keys)
+            params = fit[0].params
+            self.expected[lo:hi] = expected_purchases(params, horizon * MONTH_FACTOR[freq], x, tx, T)
+            self.alive[lo:hi] = probability_alive(params, x, tx, T)
+            _, increments = monthly_expected_purchases(params, x, tx, T, horizon, freq)
+            self.increments[:, lo:hi] = increments
 
-    def _params(self, gid, index, n):
-        """Per row, the parameters of its group's model (NaN where unusable) and whether usable."""
-        known = len(self.fits)
-        params = np.full((len(gid), n), np.nan)
-        usable = np.zeros(len(gid), bool)
-        table = np.full((known + 1, n), np.nan)
-        ok = np.zeros(known + 1, bool)
+    def _usable(self, gid, index):
+        """Per row, its group's fit of model ``index`` is usable."""
+        ok = np.zeros(len(self.fits) + 1, bool)
         for g, fit in self.fits.items():
-            if fit[index].status == OK:
-                table[g] = fit[index].params
-                ok[g] = True
-        slot = np.where(gid < known, gid, known)   # a group unseen by the fit: no parameters
-        params[:] = table[slot]
-        usable[:] = ok[slot]
-        return params.T, usable
+            ok[g] = fit[index].status == OK
+        return ok[np.minimum(gid, len(self.fits))]   # a group unseen by the fit: not usable
+
+    def _locate(self, gid, x, tx, T):
+        """Index of each row's summary in the table (lexsort merge: table rows sort before equal data rows)."""
+        n = len(self.keys[0])
+        combined = [np.concatenate([k, c]) for k, c in zip(self.keys, (gid, x, tx, T))]
+        order = np.lexsort(combined[::-1])
+        is_table = order < n
+        last = np.maximum.accumulate(np.where(is_table, order, -1))
+        where = np.empty(len(gid), np.int64)
+        where[order[~is_table] - n] = last[~is_table]
+        found = where >= 0
+        for k, c in zip(self.keys, (gid, x, tx, T)):
+            found &= k[np.maximum(where, 0)] == c
+        if not found.all():
+            row = self.first_row + int(np.flatnonzero(~found)[0])
+            raise InputChangedError(self.source, row, "a summary the fit pass did not see: the input changed "
+                                    "between the fit and the predictions")
+        return where
 
     def __call__(self, batch, schema):
         gid = self.groups.row_groups(batch)
         x, tx, T, m = _rfm_arrays(batch, self.source, self.check, self.first_row)
-        self.first_row += batch.num_rows
         n = len(gid)
         expected = np.full(n, np.nan)
         alive = np.full(n, np.nan)
         spend = np.full(n, np.nan)
         value = np.full(n, np.nan)
-        bg_params, bg_ok = self._params(gid, 0, 4)
-        gg_params, gg_ok = self._params(gid, 1, 3)
+        bg_ok = self._usable(gid, 0)
+        gg_ok = self._usable(gid, 1)
+        spend_rows = np.flatnonzero(gg_ok)
+        if len(spend_rows):
+            params = np.array([self.fits[g][1].params if self.fits[g][1].status == OK else (np.nan,) * 3
+                               for g in range(len(self.fits))]).reshape(-1, 3)
+            gp = tuple(params[gid[spend_rows]].T)
+            spend[spend_rows] = expected_average_profit(gp, x[spend_rows], m[spend_rows])
         rows = np.flatnonzero(bg_ok)
         if len(rows):
-            # Each distinct (group, frequency, recency, T) once; ``where`` maps rows back to it.
-            summaries = np.rec.fromarrays([gid[rows], x[rows], tx[rows], T[rows]], names="g,x,tx,T")
-            _, first, where = np.unique(summaries, return_index=True, return_inverse=True)
-            where = where.reshape(-1)
-            ux, utx, uT = x[rows][first], tx[rows][first], T[rows][first]
-            params = tuple(p[rows][first] for p in bg_params)
-            factor = MONTH_FACTOR[self.freq]
-            expected[rows] = expected_purchases(params, self.horizon * factor, ux, utx, uT)[where]
-            alive[rows] = probability_alive(params, ux, utx, uT)[where]
-            steps, increments = monthly_expected_purchases(params, ux, utx, uT, self.horizon, self.freq)
+            where = self._locate(gid[rows], x[rows], tx[rows], T[rows])
+            expected[rows] = self.expected[where]
+            alive[rows] = self.alive[where]
             both = gg_ok[rows]
-            spend_rows = rows[both]
-            gp = tuple(p[spend_rows] for p in gg_params)
-            spend[spend_rows] = expected_average_profit(gp, x[spend_rows], m[spend_rows])
-            value[spend_rows] = discounted_value(spend[spend_rows], steps, [inc[where[both]] for inc in increments],
+            value_rows = rows[both]
+            value[value_rows] = discounted_value(spend[value_rows], self.steps,
+                                                 [inc[where[both]] for inc in self.increments],
                                                  self.discount_rate, self.freq)
-        only_gg = np.flatnonzero(gg_ok & ~bg_ok)
-        if len(only_gg):
-            gp = tuple(p[only_gg] for p in gg_params)
-            spend[only_gg] = expected_average_profit(gp, x[only_gg], m[only_gg])
+        self.first_row += n
         arrays = list(batch.columns) + [pa.array(a, pa.float64(), mask=np.isnan(a)) for a in
                                         (expected, alive, spend, value)]
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
