@@ -81,6 +81,11 @@ def _bgnbd_terms(params, x, tx, T):
     return a1 + a2 + mix, e3 / (e3 + e4), e4 / (e3 + e4)
 
 
+def _weighted_sum(weights, values):
+    """Σ weights × values, as lifetimes sums it (NumPy's pairwise sum; not BLAS, which threads contend for)."""
+    return np.sum(weights * values)
+
+
 def bgnbd_log_likelihood(params, x, tx, T, weights):
     """Σ weights × log-likelihood of BG/NBD at ``params`` = (r, α, a, b), in the data's time units."""
     ll, _, _ = _bgnbd_terms(np.asarray(params, np.float64), x, tx, T)
@@ -97,8 +102,8 @@ def bgnbd_objective(log_params, x, tx, T, weights, penalizer_coef):
     d_alpha = r / alpha - w3 * (r + x) / (alpha + T) - w4 * (r + x) / (tx + alpha)
     d_a = digamma(a + b) - digamma(a + b + x) + w4 / a
     d_b = digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x) - w4 / (b + np.maximum(x, 1) - 1)
-    grad = np.array([np.dot(weights, d) for d in (d_r, d_alpha, d_a, d_b)])
-    value = -np.dot(weights, ll) / total + penalizer_coef * np.sum(params ** 2)
+    grad = np.array([_weighted_sum(weights, d) for d in (d_r, d_alpha, d_a, d_b)])
+    value = -_weighted_sum(weights, ll) / total + penalizer_coef * np.sum(params ** 2)
     return value, -grad * params / total + 2 * penalizer_coef * params ** 2
 
 
@@ -194,8 +199,8 @@ def gamma_gamma_objective(log_params, x, m, weights, penalizer_coef):
     d_p = x * (psi_pq - digamma(p * x) + np.log(m) + np.log(x) - log_xm_v)
     d_q = psi_pq - digamma(q) + np.log(v) - log_xm_v
     d_v = q / v - (p * x + q) / (x * m + v)
-    grad = np.array([np.dot(weights, d) for d in (d_p, d_q, d_v)])
-    value = -np.dot(weights, ll) / total + penalizer_coef * np.sum(params ** 2)
+    grad = np.array([_weighted_sum(weights, d) for d in (d_p, d_q, d_v)])
+    value = -_weighted_sum(weights, ll) / total + penalizer_coef * np.sum(params ** 2)
     return value, -grad * params / total + 2 * penalizer_coef * params ** 2
 
 
