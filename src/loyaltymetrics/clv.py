@@ -63,6 +63,11 @@ DEFAULT_MIN_CUSTOMERS = 10
 RFM_COLUMNS = ("frequency", "recency", "T", "monetary_value")
 PREDICTION_COLUMNS = ("expected_orders", "probability_alive", "expected_spend", "clv")
 OK = "ok"
+# A shape parameter (r, a, b; p, q) outside this range is the optimizer walking to a boundary of the
+# parameter space (a → 0: nobody drops out; a, b → ∞: everybody drops out alike; p → ∞: no spend
+# variation): the likelihood has no finite maximum, and where BFGS stops is rounding noise.
+SHAPE_RANGE = (1e-5, 1e5)
+CODE_LIMIT = 2**62      # summaries are matched as one int64 code below this many combinations
 
 
 # --- BG/NBD ------------------------------------------------------------------------
@@ -119,6 +124,16 @@ class Fit:
     iterations: int = 0
 
 
+def _boundary(names, params, shapes):
+    """The message for shape parameters outside ``SHAPE_RANGE``, or None."""
+    lo, hi = SHAPE_RANGE
+    out = [f"{n} = {params[i]:.3g}" for i, n in enumerate(names) if n in shapes and not lo <= params[i] <= hi]
+    if not out:
+        return None
+    return (f"{', '.join(out)}: the likelihood grows toward a boundary of the parameter space (no finite "
+            f"maximum); the model does not describe these customers, or try a penalizer")
+
+
 def _minimize(objective, x0, args, tol):
     with np.errstate(all="ignore"):
         return minimize(objective, x0=x0, args=args, jac=True, method=None, tol=tol)
@@ -146,6 +161,9 @@ def fit_bgnbd(x, tx, T, weights, penalizer_coef=0.0, min_customers=DEFAULT_MIN_C
                    tuple(map(float, params)), None, False, iterations)
     with np.errstate(all="ignore"):
         ll = bgnbd_log_likelihood(params, x, tx, T, weights)
+    boundary = _boundary(BGNBD_PARAMS, params, ("r", "a", "b"))
+    if boundary:
+        return Fit("boundary", boundary, tuple(map(float, params)), ll, True, iterations)
     return Fit(OK, str(result.message), tuple(map(float, params)), ll, True, iterations)
 
 
@@ -225,6 +243,9 @@ def fit_gamma_gamma(x, m, weights, penalizer_coef=0.0, min_customers=DEFAULT_MIN
                    tuple(map(float, params)), None, False, iterations)
     with np.errstate(all="ignore"):
         ll = gamma_gamma_log_likelihood(params, x, m, weights)
+    boundary = _boundary(GAMMA_GAMMA_PARAMS, params, ("p", "q"))
+    if boundary:
+        return Fit("boundary", boundary, tuple(map(float, params)), ll, True, iterations)
     if params[1] <= 1:
         return Fit("q_not_above_1", f"q = {params[1]:.4g} ≤ 1: the population mean spend v·p/(q−1) is not finite "
                    "and positive, so expected spend is undefined", tuple(map(float, params)), ll, True, iterations)
@@ -349,6 +370,22 @@ class _Groups:
                 values.append(industry if key == "industry" else country)
         return values
 
+    def merchant_key_values(self, merchant_id):
+        """Per key of ``by``, the values of each of ``merchant_id`` (every key a merchant's attribute)."""
+        values = []
+        for key in self.by:
+            if key == "merchant":
+                values.append(merchant_id)
+            elif key == "size":
+                if self.merchant_sizes is None:
+                    raise SchemaError(self.source, None, "by='size' on an RFM table needs a 'size' column")
+                ids, labels = self.merchant_sizes
+                values.append(labels[np.searchsorted(ids, merchant_id)])
+            else:
+                industry, country, _ = self.merchants.lookup(merchant_id)
+                values.append(industry if key == "industry" else country)
+        return values
+
     def row_groups(self, batch):
         """int64 group id of each row of ``batch``, new groups registered as they appear."""
         n = batch.num_rows
@@ -357,7 +394,16 @@ class _Groups:
                 self.ids[()] = 0
                 self.keys.append(())
             return np.zeros(n, np.int64)
-        columns = self.key_columns(batch)
+        names = batch.schema.names
+        if "merchant_id" in names and all(k == "merchant" or GROUP_KEYS[k] not in names for k in self.by):
+            # Every key is the merchant's: look up the batch's distinct merchants only.
+            merchant_id = _numpy(batch.column(names.index("merchant_id")), self.source, "merchant_id")
+            merchants, inverse = np.unique(merchant_id.astype(np.int64), return_inverse=True)
+            return self._group_ids(self.merchant_key_values(merchants))[inverse.reshape(-1)]
+        return self._group_ids(self.key_columns(batch))
+
+    def _group_ids(self, columns):
+        """Group id of each row of the key ``columns`` (one array per key of ``by``)."""
         codes = []
         for values in columns:
             uniques, inverse = np.unique(values, return_inverse=True)
@@ -700,6 +746,12 @@ class _Predictor:
         self.alive = np.full(n, np.nan)
         self.increments = np.full((horizon, n), np.nan)
         self.steps = np.arange(1, horizon + 1) * MONTH_FACTOR[freq]
+        # Each summary as one int64: its columns' ranks among their distinct values, combined like digits
+        # (sorted like the table), unless the product of the numbers of distinct values overflows.
+        self.distinct = [np.unique(k) for k in self.keys]
+        self.codes = None
+        if math.prod(max(len(d), 1) for d in self.distinct) < CODE_LIMIT:
+            self.codes = self._encode(self.keys)
         for g, fit in fits.items():
             if fit[0].status != OK:
                 continue
@@ -718,16 +770,26 @@ class _Predictor:
             ok[g] = fit[index].status == OK
         return ok[np.minimum(gid, len(self.fits))]   # a group unseen by the fit: not usable
 
+    def _encode(self, columns):
+        code = np.zeros(len(columns[0]), np.int64)
+        for distinct, column in zip(self.distinct, columns):
+            rank = np.minimum(np.searchsorted(distinct, column), max(len(distinct) - 1, 0))
+            code = code * max(len(distinct), 1) + rank
+        return code
+
     def _locate(self, gid, x, tx, T):
-        """Index of each row's summary in the table (lexsort merge: table rows sort before equal data rows)."""
+        """Index of each row's summary in the table, checked (a value the table lacks finds a wrong one)."""
         n = len(self.keys[0])
-        combined = [np.concatenate([k, c]) for k, c in zip(self.keys, (gid, x, tx, T))]
-        order = np.lexsort(combined[::-1])
-        is_table = order < n
-        last = np.maximum.accumulate(np.where(is_table, order, -1))
-        where = np.empty(len(gid), np.int64)
-        where[order[~is_table] - n] = last[~is_table]
-        found = where >= 0
+        if self.codes is not None:
+            where = np.minimum(np.searchsorted(self.codes, self._encode((gid, x, tx, T))), max(n - 1, 0))
+        else:   # a lexsort merge: table rows sort before equal data rows
+            combined = [np.concatenate([k, c]) for k, c in zip(self.keys, (gid, x, tx, T))]
+            order = np.lexsort(combined[::-1])
+            is_table = order < n
+            last = np.maximum.accumulate(np.where(is_table, order, -1))
+            where = np.empty(len(gid), np.int64)
+            where[order[~is_table] - n] = last[~is_table]
+        found = (where >= 0) & (n > 0)
         for k, c in zip(self.keys, (gid, x, tx, T)):
             found &= k[np.maximum(where, 0)] == c
         if not found.all():
