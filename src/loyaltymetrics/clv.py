@@ -32,8 +32,9 @@ The driver
 ----------
 From orders, one pass through the ``rfm`` kernel (SPEC §9) collects the
 distinct summaries per group; the groups are fitted; the predictions are a
-second pass through the kernel, streamed as Arrow record batches, each
-batch's distinct summaries predicted once. From a ready RFM table the same
+second pass through the kernel, streamed as Arrow record batches; the
+BG/NBD predictions are computed once per distinct summary of the fit pass
+and looked up per row. From a ready RFM table the same
 happens over the table's batches. A group whose fit fails (too few
 customers, no repeat customer, no convergence, a degenerate estimate) gets a
 status and a message in the parameter table and null predictions; the
@@ -46,8 +47,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.optimize import minimize
-from scipy.special import digamma, expit, gammaln, hyp2f1
+try:
+    from scipy.optimize import minimize
+    from scipy.special import digamma, expit, gammaln, hyp2f1
+except ImportError:     # lm.clv needs SciPy (the ``clv`` extra); importing loyaltymetrics does not
+    minimize = digamma = expit = gammaln = hyp2f1 = None
 
 from . import parallel
 from .errors import CorruptInputError, InputChangedError, InputError, NullValueError, SchemaError
@@ -522,6 +526,8 @@ def clv(orders=None, merchants=None, *, summary=None, by=(), freq="D", observati
         ``expected_orders``, ``probability_alive``, ``expected_spend``,
         ``clv`` (null where the group's model has no usable fit).
     """
+    if minimize is None:
+        raise ImportError("lm.clv needs SciPy: pip install 'loyaltymetrics[clv]'")
     by = check_by(by)
     freq = check_freq(freq)
     size_edges = check_size_edges(size_edges)
