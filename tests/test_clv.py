@@ -37,7 +37,11 @@ from loyaltymetrics.clv import (
     gamma_gamma_objective,
 )
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cdnow import cdnow_orders
+from strategies import orders_tables, rebatch
 
 lifetimes = pytest.importorskip("lifetimes")
 from lifetimes import BetaGeoFitter, GammaGammaFitter  # noqa: E402
@@ -485,3 +489,24 @@ def test_predictions_match_summaries_without_codes(monkeypatch, generated):
     assert expected.column("expected_orders").null_count < len(expected) // 2
     monkeypatch.setattr(clv_module, "CODE_LIMIT", 0)
     assert lm.clv(orders, merchants, **options).predictions().read_all().equals(expected)
+
+
+@settings(deadline=None)
+@given(st.data())
+def test_clv_is_the_same_whatever_engine_threads_chunks_and_input_form(data):
+    """SPEC §8: identical results for every engine, thread count, chunk size and input form."""
+    table = data.draw(orders_tables(allow_empty=False, max_customers=6, max_orders=6))
+    freq = data.draw(st.sampled_from(["D", "W", "M"]))
+    by = data.draw(st.sampled_from([[], ["merchant"]]))
+    options = dict(by=by, freq=freq, min_customers=1, penalizer_coef=0.01)
+    expected = lm.clv(table, **options)
+    batched = rebatch(table, data.draw(st.integers(1, 20)))
+    if data.draw(st.booleans()):     # a one-shot stream: read into memory for the second pass
+        batched = pa.RecordBatchReader.from_batches(batched.schema, batched.to_batches())
+    got = lm.clv(batched, engine=data.draw(st.sampled_from(["cython", "numba"])),
+                 threads=data.draw(st.sampled_from([1, 2])), chunk_rows=data.draw(st.integers(1, 30)), **options)
+    assert got.params.equals(expected.params)
+    assert got.predictions().read_all().equals(expected.predictions().read_all())
+    # The summary columns are rfm's.
+    summary = lm.rfm(table, freq).read_all()
+    assert got.predictions().read_all().select(summary.schema.names).equals(summary)
