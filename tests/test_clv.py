@@ -401,6 +401,11 @@ def test_bad_rfm_tables():
     with pytest.raises(lm.InputError, match="recency is larger than T") as err:
         lm.clv(summary=bad)
     assert err.value.row == 7
+    big = pd.concat([frame] * 30, ignore_index=True)     # 70,710 rows: the bad one in the second batch
+    big.loc[70_000, "recency"] = -1.0
+    with pytest.raises(lm.InputError, match="recency is negative") as err:
+        lm.clv(summary=big)
+    assert err.value.row == 70_000
     bad = frame.copy()
     bad["frequency"] = bad["frequency"].astype(float)
     bad.loc[3, "frequency"] = 1.5

@@ -57,7 +57,7 @@ from . import parallel
 from .errors import CorruptInputError, InputChangedError, InputError, NullValueError, SchemaError
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, size_buckets, size_labels
 from .inputs import IN_MEMORY, _in_memory, order_batches, read_merchants, rereadable
-from .rfm_summary import check_freq, observation_day, period_start_day, rfm
+from .rfm_summary import check_freq, last_order_day, observation_day, rfm
 
 BGNBD_PARAMS = ("r", "alpha", "a", "b")
 GAMMA_GAMMA_PARAMS = ("p", "q", "v")
@@ -468,9 +468,8 @@ class ClvResult:
 
 def clv(orders=None, merchants=None, *, summary=None, by=(), freq="D", observation_end=None, horizon=12,
         discount_rate=0.01, penalizer_coef=0.0, spend_penalizer_coef=0.0, min_customers=DEFAULT_MIN_CUSTOMERS,
-        columns=None,
-        size_edges=DEFAULT_SIZE_EDGES, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS,
-        progress=False):
+        columns=None, size_edges=DEFAULT_SIZE_EDGES, engine="cython", threads=None,
+        chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
     """Fit BG/NBD and Gamma-Gamma per group and predict per store-customer (SPEC §11).
 
     Parameters
@@ -554,8 +553,6 @@ def clv(orders=None, merchants=None, *, summary=None, by=(), freq="D", observati
                 orders = orders.read_all()
         # Fix the observation end once: the prediction pass must summarize as the fit pass did.
         if observation_end is None:
-            from .rfm_summary import last_order_day
-
             day = last_order_day(orders, columns)
             observation_end = np.datetime64(0 if day is None else day, "D")
         else:
@@ -571,9 +568,11 @@ def clv(orders=None, merchants=None, *, summary=None, by=(), freq="D", observati
     bg = _Distinct(4)
     gg = _Distinct(3)
     customers = {}
+    first_row = 0
     for batch in (first if summary is None else batches()):
         gid = groups.row_groups(batch)
-        x, tx, T, m = _rfm_arrays(batch, source, check=summary is not None)
+        x, tx, T, m = _rfm_arrays(batch, source, summary is not None, first_row)
+        first_row += batch.num_rows
         bg.add([gid, x, tx, T])
         spend = (x > 0) & (m > 0)
         gg.add([gid[spend], x[spend], m[spend]])
