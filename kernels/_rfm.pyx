@@ -1,6 +1,11 @@
 # cython: freethreading_compatible = True
 """RFM summary (SPEC §9 ``rfm``) in one pass over rows sorted by (merchant_id, customer_id, order_ts).
 
+With a calibration end (lifetimes' ``calibration_and_holdout_data``), the
+window above is the orders up to that instant, and the store-customers it
+opens also count their later orders up to the holdout end: distinct
+periods, orders and the sum of their amounts.
+
 For each store-customer the kernel counts the distinct ``freq`` periods of
 its orders up to the observation period, notes the first and last of them,
 and sums the amounts of the periods that ``monetary_value`` averages over
@@ -17,7 +22,7 @@ error at a row); it is resumable at the row it names. The twin in
 """
 import numpy as np
 
-from libc.stdint cimport INT64_MIN, int32_t, int64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t
 from _types cimport customer_key_t, merchant_key_t, order_ts_t
 
 cdef extern from *:
@@ -38,9 +43,13 @@ cdef enum:
     FIRST_PERIOD        # period index of the first / last of them
     LAST_PERIOD
     VALUE               # sum of amounts over the periods monetary_value averages
+    HOLDOUT_PERIODS     # with a calibration end: distinct periods of the holdout orders,
+    HOLDOUT_ORDERS      # the holdout orders (rows) and
+    HOLDOUT_VALUE       # the sum of their amounts
     N_OUT
 
-OUTPUT_COLUMNS = ("merchant_id", "customer_id", "periods", "first_period", "last_period", "value")
+OUTPUT_COLUMNS = ("merchant_id", "customer_id", "periods", "first_period", "last_period", "value",
+                  "holdout_periods", "holdout_orders", "holdout_value")
 assert len(OUTPUT_COLUMNS) == N_OUT
 
 # Why a scan call returned (the numba twin uses the same values).
@@ -71,6 +80,11 @@ cdef struct Cursor:
     int64_t last_period
     bint counted                # the current period's amounts go into value
     int64_t value
+    # Its orders after the calibration end, up to the holdout end (calibration/holdout mode).
+    int64_t holdout_periods
+    int64_t holdout_last_period
+    int64_t holdout_orders
+    int64_t holdout_value
 
 
 cdef class RfmState:
@@ -153,6 +167,9 @@ cdef inline void emit(RfmState st, Cursor* c) noexcept nogil:
     st.out[FIRST_PERIOD, row] = c.first_period
     st.out[LAST_PERIOD, row] = c.last_period
     st.out[VALUE, row] = c.value
+    st.out[HOLDOUT_PERIODS, row] = c.holdout_periods
+    st.out[HOLDOUT_ORDERS, row] = c.holdout_orders
+    st.out[HOLDOUT_VALUE, row] = c.holdout_value
     st.out_rows = row + 1
     c.open = False
 
@@ -166,6 +183,8 @@ cdef Status scan_rows(
     const int64_t[::1] period_start,
     int64_t units_per_day,
     int64_t ts_max,
+    int64_t calibration_ts,
+    int64_t holdout_end_ts,
     Py_ssize_t start,
     Py_ssize_t stop,
     Py_ssize_t* stopped,
@@ -212,7 +231,7 @@ cdef Status scan_rows(
                 status = NEED_SPACE     # nothing of row i is consumed yet: resume here
                 break
             emit(st, &c)
-        if c.period <= observation_period:
+        if c.period <= observation_period and t <= calibration_ts:
             if not c.open:              # the store-customer's first order in the window
                 c.open = True
                 c.open_merchant = m
@@ -222,11 +241,23 @@ cdef Status scan_rows(
                 c.last_period = c.period
                 c.counted = include_first
                 c.value = 0
+                c.holdout_periods = 0
+                c.holdout_last_period = -1
+                c.holdout_orders = 0
+                c.holdout_value = 0
             elif c.period != c.last_period:     # its next period (sorted: a later one)
                 c.periods += 1
                 c.last_period = c.period
                 c.counted = True
             if c.counted and lm_rfm_add_overflows(c.value, a, &c.value):
+                status = AMOUNT_OVERFLOW
+                break
+        elif c.open and calibration_ts < t <= holdout_end_ts:    # a holdout order of a calibration customer
+            if c.period != c.holdout_last_period:               # sorted: a later period
+                c.holdout_periods += 1
+                c.holdout_last_period = c.period
+            c.holdout_orders += 1
+            if lm_rfm_add_overflows(c.holdout_value, a, &c.holdout_value):
                 status = AMOUNT_OVERFLOW
                 break
         c.started = True
@@ -249,13 +280,18 @@ def scan(RfmState state not None,
          int64_t units_per_day,
          int64_t ts_max,
          Py_ssize_t start,
-         Py_ssize_t stop):
+         Py_ssize_t stop,
+         int64_t calibration_ts=INT64_MAX,
+         int64_t holdout_end_ts=INT64_MIN):
     """Scan rows ``[start, stop)`` of one record batch; return ``(status, row)``.
 
     ``period_start[p]`` is the first timestamp of period ``p`` in the
     column's units (clamped to the int64 range), ``units_per_day`` the units
     in a day, ``ts_max`` the last valid timestamp. ``row`` is where the scan
     stopped: ``stop`` on OK, else the row to report or to resume from.
+    ``calibration_ts`` (in the column's units): only orders at or before it
+    open and make a store-customer; its orders after it and at or before
+    ``holdout_end_ts`` are its holdout orders (the defaults: no holdout).
     """
     cdef Py_ssize_t n = merchant_id.shape[0]
     if customer_id.shape[0] != n or order_ts.shape[0] != n or amount.shape[0] != n:
@@ -271,5 +307,5 @@ def scan(RfmState state not None,
     cdef Status status
     with nogil:
         status = scan_rows(state, merchant_id, customer_id, order_ts, amount, period_start,
-                           units_per_day, ts_max, start, stop, &stopped)
+                           units_per_day, ts_max, calibration_ts, holdout_end_ts, start, stop, &stopped)
     return status, stopped

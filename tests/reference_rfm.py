@@ -18,6 +18,19 @@ defers to:
    fixed 365.2425 / 12 days; ``monetary_value`` the mean value over the
    periods ``frequency`` counts, 0 if it counts none.
 
+With a calibration end, lifetimes' ``calibration_and_holdout_data``:
+
+5. The summary above of the transactions at or before the calibration end
+   (raw times compared with the instant; a date is its midnight), with the
+   calibration end as its observation end; only those customers appear.
+6. Their transactions after the calibration end and at or before the
+   observation end (default: all later ones) are the holdout:
+   ``frequency_holdout`` their distinct periods, ``monetary_value_holdout``
+   the mean value per transaction (not per period), 0 without any;
+   ``duration_holdout`` the periods from the calibration end's period to the
+   observation end's (default: the latest transaction's, or the calibration
+   end's if later: lifetimes raises on an empty holdout).
+
 Here the customer is the store-customer (SPEC §4), times are UTC, values
 are the integer ``amount`` (cents), and all arithmetic is on Python ints
 and dates: the only floats are the final quotients, which Python rounds
@@ -62,20 +75,54 @@ def order_days(orders):
     return [EPOCH + dt.timedelta(days=v) for v in ts.cast(pa.int32()).to_pylist()]
 
 
+def order_instants(orders):
+    """Nanoseconds since 1970-01-01 UTC of each order (a date is its midnight)."""
+    ts = orders.column("order_ts")
+    if pa.types.is_timestamp(ts.type):
+        per_ns = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[ts.type.unit]
+        return [v * per_ns for v in ts.cast(pa.int64()).to_pylist()]
+    return [(d - EPOCH).days * SECONDS_PER_DAY * 10**9 for d in order_days(orders)]
+
+
+def instant(value):
+    """Nanoseconds since 1970-01-01 UTC of a date (its midnight) or a datetime (naive = UTC)."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return (value - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1) * 1000
+    return (value - EPOCH).days * SECONDS_PER_DAY * 10**9
+
+
+def as_date(value):
+    return value.date() if isinstance(value, dt.datetime) else value
+
+
+def period_index(day, freq):
+    """A number that counts ``freq`` periods: days, weeks (of their Mondays), months."""
+    start = period_start(day, freq)
+    if freq == "M":
+        return start.year * 12 + start.month
+    return (start - EPOCH).days // (7 if freq == "W" else 1)
+
+
 def _in_units(days, freq):
     return days * SECONDS_PER_DAY / SECONDS_PER_UNIT[freq]   # int / int: correctly rounded
 
 
-def reference_rfm(orders, freq="D", observation_end=None, include_first_transaction=False):
+def reference_rfm(orders, freq="D", observation_end=None, include_first_transaction=False, calibration_end=None):
     """Rows ``{merchant_id, customer_id, frequency, recency, T, monetary_value}`` in input order.
 
     ``orders`` is a canonical ``pa.Table`` (sorted); ``observation_end`` a
-    ``datetime.date`` (UTC) or None for the latest order.
+    ``datetime.date`` (UTC) or None for the latest order. With
+    ``calibration_end`` (a date or datetime, UTC) the rows are the
+    calibration summary with the holdout columns (module docstring).
     """
+    if calibration_end is not None:
+        return _calibration_and_holdout(orders, freq, observation_end, include_first_transaction, calibration_end)
     days = order_days(orders)
     if not days:
         return []
-    end = period_start(max(days) if observation_end is None else observation_end, freq)
+    end = period_start(max(days) if observation_end is None else as_date(observation_end), freq)
     merchants = orders.column("merchant_id").to_pylist()
     customers = orders.column("customer_id").to_pylist()
     amounts = orders.column("amount").to_pylist()
@@ -99,4 +146,32 @@ def reference_rfm(orders, freq="D", observation_end=None, include_first_transact
             "T": _in_units((end - starts[0]).days, freq),
             "monetary_value": sum(sums[s] for s in counted) / len(counted) if counted else 0.0,
         })
+    return rows
+
+
+def _calibration_and_holdout(orders, freq, observation_end, include_first_transaction, calibration_end):
+    instants = order_instants(orders)
+    if not instants:
+        return []
+    cut = instant(calibration_end)
+    limit = None if observation_end is None else instant(observation_end)
+    before = pa.array([t <= cut for t in instants])
+    rows = reference_rfm(orders.filter(before), freq, as_date(calibration_end), include_first_transaction)
+    # lifetimes raises when the holdout is empty; here a calibration end after the latest order
+    # (no observation end given) has a holdout of 0 periods.
+    latest = max(max(order_days(orders)), as_date(calibration_end))
+    end_day = latest if observation_end is None else as_date(observation_end)
+    duration = float(period_index(end_day, freq) - period_index(as_date(calibration_end), freq))
+    holdout = {}
+    keys = zip(orders.column("merchant_id").to_pylist(), orders.column("customer_id").to_pylist())
+    for key, t, day, amount in zip(keys, instants, order_days(orders), orders.column("amount").to_pylist()):
+        if t > cut and (limit is None or t <= limit):
+            periods, values = holdout.setdefault(key, (set(), []))
+            periods.add(period_start(day, freq))
+            values.append(amount)
+    for row in rows:
+        periods, values = holdout.get((row["merchant_id"], row["customer_id"]), (set(), []))
+        row["frequency_holdout"] = len(periods)
+        row["monetary_value_holdout"] = sum(values) / len(values) if values else 0.0
+        row["duration_holdout"] = duration
     return rows

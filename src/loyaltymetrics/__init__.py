@@ -3,6 +3,7 @@ from .api import compute
 from .cohort_analysis import cohorts
 from .concentration_analysis import concentration
 from .rfm_summary import rfm
+from .clv import clv
 from .convert import prepare
 from .synthetic import generate
 from .html_report import report
@@ -28,6 +29,7 @@ __all__ = [
     "cohorts",
     "concentration",
     "rfm",
+    "clv",
     "generate",
     "prepare",
     "report",

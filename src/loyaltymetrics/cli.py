@@ -131,6 +131,7 @@ def build_parser():
     d.add_argument("--keep", metavar="DIR", help="also keep the sample's orders.arrow and merchants.parquet in DIR")
     _add_generate_parser(sub)
     _add_prepare_parser(sub)
+    _add_clv_parser(sub)
     return parser
 
 
@@ -317,6 +318,9 @@ def _add_rfm_parser(sub):
                    help="ISO date (UTC) of the observation end (default: the latest order)")
     p.add_argument("--include-first-transaction", action="store_true",
                    help="count the first period in frequency and monetary_value")
+    p.add_argument("--calibration-end", metavar="DATE",
+                   help="ISO date or datetime (UTC): summarize orders up to it and add frequency_holdout, "
+                        "monetary_value_holdout, duration_holdout (lifetimes' calibration_and_holdout_data)")
     p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
                    help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
     p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
@@ -330,11 +334,82 @@ def _rfm(args):
 
     check_rfm_path(args.output, [args.orders])  # before reading anything
     reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
-                 columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds,
+                 calibration_end=args.calibration_end, columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds,
                  progress=not args.quiet)
     rows = write_rfm(reader, args.output, inputs=[args.orders])
     print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
     return 0
+
+
+def _add_clv_parser(sub):
+    p = sub.add_parser(
+        "clv", help="predictive CLV: BG/NBD and Gamma-Gamma fits per group, predictions per store-customer (SPEC §11)",
+        description="Fit BG/NBD and Gamma-Gamma per group (as lifetimes does) and predict expected orders, "
+                    "probability alive, expected spend and discounted CLV per store-customer.")
+    p.add_argument("orders", metavar="ORDERS", help="sorted orders (.arrow, Parquet file or directory), "
+                   "or with --rfm-table an RFM table (frequency, recency, T, monetary_value)")
+    p.add_argument("--rfm-table", action="store_true",
+                   help="ORDERS is a ready RFM table (Parquet, Arrow or CSV), not order rows")
+    p.add_argument("--merchants", metavar="FILE", help="merchants table, for --by industry/country")
+    p.add_argument("--by", type=_csv_list, default=[], metavar="KEYS",
+                   help=f"comma-separated group keys from {', '.join(GROUP_KEYS)} (default: one fit over everything)")
+    p.add_argument("--freq", choices=("D", "W", "M"), default="D", help="time unit: days, weeks, months (default: D)")
+    p.add_argument("--observation-end", metavar="DATE", help="ISO date (UTC) of the observation end (default: the latest order)")
+    p.add_argument("--horizon", type=_positive_int, default=12, metavar="MONTHS",
+                   help="months ahead for expected orders and CLV (default: 12)")
+    p.add_argument("--discount-rate", type=float, default=0.01, metavar="R", help="monthly discount rate (default: 0.01)")
+    p.add_argument("--penalizer", type=float, default=0.0, metavar="X",
+                   help="L2 penalizer coefficient of the BG/NBD fit (default: 0; 0.001 tames a fit that runs off "
+                        "to infinity)")
+    p.add_argument("--spend-penalizer", type=float, default=0.0, metavar="X",
+                   help="L2 penalizer coefficient of the Gamma-Gamma fit (default: 0; it weighs v in minor units)")
+    p.add_argument("--min-customers", type=_positive_int, default=10, metavar="N",
+                   help="fewer customers in a group is a too_few_customers status (default: 10)")
+    p.add_argument("-o", "--output", metavar="OUT", help="predictions to OUT.parquet or OUT.csv")
+    p.add_argument("--params-out", metavar="FILE", help="per-group parameters to FILE.json, .csv or .parquet")
+    p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
+                   help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
+    p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="threads scanning chunks (default: the usable CPUs)")
+    _add_quiet(p)
+    p.set_defaults(handler=_clv_command)
+
+
+def _clv_command(args):
+    from .clv import clv, write_params, write_predictions
+
+    inputs = [args.orders] + ([args.merchants] if args.merchants else [])
+    try:
+        source = dict(summary=args.orders) if args.rfm_table else dict(orders=args.orders)
+        result = clv(merchants=args.merchants, by=args.by, freq=args.freq, observation_end=args.observation_end,
+                     horizon=args.horizon, discount_rate=args.discount_rate, penalizer_coef=args.penalizer,
+                     spend_penalizer_coef=args.spend_penalizer,
+                     min_customers=args.min_customers, columns=args.columns, engine=args.engine,
+                     threads=args.threads, progress=not args.quiet, **source)
+        print(_format_clv_params(result.params))
+        if args.params_out:
+            write_params(result.params, args.params_out, inputs)
+            print(f"wrote {result.params.num_rows} groups' parameters to {args.params_out}", file=sys.stderr)
+        if args.output:
+            rows = write_predictions(result.predictions(), args.output, inputs)
+            print(f"wrote {rows:,} predictions to {args.output}", file=sys.stderr)
+    except (LoyaltyMetricsError, ValueError, OSError) as e:
+        print(f"loyaltymetrics: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _format_clv_params(table):
+    """The per-group fits as a terminal table: keys, customers, statuses, parameters, log-likelihoods."""
+    shown = [c for c in table.column_names if not c.endswith(("_message", "_converged", "_iterations"))]
+    text = _format_rows(table.select(shown))
+    notes = []
+    for row in table.to_pylist():
+        for model in ("bgnbd", "gamma_gamma"):
+            if row[f"{model}_status"] != "ok":
+                keys = ", ".join(f"{k}={row[k]}" for k in table.column_names[:table.column_names.index("customers")])
+                notes.append(f"{keys or 'all'}: {model} {row[f'{model}_status']}: {row[f'{model}_message']}")
+    return "\n".join([text, *notes])
 
 
 def _add_report_parser(sub):

@@ -12,7 +12,8 @@ import enum
 import numpy as np
 from numba import njit
 
-OUTPUT_COLUMNS = ("merchant_id", "customer_id", "periods", "first_period", "last_period", "value")
+OUTPUT_COLUMNS = ("merchant_id", "customer_id", "periods", "first_period", "last_period", "value",
+                  "holdout_periods", "holdout_orders", "holdout_value")
 N_OUT = len(OUTPUT_COLUMNS)
 INT64_MIN = np.iinfo(np.int64).min
 INT64_MAX = np.iinfo(np.int64).max
@@ -33,7 +34,8 @@ class Status(enum.IntEnum):
 
 # Cursor fields (indexes into the state's int64 array).
 (STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, PERIOD_LO, PERIOD_HI, PERIOD, OPEN, OPEN_MERCHANT,
- OPEN_CUSTOMER, PERIODS, FIRST_PERIOD, LAST_PERIOD, COUNTED, VALUE, OUT_ROWS, N_CURSOR) = range(17)
+ OPEN_CUSTOMER, PERIODS, FIRST_PERIOD, LAST_PERIOD, COUNTED, VALUE, HOLDOUT_PERIODS, HOLDOUT_LAST_PERIOD,
+ HOLDOUT_ORDERS, HOLDOUT_VALUE, OUT_ROWS, N_CURSOR) = range(21)
 
 
 class RfmState:
@@ -86,6 +88,9 @@ def _emit(cursor, out):
     out[3, row] = cursor[FIRST_PERIOD]
     out[4, row] = cursor[LAST_PERIOD]
     out[5, row] = cursor[VALUE]
+    out[6, row] = cursor[HOLDOUT_PERIODS]
+    out[7, row] = cursor[HOLDOUT_ORDERS]
+    out[8, row] = cursor[HOLDOUT_VALUE]
     cursor[OUT_ROWS] = row + 1
     cursor[OPEN] = 0
 
@@ -101,7 +106,8 @@ def _close(cursor, out):
 
 @njit(nogil=True, cache=True)
 def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_period, period_start,
-               units_per_day, ts_max, min_amount, observation_period, include_first, start, stop):
+               units_per_day, ts_max, min_amount, observation_period, include_first, calibration_ts,
+               holdout_end_ts, start, stop):
     started = cursor[STARTED] != 0
     prev_merchant = cursor[PREV_MERCHANT]
     prev_customer = cursor[PREV_CUSTOMER]
@@ -146,7 +152,7 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
                 status = 1  # NEED_SPACE: nothing of row i is consumed yet, resume here
                 break
             _emit(cursor, out)
-        if period <= observation_period:
+        if period <= observation_period and t <= calibration_ts:
             if not cursor[OPEN]:            # the store-customer's first order in the window
                 cursor[OPEN] = 1
                 cursor[OPEN_MERCHANT] = m
@@ -156,6 +162,10 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
                 cursor[LAST_PERIOD] = period
                 cursor[COUNTED] = include_first
                 cursor[VALUE] = 0
+                cursor[HOLDOUT_PERIODS] = 0
+                cursor[HOLDOUT_LAST_PERIOD] = -1
+                cursor[HOLDOUT_ORDERS] = 0
+                cursor[HOLDOUT_VALUE] = 0
             elif period != cursor[LAST_PERIOD]:     # its next period (sorted: a later one)
                 cursor[PERIODS] += 1
                 cursor[LAST_PERIOD] = period
@@ -166,6 +176,16 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
                     status = 5  # AMOUNT_OVERFLOW
                     break
                 cursor[VALUE] = value + a
+        elif cursor[OPEN] and calibration_ts < t <= holdout_end_ts:    # a holdout order of a calibration customer
+            if period != cursor[HOLDOUT_LAST_PERIOD]:                 # sorted: a later period
+                cursor[HOLDOUT_PERIODS] += 1
+                cursor[HOLDOUT_LAST_PERIOD] = period
+            cursor[HOLDOUT_ORDERS] += 1
+            value = cursor[HOLDOUT_VALUE]
+            if (a > 0 and value > INT64_MAX - a) or (a < 0 and value < INT64_MIN - a):
+                status = 5  # AMOUNT_OVERFLOW
+                break
+            cursor[HOLDOUT_VALUE] = value + a
         started = True
         prev_merchant = m
         prev_customer = cust
@@ -181,7 +201,8 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
     return status, i
 
 
-def scan(state, merchant_id, customer_id, order_ts, amount, period_start, units_per_day, ts_max, start, stop):
+def scan(state, merchant_id, customer_id, order_ts, amount, period_start, units_per_day, ts_max, start, stop,
+         calibration_ts=INT64_MAX, holdout_end_ts=INT64_MIN):
     """Scan rows ``[start, stop)`` of one record batch; return ``(status, row)`` (see ``_rfm.scan``)."""
     n = len(merchant_id)
     if len(customer_id) != n or len(order_ts) != n or len(amount) != n:
@@ -200,6 +221,7 @@ def scan(state, merchant_id, customer_id, order_ts, amount, period_start, units_
     status, row = _scan_rows(
         state.cursor, state.out, merchant_id, customer_id, order_ts, amount, state.day_period, period_start,
         np.int64(units_per_day), np.int64(ts_max), np.int64(state.min_amount), np.int64(state.observation_period),
-        np.int64(state.include_first), np.int64(start), np.int64(stop),
+        np.int64(state.include_first), np.int64(calibration_ts), np.int64(holdout_end_ts), np.int64(start),
+        np.int64(stop),
     )
     return Status(status), int(row)

@@ -64,6 +64,13 @@ SCHEMA = pa.schema([
     ("T", pa.float64()),
     ("monetary_value", pa.float64()),
 ])
+# With calibration_end: the columns above are lifetimes' ``_cal`` ones, and these follow.
+HOLDOUT_SCHEMA = pa.schema(list(SCHEMA) + [
+    ("frequency_holdout", pa.int64()),
+    ("monetary_value_holdout", pa.float64()),
+    ("duration_holdout", pa.float64()),
+])
+NS_PER_DAY = SECONDS_PER_DAY * 10**9
 
 
 # --- periods ------------------------------------------------------------------
@@ -104,7 +111,7 @@ def period_start_ts(freq, units_per_day):
     return np.where(days > INT64_MAX // units_per_day, INT64_MAX, days * units_per_day)
 
 
-def observation_day(value):
+def observation_day(value, name="observation_end"):
     """Day since 1970-01-01 (UTC) of an observation end: a date, datetime, NumPy datetime64 or ISO string.
 
     A naive datetime is UTC; an aware one is converted to UTC.
@@ -114,10 +121,10 @@ def observation_day(value):
         try:
             value = dt.datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError(f"observation_end {original!r} is not an ISO date or datetime (YYYY-MM-DD[THH:MM:SS])") from None
+            raise ValueError(f"{name} {original!r} is not an ISO date or datetime (YYYY-MM-DD[THH:MM:SS])") from None
     if isinstance(value, np.datetime64):
         if np.isnat(value):
-            raise ValueError("observation_end is NaT")
+            raise ValueError(f"{name} is NaT")
         day = int(value.astype("datetime64[D]").astype(np.int64))
     elif isinstance(value, dt.datetime):
         if value.tzinfo is not None:
@@ -126,10 +133,47 @@ def observation_day(value):
     elif isinstance(value, dt.date):
         day = (value - dt.date(1970, 1, 1)).days
     else:
-        raise TypeError(f"observation_end must be a date, datetime, numpy.datetime64 or ISO string; got {type(original).__name__}")
+        raise TypeError(f"{name} must be a date, datetime, numpy.datetime64 or ISO string; got {type(original).__name__}")
     if not 0 <= day < periods.N_DAYS:
-        raise ValueError(f"observation_end {original!r} is outside 1970-01-01 .. 2262-12-31")
+        raise ValueError(f"{name} {original!r} is outside 1970-01-01 .. 2262-12-31")
     return day
+
+
+def instant_ns(value, name):
+    """Nanoseconds since 1970-01-01 UTC of an instant given as ``observation_day`` takes it (a date is its midnight).
+
+    lifetimes' ``calibration_and_holdout_data`` compares raw order times
+    with ``pd.to_datetime(calibration_period_end)``: a date means its
+    midnight, so orders later that day are after it.
+    """
+    observation_day(value, name)    # the same forms and range checks
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if isinstance(value, np.datetime64):
+        if np.datetime_data(value.dtype)[0] in ("ns", "ps", "fs", "as"):
+            return int(value.astype("datetime64[ns]").astype(np.int64))
+        return int(value.astype("datetime64[us]").astype(np.int64)) * 1000
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        micros = (value - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1)
+        return int(micros) * 1000 + int(getattr(value, "nanosecond", 0))
+    return (value - dt.date(1970, 1, 1)).days * NS_PER_DAY
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Calibration/holdout mode: the calibration end, the holdout end (None: no limit) and its day."""
+
+    calibration_ns: int
+    end_ns: object
+    end_day: int
+
+    def thresholds(self, units_per_day):
+        """(calibration_ts, holdout_end_ts) in a column's units: ``ts <= threshold`` iff the instant is at or before."""
+        def floor(ns):
+            return max(min(ns * units_per_day // NS_PER_DAY, INT64_MAX), -INT64_MAX)
+        return floor(self.calibration_ns), INT64_MAX if self.end_ns is None else floor(self.end_ns)
 
 
 # --- the kernel, in the shape the chunk-parallel driver runs ---------------------
@@ -168,8 +212,11 @@ class RfmKernel:
     """
 
     def __init__(self, freq="D", observation_day=0, include_first_transaction=False, refunds=False,
-                 engine="cython", capacity=OUTPUT_CAPACITY):
+                 engine="cython", capacity=OUTPUT_CAPACITY, holdout=None):
         self.freq = check_freq(freq)
+        # Calibration/holdout: observation_day is the calibration end's day, ``holdout`` a ``Holdout``.
+        self.holdout = holdout
+        self.schema = SCHEMA if holdout is None else HOLDOUT_SCHEMA
         self.engine = engine_module(engine)
         self.observation_period = int(day_period(freq)[observation_day])
         self.observation_start_day = int(period_start_day(freq)[self.observation_period])
@@ -190,10 +237,11 @@ class RfmKernel:
         period_start = period_start_ts(self.freq, batch.units_per_day)
         ts_max = periods.ts_max(batch.units_per_day)
         engine, st = self.engine, state.engine_state
+        limits = () if self.holdout is None else self.holdout.thresholds(batch.units_per_day)
         row = start
         while True:
             status, row = engine.scan(st, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
-                                      period_start, batch.units_per_day, ts_max, row, stop)
+                                      period_start, batch.units_per_day, ts_max, row, stop, *limits)
             if status == engine.Status.OK:
                 return
             if status != engine.Status.NEED_SPACE:
@@ -221,7 +269,7 @@ class RfmKernel:
         entry. Durations are float64(days) × 86400 / seconds per unit: the
         product is exact, so this is the correctly rounded quotient.
         """
-        merchant_id, customer_id, frequency, first_period, last_period, value = rows
+        merchant_id, customer_id, frequency, first_period, last_period, value = rows[:6]
         frequency -= not self.include_first    # periods → the periods monetary_value averages over
         start_day = period_start_day(self.freq)
         first_day = start_day[first_period]
@@ -234,12 +282,19 @@ class RfmKernel:
         age /= seconds
         monetary_value = np.divide(value.astype(np.float64), frequency, out=np.zeros(len(value)),
                                    where=frequency > 0)
-        return pa.RecordBatch.from_arrays(
-            [numeric_array(merchant_id, pa.int64()), numeric_array(customer_id, pa.int64()),
-             numeric_array(frequency, pa.int64()), numeric_array(recency, pa.float64()),
-             numeric_array(age, pa.float64()), numeric_array(monetary_value, pa.float64())],
-            schema=SCHEMA,
-        )
+        arrays = [numeric_array(merchant_id, pa.int64()), numeric_array(customer_id, pa.int64()),
+                  numeric_array(frequency, pa.int64()), numeric_array(recency, pa.float64()),
+                  numeric_array(age, pa.float64()), numeric_array(monetary_value, pa.float64())]
+        if self.holdout is not None:
+            # lifetimes: distinct periods of the holdout orders; the mean amount per holdout *order*;
+            # the periods from the calibration end's to the holdout end's (pandas Period difference).
+            holdout_periods, holdout_orders, holdout_value = rows[6:9]
+            mean = np.divide(holdout_value.astype(np.float64), holdout_orders, out=np.zeros(len(holdout_value)),
+                             where=holdout_orders > 0)
+            duration = float(day_period(self.freq)[self.holdout.end_day] - self.observation_period)
+            arrays += [numeric_array(holdout_periods, pa.int64()), numeric_array(mean, pa.float64()),
+                       numeric_array(np.full(len(mean), duration), pa.float64())]
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
 
 def _error(status, batch, row, engine_state):
@@ -285,8 +340,9 @@ def last_order_day(orders, columns=None):
     return min(max(latest // units_per_day, 0), periods.N_DAYS - 1)
 
 
-def rfm(orders, freq="D", observation_end=None, include_first_transaction=False, *, columns=None,
-        engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, refunds=False, progress=False):
+def rfm(orders, freq="D", observation_end=None, include_first_transaction=False, *, calibration_end=None,
+        columns=None, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, refunds=False,
+        progress=False):
     """Frequency, recency, T and monetary value per store-customer (SPEC §9), streamed.
 
     Equal to ``lifetimes.utils.summary_data_from_transaction_data(orders,
@@ -310,6 +366,20 @@ def rfm(orders, freq="D", observation_end=None, include_first_transaction=False,
         ``RecordBatchReader``) needs it given.
     include_first_transaction : bool
         Count the first period in ``frequency`` and ``monetary_value``.
+    calibration_end : date, datetime, numpy.datetime64 or ISO string, optional
+        Calibration/holdout mode, as lifetimes'
+        ``calibration_and_holdout_data(..., calibration_period_end=
+        calibration_end, observation_period_end=observation_end)``: the
+        summary columns are those of the orders at or before this instant
+        (a date is its midnight, as ``pd.to_datetime`` makes it), with T to
+        the start of its period; only store-customers with such an order
+        are in the output. Three columns follow: ``frequency_holdout``
+        (distinct ``freq`` periods of the store-customer's orders after
+        ``calibration_end`` and at or before ``observation_end``; default:
+        every later order), ``monetary_value_holdout`` (the mean amount of
+        those orders — per order, not per period, as lifetimes — 0 if none)
+        and ``duration_holdout`` (the ``freq`` periods from the calibration
+        end's period to the observation end's).
     columns : dict, optional
         Canonical name → the input's name, e.g. ``{"amount": "total_cents"}``.
     engine : {"cython", "numba"}
@@ -358,10 +428,18 @@ def rfm(orders, freq="D", observation_end=None, include_first_transaction=False,
             "observation_end=None reads the input twice (to find its latest order first); "
             "pass observation_end for a one-shot stream such as a RecordBatchReader"
         )
-    kernel = RfmKernel(freq, day, include_first_transaction, refunds, engine)
+    holdout = None
+    if calibration_end is not None:
+        calibration_ns = instant_ns(calibration_end, "calibration_end")
+        end_ns = None if observation_end is None else instant_ns(observation_end, "observation_end")
+        if end_ns is not None and end_ns < calibration_ns:
+            raise ValueError(f"observation_end {observation_end!r} is before calibration_end {calibration_end!r}")
+        holdout = Holdout(calibration_ns, end_ns, max(day, calibration_ns // NS_PER_DAY))
+        day = calibration_ns // NS_PER_DAY
+    kernel = RfmKernel(freq, day, include_first_transaction, refunds, engine, holdout=holdout)
     total = count_rows(orders) if _progress.shown(progress) else None
     batches = output_batches(order_batches(orders, columns), kernel, threads, chunk_rows, progress, total)
-    return pa.RecordBatchReader.from_batches(SCHEMA, batches)
+    return pa.RecordBatchReader.from_batches(kernel.schema, batches)
 
 
 RFM_SUFFIXES = (".parquet", ".csv")
