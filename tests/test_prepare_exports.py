@@ -426,9 +426,26 @@ def test_a_stray_quote_costs_one_line(tmp_path):
     report = lm.prepare(raw, tmp_path / "o.arrow", rejects=tmp_path / "r.parquet")
     assert report.rows_written == 1000 and report.rows_read == 1001
     bad = report.rejected["malformed_csv_row"]
-    assert bad.count == 1 and bad.first_row == 0 and "line 2" in bad.example()
+    assert bad.count == 1 and bad.first_row == 0 and bad.first_values["physical line"] == 2
     rejects = pq.read_table(tmp_path / "r.parquet").to_pylist()
     assert rejects[0]["line"] == 'm,"c-bad,2023-05-01T10:15:00Z,1.00' and rejects[0]["row"] == 0
+    assert rejects[0]["line_number"] == 2
+
+
+def test_quoted_newlines_survive_a_bad_line(tmp_path):
+    """Values spanning lines inside quotes are one record, also when another line is broken."""
+    raw = tmp_path / "n.csv"
+    raw.write_text('merchant_id,customer_id,order_ts,amount,note\n'
+                   'm,a,2023-05-01T10:15:00Z,1.00,"first\nsecond, line"\n'
+                   'm,b,2023-05-01T10:15:00Z\n'
+                   'm,"c,2023-05-01T10:15:00Z,3.00,x\n'
+                   'm,d,2023-05-01T10:15:00Z,4.00,"x ""quoted"""\n')
+    report = lm.prepare(raw, tmp_path / "o.arrow", rejects=tmp_path / "r.parquet")
+    assert report.rows_written == 2 and report.rows_read == 4
+    rejects = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert [(r["row"], r["line_number"]) for r in rejects] == [(1, 4), (2, 5)]
+    amounts = pa.ipc.open_file(str(tmp_path / "o.arrow")).read_all().column("amount").to_pylist()
+    assert sorted(amounts) == [100, 400]
 
 
 def test_a_huge_first_row_is_read(tmp_path):

@@ -141,7 +141,7 @@ class Rejected:
 
     def example(self):
         values = ", ".join(f"{k}={v!r}" for k, v in self.first_values.items())
-        return f"{self.first_source}: row {self.first_row} (line {self.first_row + 2}): {values}"
+        return f"{self.first_source}: row {self.first_row}: {values}"
 
 
 @dataclass
@@ -509,11 +509,17 @@ def _csv_batches(path, invalid):
         yield from reader
 
 
-def _csv_lines(path, malformed):
-    """Fallback reader for a CSV whose quotes are broken: each physical line is parsed on its own.
+MAX_RECORD_LINES = 200  # a quoted value may span lines; an open quote spanning more is a stray one
 
-    Yields the schema, then record batches with a ``__line`` column (the physical line, from 1).
-    Lines that do not give the header's number of fields go to ``malformed`` as (line, text).
+
+def _csv_lines(path, malformed):
+    """Careful reader for a CSV the fast parser could not number: a stray quote costs one line.
+
+    A record may span physical lines only inside a properly closed quoted value (and at most
+    ``MAX_RECORD_LINES``); otherwise its first line is malformed and reading resumes on the next
+    line. Yields the schema, then record batches with a ``__row`` column (the record's index among
+    the data records, malformed ones included). Malformed records go to ``malformed`` as
+    (row, physical line, text).
     """
     import csv
 
@@ -521,31 +527,54 @@ def _csv_lines(path, malformed):
 
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     null_values = set(pacsv.ConvertOptions().null_values)
+
+    def parse(text):
+        try:
+            return "ok", next(csv.reader([text], delimiter=delimiter, strict=True))
+        except csv.Error as e:
+            return ("open" if "unexpected end of data" in str(e) else "bad"), None
+        except StopIteration:
+            return "ok", []
+
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        lines = iter(f)
-        header = next(csv.reader([next(lines).rstrip("\r\n")], delimiter=delimiter))
-        schema = pa.schema([(name, pa.string()) for name in header] + [("__line", pa.int64())])
+        numbered = ((number, text.rstrip("\r\n")) for number, text in enumerate(f, start=1))
+        _, header_text = next(numbered)
+        header = parse(header_text)[1] or []
+        schema = pa.schema([(name, pa.string()) for name in header] + [("__row", pa.int64())])
         yield schema
-        rows, line_numbers = [], []
-        for number, text in enumerate(lines, start=2):
-            text = text.rstrip("\r\n")
-            try:
-                fields = next(csv.reader([text], delimiter=delimiter, strict=True))
-            except (csv.Error, StopIteration):
-                fields = None
-            if fields is None or len(fields) != len(header):
-                if text or fields is None:
-                    malformed.append((number, text))
-                else:
-                    malformed.append((number, text))
-                continue
-            rows.append([None if v in null_values else v for v in fields])
-            line_numbers.append(number)
+        pushed = []
+
+        def next_line():
+            return pushed.pop() if pushed else next(numbered, None)
+
+        rows, row_numbers, record = [], [], 0
+        while True:
+            first = next_line()
+            if first is None:
+                break
+            used, text = [first], first[1]
+            status, fields = parse(text)
+            while status == "open" and len(used) < MAX_RECORD_LINES:
+                following = next_line()
+                if following is None:
+                    break
+                used.append(following)
+                text += "\n" + following[1]
+                status, fields = parse(text)
+            if status == "ok" and len(fields) == len(header):
+                rows.append([None if v in null_values else v for v in fields])
+                row_numbers.append(record)
+            elif first[1] or len(used) > 1:
+                malformed.append((record, first[0], first[1]))
+                pushed.extend(reversed(used[1:]))  # read the swallowed lines again, each on its own
+            else:
+                continue  # a blank line is not a record
+            record += 1
             if len(rows) >= 100_000:
-                yield _rows_batch(schema, rows, line_numbers)
-                rows, line_numbers = [], []
+                yield _rows_batch(schema, rows, row_numbers)
+                rows, row_numbers = [], []
         if rows:
-            yield _rows_batch(schema, rows, line_numbers)
+            yield _rows_batch(schema, rows, row_numbers)
 
 
 def _rows_batch(schema, rows, line_numbers):
@@ -651,7 +680,7 @@ class _Stage:
                                  net DECIMAL(38, 16), cents BIGINT, reward BOOLEAN, currency VARCHAR,
                                  excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR)""")
         raw = ", ".join(f"raw_{role} VARCHAR" for role in ROLES)
-        self.con.execute(f"CREATE TABLE rejected_raw (src_row BIGINT, line VARCHAR, {raw})")
+        self.con.execute(f"CREATE TABLE rejected_raw (src_row BIGINT, line_number BIGINT, line VARCHAR, {raw})")
         self.created = True
 
     # -- one file --
@@ -752,7 +781,7 @@ class _Stage:
         query = None
         for batch in batches:
             if lines:
-                rows = batch.column("__line").to_numpy() - 2
+                rows = batch.column("__row").to_numpy()
             else:
                 if any(r.number is None or "\n" in (r.text or "") for r in invalid):
                     return True
@@ -772,7 +801,7 @@ class _Stage:
                 raw = ", ".join(f"CAST(r.{role} AS VARCHAR)" if role in kinds else "NULL" for role in ROLES)
                 self.con.execute(f"""
                     INSERT INTO rejected_raw
-                    SELECT r.src_row, NULL, {raw} FROM raw_batch r
+                    SELECT r.src_row, NULL, NULL, {raw} FROM raw_batch r
                     SEMI JOIN (SELECT src_row FROM staged WHERE src_row BETWEEN {lo} AND {hi}
                                AND reason IS NOT NULL) s ON r.src_row = s.src_row""")
             finally:
@@ -780,18 +809,20 @@ class _Stage:
             bar.update(batch.num_rows)
         if not lines and any(r.number is None or "\n" in (r.text or "") for r in invalid):
             return True
-        malformed = [(_malformed_row_index(r) + 2, r.text) for r in invalid] if not lines else invalid
+        malformed = invalid if lines else [(_malformed_row_index(r), r.number, r.text) for r in invalid]
         if malformed:
-            src = pa.array([base + line - 2 for line, _ in malformed], pa.int64())
-            rows = pa.array([line - 2 for line, _ in malformed], pa.int64())
+            src = pa.array([base + row for row, _, _ in malformed], pa.int64())
+            rows = pa.array([row for row, _, _ in malformed], pa.int64())
             table = pa.table({"src_row": src, "file_row": rows,
-                              "line": pa.array([text for _, text in malformed], pa.string())})
+                              "line_number": pa.array([line for _, line, _ in malformed], pa.int64()),
+                              "line": pa.array([text for _, _, text in malformed], pa.string())})
             self.con.register("bad_rows", table)
             try:
                 self.con.execute(f"""INSERT INTO staged (src_row, file_idx, file_row, has_order, is_carrier, reason)
                                      SELECT src_row, {file_idx}, file_row, false, true, 'malformed_csv_row'
                                      FROM bad_rows""")
-                self.con.execute("INSERT INTO rejected_raw (src_row, line) SELECT src_row, line FROM bad_rows")
+                self.con.execute("INSERT INTO rejected_raw (src_row, line_number, line) "
+                                 "SELECT src_row, line_number, line FROM bad_rows")
             finally:
                 self.con.unregister("bad_rows")
             bar.update(len(malformed))
@@ -1057,7 +1088,7 @@ def _accounts(con, stage, files):
         if raw:
             raw = raw[0]
             if raw["line"] is not None:
-                entry.first_values = {"line": raw["line"]}
+                entry.first_values = {"physical line": raw["line_number"], "text": raw["line"]}
             else:
                 entry.first_values = {name: raw["raw_" + role] for role, name in names.items()}
         else:
@@ -1181,7 +1212,8 @@ def _write_rejects(con, stage, files, path, inputs):
     raw = ", ".join(f"coalesce(r.raw_{role}, {fallback[role]}) AS {role}" if role in fallback
                     else f"r.raw_{role} AS {role}" for role in roles)
     query = f"""
-        SELECT f.path AS file, c.file_row AS row, substr(c.outcome, 10) AS reason, r.line AS line, {raw}
+        SELECT f.path AS file, c.file_row AS row, substr(c.outcome, 10) AS reason, r.line_number AS line_number,
+               r.line AS line, {raw}
         FROM classified c JOIN files_arrow f ON c.file_idx = f.file_idx
         LEFT JOIN rejected_raw r ON c.src_row = r.src_row
         WHERE c.outcome LIKE 'rejected:%' ORDER BY c.src_row"""
