@@ -324,7 +324,8 @@ def prepare(raw, output, *, columns=None, format="generic", merchant=None, merch
     own_temp = temp_directory is None
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=output.parent if own_temp else temp_directory))
     try:
-        con = duckdb.connect(str(work / "prepare.duckdb"))
+        # In memory, spilling to temp_directory past memory_limit: no database file to checkpoint.
+        con = duckdb.connect(":memory:")
         try:
             return _run(con, duckdb, locals())
         except duckdb.OutOfMemoryException as e:
@@ -853,9 +854,19 @@ class _Stage:
             c = "customer_id"
         else:
             c = "NULL"
+        carrier = "(amount IS NOT NULL)" if has_order else "true"
         # amounts
-        dec, dbl = _amount_sql("amount", kind("amount"))
-        ref, _ = _amount_sql("refunded", kind("refunded"))
+        amount_txt, dec, dbl = _amount_sql("amount", kind("amount"))
+        refunded_txt, ref, _ = _amount_sql("refunded", kind("refunded"))
+        p0 = []
+        if amount_txt:
+            p0.append(f"CASE WHEN {carrier} THEN {amount_txt} END AS amount_txt")
+        if refunded_txt:
+            p0.append(f"CASE WHEN {carrier} THEN {refunded_txt} END AS refunded_txt")
+        if kind("order_ts") == "text":
+            p0.append(f"CASE WHEN {carrier} THEN regexp_extract(trim(order_ts), '{TS_PATTERN}', ['d', 't', 'z']) "
+                      f"END AS tsp")
+        p0 = "".join(", " + e for e in p0)
         ref_bad = f"(refunded IS NOT NULL AND ({ref}) IS NULL)" if has("refunded") else "false"
         # timestamps
         ts_value, ts_unparsable = _ts_sql(kinds.get("order_ts"))
@@ -879,19 +890,22 @@ class _Stage:
         else:
             status = "NULL::VARCHAR"
         currency = "NULLIF(upper(trim(CAST(currency AS VARCHAR))), '')" if has("currency") else "NULL::VARCHAR"
-        carrier = "(amount IS NOT NULL)" if has_order else "true"
         negative = "false" if self.refunds else "cents < 0"
         return f"""
-            WITH p1 AS (
+            WITH p0 AS (SELECT *{p0} FROM raw_batch),
+            p1a AS (
                 SELECT src_row, file_row, {m} AS m, {o} AS o, {c} AS c,
                        {"order_ts" if "order_ts" in kinds else "NULL"} AS raw_ts,
                        {"amount" if "amount" in kinds else "NULL"} AS raw_amount,
-                       {dec} AS dec, {dbl} AS dbl, {ref} AS ref, {ref_bad} AS ref_bad,
-                       {ts_value} AS ts_us, {ts_unparsable} AS ts_unparsable,
+                       {dec} AS dec, CASE WHEN ({dec}) IS NULL THEN {dbl} END AS dbl, {ref} AS ref,
+                       {ref_bad} AS ref_bad, {ts_value} AS ts_us,
                        {reward} AS reward_flag, ({bad_reward}) AS bad_reward,
                        {test} AS test_flag, ({bad_test}) AS bad_test, {cancelled} AS cancelled,
                        {status} AS status_reason, {currency} AS cur, {carrier} AS is_carrier
-                FROM raw_batch
+                FROM p0
+            ), p1 AS (
+                SELECT *, {ts_unparsable.replace("order_ts IS", "raw_ts IS")} AS ts_unparsable
+                FROM p1a
             ), p2 AS (
                 SELECT *, coalesce(abs(ref), 0) AS refunded_abs,
                        (coalesce(abs(ref), 0) > 0 AND coalesce(abs(ref), 0) >= dec) AS full_refund
@@ -933,16 +947,17 @@ class _Stage:
 
 
 def _amount_sql(column, kind):
-    """(exact DECIMAL(38,16) or NULL, DOUBLE for telling huge from unparsable) of an amount column."""
+    """(p0 expression of the checked text or None, exact DECIMAL(38,16) or NULL, DOUBLE for telling huge from
+    unparsable) of an amount column. Text is checked once, in p0, as ``{column}_txt``."""
     if kind == "null":
-        return "NULL::DECIMAL(38, 16)", "NULL::DOUBLE"
+        return None, "NULL::DECIMAL(38, 16)", "NULL::DOUBLE"
     if kind == "text":
         checked = f"CASE WHEN regexp_full_match(trim({column}), '{AMOUNT_PATTERN}') THEN trim({column}) END"
-        return f"TRY_CAST({checked} AS DECIMAL(38, 16))", f"TRY_CAST({checked} AS DOUBLE)"
+        return checked, f"TRY_CAST({column}_txt AS DECIMAL(38, 16))", f"TRY_CAST({column}_txt AS DOUBLE)"
     if kind == "float":
         raw = f"CAST({column} AS VARCHAR)"  # shortest decimal that reads back as the same float
-        return f"TRY_CAST({raw} AS DECIMAL(38, 16))", f"CAST({column} AS DOUBLE)"
-    return f"TRY_CAST({column} AS DECIMAL(38, 16))", f"TRY_CAST({column} AS DOUBLE)"
+        return None, f"TRY_CAST({raw} AS DECIMAL(38, 16))", f"CAST({column} AS DOUBLE)"
+    return None, f"TRY_CAST({column} AS DECIMAL(38, 16))", f"TRY_CAST({column} AS DOUBLE)"
 
 
 def _ts_sql(spec):
@@ -951,21 +966,20 @@ def _ts_sql(spec):
         return "NULL::BIGINT", "false"
     _, kind, t = spec
     if kind == "text":
-        text = "trim(order_ts)"
-        parts = f"regexp_extract({text}, '{TS_PATTERN}', ['d', 't', 'z'])"
-        clock = f"{parts}.d || ' ' || coalesce(NULLIF({parts}.t, ''), '00:00:00')"
-        zone = f"{parts}.z"
+        # tsp: regexp_extract of TS_PATTERN, computed once in p0 (d is empty when the form is wrong)
+        clock = "tsp.d || ' ' || coalesce(NULLIF(tsp.t, ''), '00:00:00')"
+        zone = "tsp.z"
         zh = f"TRY_CAST(substr({zone}, 2, 2) AS INTEGER)"
         zm = f"(CASE WHEN length(replace({zone}, ':', '')) = 5 THEN TRY_CAST(right({zone}, 2) AS INTEGER) ELSE 0 END)"
         value = f"""(CASE
-            WHEN NOT regexp_full_match({text}, '{TS_PATTERN}') THEN NULL
+            WHEN tsp.d IS NULL OR tsp.d = '' THEN NULL
             WHEN {zone} = '' THEN epoch_us(CAST(TRY_CAST({clock} AS TIMESTAMP) AS TIMESTAMPTZ))
             WHEN {zone} IN ('Z', 'UTC') THEN epoch_us(TRY_CAST({clock} || '+00:00' AS TIMESTAMPTZ))
             WHEN {zh} > 14 OR {zm} > 59 THEN NULL
             ELSE epoch_us(TRY_CAST({clock} || left({zone}, 1) || lpad(CAST({zh} AS VARCHAR), 2, '0') || ':'
                                    || lpad(CAST({zm} AS VARCHAR), 2, '0') AS TIMESTAMPTZ))
         END)"""
-        return value, f"(order_ts IS NOT NULL AND {value} IS NULL)"
+        return value, "(order_ts IS NOT NULL AND ts_us IS NULL)"
     lo, hi = -SLACK_US, MAX_US + SLACK_US
     if kind == "date":
         day = 86_400_000_000
@@ -1003,16 +1017,29 @@ def _bool_sql(column, kind):
 
 def _classify(con, stage, keep_guests, fx_table, currency, scale):
     """Create ``classified``: every staged row with its outcome; return the number of rows read."""
-    if stage.has_order_any:
-        window = ("WINDOW w AS (PARTITION BY merchant_key, has_order, CASE WHEN has_order THEN order_key "
-                  "ELSE CAST(src_row AS VARCHAR) END ORDER BY is_carrier DESC, src_row "
-                  "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)")
-        k, cust = "row_number() OVER w", "first_value(customer_key IGNORE NULLS) OVER w"
-    else:
-        window, k, cust = "", "1", "customer_key"
     keep = "true" if keep_guests else "false"
+    if stage.has_order_any:
+        # One head row per order: its first carrier (the row with the order total), else its first row;
+        # its customer: the first carrier's, else the first one on any of its rows.
+        con.execute("""
+            CREATE TABLE order_heads AS
+            SELECT merchant_key, order_key,
+                   coalesce(min(src_row) FILTER (WHERE is_carrier), min(src_row)) AS head,
+                   arg_min(customer_key, CAST(src_row AS HUGEINT)
+                                         + CASE WHEN is_carrier THEN 0 ELSE CAST(1 AS HUGEINT) << 64 END)
+                       FILTER (WHERE customer_key IS NOT NULL) AS cust
+            FROM staged
+            WHERE has_order AND merchant_key IS NOT NULL AND order_key IS NOT NULL
+            GROUP BY merchant_key, order_key""")
+        source = """
+            SELECT s.*, CASE WHEN s.has_order AND h.head IS NOT NULL AND s.src_row <> h.head THEN 2 ELSE 1 END AS k,
+                   CASE WHEN s.has_order THEN h.cust ELSE s.customer_key END AS cust
+            FROM staged s LEFT JOIN order_heads h
+              ON s.has_order AND s.merchant_key = h.merchant_key AND s.order_key = h.order_key"""
+    else:
+        source = "SELECT *, 1 AS k, customer_key AS cust FROM staged"
     grouped = f"""
-        WITH g AS (SELECT *, {k} AS k, {cust} AS cust FROM staged {window})
+        WITH g AS ({source})
         SELECT src_row, file_idx, file_row, merchant_key, has_order, order_key, cust AS customer_key, ts_us,
                net, cents, reward, currency,
                CASE WHEN reason IS NOT NULL THEN 'rejected:' || reason
