@@ -359,7 +359,8 @@ def _run(con, duckdb, a):
     except duckdb.Error as e:
         raise PrepareResourceError(f"DuckDB cannot run under memory_limit={a['memory_limit']!r}: {e}") from e
 
-    stage = _Stage(con, fmt, a["columns"], a["merchant"], a["filename_re"], a["refunds"], scale, a["code_re"])
+    stage = _Stage(con, fmt, a["columns"], a["merchant"], a["filename_re"], a["refunds"], scale, a["code_re"],
+                   a["timezone"])
     with _progress.bar(None, a["progress"], desc="prepare: read") as bar:
         for file_idx, path in enumerate(files):
             stage.read_file(file_idx, path, bar)
@@ -659,8 +660,8 @@ UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
 class _Stage:
     """Reads the files batch by batch into the DuckDB table ``staged`` (one row per raw row)."""
 
-    def __init__(self, con, fmt, columns, merchant, filename_re, refunds, scale, code_re):
-        self.con, self.fmt, self.columns = con, fmt, columns
+    def __init__(self, con, fmt, columns, merchant, filename_re, refunds, scale, code_re, timezone="UTC"):
+        self.con, self.fmt, self.columns, self.timezone = con, fmt, columns, timezone
         self.merchant, self.filename_re = merchant, filename_re
         self.refunds, self.scale, self.code_re = refunds, scale, code_re
         self.created = False
@@ -869,7 +870,7 @@ class _Stage:
         p0 = "".join(", " + e for e in p0)
         ref_bad = f"(refunded IS NOT NULL AND ({ref}) IS NULL)" if has("refunded") else "false"
         # timestamps
-        ts_value, ts_unparsable = _ts_sql(kinds.get("order_ts"))
+        ts_value, ts_unparsable = _ts_sql(kinds.get("order_ts"), utc=self.timezone.upper() in ("UTC", "ETC/UTC"))
         # flags
         reward, bad_reward = _bool_sql("reward", kind("reward"))
         if self.code_re is not None and has("discount_code"):
@@ -899,9 +900,11 @@ class _Stage:
                        {"amount" if "amount" in kinds else "NULL"} AS raw_amount,
                        {dec} AS dec, CASE WHEN ({dec}) IS NULL THEN {dbl} END AS dbl, {ref} AS ref,
                        {ref_bad} AS ref_bad, {ts_value} AS ts_us,
-                       {reward} AS reward_flag, ({bad_reward}) AS bad_reward,
-                       {test} AS test_flag, ({bad_test}) AS bad_test, {cancelled} AS cancelled,
-                       {status} AS status_reason, {currency} AS cur, {carrier} AS is_carrier
+                       CASE WHEN {carrier} THEN {reward} END AS reward_flag,
+                       ({carrier} AND ({bad_reward})) AS bad_reward,
+                       CASE WHEN {carrier} THEN {test} END AS test_flag, ({carrier} AND ({bad_test})) AS bad_test,
+                       {cancelled} AS cancelled, CASE WHEN {carrier} THEN {status} END AS status_reason,
+                       CASE WHEN {carrier} THEN {currency} END AS cur, {carrier} AS is_carrier
                 FROM p0
             ), p1 AS (
                 SELECT *, {ts_unparsable.replace("order_ts IS", "raw_ts IS")} AS ts_unparsable
@@ -960,7 +963,7 @@ def _amount_sql(column, kind):
     return None, f"TRY_CAST({column} AS DECIMAL(38, 16))", f"TRY_CAST({column} AS DOUBLE)"
 
 
-def _ts_sql(spec):
+def _ts_sql(spec, utc=False):
     """(UTC microseconds or NULL, unparsable?) of the order_ts column, by its kind."""
     if spec is None or spec[1] == "null":
         return "NULL::BIGINT", "false"
@@ -971,13 +974,17 @@ def _ts_sql(spec):
         zone = "tsp.z"
         zh = f"TRY_CAST(substr({zone}, 2, 2) AS INTEGER)"
         zm = f"(CASE WHEN length(replace({zone}, ':', '')) = 5 THEN TRY_CAST(right({zone}, 2) AS INTEGER) ELSE 0 END)"
+        # Offsets are applied by arithmetic (no time-zone library on the hot path); only naive text needs
+        # the session zone (--timezone), and UTC is the identity.
+        wall = f"epoch_us(TRY_CAST({clock} AS TIMESTAMP))"
+        naive = wall if utc else f"epoch_us(CAST(TRY_CAST({clock} AS TIMESTAMP) AS TIMESTAMPTZ))"
         value = f"""(CASE
             WHEN tsp.d IS NULL OR tsp.d = '' THEN NULL
-            WHEN {zone} = '' THEN epoch_us(CAST(TRY_CAST({clock} AS TIMESTAMP) AS TIMESTAMPTZ))
-            WHEN {zone} IN ('Z', 'UTC') THEN epoch_us(TRY_CAST({clock} || '+00:00' AS TIMESTAMPTZ))
+            WHEN {zone} = '' THEN {naive}
+            WHEN {zone} IN ('Z', 'UTC') THEN {wall}
             WHEN {zh} > 14 OR {zm} > 59 THEN NULL
-            ELSE epoch_us(TRY_CAST({clock} || left({zone}, 1) || lpad(CAST({zh} AS VARCHAR), 2, '0') || ':'
-                                   || lpad(CAST({zm} AS VARCHAR), 2, '0') AS TIMESTAMPTZ))
+            ELSE {wall} - (CASE WHEN left({zone}, 1) = '-' THEN -1 ELSE 1 END)
+                          * (CAST({zh} AS BIGINT) * 3600 + {zm} * 60) * 1000000
         END)"""
         return value, "(order_ts IS NOT NULL AND ts_us IS NULL)"
     lo, hi = -SLACK_US, MAX_US + SLACK_US
@@ -993,7 +1000,7 @@ def _ts_sql(spec):
             mult = UNIT_US[t.unit]
             us = f"(CASE WHEN order_ts BETWEEN {lo // mult} AND {hi // mult} THEN order_ts * {mult} END)"
         naive = t.tz is None
-    if naive:  # wall-clock time in the session zone (--timezone)
+    if naive and not utc:  # wall-clock time in the session zone (--timezone)
         us = f"epoch_us(CAST(make_timestamp({us}) AS TIMESTAMPTZ))"
     return us, "false"
 
