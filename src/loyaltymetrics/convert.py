@@ -118,6 +118,15 @@ TS_PATTERN = (r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?
 AMOUNT_PATTERN = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 
 
+HINTS = {
+    "unparsable_reward": "reward must be a boolean; for a discount-code column use --reward-codes PATTERN",
+    "unparsable_order_ts": "accepted: YYYY-MM-DD[ HH:MM[:SS[.f]]][ ±HH[:MM]|Z]; naive text is read in --timezone",
+    "unparsable_amount": "accepted: plain decimal numbers such as 1234.50; no thousands separators or signs",
+    "no_fx_rate": "add the currency to --fx RATES (currency,rate[,date])",
+    "order_without_total": "no row of the order has its total (the amount column)",
+}
+
+
 class MissingDependencyError(ImportError):
     """An optional dependency a feature needs is not installed."""
 
@@ -181,6 +190,8 @@ class PrepareReport:
         for title, table in (("excluded", self.excluded), ("rejected", self.rejected)):
             for reason, entry in sorted(table.items(), key=lambda item: -item[1].count):
                 lines.append(f"  {title} {entry.count:,} {reason}; first: {entry.example()}")
+                if reason in HINTS:
+                    lines.append(f"    ({HINTS[reason]})")
         for warning in self.warnings:
             lines.append(f"  warning: {warning}")
         lines.append(f"id mappings: {self.merchant_ids}, {self.customer_ids}"
