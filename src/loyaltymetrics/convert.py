@@ -114,8 +114,6 @@ EXCLUSIONS = ("line_item", "test", "cancelled", "voided", "failed", "unpaid", "r
 # ±HH:MM, with or without a space before it (Shopify writes "2023-05-01 10:15:00 -0400").
 TS_PATTERN = (r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?))?"
               r" ?(Z|UTC|[+-]\d{2}(?::?\d{2})?)?$")
-# Amount text: plain decimal numbers only (no thousands separators, "1_000", currency signs, commas).
-AMOUNT_PATTERN = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 
 
 HINTS = {
@@ -323,6 +321,10 @@ def prepare(raw, output, *, columns=None, format="generic", merchant=None, merch
     customer_ids = output.with_name(output.stem + "_customer_ids.parquet")
     merchants_out = output.with_name(output.stem + "_merchants.parquet") if merchants else None
     inputs = [str(f) for f in files] + [str(p) for p in (merchants, fx) if p]
+    outs = [os.path.realpath(p) for p in (output, merchant_ids, customer_ids, rejects, merchants_out) if p]
+    if len(set(outs)) < len(outs):
+        raise ValueError("two outputs of prepare would be the same file (e.g. --rejects is the output): "
+                         "give each its own path")
     for path, what in ((output, "output"), (merchant_ids, "merchant id mapping"),
                        (customer_ids, "customer id mapping"), (rejects, "rejects file"),
                        (merchants_out, "merchants output")):
@@ -511,7 +513,7 @@ def _csv_batches(path, invalid):
 
     reader = pacsv.open_csv(
         str(path),
-        read_options=pacsv.ReadOptions(block_size=16 << 20, use_threads=False),
+        read_options=pacsv.ReadOptions(block_size=16 << 20, use_threads=True),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
         # Ids stay text ("007" is not 7); empty fields and the usual null markers are nulls.
         convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in header},
@@ -966,7 +968,9 @@ def _amount_sql(column, kind):
     if kind == "null":
         return None, "NULL::DECIMAL(38, 16)", "NULL::DOUBLE"
     if kind == "text":
-        checked = f"CASE WHEN regexp_full_match(trim({column}), '{AMOUNT_PATTERN}') THEN trim({column}) END"
+        # DuckDB's decimal cast is strict (no thousands separators, signs, commas, hex, nan or inf) except
+        # for digit-group underscores, which are refused here: "1_000" is not guessed to be 1000.
+        checked = f"CASE WHEN NOT contains({column}, '_') THEN trim({column}) END"
         return checked, f"TRY_CAST({column}_txt AS DECIMAL(38, 16))", f"TRY_CAST({column}_txt AS DOUBLE)"
     if kind == "float":
         raw = f"CAST({column} AS VARCHAR)"  # shortest decimal that reads back as the same float
