@@ -315,6 +315,9 @@ def prepare(raw, output, *, columns=None, format="generic", merchant=None, merch
     unknown = set(columns) - set(ROLES)
     if unknown:
         raise ValueError(f"columns= maps unknown names {sorted(unknown)}; the roles are {', '.join(ROLES)}")
+    if len(set(columns.values())) < len(columns):
+        twice = sorted({v for v in columns.values() if list(columns.values()).count(v) > 1})
+        raise ValueError(f"columns= reads the export's column(s) {twice} in more than one role")
     files = _raw_files(raw)
     output = Path(output)
     merchant_ids = output.with_name(output.stem + "_merchant_ids.parquet")
