@@ -276,6 +276,20 @@ def test_woocommerce_export_gives_the_ground_truth(tmp_path):
     assert prepared_cells(out, tmp_path / "orders_merchant_ids.parquet") == ground_truth(orders)
 
 
+def test_refund_rows_of_an_order_are_netted_by_its_refund_column(tmp_path):
+    """Some WooCommerce exports list a refund as its own row (negative total, the parent's number), maybe first."""
+    raw = tmp_path / "shop-orders-2024.csv"
+    raw.write_text("Order Number,Order Status,Order Date,Billing Email,Order Currency,Order Refund,Order Total\n"
+                   "7,Refunded,2023-05-02 09:00:00,a@x.com,USD,,-4.00\n"
+                   "7,Completed,2023-05-01 09:00:00,A@X.com,USD,4.00,10.00\n"
+                   "8,Completed,2023-05-03 09:00:00,a@x.com,USD,0,5.00\n")
+    report = lm.prepare(raw, tmp_path / "o.arrow", format="woocommerce", merchant="shop")
+    assert report.rows_written == 2 and report.excluded["refund_row"].count == 1 and not report.rejected
+    table = pa.ipc.open_file(str(tmp_path / "o.arrow")).read_all()
+    assert table.column("amount").to_pylist() == [600, 500]
+    assert table.column("customer_id").to_pylist() == [1, 1]
+
+
 def test_merchants_table_is_rekeyed_so_industries_stay_attached(shopify, tmp_path):
     folder, orders, _ = shopify
     merchants = tmp_path / "merchants.csv"

@@ -107,7 +107,7 @@ STATUS_WORDS = {
                     "refunded": "refunded_in_full", "pending": "unpaid", "pending-payment": "unpaid",
                     "checkout-draft": "unpaid", "draft": "unpaid", "trash": "cancelled"},
 }
-EXCLUSIONS = ("line_item", "test", "cancelled", "voided", "failed", "unpaid", "refunded_in_full",
+EXCLUSIONS = ("line_item", "refund_row", "test", "cancelled", "voided", "failed", "unpaid", "refunded_in_full",
               "guest_checkout")
 
 # Timestamp text forms: ISO-8601 date, optional time (T or space), optional zone: Z, UTC, ±HH, ±HHMM,
@@ -696,7 +696,7 @@ class _Stage:
             CREATE TABLE staged (src_row BIGINT, file_idx INTEGER, file_row BIGINT, merchant_key {mtype},
                                  has_order BOOLEAN, order_key VARCHAR, customer_key {ctype}, ts_us BIGINT,
                                  net DECIMAL(38, 16), cents BIGINT, reward BOOLEAN, currency VARCHAR,
-                                 excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR)""")
+                                 excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR, neg BOOLEAN)""")
         raw = ", ".join(f"raw_{role} VARCHAR" for role in ROLES)
         self.con.execute(f"CREATE TABLE rejected_raw (src_row BIGINT, line_number BIGINT, line VARCHAR, {raw})")
         self.created = True
@@ -836,8 +836,9 @@ class _Stage:
                               "line": pa.array([text for _, _, text in malformed], pa.string())})
             self.con.register("bad_rows", table)
             try:
-                self.con.execute(f"""INSERT INTO staged (src_row, file_idx, file_row, has_order, is_carrier, reason)
-                                     SELECT src_row, {file_idx}, file_row, false, true, 'malformed_csv_row'
+                self.con.execute(f"""INSERT INTO staged (src_row, file_idx, file_row, has_order, is_carrier, reason,
+                                                         neg)
+                                     SELECT src_row, {file_idx}, file_row, false, true, 'malformed_csv_row', false
                                      FROM bad_rows""")
                 self.con.execute("INSERT INTO rejected_raw (src_row, line_number, line) "
                                  "SELECT src_row, line_number, line FROM bad_rows")
@@ -960,7 +961,8 @@ class _Stage:
                        WHEN bad_reward THEN 'unparsable_reward'
                        WHEN bad_test THEN 'unparsable_test'
                        WHEN {str(has('currency')).lower()} AND cur IS NULL THEN 'null_currency'
-                   END
+                   END,
+                   coalesce(dec < 0, false)
             FROM p4
         """
 
@@ -1049,7 +1051,8 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
         con.execute("""
             CREATE TABLE order_heads AS
             SELECT merchant_key, order_key,
-                   coalesce(min(src_row) FILTER (WHERE is_carrier), min(src_row)) AS head,
+                   coalesce(min(src_row) FILTER (WHERE is_carrier AND NOT neg), min(src_row) FILTER (WHERE is_carrier),
+                            min(src_row)) AS head,
                    arg_min(customer_key, CAST(src_row AS HUGEINT)
                                          + CASE WHEN is_carrier THEN 0 ELSE CAST(1 AS HUGEINT) << 64 END)
                        FILTER (WHERE customer_key IS NOT NULL) AS cust
@@ -1057,7 +1060,8 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
             WHERE has_order AND merchant_key IS NOT NULL AND order_key IS NOT NULL
             GROUP BY merchant_key, order_key""")
         source = """
-            SELECT s.*, CASE WHEN s.has_order AND h.head IS NOT NULL AND s.src_row <> h.head THEN 2 ELSE 1 END AS k,
+            SELECT s.*, CASE WHEN s.has_order AND h.head IS NOT NULL AND s.src_row <> h.head
+                             THEN (CASE WHEN s.is_carrier AND s.neg THEN 3 ELSE 2 END) ELSE 1 END AS k,
                    CASE WHEN s.has_order THEN h.cust ELSE s.customer_key END AS cust
             FROM staged s LEFT JOIN order_heads h
               ON s.has_order AND s.merchant_key = h.merchant_key AND s.order_key = h.order_key"""
@@ -1067,7 +1071,8 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
         WITH g AS ({source})
         SELECT src_row, file_idx, file_row, merchant_key, has_order, order_key, cust AS customer_key, ts_us,
                net, cents, reward, currency,
-               CASE WHEN reason IS NOT NULL THEN 'rejected:' || reason
+               CASE WHEN k = 3 THEN 'excluded:refund_row'
+                    WHEN reason IS NOT NULL THEN 'rejected:' || reason
                     WHEN k > 1 THEN 'excluded:line_item'
                     WHEN NOT is_carrier THEN 'rejected:order_without_total'
                     WHEN excl IS NOT NULL THEN 'excluded:' || excl
