@@ -490,3 +490,13 @@ def test_memory_limit_too_small_is_a_clean_error(shopify, tmp_path, capsys):
     if code:
         assert "memory" in err.lower()
     assert not list(tmp_path.glob(".prepare-*"))
+
+
+@pytest.mark.parametrize("pattern", ["LOYAL-*", "loyal-?", "re:loyal-\\d"])
+def test_reward_codes_match_each_code_of_a_list(tmp_path, pattern):
+    raw = generic_csv(tmp_path / "x.csv", ["m,a,2023-05-01,1,code:LOYAL-5|amount:5.00", 'm,b,2023-05-01,1,"SAVE, loyal-7"',
+                                           "m,c,2023-05-01,1,XLOYAL-5", "m,d,2023-05-01,1,", "m,e,2023-05-01,1,LOYAL-5X"],
+                      header="merchant_id,customer_id,order_ts,amount,discount_code")
+    lm.prepare(raw, tmp_path / "o.arrow", reward_codes=pattern)
+    got = pa.ipc.open_file(str(tmp_path / "o.arrow")).read_all().column("reward").to_pylist()
+    assert got == [True, True, False, False, pattern == "LOYAL-*"]

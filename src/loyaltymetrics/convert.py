@@ -430,7 +430,7 @@ def _code_regex(pattern):
         except re.error as e:
             raise ValueError(f"--reward-codes {pattern!r} is not a regular expression: {e}") from None
     else:
-        body = "".join("[^,;]*" if ch == "*" else "[^,;]" if ch == "?" else re.escape(ch) for ch in pattern)
+        body = "".join("[^,;|]*" if ch == "*" else "[^,;|]" if ch == "?" else re.escape(ch) for ch in pattern)
     return body
 
 
@@ -891,7 +891,8 @@ class _Stage:
         # flags
         reward, bad_reward = _bool_sql("reward", kind("reward"))
         if self.code_re is not None and has("discount_code"):
-            pattern = _sql_text(r"(?i)(^|[,;])\s*(?:" + self.code_re + r")\s*($|[,;])")
+            # Each code of a list ("A, B", "A;B", "code:A|amount:5" as some WooCommerce plugins write).
+            pattern = _sql_text(r"(?i)(^|[,;|])\s*(?:code:)?(?:" + self.code_re + r")\s*($|[,;|])")
             code = f"coalesce(regexp_matches(CAST(discount_code AS VARCHAR), '{pattern}'), false)"
             reward = f"(({reward}) OR {code})"
         if has("test") and self.fmt == "shopify" and "test" not in self.columns:
