@@ -642,7 +642,7 @@ def _kind(role, t):
             return "decimal"
         return "float" if pa.types.is_floating(t) else None
     if role in ("order_ts", "cancelled_at"):
-        if pa.types.is_timestamp(t):
+        if pa.types.is_timestamp(t) or pa.types.is_date64(t):
             return "timestamp"
         return "date" if pa.types.is_date32(t) else None
     if role in ("reward", "test"):
@@ -1014,13 +1014,14 @@ def _ts_sql(spec, utc=False):
         us = f"(CASE WHEN order_ts BETWEEN {lo // day} AND {hi // day} THEN CAST(order_ts AS BIGINT) * {day} END)"
         naive = True
     else:
-        if t.unit == "ns":
+        unit = "ms" if pa.types.is_date64(t) else t.unit
+        if unit == "ns":
             us = (f"(CASE WHEN order_ts BETWEEN {lo * 1000} AND {hi * 1000} THEN "
                   f"(CASE WHEN order_ts >= 0 THEN order_ts // 1000 ELSE -((999 - order_ts) // 1000) END) END)")
         else:
-            mult = UNIT_US[t.unit]
+            mult = UNIT_US[unit]
             us = f"(CASE WHEN order_ts BETWEEN {lo // mult} AND {hi // mult} THEN order_ts * {mult} END)"
-        naive = t.tz is None
+        naive = pa.types.is_date64(t) or t.tz is None
     if naive and not utc:  # wall-clock time in the session zone (--timezone)
         us = f"epoch_us(CAST(make_timestamp({us}) AS TIMESTAMPTZ))"
     return us, "false"
