@@ -394,8 +394,12 @@ def test_missing_merchant_and_bad_filename_regex_are_clear(shopify, tmp_path, ca
 def test_line_items_without_an_order_key_are_reported(tmp_path, capsys):
     raw = generic_csv(tmp_path / "x.csv", ["m,a,2023-05-01T10:15:00Z,1.00", "m,a,2023-05-01T10:15:00Z,2.00",
                                            "m,b,2023-05-01T10:15:00Z,3.00"])
-    assert main(["prepare", str(raw), "-o", str(tmp_path / "o.arrow"), "-q"]) == 0
+    assert main(["prepare", str(raw), "-o", str(tmp_path / "o.arrow"), "-q", "--max-rejects", "1"]) == 0
     assert "likely line items" in capsys.readouterr().err
+    # Beyond --max-rejects, likely line items fail the run: counted as orders they inflate every metric.
+    assert main(["prepare", str(raw), "-o", str(tmp_path / "o.arrow"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "1 written rows repeat" in err and "--columns order_id" in err
     raw = generic_csv(tmp_path / "y.csv", ["m,a,2023-05-01T10:15:00Z,5.00,#1", "m,a,2023-05-01T10:15:00Z,,#1",
                                            "m,b,2023-05-01T10:15:00Z,3.00,#2"],
                       header="merchant_id,customer_id,order_ts,amount,order_id")

@@ -169,6 +169,7 @@ class PrepareReport:
     warnings: list = field(default_factory=list)
     merchants_table: str | None = None
     files: list = field(default_factory=list)
+    likely_line_items: int = 0    # written rows that repeat (merchant, customer, order_ts) without an order key
 
     @property
     def rows_rejected(self):
@@ -209,6 +210,11 @@ class PrepareReport:
             share = self.rows_rejected / max(self.rows_read, 1)
             return (f"{self.rows_rejected:,} rows rejected ({share:.2%} of {self.rows_read:,}), more than "
                     f"--max-rejects {max_rejects:g}")
+        if self.likely_line_items > limit:
+            # Counted as orders, they would inflate orders, revenue and repeat rates: not a silent success.
+            return (f"{self.likely_line_items:,} written rows repeat the merchant, customer and order_ts of "
+                    f"another: likely line items, more than --max-rejects {max_rejects:g}; map the order key "
+                    f"(--columns order_id=..., or --format shopify|woocommerce)")
         return None
 
 
@@ -385,7 +391,7 @@ def _run(con, duckdb, a):
 
     outcome_rows = _classify(con, stage, a["keep_guests"], a["fx_table"], a["currency"], scale)
     rejected, excluded, written = _accounts(con, stage, files)
-    warnings = _warnings(con, stage, files)
+    warnings, likely_line_items = _warnings(con, stage, files)
     n_merchants, n_customers = _write_mappings(con, stage, a["merchant_ids"], a["customer_ids"], a["inputs"])
     rows_written = _write_sorted(con, a["output"], written, a["progress"], a["inputs"])
     assert rows_written == written
@@ -402,7 +408,7 @@ def _run(con, duckdb, a):
         output=str(a["output"]), merchant_ids=str(a["merchant_ids"]), customer_ids=str(a["customer_ids"]),
         rejects=str(a["rejects"]) if a["rejects"] else None, rows_read=rows_read, rows_written=rows_written,
         rejected=rejected, excluded=excluded, warnings=warnings, merchants=n_merchants, customers=n_customers,
-        merchants_table=merchants_table, files=[str(f) for f in files],
+        merchants_table=merchants_table, files=[str(f) for f in files], likely_line_items=likely_line_items,
         seconds=time.perf_counter() - started,
     )
 
@@ -1159,6 +1165,7 @@ def _accounts(con, stage, files):
 
 
 def _warnings(con, stage, files):
+    """(warnings, likely line-item rows: those beyond the first of each (merchant, customer, order_ts))."""
     warnings = []
     groups, rows, first = con.execute("""
         SELECT count(*), sum(n), min(first) FROM (
@@ -1171,7 +1178,7 @@ def _warnings(con, stage, files):
             f"{rows:,} rows in {groups:,} groups share merchant, customer and order_ts: likely line items of one "
             f"order each, counted here as separate orders; map an order key (--columns order_id=...) to count "
             f"each order once; first: {files[file_idx]}: row {file_row}")
-    return warnings
+    return warnings, int(rows or 0) - int(groups or 0)
 
 
 # --- mapping and sorting ---------------------------------------------------------
