@@ -504,3 +504,19 @@ def test_reward_codes_match_each_code_of_a_list(tmp_path, pattern):
     lm.prepare(raw, tmp_path / "o.arrow", reward_codes=pattern)
     got = pa.ipc.open_file(str(tmp_path / "o.arrow")).read_all().column("reward").to_pylist()
     assert got == [True, True, False, False, pattern == "LOYAL-*"]
+
+
+def test_an_order_exported_in_two_files_counts_once(shopify, tmp_path):
+    """Exports of one shop split by date overlap: the same order key of the same shop is one order."""
+    folder, orders, paths = shopify
+    lines = paths["shop-10"].read_text().splitlines(keepends=True)
+    header, body = lines[0], lines[1:]
+    (tmp_path / "shop-10_orders_export_1.csv").write_text(header + "".join(body[: len(body) * 2 // 3]))
+    (tmp_path / "shop-10_orders_export_2.csv").write_text(header + "".join(body[len(body) // 3:]))
+    report = lm.prepare(str(tmp_path / "shop-10_orders_export_*.csv"), tmp_path / "o.arrow", format="shopify",
+                        merchant_from_filename=r"^(shop-\d+)_", reward_codes="LOYAL-*")
+    truth = {k: v for k, v in ground_truth(orders).items() if k[0] == "shop-10"}
+
+    got = prepared_cells(tmp_path / "o.arrow", report.merchant_ids)
+    assert got == truth
+    assert report.rows_rejected == 0 or set(report.rejected) == {"malformed_csv_row"}
