@@ -520,3 +520,15 @@ def test_an_order_exported_in_two_files_counts_once(shopify, tmp_path):
     got = prepared_cells(tmp_path / "o.arrow", report.merchant_ids)
     assert got == truth
     assert report.rows_rejected == 0 or set(report.rejected) == {"malformed_csv_row"}
+
+
+def test_invalid_utf8_costs_one_line(tmp_path):
+    raw = tmp_path / "u.csv"
+    rows = b"".join(b"m,c%d@x.com,2023-05-01T10:15:00Z,1.00\n" % i for i in range(500))
+    raw.write_bytes(b"merchant_id,customer_id,order_ts,amount\n" + rows + b"m,\xff\xfe@x.com,2023-05-01,1.00\n"
+                    + b"m,last@x.com,2023-05-01T10:15:00Z,2.00\n")
+    report = lm.prepare(raw, tmp_path / "o.arrow", rejects=tmp_path / "r.parquet")
+    assert report.rows_read == 502 and report.rows_written == 501
+    bad = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert [(r["reason"], r["line_number"]) for r in bad] == [("malformed_csv_row", 502)]
+    assert "\\xff" in bad[0]["line"]

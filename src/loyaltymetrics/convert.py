@@ -560,9 +560,18 @@ def _csv_lines(path, malformed):
         except StopIteration:
             return "ok", []
 
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        numbered = ((number, text.rstrip("\r\n")) for number, text in enumerate(f, start=1))
-        _, header_text = next(numbered)
+    def decoded(number, raw):
+        raw = raw.rstrip(b"\r\n")
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            return number, raw.decode("utf-8"), True
+        except UnicodeDecodeError:  # kept for the report, never read as data
+            return number, raw.decode("utf-8", errors="backslashreplace"), False
+
+    with open(path, "rb") as f:
+        numbered = (decoded(number, raw) for number, raw in enumerate(f, start=1))
+        _, header_text, _ = next(numbered)
         header = parse(header_text)[1] or []
         schema = pa.schema([(name, pa.string()) for name in header] + [("__row", pa.int64())])
         yield schema
@@ -577,12 +586,15 @@ def _csv_lines(path, malformed):
             if first is None:
                 break
             used, text = [first], first[1]
-            status, fields = parse(text)
+            status, fields = parse(text) if first[2] else ("bad", None)
             while status == "open" and len(used) < MAX_RECORD_LINES:
                 following = next_line()
                 if following is None:
                     break
                 used.append(following)
+                if not following[2]:
+                    status = "bad"
+                    break
                 text += "\n" + following[1]
                 status, fields = parse(text)
             if status == "ok" and len(fields) == len(header):
@@ -721,9 +733,21 @@ class _Stage:
         is_csv = _is_csv(path)
         invalid = []
         try:
-            batches = _csv_batches(path, invalid) if is_csv else _parquet_batches(path)
-            kinds = self._select(file_idx, source, next(batches), merchant)
-            swallowed = self._stage_batches(file_idx, batches, kinds, merchant, invalid, bar, lines=False)
+            if is_csv:  # the header alone decides the columns: every one is text
+                header = _csv_header(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+                kinds = self._select(file_idx, source, pa.schema([(n, pa.string()) for n in header]), merchant)
+            else:
+                batches = _parquet_batches(path)
+                kinds = self._select(file_idx, source, next(batches), merchant)
+            try:
+                if is_csv:
+                    batches = _csv_batches(path, invalid)
+                    next(batches)
+                swallowed = self._stage_batches(file_idx, batches, kinds, merchant, invalid, bar, lines=False)
+            except pa.ArrowInvalid as e:
+                if not (is_csv and "utf8" in str(e).lower().replace("-", "")):
+                    raise
+                swallowed = True  # a line of invalid UTF-8: the careful reader rejects that line alone
             if is_csv and swallowed:
                 # A stray quote made the parser read many lines as one field: read the file again,
                 # line by line, so that one bad line costs one row.
