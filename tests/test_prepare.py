@@ -1,5 +1,6 @@
 """prepare() turns messy exports into the canonical layout, exactly, and accounts for every row."""
 import datetime
+import re
 import sys
 from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
@@ -20,7 +21,6 @@ COLUMNS = {"merchant_id": "shop", "customer_id": "email", "order_ts": "created_a
 ZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Europe/Berlin"]
 # Bad rows injected into the export: the column they spoil, the value, and the reason prepare must give.
 BAD = [
-    ("email", None, "null_customer_id"),
     ("shop", None, "null_merchant_id"),
     ("created_at", "31/02/2023 noon", "unparsable_order_ts"),
     ("created_at", "1969-12-31T23:59:59Z", "order_ts_out_of_range"),
@@ -30,6 +30,14 @@ BAD = [
     ("discount_used", "maybe", "unparsable_reward"),
     ("total", "1e30", "amount_out_of_range"),
 ]
+# Rows that are not rejected but excluded (SPEC §10): a guest checkout has no customer key.
+EXCLUDED = [("email", None, "guest_checkout")]
+
+
+def natural(key):
+    """Natural order of text keys: shop-2 before shop-10 (SPEC §10: joins stay right)."""
+    parts = re.split(r"(\d+)", key)
+    return [(int(p), p) if i % 2 else p for i, p in enumerate(parts)]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +62,7 @@ def _messy(clean_table, seed=0, bad_every=997):
     })
     raw = raw.sample(frac=1, random_state=seed).reset_index(drop=True)
     # Each bad row is a spoiled copy of a good one, put in among the others: every clean row stays.
-    for k, (column, value, _) in enumerate(BAD):
+    for k, (column, value, _) in enumerate(BAD + EXCLUDED):
         row = raw.iloc[[(k + 1) * bad_every % len(raw)]].copy()
         row[column] = value
         at = (k + 1) * 31
@@ -71,7 +79,7 @@ def _by_hand(raw):
     ok = (df["shop"].notna() & df["email"].notna() & ts.notna() & (ts >= pd.Timestamp("1970-01-01", tz="UTC"))
           & pd.Series([c is not None and 0 <= c < 2**63 for c in cents]) & reward_ok)
     df = df[ok].assign(order_ts=ts[ok], amount=[cents[i] for i in np.flatnonzero(ok)])
-    merchants = {key: i + 1 for i, key in enumerate(sorted(df["shop"].unique()))}
+    merchants = {key: i + 1 for i, key in enumerate(sorted(df["shop"].unique(), key=natural))}
     customers = {key: i + 1 for i, key in enumerate(sorted(df["email"].unique()))}
     df = df.assign(merchant_id=df["shop"].map(merchants), customer_id=df["email"].map(customers),
                    reward=df["discount_used"] == "yes")
@@ -113,6 +121,7 @@ def test_csv_export_equals_preparing_by_hand(messy_csv, tmp_path):
     assert report.rows_read == len(raw)
     assert report.rows_written == hand.num_rows
     assert {reason: r.count for reason, r in report.rejected.items()} == {reason: 1 for _, _, reason in BAD}
+    assert {reason: r.count for reason, r in report.excluded.items()} == {reason: 1 for _, _, reason in EXCLUDED}
 
 
 def test_network_metrics_equal_the_clean_data(clean, messy_csv, tmp_path):
@@ -128,7 +137,7 @@ def test_id_mappings_translate_back(clean, messy_csv, tmp_path):
     path, raw = messy_csv
     report = lm.prepare(path, tmp_path / "orders.arrow", columns=COLUMNS)
     merchant_map = pq.read_table(report.merchant_ids).to_pydict()
-    assert merchant_map["merchant_key"] == sorted(merchant_map["merchant_key"])
+    assert merchant_map["merchant_key"] == sorted(merchant_map["merchant_key"], key=natural)
     assert merchant_map["merchant_id"] == list(range(1, len(merchant_map["merchant_id"]) + 1))
     customer_map = pq.read_table(report.customer_ids)
     assert customer_map.num_rows == report.customers == raw["email"].dropna().nunique()
@@ -283,12 +292,14 @@ def test_command_line(messy_csv, tmp_path, capsys):
     out = tmp_path / "cli.arrow"
     assert main(["prepare", str(path), "-o", str(out), "--columns", spec, "--memory-limit", "256MB"]) == 0
     report = capsys.readouterr().err
-    assert f"read {len(raw):,} rows, wrote {len(raw) - len(BAD):,}" in report
+    n_out = len(raw) - len(BAD) - len(EXCLUDED)
+    assert f"read {len(raw):,} rows from 1 file(s) = wrote {n_out:,} orders" in report
+    assert f"excluded {len(EXCLUDED)} + rejected {len(BAD)}" in report
     for _, _, reason in BAD:
-        assert f"1 {reason}; first: {path}: row " in report
-    assert sum(lm.compute(str(out)).column("orders").to_pylist()) == len(raw) - len(BAD)
+        assert f"rejected 1 {reason}; first: {path}: row " in report
+    assert sum(lm.compute(str(out)).column("orders").to_pylist()) == n_out
     # --quiet still reports rejects: nothing is dropped silently.
     assert main(["prepare", str(path), "-o", str(out), "--columns", spec, "--quiet"]) == 0
-    assert "rejected 9" in capsys.readouterr().err
+    assert f"rejected {len(BAD)}" in capsys.readouterr().err
     assert main(["prepare", str(tmp_path / "missing.csv"), "-o", str(out)]) == 1
     assert "missing.csv" in capsys.readouterr().err

@@ -537,20 +537,45 @@ def _generate_command(args):
 
 def _add_prepare_parser(sub):
     p = sub.add_parser(
-        "prepare", help="turn a raw order export (CSV or Parquet, any order, string ids) into sorted orders",
-        description="Convert a raw order export into the canonical layout (SPEC §2): integer ids (mappings "
-                    "written beside the output), int64 cents, UTC timestamps, sorted out of core with "
-                    "DuckDB. Every row is written or rejected with a reason; nothing is dropped silently.",
-        epilog="example:\n  loyaltymetrics prepare export.csv -o orders.arrow "
+        "prepare", help="turn raw order exports (Shopify, WooCommerce, CSV or Parquet) into sorted orders",
+        description="Convert raw order exports into the canonical layout (SPEC §2, §10): one row per real "
+                    "order (line items merged, cancelled/voided/failed/test/refunded orders and guests "
+                    "excluded by reason, partial refunds netted), integer ids (mappings written beside the "
+                    "output), int64 cents, UTC timestamps, sorted out of core with DuckDB. Every row is "
+                    "written, excluded or rejected with a reason; nothing is dropped silently. Exits 1 when "
+                    "no order is written or rejects pass --max-rejects.",
+        epilog="examples:\n  loyaltymetrics prepare 'exports/*_orders.csv' -o orders.arrow --format shopify "
+               "--merchant-from-filename '^(.+)_orders' --currency USD --fx rates.csv --reward-codes 'LOYAL-*'\n"
+               "  loyaltymetrics prepare export.csv -o orders.arrow "
                "--columns merchant_id=shop,customer_id=email,order_ts=created_at,amount=total,reward=discount_used",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("raw", metavar="RAW", help="the export: a CSV file, a Parquet file or a directory of Parquet files")
+    p.add_argument("raw", nargs="+", metavar="RAW",
+                   help="the exports: CSV files, Parquet files, directories of Parquet files or globs")
     p.add_argument("-o", "--output", required=True, metavar="ORDERS.arrow", help="the sorted Arrow IPC file to write")
-    p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
-                   help="map canonical names to the export's, e.g. customer_id=email,reward=discount_used")
-    p.add_argument("--refunds", action="store_true", help="keep negative amounts (refunds) instead of rejecting them")
+    p.add_argument("--format", choices=("generic", "shopify", "woocommerce"), default="generic",
+                   help="which columns to read and how to read statuses (default: generic, by --columns)")
+    p.add_argument("--columns", type=_columns, metavar="ROLE=COL,...",
+                   help="map roles to the export's columns, e.g. customer_id=email,order_id=order_number "
+                        "(roles: merchant_id, customer_id, order_ts, amount, reward, order_id, status, refunded, "
+                        "currency, discount_code, cancelled_at, test)")
+    p.add_argument("--merchant", metavar="NAME", help="the merchant key of every row (one shop's export)")
+    p.add_argument("--merchant-from-filename", metavar="REGEX",
+                   help="the merchant key is the first group of REGEX searched in each file's name")
+    p.add_argument("--keep-guests", action="store_true",
+                   help="keep orders without a customer key, each as a one-order customer (default: excluded)")
+    p.add_argument("--reward-codes", metavar="PATTERN",
+                   help="orders whose discount code matches are reward orders: a glob (LOYAL-*) or re:REGEX")
+    p.add_argument("--currency", metavar="CODE", help="the reporting currency, e.g. USD")
+    p.add_argument("--fx", metavar="RATES", help="FX rates (CSV/Parquet: currency,rate[,date]) into --currency")
+    p.add_argument("--merchants", metavar="FILE",
+                   help="merchants table keyed by the raw merchant key; written as ORDERS_merchants.parquet "
+                        "keyed by the new ids, with the raw key as name")
+    p.add_argument("--refunds", action="store_true", help="keep negative amounts (refund rows) instead of rejecting them")
     p.add_argument("--rejects", metavar="FILE", help="also write rejected rows with their reason to FILE (.csv or .parquet)")
+    p.add_argument("--max-rejects", default="0.01", metavar="N|FRACTION",
+                   help="exit 1 when more rows than this are rejected: a count or a fraction of the rows read "
+                        "(default: 0.01)")
     p.add_argument("--timezone", default="UTC", metavar="ZONE",
                    help="zone of timestamps written without one, e.g. Europe/Berlin (default: UTC)")
     p.add_argument("--amount-unit", choices=("major", "minor"), default="major",
@@ -559,23 +584,32 @@ def _add_prepare_parser(sub):
                    help="memory the sort may use before spilling to disk (default: 4GB)")
     p.add_argument("--temp-directory", metavar="DIR", help="where the sort spills (default: beside the output)")
     p.add_argument("--threads", type=int, metavar="N", help="threads for the sort (default: all cores)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; the report shows only rejects")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; the report shows only problems")
     p.set_defaults(handler=_prepare_command)
 
 
 def _prepare_command(args):
-    from .convert import MissingDependencyError, prepare
+    from .convert import MissingDependencyError, parse_max_rejects, prepare
 
     try:
-        report = prepare(args.raw, args.output, columns=args.columns, refunds=args.refunds,
+        max_rejects = parse_max_rejects(args.max_rejects)
+        report = prepare(args.raw, args.output, columns=args.columns, format=args.format, merchant=args.merchant,
+                         merchant_from_filename=args.merchant_from_filename, refunds=args.refunds,
                          rejects=args.rejects, timezone=args.timezone, amount_unit=args.amount_unit,
+                         currency=args.currency, fx=args.fx, keep_guests=args.keep_guests,
+                         reward_codes=args.reward_codes, merchants=args.merchants,
                          memory_limit=args.memory_limit, temp_directory=args.temp_directory,
                          threads=args.threads, progress=not args.quiet)
-    except (LoyaltyMetricsError, MissingDependencyError, ValueError, OSError) as e:
+    except (LoyaltyMetricsError, MissingDependencyError, ValueError, OSError, MemoryError) as e:
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
         return 1
-    if not args.quiet or report.rows_rejected:  # rejects are always reported: never a silent drop
+    problem = report.problem(max_rejects)
+    # Rejects, exclusions and warnings are always reported: never a silent drop.
+    if not args.quiet or report.rows_rejected or report.rows_excluded or report.warnings or problem:
         print(report.summary(), file=sys.stderr)
+    if problem:
+        print(f"loyaltymetrics: error: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 

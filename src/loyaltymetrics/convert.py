@@ -1,29 +1,41 @@
-"""``prepare()``: a raw order export → the canonical sorted layout (SPEC §2).
+"""``prepare()``: raw order exports → the canonical sorted layout (SPEC §2, §10).
 
-Two passes, neither of which holds the data in memory:
+``prepare`` is where the meaning of a raw export is settled, so that
+``compute`` sees one row per real order:
 
-1. **Parse** (streamed, batch by batch): the export — CSV, a Parquet file or
-   a directory of Parquet files, rows in any order — is read in record
-   batches; each value is converted with DuckDB's exact casts (amounts to
-   int64 cents, timestamps to UTC microseconds, reward flags to bool) and
-   every row either passes or gets one reason it was rejected. Passing rows
-   go to a temporary Parquet file with their original ids; rejected rows are
-   counted by reason (and written to ``rejects`` if asked for). No row is
-   dropped silently: read = written + rejected.
-2. **Map and sort** (DuckDB, out of core): original merchant and customer
-   ids get dense integer ids in the ascending order of the originals, both
-   mappings are written as Parquet, and the rows are sorted by
-   ``(merchant_id, customer_id, order_ts, original row)`` with DuckDB's
-   external sort under ``memory_limit``, spilling to ``temp_directory``,
-   and streamed into an uncompressed Arrow IPC file.
+1. **Stage** (streamed, batch by batch): each file — CSV, a Parquet file or a
+   directory of Parquet files, many files and globs — is read in record
+   batches; the columns a format reads (``--format shopify|woocommerce|
+   generic``, ``--columns``) are parsed with exact casts (amounts to
+   decimals, timestamps to UTC microseconds after a strict check of their
+   form) into a DuckDB table, each row with the reason it is rejected, if
+   any. The raw values of rejected rows (only of those) are kept as text for
+   the report and the rejects file.
+2. **Orders** (one SQL pass): rows sharing an order key are one order, its
+   fields from the row that carries the order total; the other rows are
+   line items. Cancelled, voided, failed, test and fully refunded orders and
+   guest checkouts are excluded by reason; partial refunds are netted;
+   several currencies are converted with ``fx`` or refused.
+3. **Map and sort**: merchants get integer ids in the natural order of their
+   keys (``shop-2`` before ``shop-10``), customers in the order of their
+   keys; rows are sorted by ``(merchant_id, customer_id, order_ts, original
+   row)`` with DuckDB's external sort under ``memory_limit`` and streamed
+   into an uncompressed Arrow IPC file.
+
+Every output is written through :func:`loyaltymetrics.outputs.atomic_output`
+(id mappings and rejects hold e-mails: mode 0600). Nothing is lost
+silently: read = written + excluded + rejected, by reason.
 
 Amounts are exact: text and decimals are read as decimals, floats through
 their shortest decimal representation (0.285 is 0.285, not
-0.28499999999999998), then multiplied by 100 and rounded half away from zero
-(12.345 → 1235 cents, -0.125 → -13), as SQL's ROUND and most commerce
-systems do.
+0.28499999999999998); the net amount (total − refunded, × the FX rate) is
+multiplied by 100 and rounded half away from zero (12.345 → 1235 cents,
+-0.125 → -13), as SQL's ROUND and most commerce systems do.
 """
+import fnmatch
+import glob as _glob
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -32,31 +44,102 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import progress as _progress
-from .errors import CorruptInputError, InputError, SchemaError
-from .inputs import ORDER_COLUMNS, REQUIRED_ORDER_COLUMNS, resolve_columns
+from .errors import CorruptInputError, InputError, LoyaltyMetricsError, SchemaError
+from .outputs import atomic_output, check_not_input
 from .synthetic import ORDERS_SCHEMA
 
 BATCH_ROWS = 1 << 20
-REASONS = (
-    "null_merchant_id", "null_customer_id", "null_order_ts", "null_amount",
-    "unparsable_amount", "amount_out_of_range", "negative_amount",
-    "unparsable_order_ts", "order_ts_out_of_range", "unparsable_reward", "malformed_csv_row",
-)
+FILE_ROW_BITS = 40  # src_row = file index << 40 | row in the file: unique, in file order
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "")
 AMOUNT_UNITS = {"major": 100, "minor": 1}
+FORMATS = ("generic", "shopify", "woocommerce")
+
+# Every column prepare can read ("roles"); the first four are required.
+ROLES = ("merchant_id", "customer_id", "order_ts", "amount", "reward", "order_id", "status", "refunded",
+         "currency", "discount_code", "cancelled_at", "test")
+REQUIRED = ("customer_id", "order_ts", "amount")
+
+# The columns each platform preset reads, by role: the first name present in the header wins
+# (compared case-insensitively, surrounding spaces ignored). See the README for the sources.
+PRESETS = {
+    "generic": {role: (role,) for role in ROLES},
+    "shopify": {
+        "order_id": ("Name",),
+        "customer_id": ("Email",),
+        "order_ts": ("Created at",),
+        "amount": ("Total",),
+        "refunded": ("Refunded Amount",),
+        "currency": ("Currency",),
+        "status": ("Financial Status",),
+        "cancelled_at": ("Cancelled at",),
+        "discount_code": ("Discount Code",),
+        "test": ("Payment Method",),
+        "merchant_id": (),
+        "reward": (),
+    },
+    "woocommerce": {
+        "order_id": ("Order Number", "order_number", "Order ID", "order_id"),
+        "customer_id": ("Billing Email", "billing_email", "Customer Email", "customer_email",
+                        "E-mail (Billing)", "Email (Billing)"),
+        "order_ts": ("Order Date", "order_date", "Date Created", "date_created"),
+        "amount": ("Order Total", "Order Total Amount", "order_total"),
+        "refunded": ("Order Refund", "Refunded", "Refund Amount", "Total Refunded", "refunded_total",
+                     "order_refund"),
+        "currency": ("Order Currency", "order_currency", "Currency"),
+        "status": ("Order Status", "order_status", "status", "Status"),
+        "discount_code": ("Coupon Code", "Coupons Used", "Coupon Codes", "coupon_code", "coupons_used",
+                          "coupon_items", "Coupons"),
+        "merchant_id": (),
+        "reward": (),
+        "cancelled_at": (),
+        "test": (),
+    },
+}
+# Status words (lower case, "wc-" prefix dropped, spaces and "_" as "-") → exclusion reason.
+STATUS_WORDS = {
+    "generic": {"cancelled": "cancelled", "canceled": "cancelled", "voided": "voided", "void": "voided",
+                "failed": "failed", "test": "test", "refunded": "refunded_in_full"},
+    "shopify": {"voided": "voided", "refunded": "refunded_in_full", "expired": "failed"},
+    "woocommerce": {"cancelled": "cancelled", "canceled": "cancelled", "failed": "failed",
+                    "refunded": "refunded_in_full", "pending": "unpaid", "pending-payment": "unpaid",
+                    "checkout-draft": "unpaid", "draft": "unpaid", "trash": "cancelled"},
+}
+EXCLUSIONS = ("line_item", "refund_row", "test", "cancelled", "voided", "failed", "unpaid", "refunded_in_full",
+              "guest_checkout")
+
+# Timestamp text forms: ISO-8601 date, optional time (T or space), optional zone: Z, UTC, ±HH, ±HHMM,
+# ±HH:MM, with or without a space before it (Shopify writes "2023-05-01 10:15:00 -0400").
+TS_PATTERN = (r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?))?"
+              r" ?(Z|UTC|[+-]\d{2}(?::?\d{2})?)?$")
+
+
+HINTS = {
+    "unparsable_reward": "reward must be a boolean; for a discount-code column use --reward-codes PATTERN",
+    "unparsable_order_ts": "accepted: YYYY-MM-DD[ HH:MM[:SS[.f]]][ ±HH[:MM]|Z]; naive text is read in --timezone",
+    "unparsable_amount": "accepted: plain decimal numbers such as 1234.50; no thousands separators or signs",
+    "no_fx_rate": "add the currency to --fx RATES (currency,rate[,date])",
+    "order_without_total": "no row of the order has its total (the amount column)",
+}
 
 
 class MissingDependencyError(ImportError):
     """An optional dependency a feature needs is not installed."""
 
 
+class PrepareResourceError(LoyaltyMetricsError, MemoryError):
+    """prepare ran out of memory (or threads) under its limits: not a fault of the input."""
+
+
+class MixedCurrencyError(InputError):
+    """Orders in more than one currency (or not in the reporting one) without FX rates to convert them."""
+
+
 @dataclass
 class Rejected:
-    """Rows rejected for one reason: how many, and the first one (file, row, values)."""
+    """Rows rejected (or excluded) for one reason: how many, and the first one (file, row, values)."""
 
     count: int = 0
     first_source: str = ""
@@ -70,7 +153,7 @@ class Rejected:
 
 @dataclass
 class PrepareReport:
-    """What ``prepare()`` read, wrote and rejected, and where it wrote it."""
+    """What ``prepare()`` read, wrote, excluded and rejected, and where it wrote it."""
 
     output: str
     merchant_ids: str
@@ -82,21 +165,69 @@ class PrepareReport:
     merchants: int
     customers: int
     seconds: float
+    excluded: dict = field(default_factory=dict)   # reason -> Rejected
+    warnings: list = field(default_factory=list)
+    merchants_table: str | None = None
+    files: list = field(default_factory=list)
+    likely_line_items: int = 0    # written rows that repeat (merchant, customer, order_ts) without an order key
 
     @property
     def rows_rejected(self):
         return sum(r.count for r in self.rejected.values())
 
+    @property
+    def rows_excluded(self):
+        return sum(r.count for r in self.excluded.values())
+
     def summary(self):
         lines = [
-            f"read {self.rows_read:,} rows, wrote {self.rows_written:,} to {self.output} "
-            f"({self.merchants:,} merchants, {self.customers:,} customers), "
-            f"rejected {self.rows_rejected:,}" + (f" (written to {self.rejects})" if self.rejects else ""),
+            f"read {self.rows_read:,} rows from {len(self.files)} file(s) = wrote {self.rows_written:,} orders to "
+            f"{self.output} ({self.merchants:,} merchants, {self.customers:,} customers) + excluded "
+            f"{self.rows_excluded:,} + rejected {self.rows_rejected:,}"
+            + (f" (written to {self.rejects})" if self.rejects else ""),
         ]
-        for reason, rejected in sorted(self.rejected.items(), key=lambda item: -item[1].count):
-            lines.append(f"  {rejected.count:,} {reason}; first: {rejected.example()}")
-        lines.append(f"id mappings: {self.merchant_ids}, {self.customer_ids}")
+        for title, table in (("excluded", self.excluded), ("rejected", self.rejected)):
+            for reason, entry in sorted(table.items(), key=lambda item: -item[1].count):
+                lines.append(f"  {title} {entry.count:,} {reason}; first: {entry.example()}")
+                if reason in HINTS:
+                    lines.append(f"    ({HINTS[reason]})")
+        for warning in self.warnings:
+            lines.append(f"  warning: {warning}")
+        lines.append(f"id mappings: {self.merchant_ids}, {self.customer_ids}"
+                     + (f"; merchants: {self.merchants_table}" if self.merchants_table else ""))
         return "\n".join(lines)
+
+    def problem(self, max_rejects=0.01):
+        """Why this run should count as failed (non-zero exit), or None.
+
+        ``max_rejects``: a count (int ≥ 1) or a fraction of the rows read (float < 1).
+        """
+        if self.rows_written == 0:
+            return (f"no order was written: all {self.rows_read:,} rows were rejected or excluded"
+                    if self.rows_read else "no order was written: the export holds no rows")
+        limit = max_rejects if max_rejects >= 1 else max_rejects * self.rows_read
+        if self.rows_rejected > limit:
+            share = self.rows_rejected / max(self.rows_read, 1)
+            return (f"{self.rows_rejected:,} rows rejected ({share:.2%} of {self.rows_read:,}), more than "
+                    f"--max-rejects {max_rejects:g}")
+        if self.likely_line_items > limit:
+            # Counted as orders, they would inflate orders, revenue and repeat rates: not a silent success.
+            return (f"{self.likely_line_items:,} written rows repeat the merchant, customer and order_ts of "
+                    f"another: likely line items, more than --max-rejects {max_rejects:g}; map the order key "
+                    f"(--columns order_id=..., or --format shopify|woocommerce)")
+        return None
+
+
+def parse_max_rejects(text):
+    """``--max-rejects``: a count ("100") or a fraction ("0.01", "1%")."""
+    text = str(text).strip()
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"--max-rejects expects a count or a fraction (e.g. 100, 0.01 or 1%), got {text!r}") from None
+    if value < 0 or (value >= 1 and value != int(value)):
+        raise ValueError(f"--max-rejects expects a count or a fraction below 1, got {text!r}")
+    return value
 
 
 def _duckdb():
@@ -110,117 +241,203 @@ def _duckdb():
     return duckdb
 
 
-def prepare(raw, output, *, columns=None, refunds=False, rejects=None, timezone="UTC", amount_unit="major",
-            memory_limit="4GB", temp_directory=None, threads=None, progress=False):
-    """Convert a raw order export into the canonical sorted Arrow IPC file (SPEC §2).
+def _sql_text(text):
+    return str(text).replace("'", "''")
+
+
+def prepare(raw, output, *, columns=None, format="generic", merchant=None, merchant_from_filename=None,
+            refunds=False, rejects=None, timezone="UTC", amount_unit="major", currency=None, fx=None,
+            keep_guests=False, reward_codes=None, merchants=None, memory_limit="4GB", temp_directory=None,
+            threads=None, progress=False):
+    """Convert raw order exports into the canonical sorted Arrow IPC file (SPEC §2, §10).
 
     Parameters
     ----------
-    raw : path
-        A CSV file (header row; ``.csv``, ``.tsv`` or ``.txt``), a Parquet file, or a directory of
-        Parquet files (read in sorted path order). Rows in any order.
+    raw : path, glob, or a list of them
+        CSV files (header row; ``.csv``, ``.tsv`` or ``.txt``), Parquet files, directories of Parquet
+        files, or glob patterns (``exports/*.csv``), read in sorted path order. Rows in any order.
     output : path
         The Arrow IPC file to write: ``merchant_id`` int32, ``customer_id`` int64, ``order_ts``
         timestamp[us, UTC], ``amount`` int64 cents, ``reward`` bool, sorted. Beside it,
-        ``<stem>_merchant_ids.parquet`` and ``<stem>_customer_ids.parquet`` map the original ids
+        ``<stem>_merchant_ids.parquet`` and ``<stem>_customer_ids.parquet`` map the original keys
         (``merchant_key``, ``customer_key``) to the integer ids.
     columns : dict, optional
-        Canonical name → the export's column name, e.g. ``{"customer_id": "email", "reward":
-        "discount_used"}``. ``reward`` is optional unless mapped.
+        Role → the export's column name, overriding the format's choice, e.g. ``{"customer_id":
+        "email", "order_id": "order_number"}``. Roles: merchant_id, customer_id, order_ts, amount,
+        reward, order_id, status, refunded, currency, discount_code, cancelled_at, test.
+    format : {"generic", "shopify", "woocommerce"}
+        Which columns to read and how to read statuses (README, "loyaltymetrics prepare").
+    merchant, merchant_from_filename : str, optional
+        The merchant key for every row (a constant), or a regular expression whose first group,
+        searched in each file's name, is the merchant key. Otherwise the ``merchant_id`` column.
     refunds : bool
-        Keep negative amounts (refunds); by default they are rejected.
+        Keep negative amounts (refund rows, SPEC §2); by default they are rejected.
     rejects : path, optional
-        Also write the rejected rows (``file``, ``row``, ``reason`` and the raw values as text) as
-        CSV or Parquet, by the suffix.
+        Also write the rejected rows (``file``, ``row``, ``reason``, the raw line of a malformed CSV
+        row and the raw values as text) as CSV or Parquet, by the suffix (mode 0600).
     timezone : str
         Zone of timestamps written without one (naive text or timestamps, dates); default UTC.
     amount_unit : {"major", "minor"}
         Amounts in major units (dollars: × 100) or already in minor units (cents).
+    currency : str, optional
+        The reporting currency. Orders in another currency need ``fx``.
+    fx : path, optional
+        FX rates (CSV or Parquet): ``currency``, ``rate`` (units of the reporting currency per unit),
+        optionally ``date`` (a rate applies from its date, UTC, until the next one).
+    keep_guests : bool
+        Keep orders without a customer key, each as a one-order customer of its own.
+    reward_codes : str, optional
+        Orders whose discount code matches are reward orders: a glob (``LOYAL-*``) or, prefixed with
+        ``re:``, a regular expression; matched case-insensitively against each code of the order.
+    merchants : path, optional
+        A merchants table keyed by the raw merchant key (``merchant_id``); written beside the output
+        as ``<stem>_merchants.parquet`` keyed by the new ids, with the raw key as ``name``.
     memory_limit, temp_directory, threads
-        DuckDB's limits for the sort; ``temp_directory`` defaults to a fresh directory beside
-        ``output``, removed at the end.
+        DuckDB's limits; ``temp_directory`` defaults to a fresh directory beside ``output``.
     progress : bool
         Show a progress bar with rows/s on stderr (when it is a terminal).
 
     Returns
     -------
     PrepareReport
-        Rows read, written and rejected by reason (with the first rejected row of each), and the paths.
+        Rows read = written + excluded + rejected, by reason with the first example of each.
     """
     started = time.perf_counter()
     duckdb = _duckdb()
     if amount_unit not in AMOUNT_UNITS:
         raise ValueError(f"amount_unit must be 'major' or 'minor'; got {amount_unit!r}")
-    names = resolve_columns(columns)
-    required = REQUIRED_ORDER_COLUMNS + (("reward",) if "reward" in (columns or {}) else ())
-    raw, output = Path(raw), Path(output)
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    if merchant is not None and merchant_from_filename is not None:
+        raise ValueError("give the merchant as a constant (--merchant) or from file names "
+                         "(--merchant-from-filename), not both")
+    if (merchant is not None or merchant_from_filename is not None) and "merchant_id" in (columns or {}):
+        raise ValueError("the merchant comes from --merchant/--merchant-from-filename or from a column, not both")
+    filename_re = _filename_regex(merchant_from_filename)
+    code_re = _code_regex(reward_codes)
+    if fx is not None and not currency:
+        raise ValueError("--fx converts into the reporting currency: name it with --currency")
+    columns = dict(columns or {})
+    unknown = set(columns) - set(ROLES)
+    if unknown:
+        raise ValueError(f"columns= maps unknown names {sorted(unknown)}; the roles are {', '.join(ROLES)}")
+    if len(set(columns.values())) < len(columns):
+        twice = sorted({v for v in columns.values() if list(columns.values()).count(v) > 1})
+        raise ValueError(f"columns= reads the export's column(s) {twice} in more than one role")
+    files = _raw_files(raw)
+    output = Path(output)
     merchant_ids = output.with_name(output.stem + "_merchant_ids.parquet")
     customer_ids = output.with_name(output.stem + "_customer_ids.parquet")
-    if not raw.exists():
-        raise FileNotFoundError(f"{raw}: no such file or directory")
-    if output.resolve() == raw.resolve():
-        raise ValueError("the output must not overwrite the raw export")
+    merchants_out = output.with_name(output.stem + "_merchants.parquet") if merchants else None
+    inputs = [str(f) for f in files] + [str(p) for p in (merchants, fx) if p]
+    outs = [os.path.realpath(p) for p in (output, merchant_ids, customer_ids, rejects, merchants_out) if p]
+    if len(set(outs)) < len(outs):
+        raise ValueError("two outputs of prepare would be the same file (e.g. --rejects is the output): "
+                         "give each its own path")
+    for path, what in ((output, "output"), (merchant_ids, "merchant id mapping"),
+                       (customer_ids, "customer id mapping"), (rejects, "rejects file"),
+                       (merchants_out, "merchants output")):
+        if path is not None:
+            check_not_input(path, inputs, what)
+    scale = AMOUNT_UNITS[amount_unit]
+    fx_table = _read_fx(fx, currency) if fx is not None else None
+    merchants_table = _read_merchants_by_key(merchants) if merchants else None
 
     own_temp = temp_directory is None
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=output.parent if own_temp else temp_directory))
     try:
-        con = duckdb.connect(str(work / "prepare.duckdb"))
-        settings = [("memory_limit", memory_limit), ("temp_directory", str(work / "spill")),
-                    ("preserve_insertion_order", "false"), ("TimeZone", timezone)]
-        if threads:
-            settings.append(("threads", int(threads)))
-        for name, value in settings:
-            try:
-                con.execute(f"SET {name} = '{_sql_text(value)}'")
-            except duckdb.Error as e:
-                raise ValueError(f"bad {name} {value!r}: {e}") from e
-
-        valid_path = work / "valid.parquet"
-        rejected = {}
-        rows_read = rows_valid = 0
-        writer = None
-        with _Rejects(rejects) as reject_sink, _progress.bar(None, progress, desc="prepare: parse") as bar:
-            malformed = {}
-            for source, batch in _raw_batches(raw, names, required, malformed):
-                parsed = _parse(con, batch, refunds, AMOUNT_UNITS[amount_unit])
-                ok = pc.is_null(parsed.column("reason"))
-                valid = parsed.filter(ok).select(VALID_COLUMNS)
-                if writer is None:
-                    import pyarrow.parquet as pq
-
-                    valid_schema = _valid_schema(valid.schema)
-                    writer = pq.ParquetWriter(str(valid_path), valid_schema)
-                writer.write_table(valid.cast(valid_schema))
-                rows_valid += valid.num_rows
-                if valid.num_rows < parsed.num_rows:
-                    _count_rejects(rejected, source, names, parsed, pc.invert(ok), reject_sink)
-                rows_read += batch.num_rows
-                bar.update(batch.num_rows)
-            for source, invalid_rows in malformed.items():
-                for invalid in invalid_rows:
-                    _count_malformed(rejected, source, invalid, reject_sink)
-                    rows_read += 1
-        if writer is not None:
-            writer.close()
-        else:
-            _empty_valid(valid_path)
-
-        n_merchants, n_customers = _write_mappings(con, valid_path, merchant_ids, customer_ids)
-        rows_written = _write_sorted(con, valid_path, output, rows_valid, progress)
-        con.close()
+        # In memory, spilling to temp_directory past memory_limit: no database file to checkpoint.
+        con = duckdb.connect(":memory:")
+        try:
+            return _run(con, duckdb, locals())
+        except duckdb.OutOfMemoryException as e:
+            raise PrepareResourceError(
+                f"prepare ran out of memory under memory_limit={memory_limit!r} (the input is not at fault): "
+                f"raise --memory-limit or free memory. DuckDB: {str(e).splitlines()[0]}") from e
+        finally:
+            con.close()
+    except MemoryError as e:
+        if isinstance(e, PrepareResourceError):
+            raise
+        raise PrepareResourceError(f"prepare ran out of memory (the input is not at fault): {e}") from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    assert rows_read == rows_written + sum(r.count for r in rejected.values())
+
+
+def _run(con, duckdb, a):
+    """The body of prepare(); ``a`` holds its arguments and the values derived from them."""
+    started, work, files, scale, fmt = a["started"], a["work"], a["files"], a["scale"], a["format"]
+    settings = [("memory_limit", a["memory_limit"]), ("temp_directory", str(work / "spill")),
+                ("preserve_insertion_order", "false"), ("TimeZone", a["timezone"])]
+    if a["threads"]:
+        settings.append(("threads", int(a["threads"])))
+    for name, value in settings:
+        try:
+            con.execute(f"SET {name} = '{_sql_text(value)}'")
+        except duckdb.Error as e:
+            raise ValueError(f"bad {name} {value!r}: {e}") from e
+    try:
+        con.execute("SELECT 1").fetchall()
+    except duckdb.Error as e:
+        raise PrepareResourceError(f"DuckDB cannot run under memory_limit={a['memory_limit']!r}: {e}") from e
+
+    stage = _Stage(con, fmt, a["columns"], a["merchant"], a["filename_re"], a["refunds"], scale, a["code_re"],
+                   a["timezone"])
+    with _progress.bar(None, a["progress"], desc="prepare: read") as bar:
+        for file_idx, path in enumerate(files):
+            stage.read_file(file_idx, path, bar)
+    if not stage.created:
+        raise InputError(str(files[0]), None, "no rows and no header: nothing to prepare")
+
+    outcome_rows = _classify(con, stage, a["keep_guests"], a["fx_table"], a["currency"], scale)
+    rejected, excluded, written = _accounts(con, stage, files)
+    warnings, likely_line_items = _warnings(con, stage, files)
+    n_merchants, n_customers = _write_mappings(con, stage, a["merchant_ids"], a["customer_ids"], a["inputs"])
+    rows_written = _write_sorted(con, a["output"], written, a["progress"], a["inputs"])
+    assert rows_written == written
+    merchants_table = None
+    if a["merchants_table"] is not None:
+        merchants_table = _write_merchants(con, a["merchants_table"], a["merchants"], a["merchants_out"],
+                                           a["inputs"], warnings)
+    if a["rejects"]:
+        _write_rejects(con, stage, files, a["rejects"], a["inputs"])
+    rows_read = outcome_rows
+    assert rows_read == rows_written + sum(r.count for r in rejected.values()) + \
+        sum(r.count for r in excluded.values())
     return PrepareReport(
-        output=str(output), merchant_ids=str(merchant_ids), customer_ids=str(customer_ids),
-        rejects=str(rejects) if rejects else None, rows_read=rows_read, rows_written=rows_written,
-        rejected=rejected, merchants=n_merchants, customers=n_customers,
+        output=str(a["output"]), merchant_ids=str(a["merchant_ids"]), customer_ids=str(a["customer_ids"]),
+        rejects=str(a["rejects"]) if a["rejects"] else None, rows_read=rows_read, rows_written=rows_written,
+        rejected=rejected, excluded=excluded, warnings=warnings, merchants=n_merchants, customers=n_customers,
+        merchants_table=merchants_table, files=[str(f) for f in files], likely_line_items=likely_line_items,
         seconds=time.perf_counter() - started,
     )
 
 
-def _sql_text(text):
-    return str(text).replace("'", "''")
+def _filename_regex(pattern):
+    if pattern is None:
+        return None
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"--merchant-from-filename {pattern!r} is not a regular expression: {e}") from None
+    if compiled.groups < 1:
+        raise ValueError(f"--merchant-from-filename {pattern!r} needs a group, e.g. '^(.+?)_orders'")
+    return compiled
+
+
+def _code_regex(pattern):
+    """A RE2 pattern matching one code: from a glob, or from ``re:REGEX``."""
+    if pattern is None:
+        return None
+    if pattern.startswith("re:"):
+        body = pattern[3:]
+        try:
+            re.compile(body)
+        except re.error as e:
+            raise ValueError(f"--reward-codes {pattern!r} is not a regular expression: {e}") from None
+    else:
+        body = "".join("[^,;|]*" if ch == "*" else "[^,;|]" if ch == "?" else re.escape(ch) for ch in pattern)
+    return body
 
 
 # --- reading -------------------------------------------------------------------
@@ -238,58 +455,66 @@ def _is_csv(path):
 
 
 def _raw_files(raw):
-    if raw.is_dir():
-        files = sorted(p for p in raw.rglob("*") if p.is_file()
-                       and not any(part.startswith(("_", ".")) for part in p.relative_to(raw).parts))
-        if not files:
-            raise InputError(str(raw), None, "the directory holds no files")
-        if any(_is_csv(f) for f in files):
-            raise InputError(str(raw), None, "a directory is read as Parquet files only; pass a CSV file by itself")
-        return files
-    return [raw]
+    """The files to read: each item a file, a directory of Parquet files or a glob, in sorted order."""
+    items = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    if not items:
+        raise ValueError("no raw export given")
+    files = []
+    for item in items:
+        path = Path(item)
+        if path.exists():
+            if path.is_dir():
+                found = sorted(p for p in path.rglob("*") if p.is_file()
+                               and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts))
+                if not found:
+                    raise InputError(str(path), None, "the directory holds no files")
+                if any(_is_csv(f) for f in found):
+                    raise InputError(str(path), None, "a directory is read as Parquet files only; "
+                                                      "pass CSV files by name or with a glob")
+                files.extend(found)
+            else:
+                if not path.is_file():
+                    raise InputError(str(path), None, "not a regular file (a FIFO or device cannot be read twice)")
+                files.append(path)
+        elif any(ch in str(item) for ch in "*?["):
+            found = sorted(Path(p) for p in _glob.glob(str(item), recursive=True) if Path(p).is_file())
+            if not found:
+                raise FileNotFoundError(f"{item}: no file matches")
+            files.extend(found)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or directory")
+    seen, unique = set(), []
+    for f in files:
+        key = os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
 
 
-def _raw_batches(raw, names, required, malformed):
-    """Yield ``(source, RecordBatch)`` with canonical column names, ``file_row`` and ``src_row``.
+def _csv_header(path, delimiter):
+    """The header of a CSV file, read by itself (a first data row of any size does not matter)."""
+    import csv
 
-    ``file_row`` is each row's 0-based index within its file (data rows, not counting a CSV
-    header); ``src_row`` numbers rows across all files, for a stable tie order. Malformed CSV
-    rows the reader skips are collected in ``malformed`` (path → rows) for the caller to report.
-    """
-    offset = 0
-    key_kinds = {}
-    for path in _raw_files(raw):
-        source = str(path)
+    with open(path, newline="", encoding="utf-8-sig", errors="strict") as f:
         try:
-            batches = _csv_batches(path, malformed) if _is_csv(path) else _parquet_batches(path)
-            schema, batches = next(batches), batches
-            wanted = _select(source, schema, names, required, key_kinds)
-            file_row = 0
-            for batch in batches:
-                rows = _file_rows(malformed.get(source), file_row, batch.num_rows)
-                file_row += batch.num_rows
-                arrays = {canonical: batch.column(actual) for canonical, actual in wanted.items()}
-                arrays = {k: _normalise(k, v) for k, v in arrays.items()}
-                arrays["src_row"] = pa.array(offset + rows, pa.int64())
-                arrays["file_row"] = pa.array(rows, pa.int64())
-                yield source, pa.RecordBatch.from_pydict(arrays)
-            offset += file_row + len(malformed.get(source, ()))
-        except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, UnicodeDecodeError) as e:
-            if isinstance(e, (FileNotFoundError, PermissionError)):
-                raise
-            raise CorruptInputError(source, None, f"cannot read: {e}") from e
+            header = next(csv.reader(f, delimiter=delimiter))
+        except StopIteration:
+            raise CorruptInputError(str(path), None, "the file is empty") from None
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise CorruptInputError(str(path), None, f"cannot read the header: {e}") from None
+    return header
 
 
-def _csv_batches(path, malformed):
-    """First the schema (every column as text), then the record batches of a CSV file."""
+def _csv_batches(path, invalid):
+    """First the schema (every column as text), then the record batches of a CSV file.
+
+    Rows pyarrow cannot parse are appended to ``invalid`` (its InvalidRow objects).
+    """
     import pyarrow.csv as pacsv
 
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    probe_options = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda row: "skip")
-    with pacsv.open_csv(str(path), parse_options=probe_options,
-                        read_options=pacsv.ReadOptions(block_size=1 << 16)) as probe:
-        header = probe.schema.names
-    invalid = malformed.setdefault(str(path), [])
+    header = _csv_header(path, delimiter)
 
     def skip(row):
         invalid.append(row)
@@ -297,7 +522,7 @@ def _csv_batches(path, malformed):
 
     reader = pacsv.open_csv(
         str(path),
-        read_options=pacsv.ReadOptions(block_size=16 << 20, use_threads=False),
+        read_options=pacsv.ReadOptions(block_size=16 << 20, use_threads=True),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
         # Ids stay text ("007" is not 7); empty fields and the usual null markers are nulls.
         convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in header},
@@ -306,6 +531,91 @@ def _csv_batches(path, malformed):
     yield reader.schema
     with reader:
         yield from reader
+
+
+MAX_RECORD_LINES = 200  # a quoted value may span lines; an open quote spanning more is a stray one
+
+
+def _csv_lines(path, malformed):
+    """Careful reader for a CSV the fast parser could not number: a stray quote costs one line.
+
+    A record may span physical lines only inside a properly closed quoted value (and at most
+    ``MAX_RECORD_LINES``); otherwise its first line is malformed and reading resumes on the next
+    line. Yields the schema, then record batches with a ``__row`` column (the record's index among
+    the data records, malformed ones included). Malformed records go to ``malformed`` as
+    (row, physical line, text).
+    """
+    import csv
+
+    import pyarrow.csv as pacsv
+
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    null_values = set(pacsv.ConvertOptions().null_values)
+
+    def parse(text):
+        try:
+            return "ok", next(csv.reader([text], delimiter=delimiter, strict=True))
+        except csv.Error as e:
+            return ("open" if "unexpected end of data" in str(e) else "bad"), None
+        except StopIteration:
+            return "ok", []
+
+    def decoded(number, raw):
+        raw = raw.rstrip(b"\r\n")
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            return number, raw.decode("utf-8"), True
+        except UnicodeDecodeError:  # kept for the report, never read as data
+            return number, raw.decode("utf-8", errors="backslashreplace"), False
+
+    with open(path, "rb") as f:
+        numbered = (decoded(number, raw) for number, raw in enumerate(f, start=1))
+        _, header_text, _ = next(numbered)
+        header = parse(header_text)[1] or []
+        schema = pa.schema([(name, pa.string()) for name in header] + [("__row", pa.int64())])
+        yield schema
+        pushed = []
+
+        def next_line():
+            return pushed.pop() if pushed else next(numbered, None)
+
+        rows, row_numbers, record = [], [], 0
+        while True:
+            first = next_line()
+            if first is None:
+                break
+            used, text = [first], first[1]
+            status, fields = parse(text) if first[2] else ("bad", None)
+            while status == "open" and len(used) < MAX_RECORD_LINES:
+                following = next_line()
+                if following is None:
+                    break
+                used.append(following)
+                if not following[2]:
+                    status = "bad"
+                    break
+                text += "\n" + following[1]
+                status, fields = parse(text)
+            if status == "ok" and len(fields) == len(header):
+                rows.append([None if v in null_values else v for v in fields])
+                row_numbers.append(record)
+            elif first[1] or len(used) > 1:
+                malformed.append((record, first[0], first[1]))
+                pushed.extend(reversed(used[1:]))  # read the swallowed lines again, each on its own
+            else:
+                continue  # a blank line is not a record
+            record += 1
+            if len(rows) >= 100_000:
+                yield _rows_batch(schema, rows, row_numbers)
+                rows, row_numbers = [], []
+        if rows:
+            yield _rows_batch(schema, rows, row_numbers)
+
+
+def _rows_batch(schema, rows, line_numbers):
+    columns = [pa.array([r[i] for r in rows], pa.string()) for i in range(len(schema) - 1)]
+    return pa.RecordBatch.from_arrays(columns + [pa.array(line_numbers, pa.int64())], schema=schema)
 
 
 def _parquet_batches(path):
@@ -332,165 +642,646 @@ def _malformed_row_index(invalid_row):
     return (invalid_row.number or 0) - 2
 
 
-
-
-_KEY_KINDS = {"int": "an integer", "text": "text"}
-
-
-def _select(source, schema, names, required, key_kinds):
-    """{canonical: the export's column}; SchemaError for missing columns or unusable types."""
-    present = set(schema.names)
-    missing = [names[c] for c in required if names[c] not in present]
-    if missing:
-        raise SchemaError(
-            source, None,
-            f"missing column(s) {', '.join(map(repr, missing))}; the export has "
-            f"{', '.join(map(repr, schema.names))} (map other names with columns={{...}} / --columns)",
-        )
-    wanted = {}
-    for canonical in ORDER_COLUMNS:
-        name = names[canonical]
-        if name not in present:
-            continue
-        label = repr(name) if name == canonical else f"{name!r} (mapped to {canonical})"
-        if len(schema.get_all_field_indices(name)) > 1:
-            raise SchemaError(source, None, f"column {label} appears more than once")
-        kind = _kind(canonical, schema.field(name).type)
-        if kind is None:
-            raise SchemaError(source, None, f"column {label} has type {schema.field(name).type}, "
-                                            f"which prepare cannot read as {canonical}")
-        if canonical in ("merchant_id", "customer_id"):
-            earlier = key_kinds.setdefault(canonical, kind)
-            if earlier != kind:
-                raise SchemaError(source, None, f"column {label} is {_KEY_KINDS[kind]} here but "
-                                                f"{_KEY_KINDS[earlier]} in earlier files")
-        wanted[canonical] = name
-    return wanted
-
-
 def _is_text(t):
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or \
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t) or \
         (pa.types.is_dictionary(t) and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)))
 
 
-def _kind(canonical, t):
-    """How a column of Arrow type ``t`` is read, or None if it cannot be."""
+def _kind(role, t):
+    """How a column of Arrow type ``t`` is read in ``role``, or None if it cannot be."""
     if pa.types.is_null(t):
         return "null"
     if _is_text(t):
         return "text"
-    if canonical in ("merchant_id", "customer_id"):
+    if role in ("merchant_id", "customer_id", "order_id"):
         return "int" if pa.types.is_integer(t) else None
-    if canonical == "amount":
+    if role in ("amount", "refunded"):
         if pa.types.is_integer(t) or pa.types.is_decimal(t):
             return "decimal"
         return "float" if pa.types.is_floating(t) else None
-    if canonical == "order_ts":
-        return "timestamp" if pa.types.is_timestamp(t) or pa.types.is_date(t) else None
-    if canonical == "reward":
+    if role in ("order_ts", "cancelled_at"):
+        if pa.types.is_timestamp(t) or pa.types.is_date64(t):
+            return "timestamp"
+        return "date" if pa.types.is_date32(t) else None
+    if role in ("reward", "test"):
         if pa.types.is_boolean(t):
             return "bool"
         return "int" if pa.types.is_integer(t) else None
     return None
 
 
-def _normalise(canonical, array):
-    """Dictionary text → plain text; large text → text; keys of any integer width → int64."""
+def _normalise(role, kind, array):
+    """Text of any flavour → text; keys → int64; typed timestamps → their integer values (checked in SQL)."""
     t = array.type
-    if pa.types.is_dictionary(t) or pa.types.is_large_string(t):
+    if kind == "text" and t != pa.string():
         return array.cast(pa.string())
-    if canonical in ("merchant_id", "customer_id") and pa.types.is_integer(t) and t != pa.int64():
+    if kind == "int" and role in ("merchant_id", "customer_id", "order_id") and t != pa.int64():
         return array.cast(pa.int64())  # uint64 beyond int64 fails here, named by the caller
+    if kind == "timestamp":
+        return array.view(pa.int64())  # out-of-range values are checked as integers, never converted blindly
+    if kind == "date":
+        return array.view(pa.int32())
     return array
 
 
-# --- parsing -------------------------------------------------------------------
+# --- staging: parse every row, with the reason it is rejected ---------------------------
 
-def _amount_sql(t):
-    if pa.types.is_null(t):
-        return "NULL::DECIMAL(38, 16)", "NULL"
-    if _is_text(t):
-        raw = "trim(amount)"
-    elif pa.types.is_floating(t):
-        raw = "CAST(amount AS VARCHAR)"  # shortest decimal that reads back as the same float
+MAX_US = 9_214_646_400_000_000      # 2263-01-01 00:00:00 UTC in microseconds
+SLACK_US = 3 * 86_400_000_000        # zone offsets move naive values by less than this
+UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+
+class _Stage:
+    """Reads the files batch by batch into the DuckDB table ``staged`` (one row per raw row)."""
+
+    def __init__(self, con, fmt, columns, merchant, filename_re, refunds, scale, code_re, timezone="UTC"):
+        self.con, self.fmt, self.columns, self.timezone = con, fmt, columns, timezone
+        self.merchant, self.filename_re = merchant, filename_re
+        self.refunds, self.scale, self.code_re = refunds, scale, code_re
+        self.created = False
+        self.key_kinds = {}
+        self.names = {}            # file index -> {role: the export's column}
+        self.roles = set()         # roles read from any file
+        self.has_order_any = False
+        self.sources = {}          # file index -> path
+
+    # -- tables --
+    def _create(self):
+        key = {"int": "BIGINT", "text": "VARCHAR", "null": "VARCHAR"}
+        mtype = key[self.key_kinds.get("merchant_id", "text")]
+        ctype = key[self.key_kinds.get("customer_id", "text")]
+        self.con.execute(f"""
+            CREATE TABLE staged (src_row BIGINT, file_idx INTEGER, file_row BIGINT, merchant_key {mtype},
+                                 has_order BOOLEAN, order_key VARCHAR, customer_key {ctype}, ts_us BIGINT,
+                                 net DECIMAL(38, 16), cents BIGINT, reward BOOLEAN, currency VARCHAR,
+                                 excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR, neg BOOLEAN)""")
+        raw = ", ".join(f"raw_{role} VARCHAR" for role in ROLES)
+        self.con.execute(f"CREATE TABLE rejected_raw (src_row BIGINT, line_number BIGINT, line VARCHAR, {raw})")
+        self.created = True
+
+    # -- one file --
+    def read_file(self, file_idx, path, bar):
+        source = str(path)
+        self.sources[file_idx] = source
+        merchant = self.merchant
+        if self.filename_re is not None:
+            found = self.filename_re.search(path.name)
+            if not found or not found.group(1):
+                raise InputError(source, None, f"--merchant-from-filename {self.filename_re.pattern!r} does not "
+                                               f"match the file name {path.name!r} (or its first group is empty)")
+            merchant = found.group(1)
+        is_csv = _is_csv(path)
+        invalid = []
+        try:
+            if is_csv:  # the header alone decides the columns: every one is text
+                header = _csv_header(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+                kinds = self._select(file_idx, source, pa.schema([(n, pa.string()) for n in header]), merchant)
+            else:
+                batches = _parquet_batches(path)
+                kinds = self._select(file_idx, source, next(batches), merchant)
+            try:
+                if is_csv:
+                    batches = _csv_batches(path, invalid)
+                    next(batches)
+                swallowed = self._stage_batches(file_idx, batches, kinds, merchant, invalid, bar, lines=False)
+            except pa.ArrowInvalid as e:
+                if not (is_csv and "utf8" in str(e).lower().replace("-", "")):
+                    raise
+                swallowed = True  # a line of invalid UTF-8: the careful reader rejects that line alone
+            if is_csv and swallowed:
+                # A stray quote made the parser read many lines as one field: read the file again,
+                # line by line, so that one bad line costs one row.
+                self.con.execute(f"DELETE FROM rejected_raw WHERE src_row >> {FILE_ROW_BITS} = {file_idx}")
+                self.con.execute(f"DELETE FROM staged WHERE file_idx = {file_idx}")
+                malformed = []
+                batches = _csv_lines(path, malformed)
+                next(batches)
+                self._stage_batches(file_idx, batches, kinds, merchant, malformed, bar, lines=True)
+        except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, UnicodeDecodeError) as e:
+            if isinstance(e, (FileNotFoundError, PermissionError)):
+                raise
+            raise CorruptInputError(source, None, f"cannot read: {e}") from e
+
+    def _select(self, file_idx, source, schema, merchant):
+        """{role: (the export's column, kind, arrow type)}; SchemaError for missing or unusable columns."""
+        by_lower = {}
+        for name in schema.names:
+            by_lower.setdefault(name.strip().lstrip("\ufeff").lower(), name)
+        preset = PRESETS[self.fmt]
+        chosen = {}
+        for role in ROLES:
+            if role in self.columns:
+                if self.columns[role] in schema.names:
+                    chosen[role] = self.columns[role]
+                continue
+            for candidate in preset.get(role, ()):
+                if candidate.lower() in by_lower:
+                    chosen[role] = by_lower[candidate.lower()]
+                    break
+        if merchant is not None:
+            chosen.pop("merchant_id", None)
+        required = list(REQUIRED) + [r for r in self.columns if r not in REQUIRED]
+        if merchant is None:
+            required.insert(0, "merchant_id")
+        missing = [r for r in dict.fromkeys(required) if r not in chosen and not (merchant is not None and r == "merchant_id")]
+        if missing:
+            wanted = [self.columns.get(r) or (preset.get(r) or (r,))[0] for r in missing]
+            hint = (" (or give the merchant with --merchant / --merchant-from-filename)"
+                    if "merchant_id" in missing else "")
+            raise SchemaError(
+                source, None,
+                f"missing column(s) {', '.join(map(repr, wanted))}; the export has "
+                f"{', '.join(map(repr, schema.names))} (map other names with columns={{...}} / --columns){hint}",
+            )
+        kinds = {}
+        for role, name in chosen.items():
+            label = repr(name) if name == role else f"{name!r} (read as {role})"
+            if len(schema.get_all_field_indices(name)) > 1:
+                raise SchemaError(source, None, f"column {label} appears more than once")
+            t = schema.field(name).type
+            kind = _kind(role, t)
+            if kind is None:
+                raise SchemaError(source, None, f"column {label} has type {t}, which prepare cannot read as {role}")
+            if role in ("merchant_id", "customer_id") and kind != "null":
+                earlier = self.key_kinds.setdefault(role, kind)
+                if earlier != kind:
+                    what = {"int": "an integer", "text": "text"}
+                    raise SchemaError(source, None, f"column {label} is {what[kind]} here but "
+                                                    f"{what[earlier]} in earlier files")
+            kinds[role] = (name, kind, t)
+        if merchant is not None:
+            earlier = self.key_kinds.setdefault("merchant_id", "text")
+            if earlier != "text":
+                raise SchemaError(source, None, "merchant keys are text here (--merchant/--merchant-from-filename) "
+                                                "but integers in earlier files")
+        if not self.created:
+            self._create()
+        self.names[file_idx] = {role: name for role, (name, _, _) in kinds.items()}
+        self.roles |= set(kinds)
+        if "order_id" in kinds:
+            self.has_order_any = True
+        return kinds
+
+    def _stage_batches(self, file_idx, batches, kinds, merchant, invalid, bar, lines):
+        """Stage every batch of one file; return True if the CSV parser swallowed lines (stray quote)."""
+        file_row = 0
+        base = file_idx << FILE_ROW_BITS
+        query = None
+        for batch in batches:
+            if lines:
+                rows = batch.column("__row").to_numpy()
+            else:
+                if any(r.number is None or "\n" in (r.text or "") for r in invalid):
+                    return True
+                rows = _file_rows(invalid, file_row, batch.num_rows)
+            file_row += batch.num_rows
+            arrays = {role: _normalise(role, kind, batch.column(name)) for role, (name, kind, _) in kinds.items()}
+            arrays["src_row"] = pa.array(base + rows, pa.int64())
+            arrays["file_row"] = pa.array(rows, pa.int64())
+            table = pa.table(arrays)
+            if query is None:
+                query = self._parse_sql(kinds, merchant, file_idx)
+            self.con.register("raw_batch", table)
+            try:
+                self.con.execute(f"INSERT INTO staged {query}")
+                lo, hi = int(table.column("src_row")[0].as_py()) if table.num_rows else 0, \
+                    int(table.column("src_row")[-1].as_py()) if table.num_rows else -1
+                raw = ", ".join(f"CAST(r.{role} AS VARCHAR)" if role in kinds else "NULL" for role in ROLES)
+                self.con.execute(f"""
+                    INSERT INTO rejected_raw
+                    SELECT r.src_row, NULL, NULL, {raw} FROM raw_batch r
+                    SEMI JOIN (SELECT src_row FROM staged WHERE src_row BETWEEN {lo} AND {hi}
+                               AND reason IS NOT NULL) s ON r.src_row = s.src_row""")
+            finally:
+                self.con.unregister("raw_batch")
+            bar.update(batch.num_rows)
+        if not lines and any(r.number is None or "\n" in (r.text or "") for r in invalid):
+            return True
+        malformed = invalid if lines else [(_malformed_row_index(r), r.number, r.text) for r in invalid]
+        if malformed:
+            src = pa.array([base + row for row, _, _ in malformed], pa.int64())
+            rows = pa.array([row for row, _, _ in malformed], pa.int64())
+            table = pa.table({"src_row": src, "file_row": rows,
+                              "line_number": pa.array([line for _, line, _ in malformed], pa.int64()),
+                              "line": pa.array([text for _, _, text in malformed], pa.string())})
+            self.con.register("bad_rows", table)
+            try:
+                self.con.execute(f"""INSERT INTO staged (src_row, file_idx, file_row, has_order, is_carrier, reason,
+                                                         neg)
+                                     SELECT src_row, {file_idx}, file_row, false, true, 'malformed_csv_row', false
+                                     FROM bad_rows""")
+                self.con.execute("INSERT INTO rejected_raw (src_row, line_number, line) "
+                                 "SELECT src_row, line_number, line FROM bad_rows")
+            finally:
+                self.con.unregister("bad_rows")
+            bar.update(len(malformed))
+        return False
+
+    # -- the parse query of one file --
+    def _parse_sql(self, kinds, merchant, file_idx):
+        def has(role):
+            return role in kinds and kinds[role][1] != "null"
+
+        def kind(role):
+            return kinds[role][1] if role in kinds else "null"
+
+        # keys
+        if merchant is not None:
+            m = f"'{_sql_text(merchant)}'::VARCHAR"
+        else:
+            m = "merchant_id" if has("merchant_id") else "NULL"
+        has_order = has("order_id")
+        if has_order:
+            o = "NULLIF(trim(order_id), '')" if kind("order_id") == "text" else "CAST(order_id AS VARCHAR)"
+        else:
+            o = "NULL::VARCHAR"
+        if kind("customer_id") == "text":
+            c = ("CASE WHEN contains(customer_id, '@') THEN NULLIF(lower(trim(customer_id)), '') "
+                 "ELSE customer_id END")
+        elif kind("customer_id") == "int":
+            c = "customer_id"
+        else:
+            c = "NULL"
+        carrier = "(amount IS NOT NULL)" if has_order else "true"
+        # amounts
+        amount_txt, dec, dbl = _amount_sql("amount", kind("amount"))
+        refunded_txt, ref, _ = _amount_sql("refunded", kind("refunded"))
+        p0 = []
+        if amount_txt:
+            p0.append(f"CASE WHEN {carrier} THEN {amount_txt} END AS amount_txt")
+        if refunded_txt:
+            p0.append(f"CASE WHEN {carrier} THEN {refunded_txt} END AS refunded_txt")
+        if kind("order_ts") == "text":
+            p0.append(f"CASE WHEN {carrier} THEN regexp_extract(trim(order_ts), '{TS_PATTERN}', ['d', 't', 'z']) "
+                      f"END AS tsp")
+        p0 = "".join(", " + e for e in p0)
+        ref_bad = f"(refunded IS NOT NULL AND ({ref}) IS NULL)" if has("refunded") else "false"
+        # timestamps
+        ts_value, ts_unparsable = _ts_sql(kinds.get("order_ts"), utc=self.timezone.upper() in ("UTC", "ETC/UTC"))
+        # flags
+        reward, bad_reward = _bool_sql("reward", kind("reward"))
+        if self.code_re is not None and has("discount_code"):
+            # Each code of a list ("A, B", "A;B", "code:A|amount:5" as some WooCommerce plugins write).
+            pattern = _sql_text(r"(?i)(^|[,;|])\s*(?:code:)?(?:" + self.code_re + r")\s*($|[,;|])")
+            code = f"coalesce(regexp_matches(CAST(discount_code AS VARCHAR), '{pattern}'), false)"
+            reward = f"(({reward}) OR {code})"
+        if has("test") and self.fmt == "shopify" and "test" not in self.columns:
+            test, bad_test = "coalesce(contains(lower(CAST(test AS VARCHAR)), 'bogus'), false)", "false"
+        else:
+            test, bad_test = _bool_sql("test", kind("test"))
+        cancelled = "(cancelled_at IS NOT NULL)" if has("cancelled_at") else "false"
+        if has("status"):
+            words = STATUS_WORDS[self.fmt]
+            norm = ("regexp_replace(regexp_replace(lower(trim(CAST(status AS VARCHAR))), '^wc-', ''), "
+                    "'[ _]+', '-', 'g')")
+            cases = " ".join(f"WHEN '{w}' THEN '{r}'" for w, r in words.items())
+            status = f"(CASE {norm} {cases} END)"
+        else:
+            status = "NULL::VARCHAR"
+        currency = "NULLIF(upper(trim(CAST(currency AS VARCHAR))), '')" if has("currency") else "NULL::VARCHAR"
+        negative = "false" if self.refunds else "cents < 0"
+        return f"""
+            WITH p0 AS (SELECT *{p0} FROM raw_batch),
+            p1a AS (
+                SELECT src_row, file_row, {m} AS m, {o} AS o, {c} AS c,
+                       {"order_ts" if "order_ts" in kinds else "NULL"} AS raw_ts,
+                       {"amount" if "amount" in kinds else "NULL"} AS raw_amount,
+                       {dec} AS dec, CASE WHEN ({dec}) IS NULL THEN {dbl} END AS dbl, {ref} AS ref,
+                       {ref_bad} AS ref_bad, {ts_value} AS ts_us,
+                       CASE WHEN {carrier} THEN {reward} END AS reward_flag,
+                       ({carrier} AND ({bad_reward})) AS bad_reward,
+                       CASE WHEN {carrier} THEN {test} END AS test_flag, ({carrier} AND ({bad_test})) AS bad_test,
+                       {cancelled} AS cancelled, CASE WHEN {carrier} THEN {status} END AS status_reason,
+                       CASE WHEN {carrier} THEN {currency} END AS cur, {carrier} AS is_carrier
+                FROM p0
+            ), p1 AS (
+                SELECT *, {ts_unparsable.replace("order_ts IS", "raw_ts IS")} AS ts_unparsable
+                FROM p1a
+            ), p2 AS (
+                SELECT *, coalesce(abs(ref), 0) AS refunded_abs,
+                       (coalesce(abs(ref), 0) > 0 AND coalesce(abs(ref), 0) >= dec) AS full_refund
+                FROM p1
+            ), p3 AS (
+                SELECT *, CASE WHEN abs(dec) < 1e19 AND refunded_abs < 1e19 AND NOT full_refund
+                               THEN dec - refunded_abs END AS net
+                FROM p2
+            ), p4 AS (
+                SELECT *, CASE WHEN abs(net) < 1e19 THEN TRY_CAST(ROUND(net * {self.scale}) AS BIGINT) END AS cents
+                FROM p3
+            )
+            SELECT src_row, {file_idx} AS file_idx, file_row, m, {str(has_order).lower()}, o, c,
+                   CASE WHEN ts_us >= 0 AND ts_us < {MAX_US} THEN ts_us END, net, cents, coalesce(reward_flag, false),
+                   cur,
+                   CASE WHEN test_flag THEN 'test' WHEN cancelled THEN 'cancelled'
+                        WHEN status_reason IS NOT NULL THEN status_reason
+                        WHEN full_refund THEN 'refunded_in_full' END,
+                   is_carrier,
+                   CASE
+                       WHEN m IS NULL THEN 'null_merchant_id'
+                       WHEN {str(has_order).lower()} AND o IS NULL THEN 'null_order_id'
+                       WHEN NOT is_carrier THEN NULL
+                       WHEN raw_ts IS NULL THEN 'null_order_ts'
+                       WHEN raw_amount IS NULL THEN 'null_amount'
+                       WHEN dec IS NULL AND isfinite(dbl) THEN 'amount_out_of_range'
+                       WHEN dec IS NULL THEN 'unparsable_amount'
+                       WHEN ref_bad THEN 'unparsable_refunded_amount'
+                       WHEN cents IS NULL AND NOT full_refund THEN 'amount_out_of_range'
+                       WHEN {negative} THEN 'negative_amount'
+                       WHEN ts_unparsable THEN 'unparsable_order_ts'
+                       WHEN ts_us IS NULL OR ts_us < 0 OR ts_us >= {MAX_US} THEN 'order_ts_out_of_range'
+                       WHEN bad_reward THEN 'unparsable_reward'
+                       WHEN bad_test THEN 'unparsable_test'
+                       WHEN {str(has('currency')).lower()} AND cur IS NULL THEN 'null_currency'
+                   END,
+                   coalesce(dec < 0, false)
+            FROM p4
+        """
+
+
+def _amount_sql(column, kind):
+    """(p0 expression of the checked text or None, exact DECIMAL(38,16) or NULL, DOUBLE for telling huge from
+    unparsable) of an amount column. Text is checked once, in p0, as ``{column}_txt``."""
+    if kind == "null":
+        return None, "NULL::DECIMAL(38, 16)", "NULL::DOUBLE"
+    if kind == "text":
+        # DuckDB's decimal cast is strict (no thousands separators, signs, commas, hex, nan or inf) except
+        # for digit-group underscores, which are refused here: "1_000" is not guessed to be 1000.
+        checked = f"CASE WHEN NOT contains({column}, '_') THEN trim({column}) END"
+        return checked, f"TRY_CAST({column}_txt AS DECIMAL(38, 16))", f"TRY_CAST({column}_txt AS DOUBLE)"
+    if kind == "float":
+        raw = f"CAST({column} AS VARCHAR)"  # shortest decimal that reads back as the same float
+        return None, f"TRY_CAST({raw} AS DECIMAL(38, 16))", f"CAST({column} AS DOUBLE)"
+    return None, f"TRY_CAST({column} AS DECIMAL(38, 16))", f"TRY_CAST({column} AS DOUBLE)"
+
+
+def _ts_sql(spec, utc=False):
+    """(UTC microseconds or NULL, unparsable?) of the order_ts column, by its kind."""
+    if spec is None or spec[1] == "null":
+        return "NULL::BIGINT", "false"
+    _, kind, t = spec
+    if kind == "text":
+        # tsp: regexp_extract of TS_PATTERN, computed once in p0 (d is empty when the form is wrong)
+        clock = "tsp.d || ' ' || coalesce(NULLIF(tsp.t, ''), '00:00:00')"
+        zone = "tsp.z"
+        zh = f"TRY_CAST(substr({zone}, 2, 2) AS INTEGER)"
+        zm = f"(CASE WHEN length(replace({zone}, ':', '')) = 5 THEN TRY_CAST(right({zone}, 2) AS INTEGER) ELSE 0 END)"
+        # Offsets are applied by arithmetic (no time-zone library on the hot path); only naive text needs
+        # the session zone (--timezone), and UTC is the identity.
+        wall = f"epoch_us(TRY_CAST({clock} AS TIMESTAMP))"
+        naive = wall if utc else f"epoch_us(CAST(TRY_CAST({clock} AS TIMESTAMP) AS TIMESTAMPTZ))"
+        value = f"""(CASE
+            WHEN tsp.d IS NULL OR tsp.d = '' THEN NULL
+            WHEN {zone} = '' THEN {naive}
+            WHEN {zone} IN ('Z', 'UTC') THEN {wall}
+            WHEN {zh} > 14 OR {zm} > 59 THEN NULL
+            ELSE {wall} - (CASE WHEN left({zone}, 1) = '-' THEN -1 ELSE 1 END)
+                          * (CAST({zh} AS BIGINT) * 3600 + {zm} * 60) * 1000000
+        END)"""
+        return value, "(order_ts IS NOT NULL AND ts_us IS NULL)"
+    lo, hi = -SLACK_US, MAX_US + SLACK_US
+    if kind == "date":
+        day = 86_400_000_000
+        us = f"(CASE WHEN order_ts BETWEEN {lo // day} AND {hi // day} THEN CAST(order_ts AS BIGINT) * {day} END)"
+        naive = True
     else:
-        raw = "amount"
-    return f"TRY_CAST({raw} AS DECIMAL(38, 16))", f"TRY_CAST({raw} AS DOUBLE)"
+        unit = "ms" if pa.types.is_date64(t) else t.unit
+        if unit == "ns":
+            us = (f"(CASE WHEN order_ts BETWEEN {lo * 1000} AND {hi * 1000} THEN "
+                  f"(CASE WHEN order_ts >= 0 THEN order_ts // 1000 ELSE -((999 - order_ts) // 1000) END) END)")
+        else:
+            mult = UNIT_US[unit]
+            us = f"(CASE WHEN order_ts BETWEEN {lo // mult} AND {hi // mult} THEN order_ts * {mult} END)"
+        naive = pa.types.is_date64(t) or t.tz is None
+    if naive and not utc:  # wall-clock time in the session zone (--timezone)
+        us = f"epoch_us(CAST(make_timestamp({us}) AS TIMESTAMPTZ))"
+    return us, "false"
 
 
-def _ts_sql(t):
-    if pa.types.is_null(t):
-        return "NULL::TIMESTAMPTZ"
-    if _is_text(t):
-        return "TRY_CAST(trim(order_ts) AS TIMESTAMPTZ)"
-    return "CAST(order_ts AS TIMESTAMPTZ)"  # naive timestamps and dates are read in the session zone
-
-
-def _reward_sql(batch):
-    if "reward" not in batch.schema.names:
+def _bool_sql(column, kind):
+    """(flag, unparsable?) of a bool-ish column: bool, 0/1, or true/false words."""
+    if kind == "null":
         return "false", "false"
-    t = batch.schema.field("reward").type
-    if pa.types.is_null(t):
-        return "false", "false"
-    if pa.types.is_boolean(t):
-        return "coalesce(reward, false)", "false"
-    if pa.types.is_integer(t):
-        return "coalesce(reward = 1, false)", "reward IS NOT NULL AND reward NOT IN (0, 1)"
-    words = "lower(trim(reward))"
+    if kind == "bool":
+        return f"coalesce({column}, false)", "false"
+    if kind == "int":
+        return f"coalesce({column} = 1, false)", f"{column} IS NOT NULL AND {column} NOT IN (0, 1)"
+    words = f"lower(trim({column}))"
     true_list = ", ".join(f"'{w}'" for w in TRUE_WORDS)
     known = ", ".join(f"'{w}'" for w in TRUE_WORDS + FALSE_WORDS)
     return (f"coalesce({words} IN ({true_list}), false)",
-            f"reward IS NOT NULL AND {words} NOT IN ({known})")
+            f"{column} IS NOT NULL AND {words} NOT IN ({known})")
 
 
-def _parse(con, batch, refunds, scale):
-    """Parsed columns, the raw values as text, and a ``reason`` (null for rows that pass) of a batch."""
-    decimal, as_double = _amount_sql(batch.schema.field("amount").type)
-    ts = _ts_sql(batch.schema.field("order_ts").type)
-    reward, bad_reward = _reward_sql(batch)
-    raw_reward = "CAST(reward AS VARCHAR)" if "reward" in batch.schema.names else "NULL::VARCHAR"
-    negative = "false" if refunds else "cents < 0"
-    in_range = "ts >= TIMESTAMPTZ '1970-01-01 00:00:00+00' AND ts < TIMESTAMPTZ '2263-01-01 00:00:00+00'"
-    # A decimal beyond ±1e19 would overflow the multiplication; TRY_CAST catches what int64 cannot hold.
-    query = f"""
-        WITH parsed AS (
-            SELECT *, {decimal} AS dec, {ts} AS ts, {reward} AS reward_flag, ({bad_reward}) AS bad_reward
-            FROM raw_batch
-        ), cents AS (
-            SELECT *, CASE WHEN abs(dec) < 1e19 THEN TRY_CAST(ROUND(dec * {scale}) AS BIGINT) END AS cents
-            FROM parsed
-        )
-        SELECT merchant_id AS merchant_key, customer_id AS customer_key,
-               CASE WHEN {in_range} THEN epoch_us(ts) END AS ts_us,
-               cents AS amount, reward_flag AS reward, src_row, file_row,
-               CASE
-                   WHEN merchant_id IS NULL THEN 'null_merchant_id'
-                   WHEN customer_id IS NULL THEN 'null_customer_id'
-                   WHEN order_ts IS NULL THEN 'null_order_ts'
-                   WHEN amount IS NULL THEN 'null_amount'
-                   WHEN dec IS NULL AND isfinite({as_double}) THEN 'amount_out_of_range'
-                   WHEN dec IS NULL THEN 'unparsable_amount'
-                   WHEN cents IS NULL THEN 'amount_out_of_range'
-                   WHEN {negative} THEN 'negative_amount'
-                   WHEN ts IS NULL THEN 'unparsable_order_ts'
-                   WHEN NOT ({in_range}) THEN 'order_ts_out_of_range'
-                   WHEN bad_reward THEN 'unparsable_reward'
-               END AS reason,
-               CAST(merchant_id AS VARCHAR) AS raw_merchant_id, CAST(customer_id AS VARCHAR) AS raw_customer_id,
-               CAST(order_ts AS VARCHAR) AS raw_order_ts, CAST(amount AS VARCHAR) AS raw_amount,
-               {raw_reward} AS raw_reward
-        FROM cents
-    """
-    con.register("raw_batch", batch)
-    try:
-        return _arrow_table(con.sql(query))
-    finally:
-        con.unregister("raw_batch")
+# --- orders: line items, exclusions, currencies ---------------------------------------
+
+def _classify(con, stage, keep_guests, fx_table, currency, scale):
+    """Create ``classified``: every staged row with its outcome; return the number of rows read."""
+    keep = "true" if keep_guests else "false"
+    if stage.has_order_any:
+        # One head row per order: its first carrier (the row with the order total), else its first row;
+        # its customer: the first carrier's, else the first one on any of its rows.
+        con.execute("""
+            CREATE TABLE order_heads AS
+            SELECT merchant_key, order_key,
+                   coalesce(min(src_row) FILTER (WHERE is_carrier AND NOT neg), min(src_row) FILTER (WHERE is_carrier),
+                            min(src_row)) AS head,
+                   arg_min(customer_key, CAST(src_row AS HUGEINT)
+                                         + CASE WHEN is_carrier THEN 0 ELSE CAST(1 AS HUGEINT) << 64 END)
+                       FILTER (WHERE customer_key IS NOT NULL) AS cust
+            FROM staged
+            WHERE has_order AND merchant_key IS NOT NULL AND order_key IS NOT NULL
+            GROUP BY merchant_key, order_key""")
+        source = """
+            SELECT s.*, CASE WHEN s.has_order AND h.head IS NOT NULL AND s.src_row <> h.head
+                             THEN (CASE WHEN s.is_carrier AND s.neg THEN 3 ELSE 2 END) ELSE 1 END AS k,
+                   CASE WHEN s.has_order THEN h.cust ELSE s.customer_key END AS cust
+            FROM staged s LEFT JOIN order_heads h
+              ON s.has_order AND s.merchant_key = h.merchant_key AND s.order_key = h.order_key"""
+    else:
+        source = "SELECT *, 1 AS k, customer_key AS cust FROM staged"
+    grouped = f"""
+        WITH g AS ({source})
+        SELECT src_row, file_idx, file_row, merchant_key, has_order, order_key, cust AS customer_key, ts_us,
+               net, cents, reward, currency,
+               CASE WHEN k = 3 THEN 'excluded:refund_row'
+                    WHEN reason IS NOT NULL THEN 'rejected:' || reason
+                    WHEN k > 1 THEN 'excluded:line_item'
+                    WHEN NOT is_carrier THEN 'rejected:order_without_total'
+                    WHEN excl IS NOT NULL THEN 'excluded:' || excl
+                    WHEN cust IS NULL AND NOT {keep} THEN 'excluded:guest_checkout'
+                    ELSE 'ok' END AS outcome
+        FROM g"""
+    if fx_table is None:
+        con.execute(f"CREATE TABLE classified AS SELECT * EXCLUDE (outcome), "
+                    f"CASE WHEN outcome = 'ok' THEN 'written' ELSE outcome END AS outcome FROM ({grouped})")
+        _check_one_currency(con, stage, currency)
+    else:
+        con.register("fx_arrow", fx_table)
+        con.execute("CREATE TABLE fx AS SELECT * FROM fx_arrow")
+        con.unregister("fx_arrow")
+        dated = "date" in fx_table.column_names
+        join = ("ASOF LEFT JOIN fx f ON c.currency = f.currency AND c.day >= f.date" if dated
+                else "LEFT JOIN fx f ON c.currency = f.currency")
+        reporting = _sql_text(currency.upper())
+        con.execute(f"""
+            CREATE TABLE classified AS
+            WITH c AS (SELECT *, CAST(make_timestamp(ts_us) AS DATE) AS day FROM ({grouped})),
+            r AS (SELECT c.*, CASE WHEN c.currency IS NULL OR c.currency = '{reporting}'
+                                   THEN CAST(1 AS DECIMAL(38, 10)) ELSE f.rate END AS rate
+                  FROM c {join}),
+            x AS (SELECT * EXCLUDE (cents, day), CASE WHEN outcome = 'ok' AND abs(net) < 1e11 AND rate < 1e6
+                  THEN CAST(ROUND(CAST(net AS DECIMAL(38, 8)) * rate * {scale}) AS BIGINT) END AS cents FROM r)
+            SELECT * EXCLUDE (outcome, rate),
+                   CASE WHEN outcome <> 'ok' THEN outcome
+                        WHEN rate IS NULL THEN 'rejected:no_fx_rate'
+                        WHEN cents IS NULL THEN 'rejected:amount_out_of_range'
+                        WHEN cents < 0 AND NOT {str(stage.refunds).lower()} THEN 'rejected:negative_amount'
+                        ELSE 'written' END AS outcome
+            FROM x""")
+    return con.execute("SELECT count(*) FROM classified").fetchall()[0][0]
 
 
-def _arrow_table(relation):
-    """A DuckDB relation as a pyarrow Table (``to_arrow_table`` from DuckDB 1.4, ``arrow`` before)."""
-    return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+def _check_one_currency(con, stage, currency):
+    if "currency" not in stage.roles:
+        return
+    found = con.execute("""SELECT currency, count(*), min(src_row) FROM classified WHERE outcome = 'written'
+                           GROUP BY currency ORDER BY 3""").fetchall()
+    allowed = {None, currency.upper()} if currency else {None, found[0][0] if found else None}
+    if any(cur not in allowed for cur, _, _ in found):
+        where = con.execute("SELECT file_idx, file_row FROM classified WHERE src_row = ?",
+                            [min(first for cur, _, first in found if cur not in allowed)]).fetchall()[0]
+        listing = ", ".join(f"{cur or '(none)'}: {n:,} orders" for cur, n, _ in found)
+        wanted = f"the reporting currency {currency.upper()}" if currency else "one currency"
+        raise MixedCurrencyError(
+            stage.sources[where[0]], where[1],
+            f"orders are in more than {wanted} ({listing}) and no --fx rates convert them: adding them up "
+            f"would mix currencies. Pass --fx RATES (currency,rate[,date]) and --currency CODE")
+
+
+def _accounts(con, stage, files):
+    """(rejected, excluded, rows written): each reason with its count and first row."""
+    rejected, excluded = {}, {}
+    rows = con.execute("""SELECT outcome, count(*), min(src_row) FROM classified WHERE outcome <> 'written'
+                          GROUP BY outcome ORDER BY 3""").fetchall()
+    for outcome, count, first in rows:
+        kind, reason = outcome.split(":", 1)
+        entry = Rejected(count=count)
+        file_idx, file_row, merchant_key, order_key, customer_key = con.execute(
+            "SELECT file_idx, file_row, merchant_key, order_key, customer_key FROM classified WHERE src_row = ?",
+            [first]).fetchall()[0]
+        entry.first_source, entry.first_row = str(files[file_idx]), file_row
+        cur = con.execute("SELECT * FROM rejected_raw WHERE src_row = ?", [first])
+        cols = [d[0] for d in cur.description]
+        raw = [dict(zip(cols, r)) for r in cur.fetchall()]
+        names = stage.names.get(file_idx, {})
+        if raw:
+            raw = raw[0]
+            if raw["line"] is not None:
+                entry.first_values = {"physical line": raw["line_number"], "text": raw["line"]}
+            else:
+                entry.first_values = {name: raw["raw_" + role] for role, name in names.items()}
+        else:
+            entry.first_values = {k: v for k, v in (("merchant", merchant_key), ("order", order_key),
+                                                    ("customer", customer_key)) if v is not None}
+        (rejected if kind == "rejected" else excluded)[reason] = entry
+    written = con.execute("SELECT count(*) FROM classified WHERE outcome = 'written'").fetchall()[0][0]
+    return rejected, excluded, written
+
+
+def _warnings(con, stage, files):
+    """(warnings, likely line-item rows: those beyond the first of each (merchant, customer, order_ts))."""
+    warnings = []
+    groups, rows, first = con.execute("""
+        SELECT count(*), sum(n), min(first) FROM (
+            SELECT count(*) AS n, min(src_row) AS first FROM classified WHERE outcome = 'written' AND NOT has_order
+            GROUP BY merchant_key, customer_key, ts_us HAVING count(*) > 1)""").fetchall()[0]
+    if groups:
+        file_idx, file_row = con.execute("SELECT file_idx, file_row FROM classified WHERE src_row = ?",
+                                         [first]).fetchall()[0]
+        warnings.append(
+            f"{rows:,} rows in {groups:,} groups share merchant, customer and order_ts: likely line items of one "
+            f"order each, counted here as separate orders; map an order key (--columns order_id=...) to count "
+            f"each order once; first: {files[file_idx]}: row {file_row}")
+    return warnings, int(rows or 0) - int(groups or 0)
+
+
+# --- mapping and sorting ---------------------------------------------------------
+
+def _natural_key(key):
+    """Text keys in natural order ("shop-2" before "shop-10"); integers as numbers."""
+    if isinstance(key, int):
+        return (key,)
+    parts = re.split(r"(\d+)", key)
+    return tuple((int(p), p) if i % 2 else p for i, p in enumerate(parts))
+
+
+def _copy_private(con, query, path, inputs, fmt="PARQUET", what="output"):
+    with atomic_output(path, inputs=inputs, private=True, what=what) as tmp:
+        header = ", HEADER" if fmt == "CSV" else ""
+        con.execute(f"COPY ({query}) TO '{_sql_text(tmp)}' (FORMAT {fmt}{header})")
+        os.chmod(tmp, 0o600)
+
+
+def _write_mappings(con, stage, merchant_ids, customer_ids, inputs):
+    keys = [row[0] for row in con.execute(
+        "SELECT DISTINCT merchant_key FROM classified WHERE outcome = 'written'").fetchall()]
+    keys.sort(key=_natural_key)
+    kind = stage.key_kinds.get("merchant_id", "text")
+    con.register("merchant_arrow", pa.table({
+        "merchant_key": pa.array(keys, pa.int64() if kind == "int" else pa.string()),
+        "merchant_id": pa.array(range(1, len(keys) + 1), pa.int32()),
+    }))
+    con.execute("CREATE TABLE merchant_map AS SELECT * FROM merchant_arrow")
+    con.unregister("merchant_arrow")
+    con.execute("""
+        CREATE TABLE customer_map AS
+        SELECT customer_key, CAST(row_number() OVER (ORDER BY customer_key) AS BIGINT) AS customer_id
+        FROM (SELECT DISTINCT customer_key FROM classified WHERE outcome = 'written' AND customer_key IS NOT NULL)
+    """)
+    n_customers = con.execute("SELECT count(*) FROM customer_map").fetchall()[0][0]
+    con.execute(f"""
+        CREATE TABLE guest_map AS
+        SELECT src_row, CAST({n_customers} + row_number() OVER (ORDER BY src_row) AS BIGINT) AS customer_id
+        FROM classified WHERE outcome = 'written' AND customer_key IS NULL
+    """)
+    n_guests = con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
+    _copy_private(con, "SELECT * FROM merchant_map ORDER BY merchant_id", merchant_ids, inputs,
+                  what="merchant id mapping")
+    _copy_private(con, "SELECT * FROM customer_map ORDER BY customer_id", customer_ids, inputs,
+                  what="customer id mapping")
+    return len(keys), n_customers + n_guests
+
+
+def _write_sorted(con, output, total, progress, inputs):
+    guests = con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
+    customer = "coalesce(c.customer_id, g.customer_id)" if guests else "c.customer_id"
+    guest_join = "LEFT JOIN guest_map g ON v.src_row = g.src_row" if guests else ""
+    relation = con.sql(f"""
+        SELECT m.merchant_id, {customer} AS customer_id, v.ts_us, v.cents, v.reward
+        FROM (SELECT * FROM classified WHERE outcome = 'written') v
+        JOIN merchant_map m ON v.merchant_key = m.merchant_key
+        {"LEFT" if guests else ""} JOIN customer_map c ON v.customer_key = c.customer_key
+        {guest_join}
+        ORDER BY m.merchant_id, customer_id, v.ts_us, v.src_row
+    """)
+    reader = _arrow_reader(relation, BATCH_ROWS)
+    written = 0
+    with atomic_output(output, inputs=inputs, what="output") as tmp, \
+            pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ORDERS_SCHEMA) as writer, \
+            _progress.bar(total, progress, desc="prepare: sort and write") as bar:
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            writer.write_batch(pa.record_batch([
+                batch.column(0).cast(pa.int32()),
+                batch.column(1).cast(pa.int64()),
+                batch.column(2).cast(pa.int64()).view(pa.timestamp("us", tz="UTC")),
+                batch.column(3).cast(pa.int64()),
+                batch.column(4).cast(pa.bool_()),
+            ], schema=ORDERS_SCHEMA))
+            written += batch.num_rows
+            bar.update(batch.num_rows)
+    return written
 
 
 def _arrow_reader(relation, batch_rows):
@@ -500,146 +1291,129 @@ def _arrow_reader(relation, batch_rows):
     return relation.fetch_arrow_reader(batch_rows)
 
 
-# --- rejects -------------------------------------------------------------------
+# --- rejects, merchants, FX ------------------------------------------------------------
 
-class _Rejects:
-    """Writes rejected rows (file, row, reason, raw values as text) to CSV or Parquet, if asked."""
-
-    def __init__(self, path):
-        self.path = Path(path) if path else None
-        self.writer = None
-
-    def __enter__(self):
-        if self.path is not None:
-            if self.path.suffix.lower() == ".csv":
-                import pyarrow.csv as pacsv
-
-                self.writer = pacsv.CSVWriter(str(self.path), REJECTS_SCHEMA)
-            else:
-                import pyarrow.parquet as pq
-
-                self.writer = pq.ParquetWriter(str(self.path), REJECTS_SCHEMA)
-        return self
-
-    def write(self, table):
-        if self.writer is not None:
-            self.writer.write_table(table)
-
-    def __exit__(self, *exc):
-        if self.writer is not None:
-            self.writer.close()
-        return False
+def _write_rejects(con, stage, files, path, inputs):
+    con.register("files_arrow", pa.table({"file_idx": pa.array(range(len(files)), pa.int32()),
+                                          "path": pa.array([str(f) for f in files], pa.string())}))
+    fallback = {"merchant_id": "CAST(c.merchant_key AS VARCHAR)", "customer_id": "CAST(c.customer_key AS VARCHAR)",
+                "order_id": "c.order_key"}
+    roles = [r for r in ROLES if r in stage.roles or r in ("merchant_id", "customer_id")]
+    raw = ", ".join(f"coalesce(r.raw_{role}, {fallback[role]}) AS {role}" if role in fallback
+                    else f"r.raw_{role} AS {role}" for role in roles)
+    query = f"""
+        SELECT f.path AS file, c.file_row AS row, substr(c.outcome, 10) AS reason, r.line_number AS line_number,
+               r.line AS line, {raw}
+        FROM classified c JOIN files_arrow f ON c.file_idx = f.file_idx
+        LEFT JOIN rejected_raw r ON c.src_row = r.src_row
+        WHERE c.outcome LIKE 'rejected:%' ORDER BY c.src_row"""
+    fmt = "CSV" if Path(path).suffix.lower() == ".csv" else "PARQUET"
+    try:
+        _copy_private(con, query, path, inputs, fmt=fmt, what="rejects file")
+    finally:
+        con.unregister("files_arrow")
 
 
-RAW_COLUMNS = ("merchant_id", "customer_id", "order_ts", "amount", "reward")
-REJECTS_SCHEMA = pa.schema([("file", pa.string()), ("row", pa.int64()), ("reason", pa.string())]
-                           + [(name, pa.string()) for name in RAW_COLUMNS])
+def _read_table(path, text_columns=()):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+        import pyarrow.csv as pacsv
 
-
-def _count_rejects(rejected, source, names, parsed, bad, sink):
-    bad_rows = parsed.filter(bad)
-    reasons = bad_rows.column("reason")
-    raw = {canonical: bad_rows.column("raw_" + canonical).cast(pa.string()) for canonical in RAW_COLUMNS}
-    for reason in pc.unique(reasons).to_pylist():
-        where = pc.equal(reasons, reason)
-        entry = rejected.setdefault(reason, Rejected())
-        if entry.count == 0:
-            first = pc.index(where, True).as_py()
-            entry.first_source, entry.first_row = source, bad_rows.column("file_row")[first].as_py()
-            entry.first_values = {names[c]: raw[c][first].as_py() for c in RAW_COLUMNS
-                                  if c != "reward" or raw[c].null_count < len(raw[c])}
-        entry.count += pc.sum(where).as_py()
-    sink.write(pa.table([pa.array([source] * bad_rows.num_rows, pa.string()), bad_rows.column("file_row"),
-                         reasons.cast(pa.string())] + [raw[c] for c in RAW_COLUMNS], schema=REJECTS_SCHEMA))
-
-
-def _count_malformed(rejected, source, invalid, sink):
-    entry = rejected.setdefault("malformed_csv_row", Rejected())
-    row = _malformed_row_index(invalid)
-    if entry.count == 0:
-        entry.first_source, entry.first_row = source, row
-        entry.first_values = {"line": invalid.text}
-    entry.count += 1
-    sink.write(pa.table([pa.array([source]), pa.array([row], pa.int64()), pa.array(["malformed_csv_row"])]
-                        + [pa.nulls(1, pa.string())] * len(RAW_COLUMNS), schema=REJECTS_SCHEMA))
-
-
-# --- mapping and sorting ---------------------------------------------------------
-
-VALID_COLUMNS = ["merchant_key", "customer_key", "ts_us", "amount", "reward", "src_row"]
-
-
-def _valid_schema(schema):
-    """Fixed types for the parsed rows: DuckDB may hand text back as string_view."""
-    def key(name):
-        t = schema.field(name).type
-        return pa.int64() if pa.types.is_integer(t) else pa.string()
-
-    return pa.schema([("merchant_key", key("merchant_key")), ("customer_key", key("customer_key")),
-                      ("ts_us", pa.int64()), ("amount", pa.int64()), ("reward", pa.bool_()),
-                      ("src_row", pa.int64())])
-
-
-def _empty_valid(path):
+        header = _csv_header(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+        try:
+            return pacsv.read_csv(str(path), parse_options=pacsv.ParseOptions(
+                delimiter="\t" if path.suffix.lower() == ".tsv" else ","),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in header if c in text_columns or not text_columns},
+                    strings_can_be_null=True))
+        except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+            raise CorruptInputError(str(path), None, f"cannot read: {e}") from e
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({
-        "merchant_key": pa.array([], pa.string()), "customer_key": pa.array([], pa.string()),
-        "ts_us": pa.array([], pa.int64()), "amount": pa.array([], pa.int64()),
-        "reward": pa.array([], pa.bool_()), "src_row": pa.array([], pa.int64()),
-    }), str(path))
-
-
-def _write_mappings(con, valid_path, merchant_ids, customer_ids):
-    valid = f"read_parquet('{_sql_text(valid_path)}')"
-    con.execute(f"""
-        CREATE TABLE merchant_map AS
-        SELECT merchant_key, CAST(row_number() OVER (ORDER BY merchant_key) AS INTEGER) AS merchant_id
-        FROM (SELECT DISTINCT merchant_key FROM {valid})
-    """)
-    con.execute(f"""
-        CREATE TABLE customer_map AS
-        SELECT customer_key, CAST(row_number() OVER (ORDER BY customer_key) AS BIGINT) AS customer_id
-        FROM (SELECT DISTINCT customer_key FROM {valid})
-    """)
-    for table, key, path in (("merchant_map", "merchant_id", merchant_ids), ("customer_map", "customer_id", customer_ids)):
-        partial = path.with_name(path.name + ".partial")
-        con.execute(f"COPY (SELECT * FROM {table} ORDER BY {key}) TO '{_sql_text(partial)}' (FORMAT PARQUET)")
-        os.replace(partial, path)
-    n_merchants = con.execute("SELECT count(*) FROM merchant_map").fetchall()[0][0]
-    n_customers = con.execute("SELECT count(*) FROM customer_map").fetchall()[0][0]
-    return n_merchants, n_customers
-
-
-def _write_sorted(con, valid_path, output, total, progress):
-    valid = f"read_parquet('{_sql_text(valid_path)}')"
-    relation = con.sql(f"""
-        SELECT m.merchant_id, c.customer_id, v.ts_us, v.amount, v.reward
-        FROM {valid} v
-        JOIN merchant_map m USING (merchant_key)
-        JOIN customer_map c USING (customer_key)
-        ORDER BY m.merchant_id, c.customer_id, v.ts_us, v.src_row
-    """)
-    reader = _arrow_reader(relation, BATCH_ROWS)
-    partial = output.with_name(output.name + ".partial")
-    written = 0
     try:
-        with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, ORDERS_SCHEMA) as writer, \
-                _progress.bar(total, progress, desc="prepare: sort and write") as bar:
-            for batch in reader:
-                if batch.num_rows == 0:
-                    continue
-                writer.write_batch(pa.record_batch([
-                    batch.column(0).cast(pa.int32()),
-                    batch.column(1).cast(pa.int64()),
-                    batch.column(2).cast(pa.int64()).view(pa.timestamp("us", tz="UTC")),
-                    batch.column(3).cast(pa.int64()),
-                    batch.column(4).cast(pa.bool_()),
-                ], schema=ORDERS_SCHEMA))
-                written += batch.num_rows
-                bar.update(batch.num_rows)
-        os.replace(partial, output)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return written
+        return pq.read_table(str(path))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise CorruptInputError(str(path), None, f"cannot read: {e}") from e
+
+
+def _read_fx(path, currency):
+    """FX rates: currency, rate (exact decimal, > 0), optional date; validated, as an Arrow table."""
+    from decimal import Decimal, InvalidOperation
+
+    table = _read_table(path)
+    lowered = {c.lower(): c for c in table.column_names}
+    if "currency" not in lowered or "rate" not in lowered:
+        raise SchemaError(str(path), None, f"FX rates need columns currency and rate (optionally date); "
+                                           f"the file has {', '.join(map(repr, table.column_names))}")
+    currencies = [None if c is None else str(c).strip().upper() for c in table.column(lowered["currency"]).to_pylist()]
+    rates, dates = [], []
+    raw_dates = table.column(lowered["date"]).to_pylist() if "date" in lowered else None
+    for row, (cur, rate) in enumerate(zip(currencies, table.column(lowered["rate"]).to_pylist())):
+        try:
+            value = Decimal(str(rate).strip())
+        except (InvalidOperation, ValueError):
+            value = None
+        if not cur or value is None or not value.is_finite() or value <= 0 or value >= 1_000_000:
+            raise InputError(str(path), row, f"bad FX rate: currency={cur!r}, rate={rate!r} "
+                                             "(want a currency code and a decimal rate > 0)")
+        rates.append(value.quantize(Decimal("1e-10")))
+        if raw_dates is not None:
+            import datetime
+
+            d = raw_dates[row]
+            try:
+                d = d if isinstance(d, datetime.date) else datetime.date.fromisoformat(str(d).strip())
+            except ValueError:
+                raise InputError(str(path), row, f"bad FX date {d!r} (want YYYY-MM-DD)") from None
+            dates.append(d)
+    keys = list(zip(currencies, dates)) if raw_dates is not None else currencies
+    if len(set(keys)) != len(keys):
+        raise InputError(str(path), None, "FX rates list the same currency (and date) twice")
+    out = {"currency": pa.array(currencies, pa.string()), "rate": pa.array(rates, pa.decimal128(38, 10))}
+    if raw_dates is not None:
+        out["date"] = pa.array(dates, pa.date32())
+    return pa.table(out)
+
+
+def _read_merchants_by_key(path):
+    table = _read_table(path, text_columns=("merchant_id",))
+    if "merchant_id" not in table.column_names:
+        raise SchemaError(str(path), None, f"the merchants table needs a merchant_id column holding the raw "
+                                           f"merchant keys; it has {', '.join(map(repr, table.column_names))}")
+    keys = [None if k is None else str(k) for k in table.column("merchant_id").to_pylist()]
+    if any(k is None for k in keys):
+        raise InputError(str(path), keys.index(None), "merchant_id is null")
+    seen = set()
+    for row, k in enumerate(keys):
+        if k in seen:
+            raise InputError(str(path), row, f"merchant_id {k!r} appears more than once")
+        seen.add(k)
+    return table
+
+
+def _write_merchants(con, table, source, path, inputs, warnings):
+    """The merchants table re-keyed: new integer merchant_id, the raw key as name."""
+    import pyarrow.parquet as pq
+
+    mapping = {str(k): i for k, i in con.execute("SELECT merchant_key, merchant_id FROM merchant_map").fetchall()}
+    keys = [str(k) for k in table.column("merchant_id").to_pylist()]
+    keep = [i for i, k in enumerate(keys) if k in mapping]
+    unmatched = set(mapping) - set(keys)
+    if unmatched:
+        example = sorted(unmatched, key=_natural_key)[0]
+        warnings.append(f"{len(unmatched):,} merchants of the orders are not in {source} (e.g. {example!r}): "
+                        "they fall in industry/country 'unknown'")
+    if len(keep) < len(keys):
+        warnings.append(f"{len(keys) - len(keep):,} merchants of {source} have no written order and are left out")
+    rest = table.take(pa.array(keep, pa.int64())).drop_columns(
+        [c for c in ("merchant_id", "name") if c in table.column_names])
+    out = pa.table({"merchant_id": pa.array([mapping[keys[i]] for i in keep], pa.int32()),
+                    "name": pa.array([keys[i] for i in keep], pa.string())})
+    for name in rest.column_names:
+        out = out.append_column(rest.schema.field(name), rest.column(name))
+    out = out.sort_by("merchant_id")
+    with atomic_output(path, inputs=inputs, what="merchants output") as tmp:
+        pq.write_table(out, str(tmp))
+    return str(path)

@@ -1,0 +1,193 @@
+"""``prepare`` on Shopify-style CSV exports against two DuckDB baselines.
+
+Generates Shopify "Export orders" CSVs (one row per line item, ~2.4 lines per order, order fields on
+the first line only, `Created at` like ``2023-05-01 10:15:00 -0400``, refunds, voided/cancelled/test
+orders, guests, e-mail case variants, discount codes) for three shops, then times:
+
+1. ``prepare --format shopify`` (and ``prepare`` + ``compute --by merchant``);
+2. a plain DuckDB ``ORDER BY`` of the same CSVs into an Arrow IPC file (the cost of reading and
+   sorting alone, without any of prepare's checks);
+3. hand-written DuckDB SQL computing orders, customers, revenue, repeat customers and reward orders
+   per (shop, year) straight from the CSVs — and checks that (1) gives the same numbers.
+
+    python benchmarks/prepare_bench.py --lines 2e6 --threads 2
+"""
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+import loyaltymetrics as lm
+
+SHOPS = ("shop-1", "shop-2", "shop-10")
+
+
+def make_exports(folder, lines, seed=0):
+    rng = np.random.default_rng(seed)
+    n_orders = int(lines / 2.4)
+    items = rng.choice([1, 1, 2, 3, 5], size=n_orders)
+    shop = rng.integers(0, len(SHOPS), n_orders)
+    customer = rng.zipf(1.6, n_orders) % 200_000
+    utc = 1_640_995_200 + rng.integers(0, 2 * 365 * 86400, n_orders)
+    local = pa.array(utc - 4 * 3600, pa.timestamp("s"))
+    created = pc.binary_join_element_wise(pc.strftime(local, "%Y-%m-%d %H:%M:%S"), pa.scalar(" -0400"), "")
+    total_cents = rng.integers(500, 40_000, n_orders)
+    fate = rng.choice(["paid", "paid", "paid", "paid", "paid", "paid", "partially_refunded", "refunded", "voided",
+                       "pending"], size=n_orders)
+    refunded = np.where(fate == "partially_refunded", total_cents * rng.integers(5, 95, n_orders) // 100,
+                        np.where(fate == "refunded", total_cents, 0))
+    cancelled = rng.random(n_orders) < 0.02
+    test = rng.random(n_orders) < 0.005
+    guest = rng.random(n_orders) < 0.05
+    email = pc.binary_join_element_wise(pa.scalar("person"), pa.array(customer).cast(pa.string()),
+                                        pa.scalar("@example.com"), "")
+    email = pc.if_else(pa.array(rng.random(n_orders) < 0.2), pc.utf8_upper(email), email)
+    email = pc.if_else(pa.array(guest), pa.scalar(None, pa.string()), email)
+    code = pa.array(rng.choice(["", "", "", "SUMMER10", "LOYAL-7", "LOYAL-VIP"], size=n_orders))
+
+    def money(c):
+        c = np.asarray(c)
+        return pc.binary_join_element_wise(pa.array(c // 100).cast(pa.string()),
+                                           pc.utf8_lpad(pa.array(c % 100).cast(pa.string()), 2, "0"), ".")
+
+    order_of_line = np.repeat(np.arange(n_orders), items)
+    first = np.r_[True, order_of_line[1:] != order_of_line[:-1]]
+    carry = pa.array(first)
+
+    def on_first(values):
+        taken = pa.array(values).take(pa.array(order_of_line))
+        return pc.if_else(carry, taken, pa.scalar(None, taken.type))
+
+    files = []
+    for s, name in enumerate(SHOPS):
+        mine = np.flatnonzero(shop[order_of_line] == s)
+        table = pa.table({
+            "Name": pc.binary_join_element_wise(pa.scalar("#"), pa.array(order_of_line + 1001).cast(pa.string()), ""),
+            "Email": on_first(email),
+            "Financial Status": on_first(fate),
+            "Fulfillment Status": on_first(np.full(n_orders, "fulfilled")),
+            "Currency": on_first(np.full(n_orders, "USD")),
+            "Subtotal": on_first(money(total_cents)),
+            "Total": on_first(money(total_cents)),
+            "Discount Code": on_first(code),
+            "Created at": pa.array(created).take(pa.array(order_of_line)),
+            "Lineitem quantity": pa.array(np.ones(len(order_of_line), np.int64)).cast(pa.string()),
+            "Lineitem name": pa.array(np.full(len(order_of_line), "Thing, blue")),
+            "Cancelled at": on_first(pc.if_else(pa.array(cancelled), created, pa.scalar(None, pa.string()))),
+            "Payment Method": on_first(np.where(test, "bogus", "Shopify Payments")),
+            "Refunded Amount": on_first(money(refunded)),
+        }).take(pa.array(mine))
+        path = folder / f"{name}_orders_export.csv"
+        pacsv.write_csv(table, path)
+        files.append(path)
+    return files, len(order_of_line)
+
+
+HAND_SQL = r"""
+WITH raw AS (
+    SELECT regexp_extract(filename, '(shop-\d+)_orders', 1) AS shop, *
+    FROM read_csv('{glob}', all_varchar = true, header = true, filename = true)
+), orders AS (
+    SELECT shop, lower(trim("Email")) AS email,
+           strptime("Created at", '%Y-%m-%d %H:%M:%S %z') AS ts,
+           CAST("Total" AS DECIMAL(18, 2)) - coalesce(CAST("Refunded Amount" AS DECIMAL(18, 2)), 0) AS net,
+           "Financial Status" AS status, "Cancelled at" AS cancelled, "Payment Method" AS gateway,
+           coalesce(regexp_full_match(lower("Discount Code"), 'loyal-.*'), false) AS reward
+    FROM raw WHERE "Total" IS NOT NULL
+), valid AS (
+    SELECT * FROM orders
+    WHERE cancelled IS NULL AND status NOT IN ('voided', 'refunded') AND coalesce(gateway, '') <> 'bogus'
+      AND email IS NOT NULL AND net > 0
+), per_customer AS (
+    SELECT shop, year(timezone('UTC', ts)) AS year, email, count(*) AS n,
+           sum(CAST(round(net * 100) AS BIGINT)) AS revenue, sum(CAST(reward AS INTEGER)) AS rewards
+    FROM valid GROUP BY ALL
+)
+SELECT shop, year, sum(n) AS orders, count(*) AS customers, sum(revenue) AS revenue,
+       count(*) FILTER (WHERE n >= 2) AS repeat_customers, sum(rewards) AS reward_orders
+FROM per_customer GROUP BY ALL ORDER BY ALL
+"""
+
+
+def timed(fn):
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lines", type=float, default=2e6, help="CSV lines over all shops (default 2e6)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory-limit", default="2GB")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each; the median is shown")
+    args = parser.parse_args()
+    import duckdb
+
+    work = Path(tempfile.mkdtemp(prefix="prepare-bench-"))
+    try:
+        seconds, (files, lines) = timed(lambda: make_exports(work, int(args.lines)))
+        size = sum(f.stat().st_size for f in files) / 1e6
+        print(f"{lines:,} CSV lines ({size:,.0f} MB, 3 shops) generated in {seconds:.1f} s")
+        glob = str(work / "*_orders_export.csv")
+        runs = {}
+
+        def prepare():
+            return lm.prepare(glob, work / "orders.arrow", format="shopify", merchant_from_filename=r"^(shop-\d+)_",
+                              reward_codes="loyal-*", threads=args.threads, memory_limit=args.memory_limit)
+
+        def compute():
+            return lm.compute(str(work / "orders.arrow"), by=["merchant"], threads=args.threads)
+
+        def plain_sort():
+            con = duckdb.connect()
+            con.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
+            rel = con.sql(f"SELECT * FROM read_csv('{glob}', all_varchar = true, header = true) "
+                          f"ORDER BY \"Email\", \"Created at\"")
+            reader = rel.to_arrow_reader(1 << 20) if hasattr(rel, "to_arrow_reader") else rel.fetch_arrow_reader()
+            with pa.OSFile(str(work / "sorted.arrow"), "wb") as sink, \
+                    pa.ipc.new_file(sink, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+
+        def hand_sql():
+            con = duckdb.connect()
+            con.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
+            return con.sql(HAND_SQL.format(glob=glob)).fetchall()
+
+        for name, fn in (("prepare", prepare), ("compute", compute), ("duckdb ORDER BY -> IPC", plain_sort),
+                         ("hand-written DuckDB SQL", hand_sql)):
+            times = []
+            for _ in range(args.repeat):
+                seconds, result = timed(fn)
+                times.append(seconds)
+            runs[name] = (float(np.median(times)), result)
+
+        report = runs["prepare"][1]
+        ids = {v: k for k, v in zip(*lm.convert._read_table(report.merchant_ids).to_pydict().values())}
+        ours = sorted((ids[r["merchant_id"]], r["period_start"].year, r["orders"], r["customers"], r["revenue"],
+                       r["repeat_customers"], r["reward_orders"]) for r in runs["compute"][1].to_pylist())
+        theirs = sorted(tuple(int(v) if not isinstance(v, str) else v for v in row) for row in runs["hand-written DuckDB SQL"][1])
+        print(f"prepare: read {report.rows_read:,}, wrote {report.rows_written:,} orders, excluded "
+              f"{report.rows_excluded:,}, rejected {report.rows_rejected:,}")
+        print(f"per (shop, year) numbers equal the hand-written SQL's: {ours == theirs}")
+        base = runs["duckdb ORDER BY -> IPC"][0]
+        print(f"\n| step | seconds | vs DuckDB ORDER BY |\n|---|---:|---:|")
+        for name, (seconds, _) in runs.items():
+            print(f"| {name} | {seconds:.2f} | {seconds / base:.2f}x |")
+        both = runs["prepare"][0] + runs["compute"][0]
+        print(f"| prepare + compute | {both:.2f} | {both / base:.2f}x |")
+        if ours != theirs:
+            raise SystemExit("MISMATCH between prepare + compute and the hand-written SQL")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
