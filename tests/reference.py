@@ -284,8 +284,18 @@ def reference_compute(
     by=(),
     period: str = "year",
     size_edges=DEFAULT_SIZE_EDGES,
+    refunds: bool = False,
 ) -> list[dict]:
-    """Rows of the SPEC §7 output table as dicts (see module docstring)."""
+    """Rows of the SPEC §7 output table as dicts (see module docstring).
+
+    ``refunds=True`` (SPEC §2 "Refunds"): a row with a negative amount is a
+    refund, not an order. It adds its amount to the revenue sums of its
+    period (``revenue``; ``reward_revenue`` if its reward flag is true;
+    ``member_revenue`` if its store-customer is a participant in that
+    period) and counts in nothing else; it has no rank. A merchant with only
+    refunds in a period is not one of its ``merchants`` (and pays no fee
+    then); a group-period without orders is no row (SPEC §3).
+    """
     by = list(by)
     for b in by:
         if b not in KEY_COLUMN_NAMES:
@@ -308,6 +318,9 @@ def reference_compute(
         rewards = [v is True for v in _column_values(orders, "reward")]  # null = false
     else:
         rewards = [False] * n
+    is_order = [not (refunds and a < 0) for a in amounts]
+    if not any(is_order):
+        return []
 
     merchant_info = _read_merchants(merchants)
 
@@ -322,8 +335,8 @@ def reference_compute(
 
     # §3: the period of every order.
     if period == "all":
-        first_day = min(days)
-        last_day = max(days)
+        first_day = min(d for d, o in zip(days, is_order) if o)
+        last_day = max(d for d, o in zip(days, is_order) if o)
         all_start = dt.date(first_day.year, first_day.month, 1)
         months = (last_day.year * 12 + last_day.month) - (first_day.year * 12 + first_day.month) + 1
         periods = [all_start] * n
@@ -339,13 +352,18 @@ def reference_compute(
     merchant_period_orders = {}  # (merchant, period_start) -> orders
     for i in range(n):
         store_customer = (merchant_ids[i], customer_ids[i])
-        rank = orders_seen.get(store_customer, 0) + 1
-        orders_seen[store_customer] = rank
         p = periods[i]
         key = (merchant_ids[i], customer_ids[i], p)
         a = activity.get(key)
         if a is None:
             a = activity[key] = _StoreCustomerPeriod()
+        if not is_order[i]:  # a refund: revenue sums only
+            a.revenue += amounts[i]
+            if rewards[i]:
+                a.reward_revenue += amounts[i]
+            continue
+        rank = orders_seen.get(store_customer, 0) + 1
+        orders_seen[store_customer] = rank
         a.orders += 1
         a.revenue += amounts[i]
         if rewards[i]:
@@ -371,7 +389,7 @@ def reference_compute(
             elif b == "country":
                 key.append(country(m))
             else:
-                key.append(labels[_size_bucket(merchant_period_orders[(m, p)], months, size_edges)])
+                key.append(labels[_size_bucket(merchant_period_orders.get((m, p), 0), months, size_edges)])
         return tuple(key)
 
     groups = {}  # (group key, period_start) -> dict of base counts + merchant set
@@ -381,9 +399,12 @@ def reference_compute(
         if g is None:
             g = groups[gp] = {name: 0 for name in BASE_COLUMNS if name not in ("merchants", "fees")}
             g["_merchants"] = set()
+        g["revenue"] += a.revenue
+        g["reward_revenue"] += a.reward_revenue
+        if a.orders == 0:  # only refunds: no customer, no merchant with orders
+            continue
         g["_merchants"].add(m)
         g["orders"] += a.orders
-        g["revenue"] += a.revenue
         g["customers"] += 1
         if a.has_rank1:
             g["new_customers"] += 1
@@ -394,7 +415,6 @@ def reference_compute(
         if period != "all" and _previous_period(p, period) in active_periods[(m, c)]:
             g["retained_customers"] += 1
         g["reward_orders"] += a.reward_orders
-        g["reward_revenue"] += a.reward_revenue
         if a.reward_orders >= 1:
             g["reward_customers"] += 1
             g["member_orders"] += a.orders
@@ -405,6 +425,8 @@ def reference_compute(
     # Base counts in output order.
     base = {}
     for gp, g in groups.items():
+        if g["orders"] == 0:
+            continue
         row = {}
         for name in BASE_COLUMNS:
             if name == "merchants":

@@ -20,6 +20,7 @@ __all__ = [
     "instants_ns",
     "recent_instants_ns",
     "orders_tables",
+    "REFUND_AMOUNTS",
     "merchants_tables",
     "orders_and_merchants",
     "bys",
@@ -110,6 +111,13 @@ def _ids(dtype):
 
 
 _AMOUNTS = st.one_of(st.just(0), st.integers(0, 10_000), st.integers(0, 10**12))
+
+# With refunds=True (SPEC §2): orders and refund rows mixed, refunds often a
+# store-customer's first row in a period or in the input, or all its rows.
+REFUND_AMOUNTS = st.one_of(
+    st.just(0), st.integers(0, 10_000), st.integers(0, 10**12), st.integers(-10_000, -1),
+    st.integers(-10**12, -1), st.just(-1),
+)
 
 
 @st.composite

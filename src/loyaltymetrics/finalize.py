@@ -167,12 +167,21 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     starts = np.flatnonzero(new_row)
 
     sums = sum_groups(p.counts[order], starts, source)
+    # With refunds, a merchant-period of only refunds adds to its group's revenue sums but is
+    # no merchant (SPEC §4: merchants with >= 1 order) and pays no fee; a group-period without
+    # orders is no row (SPEC §3).
+    has_orders = p.column("orders")[order] > 0
+    merchants_counted = np.add.reduceat(has_orders.astype(np.int64), starts) if n else np.zeros(0, np.int64)
+    fee_sum = sum_groups(np.where(has_orders, fee[order], 0), starts, "merchants")
+    group_id = np.cumsum(new_group)[starts] - 1
+    keep = sums[:, PARTIAL_COLUMNS.index("orders")] > 0
+    if not keep.all():
+        starts, sums, merchants_counted, fee_sum, group_id = (
+            x[keep] for x in (starts, sums, merchants_counted, fee_sum, group_id))
     base = {name: sums[:, i] for i, name in enumerate(PARTIAL_COLUMNS)}
-    base["merchants"] = np.diff(np.append(starts, n)).astype(np.int64)
+    base["merchants"] = merchants_counted.astype(np.int64)
     base["returning_customers"] = base["customers"] - base["new_customers"]
     base["repeat_orders"] = base["orders"] - base["new_customers"]
-    fee_sum = sum_groups(fee[order], starts, "merchants")
-    group_id = np.cumsum(new_group)[starts] - 1
     group_period = period_index[starts]
 
     columns = {GROUP_KEYS[key]: dec(c[starts]) for key, c, dec in zip(by, codes, decode)}

@@ -78,6 +78,10 @@ class ComputeKernel:
             # "all" reports its first month and counts its months (SPEC §3, §6): the
             # kernel does not track them row by row for the other periods' sake.
             ts = batch.order_ts[start:stop]
+            if self.refunds:        # a refund is not an order (SPEC §2): it starts no month
+                ts = ts[batch.amount[start:stop] >= 0]
+                if len(ts) == 0:
+                    return
             lo, hi = int(ts.min()), int(ts.max())
             with self.lock:
                 self.ts_range = (lo, hi) if self.ts_range is None else (
