@@ -91,7 +91,7 @@ PERIODS = ("year", "quarter", "month", "all")
 
 INT_COLUMNS = frozenset(c for c in BASE_COLUMNS if c != "fees")
 FLOAT_COLUMNS = frozenset(["fees", *DERIVED_COLUMNS, *YOY_COLUMNS])
-STRING_KEY_COLUMNS = frozenset(["industry", "country", "size"])
+STRING_KEY_COLUMNS = frozenset(["industry", "country", "size", "merchant_name"])
 
 MONTHS_IN_PERIOD = {"year": 12, "quarter": 3, "month": 1}
 
@@ -106,10 +106,19 @@ _UNITS_PER_DAY = {
 }
 
 
-def reference_columns(by=()) -> list[str]:
-    """The output column names, in order, for a given ``by``."""
+def reference_columns(by=(), merchant_names=False) -> list[str]:
+    """The output column names, in order, for a given ``by``.
+
+    ``merchant_names``: the merchants table has a ``name`` column, so
+    ``merchant_name`` follows ``merchant_id`` (SPEC §7).
+    """
+    keys = []
+    for b in by:
+        keys.append(KEY_COLUMN_NAMES[b])
+        if b == "merchant" and merchant_names:
+            keys.append("merchant_name")
     return (
-        [KEY_COLUMN_NAMES[b] for b in by]
+        keys
         + ["period_start"]
         + BASE_COLUMNS
         + DERIVED_COLUMNS
@@ -223,8 +232,21 @@ def _order_dates(column: pa.ChunkedArray) -> list[dt.date]:
     return [_EPOCH + dt.timedelta(days=v // per_day) for v in raw]
 
 
+def _text_or_unknown(value):
+    """SPEC §2: a null or empty industry/country is "unknown"."""
+    return UNKNOWN if value is None or value == "" else value
+
+
+def merchant_names(merchants: pa.Table | None):
+    """merchant_id -> name (None for a null or empty name), or None when there is no ``name`` column."""
+    if merchants is None or "name" not in merchants.column_names:
+        return None
+    return {m: (n if n != "" else None)
+            for m, n in zip(_column_values(merchants, "merchant_id"), _column_values(merchants, "name"))}
+
+
 def _read_merchants(merchants: pa.Table | None) -> dict:
-    """merchant_id -> (industry, country, annual_fee), nulls replaced."""
+    """merchant_id -> (industry, country, annual_fee), nulls and empty strings replaced."""
     info = {}
     if merchants is None:
         return info
@@ -236,8 +258,8 @@ def _read_merchants(merchants: pa.Table | None) -> dict:
     fees = _column_values(merchants, "annual_fee") if "annual_fee" in names else [None] * n
     for m, ind, ctry, fee in zip(ids, industries, countries, fees):
         info[m] = (
-            UNKNOWN if ind is None else ind,
-            UNKNOWN if ctry is None else ctry,
+            _text_or_unknown(ind),
+            _text_or_unknown(ctry),
             0 if fee is None else fee,
         )
     return info
@@ -323,6 +345,7 @@ def reference_compute(
         return []
 
     merchant_info = _read_merchants(merchants)
+    names = merchant_names(merchants)
 
     def industry(m):
         return merchant_info.get(m, (UNKNOWN, UNKNOWN, 0))[0]
@@ -503,6 +526,8 @@ def reference_compute(
         row = {}
         for b, k in zip(by, key):
             row[KEY_COLUMN_NAMES[b]] = k
+            if b == "merchant" and names is not None:
+                row["merchant_name"] = names.get(k)
         row["period_start"] = p
         row.update(current)
         for name in BASE_COLUMNS + DERIVED_COLUMNS:
@@ -578,6 +603,8 @@ def assert_tables_match(actual: pa.Table, expected: list[dict], columns=None) ->
                     assert math.isclose(a, e, rel_tol=1e-12, abs_tol=0), (
                         f"{where}: {name} = {a!r}, expected {e!r}"
                     )
+            elif name == "merchant_name" and e is None:  # a merchant without a name
+                assert a is None, f"{where}: {name} = {a!r}, expected null"
             else:
                 assert e is not None, f"{where}: reference produced null for {name}"
                 assert a == e and type(a) is type(e), f"{where}: {name} = {a!r}, expected {e!r}"

@@ -3,7 +3,7 @@ from . import parallel, periods
 from . import progress as _progress
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, combine, finalize
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
-from .scan import scan_module, scan_orders
+from .scan import rescan, scan_module, scan_orders
 
 
 def compute(orders, merchants=None, *, by=(), period="year", columns=None,
@@ -78,5 +78,5 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
         # Adding the threads' pieces may overflow where no row is known: see rescan_for_row.
         return combine(parts, source)
 
-    partials = parallel.rescan_for_row(scan, threads, rereadable(orders))
+    partials = rescan(scan, threads, rereadable(orders), refunds)
     return finalize(partials, merchant_table, by, period, size_edges, source=source)

@@ -146,6 +146,31 @@ def group_codes(merchant_id, orders, months, merchants, by, size_edges):
     return codes, decode
 
 
+def key_columns(by, codes, decode, merchants):
+    """The output's group-key columns from ``group_codes`` codes (already one per output row).
+
+    With ``merchant`` comes ``merchant_name`` right after ``merchant_id``
+    when the merchants table has a ``name`` column (SPEC §7): null for a
+    merchant missing from it or without a name.
+    """
+    columns = {}
+    for key, c, dec in zip(by, codes, decode):
+        columns[GROUP_KEYS[key]] = dec(c)
+        if key == "merchant" and merchants.name is not None:
+            columns["merchant_name"] = _nullable_strings(merchants.names(c))
+    return columns
+
+
+def _nullable_strings(values):
+    """A ``pa.string()`` array of Python strings and Nones."""
+    valid = np.array([v is not None for v in values], dtype=bool)
+    strings = string_array(["" if v is None else v for v in values])
+    if valid.all():
+        return strings
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.string(), len(values), [validity, *strings.buffers()[1:]])
+
+
 def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, source="orders"):
     """The SPEC §7 table from ``Partials`` and an ``inputs.Merchants``; ``source`` names the input in errors."""
     p = combine(partials, source)
@@ -184,7 +209,7 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     base["repeat_orders"] = base["orders"] - base["new_customers"]
     group_period = period_index[starts]
 
-    columns = {GROUP_KEYS[key]: dec(c[starts]) for key, c, dec in zip(by, codes, decode)}
+    columns = key_columns(by, [c[starts] for c in codes], decode, merchants)
     days = periods.period_start(period, group_period, first_month).astype(np.int32)
     columns["period_start"] = numeric_array(days, pa.date32())
 
