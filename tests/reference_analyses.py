@@ -41,6 +41,7 @@ from reference import (
     _period_start,
     _read_merchants,
     _size_bucket,
+    merchant_names,
     size_labels,
 )
 
@@ -67,6 +68,16 @@ def _read_orders(orders):
     days = _order_dates(orders.column("order_ts")) if orders.num_rows else []
     amounts = _column_values(orders, "amount")
     return list(zip(merchants, customers, days, amounts))
+
+
+def _key_columns(by, key, names):
+    """The group-key columns of a row; ``merchant_name`` after ``merchant_id`` when there are names."""
+    row = {}
+    for b, v in zip(by, key):
+        row[KEY_COLUMN_NAMES[b]] = v
+        if b == "merchant" and names is not None:
+            row["merchant_name"] = names.get(v)
+    return row
 
 
 def _group_key(by, merchant_info, labels, edges, m, orders_in_period, months):
@@ -125,7 +136,7 @@ def reference_concentration(orders, merchants=None, by=(), period="year", top=0.
         k = math.ceil(fraction * len(values))
         top_revenue = sum(sorted(values, reverse=True)[:k])
         total = sum(values) + refund_only.get((key, p), 0)
-        row = {KEY_COLUMN_NAMES[b]: v for b, v in zip(by, key)}
+        row = _key_columns(by, key, merchant_names(merchants))
         row.update(period_start=p, customers=len(values), top_customers=k, revenue=total,
                    top_revenue=top_revenue, top_share=None if total == 0 else top_revenue / total)
         out.append(row)
@@ -189,7 +200,7 @@ def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=
         for k in range(last - q + 1):
             active, n, amount = cells.get((key, q, k), [0, 0, 0])
             cumulative += amount
-            row = {KEY_COLUMN_NAMES[b]: v for b, v in zip(by, key)}
+            row = _key_columns(by, key, merchant_names(merchants))
             row.update(cohort_start=start_of(q), period_index=k, period_start=start_of(q + k),
                        cohort_customers=customers, active_customers=active, orders=n, revenue=amount,
                        cumulative_revenue=cumulative, retention=active / customers,

@@ -54,18 +54,28 @@ def cohort_data(**kwargs):
     return orders_and_merchants(instants=recent_instants_ns(), **kwargs)
 
 
+def key_names(by, merchants=None):
+    """Group-key columns; ``merchant_name`` follows ``merchant_id`` when the merchants have names."""
+    names = []
+    for b in by:
+        names.append(KEY_NAMES[b])
+        if b == "merchant" and merchants is not None and "name" in merchants.column_names:
+            names.append("merchant_name")
+    return names
+
+
 def check_cohorts(orders, merchants, by, period, engine, **kwargs):
     actual = lm.cohorts(orders, merchants, by=by, period=period, engine=engine, **kwargs)
     ref_kwargs = {k: v for k, v in kwargs.items() if k in ("size_edges", "refunds")}
     expected = reference_cohorts(orders, merchants, by=by, period=period, **ref_kwargs)
-    assert_rows_match(actual, expected, [KEY_NAMES[b] for b in by] + COHORT_COLUMNS)
+    assert_rows_match(actual, expected, key_names(by, merchants) + COHORT_COLUMNS)
     return actual
 
 
 def check_concentration(orders, merchants, by, period, top, engine, **kwargs):
     actual = lm.concentration(orders, merchants, by=by, period=period, top=top, engine=engine, **kwargs)
     expected = reference_concentration(orders, merchants, by=by, period=period, top=top, **kwargs)
-    assert_rows_match(actual, expected, [KEY_NAMES[b] for b in by] + CONCENTRATION_COLUMNS)
+    assert_rows_match(actual, expected, key_names(by, merchants) + CONCENTRATION_COLUMNS)
     return actual
 
 
@@ -203,7 +213,7 @@ def test_refunds_threads_chunk_and_batch_sizes_match_reference(data, by, top, k,
             patch.setattr(concentration_module, "COLLECT_BUDGET", budget)
             actual = lm.concentration(orders, merchants, by=by, top=top, **many)
             expected = reference_concentration(orders, merchants, by=by, top=top, refunds=True)
-            assert_rows_match(actual, expected, [KEY_NAMES[b] for b in by] + CONCENTRATION_COLUMNS)
+            assert_rows_match(actual, expected, key_names(by, merchants) + CONCENTRATION_COLUMNS)
 
 
 def _refund_table(rows):
@@ -635,3 +645,15 @@ def test_cli_refunds_flag_on_every_command(tmp_path, capsys):
     assert "--refunds" in capsys.readouterr().err and not html.exists()
     assert main(["report", path, "--refunds", "-o", str(html)]) == 0
     assert html.exists()
+
+
+# --- merchant names (SPEC §2, §7) -------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("by", [["merchant"], ["size", "merchant"], ["industry"]], ids=_ids)
+@settings(deadline=None, max_examples=20)
+@given(data=cohort_data(merchant_names=True, amounts=CLOSE_REFUNDS), top=TOPS)
+def test_merchant_name_follows_merchant_id_in_cohorts_and_concentration(data, top, by, engine):
+    orders, merchants = data
+    check_cohorts(orders, merchants, by, "quarter", engine, refunds=True)
+    check_concentration(orders, merchants, by, "year", top, engine, refunds=True)

@@ -229,3 +229,16 @@ def test_refunds_hand_worked_example_every_engine(engine, by, period):
         actual = loyaltymetrics.compute(orders, merchants, by=by, period=period, refunds=True, engine=engine,
                                         threads=threads, chunk_rows=chunk_rows)
         assert_tables_match(actual, expected, columns=reference_columns(by))
+
+
+
+# --- merchant names (SPEC §2, §7) -------------------------------------------------------
+
+@settings(deadline=None)
+@given(data=orders_and_merchants(merchant_names=True), by=bys(), period=periods())
+def test_merchant_name_follows_merchant_id(data, by, period):
+    orders, merchants = data
+    actual = loyaltymetrics.compute(orders, merchants, by=by, period=period)
+    expected = reference_compute(orders, merchants, by=by, period=period)
+    names = merchants is not None and "name" in merchants.column_names
+    assert_tables_match(actual, expected, columns=reference_columns(by, merchant_names=names))

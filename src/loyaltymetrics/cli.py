@@ -440,12 +440,13 @@ def write_table(table, path):
 
 def format_summary(table):
     """A fixed-width text table of the headline metrics, one line per (group, period)."""
-    keys = [c for c in ("merchant_id", "industry", "country", "size") if c in table.column_names]
+    # The group keys as the table has them (in `by` order, merchant_name after merchant_id: SPEC §7).
+    keys = table.column_names[:table.column_names.index("period_start")]
     shown = [(name, title, fmt) for name, title, fmt in SUMMARY if name in table.column_names]
     header = keys + ["period"] + [title for _, title, _ in shown]
     lines = []
     for row in table.to_pylist():
-        cells = [str(row[k]) for k in keys] + [str(row["period_start"])]
+        cells = ["-" if row[k] is None else str(row[k]) for k in keys] + [str(row["period_start"])]
         for name, _, fmt in shown:
             cells.append(_format(row[name], fmt))
         lines.append(cells)
