@@ -10,6 +10,10 @@ arrays (``cur`` is the cursor, indexed by ``CURSOR_FIELDS``), so a call can
 stop at any row and be resumed there, and the NumPy-only twin
 ``loyaltymetrics.numba_analyses`` runs on exactly the same state.
 
+With ``cur[REFUNDS]`` set (``refunds=True``, SPEC §2) a row with a negative
+amount is a refund: it belongs to its store-customer's run (its amount is in
+the run's revenue) but is no order, has no rank and widens no month range.
+
 A call stops early with ``NEED_SPACE`` when a caller-owned array is full;
 ``cur[NEED]`` says which (``NEED_SLOTS``, ``NEED_ROWS``, ``NEED_VALUES``)
 and ``cur[NEED_COUNT]`` how many entries are missing. Nothing has been

@@ -376,7 +376,9 @@ class HistKernel(_Kernel):
     """Histograms of store-customer-period revenue per (merchant, period) (SPEC §9 concentration).
 
     Without ``targets`` (the first pass): every store-customer-period, in
-    bins from 0, plus the merchant's orders per period. With ``targets``:
+    bins from 0, plus the merchant's orders per period (with ``refunds``,
+    negative revenues in ``NEGATIVE_BIN`` and refund-only runs' revenue in
+    ``REFUND_BIN``). With ``targets``:
     only revenues inside a (merchant, period)'s target range, collected or
     in bins from the range's lower end.
     """

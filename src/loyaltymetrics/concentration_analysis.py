@@ -22,6 +22,13 @@ Exact top-k sums in bounded memory, by histogram refinement:
    group-period is settled (each pass at least 128 times narrower, so at
    most 8 refinements even for adversarial revenues; in practice one
    collection pass settles everything).
+
+With refunds (SPEC §2) a store-customer-period's revenue may be negative:
+the first pass puts those in one extra bin, ``NEGATIVE_BIN`` = [INT64_MIN,
+-1], below every other, refined like any bin (its offsets from INT64_MIN
+fit int64); and the revenue of store-customers with only refunds in the
+period, who are no customers, in ``REFUND_BIN`` with a count of 0, so it is
+in the group-period's revenue but never ranked.
 """
 import itertools
 import os
