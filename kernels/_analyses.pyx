@@ -326,7 +326,7 @@ cdef int cohort_flush_merchant(CohortArrays s) noexcept nogil:
     return OK
 
 
-cdef int cohort_rows(
+cdef inline int cohort_rows(
     CohortArrays s,
     const merchant_key_t[::1] merchant_id,
     const customer_key_t[::1] customer_id,
@@ -340,12 +340,12 @@ cdef int cohort_rows(
     Py_ssize_t start,
     Py_ssize_t stop,
     Py_ssize_t* row,
+    const bint refunds,
 ) noexcept nogil:
     cdef int64_t[::1] cur = s.cur
     cdef Py_ssize_t i
     cdef int move, status = OK
     cdef int64_t m, cust, t, a
-    cdef bint refunds = cur[REFUNDS] != 0
     for i in range(start, stop):
         m = merchant_id[i]
         cust = customer_id[i]
@@ -392,9 +392,14 @@ def cohort_scan(state,
         raise ValueError("the state has fewer periods than month_period names")
     cdef Py_ssize_t row = start
     cdef int status
+    # Two copies of the loop, the mode a constant in each (branch on modes outside the row loop).
     with nogil:
-        status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                             month_period, month_start, units_per_day, ts_max, start, stop, &row)
+        if s.cur[REFUNDS]:
+            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
+                                 month_period, month_start, units_per_day, ts_max, start, stop, &row, True)
+        else:
+            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
+                                 month_period, month_start, units_per_day, ts_max, start, stop, &row, False)
     return status, row
 
 
@@ -613,7 +618,7 @@ cdef void hist_open_merchant(HistArrays s, int64_t m) noexcept nogil:
     cur[TARGET_HI] = j
 
 
-cdef int hist_rows(
+cdef inline int hist_rows(
     HistArrays s,
     const merchant_key_t[::1] merchant_id,
     const customer_key_t[::1] customer_id,
@@ -627,12 +632,12 @@ cdef int hist_rows(
     Py_ssize_t start,
     Py_ssize_t stop,
     Py_ssize_t* row,
+    const bint refunds,
 ) noexcept nogil:
     cdef int64_t[::1] cur = s.cur
     cdef Py_ssize_t i
     cdef int move, status = OK
     cdef int64_t m, cust, t, a
-    cdef bint refunds = cur[REFUNDS] != 0
     for i in range(start, stop):
         m = merchant_id[i]
         cust = customer_id[i]
@@ -683,8 +688,12 @@ def hist_scan(state,
     cdef Py_ssize_t row = start
     cdef int status
     with nogil:
-        status = hist_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                           month_period, month_start, units_per_day, ts_max, start, stop, &row)
+        if s.cur[REFUNDS]:
+            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
+                               month_period, month_start, units_per_day, ts_max, start, stop, &row, True)
+        else:
+            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
+                               month_period, month_start, units_per_day, ts_max, start, stop, &row, False)
     return status, row
 
 
