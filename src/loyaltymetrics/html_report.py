@@ -85,9 +85,10 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
     Parameters
     ----------
     orders, merchants, columns, size_edges, refunds, engine, threads, chunk_rows
-        As for ``compute`` (``refunds`` is passed to every analysis alike). The orders are read several times (one pass per
-        breakdown and analysis), so they must be a file or a table, not a
-        one-shot ``RecordBatchReader``.
+        As for ``compute`` (``refunds`` is passed to every analysis alike).
+        The orders are read several times (one pass per breakdown and
+        analysis), so they must be a file or a table, not a one-shot
+        ``RecordBatchReader``.
     path : str or path, optional
         Where to write the HTML file (UTF-8). Without it nothing is written.
     period : {"year", "quarter", "month"}
