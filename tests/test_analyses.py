@@ -657,3 +657,35 @@ def test_merchant_name_follows_merchant_id_in_cohorts_and_concentration(data, to
     orders, merchants = data
     check_cohorts(orders, merchants, by, "quarter", engine, refunds=True)
     check_concentration(orders, merchants, by, "year", top, engine, refunds=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_concentration_negative_revenues_refined_over_several_passes(engine, monkeypatch):
+    # 3000 store-customers, each an order of 0 and a refund: revenues -(2**40 + i * 2**20 + j // 2)
+    # in 300 clusters of 10, plus 10 customers at +1. k = ceil(0.5 × 3010) = 1505 ends inside the
+    # negative bin [INT64_MIN, -1]: with no collection budget it is refined by histograms from
+    # INT64_MIN until exact, with a budget it is collected; both give the reference's sum.
+    i, j = np.divmod(np.arange(3000), 10)
+    values = -(2**40 + i * 2**20 + j // 2)
+    customers = np.repeat(np.arange(3000), 2)
+    amounts = np.column_stack([np.zeros(3000, np.int64), values]).reshape(-1)
+    customers = np.concatenate([customers, np.arange(3000, 3010)])
+    amounts = np.concatenate([amounts, np.ones(10, np.int64)])
+    n = len(amounts)
+    orders = pa.table({"merchant_id": pa.array(np.zeros(n, np.int64)), "customer_id": pa.array(customers),
+                       "order_ts": pa.array(np.full(n, 19000, np.int32), pa.date32()),
+                       "amount": pa.array(amounts)})
+    passes = []
+    real_run = concentration_module.run
+
+    def counting_run(kernel, batches, *args):
+        passes.append(kernel.targets)
+        return real_run(kernel, batches, *args)
+
+    monkeypatch.setattr(concentration_module, "run", counting_run)
+    for budget in (1 << 21, 100, 0):
+        passes.clear()
+        monkeypatch.setattr(concentration_module, "COLLECT_BUDGET", budget)
+        check_concentration(orders, None, [], "year", 0.5, engine, refunds=True)
+        assert passes[0] is None and len(passes) >= 2
+        assert passes[1].low.tolist() == [np.iinfo(np.int64).min] and passes[1].high.tolist() == [-1]
