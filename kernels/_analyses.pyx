@@ -10,6 +10,10 @@ arrays (``cur`` is the cursor, indexed by ``CURSOR_FIELDS``), so a call can
 stop at any row and be resumed there, and the NumPy-only twin
 ``loyaltymetrics.numba_analyses`` runs on exactly the same state.
 
+With ``cur[REFUNDS]`` set (``refunds=True``, SPEC §2) a row with a negative
+amount is a refund: it belongs to its store-customer's run (its amount is in
+the run's revenue) but is no order, has no rank and widens no month range.
+
 A call stops early with ``NEED_SPACE`` when a caller-owned array is full;
 ``cur[NEED]`` says which (``NEED_SLOTS``, ``NEED_ROWS``, ``NEED_VALUES``)
 and ``cur[NEED_COUNT]`` how many entries are missing. Nothing has been
@@ -67,12 +71,14 @@ cdef enum:
     TARGET_HI
     NEED
     NEED_COUNT
+    REFUNDS             # 1: a negative amount is a refund, not an order (SPEC §2); set by the caller
     N_CURSOR
 
 CURSOR_FIELDS = (
     "started", "prev_merchant", "prev_customer", "prev_ts", "run_period", "run_orders",
     "run_revenue", "cohort", "month_lo", "month_hi", "period", "first_month", "last_month",
     "n_slots", "n_rows", "n_bin_rows", "n_values", "target_lo", "target_hi", "need", "need_count",
+    "refunds",
 )
 assert len(CURSOR_FIELDS) == N_CURSOR
 
@@ -107,6 +113,23 @@ cdef enum:
 N_BINS = (64 - MANTISSA_BITS) * MANTISSA
 assert MANTISSA == 1 << MANTISSA_BITS
 
+# With refunds a store-customer-period's revenue can be negative, and a run
+# of only refunds is no customer but still revenue (SPEC §2). The first pass
+# keeps both in two extra histogram columns after the N_BINS bins, emitted
+# with bin indexes below every bin: NEGATIVE_BIN (-1) holds the customers
+# with revenue < 0 (the range [INT64_MIN, -1], refined like any bin from
+# INT64_MIN), REFUND_BIN (-2) the revenue of refund-only runs with count 0.
+cdef enum:
+    NEGATIVE_COLUMN = (64 - MANTISSA_BITS) * MANTISSA
+    REFUND_COLUMN = NEGATIVE_COLUMN + 1
+    HIST_COLUMNS = NEGATIVE_COLUMN + 2
+    NEGATIVE_INDEX = -1
+    REFUND_INDEX = -2
+NEGATIVE_BIN = NEGATIVE_INDEX
+REFUND_BIN = REFUND_INDEX
+HIST_WIDTH = HIST_COLUMNS
+assert NEGATIVE_COLUMN == N_BINS
+
 
 cdef inline int32_t bin_of(uint64_t x) noexcept nogil:
     """Bin of an offset ``x`` >= 0 from the target's lower end."""
@@ -135,7 +158,7 @@ def bins_of(values):
 cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, int64_t a,
                         const int32_t[::1] day_month, const int32_t[::1] month_period,
                         const int64_t[::1] month_start, int64_t units_per_day,
-                        int64_t ts_max) noexcept nogil:
+                        int64_t ts_max, const bint refunds) noexcept nogil:
     """Check one row and say how it moves the cursor (or ``-status``).
 
     Checks in the order ``_scan`` makes them, so both report the same
@@ -143,19 +166,26 @@ cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, in
     a pure function of ``t``, so a resumed row finds the same answer.
     """
     cdef int32_t month
-    if a < 0:
+    if a < 0 and not refunds:
         return -NEGATIVE_AMOUNT
     if t < cur[MONTH_LO] or t >= cur[MONTH_HI]:
         if t < 0 or t > ts_max:
             return -TIMESTAMP_RANGE
         month = day_month[t // units_per_day]
-        cur[MONTH_LO] = month_start[month]
-        cur[MONTH_HI] = month_start[month + 1]
         cur[PERIOD] = month_period[month]
-        if month < cur[FIRST_MONTH]:
-            cur[FIRST_MONTH] = month
-        if month > cur[LAST_MONTH]:
-            cur[LAST_MONTH] = month
+        if a < 0:
+            # A refund is no order: it must not widen the orders' month range (the "all"
+            # period's start, the cohorts' horizon), so it leaves the cache empty for the
+            # next order to fill.
+            cur[MONTH_LO] = 0
+            cur[MONTH_HI] = 0
+        else:
+            cur[MONTH_LO] = month_start[month]
+            cur[MONTH_HI] = month_start[month + 1]
+            if month < cur[FIRST_MONTH]:
+                cur[FIRST_MONTH] = month
+            if month > cur[LAST_MONTH]:
+                cur[LAST_MONTH] = month
     if cur[STARTED] and m == cur[PREV_MERCHANT]:
         if cust == cur[PREV_CUSTOMER]:
             if t < cur[PREV_TS]:
@@ -169,17 +199,30 @@ cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, in
     return -UNSORTED
 
 
-cdef inline void add_order(int64_t[::1] cur, int move, int64_t m, int64_t cust, int64_t t) noexcept nogil:
-    """Open what ``move`` starts (run, store-customer) and count the row's order."""
+cdef inline void add_order(int64_t[::1] cur, int move, int64_t m, int64_t cust, int64_t t,
+                           int64_t a, const bint refunds) noexcept nogil:
+    """Open what ``move`` starts (run, store-customer) and count the row's order.
+
+    With refunds a row with ``a < 0`` is a refund (SPEC §2): it belongs to the
+    run (its amount is added by the caller) but is no order and has no rank,
+    so the cohort is the period of the first row that is an order (-1 until then).
+    """
     if move != SAME_RUN:
         cur[RUN_PERIOD] = cur[PERIOD]
         if move != NEXT_PERIOD:
-            cur[COHORT] = cur[PERIOD]       # rows are in time order: this is the rank-1 order
+            # Rows are in time order: without refunds this row is the rank-1 order.
+            cur[COHORT] = -1 if refunds else cur[PERIOD]
     cur[STARTED] = 1
     cur[PREV_MERCHANT] = m
     cur[PREV_CUSTOMER] = cust
     cur[PREV_TS] = t
-    cur[RUN_ORDERS] += 1
+    if refunds:
+        if a >= 0:
+            cur[RUN_ORDERS] += 1
+            if cur[COHORT] < 0:
+                cur[COHORT] = cur[PERIOD]
+    else:
+        cur[RUN_ORDERS] += 1
 
 
 cdef inline int need(int64_t[::1] cur, int what, int64_t count) noexcept nogil:
@@ -228,7 +271,11 @@ cdef int cohort_close_run(CohortArrays s) noexcept nogil:
     """Add the open run to its (cohort, period_index) cell; idempotent."""
     cdef int64_t[::1] cur = s.cur
     cdef int64_t n = cur[RUN_ORDERS]
-    if n == 0:
+    if n == 0 and cur[RUN_REVENUE] == 0:    # nothing open (a refund-only run's sum is < 0)
+        return OK
+    if cur[COHORT] < 0:
+        # Only refunds so far, before the store-customer's first order: in no cohort's cell.
+        cur[RUN_REVENUE] = 0
         return OK
     cdef int32_t cohort = <int32_t>cur[COHORT]
     cdef int32_t k = <int32_t>(cur[RUN_PERIOD] - cohort)
@@ -245,7 +292,7 @@ cdef int cohort_close_run(CohortArrays s) noexcept nogil:
     if add_overflows(s.cells[slot, k, REVENUE], cur[RUN_REVENUE], &revenue):
         return TOTAL_OVERFLOW
     s.cells[slot, k, REVENUE] = revenue
-    s.cells[slot, k, ACTIVE] += 1
+    s.cells[slot, k, ACTIVE] += n != 0          # refunds alone make no customer active
     s.cells[slot, k, ORDERS] += n
     if k > s.slot_last[slot]:
         s.slot_last[slot] = k
@@ -264,7 +311,7 @@ cdef int cohort_flush_merchant(CohortArrays s) noexcept nogil:
         return need(cur, NEED_ROWS, row + needed - s.out_merchant.shape[0])
     for slot in range(cur[N_SLOTS]):
         for k in range(s.slot_last[slot] + 1):
-            if s.cells[slot, k, ACTIVE] == 0:
+            if s.cells[slot, k, ACTIVE] == 0 and s.cells[slot, k, REVENUE] == 0:
                 continue
             s.out_merchant[row] = cur[PREV_MERCHANT]
             s.out_cohort[row] = s.slot_cohort[slot]
@@ -279,7 +326,7 @@ cdef int cohort_flush_merchant(CohortArrays s) noexcept nogil:
     return OK
 
 
-cdef int cohort_rows(
+cdef inline int cohort_rows(
     CohortArrays s,
     const merchant_key_t[::1] merchant_id,
     const customer_key_t[::1] customer_id,
@@ -293,6 +340,7 @@ cdef int cohort_rows(
     Py_ssize_t start,
     Py_ssize_t stop,
     Py_ssize_t* row,
+    const bint refunds,
 ) noexcept nogil:
     cdef int64_t[::1] cur = s.cur
     cdef Py_ssize_t i
@@ -303,7 +351,8 @@ cdef int cohort_rows(
         cust = customer_id[i]
         t = order_ts[i]
         a = amount[i]
-        move = advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max)
+        move = advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max,
+                       refunds)
         if move < 0:
             status = -move
             break
@@ -315,7 +364,7 @@ cdef int cohort_rows(
                 status = cohort_flush_merchant(s)
                 if status != OK:
                     break
-        add_order(cur, move, m, cust, t)
+        add_order(cur, move, m, cust, t, a, refunds)
         if add_overflows(cur[RUN_REVENUE], a, &cur[RUN_REVENUE]):
             status = AMOUNT_OVERFLOW
             break
@@ -343,9 +392,14 @@ def cohort_scan(state,
         raise ValueError("the state has fewer periods than month_period names")
     cdef Py_ssize_t row = start
     cdef int status
+    # Two copies of the loop, the mode a constant in each (branch on modes outside the row loop).
     with nogil:
-        status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                             month_period, month_start, units_per_day, ts_max, start, stop, &row)
+        if s.cur[REFUNDS]:
+            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
+                                 month_period, month_start, units_per_day, ts_max, start, stop, &row, True)
+        else:
+            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
+                                 month_period, month_start, units_per_day, ts_max, start, stop, &row, False)
     return status, row
 
 
@@ -414,7 +468,8 @@ cdef class HistArrays:
         n_out, n_bins, n_values = self.out_merchant.shape[0], self.bin_key.shape[0], self.value.shape[0]
         if (self.cur.shape[0] != N_CURSOR or self.slot_orders.shape[0] != n_slots
                 or tuple(state.slot_bins.shape) != (n_slots, 2)
-                or tuple(state.hist_count.shape) != (n_slots, N_BINS) or tuple(state.hist_sum.shape) != (n_slots, N_BINS)
+                or tuple(state.hist_count.shape) != (n_slots, HIST_COLUMNS)
+                or tuple(state.hist_sum.shape) != (n_slots, HIST_COLUMNS)
                 or self.out_period.shape[0] != n_out or self.out_orders.shape[0] != n_out
                 or self.bin_index.shape[0] != n_bins or self.bin_count.shape[0] != n_bins
                 or self.bin_sum.shape[0] != n_bins or self.value_target.shape[0] != n_values
@@ -434,12 +489,15 @@ cdef int hist_close_run(HistArrays s) noexcept nogil:
     """Count the open run's revenue in its period's histogram (or collect it); idempotent."""
     cdef int64_t[::1] cur = s.cur
     cdef int64_t n = cur[RUN_ORDERS]
-    if n == 0:
+    if n == 0 and cur[RUN_REVENUE] == 0:    # nothing open (a refund-only run's sum is < 0)
         return OK
     cdef int32_t p = <int32_t>cur[RUN_PERIOD]
     cdef int64_t v = cur[RUN_REVENUE], low = 0, total
     cdef int32_t target = -1, slot, b
     cdef Py_ssize_t k
+    if n == 0 and not s.first_pass:         # refunds only: no customer to rank
+        cur[RUN_REVENUE] = 0
+        return OK
     if not s.first_pass:
         target = s.period_target[p]
         if target < 0 or v < s.target_low[target] or v > s.target_high[target]:
@@ -468,16 +526,22 @@ cdef int hist_close_run(HistArrays s) noexcept nogil:
         s.slot_orders[slot] = 0
         s.slot_bins[slot, 0] = INT32_MAX
         s.slot_bins[slot, 1] = -1
-    b = bin_of(<uint64_t>(v - low))
+    if n == 0:
+        b = REFUND_COLUMN
+    elif v < low:                           # first pass (low = 0): a customer's refunds exceed its orders
+        b = NEGATIVE_COLUMN
+    else:
+        b = bin_of(<uint64_t>v - <uint64_t>low)
     if add_overflows(s.hist_sum[slot, b], v, &total):
         return TOTAL_OVERFLOW
     s.hist_sum[slot, b] = total
-    s.hist_count[slot, b] += 1
+    s.hist_count[slot, b] += n != 0
     s.slot_orders[slot] += n
-    if b < s.slot_bins[slot, 0]:
-        s.slot_bins[slot, 0] = b
-    if b > s.slot_bins[slot, 1]:
-        s.slot_bins[slot, 1] = b
+    if b < NEGATIVE_COLUMN:
+        if b < s.slot_bins[slot, 0]:
+            s.slot_bins[slot, 0] = b
+        if b > s.slot_bins[slot, 1]:
+            s.slot_bins[slot, 1] = b
     cur[RUN_ORDERS] = 0
     cur[RUN_REVENUE] = 0
     return OK
@@ -490,7 +554,7 @@ cdef int hist_flush_merchant(HistArrays s) noexcept nogil:
     cdef int32_t p
     cdef int64_t key
     for slot in range(cur[N_SLOTS]):
-        needed += s.slot_bins[slot, 1] - s.slot_bins[slot, 0] + 1
+        needed += s.slot_bins[slot, 1] - s.slot_bins[slot, 0] + 1 + 2   # + the two refund columns
     if s.first_pass and row + cur[N_SLOTS] > s.out_merchant.shape[0]:
         return need(cur, NEED_ROWS, cur[N_SLOTS])
     if binrow + needed > s.bin_key.shape[0]:
@@ -510,6 +574,16 @@ cdef int hist_flush_merchant(HistArrays s) noexcept nogil:
                 continue
             s.bin_key[binrow] = key
             s.bin_index[binrow] = <int32_t>b
+            s.bin_count[binrow] = s.hist_count[slot, b]
+            s.bin_sum[binrow] = s.hist_sum[slot, b]
+            s.hist_count[slot, b] = 0
+            s.hist_sum[slot, b] = 0
+            binrow += 1
+        for b in range(NEGATIVE_COLUMN, HIST_COLUMNS):
+            if s.hist_count[slot, b] == 0 and s.hist_sum[slot, b] == 0:
+                continue
+            s.bin_key[binrow] = key
+            s.bin_index[binrow] = NEGATIVE_INDEX if b == NEGATIVE_COLUMN else REFUND_INDEX
             s.bin_count[binrow] = s.hist_count[slot, b]
             s.bin_sum[binrow] = s.hist_sum[slot, b]
             s.hist_count[slot, b] = 0
@@ -544,7 +618,7 @@ cdef void hist_open_merchant(HistArrays s, int64_t m) noexcept nogil:
     cur[TARGET_HI] = j
 
 
-cdef int hist_rows(
+cdef inline int hist_rows(
     HistArrays s,
     const merchant_key_t[::1] merchant_id,
     const customer_key_t[::1] customer_id,
@@ -558,6 +632,7 @@ cdef int hist_rows(
     Py_ssize_t start,
     Py_ssize_t stop,
     Py_ssize_t* row,
+    const bint refunds,
 ) noexcept nogil:
     cdef int64_t[::1] cur = s.cur
     cdef Py_ssize_t i
@@ -568,7 +643,8 @@ cdef int hist_rows(
         cust = customer_id[i]
         t = order_ts[i]
         a = amount[i]
-        move = advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max)
+        move = advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max,
+                       refunds)
         if move < 0:
             status = -move
             break
@@ -583,7 +659,7 @@ cdef int hist_rows(
                         break
                 if not s.first_pass:
                     hist_open_merchant(s, m)
-        add_order(cur, move, m, cust, t)
+        add_order(cur, move, m, cust, t, a, refunds)
         if add_overflows(cur[RUN_REVENUE], a, &cur[RUN_REVENUE]):
             status = AMOUNT_OVERFLOW
             break
@@ -612,8 +688,12 @@ def hist_scan(state,
     cdef Py_ssize_t row = start
     cdef int status
     with nogil:
-        status = hist_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                           month_period, month_start, units_per_day, ts_max, start, stop, &row)
+        if s.cur[REFUNDS]:
+            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
+                               month_period, month_start, units_per_day, ts_max, start, stop, &row, True)
+        else:
+            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
+                               month_period, month_start, units_per_day, ts_max, start, stop, &row, False)
     return status, row
 
 

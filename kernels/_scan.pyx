@@ -79,6 +79,9 @@ cdef struct Cursor:
     int64_t run_orders
     int64_t run_reward_orders
     int64_t run_revenue
+    # Refunds only: the last period with an order of the current store-customer
+    # (-2: none yet), as refund rows open runs without making customers.
+    int64_t last_order_period
     # Periods the current merchant has touched in `acc`.
     int64_t acc_lo
     int64_t acc_hi
@@ -112,6 +115,7 @@ cdef class ScanState:
         self.cur.run_orders = 0
         self.cur.run_reward_orders = 0
         self.cur.run_revenue = 0
+        self.cur.last_order_period = -2
         self.cur.acc_lo = INT64_MAX
         self.cur.acc_hi = -1
         self.out_rows = 0
@@ -166,7 +170,9 @@ cdef void flush_merchant(ScanState st, int64_t merchant, int64_t lo, int64_t hi)
     """Move a merchant's touched periods ``[lo, hi]`` to the output (capacity checked by caller)."""
     cdef Py_ssize_t p, k, row
     for p in range(lo, hi + 1):
-        if st.acc[p, ORDERS] == 0:
+        # A period of only refunds has no orders but revenue (never 0: every refund is < 0);
+        # finalize adds it to its group's revenue sums and counts no merchant for it (SPEC §2).
+        if st.acc[p, ORDERS] == 0 and st.acc[p, REVENUE] == 0:
             continue
         row = st.out_rows
         st.out_merchant[row] = merchant
@@ -178,6 +184,55 @@ cdef void flush_merchant(ScanState st, int64_t merchant, int64_t lo, int64_t hi)
             st.out_counts[row, k] = st.acc[p, k]
             st.acc[p, k] = 0
         st.out_rows = row + 1
+
+
+cdef inline bint refund_row(int64_t* acc, int64_t p, int64_t a, int64_t r, int64_t same_customer,
+                            int64_t* run_period, int64_t* run_orders, int64_t* run_reward_orders,
+                            int64_t* run_revenue, int64_t* last_order_period) noexcept nogil:
+    """One row's contribution with refunds enabled (SPEC §2 "Refunds"); True if a sum overflowed.
+
+    A row with a negative amount is a refund, not an order: it adds to the
+    revenue sums (revenue, reward_revenue if its reward flag is set,
+    member_revenue if its run turns out to be a participant's) and to no
+    count, and it has no rank. A run is still a store-customer's rows in one
+    period, refunds included, so a run that becomes a member run brings its
+    earlier refunds along with its earlier orders; but only a run's first
+    *order* makes a customer, and only the store-customer's first order a
+    new customer.
+    """
+    cdef int64_t is_order = a >= 0
+    cdef int64_t reward_order = r & is_order
+    cdef int64_t lop = last_order_period[0] if same_customer else -2
+    cdef int64_t new_run = (not same_customer) | (p != run_period[0])
+    cdef int64_t keep = new_run - 1
+    cdef int64_t was_member_repeat = (run_reward_orders[0] != 0) & (run_orders[0] >= 2) & keep
+    cdef int64_t first_order = is_order & (lop != p)     # the run's first order: a customer
+    cdef int64_t orders, reward_orders, revenue, first_reward, member
+    cdef bint overflow
+    acc[CUSTOMERS] += first_order
+    acc[NEW_CUSTOMERS] += is_order & (lop == -2)
+    acc[RETAINED_CUSTOMERS] += first_order & (lop + 1 == p)
+    last_order_period[0] = p if is_order else lop
+    run_period[0] = p
+    orders = (run_orders[0] & keep) + is_order
+    reward_orders = (run_reward_orders[0] & keep) + reward_order
+    run_orders[0] = orders
+    run_reward_orders[0] = reward_orders
+    acc[ORDERS] += is_order
+    overflow = lm_add_overflows(acc[REVENUE], a, &acc[REVENUE])
+    overflow |= lm_add_overflows(run_revenue[0] & keep, a, &revenue)
+    run_revenue[0] = revenue
+    acc[REPEAT_CUSTOMERS] += is_order & (orders == 2)
+    acc[REWARD_ORDERS] += reward_order
+    overflow |= lm_add_overflows(acc[REWARD_REVENUE], a & -r, &acc[REWARD_REVENUE])
+    first_reward = reward_order & (reward_orders == 1)
+    member = reward_orders != 0
+    acc[REWARD_CUSTOMERS] += first_reward
+    acc[MEMBER_ORDERS] += (member & is_order) + ((orders - 1) & -first_reward)
+    overflow |= lm_add_overflows(acc[MEMBER_REVENUE], (a & -member) + ((revenue - a) & -first_reward),
+                                 &acc[MEMBER_REVENUE])
+    acc[MEMBER_REPEAT_CUSTOMERS] += member & (orders >= 2) & (not was_member_repeat)
+    return overflow
 
 
 cdef inline Status scan_rows(
@@ -203,6 +258,7 @@ cdef inline Status scan_rows(
     cdef int64_t prev_ts = st.cur.prev_ts, run_period = st.cur.run_period
     cdef int64_t run_orders = st.cur.run_orders, run_reward_orders = st.cur.run_reward_orders
     cdef int64_t run_revenue = st.cur.run_revenue
+    cdef int64_t last_order_period = st.cur.last_order_period
     cdef int64_t acc_lo = st.cur.acc_lo, acc_hi = st.cur.acc_hi
     cdef const merchant_key_t* merchants = &merchant_id[0] if merchant_id.shape[0] else NULL
     cdef const customer_key_t* customers = &customer_id[0] if customer_id.shape[0] else NULL
@@ -248,43 +304,37 @@ cdef inline Status scan_rows(
         p = table[bit] + (t > table[bit + 1])
         bit = reward_offset + i
         r = (bits[bit >> 3] >> (bit & 7)) & 1
-        # The row's place in its store-customer's history, as 0/1 facts (SPEC §4).
-        new_run = (not same_customer) | (p != run_period)
-        keep = new_run - 1                      # all ones while the run goes on, else 0
-        was_member_repeat = (run_reward_orders != 0) & (run_orders >= 2) & keep
-        acc = acc_base + p * ACC_STRIDE
-        acc[CUSTOMERS] += new_run
-        acc[NEW_CUSTOMERS] += not same_customer
-        acc[RETAINED_CUSTOMERS] += same_customer & new_run & (run_period + 1 == p)
-        run_period = p
-        run_orders = (run_orders & keep) + 1
-        run_reward_orders = (run_reward_orders & keep) + r
-        acc[ORDERS] += 1
-        overflow = lm_add_overflows(acc[REVENUE], a, &acc[REVENUE])
         if refunds:
-            overflow |= lm_add_overflows(run_revenue & keep, a, &run_revenue)
+            overflow = refund_row(acc_base + p * ACC_STRIDE, p, a, r, same_customer, &run_period,
+                                  &run_orders, &run_reward_orders, &run_revenue, &last_order_period)
         else:
+            # The row's place in its store-customer's history, as 0/1 facts (SPEC §4).
+            new_run = (not same_customer) | (p != run_period)
+            keep = new_run - 1                      # all ones while the run goes on, else 0
+            was_member_repeat = (run_reward_orders != 0) & (run_orders >= 2) & keep
+            acc = acc_base + p * ACC_STRIDE
+            acc[CUSTOMERS] += new_run
+            acc[NEW_CUSTOMERS] += not same_customer
+            acc[RETAINED_CUSTOMERS] += same_customer & new_run & (run_period + 1 == p)
+            run_period = p
+            run_orders = (run_orders & keep) + 1
+            run_reward_orders = (run_reward_orders & keep) + r
+            acc[ORDERS] += 1
+            overflow = lm_add_overflows(acc[REVENUE], a, &acc[REVENUE])
             run_revenue = (run_revenue & keep) + a  # <= the period's revenue: cannot overflow
-        # The second order of a run makes its store-customer a repeat customer
-        # (orders_from_repeat_customers is derived when the merchant is flushed).
-        acc[REPEAT_CUSTOMERS] += run_orders == 2
-        acc[REWARD_ORDERS] += r
-        if refunds:
-            overflow |= lm_add_overflows(acc[REWARD_REVENUE], a & -r, &acc[REWARD_REVENUE])
-        else:
+            # The second order of a run makes its store-customer a repeat customer
+            # (orders_from_repeat_customers is derived when the merchant is flushed).
+            acc[REPEAT_CUSTOMERS] += run_orders == 2
+            acc[REWARD_ORDERS] += r
             acc[REWARD_REVENUE] += a & -r
-        # A run's first reward order makes it a member run and brings its earlier
-        # orders and revenue with it; later orders of a member run add themselves.
-        first_reward = r & (run_reward_orders == 1)
-        member = run_reward_orders != 0
-        acc[REWARD_CUSTOMERS] += first_reward
-        acc[MEMBER_ORDERS] += member + ((run_orders - 1) & -first_reward)
-        if refunds:
-            overflow |= lm_add_overflows(acc[MEMBER_REVENUE], (a & -member) + ((run_revenue - a) & -first_reward),
-                                         &acc[MEMBER_REVENUE])
-        else:
+            # A run's first reward order makes it a member run and brings its earlier
+            # orders and revenue with it; later orders of a member run add themselves.
+            first_reward = r & (run_reward_orders == 1)
+            member = run_reward_orders != 0
+            acc[REWARD_CUSTOMERS] += first_reward
+            acc[MEMBER_ORDERS] += member + ((run_orders - 1) & -first_reward)
             acc[MEMBER_REVENUE] += (a & -member) + ((run_revenue - a) & -first_reward)
-        acc[MEMBER_REPEAT_CUSTOMERS] += member & (run_orders >= 2) & (not was_member_repeat)
+            acc[MEMBER_REPEAT_CUSTOMERS] += member & (run_orders >= 2) & (not was_member_repeat)
         if overflow:
             status = AMOUNT_OVERFLOW
             break
@@ -300,6 +350,7 @@ cdef inline Status scan_rows(
     st.cur.prev_merchant, st.cur.prev_customer, st.cur.prev_ts = prev_merchant, prev_customer, prev_ts
     st.cur.run_period, st.cur.run_orders, st.cur.run_reward_orders = run_period, run_orders, run_reward_orders
     st.cur.run_revenue = run_revenue
+    st.cur.last_order_period = last_order_period
     st.cur.acc_lo, st.cur.acc_hi = acc_lo, acc_hi
     return status
 

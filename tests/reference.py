@@ -91,7 +91,7 @@ PERIODS = ("year", "quarter", "month", "all")
 
 INT_COLUMNS = frozenset(c for c in BASE_COLUMNS if c != "fees")
 FLOAT_COLUMNS = frozenset(["fees", *DERIVED_COLUMNS, *YOY_COLUMNS])
-STRING_KEY_COLUMNS = frozenset(["industry", "country", "size"])
+STRING_KEY_COLUMNS = frozenset(["industry", "country", "size", "merchant_name"])
 
 MONTHS_IN_PERIOD = {"year": 12, "quarter": 3, "month": 1}
 
@@ -106,10 +106,19 @@ _UNITS_PER_DAY = {
 }
 
 
-def reference_columns(by=()) -> list[str]:
-    """The output column names, in order, for a given ``by``."""
+def reference_columns(by=(), merchant_names=False) -> list[str]:
+    """The output column names, in order, for a given ``by``.
+
+    ``merchant_names``: the merchants table has a ``name`` column, so
+    ``merchant_name`` follows ``merchant_id`` (SPEC §7).
+    """
+    keys = []
+    for b in by:
+        keys.append(KEY_COLUMN_NAMES[b])
+        if b == "merchant" and merchant_names:
+            keys.append("merchant_name")
     return (
-        [KEY_COLUMN_NAMES[b] for b in by]
+        keys
         + ["period_start"]
         + BASE_COLUMNS
         + DERIVED_COLUMNS
@@ -223,8 +232,21 @@ def _order_dates(column: pa.ChunkedArray) -> list[dt.date]:
     return [_EPOCH + dt.timedelta(days=v // per_day) for v in raw]
 
 
+def _text_or_unknown(value):
+    """SPEC §2: a null or empty industry/country is "unknown"."""
+    return UNKNOWN if value is None or value == "" else value
+
+
+def merchant_names(merchants: pa.Table | None):
+    """merchant_id -> name (None for a null or empty name), or None when there is no ``name`` column."""
+    if merchants is None or "name" not in merchants.column_names:
+        return None
+    return {m: (n if n != "" else None)
+            for m, n in zip(_column_values(merchants, "merchant_id"), _column_values(merchants, "name"))}
+
+
 def _read_merchants(merchants: pa.Table | None) -> dict:
-    """merchant_id -> (industry, country, annual_fee), nulls replaced."""
+    """merchant_id -> (industry, country, annual_fee), nulls and empty strings replaced."""
     info = {}
     if merchants is None:
         return info
@@ -236,8 +258,8 @@ def _read_merchants(merchants: pa.Table | None) -> dict:
     fees = _column_values(merchants, "annual_fee") if "annual_fee" in names else [None] * n
     for m, ind, ctry, fee in zip(ids, industries, countries, fees):
         info[m] = (
-            UNKNOWN if ind is None else ind,
-            UNKNOWN if ctry is None else ctry,
+            _text_or_unknown(ind),
+            _text_or_unknown(ctry),
             0 if fee is None else fee,
         )
     return info
@@ -284,8 +306,18 @@ def reference_compute(
     by=(),
     period: str = "year",
     size_edges=DEFAULT_SIZE_EDGES,
+    refunds: bool = False,
 ) -> list[dict]:
-    """Rows of the SPEC §7 output table as dicts (see module docstring)."""
+    """Rows of the SPEC §7 output table as dicts (see module docstring).
+
+    ``refunds=True`` (SPEC §2 "Refunds"): a row with a negative amount is a
+    refund, not an order. It adds its amount to the revenue sums of its
+    period (``revenue``; ``reward_revenue`` if its reward flag is true;
+    ``member_revenue`` if its store-customer is a participant in that
+    period) and counts in nothing else; it has no rank. A merchant with only
+    refunds in a period is not one of its ``merchants`` (and pays no fee
+    then); a group-period without orders is no row (SPEC §3).
+    """
     by = list(by)
     for b in by:
         if b not in KEY_COLUMN_NAMES:
@@ -308,8 +340,12 @@ def reference_compute(
         rewards = [v is True for v in _column_values(orders, "reward")]  # null = false
     else:
         rewards = [False] * n
+    is_order = [not (refunds and a < 0) for a in amounts]
+    if not any(is_order):
+        return []
 
     merchant_info = _read_merchants(merchants)
+    names = merchant_names(merchants)
 
     def industry(m):
         return merchant_info.get(m, (UNKNOWN, UNKNOWN, 0))[0]
@@ -322,8 +358,8 @@ def reference_compute(
 
     # §3: the period of every order.
     if period == "all":
-        first_day = min(days)
-        last_day = max(days)
+        first_day = min(d for d, o in zip(days, is_order) if o)
+        last_day = max(d for d, o in zip(days, is_order) if o)
         all_start = dt.date(first_day.year, first_day.month, 1)
         months = (last_day.year * 12 + last_day.month) - (first_day.year * 12 + first_day.month) + 1
         periods = [all_start] * n
@@ -339,13 +375,18 @@ def reference_compute(
     merchant_period_orders = {}  # (merchant, period_start) -> orders
     for i in range(n):
         store_customer = (merchant_ids[i], customer_ids[i])
-        rank = orders_seen.get(store_customer, 0) + 1
-        orders_seen[store_customer] = rank
         p = periods[i]
         key = (merchant_ids[i], customer_ids[i], p)
         a = activity.get(key)
         if a is None:
             a = activity[key] = _StoreCustomerPeriod()
+        if not is_order[i]:  # a refund: revenue sums only
+            a.revenue += amounts[i]
+            if rewards[i]:
+                a.reward_revenue += amounts[i]
+            continue
+        rank = orders_seen.get(store_customer, 0) + 1
+        orders_seen[store_customer] = rank
         a.orders += 1
         a.revenue += amounts[i]
         if rewards[i]:
@@ -371,7 +412,7 @@ def reference_compute(
             elif b == "country":
                 key.append(country(m))
             else:
-                key.append(labels[_size_bucket(merchant_period_orders[(m, p)], months, size_edges)])
+                key.append(labels[_size_bucket(merchant_period_orders.get((m, p), 0), months, size_edges)])
         return tuple(key)
 
     groups = {}  # (group key, period_start) -> dict of base counts + merchant set
@@ -381,9 +422,12 @@ def reference_compute(
         if g is None:
             g = groups[gp] = {name: 0 for name in BASE_COLUMNS if name not in ("merchants", "fees")}
             g["_merchants"] = set()
+        g["revenue"] += a.revenue
+        g["reward_revenue"] += a.reward_revenue
+        if a.orders == 0:  # only refunds: no customer, no merchant with orders
+            continue
         g["_merchants"].add(m)
         g["orders"] += a.orders
-        g["revenue"] += a.revenue
         g["customers"] += 1
         if a.has_rank1:
             g["new_customers"] += 1
@@ -394,7 +438,6 @@ def reference_compute(
         if period != "all" and _previous_period(p, period) in active_periods[(m, c)]:
             g["retained_customers"] += 1
         g["reward_orders"] += a.reward_orders
-        g["reward_revenue"] += a.reward_revenue
         if a.reward_orders >= 1:
             g["reward_customers"] += 1
             g["member_orders"] += a.orders
@@ -405,6 +448,8 @@ def reference_compute(
     # Base counts in output order.
     base = {}
     for gp, g in groups.items():
+        if g["orders"] == 0:
+            continue
         row = {}
         for name in BASE_COLUMNS:
             if name == "merchants":
@@ -481,6 +526,8 @@ def reference_compute(
         row = {}
         for b, k in zip(by, key):
             row[KEY_COLUMN_NAMES[b]] = k
+            if b == "merchant" and names is not None:
+                row["merchant_name"] = names.get(k)
         row["period_start"] = p
         row.update(current)
         for name in BASE_COLUMNS + DERIVED_COLUMNS:
@@ -556,6 +603,8 @@ def assert_tables_match(actual: pa.Table, expected: list[dict], columns=None) ->
                     assert math.isclose(a, e, rel_tol=1e-12, abs_tol=0), (
                         f"{where}: {name} = {a!r}, expected {e!r}"
                     )
+            elif name == "merchant_name" and e is None:  # a merchant without a name
+                assert a is None, f"{where}: {name} = {a!r}, expected null"
             else:
                 assert e is not None, f"{where}: reference produced null for {name}"
                 assert a == e and type(a) is type(e), f"{where}: {name} = {a!r}, expected {e!r}"

@@ -13,6 +13,16 @@ Decisions it encodes (README, "Further analyses"):
   after the period of the input's latest order; every observable cell is
   present (zeros where nobody was active); ``size`` is the merchant's bucket
   in the cohort period.
+
+With ``refunds=True`` (SPEC §2) a row with a negative amount is a refund,
+not an order: it adds to its store-customer's revenue in its period and to
+nothing else. Concentration: a store-customer with only refunds in a period
+is not a customer (not ranked) but its refunds are in ``revenue``; a
+group-period without customers is no row. Cohorts: the cohort is the period
+of the first order; a refund adds to the revenue of the cell of its
+period when its store-customer has a cohort and the period is observable
+(so not a refund in a period before the first order's, nor after the
+input's latest order), and makes no one active.
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ from reference import (
     _period_start,
     _read_merchants,
     _size_bucket,
+    merchant_names,
     size_labels,
 )
 
@@ -59,6 +70,16 @@ def _read_orders(orders):
     return list(zip(merchants, customers, days, amounts))
 
 
+def _key_columns(by, key, names):
+    """The group-key columns of a row; ``merchant_name`` after ``merchant_id`` when there are names."""
+    row = {}
+    for b, v in zip(by, key):
+        row[KEY_COLUMN_NAMES[b]] = v
+        if b == "merchant" and names is not None:
+            row["merchant_name"] = names.get(v)
+    return row
+
+
 def _group_key(by, merchant_info, labels, edges, m, orders_in_period, months):
     key = []
     for b in by:
@@ -74,14 +95,15 @@ def _group_key(by, merchant_info, labels, edges, m, orders_in_period, months):
 
 
 def reference_concentration(orders, merchants=None, by=(), period="year", top=0.05,
-                            size_edges=DEFAULT_SIZE_EDGES) -> list[dict]:
+                            size_edges=DEFAULT_SIZE_EDGES, refunds=False) -> list[dict]:
     rows = _read_orders(orders)
-    if not rows:
+    order_rows = [r for r in rows if not (refunds and r[3] < 0)]
+    if not order_rows:
         return []
     info = _read_merchants(merchants)
     labels = size_labels(size_edges)
     if period == "all":
-        first, last = min(r[2] for r in rows), max(r[2] for r in rows)
+        first, last = min(r[2] for r in order_rows), max(r[2] for r in order_rows)
         months = _month_number(last) - _month_number(first) + 1
         start = dt.date(first.year, first.month, 1)
         period_of = lambda day: start  # noqa: E731
@@ -90,32 +112,41 @@ def reference_concentration(orders, merchants=None, by=(), period="year", top=0.
         period_of = lambda day: _period_start(day, period)  # noqa: E731
 
     revenue = {}            # (merchant, customer, period) -> revenue in the period
+    sc_orders = {}          # (merchant, customer, period) -> orders in the period
     merchant_orders = {}    # (merchant, period) -> orders
     for m, c, day, amount in rows:
         p = period_of(day)
+        is_order = not (refunds and amount < 0)
         revenue[(m, c, p)] = revenue.get((m, c, p), 0) + amount
-        merchant_orders[(m, p)] = merchant_orders.get((m, p), 0) + 1
+        sc_orders[(m, c, p)] = sc_orders.get((m, c, p), 0) + is_order
+        merchant_orders[(m, p)] = merchant_orders.get((m, p), 0) + is_order
 
     groups = {}             # (key, period) -> store-customer revenues
+    refund_only = {}        # (key, period) -> revenue of store-customers with only refunds
     for (m, c, p), value in revenue.items():
         key = _group_key(by, info, labels, size_edges, m, merchant_orders[(m, p)], months)
-        groups.setdefault((key, p), []).append(value)
+        if sc_orders[(m, c, p)]:
+            groups.setdefault((key, p), []).append(value)
+        else:
+            refund_only[(key, p)] = refund_only.get((key, p), 0) + value
 
     fraction = exact_top(top)
     out = []
     for (key, p), values in sorted(groups.items()):
         k = math.ceil(fraction * len(values))
         top_revenue = sum(sorted(values, reverse=True)[:k])
-        row = {KEY_COLUMN_NAMES[b]: v for b, v in zip(by, key)}
-        row.update(period_start=p, customers=len(values), top_customers=k, revenue=sum(values),
-                   top_revenue=top_revenue, top_share=None if sum(values) == 0 else top_revenue / sum(values))
+        total = sum(values) + refund_only.get((key, p), 0)
+        row = _key_columns(by, key, merchant_names(merchants))
+        row.update(period_start=p, customers=len(values), top_customers=k, revenue=total,
+                   top_revenue=top_revenue, top_share=None if total == 0 else top_revenue / total)
         out.append(row)
     return out
 
 
-def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=DEFAULT_SIZE_EDGES) -> list[dict]:
+def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=DEFAULT_SIZE_EDGES,
+                      refunds=False) -> list[dict]:
     rows = _read_orders(orders)
-    if not rows:
+    if not any(not (refunds and r[3] < 0) for r in rows):
         return []
     info = _read_merchants(merchants)
     labels = size_labels(size_edges)
@@ -131,14 +162,17 @@ def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=
     cohort = {}              # store-customer -> period index of its rank-1 order
     merchant_orders = {}     # (merchant, period index) -> orders
     activity = {}            # (merchant, customer, period index) -> [orders, revenue]
-    for m, c, day, amount in rows:  # in file order: the first row of a store-customer is rank 1
+    for m, c, day, amount in rows:  # in file order: the first order of a store-customer is rank 1
         p = index(day)
+        is_order = not (refunds and amount < 0)
+        cell = activity.setdefault((m, c, p), [0, 0])
+        cell[1] += amount
+        if not is_order:
+            continue
         cohort.setdefault((m, c), p)
         merchant_orders[(m, p)] = merchant_orders.get((m, p), 0) + 1
-        cell = activity.setdefault((m, c, p), [0, 0])
         cell[0] += 1
-        cell[1] += amount
-    last = max(index(r[2]) for r in rows)
+    last = max(index(r[2]) for r in rows if not (refunds and r[3] < 0))
 
     def group(m, c):
         p = cohort[(m, c)]
@@ -150,9 +184,13 @@ def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=
         g = group(m, c)
         size[g] = size.get(g, 0) + 1
     for (m, c, p), (n, amount) in activity.items():
+        if (m, c) not in cohort:        # only refunds: in no cohort
+            continue
         key, q = group(m, c)
+        if not q <= p <= last:          # a refund before the cohort period or after the horizon
+            continue
         cell = cells.setdefault((key, q, p - q), [0, 0, 0])
-        cell[0] += 1
+        cell[0] += n > 0
         cell[1] += n
         cell[2] += amount
 
@@ -162,7 +200,7 @@ def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=
         for k in range(last - q + 1):
             active, n, amount = cells.get((key, q, k), [0, 0, 0])
             cumulative += amount
-            row = {KEY_COLUMN_NAMES[b]: v for b, v in zip(by, key)}
+            row = _key_columns(by, key, merchant_names(merchants))
             row.update(cohort_start=start_of(q), period_index=k, period_start=start_of(q + k),
                        cohort_customers=customers, active_customers=active, orders=n, revenue=amount,
                        cumulative_revenue=cumulative, retention=active / customers,

@@ -20,6 +20,7 @@ __all__ = [
     "instants_ns",
     "recent_instants_ns",
     "orders_tables",
+    "REFUND_AMOUNTS",
     "merchants_tables",
     "orders_and_merchants",
     "bys",
@@ -111,6 +112,13 @@ def _ids(dtype):
 
 _AMOUNTS = st.one_of(st.just(0), st.integers(0, 10_000), st.integers(0, 10**12))
 
+# With refunds=True (SPEC §2): orders and refund rows mixed, refunds often a
+# store-customer's first row in a period or in the input, or all its rows.
+REFUND_AMOUNTS = st.one_of(
+    st.just(0), st.integers(0, 10_000), st.integers(0, 10**12), st.integers(-10_000, -1),
+    st.integers(-10**12, -1), st.just(-1),
+)
+
 
 @st.composite
 def orders_tables(draw, max_merchants=4, max_customers=4, max_orders=5, allow_empty=True, amounts=None,
@@ -171,9 +179,15 @@ def orders_tables(draw, max_merchants=4, max_customers=4, max_orders=5, allow_em
     return pa.table(columns)
 
 
+NAMES = ("shop-1", "shop-10", "Shop-1", "", "ünï.example", "a,b")
+
+
 @st.composite
-def merchants_tables(draw, merchant_ids):
-    """A merchants table covering a subset of ``merchant_ids`` plus strangers."""
+def merchants_tables(draw, merchant_ids, names=False):
+    """A merchants table covering a subset of ``merchant_ids`` plus strangers.
+
+    ``names``: also a ``name`` column (SPEC §2), nulls and empty strings included.
+    """
     merchant_ids = list(dict.fromkeys(merchant_ids))
     ids = [m for m in merchant_ids if draw(st.integers(0, 3)) > 0]
     extras = draw(st.lists(st.integers(0, INT64_MAX) | st.integers(0, 12), max_size=2))
@@ -184,23 +198,25 @@ def merchants_tables(draw, merchant_ids):
     industry = st.sampled_from(INDUSTRIES) | st.none()
     country = st.sampled_from(COUNTRIES) | st.none()
     fee = st.one_of(st.none(), st.just(0), st.integers(0, 10**6), st.integers(0, 10**12))
-    return pa.table(
-        {
-            "merchant_id": pa.array(ids, pa.int64()),
-            "industry": pa.array([draw(industry) for _ in ids], pa.string()),
-            "country": pa.array([draw(country) for _ in ids], pa.string()),
-            "annual_fee": pa.array([draw(fee) for _ in ids], pa.int64()),
-        }
-    )
+    columns = {
+        "merchant_id": pa.array(ids, pa.int64()),
+        "industry": pa.array([draw(industry) for _ in ids], pa.string()),
+        "country": pa.array([draw(country) for _ in ids], pa.string()),
+        "annual_fee": pa.array([draw(fee) for _ in ids], pa.int64()),
+    }
+    if names:
+        name = st.sampled_from(NAMES) | st.none() | st.text(max_size=5)
+        columns["name"] = pa.array([draw(name) for _ in ids], pa.string())
+    return pa.table(columns)
 
 
 @st.composite
-def orders_and_merchants(draw, **kwargs):
-    """(orders, merchants or None)."""
+def orders_and_merchants(draw, merchant_names=False, **kwargs):
+    """(orders, merchants or None); ``merchant_names``: merchants tables with a ``name`` column."""
     orders = draw(orders_tables(**kwargs))
     if draw(st.integers(0, 4)) == 0:
         return orders, None
-    merchants = draw(merchants_tables(orders.column("merchant_id").to_pylist()))
+    merchants = draw(merchants_tables(orders.column("merchant_id").to_pylist(), names=merchant_names))
     return orders, merchants
 
 

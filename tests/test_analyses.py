@@ -54,17 +54,28 @@ def cohort_data(**kwargs):
     return orders_and_merchants(instants=recent_instants_ns(), **kwargs)
 
 
+def key_names(by, merchants=None):
+    """Group-key columns; ``merchant_name`` follows ``merchant_id`` when the merchants have names."""
+    names = []
+    for b in by:
+        names.append(KEY_NAMES[b])
+        if b == "merchant" and merchants is not None and "name" in merchants.column_names:
+            names.append("merchant_name")
+    return names
+
+
 def check_cohorts(orders, merchants, by, period, engine, **kwargs):
     actual = lm.cohorts(orders, merchants, by=by, period=period, engine=engine, **kwargs)
-    expected = reference_cohorts(orders, merchants, by=by, period=period, **kwargs)
-    assert_rows_match(actual, expected, [KEY_NAMES[b] for b in by] + COHORT_COLUMNS)
+    ref_kwargs = {k: v for k, v in kwargs.items() if k in ("size_edges", "refunds")}
+    expected = reference_cohorts(orders, merchants, by=by, period=period, **ref_kwargs)
+    assert_rows_match(actual, expected, key_names(by, merchants) + COHORT_COLUMNS)
     return actual
 
 
 def check_concentration(orders, merchants, by, period, top, engine, **kwargs):
     actual = lm.concentration(orders, merchants, by=by, period=period, top=top, engine=engine, **kwargs)
     expected = reference_concentration(orders, merchants, by=by, period=period, top=top, **kwargs)
-    assert_rows_match(actual, expected, [KEY_NAMES[b] for b in by] + CONCENTRATION_COLUMNS)
+    assert_rows_match(actual, expected, key_names(by, merchants) + CONCENTRATION_COLUMNS)
     return actual
 
 
@@ -145,6 +156,126 @@ def test_cohorts_and_concentration_of_empty_input(engine):
     assert c.num_rows == 0 and c.column_names == ["merchant_id", "size"] + COHORT_COLUMNS
     k = lm.concentration(empty, by=["industry"], engine=engine)
     assert k.num_rows == 0 and k.column_names == ["industry"] + CONCENTRATION_COLUMNS
+
+
+# --- refunds (SPEC §2 "Refunds") -----------------------------------------------------------
+
+# Close amounts and refunds: revenues that tie, straddle 0 and fall in the negative bin together.
+CLOSE_REFUNDS = CLOSE_AMOUNTS | st.sampled_from([-1, -2, -63, -64, -65, -1000, -1001, -10**12]) | \
+    st.integers(-3000, -1)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("by", [[], ["merchant"], ["size"], ["industry", "size"], ["country", "merchant"]],
+                         ids=_ids)
+@pytest.mark.parametrize("period", ["month", "quarter", "year"])
+@settings(deadline=None, max_examples=25)
+@given(data=cohort_data(amounts=CLOSE_REFUNDS))
+def test_cohorts_with_refunds_match_reference(data, period, by, engine):
+    orders, merchants = data
+    check_cohorts(orders, merchants, by, period, engine, refunds=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("by", [[], ["merchant"], ["size"], ["industry", "size"], ["country", "merchant"]],
+                         ids=_ids)
+@pytest.mark.parametrize("period", ["year", "quarter", "month", "all"])
+@settings(deadline=None, max_examples=25)
+@given(data=orders_and_merchants(amounts=CLOSE_REFUNDS), top=TOPS)
+def test_concentration_with_refunds_matches_reference(data, top, period, by, engine):
+    orders, merchants = data
+    check_concentration(orders, merchants, by, period, top, engine, refunds=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("budget", [0, 3])
+@settings(deadline=None)
+@given(data=orders_and_merchants(amounts=CLOSE_REFUNDS, max_customers=6), by=bys(), top=TOPS,
+       period=st.sampled_from(["year", "all"]))
+def test_concentration_with_refunds_refines_the_negative_bin(data, by, top, period, budget, engine):
+    orders, merchants = data
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(concentration_module, "COLLECT_BUDGET", budget)
+        check_concentration(orders, merchants, by, period, top, engine, refunds=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(deadline=None, max_examples=30)
+@given(data=cohort_data(amounts=CLOSE_REFUNDS), by=bys(), top=TOPS, k=st.integers(1, 9),
+       threads=st.integers(1, 3), chunk_rows=st.sampled_from([1, 2, 3, 7, 1 << 20]))
+def test_refunds_threads_chunk_and_batch_sizes_match_reference(data, by, top, k, threads, chunk_rows, engine):
+    orders, merchants = data
+    orders = rebatch(orders, k, empty_batches=k % 3 == 0)
+    many = dict(engine=engine, threads=threads, chunk_rows=chunk_rows, refunds=True)
+    check_cohorts(orders, merchants, by, "quarter", engine, **{k: v for k, v in many.items() if k != "engine"})
+    for budget in (0, 1 << 21):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(concentration_module, "COLLECT_BUDGET", budget)
+            actual = lm.concentration(orders, merchants, by=by, top=top, **many)
+            expected = reference_concentration(orders, merchants, by=by, top=top, refunds=True)
+            assert_rows_match(actual, expected, key_names(by, merchants) + CONCENTRATION_COLUMNS)
+
+
+def _refund_table(rows):
+    """rows: (merchant, customer, "YYYY-MM-DD", amount), sorted."""
+    return pa.table({
+        "merchant_id": pa.array([r[0] for r in rows], pa.int64()),
+        "customer_id": pa.array([r[1] for r in rows], pa.int64()),
+        "order_ts": pa.array([dt.date.fromisoformat(r[2]) for r in rows], pa.date32()),
+        "amount": pa.array([r[3] for r in rows], pa.int64()),
+    })
+
+
+REFUND_EXAMPLE = [
+    (1, 1, "2022-01-05", -7),      # a refund before customer 1's first order (same month)
+    (1, 1, "2022-01-20", 100),
+    (1, 1, "2022-03-02", -30),     # a refund in a month without orders: revenue, nobody active
+    (1, 2, "2021-12-30", -50),     # a refund before customer 2's cohort period: in no cell
+    (1, 2, "2022-02-01", 40),
+    (1, 2, "2022-02-02", -60),     # customer 2's February revenue is -20
+    (1, 3, "2022-02-10", -5),      # only refunds: no cohort, no customer
+    (1, 4, "2022-03-01", 10),      # the latest order: March 2022 is the horizon
+    (1, 4, "2022-04-01", -1),      # after the horizon: in no cell
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_refunds_hand_worked_cohorts(engine):
+    out = lm.cohorts(_refund_table(REFUND_EXAMPLE), period="month", refunds=True, engine=engine).to_pylist()
+    cells = {(r["cohort_start"].month, r["period_index"]): (r["cohort_customers"], r["active_customers"],
+                                                            r["orders"], r["revenue"], r["cumulative_revenue"])
+             for r in out}
+    # Cohort 2022-01: customer 1 (its January refund is not its rank-1 order, and is in its cell).
+    assert cells[(1, 0)] == (1, 1, 1, 100 - 7, 93)
+    assert cells[(1, 1)] == (1, 0, 0, 0, 93)
+    assert cells[(1, 2)] == (1, 0, 0, -30, 63)        # March: a refund, nobody active
+    # Cohort 2022-02: customer 2 (December's refund is before its cohort: in no cell).
+    assert cells[(2, 0)] == (1, 1, 1, 40 - 60, -20)
+    assert cells[(2, 1)] == (1, 0, 0, 0, -20)
+    # Cohort 2022-03: customer 4; its April refund is after the horizon (March), in no cell.
+    assert cells[(3, 0)] == (1, 1, 1, 10, 10)
+    assert len(cells) == 6
+    assert out == reference_cohorts(_refund_table(REFUND_EXAMPLE), period="month", refunds=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_refunds_hand_worked_concentration(engine):
+    out = lm.concentration(_refund_table(REFUND_EXAMPLE), period="year", top=0.5, refunds=True,
+                           engine=engine).to_pylist()
+    # 2022: customers 1 (93 - 30 = 63), 2 (40 - 60 = -20), 4 (10 - 1 = 9); customer 3 has only
+    # refunds (-5): not a customer, but in revenue. k = ceil(0.5 × 3) = 2: 63 + 9 = 72.
+    # 2021: customer 2's refund only: no customers, no row.
+    assert [(r["period_start"].year, r["customers"], r["top_customers"], r["revenue"], r["top_revenue"])
+            for r in out] == [(2022, 3, 2, 63 - 20 + 9 - 5, 72)]
+    # k = 3 takes the negative customer too.
+    (row,) = lm.concentration(_refund_table(REFUND_EXAMPLE), top=1, refunds=True, engine=engine).to_pylist()
+    assert row["top_revenue"] == 63 - 20 + 9
+
+
+@pytest.mark.parametrize("analysis", ["cohorts", "concentration"])
+def test_negative_amount_error_names_the_refunds_flag(analysis):
+    with pytest.raises(lm.NegativeAmountError, match="refunds=True / --refunds"):
+        getattr(lm, analysis)(_refund_table(REFUND_EXAMPLE))
 
 
 # --- the chunk interface: pieces on several states, combined by addition ------------------
@@ -493,3 +624,68 @@ def test_cli_cohorts_and_concentration_write_what_the_api_returns(tmp_path, caps
     bad = _write_ipc(_orders((2, 1), (1, 1), [T, T], (1, 1)), tmp_path / "bad.arrow")
     assert main(["cohorts", bad]) == 1
     assert "bad.arrow: row 1:" in capsys.readouterr().err
+
+
+def test_cli_refunds_flag_on_every_command(tmp_path, capsys):
+    # SPEC §2: --refunds is accepted by compute, cohorts, concentration and report alike, and
+    # the negative-amount error of each names that flag.
+    path = _write_ipc(_refund_table(REFUND_EXAMPLE), tmp_path / "refunds.arrow")
+    for command in ("compute", "cohorts", "concentration"):
+        capsys.readouterr()
+        assert main([command, path]) == 1
+        err = capsys.readouterr().err
+        assert "refunds.arrow: row 0:" in err and "--refunds" in err, err
+        out = tmp_path / f"{command}.parquet"
+        assert main([command, path, "--refunds", "-q", "-o", str(out)]) == 0
+        api = getattr(lm, command)
+        assert pq.read_table(out).equals(api(path, refunds=True))
+    html = tmp_path / "report.html"
+    capsys.readouterr()
+    assert main(["report", path, "-o", str(html)]) == 1
+    assert "--refunds" in capsys.readouterr().err and not html.exists()
+    assert main(["report", path, "--refunds", "-o", str(html)]) == 0
+    assert html.exists()
+
+
+# --- merchant names (SPEC §2, §7) -------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("by", [["merchant"], ["size", "merchant"], ["industry"]], ids=_ids)
+@settings(deadline=None, max_examples=20)
+@given(data=cohort_data(merchant_names=True, amounts=CLOSE_REFUNDS), top=TOPS)
+def test_merchant_name_follows_merchant_id_in_cohorts_and_concentration(data, top, by, engine):
+    orders, merchants = data
+    check_cohorts(orders, merchants, by, "quarter", engine, refunds=True)
+    check_concentration(orders, merchants, by, "year", top, engine, refunds=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_concentration_negative_revenues_refined_over_several_passes(engine, monkeypatch):
+    # 3000 store-customers, each an order of 0 and a refund: revenues -(2**40 + i * 2**20 + j // 2)
+    # in 300 clusters of 10, plus 10 customers at +1. k = ceil(0.5 × 3010) = 1505 ends inside the
+    # negative bin [INT64_MIN, -1]: with no collection budget it is refined by histograms from
+    # INT64_MIN until exact, with a budget it is collected; both give the reference's sum.
+    i, j = np.divmod(np.arange(3000), 10)
+    values = -(2**40 + i * 2**20 + j // 2)
+    customers = np.repeat(np.arange(3000), 2)
+    amounts = np.column_stack([np.zeros(3000, np.int64), values]).reshape(-1)
+    customers = np.concatenate([customers, np.arange(3000, 3010)])
+    amounts = np.concatenate([amounts, np.ones(10, np.int64)])
+    n = len(amounts)
+    orders = pa.table({"merchant_id": pa.array(np.zeros(n, np.int64)), "customer_id": pa.array(customers),
+                       "order_ts": pa.array(np.full(n, 19000, np.int32), pa.date32()),
+                       "amount": pa.array(amounts)})
+    passes = []
+    real_run = concentration_module.run
+
+    def counting_run(kernel, batches, *args):
+        passes.append(kernel.targets)
+        return real_run(kernel, batches, *args)
+
+    monkeypatch.setattr(concentration_module, "run", counting_run)
+    for budget in (1 << 21, 100, 0):
+        passes.clear()
+        monkeypatch.setattr(concentration_module, "COLLECT_BUDGET", budget)
+        check_concentration(orders, None, [], "year", 0.5, engine, refunds=True)
+        assert passes[0] is None and len(passes) >= 2
+        assert passes[1].low.tolist() == [np.iinfo(np.int64).min] and passes[1].high.tolist() == [-1]

@@ -226,25 +226,28 @@ def test_network_revenue_that_overflows_across_merchants_is_an_error():
 
 
 def test_refunds_revenue_yoy_with_mixed_signs():
-    # Merchant 1: revenue -5e18 in 2022, +5e18 in 2023 (refunds=True). Both fit int64;
-    # revenue_yoy = (5e18 - -5e18) / -5e18 * 100 = -200 (SPEC §5), not a wrapped difference.
-    table = orders([1, 1], [1, 1], [D2022, D2023], [-5 * 10**18, 5 * 10**18])
+    # Merchant 1: an order of 0 and a refund of -5e18 in 2022 (revenue -5e18), +5e18 in 2023
+    # (refunds=True; a refund is no order, so 2022 needs its order of 0 to be a row). Both fit
+    # int64; revenue_yoy = (5e18 - -5e18) / -5e18 * 100 = -200 (SPEC §5), not a wrapped difference.
+    table = orders([1, 1, 1], [1, 1, 1], [D2022, D2022, D2023], [0, -5 * 10**18, 5 * 10**18])
     out = lm.compute(table, by="merchant", refunds=True)
     assert out.column("revenue").to_pylist() == [-5 * 10**18, 5 * 10**18]
     assert out.column("revenue_yoy").to_pylist() == [None, -200.0]
-    assert_tables_match(out, reference_compute(table, by=("merchant",)))
+    assert_tables_match(out, reference_compute(table, by=("merchant",), refunds=True))
 
 
 def test_refunds_member_aov_lift_with_mixed_signs():
-    # Member (reward) customer 1: -5e18; non-members 2 and 3: +5e18 each. revenue = 5e18,
-    # member_revenue = -5e18, both fit; non-member AOV = 1e19 / 2 = 5e18, member AOV = -5e18,
-    # so member_aov_lift = -1.0. revenue - member_revenue = 1e19 must not wrap in int64.
-    table = orders([1, 1, 1], [1, 2, 3], [D2022] * 3, [-5 * 10**18, 5 * 10**18, 5 * 10**18], [True, False, False])
+    # Member customer 1: a reward order of 0 and a refund of -5e18 (one order, revenue -5e18);
+    # non-members 2 and 3: +5e18 each. revenue = 5e18, member_revenue = -5e18, both fit;
+    # non-member AOV = 1e19 / 2 = 5e18, member AOV = -5e18 / 1, so member_aov_lift = -1.0.
+    # revenue - member_revenue = 1e19 must not wrap in int64.
+    table = orders([1, 1, 1, 1], [1, 1, 2, 3], [D2022] * 4, [0, -5 * 10**18, 5 * 10**18, 5 * 10**18],
+                   [True, False, False, False])
     out = lm.compute(table, refunds=True)
     assert out.column("revenue").to_pylist() == [5 * 10**18]
     assert out.column("member_revenue").to_pylist() == [-5 * 10**18]
     assert out.column("member_aov_lift").to_pylist() == [-1.0]
-    assert_tables_match(out, reference_compute(table))
+    assert_tables_match(out, reference_compute(table, refunds=True))
 
 
 @pytest.mark.parametrize("period", ["year", "quarter", "month"])

@@ -23,6 +23,7 @@ from reference import assert_tables_match, reference_columns, reference_compute 
 from strategies import (  # noqa: E402
     ALL_BY_KEYS,
     PERIODS,
+    REFUND_AMOUNTS,
     batch_sizes,
     bys,
     orders_and_merchants,
@@ -173,3 +174,71 @@ def test_input_formats_give_identical_tables(data, by, period):
     plf_before = plf.clone()
     assert run(plf).equals(expected)
     assert plf.equals(plf_before)
+
+
+# --- refunds (SPEC §2 "Refunds") ---------------------------------------------------
+
+REFUND_ENGINES = ["cython", "numba"]
+
+
+@pytest.mark.parametrize("by", GROUPINGS, ids=_ids)
+@pytest.mark.parametrize("period", PERIODS)
+@settings(deadline=None)
+@given(data=orders_and_merchants(amounts=REFUND_AMOUNTS))
+def test_refunds_match_reference_every_period_and_grouping(data, period, by):
+    orders, merchants = data
+    _check(orders, merchants, by, period, refunds=True)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("engine", REFUND_ENGINES)
+@settings(deadline=None)
+@given(data=orders_and_merchants(max_customers=6, amounts=REFUND_AMOUNTS), by=bys(), period=periods(),
+       chunk_rows=st.integers(1, 40), batch_rows=st.integers(1, 70))
+def test_refunds_every_engine_thread_count_chunk_and_batch_size_match_the_reference(
+        data, by, period, chunk_rows, batch_rows, engine, threads):
+    orders, merchants = data
+    orders = rebatch(orders, batch_rows, empty_batches=batch_rows % 3 == 0)
+    actual = loyaltymetrics.compute(orders, merchants, by=by, period=period, refunds=True, engine=engine,
+                                    threads=threads, chunk_rows=chunk_rows)
+    assert_tables_match(actual, reference_compute(orders, merchants, by=by, period=period, refunds=True),
+                        columns=reference_columns(by))
+
+
+@settings(deadline=None)
+@given(data=orders_and_merchants(), by=bys(), period=periods())
+def test_refunds_flag_changes_nothing_without_negative_amounts(data, by, period):
+    orders, merchants = data
+    plain = loyaltymetrics.compute(orders, merchants, by=by, period=period)
+    assert loyaltymetrics.compute(orders, merchants, by=by, period=period, refunds=True).equals(plain)
+    assert loyaltymetrics.compute(orders, merchants, by=by, period=period, refunds=True,
+                                  engine="numba").equals(plain)
+
+
+@pytest.mark.parametrize("engine", REFUND_ENGINES)
+@pytest.mark.parametrize("by", [[], ["merchant"], ["size"], ["industry", "merchant"]], ids=_ids)
+@pytest.mark.parametrize("period", PERIODS)
+def test_refunds_hand_worked_example_every_engine(engine, by, period):
+    # The hand-worked refunds example of test_reference.py, through every engine and chunking.
+    from test_reference import _refund_orders, make_merchants
+
+    orders = _refund_orders()
+    merchants = make_merchants([(1, "food", "DE", 1200), (2, "food", "DE", 600)])
+    expected = reference_compute(orders, merchants, by=by, period=period, refunds=True)
+    for threads, chunk_rows in ((1, 1 << 20), (2, 1), (3, 2)):
+        actual = loyaltymetrics.compute(orders, merchants, by=by, period=period, refunds=True, engine=engine,
+                                        threads=threads, chunk_rows=chunk_rows)
+        assert_tables_match(actual, expected, columns=reference_columns(by))
+
+
+
+# --- merchant names (SPEC §2, §7) -------------------------------------------------------
+
+@settings(deadline=None)
+@given(data=orders_and_merchants(merchant_names=True), by=bys(), period=periods())
+def test_merchant_name_follows_merchant_id(data, by, period):
+    orders, merchants = data
+    actual = loyaltymetrics.compute(orders, merchants, by=by, period=period)
+    expected = reference_compute(orders, merchants, by=by, period=period)
+    names = merchants is not None and "name" in merchants.column_names
+    assert_tables_match(actual, expected, columns=reference_columns(by, merchant_names=names))

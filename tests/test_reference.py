@@ -621,3 +621,106 @@ def test_assert_tables_match_accepts_equal_and_rejects_different():
         assert_tables_match(t, expected)
     # Empty.
     assert_tables_match(_as_table([], by), [], columns=reference_columns(by))
+
+
+# --- refunds (SPEC §2 "Refunds") ---------------------------------------------------
+
+
+def _refund_orders():
+    # Merchant 1 (fee 1200), year 2022 unless said otherwise:
+    #   customer 1: refund -50 (Jan, reward) BEFORE its first order, order 100 (Feb),
+    #               order 40 (Mar, reward), refund -30 (Apr)
+    #   customer 2: refund -20 (2021-12), then order 70 (2022-05), order 0 (2022-06)
+    #   customer 3: only refunds: -5 (Jul), -6 (Aug, reward)
+    #   customer 4: order 10 (2021-03), refund -10 (2022-02): no 2022 order
+    # Merchant 2 (fee 600): only a refund -9 in 2022, orders in 2021.
+    return make_orders(
+        [
+            (1, 1, dt.datetime(2022, 1, 3), -50, True),
+            (1, 1, dt.datetime(2022, 2, 3), 100),
+            (1, 1, dt.datetime(2022, 3, 3), 40, True),
+            (1, 1, dt.datetime(2022, 4, 3), -30),
+            (1, 2, dt.datetime(2021, 12, 3), -20),
+            (1, 2, dt.datetime(2022, 5, 3), 70),
+            (1, 2, dt.datetime(2022, 6, 3), 0),
+            (1, 3, dt.datetime(2022, 7, 3), -5),
+            (1, 3, dt.datetime(2022, 8, 3), -6, True),
+            (1, 4, dt.datetime(2021, 3, 3), 10),
+            (1, 4, dt.datetime(2022, 2, 3), -10),
+            (2, 1, dt.datetime(2021, 3, 3), 25),
+            (2, 1, dt.datetime(2022, 3, 3), -9),
+        ]
+    )
+
+
+def test_refund_rows_add_to_revenue_sums_only():
+    orders = _refund_orders()
+    merchants = make_merchants([(1, "food", "DE", 1200), (2, "food", "DE", 600)])
+    out = {r["period_start"].year: r for r in reference_compute(orders, merchants, by=["merchant"], refunds=True)
+           if r["merchant_id"] == 1}
+    y22 = out[2022]
+    # Orders in 2022: customer 1's 100 and 40, customer 2's 70 and 0 (an amount of 0 is an order).
+    assert y22["orders"] == 4
+    # Revenue: 100 + 40 + 70 + 0 and every 2022 refund of merchant 1: -50 - 30 - 5 - 6 - 10.
+    assert y22["revenue"] == 210 - 101 == 109
+    # Customers: 1 and 2 ordered; 3 (only refunds) and 4 (refund, no order) are not active.
+    assert y22["customers"] == 2
+    # New: customer 1's rank-1 order is Feb 2022 (its January refund has no rank); customer 2's
+    # rank-1 order is May 2022 (its 2021 refund is no order).
+    assert y22["new_customers"] == 2 and y22["returning_customers"] == 0
+    # Retained: nobody ordered in both 2021 and 2022 (customer 4's 2022 row is a refund).
+    assert y22["retained_customers"] == 0
+    assert y22["repeat_customers"] == 2 and y22["orders_from_repeat_customers"] == 4
+    assert y22["repeat_orders"] == 4 - 2
+    # Reward orders: customer 1's 40 only (reward refunds are no orders); reward revenue adds the
+    # reward refunds of the year: 40 - 50 (customer 1) - 6 (customer 3).
+    assert y22["reward_orders"] == 1 and y22["reward_revenue"] == 40 - 50 - 6 == -16
+    assert y22["reward_customers"] == 1
+    # Members: customer 1 is a participant in 2022, so all its 2022 rows count: orders 2,
+    # revenue -50 + 100 + 40 - 30 = 60 (its refund before its first order included).
+    assert y22["member_orders"] == 2 and y22["member_revenue"] == 60
+    assert y22["member_repeat_customers"] == 1
+    assert y22["merchants"] == 1 and y22["fees"] == 1200
+    # 2021: customer 4's order 10 and customer 2's refund -20: one order, one customer.
+    y21 = out[2021]
+    assert (y21["orders"], y21["revenue"], y21["customers"], y21["new_customers"]) == (1, -10, 1, 1)
+
+
+def test_refund_only_merchant_period_adds_revenue_but_no_merchant():
+    orders = _refund_orders()
+    merchants = make_merchants([(1, "food", "DE", 1200), (2, "food", "DE", 600)])
+    by_merchant = reference_compute(orders, merchants, by=["merchant"], refunds=True)
+    # Merchant 2 has no order in 2022: no (merchant 2, 2022) row.
+    assert [(r["merchant_id"], r["period_start"].year) for r in by_merchant] == [
+        (1, 2021), (1, 2022), (2, 2021)]
+    network = {r["period_start"].year: r for r in reference_compute(orders, merchants, refunds=True)}
+    # Network 2022: merchant 1's 109 plus merchant 2's refund -9; one merchant with orders, one fee.
+    assert network[2022]["revenue"] == 100
+    assert network[2022]["merchants"] == 1 and network[2022]["fees"] == 1200
+    # Network 2021: orders 10 and 25, refund -20; two merchants.
+    assert (network[2021]["orders"], network[2021]["revenue"], network[2021]["merchants"]) == (2, 15, 2)
+
+
+def test_refunds_do_not_start_the_all_period_nor_count_toward_size():
+    # period="all": the earliest *order* is 2022-03 (the 2021 refund is no order), so
+    # period_start is 2022-03-01 and the months span 2022-03 .. 2022-04 = 2 months.
+    orders = make_orders(
+        [
+            (1, 1, dt.datetime(2021, 6, 1), -5),
+            (1, 1, dt.datetime(2022, 3, 1), 10),
+            (1, 2, dt.datetime(2022, 4, 1), 20),
+            (1, 2, dt.datetime(2022, 4, 2), -1),
+            (1, 2, dt.datetime(2022, 4, 3), -1),
+            (1, 2, dt.datetime(2022, 4, 4), -1),
+        ]
+    )
+    (row,) = reference_compute(orders, by=["size"], period="all", size_edges=(1, 2), refunds=True)
+    assert row["period_start"] == dt.date(2022, 3, 1)
+    # 2 orders over 2 months = 1 a month: bucket "1-2" (the 4 refunds are not orders).
+    assert row["size"] == "1-2"
+    assert (row["orders"], row["revenue"], row["customers"]) == (2, 10 + 20 - 5 - 3, 2)
+
+
+def test_only_refunds_gives_no_rows():
+    orders = make_orders([(1, 1, dt.datetime(2022, 3, 1), -5)])
+    assert reference_compute(orders, refunds=True) == []

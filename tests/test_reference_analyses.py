@@ -97,3 +97,47 @@ def test_cohorts_network_quarters_and_size_in_cohort_period():
     sized = reference_cohorts(table(rows), period="quarter", by=["size"], size_edges=(0.5, 1))
     assert [(r["size"], r["cohort_start"], r["period_index"]) for r in sized] == [
         ("0.5-1", D(2022, 1, 1), 0), ("0.5-1", D(2022, 1, 1), 1), ("0.5-1", D(2022, 4, 1), 0)]
+
+
+# --- refunds (SPEC §2) --------------------------------------------------------------
+
+REFUND_ROWS = [
+    (1, 1, "2022-01-05", -7),      # before customer 1's first order, same month: in its cohort cell
+    (1, 1, "2022-01-20", 100),
+    (1, 1, "2022-03-02", -30),     # March: revenue in cell k = 2, nobody active
+    (1, 2, "2021-12-30", -50),     # before customer 2's cohort month: in no cell
+    (1, 2, "2022-02-01", 40),
+    (1, 2, "2022-02-02", -60),
+    (1, 3, "2022-02-10", -5),      # only refunds: no cohort, no customer
+    (1, 4, "2022-03-01", 10),      # the latest order: the horizon is March 2022
+    (1, 4, "2022-04-01", -1),      # after the horizon: in no cell
+]
+
+
+def test_cohorts_with_refunds():
+    out = reference_cohorts(table(REFUND_ROWS), period="month", refunds=True)
+    got = [(r["cohort_start"], r["period_index"], r["cohort_customers"], r["active_customers"], r["orders"],
+            r["revenue"], r["cumulative_revenue"]) for r in out]
+    assert got == [
+        (D(2022, 1, 1), 0, 1, 1, 1, 93, 93),      # 100 - 7
+        (D(2022, 1, 1), 1, 1, 0, 0, 0, 93),
+        (D(2022, 1, 1), 2, 1, 0, 0, -30, 63),
+        (D(2022, 2, 1), 0, 1, 1, 1, -20, -20),    # 40 - 60
+        (D(2022, 2, 1), 1, 1, 0, 0, 0, -20),
+        (D(2022, 3, 1), 0, 1, 1, 1, 10, 10),
+    ]
+    assert out[2]["retention"] == 0 and out[2]["cumulative_revenue_per_customer"] == 63
+
+
+def test_concentration_with_refunds():
+    # 2022: customer 1: 100 - 7 - 30 = 63; customer 2: 40 - 60 = -20; customer 4: 10 - 1 = 9;
+    # customer 3 (-5) has no order: not ranked, but in revenue. 2021: only a refund: no row.
+    out = reference_concentration(table(REFUND_ROWS), top=Fraction(2, 3), refunds=True)
+    assert out == [{"period_start": D(2022, 1, 1), "customers": 3, "top_customers": 2,
+                    "revenue": 63 - 20 + 9 - 5, "top_revenue": 72, "top_share": 72 / 47}]
+    # Every customer: the negative one too.
+    [row] = reference_concentration(table(REFUND_ROWS), top=1, refunds=True)
+    assert row["top_revenue"] == 52
+    # period="all" starts at the first order's month (2022-01), not the 2021 refund's.
+    [row] = reference_concentration(table(REFUND_ROWS), top=1, period="all", refunds=True)
+    assert row["period_start"] == D(2022, 1, 1) and row["revenue"] == 47 - 50

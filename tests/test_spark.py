@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import loyaltymetrics as lm
-from strategies import bys, orders_and_merchants, periods
+from strategies import REFUND_AMOUNTS, bys, orders_and_merchants, periods
 
 pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
 
@@ -124,6 +124,19 @@ def test_random_orders_match_local_compute(spark, lms, data, by, period, partiti
     actual = lms.compute(spark.createDataFrame(orders), spark_merchants, by=by, period=period,
                          partitions=partitions)
     assert_identical(actual.toArrow(), lm.compute(orders, merchants, by=by, period=period))
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=orders_and_merchants(max_customers=6, amounts=REFUND_AMOUNTS), by=bys(), period=periods(),
+       partitions=st.sampled_from([1, 3, 8]))
+def test_refunds_match_local_compute(spark, lms, data, by, period, partitions):
+    # SPEC §2 refunds go through the same kernel and finalize on Spark: refund-only
+    # merchant-periods and partitions included, the table is the local one.
+    orders, merchants = data
+    orders = _spark_timestamps(orders)
+    actual = lms.compute(spark.createDataFrame(orders), merchants, by=by, period=period, partitions=partitions,
+                         refunds=True)
+    assert_identical(actual.toArrow(), lm.compute(orders, merchants, by=by, period=period, refunds=True))
 
 
 def _one_partition_each(spark, *tables):

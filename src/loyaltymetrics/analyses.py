@@ -36,6 +36,9 @@ ENGINES = ("cython", "numba")
 CURSOR_FIELDS = _analyses.CURSOR_FIELDS
 _CUR = {name: i for i, name in enumerate(CURSOR_FIELDS)}
 N_BINS = _analyses.N_BINS
+HIST_WIDTH = _analyses.HIST_WIDTH   # the bins plus the two refund columns (negative, refund-only)
+NEGATIVE_BIN = _analyses.NEGATIVE_BIN
+REFUND_BIN = _analyses.REFUND_BIN
 _NEEDS = _analyses.NEEDS
 INT32_MAX = 2**31 - 1
 
@@ -55,18 +58,19 @@ def engine_module(engine):
 TOTAL_OVERFLOW = 6
 
 
-def _new_cursor():
+def _new_cursor(refunds=False):
     cur = np.zeros(len(CURSOR_FIELDS), dtype=np.int64)
     cur[_CUR["first_month"]] = INT32_MAX   # month cache starts empty: [0, 0)
     cur[_CUR["last_month"]] = -1
+    cur[_CUR["refunds"]] = bool(refunds)
     return cur
 
 
 class _State:
     """What the states share: the cursor, the last batch seen (for error messages)."""
 
-    def __init__(self):
-        self.cur = _new_cursor()
+    def __init__(self, refunds=False):
+        self.cur = _new_cursor(refunds)
         self.last_batch = None
 
     @property
@@ -96,8 +100,8 @@ def _grown(array, length):
 class CohortState(_State):
     """A cohort kernel's state: per-cohort slots of the current merchant, and its output rows."""
 
-    def __init__(self, n_periods, slots=4, rows=1024):
-        super().__init__()
+    def __init__(self, n_periods, slots=4, rows=1024, refunds=False):
+        super().__init__(refunds)
         self.n_periods = n_periods
         self.slot_of = np.full(n_periods, -1, dtype=np.int32)
         self.slot_cohort = np.zeros(slots, dtype=np.int32)
@@ -190,8 +194,8 @@ class Targets:
 class HistState(_State):
     """A histogram kernel's state (see ``_analyses.HistArrays`` for the arrays)."""
 
-    def __init__(self, n_periods, targets=None, slots=4, rows=1024):
-        super().__init__()
+    def __init__(self, n_periods, targets=None, slots=4, rows=1024, refunds=False):
+        super().__init__(refunds)
         self.n_periods = n_periods
         self.first_pass = targets is None
         targets = targets or Targets.none()
@@ -199,8 +203,8 @@ class HistState(_State):
         self.slot_period = np.zeros(slots, dtype=np.int32)
         self.slot_orders = np.zeros(slots, dtype=np.int64)
         self.slot_bins = np.zeros((slots, 2), dtype=np.int32)
-        self.hist_count = np.zeros((slots, N_BINS), dtype=np.int64)
-        self.hist_sum = np.zeros((slots, N_BINS), dtype=np.int64)
+        self.hist_count = np.zeros((slots, HIST_WIDTH), dtype=np.int64)
+        self.hist_sum = np.zeros((slots, HIST_WIDTH), dtype=np.int64)
         self.out_merchant = np.zeros(rows if self.first_pass else 0, dtype=np.int64)
         self.out_period = np.zeros(len(self.out_merchant), dtype=np.int32)
         self.out_orders = np.zeros(len(self.out_merchant), dtype=np.int64)
@@ -224,7 +228,7 @@ class HistState(_State):
                                        len(self.target_merchant))
         ok = (c.shape == (len(CURSOR_FIELDS),) and self.slot_of.shape == self.period_target.shape == (n,)
               and self.slot_orders.shape == (slots,) and self.slot_bins.shape == (slots, 2)
-              and self.hist_count.shape == self.hist_sum.shape == (slots, N_BINS)
+              and self.hist_count.shape == self.hist_sum.shape == (slots, HIST_WIDTH)
               and self.out_period.shape == self.out_orders.shape == (rows,)
               and self.bin_index.shape == self.bin_count.shape == self.bin_sum.shape == (bins,)
               and self.value_target.shape == (values,)
@@ -308,9 +312,10 @@ class HistPartials:
 class _Kernel:
     """The chunk interface over one engine's ``*_scan`` / ``*_end`` functions."""
 
-    def __init__(self, period, engine="cython"):
+    def __init__(self, period, engine="cython", refunds=False):
         self.period = period
         self.engine = engine
+        self.refunds = bool(refunds)
         self.module = engine_module(engine)
         self.day_month = periods.day_month()
         self.month_period = periods.month_period(period)
@@ -357,12 +362,12 @@ class _Kernel:
 class CohortKernel(_Kernel):
     """Cells per (merchant, cohort, period_index) (SPEC §9 cohorts)."""
 
-    def __init__(self, period, engine="cython"):
-        super().__init__(period, engine)
+    def __init__(self, period, engine="cython", refunds=False):
+        super().__init__(period, engine, refunds)
         self._scan, self._end = self.module.cohort_scan, self.module.cohort_end
 
     def new_state(self):
-        return CohortState(self.n_periods)
+        return CohortState(self.n_periods, refunds=self.refunds)
 
     combine = staticmethod(CohortPartials.combine)
 
@@ -371,18 +376,20 @@ class HistKernel(_Kernel):
     """Histograms of store-customer-period revenue per (merchant, period) (SPEC §9 concentration).
 
     Without ``targets`` (the first pass): every store-customer-period, in
-    bins from 0, plus the merchant's orders per period. With ``targets``:
+    bins from 0, plus the merchant's orders per period (with ``refunds``,
+    negative revenues in ``NEGATIVE_BIN`` and refund-only runs' revenue in
+    ``REFUND_BIN``). With ``targets``:
     only revenues inside a (merchant, period)'s target range, collected or
     in bins from the range's lower end.
     """
 
-    def __init__(self, period, engine="cython", targets=None):
-        super().__init__(period, engine)
+    def __init__(self, period, engine="cython", targets=None, refunds=False):
+        super().__init__(period, engine, refunds)
         self.targets = targets
         self._scan, self._end = self.module.hist_scan, self.module.hist_end
 
     def new_state(self):
-        return HistState(self.n_periods, self.targets)
+        return HistState(self.n_periods, self.targets, refunds=self.refunds)
 
     combine = staticmethod(HistPartials.combine)
 

@@ -3,7 +3,7 @@ from . import parallel, periods
 from . import progress as _progress
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, combine, finalize
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
-from .scan import scan_module, scan_orders
+from .scan import rescan, scan_module, scan_orders
 
 
 def compute(orders, merchants=None, *, by=(), period="year", columns=None,
@@ -20,7 +20,12 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
         pandas / polars DataFrame. Columns per SPEC §2.
     merchants : path or table, optional
         One row per merchant: ``merchant_id``, ``industry``, ``country``,
-        ``annual_fee``. Merchants missing from it are ``"unknown"`` with fee 0.
+        ``annual_fee``, optionally ``name`` (then ``by=["merchant"]`` output
+        has ``merchant_name`` after ``merchant_id``) and ``timezone``.
+        Merchants missing from it, and null or empty industries and
+        countries, are ``"unknown"`` (fee 0). A column named like one of
+        these but for case, spaces, hyphens or underscores is a
+        ``SchemaError``.
     by : list of str
         Group keys from ``"merchant"``, ``"industry"``, ``"country"``,
         ``"size"``; empty for the whole network. Output keys keep this order.
@@ -30,8 +35,12 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     size_edges : sequence of numbers
         Orders-per-month edges of the merchant-size buckets (SPEC §6).
     refunds : bool
-        Accept negative amounts (refunds) and add them to revenue; by
-        default a negative amount is a ``NegativeAmountError``.
+        A row with a negative amount is a refund, not an order (SPEC §2):
+        its amount is added to ``revenue`` (``reward_revenue`` when its
+        ``reward`` is true, ``member_revenue`` when its store-customer is a
+        participant in the period) and it counts in no order or customer
+        count and has no rank. By default a negative amount is a
+        ``NegativeAmountError``.
     engine : {"cython", "numba"}
         The kernel: ``"cython"`` is compiled ahead of time and starts at
         once; ``"numba"`` runs the same algorithm compiled by Numba on first
@@ -78,5 +87,5 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
         # Adding the threads' pieces may overflow where no row is known: see rescan_for_row.
         return combine(parts, source)
 
-    partials = parallel.rescan_for_row(scan, threads, rereadable(orders))
+    partials = rescan(scan, threads, rereadable(orders), refunds)
     return finalize(partials, merchant_table, by, period, size_edges, source=source)

@@ -87,6 +87,10 @@ def _add_quiet(p):
                    help="no progress bar (it is drawn on stderr only when that is a terminal)")
 
 
+REFUNDS_HELP = ("a negative amount is a refund, not an order: it adds to revenue and counts in no order or "
+                "customer count (SPEC §2; default: a negative amount is an error)")
+
+
 def _add_compute_options(p):
     p.add_argument("--merchants", metavar="FILE",
                    help="merchants table (Parquet, Arrow or CSV): merchant_id, industry, country, annual_fee")
@@ -99,7 +103,7 @@ def _add_compute_options(p):
                    help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
     p.add_argument("--size-edges", type=_edges, default=DEFAULT_SIZE_EDGES, metavar="E1,E2,...",
                    help="orders-per-month edges of the merchant-size buckets (default: 30,300,3000,30000)")
-    p.add_argument("--refunds", action="store_true", help="accept negative amounts (refunds) and net them in revenue")
+    p.add_argument("--refunds", action="store_true", help=REFUNDS_HELP)
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="threads scanning chunks side by side (default: the CPUs this process may use, "
                         "or OMP_NUM_THREADS)")
@@ -161,6 +165,7 @@ def _add_analysis_commands(sub):
                        help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
         p.add_argument("--size-edges", type=_edges, default=DEFAULT_SIZE_EDGES, metavar="E1,E2,...",
                        help="orders-per-month edges of the merchant-size buckets (default: 30,300,3000,30000)")
+        p.add_argument("--refunds", action="store_true", help=REFUNDS_HELP)
         p.add_argument("--engine", choices=("cython", "numba"), default="cython", help="kernel engine")
         p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="threads scanning chunks side by side (default: the CPUs this process may use)")
@@ -172,7 +177,7 @@ def _run_analysis(args):
     from .concentration_analysis import concentration
 
     options = dict(by=args.by, period=args.period, columns=args.columns, size_edges=args.size_edges,
-                   engine=args.engine, threads=args.threads, progress=not args.quiet)
+                   refunds=args.refunds, engine=args.engine, threads=args.threads, progress=not args.quiet)
     inputs = [args.orders, args.merchants]
     if args.output:
         check_table_path(args.output, inputs)  # before reading anything
@@ -433,6 +438,7 @@ def _add_report_parser(sub):
                    help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
     p.add_argument("--size-edges", type=_edges, default=DEFAULT_SIZE_EDGES, metavar="E1,E2,...",
                    help="orders-per-month edges of the merchant-size buckets (default: 30,300,3000,30000)")
+    p.add_argument("--refunds", action="store_true", help=REFUNDS_HELP)
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="threads scanning chunks side by side (default: the CPUs this process may use)")
     p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
@@ -443,7 +449,8 @@ def _report(args):
 
     try:
         report(args.orders, args.merchants, args.output, period=args.period, title=args.title, top=args.top,
-               columns=args.columns, size_edges=args.size_edges, engine=args.engine, threads=args.threads)
+               columns=args.columns, size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
+               threads=args.threads)
     except ImportError as e:  # matplotlib missing: say what to install, without a traceback
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
         return 1
@@ -649,12 +656,13 @@ def write_table(table, path, inputs=()):
 
 def format_summary(table):
     """A fixed-width text table of the headline metrics, one line per (group, period)."""
-    keys = [c for c in ("merchant_id", "industry", "country", "size") if c in table.column_names]
+    # The group keys as the table has them (in `by` order, merchant_name after merchant_id: SPEC §7).
+    keys = table.column_names[:table.column_names.index("period_start")]
     shown = [(name, title, fmt) for name, title, fmt in SUMMARY if name in table.column_names]
     header = keys + ["period"] + [title for _, title, _ in shown]
     lines = []
     for row in table.to_pylist():
-        cells = [str(row[k]) for k in keys] + [str(row["period_start"])]
+        cells = ["-" if row[k] is None else str(row[k]) for k in keys] + [str(row["period_start"])]
         for name, _, fmt in shown:
             cells.append(_format(row[name], fmt))
         lines.append(cells)

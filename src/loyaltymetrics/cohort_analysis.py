@@ -6,8 +6,9 @@ from . import parallel, periods
 from . import progress as _progress
 from .analyses import CohortKernel, engine_module, run
 from .arrays import numeric_array
-from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, group_codes, sum_groups
+from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, group_codes, key_columns, sum_groups
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
+from .scan import rescan
 
 COHORT_PERIODS = ("month", "quarter", "year")
 COLUMNS = (
@@ -17,7 +18,8 @@ COLUMNS = (
 
 
 def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size_edges=DEFAULT_SIZE_EDGES,
-            engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
+            refunds=False, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS,
+            progress=False):
     """Acquisition cohorts per group (SPEC §9).
 
     A store-customer's cohort is the period of its rank-1 order. For each
@@ -38,6 +40,15 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
         (``"all"`` has no index, so it is rejected).
     size_edges : sequence of numbers
         As for ``compute``.
+    refunds : bool
+        As for ``compute`` (SPEC §2): a row with a negative amount is a
+        refund, not an order. It is added to the ``revenue`` (and cumulative
+        revenue) of its store-customer's cell for its period, makes no one
+        active, and plays no part in choosing the cohort (the period of the
+        first row that is an order). A refund in a period before its
+        store-customer's first order, of a store-customer without orders,
+        or after the period of the input's latest order is in no cell.
+        By default a negative amount is a ``NegativeAmountError``.
     engine : {"cython", "numba"}
     threads, chunk_rows
         As for ``compute``: threads scanning chunks of the input side by side
@@ -72,8 +83,8 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
     Raises
     ------
     loyaltymetrics.InputError
-        For bad input, as ``compute`` does (negative amounts included:
-        cohorts take no refunds).
+        For bad input, as ``compute`` does (negative amounts included,
+        unless ``refunds=True``).
     ValueError
         For bad options.
     """
@@ -85,7 +96,7 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
-    kernel = CohortKernel(period, engine)
+    kernel = CohortKernel(period, engine, refunds)
     total = count_rows(orders) if _progress.shown(progress) else None
 
     def compute(threads):
@@ -93,7 +104,7 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
             partials = run(kernel, order_batches(orders, columns), threads, chunk_rows, bar.update)
         return cohorts_table(partials, merchant_table, by, period, size_edges, source=source_label(orders))
 
-    return parallel.rescan_for_row(compute, threads, rereadable(orders))
+    return rescan(compute, threads, rereadable(orders), refunds)
 
 
 def _group_starts(keys):
@@ -126,6 +137,13 @@ def cohorts_table(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES
     order, starts = _group_starts([merchant, cohort, index])
     merchant, cohort, index = merchant[order][starts], cohort[order][starts], index[order][starts]
     cells = sum_groups(p.cells[order], starts, source)
+    last_period = 0
+    if p.month_range is not None:
+        last_period = int(periods.month_period(period)[p.month_range[1]])
+    # Refunds after the period of the input's latest order are in no observable cell.
+    observable = cohort + index <= last_period
+    if not observable.all():
+        merchant, cohort, index, cells = merchant[observable], cohort[observable], index[observable], cells[observable]
 
     # size (SPEC §6) in the cohort period: the merchant's orders in that period, from every cohort.
     orders_in_cohort_period = np.zeros(len(merchant), dtype=np.int64)
@@ -151,9 +169,6 @@ def cohorts_table(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES
     for key in codes + [cohort]:
         first[1:] |= key[1:] != key[:-1]
     cohort_rows = np.flatnonzero(first)                 # sorted by k: the k = 0 row
-    last_period = 0
-    if p.month_range is not None:
-        last_period = int(periods.month_period(period)[p.month_range[1]])
     lengths = last_period - cohort[cohort_rows] + 1
     grid_start = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     n = int(grid_start[-1])
@@ -174,7 +189,7 @@ def cohorts_table(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES
 
     grid_codes = [c[cohort_rows][grid_cohort] for c in codes]
     grid_cohort_period = cohort[cohort_rows][grid_cohort]
-    table = {GROUP_KEYS[key]: dec(c) for key, c, dec in zip(by, grid_codes, decode)}
+    table = key_columns(by, grid_codes, decode, merchants)
     table["cohort_start"] = _dates(period, grid_cohort_period)
     table["period_index"] = numeric_array(grid_index.astype(np.int32), pa.int32())
     table["period_start"] = _dates(period, grid_cohort_period + grid_index)

@@ -22,6 +22,13 @@ Exact top-k sums in bounded memory, by histogram refinement:
    group-period is settled (each pass at least 128 times narrower, so at
    most 8 refinements even for adversarial revenues; in practice one
    collection pass settles everything).
+
+With refunds (SPEC §2) a store-customer-period's revenue may be negative:
+the first pass puts those in one extra bin, ``NEGATIVE_BIN`` = [INT64_MIN,
+-1], below every other, refined like any bin (its offsets from INT64_MIN
+fit int64); and the revenue of store-customers with only refunds in the
+period, who are no customers, in ``REFUND_BIN`` with a count of 0, so it is
+in the group-period's revenue but never ranked.
 """
 import itertools
 import os
@@ -33,6 +40,7 @@ import pyarrow as pa
 from . import parallel, periods
 from . import progress as _progress
 from .analyses import (
+    NEGATIVE_BIN,
     HistKernel,
     Targets,
     check_top,
@@ -44,16 +52,18 @@ from .arrays import numeric_array
 from ._analyses import bin_offsets
 from .cohort_analysis import _group_starts
 from .errors import InputChangedError
-from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, group_codes, sum_groups
+from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, group_codes, key_columns, sum_groups
 from .inputs import _in_memory, count_rows, order_batches, read_merchants, resolve_columns, source_label
+from .scan import rescan
 
 # Revenues a refinement pass may collect (two int64 each: 32 MiB); beyond it, it histograms.
 COLLECT_BUDGET = 1 << 21
+INT64_MIN = np.iinfo(np.int64).min
 COLUMNS = ("period_start", "customers", "top_customers", "revenue", "top_revenue", "top_share")
 
 
 def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, columns=None,
-                  size_edges=DEFAULT_SIZE_EDGES, engine="cython", threads=None,
+                  size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
                   chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
     """Share of revenue from the top store-customers, per group and period (SPEC §9).
 
@@ -66,6 +76,14 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
         The fraction of store-customers at the top: k = ceil(top ×
         customers). A float counts as the decimal it prints as (0.07 is
         7/100), a ``Fraction`` or ``Decimal`` exactly.
+    refunds : bool
+        As for ``compute`` (SPEC §2): a row with a negative amount is a
+        refund, not an order. It is added to its store-customer's revenue in
+        the period (which may then be negative, and ranks below every
+        positive one) and to ``revenue``; a store-customer with only refunds
+        in a period is not one of its ``customers`` (its refunds still count
+        in ``revenue``). By default a negative amount is a
+        ``NegativeAmountError``.
     engine : {"cython", "numba"}
     threads, chunk_rows
         As for ``compute``: threads scanning chunks of the input side by side
@@ -114,7 +132,8 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
     Raises
     ------
     loyaltymetrics.InputError
-        For bad input, as ``compute`` does (negative amounts included);
+        For bad input, as ``compute`` does (negative amounts included,
+        unless ``refunds=True``);
         ``InputChangedError`` if the input reads differently on a later pass.
     ValueError
         For bad options (``top`` outside (0, 1], unknown keys, ...).
@@ -137,12 +156,13 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
                 with _progress.bar(total, progress, desc=f"concentration: pass {next(passes)}") as bar:
                     return run(kernel, source.batches(), threads, chunk_rows, bar.update)
 
-            return concentration_table(scan(HistKernel(period, engine)), merchant_table, by, period, top,
-                                       lambda targets: scan(HistKernel(period, engine, targets)), size_edges,
-                                       source=source_label(orders))
+            return concentration_table(scan(HistKernel(period, engine, refunds=refunds)), merchant_table, by,
+                                       period, top,
+                                       lambda targets: scan(HistKernel(period, engine, targets, refunds)),
+                                       size_edges, source=source_label(orders))
 
         # Always readable again: a one-shot stream is spooled on the first pass.
-        return parallel.rescan_for_row(compute, threads, rereadable=True)
+        return rescan(compute, threads, True, refunds)
 
 
 class _Rereadable:
@@ -234,12 +254,15 @@ def _threshold(gp, bins, count, total, need, low):
     above_count = cum_count[thr] - count[thr] - count_before
     above_sum = (cum_sum[thr] - total[thr].view(np.uint64) - sum_before).view(np.int64)
     left = wanted - above_count
-    offset, width = bin_offsets(bins[thr])
-    lo = low[gps] + offset
+    # The negative bin (refunds, first pass only) is the range [INT64_MIN, -1], refined from INT64_MIN.
+    negative = bins[thr] == NEGATIVE_BIN
+    offset, width = bin_offsets(np.where(negative, 0, bins[thr]))
+    lo = np.where(negative, INT64_MIN, low[gps] + offset)
+    hi = np.where(negative, -1, lo + (width - 1))
     whole = left == count[thr]
-    settled = whole | (width == 1)
-    top_sum = above_sum + np.where(whole, total[thr], np.where(settled, left * lo, 0))
-    return gps, settled, top_sum, left, lo, lo + (width - 1), count[thr]
+    settled = whole | ((width == 1) & ~negative)
+    top_sum = above_sum + np.where(whole, total[thr], np.where(settled & ~negative, left * lo, 0))
+    return gps, settled, top_sum, left, lo, hi, count[thr]
 
 
 def concentration_table(first, merchants, by, period, top, rerun, size_edges=DEFAULT_SIZE_EDGES,
@@ -274,7 +297,11 @@ def concentration_table(first, merchants, by, period, top, rerun, size_edges=DEF
 
     top_revenue = np.zeros(n_gp, dtype=np.int64)
     low = np.zeros(n_gp, dtype=np.int64)
-    gps, settled, top_sum, left, lo, hi, n_in = _threshold(gp, bins, count, total, top_customers, low)
+    # With refunds a group-period may hold only refund-only runs: no customers, so no row
+    # (SPEC §9: groups and periods with orders) and nothing to rank.
+    ranked = customers[gp] > 0
+    gps, settled, top_sum, left, lo, hi, n_in = _threshold(gp[ranked], bins[ranked], count[ranked],
+                                                           total[ranked], top_customers, low)
     top_revenue[gps] = top_sum
     while not settled.all():
         open_ = ~settled
@@ -325,15 +352,19 @@ def concentration_table(first, merchants, by, period, top, rerun, size_edges=DEF
         gps, settled, top_sum, left, lo, hi, n_in = _threshold(gp2, bins2, count2, total2, need, gp_low)
         top_revenue[gps] += top_sum
 
-    table = {GROUP_KEYS[key]: dec(c[gorder][gstarts]) for key, c, dec in zip(by, codes, decode)}
-    gp_period = mp_period[gorder][gstarts]
+    keep = customers > 0
+    if not keep.all():
+        customers, top_customers, revenue, top_revenue = (
+            x[keep] for x in (customers, top_customers, revenue, top_revenue))
+    table = key_columns(by, [c[gorder][gstarts][keep] for c in codes], decode, merchants)
+    gp_period = mp_period[gorder][gstarts][keep]
     table["period_start"] = numeric_array(
         periods.period_start(period, gp_period, first_month).astype(np.int32), pa.date32())
     table["customers"] = numeric_array(customers, pa.int64())
     table["top_customers"] = numeric_array(top_customers, pa.int64())
     table["revenue"] = numeric_array(revenue, pa.int64())
     table["top_revenue"] = numeric_array(top_revenue, pa.int64())
-    share = np.zeros(n_gp)
+    share = np.zeros(len(customers))
     has_revenue = revenue != 0
     np.divide(top_revenue, revenue, out=share, where=has_revenue)
     table["top_share"] = numeric_array(share, pa.float64(), has_revenue)

@@ -146,6 +146,31 @@ def group_codes(merchant_id, orders, months, merchants, by, size_edges):
     return codes, decode
 
 
+def key_columns(by, codes, decode, merchants):
+    """The output's group-key columns from ``group_codes`` codes (already one per output row).
+
+    With ``merchant`` comes ``merchant_name`` right after ``merchant_id``
+    when the merchants table has a ``name`` column (SPEC §7): null for a
+    merchant missing from it or without a name.
+    """
+    columns = {}
+    for key, c, dec in zip(by, codes, decode):
+        columns[GROUP_KEYS[key]] = dec(c)
+        if key == "merchant" and merchants.name is not None:
+            columns["merchant_name"] = _nullable_strings(merchants.names(c))
+    return columns
+
+
+def _nullable_strings(values):
+    """A ``pa.string()`` array of Python strings and Nones."""
+    valid = np.array([v is not None for v in values], dtype=bool)
+    strings = string_array(["" if v is None else v for v in values])
+    if valid.all():
+        return strings
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.string(), len(values), [validity, *strings.buffers()[1:]])
+
+
 def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, source="orders"):
     """The SPEC §7 table from ``Partials`` and an ``inputs.Merchants``; ``source`` names the input in errors."""
     p = combine(partials, source)
@@ -167,15 +192,24 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     starts = np.flatnonzero(new_row)
 
     sums = sum_groups(p.counts[order], starts, source)
+    # With refunds, a merchant-period of only refunds adds to its group's revenue sums but is
+    # no merchant (SPEC §4: merchants with >= 1 order) and pays no fee; a group-period without
+    # orders is no row (SPEC §3).
+    has_orders = p.column("orders")[order] > 0
+    merchants_counted = np.add.reduceat(has_orders.astype(np.int64), starts) if n else np.zeros(0, np.int64)
+    fee_sum = _fee_sums(np.where(has_orders, fee[order], 0), starts, p.merchant_id[order], merchants.source)
+    group_id = np.cumsum(new_group)[starts] - 1
+    keep = sums[:, PARTIAL_COLUMNS.index("orders")] > 0
+    if not keep.all():
+        starts, sums, merchants_counted, fee_sum, group_id = (
+            x[keep] for x in (starts, sums, merchants_counted, fee_sum, group_id))
     base = {name: sums[:, i] for i, name in enumerate(PARTIAL_COLUMNS)}
-    base["merchants"] = np.diff(np.append(starts, n)).astype(np.int64)
+    base["merchants"] = merchants_counted.astype(np.int64)
     base["returning_customers"] = base["customers"] - base["new_customers"]
     base["repeat_orders"] = base["orders"] - base["new_customers"]
-    fee_sum = _fee_sums(fee[order], starts, p.merchant_id[order], merchants.source)
-    group_id = np.cumsum(new_group)[starts] - 1
     group_period = period_index[starts]
 
-    columns = {GROUP_KEYS[key]: dec(c[starts]) for key, c, dec in zip(by, codes, decode)}
+    columns = key_columns(by, [c[starts] for c in codes], decode, merchants)
     days = periods.period_start(period, group_period, first_month).astype(np.int32)
     columns["period_start"] = numeric_array(days, pa.date32())
 

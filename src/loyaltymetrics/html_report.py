@@ -79,16 +79,17 @@ SERIES_COLORS = ("#2f6db5", "#e08a2c", "#3f9c5a")
 
 
 def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort_count=24,
-           title="Loyalty report", columns=None, size_edges=DEFAULT_SIZE_EDGES, engine="cython",
+           title="Loyalty report", columns=None, size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython",
            threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
     """Write an HTML loyalty report of the latest period against the same period a year earlier.
 
     Parameters
     ----------
-    orders, merchants, columns, size_edges, engine, threads, chunk_rows
-        As for ``compute``. The orders are read several times (one pass per
-        breakdown and analysis), so they must be a file or a table, not a
-        one-shot ``RecordBatchReader``.
+    orders, merchants, columns, size_edges, refunds, engine, threads, chunk_rows
+        As for ``compute`` (``refunds`` is passed to every analysis alike).
+        The orders are read several times (one pass per breakdown and
+        analysis), so they must be a file or a table, not a one-shot
+        ``RecordBatchReader``.
     path : str or path, optional
         Where to write the HTML file (UTF-8). Without it nothing is written.
     period : {"year", "quarter", "month"}
@@ -133,7 +134,8 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
     if isinstance(merchants, pa.RecordBatchReader):
         merchants = merchants.read_all()  # read by every pass below
 
-    options = dict(columns=columns, size_edges=size_edges, engine=engine, threads=threads, chunk_rows=chunk_rows)
+    options = dict(columns=columns, size_edges=size_edges, refunds=refunds, engine=engine, threads=threads,
+                   chunk_rows=chunk_rows)
     # First: it rejects a bad ``top`` before reading any orders.
     top_share = concentration(orders, merchants, by=["industry"], period=period, top=top, **options)
     data = ReportData(

@@ -474,10 +474,23 @@ class Merchants:
     country: np.ndarray      # object (str)
     annual_fee: np.ndarray   # int64 minor units
     source: str = "merchants"  # the file (or "<table>") named in errors about these values
+    name: np.ndarray | None = None   # object (str or None) when the table has a `name` column
 
     @classmethod
     def empty(cls):
         return cls(np.empty(0, np.int64), np.empty(0, object), np.empty(0, object), np.empty(0, np.int64))
+
+    def names(self, merchant_id):
+        """The ``name`` of each of ``merchant_id`` (None where missing or null), or None without names."""
+        if self.name is None:
+            return None
+        merchant_id = np.asarray(merchant_id, dtype=np.int64)
+        idx = np.searchsorted(self.merchant_id, merchant_id)
+        found = idx < len(self.merchant_id)
+        found[found] = self.merchant_id[idx[found]] == merchant_id[found]
+        out = np.full(len(merchant_id), None, dtype=object)
+        out[found] = self.name[idx[found]]
+        return out
 
     def lookup(self, merchant_id):
         """(industry, country, annual_fee) arrays for ``merchant_id``; missing → "unknown", 0."""
@@ -494,11 +507,36 @@ class Merchants:
         return industry, country, fee
 
 
+MERCHANT_COLUMNS = ("merchant_id", "industry", "country", "annual_fee", "name", "timezone")
+_TEXT_COLUMNS = ("industry", "country", "name", "timezone")
+
+
+def _column_key(name):
+    """A column name without case, spaces, hyphens and underscores: how near-misses are recognised."""
+    return "".join(ch for ch in str(name).lower() if ch not in " -_\t")
+
+
+def _check_merchant_column_names(source, names):
+    """SPEC §2: a column that is a near-miss of an expected name is an error, never silently ignored."""
+    expected = {_column_key(c): c for c in MERCHANT_COLUMNS}
+    for name in names:
+        if name in MERCHANT_COLUMNS:
+            continue
+        wanted = expected.get(_column_key(name))
+        if wanted is not None:
+            raise SchemaError(source, None, f"merchants column {name!r} should be named {wanted!r} "
+                                            "(column names are exact: lower case, with underscores)")
+
+
 def read_merchants(merchants):
     """Read and check a merchants table: a path (Parquet, Arrow IPC, CSV) or a table/DataFrame.
 
-    ``industry``/``country`` absent or null → "unknown"; ``annual_fee``
-    absent or null → 0 (as for a merchant missing from the table).
+    ``industry``/``country`` absent, null or empty → "unknown"; ``annual_fee``
+    absent or null → 0 (as for a merchant missing from the table). ``name``
+    (optional) is kept for ``merchant_name`` (null or empty → null);
+    ``timezone`` is accepted (and not used yet). A column whose name differs
+    from one of these only in case, spaces, hyphens or underscores is a
+    ``SchemaError`` (SPEC §2).
     """
     if merchants is None:
         return Merchants.empty()
@@ -509,8 +547,9 @@ def read_merchants(merchants):
             if path.suffix.lower() == ".csv":
                 import pyarrow.csv as pacsv
 
-                # Industry and country are names even when they look like numbers (NAICS, ISO codes).
-                text_columns = {"industry": pa.string(), "country": pa.string()}
+                # Industry, country and name are text even when they look like numbers (NAICS, ISO
+                # codes, numeric shop ids).
+                text_columns = {name: pa.string() for name in _TEXT_COLUMNS}
                 table = pacsv.read_csv(source, convert_options=pacsv.ConvertOptions(column_types=text_columns))
             else:
                 table = _read_table(path)
@@ -524,6 +563,7 @@ def read_merchants(merchants):
         elif isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
     names = table.schema.names
+    _check_merchant_column_names(source, names)
     if "merchant_id" not in names:
         raise SchemaError(source, None, f"merchants table has no 'merchant_id' column; it has {', '.join(map(repr, names))}")
     ids = table.column("merchant_id")
@@ -550,8 +590,26 @@ def read_merchants(merchants):
         if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or _is_string_view(col.type)
                 or pa.types.is_dictionary(col.type) or pa.types.is_null(col.type)):
             raise SchemaError(source, None, f"merchants column {column!r} has type {col.type}; expected string")
-        values = [UNKNOWN if v is None else v for v in _utf8_values(col.cast(pa.string()), source, column)]
+        # Null or empty is "unknown" whatever the file format (a CSV writes a null as an empty field).
+        values = [UNKNOWN if v is None or v == "" else v
+                  for v in _utf8_values(col.cast(pa.string()), source, column)]
         return np.array(values, dtype=object)[order]
+
+    def optional_name():
+        if "name" not in names:
+            return None
+        col = table.column("name")
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or _is_string_view(col.type)
+                or pa.types.is_dictionary(col.type) or pa.types.is_null(col.type) or pa.types.is_integer(col.type)):
+            raise SchemaError(source, None, f"merchants column 'name' has type {col.type}; expected string")
+        values = [None if v is None or v == "" else v for v in col.cast(pa.string()).to_pylist()]
+        return np.array(values, dtype=object)[order]
+
+    if "timezone" in names:
+        col = table.column("timezone")
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or _is_string_view(col.type)
+                or pa.types.is_dictionary(col.type) or pa.types.is_null(col.type)):
+            raise SchemaError(source, None, f"merchants column 'timezone' has type {col.type}; expected string")
 
     if "annual_fee" in names:
         fee_col = table.column("annual_fee")
@@ -566,4 +624,4 @@ def read_merchants(merchants):
         fee = fee[order]
     else:
         fee = np.zeros(len(ids), np.int64)
-    return Merchants(sorted_ids, text("industry"), text("country"), fee, source)
+    return Merchants(sorted_ids, text("industry"), text("country"), fee, source, optional_name())

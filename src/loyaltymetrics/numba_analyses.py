@@ -15,10 +15,11 @@ CURSOR_FIELDS = (
     "started", "prev_merchant", "prev_customer", "prev_ts", "run_period", "run_orders",
     "run_revenue", "cohort", "month_lo", "month_hi", "period", "first_month", "last_month",
     "n_slots", "n_rows", "n_bin_rows", "n_values", "target_lo", "target_hi", "need", "need_count",
+    "refunds",
 )
 (STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, RUN_PERIOD, RUN_ORDERS, RUN_REVENUE, COHORT,
  MONTH_LO, MONTH_HI, PERIOD, FIRST_MONTH, LAST_MONTH, N_SLOTS, N_ROWS, N_BIN_ROWS, N_VALUES,
- TARGET_LO, TARGET_HI, NEED, NEED_COUNT) = range(len(CURSOR_FIELDS))
+ TARGET_LO, TARGET_HI, NEED, NEED_COUNT, REFUNDS) = range(len(CURSOR_FIELDS))
 N_CURSOR = len(CURSOR_FIELDS)
 
 OK, NEED_SPACE, UNSORTED, NEGATIVE_AMOUNT, TIMESTAMP_RANGE, AMOUNT_OVERFLOW, TOTAL_OVERFLOW = range(7)
@@ -28,6 +29,9 @@ ACTIVE, ORDERS, REVENUE, N_CELLS = 0, 1, 2, 3
 MANTISSA_BITS = 6
 MANTISSA = 1 << MANTISSA_BITS
 N_BINS = (64 - MANTISSA_BITS) * MANTISSA
+# The two refund columns after the bins, and the bin indexes they are emitted as (see _analyses).
+NEGATIVE_COLUMN, REFUND_COLUMN, HIST_COLUMNS = N_BINS, N_BINS + 1, N_BINS + 2
+NEGATIVE_BIN, REFUND_BIN = -1, -2
 INT32_MAX = 2**31 - 1
 
 # The bins are a contract between the kernels and analyses.py: one definition.
@@ -54,20 +58,24 @@ def _bin_of(x):
 
 
 @njit(nogil=True, cache=True)
-def _advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max):
-    if a < 0:
+def _advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max, refunds):
+    if a < 0 and not refunds:
         return -NEGATIVE_AMOUNT
     if t < cur[MONTH_LO] or t >= cur[MONTH_HI]:
         if t < 0 or t > ts_max:
             return -TIMESTAMP_RANGE
         month = day_month[t // units_per_day]
-        cur[MONTH_LO] = month_start[month]
-        cur[MONTH_HI] = month_start[month + 1]
         cur[PERIOD] = month_period[month]
-        if month < cur[FIRST_MONTH]:
-            cur[FIRST_MONTH] = month
-        if month > cur[LAST_MONTH]:
-            cur[LAST_MONTH] = month
+        if a < 0:                # a refund widens no month range and leaves the cache empty
+            cur[MONTH_LO] = 0
+            cur[MONTH_HI] = 0
+        else:
+            cur[MONTH_LO] = month_start[month]
+            cur[MONTH_HI] = month_start[month + 1]
+            if month < cur[FIRST_MONTH]:
+                cur[FIRST_MONTH] = month
+            if month > cur[LAST_MONTH]:
+                cur[LAST_MONTH] = month
     if cur[STARTED] and m == cur[PREV_MERCHANT]:
         if cust == cur[PREV_CUSTOMER]:
             if t < cur[PREV_TS]:
@@ -82,16 +90,19 @@ def _advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per
 
 
 @njit(nogil=True, cache=True)
-def _add_order(cur, move, m, cust, t):
+def _add_order(cur, move, m, cust, t, a, refunds):
     if move != SAME_RUN:
         cur[RUN_PERIOD] = cur[PERIOD]
         if move != NEXT_PERIOD:
-            cur[COHORT] = cur[PERIOD]
+            cur[COHORT] = -1 if refunds else cur[PERIOD]
     cur[STARTED] = 1
     cur[PREV_MERCHANT] = m
     cur[PREV_CUSTOMER] = cust
     cur[PREV_TS] = t
-    cur[RUN_ORDERS] += 1
+    if a >= 0:                   # without refunds every row is an order
+        cur[RUN_ORDERS] += 1
+        if cur[COHORT] < 0:
+            cur[COHORT] = cur[PERIOD]
 
 
 @njit(nogil=True, cache=True)
@@ -106,7 +117,10 @@ def _need(cur, what, count):
 @njit(nogil=True, cache=True)
 def _cohort_close_run(cur, slot_of, slot_cohort, slot_last, cells):
     n = cur[RUN_ORDERS]
-    if n == 0:
+    if n == 0 and cur[RUN_REVENUE] == 0:
+        return OK
+    if cur[COHORT] < 0:          # refunds before the store-customer's first order: in no cell
+        cur[RUN_REVENUE] = 0
         return OK
     cohort = cur[COHORT]
     k = cur[RUN_PERIOD] - cohort
@@ -123,7 +137,7 @@ def _cohort_close_run(cur, slot_of, slot_cohort, slot_last, cells):
     if overflow:
         return TOTAL_OVERFLOW
     cells[slot, k, REVENUE] = revenue
-    cells[slot, k, ACTIVE] += 1
+    cells[slot, k, ACTIVE] += np.int64(n != 0)
     cells[slot, k, ORDERS] += n
     if k > slot_last[slot]:
         slot_last[slot] = k
@@ -143,7 +157,7 @@ def _cohort_flush_merchant(cur, slot_of, slot_cohort, slot_last, cells, out_merc
         return _need(cur, NEED_ROWS, row + needed - out_merchant.shape[0])
     for slot in range(cur[N_SLOTS]):
         for k in range(slot_last[slot] + 1):
-            if cells[slot, k, ACTIVE] == 0:
+            if cells[slot, k, ACTIVE] == 0 and cells[slot, k, REVENUE] == 0:
                 continue
             out_merchant[row] = cur[PREV_MERCHANT]
             out_cohort[row] = slot_cohort[slot]
@@ -163,13 +177,15 @@ def _cohort_rows(cur, slot_of, slot_cohort, slot_last, cells, out_merchant, out_
                  merchant_id, customer_id, order_ts, amount, day_month, month_period, month_start,
                  units_per_day, ts_max, start, stop):
     status = OK
+    refunds = cur[REFUNDS] != 0
     i = start
     while i < stop:
         m = np.int64(merchant_id[i])
         cust = np.int64(customer_id[i])
         t = np.int64(order_ts[i])
         a = amount[i]
-        move = _advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max)
+        move = _advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max,
+                        refunds)
         if move < 0:
             status = -move
             break
@@ -182,7 +198,7 @@ def _cohort_rows(cur, slot_of, slot_cohort, slot_last, cells, out_merchant, out_
                                                 out_cohort, out_index, out_cells)
                 if status != OK:
                     break
-        _add_order(cur, move, m, cust, t)
+        _add_order(cur, move, m, cust, t, a, refunds)
         revenue, overflow = _add_overflows(cur[RUN_REVENUE], a)
         if overflow:
             status = AMOUNT_OVERFLOW
@@ -221,11 +237,14 @@ def cohort_end(state, flush):
 def _hist_close_run(cur, first_pass, slot_of, slot_period, slot_orders, slot_bins, hist_count, hist_sum,
                     value_target, value, target_low, target_high, target_collect, period_target):
     n = cur[RUN_ORDERS]
-    if n == 0:
+    if n == 0 and cur[RUN_REVENUE] == 0:
         return OK
     p = cur[RUN_PERIOD]
     v = cur[RUN_REVENUE]
     low = 0
+    if n == 0 and not first_pass:    # refunds only: no customer to rank
+        cur[RUN_REVENUE] = 0
+        return OK
     if not first_pass:
         target = period_target[p]
         if target < 0 or v < target_low[target] or v > target_high[target]:
@@ -254,17 +273,23 @@ def _hist_close_run(cur, first_pass, slot_of, slot_period, slot_orders, slot_bin
         slot_orders[slot] = 0
         slot_bins[slot, 0] = INT32_MAX
         slot_bins[slot, 1] = -1
-    b = _bin_of(v - low)
+    if n == 0:
+        b = REFUND_COLUMN
+    elif v < low:
+        b = NEGATIVE_COLUMN
+    else:
+        b = _bin_of(np.int64(np.uint64(v) - np.uint64(low)))
     total, overflow = _add_overflows(hist_sum[slot, b], v)
     if overflow:
         return TOTAL_OVERFLOW
     hist_sum[slot, b] = total
-    hist_count[slot, b] += 1
+    hist_count[slot, b] += np.int64(n != 0)
     slot_orders[slot] += n
-    if b < slot_bins[slot, 0]:
-        slot_bins[slot, 0] = b
-    if b > slot_bins[slot, 1]:
-        slot_bins[slot, 1] = b
+    if b < NEGATIVE_COLUMN:
+        if b < slot_bins[slot, 0]:
+            slot_bins[slot, 0] = b
+        if b > slot_bins[slot, 1]:
+            slot_bins[slot, 1] = b
     cur[RUN_ORDERS] = 0
     cur[RUN_REVENUE] = 0
     return OK
@@ -278,7 +303,7 @@ def _hist_flush_merchant(cur, first_pass, slot_of, slot_period, slot_orders, slo
     binrow = cur[N_BIN_ROWS]
     needed = 0
     for slot in range(cur[N_SLOTS]):
-        needed += slot_bins[slot, 1] - slot_bins[slot, 0] + 1
+        needed += slot_bins[slot, 1] - slot_bins[slot, 0] + 1 + 2
     if first_pass and row + cur[N_SLOTS] > out_merchant.shape[0]:
         return _need(cur, NEED_ROWS, cur[N_SLOTS])
     if binrow + needed > bin_key.shape[0]:
@@ -298,6 +323,16 @@ def _hist_flush_merchant(cur, first_pass, slot_of, slot_period, slot_orders, slo
                 continue
             bin_key[binrow] = key
             bin_index[binrow] = b
+            bin_count[binrow] = hist_count[slot, b]
+            bin_sum[binrow] = hist_sum[slot, b]
+            hist_count[slot, b] = 0
+            hist_sum[slot, b] = 0
+            binrow += 1
+        for b in range(NEGATIVE_COLUMN, HIST_COLUMNS):
+            if hist_count[slot, b] == 0 and hist_sum[slot, b] == 0:
+                continue
+            bin_key[binrow] = key
+            bin_index[binrow] = NEGATIVE_BIN if b == NEGATIVE_COLUMN else REFUND_BIN
             bin_count[binrow] = hist_count[slot, b]
             bin_sum[binrow] = hist_sum[slot, b]
             hist_count[slot, b] = 0
@@ -332,13 +367,15 @@ def _hist_rows(cur, first_pass, slot_of, slot_period, slot_orders, slot_bins, hi
                merchant_id, customer_id, order_ts, amount, day_month, month_period, month_start,
                units_per_day, ts_max, start, stop):
     status = OK
+    refunds = cur[REFUNDS] != 0
     i = start
     while i < stop:
         m = np.int64(merchant_id[i])
         cust = np.int64(customer_id[i])
         t = np.int64(order_ts[i])
         a = amount[i]
-        move = _advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max)
+        move = _advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max,
+                        refunds)
         if move < 0:
             status = -move
             break
@@ -358,7 +395,7 @@ def _hist_rows(cur, first_pass, slot_of, slot_period, slot_orders, slot_bins, hi
                         break
                 if not first_pass:
                     _hist_open_merchant(cur, m, target_merchant, target_period, period_target)
-        _add_order(cur, move, m, cust, t)
+        _add_order(cur, move, m, cust, t, a, refunds)
         revenue, overflow = _add_overflows(cur[RUN_REVENUE], a)
         if overflow:
             status = AMOUNT_OVERFLOW

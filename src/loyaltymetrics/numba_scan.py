@@ -23,7 +23,7 @@ INT64_MIN = np.iinfo(np.int64).min
 
 # The cursor: what the Cython kernel keeps in its Cursor struct, as int64 slots.
 (STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, RUN_PERIOD, RUN_ORDERS, RUN_REWARD_ORDERS,
- RUN_REVENUE, ACC_LO, ACC_HI, OUT_ROWS, N_CURSOR) = range(12)
+ RUN_REVENUE, LAST_ORDER_PERIOD, ACC_LO, ACC_HI, OUT_ROWS, N_CURSOR) = range(13)
 
 OK, NEED_SPACE, UNSORTED, NEGATIVE_AMOUNT, TIMESTAMP_RANGE, AMOUNT_OVERFLOW = (
     int(Status.OK), int(Status.NEED_SPACE), int(Status.UNSORTED), int(Status.NEGATIVE_AMOUNT),
@@ -42,6 +42,7 @@ class ScanState:
         self.min_amount = INT64_MIN if allow_negative else 0
         self.cur = np.zeros(N_CURSOR, dtype=np.int64)
         self.cur[RUN_PERIOD] = -2
+        self.cur[LAST_ORDER_PERIOD] = -2
         self.cur[ACC_LO], self.cur[ACC_HI] = INT64_MAX, -1
         self._checked_table = None
         self.out_merchant = np.empty(0, np.int64)
@@ -102,7 +103,8 @@ def scan(state, merchant_id, customer_id, order_ts, amount, reward_bits, reward_
     if table.ndim != 2 or table.shape[1] != 2 or not 0 <= shift < 63 or ts_max < 0 or (ts_max >> shift) >= len(table):
         raise ValueError("ts_max is outside the period table")
     state.check_table(period_table, ts_max)
-    status, row = _scan_rows(
+    rows = _scan_rows_refunds if state.min_amount < 0 else _scan_rows
+    status, row = rows(
         state.cur, state.acc, state.out_merchant, state.out_period, state.out_counts, state.min_amount,
         merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
         table.reshape(-1), shift, ts_max, start, stop,
@@ -121,7 +123,8 @@ def _add_overflows(a, b):
 def _flush_merchant(cur, acc, out_merchant, out_period, out_counts):
     """Move the current merchant's touched periods to the output (capacity checked by caller)."""
     for p in range(cur[ACC_LO], cur[ACC_HI] + 1):
-        if acc[p, ORDERS] == 0:
+        # A period of only refunds has no orders but revenue (never 0: every refund is < 0).
+        if acc[p, ORDERS] == 0 and acc[p, REVENUE] == 0:
             continue
         row = cur[OUT_ROWS]
         out_merchant[row] = cur[PREV_MERCHANT]
@@ -219,4 +222,95 @@ def _scan_rows(cur, acc, out_merchant, out_period, out_counts, min_amount,
     cur[PREV_MERCHANT], cur[PREV_CUSTOMER], cur[PREV_TS] = prev_merchant, prev_customer, prev_ts
     cur[RUN_PERIOD], cur[RUN_ORDERS], cur[RUN_REWARD_ORDERS] = run_period, run_orders, run_reward_orders
     cur[RUN_REVENUE], cur[ACC_LO], cur[ACC_HI] = run_revenue, acc_lo, acc_hi
+    return status, i
+
+
+@njit(nogil=True, cache=True)
+def _scan_rows_refunds(cur, acc, out_merchant, out_period, out_counts, min_amount,
+                       merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
+                       table, shift, ts_max, start, stop):
+    """``_scan_rows`` with refunds enabled (SPEC §2 "Refunds"): see ``_scan.refund_row``.
+
+    A separate loop rather than a flag inside the row loop (branch on modes
+    outside it). A negative amount is a refund, not an order: it adds to the
+    revenue sums and to no count, and it has no rank; a run is still a
+    store-customer's rows in one period, refunds included, but only its first
+    order makes a customer.
+    """
+    capacity = len(out_merchant)
+    started = cur[STARTED]
+    prev_merchant, prev_customer, prev_ts = cur[PREV_MERCHANT], cur[PREV_CUSTOMER], cur[PREV_TS]
+    run_period, run_orders, run_reward_orders = cur[RUN_PERIOD], cur[RUN_ORDERS], cur[RUN_REWARD_ORDERS]
+    run_revenue, acc_lo, acc_hi = cur[RUN_REVENUE], cur[ACC_LO], cur[ACC_HI]
+    last_order_period = cur[LAST_ORDER_PERIOD]
+    status = OK
+    i = start
+    while i < stop:
+        m = np.int64(merchant_id[i])
+        cust = np.int64(customer_id[i])
+        t = np.int64(order_ts[i])
+        a = amount[i]
+        same_merchant = started & np.int64(m == prev_merchant)
+        same_customer = same_merchant & np.int64(cust == prev_customer)
+        unsorted = started & np.int64(
+            (m < prev_merchant) | (same_merchant & (cust < prev_customer)) | (same_customer & (t < prev_ts))
+        )
+        if (t < 0) | (t > ts_max) | unsorted:
+            status = TIMESTAMP_RANGE if (t < 0 or t > ts_max) else UNSORTED
+            break
+        if not same_merchant:                   # next merchant: emit the last one's partials
+            if started:
+                if cur[OUT_ROWS] + (acc_hi - acc_lo + 1) > capacity:
+                    status = NEED_SPACE
+                    break
+                cur[PREV_MERCHANT], cur[ACC_LO], cur[ACC_HI] = prev_merchant, acc_lo, acc_hi
+                _flush_merchant(cur, acc, out_merchant, out_period, out_counts)
+                acc_lo, acc_hi = cur[ACC_LO], cur[ACC_HI]
+            started = 1
+        bucket = (t >> shift) * 2
+        p = table[bucket] + np.int64(t > table[bucket + 1])
+        bit = reward_offset + i
+        r = np.int64((reward_bits[bit >> 3] >> (bit & 7)) & 1)
+        is_order = np.int64(a >= 0)
+        reward_order = r & is_order
+        lop = last_order_period if same_customer else np.int64(-2)
+        new_run = (1 - same_customer) | np.int64(p != run_period)
+        keep = new_run - 1
+        was_member_repeat = np.int64(run_reward_orders != 0) & np.int64(run_orders >= 2) & keep
+        first_order = is_order & np.int64(lop != p)       # the run's first order: a customer
+        acc[p, CUSTOMERS] += first_order
+        acc[p, NEW_CUSTOMERS] += is_order & np.int64(lop == -2)
+        acc[p, RETAINED_CUSTOMERS] += first_order & np.int64(lop + 1 == p)
+        last_order_period = p if is_order else lop
+        run_period = p
+        run_orders = (run_orders & keep) + is_order
+        run_reward_orders = (run_reward_orders & keep) + reward_order
+        run_revenue, overflow = _add_overflows(run_revenue & keep, a)
+        acc[p, ORDERS] += is_order
+        acc[p, REVENUE], o = _add_overflows(acc[p, REVENUE], a)
+        overflow |= o
+        acc[p, REPEAT_CUSTOMERS] += is_order & np.int64(run_orders == 2)
+        acc[p, REWARD_ORDERS] += reward_order
+        acc[p, REWARD_REVENUE], o = _add_overflows(acc[p, REWARD_REVENUE], a & -r)
+        overflow |= o
+        first_reward = reward_order & np.int64(run_reward_orders == 1)
+        member = np.int64(run_reward_orders != 0)
+        acc[p, REWARD_CUSTOMERS] += first_reward
+        acc[p, MEMBER_ORDERS] += (member & is_order) + ((run_orders - 1) & -first_reward)
+        acc[p, MEMBER_REVENUE], o = _add_overflows(
+            acc[p, MEMBER_REVENUE], (a & -member) + ((run_revenue - a) & -first_reward))
+        overflow |= o
+        acc[p, MEMBER_REPEAT_CUSTOMERS] += member & np.int64(run_orders >= 2) & (1 - was_member_repeat)
+        if overflow:
+            status = AMOUNT_OVERFLOW
+            break
+        acc_lo = min(acc_lo, p)
+        acc_hi = max(acc_hi, p)
+        prev_merchant, prev_customer, prev_ts = m, cust, t
+        i += 1
+    cur[STARTED] = started
+    cur[PREV_MERCHANT], cur[PREV_CUSTOMER], cur[PREV_TS] = prev_merchant, prev_customer, prev_ts
+    cur[RUN_PERIOD], cur[RUN_ORDERS], cur[RUN_REWARD_ORDERS] = run_period, run_orders, run_reward_orders
+    cur[RUN_REVENUE], cur[ACC_LO], cur[ACC_HI] = run_revenue, acc_lo, acc_hi
+    cur[LAST_ORDER_PERIOD] = last_order_period
     return status, i

@@ -78,6 +78,10 @@ class ComputeKernel:
             # "all" reports its first month and counts its months (SPEC §3, §6): the
             # kernel does not track them row by row for the other periods' sake.
             ts = batch.order_ts[start:stop]
+            if self.refunds:        # a refund is not an order (SPEC §2): it starts no month
+                ts = ts[batch.amount[start:stop] >= 0]
+                if len(ts) == 0:
+                    return
             lo, hi = int(ts.min()), int(ts.max())
             with self.lock:
                 self.ts_range = (lo, hi) if self.ts_range is None else (
@@ -138,3 +142,24 @@ def _row_before(batch, row):
     """How to name the row before ``row`` of ``batch``: it may be in an earlier batch or file."""
     before = batch.first_row + row - 1
     return f"row {before}" if before >= 0 else "the last row of the previous file"
+
+
+def rescan(compute, threads, rereadable, refunds):
+    """``compute(threads)`` with ``parallel.rescan_for_row``; with refunds, the one-thread result on overflow.
+
+    Without refunds every partial sum is at most the total it is part of, so
+    an overflow in any thread's piece is an overflow of the total. With
+    refunds a piece can overflow where the whole does not (1e19 of orders in
+    one chunk, -5e18 of refunds in another): results must not depend on the
+    thread count (SPEC §8), so an overflow of a threaded run is settled by a
+    one-thread run, which returns the table or raises the error it meets at
+    its row. A one-shot stream cannot be read again: its error stands.
+    """
+    if not refunds:
+        return parallel.rescan_for_row(compute, threads, rereadable)
+    try:
+        return compute(threads)
+    except AmountOverflowError:
+        if threads == 1 or not rereadable:
+            raise
+        return compute(1)
