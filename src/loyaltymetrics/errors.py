@@ -55,7 +55,8 @@ class DuplicateMerchantError(InputError):
 
 
 class InputChangedError(InputError):
-    """The input read differently on a later pass than on the first (analyses that read it twice)."""
+    """The input read differently on a later pass than on the first (analyses that read it twice),
+    or the file was truncated, rewritten or replaced while it was being read."""
 
 
 class OutputPathError(LoyaltyMetricsError, ValueError):
@@ -65,3 +66,19 @@ class OutputPathError(LoyaltyMetricsError, ValueError):
         self.path = path
         self.detail = detail
         super().__init__(f"{path}: {detail}")
+
+
+class ResourceError(LoyaltyMetricsError, MemoryError):
+    """Out of memory, threads or disk space: the input may be sound, the machine could not finish.
+
+    Never a ``CorruptInputError``: a pipeline that sets corrupt files aside
+    must not discard good data because memory ran out. ``source`` and
+    ``row`` say where the reading was, when known (else None).
+    """
+
+    def __init__(self, source, row, detail):
+        self.source = source
+        self.row = row
+        self.detail = detail
+        where = "" if source is None else (f"{source}: " if row is None else f"{source}: row {row}: ")
+        super().__init__(f"{where}{detail}")

@@ -25,7 +25,12 @@ A kernel is any object with:
     the rows given so far end at a store-customer boundary: close what is
     open and return this chunk's output (or None);
 ``finish(state)``
-    return the state's accumulated output (or None).
+    return the state's accumulated output (or None);
+``flush(state)`` (optional)
+    return the output of the store-customers closed so far without closing
+    the open one (or None): a kernel that emits rows as it scans has it, so
+    that its output streams at every thread count (also with one thread,
+    whose only chunk of a round never ends at a known boundary).
 """
 import bisect
 import os
@@ -98,6 +103,9 @@ def run(batches, kernel, threads=None, chunk_rows=DEFAULT_CHUNK_ROWS, progress=N
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         for window, last_round in _rounds(batches, threads * chunk_rows):
+            # _plan reads keys at the cut points: a memory-mapped file must still be whole (SIGBUS otherwise).
+            for batch, lo in {id(b.mapped): (b, lo) for b, lo, _ in reversed(window) if b.mapped is not None}.values():
+                batch.check(lo)
             chunks = _plan(window, threads)
             # Chunk i goes to state (tail + i) % threads: chunk 0 continues the last round's tail.
             jobs = [(states[(tail + i) % threads], chunk, last_round or i < len(chunks) - 1)
@@ -236,7 +244,10 @@ def _run_chunk(kernel, state, chunk, closes):
             batch.populate(lo, hi)
             kernel.scan(state, batch, lo, hi)
             batch.release(lo, hi)
-        return (kernel.end_chunk(state) if closes else None), None
+        if closes:
+            return kernel.end_chunk(state), None
+        flush = getattr(kernel, "flush", None)
+        return (flush(state) if flush is not None else None), None
     except Exception as error:  # reported in row order by _raise_first_error
         return None, error
 

@@ -207,6 +207,12 @@ class RfmKernel:
 
     finish = end_chunk
 
+    def flush(self, state):
+        """The store-customers closed so far (the open one stays open), so that output streams."""
+        self._move_output(state)
+        ready, state.ready = state.ready, []
+        return ready or None
+
     def _move_output(self, state):
         rows = state.engine_state.take_output()
         if rows.shape[1]:
@@ -273,6 +279,7 @@ def last_order_day(orders, columns=None):
     """
     latest, units_per_day = None, 1
     for batch in order_batches(orders, columns):
+        batch.populate(columns=("order_ts",))   # a truncated file: InputChangedError, not SIGBUS
         top = int(batch.order_ts.max())
         units_per_day = batch.units_per_day
         latest = top if latest is None else max(latest, top)
