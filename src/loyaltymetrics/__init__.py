@@ -1,4 +1,7 @@
 """Exact e-commerce loyalty and retention metrics in one pass over sorted orders."""
+from . import limits as _limits
+
+_limits.adapt()   # before NumPy and pyarrow load: under an address-space limit (RLIMIT_AS), fit or fail in one line
 from .api import compute
 from .cohort_analysis import cohorts
 from .concentration_analysis import concentration

@@ -6,7 +6,7 @@ from . import parallel, periods
 from . import progress as _progress
 from .analyses import CohortKernel, engine_module, run
 from .arrays import numeric_array
-from .errors import AmountOverflowError
+from .errors import AmountOverflowError, reporting_resource_errors
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, INT64, check_by, check_size_edges, group_codes, sum_groups
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 
@@ -17,6 +17,7 @@ COLUMNS = (
 )
 
 
+@reporting_resource_errors
 def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size_edges=DEFAULT_SIZE_EDGES,
             engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
     """Acquisition cohorts per group (SPEC §9).

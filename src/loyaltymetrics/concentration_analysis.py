@@ -43,7 +43,7 @@ from .analyses import (
 from .arrays import numeric_array
 from ._analyses import bin_offsets
 from .cohort_analysis import _group_starts
-from .errors import InputChangedError
+from .errors import InputChangedError, reporting_resource_errors
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, group_codes, sum_groups
 from .inputs import _in_memory, count_rows, order_batches, read_merchants, resolve_columns, source_label
 
@@ -52,6 +52,7 @@ COLLECT_BUDGET = 1 << 21
 COLUMNS = ("period_start", "customers", "top_customers", "revenue", "top_revenue", "top_share")
 
 
+@reporting_resource_errors
 def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, columns=None,
                   size_edges=DEFAULT_SIZE_EDGES, engine="cython", threads=None,
                   chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import errors
 from .errors import (
     CorruptInputError,
     DuplicateMerchantError,
@@ -458,12 +459,19 @@ def _read_file(source, kind, watch, names, required):
             batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
             mapped = None
         else:
-            mapped = _MappedFile(source, watch)
+            try:
+                mapped = _MappedFile(source, watch)
+                data = mapped.buffer
+            except OSError as e:
+                if e.errno != errno.ENOMEM:
+                    raise
+                # No address space for the whole map (RLIMIT_AS): read batch by batch instead.
+                mapped, data = None, pa.OSFile(source)
             if kind == "ipc_file":
-                reader = pa.ipc.open_file(mapped.buffer)
+                reader = pa.ipc.open_file(data)
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
             else:
-                reader = batches = pa.ipc.open_stream(mapped.buffer)
+                reader = batches = pa.ipc.open_stream(data)
             wanted = _select(source, reader.schema, names, required)
         batches = iter(batches)
         checked = -SMALL_BATCH_ROWS
@@ -487,6 +495,11 @@ def _read_file(source, kind, watch, names, required):
             raise
         watch.check(row)   # a file that changed under the reader reads as corrupt: say what happened
         raise read_error(e, source, row, f"cannot read {kind.replace('_', ' ')}") from e
+    except (pa.ArrowException, RuntimeError) as e:   # Arrow's "Failed to launch worker thread", ...
+        typed = resource_error(e, source, row)
+        if typed is None:
+            raise
+        raise typed from e
 
 
 def read_error(error, source, row, what):
@@ -498,32 +511,16 @@ def read_error(error, source, row, what):
     memory can only come from a corrupt length in the file.
     """
     resource = resource_error(error, source, row)
-    if resource is not None:
-        return resource
-    return CorruptInputError(source, row, f"{what}: {error}")
+    return resource if resource is not None else CorruptInputError(source, row, f"{what}: {error}")
 
 
 def resource_error(error, source=None, row=None):
     """``ResourceError`` if ``error`` means out of memory or threads (see ``read_error``), else None."""
-    from .errors import ResourceError
-
-    if isinstance(error, ResourceError):
-        return error
-    message = str(error)
-    if isinstance(error, MemoryError) and not isinstance(error, pa.ArrowException):
-        return ResourceError(source, row, f"out of memory{': ' + message if message else ''}")
     if isinstance(error, pa.ArrowMemoryError):
-        size = _requested_bytes(message)
+        size = _requested_bytes(str(error))
         if size is not None and size > _physical_memory():
             return None   # a corrupt length asked for more than the machine has
-        return ResourceError(source, row, f"out of memory: {message}")
-    lowered = message.lower()
-    if ("thread" in lowered and any(w in lowered for w in ("launch", "start", "create", "spawn"))) or \
-            (isinstance(error, OSError) and error.errno in (errno.ENOMEM, errno.EAGAIN) and "thread" in lowered):
-        return ResourceError(source, row, f"out of threads: {message}")
-    if isinstance(error, OSError) and error.errno == errno.ENOMEM:
-        return ResourceError(source, row, f"out of memory: {message}")
-    return None
+    return errors.resource_error(error, source, row)
 
 
 def _requested_bytes(message):

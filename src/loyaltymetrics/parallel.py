@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .errors import AmountOverflowError, NegativeAmountError, TimestampRangeError, UnsortedInputError
+from .errors import AmountOverflowError, NegativeAmountError, TimestampRangeError, UnsortedInputError, resource_error
 from .periods import format_timestamp
 
 DEFAULT_CHUNK_ROWS = 1 << 21
@@ -98,6 +98,18 @@ def run(batches, kernel, threads=None, chunk_rows=DEFAULT_CHUNK_ROWS, progress=N
     """
     threads = resolve_threads(threads)
     chunk_rows = check_chunk_rows(chunk_rows)
+    try:
+        yield from _run(batches, kernel, threads, chunk_rows, progress)
+    except Exception as error:
+        # Out of memory or threads (a thread that cannot start, an array that cannot be
+        # allocated) is a ResourceError, whatever raised it: never corrupt input (SPEC §2).
+        typed = resource_error(error)
+        if typed is None or typed is error:
+            raise
+        raise typed from error
+
+
+def _run(batches, kernel, threads, chunk_rows, progress):
     states = [kernel.new_state() for _ in range(threads)]
     tail = 0        # the state holding the store-customer open at the end of the last round
     pool = ThreadPoolExecutor(threads) if threads > 1 else None

@@ -36,7 +36,7 @@ import pyarrow as pa
 from . import _rfm, _scan, parallel, periods
 from . import progress as _progress
 from .arrays import numeric_array
-from .errors import AmountOverflowError
+from .errors import AmountOverflowError, reporting_resource_errors
 from .inputs import _in_memory, count_rows, order_batches, rereadable
 from .scan import _stop_error
 
@@ -290,6 +290,7 @@ def last_order_day(orders, columns=None):
     return min(max(latest // units_per_day, 0), periods.N_DAYS - 1)
 
 
+@reporting_resource_errors
 def rfm(orders, freq="D", observation_end=None, include_first_transaction=False, *, columns=None,
         engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, refunds=False, progress=False):
     """Frequency, recency, T and monetary value per store-customer (SPEC §9), streamed.
