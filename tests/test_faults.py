@@ -136,6 +136,41 @@ def test_file_changed_while_a_child_reads_it_is_input_changed_error(tmp_path, ki
     assert "while it was being read" in out
 
 
+TRUNCATE_MID_SCAN = """
+    import os, sys
+    import loyaltymetrics as lm
+    from loyaltymetrics.scan import ComputeKernel
+
+    path, threads, engine = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    scan, done = ComputeKernel.scan, []
+
+    def truncating_scan(self, state, batch, start, stop):
+        # After the driver checked the file and populated these pages, before the kernel reads
+        # them: the window no check can close. The kernel then reads pages that are gone.
+        if not done and batch.first_row + start >= 100_000:
+            done.append(True)
+            os.truncate(path, 4096)
+        return scan(self, state, batch, start, stop)
+
+    ComputeKernel.scan = truncating_scan
+    try:
+        lm.compute(path, threads=threads, chunk_rows=50_000, engine=engine)
+    except lm.InputError as error:
+        print(type(error).__name__, error.source, error.row, error, flush=True)
+        sys.exit(3)
+    print("finished", done, flush=True)
+"""
+
+
+@pytest.mark.parametrize("threads, engine", [(1, "cython"), (2, "cython"), (2, "numba")])
+def test_file_truncated_under_the_kernel_is_input_changed_error(tmp_path, threads, engine):
+    path = write(orders_table(400_000), tmp_path / "orders.arrow", batch_rows=200_000)
+    child = run_child(TRUNCATE_MID_SCAN, path, threads, engine)
+    assert child.returncode >= 0, f"{SIGNALLED} {-child.returncode} (SIGBUS is 7): {child.stderr[-2000:]}"
+    assert child.returncode == 3, child.stdout + child.stderr[-2000:]
+    assert child.stdout.startswith(f"InputChangedError {path} "), child.stdout
+
+
 def test_populate_reports_pages_past_the_end_instead_of_faulting(tmp_path):
     # The second defence: MADV_POPULATE_READ answers EFAULT for pages a read would SIGBUS on.
     path = write(orders_table(100_000), tmp_path / "orders.arrow")

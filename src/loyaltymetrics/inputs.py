@@ -12,6 +12,7 @@ import mmap
 import os
 import stat
 import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -550,12 +551,22 @@ class _Watch:
         self.source, self.fd = source, fd
         st = os.fstat(fd)
         self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        self.slot = -1
+
+    def guard(self, mapping, address, size):
+        """Turn a SIGBUS in the pages of ``mapping`` into zeros read and a change noticed (``_guard``)."""
+        if _guard is not None and _guard.install():
+            self.slot = _guard.guard(address, size)
+            if self.slot >= 0:
+                weakref.finalize(mapping, _guard.unguard, self.slot)   # before its addresses can be reused
 
     def __del__(self):
         os.close(self.fd)
 
     def changed(self, quick=False):
         """What changed, or None; ``quick``: only whether the open file changed (one ``fstat``)."""
+        if self.slot >= 0 and _guard.faults(self.slot):
+            return "pages of the file vanished while it was being read (truncated?)"
         st = os.fstat(self.fd)
         now = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if now != self.identity:
@@ -595,6 +606,10 @@ def _libc_madvise():
 
 
 _madvise = _libc_madvise() if sys.platform.startswith("linux") else None
+try:
+    from . import _guard
+except ImportError:   # not built for this platform: the checks before each batch and chunk remain
+    _guard = None
 
 
 class _MappedFile:
@@ -616,6 +631,7 @@ class _MappedFile:
         self.watch = watch
         self._map = mmap.mmap(watch.fd, 0, access=mmap.ACCESS_READ)
         self.buffer = pa.py_buffer(self._map)
+        watch.guard(self._map, self.buffer.address, self.buffer.size)
 
     def check(self, row):
         self.watch.check(row)
@@ -734,8 +750,8 @@ def read_merchants(merchants):
                 table = pacsv.read_csv(source, convert_options=pacsv.ConvertOptions(column_types=text_columns))
             else:
                 table = _read_table(path)
-        except (pa.ArrowInvalid, pa.ArrowIOError) as e:
-            raise CorruptInputError(source, None, f"cannot read merchants table: {e}") from e
+        except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowMemoryError, MemoryError) as e:
+            raise read_error(e, source, None, "cannot read merchants table") from e
     else:
         source = IN_MEMORY
         table = _in_memory(merchants)

@@ -115,9 +115,7 @@ def _run(batches, kernel, threads, chunk_rows, progress):
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         for window, last_round in _rounds(batches, threads * chunk_rows):
-            # _plan reads keys at the cut points: a memory-mapped file must still be whole (SIGBUS otherwise).
-            for batch, lo in {id(b.mapped): (b, lo) for b, lo, _ in reversed(window) if b.mapped is not None}.values():
-                batch.check(lo)
+            _check_files(window)   # _plan reads keys at the cut points: a mapped file must still be whole
             chunks = _plan(window, threads)
             # Chunk i goes to state (tail + i) % threads: chunk 0 continues the last round's tail.
             jobs = [(states[(tail + i) % threads], chunk, last_round or i < len(chunks) - 1)
@@ -126,6 +124,7 @@ def _run(batches, kernel, threads, chunk_rows, progress):
                 results = [_run_chunk(kernel, *job) for job in jobs]
             else:
                 results = list(pool.map(lambda job: _run_chunk(kernel, *job), jobs))
+            _check_files(window)   # before any result of the round is used: were its pages whole?
             _raise_first_error(chunks, results)
             tail = (tail + len(chunks) - 1) % threads
             if progress is not None:
@@ -140,6 +139,12 @@ def _run(batches, kernel, threads, chunk_rows, progress):
         output = kernel.finish(state)
         if output is not None:
             yield output
+
+
+def _check_files(window):
+    """InputChangedError if a memory-mapped file of ``window`` changed since it was opened."""
+    for batch, lo in {id(b.mapped): (b, lo) for b, lo, _ in reversed(window) if b.mapped is not None}.values():
+        batch.check(lo)
 
 
 def _rounds(batches, round_rows):

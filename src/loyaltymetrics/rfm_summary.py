@@ -281,6 +281,7 @@ def last_order_day(orders, columns=None):
     for batch in order_batches(orders, columns):
         batch.populate(columns=("order_ts",))   # a truncated file: InputChangedError, not SIGBUS
         top = int(batch.order_ts.max())
+        batch.check()                           # the maximum of whole pages, not of zeros
         units_per_day = batch.units_per_day
         latest = top if latest is None else max(latest, top)
         batch.release()
