@@ -50,8 +50,9 @@ cdef extern from *:
                 }
             }
         }
-        /* Not ours: as if this handler had never been installed. */
+        /* Not ours: as if this handler had never been installed (install() may put it back). */
         sigaction(SIGBUS, &lm_guard_previous, NULL);
+        lm_guard_installed = 0;
         if (info->si_code <= 0)
             raise(SIGBUS);
         /* A fault is retried on return and meets the previous disposition. */

@@ -133,9 +133,11 @@ def count_rows(orders):
 
                 total += pq.ParquetFile(str(file)).metadata.num_rows
             elif kind == "ipc_file":
-                with pa.memory_map(str(file)) as source:
-                    reader = pa.ipc.open_file(source)
-                    total += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+                # Mapped and guarded as the scan's map is: a file truncated meanwhile is no SIGBUS.
+                watch = _Watch(str(file), _open_regular(file))
+                reader = pa.ipc.open_file(_MappedFile(str(file), watch).buffer)
+                total += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+                watch.check(0)
             else:
                 return None
     except (pa.ArrowException, OSError, InputError):
@@ -682,8 +684,8 @@ def _read_table(path):
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(str(path)).read()  # not pq.read_table: its dataset layer imports pandas
-    with pa.memory_map(str(path), "r") as mapped:
-        reader = pa.ipc.open_file(mapped) if kind == "ipc_file" else pa.ipc.open_stream(mapped)
+    with pa.OSFile(str(path)) as source:   # read, not mapped: a small table, and no SIGBUS if it shrinks
+        reader = pa.ipc.open_file(source) if kind == "ipc_file" else pa.ipc.open_stream(source)
         return reader.read_all()
 
 
