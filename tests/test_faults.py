@@ -363,6 +363,20 @@ def test_devices_are_refused(device):
         lm.compute(device)
 
 
+def test_sockets_are_refused(tmp_path):
+    import socket
+
+    path = tmp_path / "orders.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        with pytest.raises(lm.InputError, match="a socket, not a regular file"):
+            lm.compute(path)
+        orders = write(orders_table(100), tmp_path / "orders.arrow")
+        with pytest.raises(lm.InputError, match="a socket") as error:
+            lm.compute(orders, path)
+        assert error.value.source == str(path)
+
+
 def test_fifo_at_the_command_line_is_one_line(fifo):
     child = run_child(None, "-m", "loyaltymetrics", "compute", fifo, "-q", timeout=60)
     assert child.returncode == 1

@@ -389,10 +389,17 @@ def _open_regular(path):
     forever), then checked with ``fstat`` on what was opened, so nothing can
     be swapped in between the check and the read.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    mode = os.fstat(fd).st_mode
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno != errno.ENXIO:   # a UNIX socket cannot be opened at all
+            raise
+        fd, mode = None, os.stat(path).st_mode
+    else:
+        mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
         kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
         raise InputError(
             str(path), None,
