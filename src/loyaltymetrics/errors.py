@@ -109,7 +109,8 @@ def resource_error(error, source=None, row=None):
         # A shared library that cannot be mapped (llvmlite's says "Could not find/load").
         return ResourceError(source, row, f"out of memory while loading a library (raise the memory limit): "
                                           f"{message}")
-    if isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno == errno.ENOMEM):
+    if isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno == errno.ENOMEM) \
+            or "cannot allocate memory" in lowered or "std::bad_alloc" in lowered:
         return ResourceError(source, row, f"out of memory (raise the memory limit or use fewer threads or "
                                           f"smaller chunks){': ' + message if message else ''}")
     return None
