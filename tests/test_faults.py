@@ -67,7 +67,7 @@ def write(table, path, kind="ipc_file", batch_rows=None):
     return path
 
 
-def run_child(code, *args, limit_mb=None, timeout=120, stdin=None):
+def run_child(code, *args, limit_mb=None, timeout=60, stdin=None):
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
 

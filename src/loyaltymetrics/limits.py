@@ -59,6 +59,7 @@ def adapt():
             pass
     if command_line():
         sys.excepthook = _command_line_excepthook
+        sys.unraisablehook = _command_line_unraisablehook
     return True
 
 
@@ -80,6 +81,14 @@ def fail(message, code=1):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _command_line_unraisablehook(unraisable):
+    # A thread whose start-up ran out of memory: its chunk is scanned by another thread
+    # (parallel._run_jobs), so the command's output stays one line.
+    if isinstance(unraisable.exc_value, MemoryError):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _command_line_excepthook(kind, error, traceback):
