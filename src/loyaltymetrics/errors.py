@@ -128,7 +128,10 @@ def reporting_resource_errors(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        from .limits import adapt_loaded
+
         try:
+            adapt_loaded()
             return function(*args, **kwargs)
         except Exception as error:
             typed = resource_error(error)

@@ -475,7 +475,9 @@ def _read_file(source, kind, watch, names, required):
             except OSError as e:
                 if e.errno != errno.ENOMEM:
                     raise
-                # No address space for the whole map (RLIMIT_AS): read batch by batch instead.
+                # No address space for the whole map (RLIMIT_AS): read batch by batch instead, if
+                # there is room for a batch at all (Arrow's reader may crash where an allocation fails).
+                pa.allocate_buffer(_FALLBACK_HEADROOM)
                 mapped, data = None, pa.OSFile(source)
             if kind == "ipc_file":
                 reader = pa.ipc.open_file(data)
@@ -600,6 +602,7 @@ class _Watch:
             raise InputChangedError(self.source, row, f"{detail}; read it again once it is complete")
 
 
+_FALLBACK_HEADROOM = 64 << 20   # bytes that must be free to read an unmappable file batch by batch
 _MADV_DONTNEED = 4
 _MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels answer EINVAL, and pages fault in as usual
 

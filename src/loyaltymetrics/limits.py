@@ -63,6 +63,27 @@ def adapt():
     return True
 
 
+def adapt_loaded():
+    """At each entry point: a limit set after the libraries loaded still gets their small settings.
+
+    Arrow's default allocator (mimalloc) crashes, rather than failing, in some
+    allocations that meet an address-space limit: under a limit, Arrow's
+    system allocator is made the default. Without a limit nothing changes.
+    """
+    if not address_space_limited():
+        return
+    pyarrow = sys.modules.get("pyarrow")
+    if pyarrow is not None and pyarrow.default_memory_pool().backend_name != "system":
+        pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+    if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+        except (OSError, AttributeError):
+            pass
+
+
 def out_of_resources(error):
     """The one-line message if ``error`` means out of memory or threads, else None."""
     try:
