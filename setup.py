@@ -27,6 +27,11 @@ extensions = [
         ["kernels/_rfm.pyx"],
         extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
     ),
+    Extension(
+        "loyaltymetrics._guard",
+        ["kernels/_guard.pyx"],
+        extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
+    ),
 ]
 
 setup(

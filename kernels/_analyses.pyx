@@ -72,6 +72,7 @@ cdef enum:
     NEED
     NEED_COUNT
     REFUNDS             # 1: a negative amount is a refund, not an order (SPEC §2); set by the caller
+    CUST_REVENUE        # the open store-customer's amounts so far (cohorts: its cumulative revenue)
     N_CURSOR
 
 CURSOR_FIELDS = (
@@ -79,6 +80,7 @@ CURSOR_FIELDS = (
     "run_revenue", "cohort", "month_lo", "month_hi", "period", "first_month", "last_month",
     "n_slots", "n_rows", "n_bin_rows", "n_values", "target_lo", "target_hi", "need", "need_count",
     "refunds",
+    "cust_revenue",
 )
 assert len(CURSOR_FIELDS) == N_CURSOR
 
@@ -365,7 +367,12 @@ cdef inline int cohort_rows(
                 if status != OK:
                     break
         add_order(cur, move, m, cust, t, a, refunds)
-        if add_overflows(cur[RUN_REVENUE], a, &cur[RUN_REVENUE]):
+        if move >= NEXT_CUSTOMER:
+            cur[CUST_REVENUE] = 0
+        # The store-customer's amounts so far add up to its part of a cumulative_revenue cell,
+        # which may overflow although every period's cell fits.
+        if (add_overflows(cur[RUN_REVENUE], a, &cur[RUN_REVENUE])
+                or add_overflows(cur[CUST_REVENUE], a, &cur[CUST_REVENUE])):
             status = AMOUNT_OVERFLOW
             break
     else:

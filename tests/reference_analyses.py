@@ -200,6 +200,8 @@ def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=
         for k in range(last - q + 1):
             active, n, amount = cells.get((key, q, k), [0, 0, 0])
             cumulative += amount
+            if not -2**63 <= cumulative < 2**63:
+                raise OverflowError(f"cumulative_revenue {cumulative} is outside int64 (SPEC §2: a typed error)")
             row = _key_columns(by, key, merchant_names(merchants))
             row.update(cohort_start=start_of(q), period_index=k, period_start=start_of(q + k),
                        cohort_customers=customers, active_customers=active, orders=n, revenue=amount,

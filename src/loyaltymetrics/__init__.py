@@ -1,4 +1,7 @@
 """Exact e-commerce loyalty and retention metrics in one pass over sorted orders."""
+from . import limits as _limits
+
+_limits.adapt()   # before NumPy and pyarrow load: under an address-space limit (RLIMIT_AS), fit or fail in one line
 from .api import compute
 from .cohort_analysis import cohorts
 from .concentration_analysis import concentration
@@ -17,6 +20,7 @@ from .errors import (
     NegativeAmountError,
     NullValueError,
     OutputPathError,
+    ResourceError,
     SchemaError,
     TimestampRangeError,
     UnsortedInputError,
@@ -42,6 +46,7 @@ __all__ = [
     "NegativeAmountError",
     "NullValueError",
     "OutputPathError",
+    "ResourceError",
     "SchemaError",
     "TimestampRangeError",
     "UnsortedInputError",

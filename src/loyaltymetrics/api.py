@@ -3,9 +3,11 @@ from . import parallel, periods
 from . import progress as _progress
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, combine, finalize
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
+from .errors import reporting_resource_errors
 from .scan import rescan, scan_module, scan_orders
 
 
+@reporting_resource_errors
 def compute(orders, merchants=None, *, by=(), period="year", columns=None,
             size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
             chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):

@@ -6,7 +6,8 @@ from . import parallel, periods
 from . import progress as _progress
 from .analyses import CohortKernel, engine_module, run
 from .arrays import numeric_array
-from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, group_codes, key_columns, sum_groups
+from .errors import AmountOverflowError, reporting_resource_errors
+from .finalize import DEFAULT_SIZE_EDGES, INT64, check_by, check_size_edges, group_codes, key_columns, sum_groups
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 from .scan import rescan
 
@@ -17,6 +18,7 @@ COLUMNS = (
 )
 
 
+@reporting_resource_errors
 def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size_edges=DEFAULT_SIZE_EDGES,
             refunds=False, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS,
             progress=False):
@@ -181,11 +183,12 @@ def cohorts_table(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES
     cohort_customers = cells[cohort_rows, 0][grid_cohort]
     revenue = grid_cells[:, 2]
     # Cumulative revenue per cohort: a running sum that restarts at each cohort. int64 sums wrap
-    # modulo 2**64, so the difference of two running sums is exact whenever the true value fits,
-    # and it does: it is at most the cohort's revenue, which sum_groups checked.
+    # modulo 2**64, so the difference of two running sums is exact whenever the true value fits;
+    # a cohort whose cells may add up past int64 (each cell fits) is checked exactly.
     running = np.cumsum(revenue.view(np.uint64), dtype=np.uint64)
     before = np.concatenate([[np.uint64(0)], running])[grid_start[:-1]][grid_cohort]
     cumulative = (running - before).view(np.int64)
+    _check_cumulative(revenue, grid_start, source)
 
     grid_codes = [c[cohort_rows][grid_cohort] for c in codes]
     grid_cohort_period = cohort[cohort_rows][grid_cohort]
@@ -202,6 +205,22 @@ def cohorts_table(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES
     table["retention"] = numeric_array(grid_cells[:, 0] / customers, pa.float64())
     table["cumulative_revenue_per_customer"] = numeric_array(cumulative / customers, pa.float64())
     return pa.table(table)
+
+
+def _check_cumulative(revenue, grid_start, source):
+    """AmountOverflowError if a cohort's running sum of revenue leaves int64 (its cells each fit)."""
+    if not len(revenue):
+        return
+    suspect = np.add.reduceat(np.abs(revenue.astype(np.float64)), grid_start[:-1]) > 2.0**62
+    for c in np.flatnonzero(suspect):
+        total = 0
+        for value in revenue[grid_start[c]:grid_start[c + 1]]:
+            total += int(value)
+            if not INT64.min <= total <= INT64.max:
+                raise AmountOverflowError(
+                    source, None,
+                    f"a cohort's cumulative_revenue reaches {total}, outside int64 (about ±9.2e18 minor units)",
+                )
 
 
 def _dates(period, index):

@@ -51,7 +51,7 @@ from .analyses import (
 from .arrays import numeric_array
 from ._analyses import bin_offsets
 from .cohort_analysis import _group_starts
-from .errors import InputChangedError
+from .errors import InputChangedError, reporting_resource_errors
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, group_codes, key_columns, sum_groups
 from .inputs import _in_memory, count_rows, order_batches, read_merchants, resolve_columns, source_label
 from .scan import rescan
@@ -62,6 +62,7 @@ INT64_MIN = np.iinfo(np.int64).min
 COLUMNS = ("period_start", "customers", "top_customers", "revenue", "top_revenue", "top_share")
 
 
+@reporting_resource_errors
 def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, columns=None,
                   size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
                   chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):

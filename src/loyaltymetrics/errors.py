@@ -55,7 +55,8 @@ class DuplicateMerchantError(InputError):
 
 
 class InputChangedError(InputError):
-    """The input read differently on a later pass than on the first (analyses that read it twice)."""
+    """The input read differently on a later pass than on the first (analyses that read it twice),
+    or the file was truncated, rewritten or replaced while it was being read."""
 
 
 class OutputPathError(LoyaltyMetricsError, ValueError):
@@ -65,3 +66,77 @@ class OutputPathError(LoyaltyMetricsError, ValueError):
         self.path = path
         self.detail = detail
         super().__init__(f"{path}: {detail}")
+
+
+class ResourceError(LoyaltyMetricsError, MemoryError):
+    """Out of memory, threads or disk space: the input may be sound, the machine could not finish.
+
+    Never a ``CorruptInputError``: a pipeline that sets corrupt files aside
+    must not discard good data because memory ran out. ``source`` and
+    ``row`` say where the reading was, when known (else None).
+    """
+
+    def __init__(self, source, row, detail):
+        self.source = source
+        self.row = row
+        self.detail = detail
+        where = "" if source is None else (f"{source}: " if row is None else f"{source}: row {row}: ")
+        super().__init__(f"{where}{detail}")
+
+
+def resource_error(error, source=None, row=None):
+    """``error`` as a ``ResourceError`` if it means out of memory or threads, else None.
+
+    MemoryError (NumPy's and Arrow's included), a thread that could not
+    start (Python's "can't start new thread", Arrow's "Failed to launch
+    worker thread") and ENOMEM are resource errors; a ``LoyaltyMetricsError``
+    is already typed and is left as it is.
+    """
+    import errno
+
+    if isinstance(error, ResourceError):
+        return error
+    if isinstance(error, LoyaltyMetricsError):
+        return None
+    message = str(error)
+    lowered = message.lower()
+    if "thread" in lowered and any(w in lowered for w in ("can't start", "cannot start", "launch", "create")):
+        return ResourceError(source, row, f"out of threads (raise the limit on threads or memory, or use fewer "
+                                          f"threads): {message}")
+    if isinstance(error, (ImportError, OSError)) and (
+            "failed to map segment" in message
+            or ("shared object" in lowered and _address_space_limited())):
+        # A shared library that cannot be mapped (llvmlite's says "Could not find/load").
+        return ResourceError(source, row, f"out of memory while loading a library (raise the memory limit): "
+                                          f"{message}")
+    if isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno == errno.ENOMEM) \
+            or "cannot allocate memory" in lowered or "std::bad_alloc" in lowered:
+        return ResourceError(source, row, f"out of memory (raise the memory limit or use fewer threads or "
+                                          f"smaller chunks){': ' + message if message else ''}")
+    return None
+
+
+def _address_space_limited():
+    from .limits import address_space_limited
+
+    return address_space_limited()
+
+
+def reporting_resource_errors(function):
+    """Decorate an entry point: out of memory or threads leaves it as a ``ResourceError`` (SPEC §2)."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        from .limits import adapt_loaded
+
+        try:
+            adapt_loaded()
+            return function(*args, **kwargs)
+        except Exception as error:
+            typed = resource_error(error)
+            if typed is None or typed is error:
+                raise
+            raise typed from error
+
+    return wrapper

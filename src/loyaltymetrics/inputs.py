@@ -5,10 +5,14 @@ flight and nothing that grows with the number of rows: an Arrow IPC file is
 memory-mapped and its buffers are handed to the kernel as they are, a
 Parquet file is streamed row group by row group.
 """
+import ctypes
+import errno
 import itertools
 import mmap
 import os
+import stat
 import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import errors
 from .errors import (
     CorruptInputError,
     DuplicateMerchantError,
+    InputChangedError,
     InputError,
     NegativeAmountError,
     NullValueError,
@@ -29,6 +35,11 @@ from .periods import UNITS_PER_DAY
 ORDER_COLUMNS = ("merchant_id", "customer_id", "order_ts", "amount", "reward")
 REQUIRED_ORDER_COLUMNS = ORDER_COLUMNS[:4]
 PARQUET_BATCH_ROWS = 1 << 20
+# Record batches of fewer rows than SMALL_BATCH_ROWS are merged (copied) with their
+# neighbours into batches of about COALESCE_ROWS: each batch costs the driver and
+# the kernel tens of microseconds, a copy costs a few nanoseconds a row.
+SMALL_BATCH_ROWS = 1 << 13
+COALESCE_ROWS = 1 << 16
 IN_MEMORY = "<table>"
 UNKNOWN = "unknown"
 
@@ -55,11 +66,24 @@ class OrderBatch:
     def __len__(self):
         return len(self.merchant_id)
 
-    def populate(self, lo=0, hi=None):
-        """Map the pages of rows ``[lo, hi)`` in one call, before the kernel reads them."""
+    def populate(self, lo=0, hi=None, columns=("merchant_id", "customer_id", "order_ts", "amount", "reward_bits")):
+        """Map the pages of rows ``[lo, hi)`` in one call, before the kernel reads them.
+
+        Raises ``InputChangedError`` if the file was truncated or replaced
+        since it was opened: reading pages past its new end would kill the
+        process with SIGBUS.
+        """
         if self.mapped is not None:
             hi = len(self) if hi is None else hi
-            self.mapped.populate([a[lo:hi] for a in (self.merchant_id, self.customer_id, self.order_ts, self.amount)])
+            bit_lo, bit_hi = (self.reward_offset + lo) // 8, (self.reward_offset + hi + 7) // 8
+            arrays = [self.reward_bits[bit_lo:bit_hi] if c == "reward_bits" else getattr(self, c)[lo:hi]
+                      for c in columns]
+            self.mapped.populate(arrays, self.first_row + lo)
+
+    def check(self, row=0):
+        """Raise ``InputChangedError`` if the file was truncated or replaced since it was opened."""
+        if self.mapped is not None:
+            self.mapped.check(self.first_row + row)
 
     def release(self, lo=0, hi=None):
         """Let go of the memory-mapped pages of rows ``[lo, hi)`` once they are scanned."""
@@ -109,9 +133,11 @@ def count_rows(orders):
 
                 total += pq.ParquetFile(str(file)).metadata.num_rows
             elif kind == "ipc_file":
-                with pa.memory_map(str(file)) as source:
-                    reader = pa.ipc.open_file(source)
-                    total += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+                # Mapped and guarded as the scan's map is: a file truncated meanwhile is no SIGBUS.
+                watch = _Watch(str(file), _open_regular(file))
+                reader = pa.ipc.open_file(_MappedFile(str(file), watch).buffer)
+                total += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+                watch.check(0)
             else:
                 return None
     except (pa.ArrowException, OSError, InputError):
@@ -258,7 +284,67 @@ def _values(arr, dtype):
 # --- sources ---------------------------------------------------------------
 
 def _record_batches(orders, names, required):
-    """Yield ``(source, first_row, RecordBatch, mapped file or None)`` holding just the order columns."""
+    """Yield ``(source, first_row, RecordBatch, mapped file or None)`` holding just the order columns.
+
+    Runs of small record batches come merged (``_coalesced``).
+    """
+    return _coalesced(_source_batches(orders, names, required))
+
+
+def _coalesced(items):
+    """Merge runs of record batches under ``SMALL_BATCH_ROWS`` rows into batches of about ``COALESCE_ROWS``.
+
+    ``items`` are ``(source, first_row, batch, mapped, wanted)``: the order
+    columns ``wanted`` are selected here, once per merged batch (selecting
+    costs microseconds a batch). A merged batch is a copy (``mapped`` None)
+    starting at its first part's row; batches of other sources (files of a
+    directory) are never merged. Rows, their order and so every result stay
+    the same.
+    """
+    pending, rows = [], 0
+
+    def selected(item):
+        source, first_row, batch, mapped, wanted = item
+        return source, first_row, batch if batch.schema.names == wanted else batch.select(wanted), mapped
+
+    def merged():
+        if len(pending) == 1:
+            return selected(pending[0])
+        source, first_row, _, mapped, wanted = pending[0]
+        if mapped is not None:
+            mapped.check(first_row)   # the copy reads the mapped pages: the file must still be whole
+        table = pa.Table.from_batches([item[2] for item in pending]).select(wanted).combine_chunks()
+        return source, first_row, table.to_batches()[0], None
+
+    items = iter(items)
+    while True:
+        try:
+            item = next(items, None)
+        except Exception:
+            if pending:   # the rows before a bad batch first: their errors come first in a scan
+                yield merged()
+            raise
+        if item is None:
+            break
+        n = item[2].num_rows
+        if n == 0:
+            continue
+        if pending and (n >= SMALL_BATCH_ROWS or item[0] != pending[0][0]):
+            yield merged()
+            pending, rows = [], 0
+        if n >= SMALL_BATCH_ROWS:
+            yield selected(item)
+            continue
+        pending.append(item)
+        rows += n
+        if rows >= COALESCE_ROWS:
+            yield merged()
+            pending, rows = [], 0
+    if pending:
+        yield merged()
+
+
+def _source_batches(orders, names, required):
     if isinstance(orders, (str, os.PathLike)):
         yield from _file_batches(Path(orders), names, required)
         return
@@ -270,7 +356,7 @@ def _record_batches(orders, names, required):
     batches = table.select(wanted).to_batches() if isinstance(table, pa.Table) else table
     row = 0
     for batch in batches:
-        yield IN_MEMORY, row, batch.select(wanted), None
+        yield IN_MEMORY, row, batch, None, wanted
         row += batch.num_rows
 
 
@@ -290,9 +376,48 @@ def _in_memory(obj):
     )
 
 
-def _file_kind(path):
-    with open(path, "rb") as f:
-        head = f.read(8)
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"),
+)
+
+
+def _open_regular(path):
+    """A read-only descriptor of ``path``, refused unless it is a regular file.
+
+    Opened non-blocking, so a FIFO does not wait for a writer (it would hang
+    forever), then checked with ``fstat`` on what was opened, so nothing can
+    be swapped in between the check and the read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno != errno.ENXIO:   # a UNIX socket cannot be opened at all
+            raise
+        fd, mode = None, os.stat(path).st_mode
+    else:
+        mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        if fd is not None:
+            os.close(fd)
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+        raise InputError(
+            str(path), None,
+            f"is {kind}, not a regular file; inputs are read by seeking and memory-mapping, "
+            "so write the data to a file first",
+        )
+    return fd
+
+
+def _file_kind(path, fd=None):
+    if fd is None:
+        fd = _open_regular(path)
+        try:
+            head = os.pread(fd, 8, 0)
+        finally:
+            os.close(fd)
+    else:
+        head = os.pread(fd, 8, 0)
     if head[:6] == b"ARROW1":
         return "ipc_file"
     if head[:4] == b"\xff\xff\xff\xff":
@@ -327,7 +452,11 @@ def _file_batches(path, names, required):
             yield from _file_batches(file, names, required)
         return
     source = str(path)
-    kind = _file_kind(path)
+    watch = _Watch(source, _open_regular(path))
+    yield from _read_file(source, _file_kind(path, watch.fd), watch, names, required)
+
+
+def _read_file(source, kind, watch, names, required):
     row = 0
     try:
         if kind == "parquet":
@@ -340,34 +469,146 @@ def _file_batches(path, names, required):
             batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
             mapped = None
         else:
-            mapped = _MappedFile(source)
+            try:
+                mapped = _MappedFile(source, watch)
+                data = mapped.buffer
+            except OSError as e:
+                if e.errno != errno.ENOMEM:
+                    raise
+                # No address space for the whole map (RLIMIT_AS): read batch by batch instead, if
+                # there is room for a batch at all (Arrow's reader may crash where an allocation fails).
+                pa.allocate_buffer(_FALLBACK_HEADROOM)
+                mapped, data = None, pa.OSFile(source)
             if kind == "ipc_file":
-                reader = pa.ipc.open_file(mapped.buffer)
+                reader = pa.ipc.open_file(data)
                 batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
             else:
-                reader = batches = pa.ipc.open_stream(mapped.buffer)
+                reader = batches = pa.ipc.open_stream(data)
             wanted = _select(source, reader.schema, names, required)
-        for batch in batches:
+        batches = iter(batches)
+        checked = -SMALL_BATCH_ROWS
+        while True:
+            # Before a batch's pages are touched (at least every SMALL_BATCH_ROWS
+            # rows, a check costs microseconds): a file truncated since it was
+            # mapped would end this process with SIGBUS.
+            if row - checked >= SMALL_BATCH_ROWS:
+                watch.check(row, quick=True)
+                checked = row
+            batch = next(batches, None)
+            if batch is None:
+                break
             batch.validate()  # buffer sizes agree with lengths: the kernel reads them unchecked
-            batch = batch.select(wanted)
-            yield source, row, batch, mapped
+            yield source, row, batch, mapped, wanted
             row += batch.num_rows
+        watch.check(row)   # replaced or changed while the last rows were read
     except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, pa.ArrowMemoryError,
-            UnicodeDecodeError, OSError) as e:
-        # ArrowMemoryError: a corrupt length asks to decompress into an absurd buffer.
+            UnicodeDecodeError, OSError, MemoryError) as e:
         if isinstance(e, (FileNotFoundError, PermissionError)):
             raise
-        raise CorruptInputError(source, row, f"cannot read {kind.replace('_', ' ')}: {e}") from e
+        watch.check(row)   # a file that changed under the reader reads as corrupt: say what happened
+        raise read_error(e, source, row, f"cannot read {kind.replace('_', ' ')}") from e
+    except (pa.ArrowException, RuntimeError) as e:   # Arrow's "Failed to launch worker thread", ...
+        typed = resource_error(e, source, row)
+        if typed is None:
+            raise
+        raise typed from e
 
 
+def read_error(error, source, row, what):
+    """The typed error for an exception met while reading ``source``: corrupt input, or no memory/threads.
+
+    Out of memory or threads (MemoryError, an Arrow allocation the machine
+    could satisfy, a thread that could not start) is a ``ResourceError``:
+    the file may be sound. An Arrow allocation larger than this machine's
+    memory can only come from a corrupt length in the file.
+    """
+    resource = resource_error(error, source, row)
+    return resource if resource is not None else CorruptInputError(source, row, f"{what}: {error}")
+
+
+def resource_error(error, source=None, row=None):
+    """``ResourceError`` if ``error`` means out of memory or threads (see ``read_error``), else None."""
+    if isinstance(error, pa.ArrowMemoryError):
+        size = _requested_bytes(str(error))
+        if size is not None and size > _physical_memory():
+            return None   # a corrupt length asked for more than the machine has
+    return errors.resource_error(error, source, row)
+
+
+def _requested_bytes(message):
+    """The allocation size in an Arrow out-of-memory message ("malloc of size 123 failed"), or None."""
+    import re
+
+    sizes = [int(m) for m in re.findall(r"size (\d+)", message)]
+    return max(sizes) if sizes else None
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+class _Watch:
+    """Notices a file that is truncated, rewritten or replaced while it is read (SPEC §2).
+
+    ``fd`` is the descriptor the file was opened with (the watch owns it and
+    closes it when the last batch that may check it is gone): its size and
+    modification time must not change, and ``source`` must still name it.
+    """
+
+    def __init__(self, source, fd):
+        self.source, self.fd = source, fd
+        st = os.fstat(fd)
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        self.slot = -1
+
+    def guard(self, mapping, address, size):
+        """Turn a SIGBUS in the pages of ``mapping`` into zeros read and a change noticed (``_guard``)."""
+        if _guard is not None and _guard.install():
+            self.slot = _guard.guard(address, size)
+            if self.slot >= 0:
+                weakref.finalize(mapping, _guard.unguard, self.slot)   # before its addresses can be reused
+
+    def __del__(self):
+        os.close(self.fd)
+
+    def changed(self, quick=False):
+        """What changed, or None; ``quick``: only whether the open file changed (one ``fstat``)."""
+        if self.slot >= 0 and _guard.faults(self.slot):
+            return "pages of the file vanished while it was being read (truncated?)"
+        st = os.fstat(self.fd)
+        now = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if now != self.identity:
+            if st.st_size < self.identity[2]:
+                return f"the file was truncated while it was being read ({self.identity[2]} bytes, now {st.st_size})"
+            if st.st_size > self.identity[2]:
+                return f"the file grew while it was being read ({self.identity[2]} bytes, now {st.st_size})"
+            return "the file was rewritten while it was being read (its modification time changed)"
+        if quick:
+            return None
+        try:
+            st = os.stat(self.source)
+        except OSError:
+            return "the file was removed or renamed while it was being read"
+        if (st.st_dev, st.st_ino) != self.identity[:2]:
+            return "the file was replaced by another file while it was being read"
+        return None
+
+    def check(self, row, quick=False):
+        detail = self.changed(quick)
+        if detail is not None:
+            raise InputChangedError(self.source, row, f"{detail}; read it again once it is complete")
+
+
+_FALLBACK_HEADROOM = 64 << 20   # bytes that must be free to read an unmappable file batch by batch
 _MADV_DONTNEED = 4
 _MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels answer EINVAL, and pages fault in as usual
 
 
 def _libc_madvise():
     try:
-        import ctypes
-
         madvise = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
         return None
@@ -377,6 +618,10 @@ def _libc_madvise():
 
 
 _madvise = _libc_madvise() if sys.platform.startswith("linux") else None
+try:
+    from . import _guard
+except ImportError:   # not built for this platform: the checks before each batch and chunk remain
+    _guard = None
 
 
 class _MappedFile:
@@ -386,20 +631,39 @@ class _MappedFile:
     read stay in the page cache but are dropped from this process's resident
     set, so RSS stays flat however large the file. Dropping a page that is
     read again later only costs a page fault: the map is read-only.
+
+    A mapped file that shrinks turns a read of its lost pages into SIGBUS,
+    which no exception handler survives. So ``watch`` (``_Watch``) checks the
+    file before the pages of each batch and each chunk are touched, and the
+    pages are populated (``MADV_POPULATE_READ``) before the kernel reads
+    them, which fails with EFAULT instead of SIGBUS for pages past the end.
     """
 
-    def __init__(self, path):
-        with open(path, "rb") as f:
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    def __init__(self, path, watch):
+        self.watch = watch
+        self._map = mmap.mmap(watch.fd, 0, access=mmap.ACCESS_READ)
         self.buffer = pa.py_buffer(self._map)
+        watch.guard(self._map, self.buffer.address, self.buffer.size)
 
-    def populate(self, arrays):
+    def check(self, row):
+        self.watch.check(row)
+
+    def populate(self, arrays, row):
         """Map the pages of the NumPy views ``arrays`` ahead of reading them (MADV_POPULATE_READ).
 
         One call per column instead of a page fault every few pages; the GIL
-        is released (ctypes), so threads populate side by side.
+        is released (ctypes), so threads populate side by side. Raises
+        ``InputChangedError`` (``row`` is the first row of ``arrays``) if the
+        file changed since it was opened, or its pages cannot be read.
         """
-        self._advise(arrays, _MADV_POPULATE_READ)
+        self.watch.check(row)
+        if self._advise(arrays, _MADV_POPULATE_READ) == errno.EFAULT:
+            self.watch.check(row)
+            raise InputChangedError(
+                self.watch.source, row,
+                "the file's pages cannot be read (truncated while it was being read?); "
+                "read it again once it is complete",
+            )
 
     def release(self, arrays):
         """Drop the pages of the NumPy views ``arrays`` (those that point into the map).
@@ -410,14 +674,17 @@ class _MappedFile:
         self._advise(arrays, _MADV_DONTNEED)
 
     def _advise(self, arrays, advice):
+        """madvise the pages of ``arrays``; the errno of the first failure, or 0."""
         if _madvise is None:
-            return
+            return 0
         base, size = self.buffer.address, self.buffer.size
         for array in arrays:
             address = array.__array_interface__["data"][0]
             if array.nbytes and base <= address < base + size:  # compressed files decode elsewhere
                 start = address // mmap.PAGESIZE * mmap.PAGESIZE
-                _madvise(start, address + array.nbytes - start, advice)
+                if _madvise(start, address + array.nbytes - start, advice) != 0 and advice == _MADV_POPULATE_READ:
+                    return ctypes.get_errno()   # EINVAL on kernels before 5.14: pages fault in as usual
+        return 0
 
 
 def _read_table(path):
@@ -427,8 +694,8 @@ def _read_table(path):
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(str(path)).read()  # not pq.read_table: its dataset layer imports pandas
-    with pa.memory_map(str(path), "r") as mapped:
-        reader = pa.ipc.open_file(mapped) if kind == "ipc_file" else pa.ipc.open_stream(mapped)
+    with pa.OSFile(str(path)) as source:   # read, not mapped: a small table, and no SIGBUS if it shrinks
+        reader = pa.ipc.open_file(source) if kind == "ipc_file" else pa.ipc.open_stream(source)
         return reader.read_all()
 
 
@@ -543,6 +810,7 @@ def read_merchants(merchants):
     if isinstance(merchants, (str, os.PathLike)):
         source = str(merchants)
         path = Path(merchants)
+        os.close(_open_regular(path))   # a FIFO would hang the reader
         try:
             if path.suffix.lower() == ".csv":
                 import pyarrow.csv as pacsv
@@ -553,8 +821,8 @@ def read_merchants(merchants):
                 table = pacsv.read_csv(source, convert_options=pacsv.ConvertOptions(column_types=text_columns))
             else:
                 table = _read_table(path)
-        except (pa.ArrowInvalid, pa.ArrowIOError) as e:
-            raise CorruptInputError(source, None, f"cannot read merchants table: {e}") from e
+        except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowMemoryError, MemoryError) as e:
+            raise read_error(e, source, None, "cannot read merchants table") from e
     else:
         source = IN_MEMORY
         table = _in_memory(merchants)

@@ -15,11 +15,11 @@ CURSOR_FIELDS = (
     "started", "prev_merchant", "prev_customer", "prev_ts", "run_period", "run_orders",
     "run_revenue", "cohort", "month_lo", "month_hi", "period", "first_month", "last_month",
     "n_slots", "n_rows", "n_bin_rows", "n_values", "target_lo", "target_hi", "need", "need_count",
-    "refunds",
+    "refunds", "cust_revenue",
 )
 (STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, RUN_PERIOD, RUN_ORDERS, RUN_REVENUE, COHORT,
  MONTH_LO, MONTH_HI, PERIOD, FIRST_MONTH, LAST_MONTH, N_SLOTS, N_ROWS, N_BIN_ROWS, N_VALUES,
- TARGET_LO, TARGET_HI, NEED, NEED_COUNT, REFUNDS) = range(len(CURSOR_FIELDS))
+ TARGET_LO, TARGET_HI, NEED, NEED_COUNT, REFUNDS, CUST_REVENUE) = range(len(CURSOR_FIELDS))
 N_CURSOR = len(CURSOR_FIELDS)
 
 OK, NEED_SPACE, UNSORTED, NEGATIVE_AMOUNT, TIMESTAMP_RANGE, AMOUNT_OVERFLOW, TOTAL_OVERFLOW = range(7)
@@ -199,11 +199,15 @@ def _cohort_rows(cur, slot_of, slot_cohort, slot_last, cells, out_merchant, out_
                 if status != OK:
                     break
         _add_order(cur, move, m, cust, t, a, refunds)
+        if move >= NEXT_CUSTOMER:
+            cur[CUST_REVENUE] = 0
         revenue, overflow = _add_overflows(cur[RUN_REVENUE], a)
-        if overflow:
+        customer_revenue, customer_overflow = _add_overflows(cur[CUST_REVENUE], a)
+        if overflow or customer_overflow:
             status = AMOUNT_OVERFLOW
             break
         cur[RUN_REVENUE] = revenue
+        cur[CUST_REVENUE] = customer_revenue
         i += 1
     return status, i
 

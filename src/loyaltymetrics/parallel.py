@@ -25,15 +25,20 @@ A kernel is any object with:
     the rows given so far end at a store-customer boundary: close what is
     open and return this chunk's output (or None);
 ``finish(state)``
-    return the state's accumulated output (or None).
+    return the state's accumulated output (or None);
+``flush(state)`` (optional)
+    return the output of the store-customers closed so far without closing
+    the open one (or None): a kernel that emits rows as it scans has it, so
+    that its output streams at every thread count (also with one thread,
+    whose only chunk of a round never ends at a known boundary).
 """
 import bisect
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 
 import numpy as np
 
-from .errors import AmountOverflowError, NegativeAmountError, TimestampRangeError, UnsortedInputError
+from .errors import AmountOverflowError, NegativeAmountError, TimestampRangeError, UnsortedInputError, resource_error
 from .outputs import check_stop
 from .periods import format_timestamp
 
@@ -94,37 +99,81 @@ def run(batches, kernel, threads=None, chunk_rows=DEFAULT_CHUNK_ROWS, progress=N
     """
     threads = resolve_threads(threads)
     chunk_rows = check_chunk_rows(chunk_rows)
+    try:
+        yield from _run(batches, kernel, threads, chunk_rows, progress)
+    except Exception as error:
+        # Out of memory or threads (a thread that cannot start, an array that cannot be
+        # allocated) is a ResourceError, whatever raised it: never corrupt input (SPEC §2).
+        typed = resource_error(error)
+        if typed is None or typed is error:
+            raise
+        raise typed from error
+
+
+def _run(batches, kernel, threads, chunk_rows, progress):
     states = [kernel.new_state() for _ in range(threads)]
     tail = 0        # the state holding the store-customer open at the end of the last round
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
-    try:
-        for window, last_round in _rounds(batches, threads * chunk_rows):
-            check_stop()  # SIGINT/SIGTERM whose exception was lost (see outputs.py)
-            chunks = _plan(window, threads)
-            # Chunk i goes to state (tail + i) % threads: chunk 0 continues the last round's tail.
-            jobs = [(states[(tail + i) % threads], chunk, last_round or i < len(chunks) - 1)
-                    for i, chunk in enumerate(chunks)]
-            if pool is None:
-                results = [_run_chunk(kernel, *job) for job in jobs]
-            else:
-                results = list(pool.map(lambda job: _run_chunk(kernel, *job), jobs))
-            _raise_first_error(chunks, results)
-            tail = (tail + len(chunks) - 1) % threads
-            if progress is not None:
-                progress(sum(hi - lo for _, lo, hi in window))
-            for output, _ in results:
-                if output is not None:
-                    yield output
-    finally:
-        if pool is not None:
-            # On an error or a signal (raised in the main thread while it waits on the futures,
-            # an interruptible wait) queued chunks are dropped; running ones finish before their
-            # pages go away.
-            pool.shutdown(cancel_futures=True)
+    for window, last_round in _rounds(batches, threads * chunk_rows):
+        check_stop()  # SIGINT/SIGTERM whose exception was lost (see outputs.py)
+        _check_files(window)   # _plan reads keys at the cut points: a mapped file must still be whole
+        chunks = _plan(window, threads)
+        # Chunk i goes to state (tail + i) % threads: chunk 0 continues the last round's tail.
+        jobs = [(states[(tail + i) % threads], chunk, last_round or i < len(chunks) - 1)
+                for i, chunk in enumerate(chunks)]
+        results = _run_jobs(kernel, jobs)
+        _check_files(window)   # before any result of the round is used: were its pages whole?
+        _raise_first_error(chunks, results)
+        tail = (tail + len(chunks) - 1) % threads
+        if progress is not None:
+            progress(sum(hi - lo for _, lo, hi in window))
+        for output, _ in results:
+            if output is not None:
+                yield output
     for state in states:
         output = kernel.finish(state)
         if output is not None:
             yield output
+
+
+def _run_jobs(kernel, jobs):
+    """Run the chunks of a round side by side: the first on this thread, each other on a thread of its own.
+
+    Results in job order. A thread that cannot be started, or that runs out
+    of memory before its job begins (its start-up fails: no pool thread
+    would ever take that job, and a pool would wait for it forever), leaves
+    its job to this thread afterwards: the results are the same on any
+    thread, only later.
+    """
+    results = [None] * len(jobs)
+
+    def work(i):
+        try:
+            results[i] = _run_chunk(kernel, *jobs[i])
+        except BaseException as error:   # out of memory building the result: reported in row order
+            results[i] = (None, error)
+
+    started = []
+    for i in range(1, len(jobs)):
+        thread = threading.Thread(target=work, args=(i,), name=f"loyaltymetrics-chunk-{i}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:   # can't start new thread: this thread takes the job below
+            continue
+        started.append(thread)
+    if jobs:
+        work(0)
+    for thread in started:
+        thread.join()
+    for i, result in enumerate(results):
+        if result is None:
+            work(i)
+    return results
+
+
+def _check_files(window):
+    """InputChangedError if a memory-mapped file of ``window`` changed since it was opened."""
+    for batch, lo in {id(b.mapped): (b, lo) for b, lo, _ in reversed(window) if b.mapped is not None}.values():
+        batch.check(lo)
 
 
 def _rounds(batches, round_rows):
@@ -241,7 +290,10 @@ def _run_chunk(kernel, state, chunk, closes):
             batch.populate(lo, hi)
             kernel.scan(state, batch, lo, hi)
             batch.release(lo, hi)
-        return (kernel.end_chunk(state) if closes else None), None
+        if closes:
+            return kernel.end_chunk(state), None
+        flush = getattr(kernel, "flush", None)
+        return (flush(state) if flush is not None else None), None
     except Exception as error:  # reported in row order by _raise_first_error
         return None, error
 

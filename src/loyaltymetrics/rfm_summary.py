@@ -37,7 +37,7 @@ import pyarrow as pa
 from . import _rfm, _scan, parallel, periods
 from . import progress as _progress
 from .arrays import numeric_array
-from .errors import AmountOverflowError
+from .errors import AmountOverflowError, reporting_resource_errors
 from .inputs import _in_memory, count_rows, order_batches, rereadable
 from .outputs import atomic_output, check_output_path
 from .scan import _stop_error
@@ -257,6 +257,12 @@ class RfmKernel:
 
     finish = end_chunk
 
+    def flush(self, state):
+        """The store-customers closed so far (the open one stays open), so that output streams."""
+        self._move_output(state)
+        ready, state.ready = state.ready, []
+        return ready or None
+
     def _move_output(self, state):
         rows = state.engine_state.take_output()
         if rows.shape[1]:
@@ -330,7 +336,9 @@ def last_order_day(orders, columns=None):
     """
     latest, units_per_day = None, 1
     for batch in order_batches(orders, columns):
+        batch.populate(columns=("order_ts",))   # a truncated file: InputChangedError, not SIGBUS
         top = int(batch.order_ts.max())
+        batch.check()                           # the maximum of whole pages, not of zeros
         units_per_day = batch.units_per_day
         latest = top if latest is None else max(latest, top)
         batch.release()
@@ -340,6 +348,7 @@ def last_order_day(orders, columns=None):
     return min(max(latest // units_per_day, 0), periods.N_DAYS - 1)
 
 
+@reporting_resource_errors
 def rfm(orders, freq="D", observation_end=None, include_first_transaction=False, *, calibration_end=None,
         columns=None, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, refunds=False,
         progress=False):

@@ -52,6 +52,8 @@ bucket empties first. More merchants than the default for the same rows
 likewise makes every merchant smaller; fewer makes them larger.
 """
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,7 @@ import pyarrow as pa
 
 from . import progress as _progress
 from .outputs import atomic_output, check_output_path, check_stop
+from .errors import ResourceError, reporting_resource_errors
 
 DAY_US = 86_400_000_000
 SECOND_US = 1_000_000
@@ -192,6 +195,7 @@ def parse_rows(text):
     return value
 
 
+@reporting_resource_errors
 def generate(path, merchants_path=None, *, rows, seed=0, merchants_count=None, years=(2022, 2023),
              progress=False):
     """Write a synthetic, calibrated merchant network: orders to ``path``, merchants beside it.
@@ -229,6 +233,7 @@ def generate(path, merchants_path=None, *, rows, seed=0, merchants_count=None, y
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     first_year, last_year = _check_years(years)
     months = 12 * (last_year - first_year + 1)
+    _check_resources(path, rows, merchants_count, months)
     if merchants_count is None:
         merchants_count = default_merchants_count(rows, months)
     elif isinstance(merchants_count, bool) or not isinstance(merchants_count, (int, np.integer)) \
@@ -265,6 +270,67 @@ def generate(path, merchants_path=None, *, rows, seed=0, merchants_count=None, y
                     bar.update(len(block[0]))
             out.flush()
     return GenerateResult(str(path), str(merchants_path), rows, merchants_count, time.perf_counter() - started)
+
+
+# Bytes per order row in the file: int32 + int64 × 3 + one bit (batch metadata is < 0.1%).
+ORDER_BYTES = 4 + 8 + 8 + 8 + 1 / 8
+# Peak bytes per merchant while planning (the plan's arrays and temporaries: ≈ 125 measured at 1e10 rows).
+PLAN_BYTES_PER_MERCHANT = 400
+MAX_MERCHANTS = np.iinfo(np.int32).max   # merchant_id is int32
+
+
+def _mean_monthly_orders():
+    """Orders per month of the average merchant before scaling: log-uniform within each size bucket."""
+    return sum(share * (hi - lo) / math.log(hi / lo) for share, (lo, hi) in zip(SIZE_SHARES, SIZE_RANGES))
+
+
+def _available_memory():
+    """Bytes this process may still allocate: free memory, and what an address-space limit leaves."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            available = min(available or soft, soft - used)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return available
+
+
+def _check_resources(path, rows, merchants_count, months):
+    """Fail fast, before planning, when the plan cannot fit in memory or the file on disk."""
+    merchants = merchants_count if merchants_count is not None else \
+        math.ceil(rows / (_mean_monthly_orders() * months))
+    if merchants > MAX_MERCHANTS:
+        raise ValueError(f"{merchants:,} merchants do not fit merchant_id (int32, at most {MAX_MERCHANTS:,}); "
+                         "pass fewer rows or a smaller merchants_count")
+    need, available = merchants * PLAN_BYTES_PER_MERCHANT, _available_memory()
+    if available is not None and need > available:
+        raise ResourceError(
+            str(path), None,
+            f"planning {merchants:,} merchants for {rows:,} rows needs about {need / 2**30:.1f} GiB of memory; "
+            f"{max(available, 0) / 2**30:.1f} GiB are available (pass fewer rows or a smaller merchants_count)",
+        )
+    try:
+        free = shutil.disk_usage(Path(path).resolve().parent).free
+    except OSError:
+        return   # no such directory: writing reports it
+    need = rows * ORDER_BYTES
+    if need > free:
+        raise ResourceError(
+            str(path), None,
+            f"{rows:,} rows need about {need / 2**30:,.1f} GiB on disk; {free / 2**30:,.1f} GiB are free there",
+        )
 
 
 def _check_years(years):
