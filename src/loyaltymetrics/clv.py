@@ -47,17 +47,36 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-try:
-    from scipy.optimize import minimize
-    from scipy.special import digamma, expit, gammaln, hyp2f1
-except ImportError:     # lm.clv needs SciPy (the ``clv`` extra); importing loyaltymetrics does not
-    minimize = digamma = expit = gammaln = hyp2f1 = None
 
 from . import parallel
+from .convert import MissingDependencyError
 from .errors import CorruptInputError, InputChangedError, InputError, NullValueError, SchemaError
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, size_buckets, size_labels
 from .inputs import IN_MEMORY, _in_memory, order_batches, read_merchants, rereadable
 from .rfm_summary import check_freq, last_order_day, observation_day, rfm
+
+
+class _SciPy:
+    """SciPy's functions, imported on first use: ``import loyaltymetrics`` does not load SciPy
+    (the ``clv`` extra), which costs start-up time and whose BLAS threads hang under an
+    address-space limit (tests/test_faults.py)."""
+
+    def load(self):
+        if "gammaln" not in self.__dict__:
+            try:
+                from scipy import optimize, special
+            except ImportError:
+                raise MissingDependencyError("lm.clv needs SciPy: pip install 'loyaltymetrics[clv]'") from None
+            self.minimize = optimize.minimize
+            for name in ("digamma", "expit", "gammaln", "hyp2f1"):
+                setattr(self, name, getattr(special, name))
+
+    def __getattr__(self, name):
+        self.load()
+        return self.__dict__[name]
+
+
+sp = _SciPy()
 
 BGNBD_PARAMS = ("r", "alpha", "a", "b")
 GAMMA_GAMMA_PARAMS = ("p", "q", "v")
@@ -79,8 +98,8 @@ CODE_LIMIT = 2**62      # summaries are matched as one int64 code below this man
 def _bgnbd_terms(params, x, tx, T):
     """Per-row log-likelihood terms of BG/NBD (lifetimes' A_1 … A_4) and the mixing weights."""
     r, alpha, a, b = params
-    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
-    a2 = gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
+    a1 = sp.gammaln(r + x) - sp.gammaln(r) + r * np.log(alpha)
+    a2 = sp.gammaln(a + b) + sp.gammaln(b + x) - sp.gammaln(b) - sp.gammaln(a + b + x)
     a3 = -(r + x) * np.log(alpha + T)
     a4 = np.log(a) - np.log(b + np.maximum(x, 1) - 1) - (r + x) * np.log(tx + alpha)
     top = np.maximum(a3, a4)
@@ -107,10 +126,10 @@ def bgnbd_objective(log_params, x, tx, T, weights, penalizer_coef):
     r, alpha, a, b = params
     ll, w3, w4 = _bgnbd_terms(params, x, tx, T)
     total = weights.sum()
-    d_r = digamma(r + x) - digamma(r) + np.log(alpha) - w3 * np.log(alpha + T) - w4 * np.log(tx + alpha)
+    d_r = sp.digamma(r + x) - sp.digamma(r) + np.log(alpha) - w3 * np.log(alpha + T) - w4 * np.log(tx + alpha)
     d_alpha = r / alpha - w3 * (r + x) / (alpha + T) - w4 * (r + x) / (tx + alpha)
-    d_a = digamma(a + b) - digamma(a + b + x) + w4 / a
-    d_b = digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x) - w4 / (b + np.maximum(x, 1) - 1)
+    d_a = sp.digamma(a + b) - sp.digamma(a + b + x) + w4 / a
+    d_b = sp.digamma(a + b) + sp.digamma(b + x) - sp.digamma(b) - sp.digamma(a + b + x) - w4 / (b + np.maximum(x, 1) - 1)
     grad = np.array([_weighted_sum(weights, d) for d in (d_r, d_alpha, d_a, d_b)])
     value = -_weighted_sum(weights, ll) / total + penalizer_coef * np.sum(params ** 2)
     return value, -grad * params / total + 2 * penalizer_coef * params ** 2
@@ -140,7 +159,7 @@ def _boundary(names, params, shapes):
 
 def _minimize(objective, x0, args, tol):
     with np.errstate(all="ignore"):
-        return minimize(objective, x0=x0, args=args, jac=True, method=None, tol=tol)
+        return sp.minimize(objective, x0=x0, args=args, jac=True, method=None, tol=tol)
 
 
 def fit_bgnbd(x, tx, T, weights, penalizer_coef=0.0, min_customers=DEFAULT_MIN_CUSTOMERS, tol=1e-7):
@@ -179,8 +198,8 @@ def expected_purchases(params, t, x, tx, T):
     _c = a + b + x - 1
     _z = t / (alpha + T + t)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ln_hyp_term = np.log(hyp2f1(_a, _b, _c, _z))
-        ln_hyp_term_alt = np.log(hyp2f1(_c - _a, _c - _b, _c, _z)) + (_c - _a - _b) * np.log(1 - _z)
+        ln_hyp_term = np.log(sp.hyp2f1(_a, _b, _c, _z))
+        ln_hyp_term_alt = np.log(sp.hyp2f1(_c - _a, _c - _b, _c, _z)) + (_c - _a - _b) * np.log(1 - _z)
         ln_hyp_term = np.where(np.isinf(ln_hyp_term), ln_hyp_term_alt, ln_hyp_term)
         first_term = (a + b + x - 1) / (a - 1)
         second_term = 1 - np.exp(ln_hyp_term + (r + x) * np.log((alpha + T) / (alpha + t + T)))
@@ -194,14 +213,14 @@ def probability_alive(params, x, tx, T):
     r, alpha, a, b = params
     with np.errstate(divide="ignore", invalid="ignore"):
         log_div = (r + x) * np.log((alpha + T) / (alpha + tx)) + np.log(a / (b + np.maximum(x, 1) - 1))
-        return np.where(x == 0, 1.0, expit(-log_div))
+        return np.where(x == 0, 1.0, sp.expit(-log_div))
 
 
 # --- Gamma-Gamma -----------------------------------------------------------------------
 
 def _gamma_gamma_terms(params, x, m):
     p, q, v = params
-    return (gammaln(p * x + q) - gammaln(p * x) - gammaln(q) + q * np.log(v) + (p * x - 1) * np.log(m)
+    return (sp.gammaln(p * x + q) - sp.gammaln(p * x) - sp.gammaln(q) + q * np.log(v) + (p * x - 1) * np.log(m)
             + (p * x) * np.log(x) - (p * x + q) * np.log(x * m + v))
 
 
@@ -216,10 +235,10 @@ def gamma_gamma_objective(log_params, x, m, weights, penalizer_coef):
     p, q, v = params
     ll = _gamma_gamma_terms(params, x, m)
     total = weights.sum()
-    psi_pq = digamma(p * x + q)
+    psi_pq = sp.digamma(p * x + q)
     log_xm_v = np.log(x * m + v)
-    d_p = x * (psi_pq - digamma(p * x) + np.log(m) + np.log(x) - log_xm_v)
-    d_q = psi_pq - digamma(q) + np.log(v) - log_xm_v
+    d_p = x * (psi_pq - sp.digamma(p * x) + np.log(m) + np.log(x) - log_xm_v)
+    d_q = psi_pq - sp.digamma(q) + np.log(v) - log_xm_v
     d_v = q / v - (p * x + q) / (x * m + v)
     grad = np.array([_weighted_sum(weights, d) for d in (d_p, d_q, d_v)])
     value = -_weighted_sum(weights, ll) / total + penalizer_coef * np.sum(params ** 2)
@@ -525,8 +544,7 @@ def clv(orders=None, merchants=None, *, summary=None, by=(), freq="D", observati
         ``expected_orders``, ``probability_alive``, ``expected_spend``,
         ``clv`` (null where the group's model has no usable fit).
     """
-    if minimize is None:
-        raise ImportError("lm.clv needs SciPy: pip install 'loyaltymetrics[clv]'")
+    sp.load()
     by = check_by(by)
     freq = check_freq(freq)
     size_edges = check_size_edges(size_edges)
