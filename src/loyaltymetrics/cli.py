@@ -330,7 +330,6 @@ def _add_rfm_parser(sub):
                    help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
     p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
     p.add_argument("--threads", type=_positive_int, metavar="N", help="threads scanning chunks (default: the usable CPUs)")
-    p.add_argument("--refunds", action="store_true", help="accept negative amounts (refunds)")
     _add_quiet(p)
 
 
@@ -339,8 +338,8 @@ def _rfm(args):
 
     check_rfm_path(args.output, [args.orders])  # before reading anything
     reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
-                 calibration_end=args.calibration_end, columns=args.columns, engine=args.engine, threads=args.threads, refunds=args.refunds,
-                 progress=not args.quiet)
+                 calibration_end=args.calibration_end, columns=args.columns, engine=args.engine,
+                 threads=args.threads, progress=not args.quiet)
     rows = write_rfm(reader, args.output, inputs=[args.orders])
     print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
     return 0

@@ -37,7 +37,7 @@ import pyarrow as pa
 from . import _rfm, _scan, parallel, periods
 from . import progress as _progress
 from .arrays import numeric_array
-from .errors import AmountOverflowError, reporting_resource_errors
+from .errors import AmountOverflowError, NegativeAmountError, reporting_resource_errors
 from .inputs import _in_memory, count_rows, order_batches, rereadable
 from .outputs import atomic_output, check_output_path
 from .scan import _stop_error
@@ -211,7 +211,7 @@ class RfmKernel:
     Combining the outputs of states is concatenation in chunk order.
     """
 
-    def __init__(self, freq="D", observation_day=0, include_first_transaction=False, refunds=False,
+    def __init__(self, freq="D", observation_day=0, include_first_transaction=False,
                  engine="cython", capacity=OUTPUT_CAPACITY, holdout=None):
         self.freq = check_freq(freq)
         # Calibration/holdout: observation_day is the calibration end's day, ``holdout`` a ``Holdout``.
@@ -221,7 +221,6 @@ class RfmKernel:
         self.observation_period = int(day_period(freq)[observation_day])
         self.observation_start_day = int(period_start_day(freq)[self.observation_period])
         self.include_first = bool(include_first_transaction)
-        self.refunds = bool(refunds)
         self.capacity = capacity
         self._day_period = day_period(freq)
         self._n_periods = len(period_start_day(freq)) - 1
@@ -229,7 +228,7 @@ class RfmKernel:
     def new_state(self):
         return RfmRun(self.engine.RfmState(
             self._day_period, self._n_periods, self.observation_period,
-            include_first=self.include_first, allow_negative=self.refunds, capacity=self.capacity,
+            include_first=self.include_first, capacity=self.capacity,
         ))
 
     def scan(self, state, batch, start=0, stop=None):
@@ -311,6 +310,10 @@ def _error(status, batch, row, engine_state):
             f"amount {int(batch.amount[row])} makes its store-customer's sum of amounts overflow int64 "
             "(more than 9.2e18 minor units)",
         )
+    if status.name == "NEGATIVE_AMOUNT":  # SPEC §9: rfm takes no refunds, so no flag to name
+        return NegativeAmountError(batch.source, batch.first_row + row,
+                                   f"negative amount {int(batch.amount[row])}: rfm takes no refunds; net them "
+                                   "into their orders first (loyaltymetrics prepare does)")
     return _stop_error(_scan.Status[status.name], batch, row, engine_state)
 
 
@@ -350,7 +353,7 @@ def last_order_day(orders, columns=None):
 
 @reporting_resource_errors
 def rfm(orders, freq="D", observation_end=None, include_first_transaction=False, *, calibration_end=None,
-        columns=None, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, refunds=False,
+        columns=None, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS,
         progress=False):
     """Frequency, recency, T and monetary value per store-customer (SPEC §9), streamed.
 
@@ -402,8 +405,6 @@ def rfm(orders, freq="D", observation_end=None, include_first_transaction=False,
         Rows per chunk and thread in one round; memory in flight is about
         ``threads * chunk_rows`` input rows and their output. Output is
         identical for every chunk size.
-    refunds : bool
-        Accept negative amounts, as ``compute`` does.
     progress : bool
         Show a progress bar with rows/s on stderr as the reader is consumed,
         when stderr is a terminal.
@@ -445,7 +446,7 @@ def rfm(orders, freq="D", observation_end=None, include_first_transaction=False,
             raise ValueError(f"observation_end {observation_end!r} is before calibration_end {calibration_end!r}")
         holdout = Holdout(calibration_ns, end_ns, max(day, calibration_ns // NS_PER_DAY))
         day = calibration_ns // NS_PER_DAY
-    kernel = RfmKernel(freq, day, include_first_transaction, refunds, engine, holdout=holdout)
+    kernel = RfmKernel(freq, day, include_first_transaction, engine, holdout=holdout)
     total = count_rows(orders) if _progress.shown(progress) else None
     batches = output_batches(order_batches(orders, columns), kernel, threads, chunk_rows, progress, total)
     return pa.RecordBatchReader.from_batches(kernel.schema, batches)
