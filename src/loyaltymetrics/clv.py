@@ -383,31 +383,24 @@ class _Groups:
             if merchant_id is None:
                 merchant_id = _numpy(batch.column(names.index("merchant_id")), self.source, "merchant_id")
                 merchant_id = merchant_id.astype(np.int64)
-            if key == "size":
-                if self.merchant_sizes is None:
-                    raise SchemaError(self.source, None, "by='size' on an RFM table needs a 'size' column")
-                ids, labels = self.merchant_sizes
-                values.append(labels[np.searchsorted(ids, merchant_id)])
-            else:
-                industry, country, _ = self.merchants.lookup(merchant_id)
-                values.append(industry if key == "industry" else country)
+            values.append(self._merchant_key(key, merchant_id))
         return values
 
     def merchant_key_values(self, merchant_id):
         """Per key of ``by``, the values of each of ``merchant_id`` (every key a merchant's attribute)."""
-        values = []
-        for key in self.by:
-            if key == "merchant":
-                values.append(merchant_id)
-            elif key == "size":
-                if self.merchant_sizes is None:
-                    raise SchemaError(self.source, None, "by='size' on an RFM table needs a 'size' column")
-                ids, labels = self.merchant_sizes
-                values.append(labels[np.searchsorted(ids, merchant_id)])
-            else:
-                industry, country, _ = self.merchants.lookup(merchant_id)
-                values.append(industry if key == "industry" else country)
-        return values
+        return [self._merchant_key(key, merchant_id) for key in self.by]
+
+    def _merchant_key(self, key, merchant_id):
+        """The value of one key of ``by`` for each of ``merchant_id``."""
+        if key == "merchant":
+            return merchant_id
+        if key == "size":
+            if self.merchant_sizes is None:
+                raise SchemaError(self.source, None, "by='size' on an RFM table needs a 'size' column")
+            ids, labels = self.merchant_sizes
+            return labels[np.searchsorted(ids, merchant_id)]
+        industry, country, _ = self.merchants.lookup(merchant_id)
+        return industry if key == "industry" else country
 
     def row_groups(self, batch):
         """int64 group id of each row of ``batch``, new groups registered as they appear."""
