@@ -178,7 +178,7 @@ def main():
               f"{report.rows_excluded:,}, rejected {report.rows_rejected:,}")
         print(f"per (shop, year) numbers equal the hand-written SQL's: {ours == theirs}")
         base = runs["duckdb ORDER BY -> IPC"][0]
-        print(f"\n| step | seconds | vs DuckDB ORDER BY |\n|---|---:|---:|")
+        print("\n| step | seconds | vs DuckDB ORDER BY |\n|---|---:|---:|")
         for name, (seconds, _) in runs.items():
             print(f"| {name} | {seconds:.2f} | {seconds / base:.2f}x |")
         both = runs["prepare"][0] + runs["compute"][0]

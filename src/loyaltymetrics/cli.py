@@ -9,7 +9,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-import pyarrow as pa
 
 from .api import compute
 from .errors import LoyaltyMetricsError

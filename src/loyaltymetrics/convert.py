@@ -32,7 +32,6 @@ their shortest decimal representation (0.285 is 0.285, not
 multiplied by 100 and rounded half away from zero (12.345 → 1235 cents,
 -0.125 → -13), as SQL's ROUND and most commerce systems do.
 """
-import fnmatch
 import glob as _glob
 import os
 import re
@@ -46,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import progress as _progress
-from .errors import CorruptInputError, InputError, LoyaltyMetricsError, SchemaError
+from .errors import CorruptInputError, InputError, ResourceError, SchemaError
 from .outputs import atomic_output, check_not_input
 from .synthetic import ORDERS_SCHEMA
 
@@ -127,10 +126,6 @@ HINTS = {
 
 class MissingDependencyError(ImportError):
     """An optional dependency a feature needs is not installed."""
-
-
-class PrepareResourceError(LoyaltyMetricsError, MemoryError):
-    """prepare ran out of memory (or threads) under its limits: not a fault of the input."""
 
 
 class MixedCurrencyError(InputError):
@@ -351,15 +346,15 @@ def prepare(raw, output, *, columns=None, format="generic", merchant=None, merch
         try:
             return _run(con, duckdb, locals())
         except duckdb.OutOfMemoryException as e:
-            raise PrepareResourceError(
-                f"prepare ran out of memory under memory_limit={memory_limit!r} (the input is not at fault): "
+            raise ResourceError(
+                None, None, f"prepare ran out of memory under memory_limit={memory_limit!r} (the input is not at fault): "
                 f"raise --memory-limit or free memory. DuckDB: {str(e).splitlines()[0]}") from e
         finally:
             con.close()
     except MemoryError as e:
-        if isinstance(e, PrepareResourceError):
+        if isinstance(e, ResourceError):
             raise
-        raise PrepareResourceError(f"prepare ran out of memory (the input is not at fault): {e}") from e
+        raise ResourceError(None, None, f"prepare ran out of memory (the input is not at fault): {e}") from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -379,7 +374,7 @@ def _run(con, duckdb, a):
     try:
         con.execute("SELECT 1").fetchall()
     except duckdb.Error as e:
-        raise PrepareResourceError(f"DuckDB cannot run under memory_limit={a['memory_limit']!r}: {e}") from e
+        raise ResourceError(None, None, f"DuckDB cannot run under memory_limit={a['memory_limit']!r}: {e}") from e
 
     stage = _Stage(con, fmt, a["columns"], a["merchant"], a["filename_re"], a["refunds"], scale, a["code_re"],
                    a["timezone"])
