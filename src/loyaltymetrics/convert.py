@@ -113,6 +113,10 @@ EXCLUSIONS = ("line_item", "refund_row", "test", "cancelled", "voided", "failed"
 # ±HH:MM, with or without a space before it (Shopify writes "2023-05-01 10:15:00 -0400").
 TS_PATTERN = (r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?))?"
               r" ?(Z|UTC|[+-]\d{2}(?::?\d{2})?)?$")
+# The fixed-width forms exports write most (Shopify "2023-05-01 10:15:00 -0400", ISO-8601 with an offset
+# or Z, naive "Y-m-d H:i:s"): one DFA match, then the date, time and zone by position — the same three
+# parts TS_PATTERN's capture groups give for these strings, without RE2's slower submatch extraction.
+TS_FIXED = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}( [+-]\d{4}|[+-]\d{2}:\d{2}|Z)?$"
 
 
 HINTS = {
@@ -901,14 +905,26 @@ class _Stage:
         # amounts
         amount_txt, dec, dbl = _amount_sql("amount", kind("amount"))
         refunded_txt, ref, _ = _amount_sql("refunded", kind("refunded"))
+        # Fast exact path: amounts with at most as many decimals as the unit has (cents for major units)
+        # also read as DECIMAL(15, k), 64-bit, where the net in minor units is a plain integer; the
+        # DECIMAL(38, 16) rounding (128-bit division, most of the staging time) is left for the rest.
+        digits = {100: 2, 1: 0}.get(self.scale)
+        small_dec = _small_decimal_sql("amount", kind("amount"), digits)
+        small_ref = _small_decimal_sql("refunded", kind("refunded"), digits) if has("refunded") else "0"
         p0 = []
         if amount_txt:
             p0.append(f"CASE WHEN {carrier} THEN {amount_txt} END AS amount_txt")
         if refunded_txt:
             p0.append(f"CASE WHEN {carrier} THEN {refunded_txt} END AS refunded_txt")
         if kind("order_ts") == "text":
-            p0.append(f"CASE WHEN {carrier} THEN regexp_extract(trim(order_ts), '{TS_PATTERN}', ['d', 't', 'z']) "
-                      f"END AS tsp")
+            parts = "{'d': substr(order_ts, 1, 10), 't': substr(order_ts, 12, 8), 'z': %s}"
+            p0.append(f"""CASE WHEN {carrier} THEN (CASE
+                WHEN NOT regexp_full_match(order_ts, '{TS_FIXED}')
+                    THEN regexp_extract(trim(order_ts), '{TS_PATTERN}', ['d', 't', 'z'])
+                WHEN length(order_ts) = 19 THEN {parts % "''"}
+                WHEN length(order_ts) = 20 THEN {parts % "'Z'"}
+                WHEN substr(order_ts, 20, 1) = ' ' THEN {parts % "substr(order_ts, 21, 5)"}
+                ELSE {parts % "substr(order_ts, 20, 6)"} END) END AS tsp""")
         p0 = "".join(", " + e for e in p0)
         ref_bad = f"(refunded IS NOT NULL AND ({ref}) IS NULL)" if has("refunded") else "false"
         # timestamps
@@ -942,6 +958,7 @@ class _Stage:
                        {"order_ts" if "order_ts" in kinds else "NULL"} AS raw_ts,
                        {"amount" if "amount" in kinds else "NULL"} AS raw_amount,
                        {dec} AS dec, CASE WHEN ({dec}) IS NULL THEN {dbl} END AS dbl, {ref} AS ref,
+                       {small_dec} AS dec_small, coalesce({small_ref}, 0) AS ref_small,
                        {ref_bad} AS ref_bad, {ts_value} AS ts_us,
                        CASE WHEN {carrier} THEN {reward} END AS reward_flag,
                        ({carrier} AND ({bad_reward})) AS bad_reward,
@@ -957,11 +974,16 @@ class _Stage:
                        (coalesce(abs(ref), 0) > 0 AND coalesce(abs(ref), 0) >= dec) AS full_refund
                 FROM p1
             ), p3 AS (
-                SELECT *, CASE WHEN abs(dec) < 1e19 AND refunded_abs < 1e19 AND NOT full_refund
-                               THEN dec - refunded_abs END AS net
+                SELECT *, CASE WHEN {_below_1e19("abs(dec)")} AND {_below_1e19("refunded_abs")} AND NOT full_refund
+                               THEN dec - refunded_abs END AS net,
+                       (CAST(dec_small AS DECIMAL(38, 16)) = dec
+                        AND CAST(ref_small AS DECIMAL(38, 16)) = coalesce(ref, 0)) AS exact_small
                 FROM p2
             ), p4 AS (
-                SELECT *, CASE WHEN abs(net) < 1e19 THEN TRY_CAST(ROUND(net * {self.scale}) AS BIGINT) END AS cents
+                SELECT *, CASE WHEN net IS NULL OR NOT {_below_1e19("abs(net)")} THEN NULL
+                               WHEN exact_small THEN CAST(dec_small * {self.scale} AS BIGINT)
+                                                     - CAST(abs(ref_small) * {self.scale} AS BIGINT)
+                               ELSE TRY_CAST(ROUND(net * {self.scale}) AS BIGINT) END AS cents
                 FROM p3
             )
             SELECT src_row, {file_idx} AS file_idx, file_row, m, {str(has_order).lower()}, o, c,
@@ -1007,6 +1029,22 @@ def _amount_sql(column, kind):
         raw = f"CAST({column} AS VARCHAR)"  # shortest decimal that reads back as the same float
         return None, f"TRY_CAST({raw} AS DECIMAL(38, 16))", f"CAST({column} AS DOUBLE)"
     return None, f"TRY_CAST({column} AS DECIMAL(38, 16))", f"TRY_CAST({column} AS DOUBLE)"
+
+
+def _small_decimal_sql(column, kind, digits):
+    """The amount as DECIMAL(15, digits) (× 100 still fits 64 bits) — text or integers only, NULL where it does not fit. Text with
+    more decimals is rounded by the cast: the caller uses it only where it equals the exact value."""
+    if digits is None or kind not in ("text", "decimal"):
+        return "NULL::BIGINT"
+    if kind == "text":
+        return f"TRY_CAST({column}_txt AS DECIMAL(15, {digits}))"
+    return f"(CASE WHEN typeof({column}) LIKE '%INT%' THEN TRY_CAST({column} AS DECIMAL(15, {digits})) END)"
+
+
+def _below_1e19(expr):
+    """``expr < 1e19`` as DuckDB compares a DECIMAL(38, 16) with a DOUBLE literal (through a double), but
+    decided exactly, without the conversion, where the value is far from the bound."""
+    return f"(CASE WHEN {expr} < CAST('9000000000000000000' AS DECIMAL(38, 16)) THEN true ELSE {expr} < 1e19 END)"
 
 
 def _ts_sql(spec, utc=False):
