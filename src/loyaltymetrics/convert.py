@@ -390,9 +390,13 @@ def _run(con, duckdb, a):
 
     outcome_rows = _classify(con, stage, a["keep_guests"], a["fx_table"], a["currency"], scale)
     rejected, excluded, written = _accounts(con, stage, files)
-    warnings, likely_line_items = _warnings(con, stage, files)
     n_merchants, n_customers = _write_mappings(con, stage, a["merchant_ids"], a["customer_ids"], a["inputs"])
-    rows_written = _write_sorted(con, a["output"], written, a["progress"], a["inputs"])
+    # Without an order key and without guests, rows sharing (merchant, customer, order_ts) are neighbours
+    # in the sorted output: they are counted while it is written instead of by a hash aggregate.
+    in_stream = not stage.has_order_any and not con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
+    duplicates = _Duplicates() if in_stream else None
+    rows_written = _write_sorted(con, a["output"], written, a["progress"], a["inputs"], duplicates)
+    warnings, likely_line_items = _warnings(con, stage, files, duplicates)
     assert rows_written == written
     merchants_table = None
     if a["merchants_table"] is not None:
@@ -925,6 +929,8 @@ class _Stage:
                 WHEN length(order_ts) = 20 THEN {parts % "'Z'"}
                 WHEN substr(order_ts, 20, 1) = ' ' THEN {parts % "substr(order_ts, 21, 5)"}
                 ELSE {parts % "substr(order_ts, 20, 6)"} END) END AS tsp""")
+        if has("status"):
+            p0.append(f"CASE WHEN {carrier} THEN lower(trim(CAST(status AS VARCHAR))) END AS status_l")
         p0 = "".join(", " + e for e in p0)
         ref_bad = f"(refunded IS NOT NULL AND ({ref}) IS NULL)" if has("refunded") else "false"
         # timestamps
@@ -943,8 +949,9 @@ class _Stage:
         cancelled = "(cancelled_at IS NOT NULL)" if has("cancelled_at") else "false"
         if has("status"):
             words = STATUS_WORDS[self.fmt]
-            norm = ("regexp_replace(regexp_replace(lower(trim(CAST(status AS VARCHAR))), '^wc-', ''), "
-                    "'[ _]+', '-', 'g')")
+            # status_l (p0): lower(trim(status)); the regular expressions only for the values they change.
+            norm = ("(CASE WHEN contains(status_l, ' ') OR contains(status_l, '_') OR starts_with(status_l, 'wc-') "
+                    "THEN regexp_replace(regexp_replace(status_l, '^wc-', ''), '[ _]+', '-', 'g') ELSE status_l END)")
             cases = " ".join(f"WHEN '{w}' THEN '{r}'" for w, r in words.items())
             status = f"(CASE {norm} {cases} END)"
         else:
@@ -1221,13 +1228,46 @@ def _accounts(con, stage, files):
     return rejected, excluded, written
 
 
-def _warnings(con, stage, files):
+class _Duplicates:
+    """Groups of neighbouring rows with equal (merchant_id, customer_id, order_ts) in the sorted stream:
+    how many groups of two or more, their rows, and the smallest src_row among those rows."""
+
+    def __init__(self):
+        self.groups, self.rows, self.first = 0, 0, None
+        self.last = None          # (merchant, customer, ts, src_row) of the previous batch's last row
+        self.last_in_group = False
+
+    def add(self, merchant, customer, ts, src):
+        if len(ts) == 0:
+            return
+        carried = self.last is not None  # the previous batch's last row leads, to compare across batches
+        if carried:
+            m0, c0, t0, s0 = self.last
+            merchant, customer, ts, src = np.r_[m0, merchant], np.r_[c0, customer], np.r_[t0, ts], np.r_[s0, src]
+        same = (merchant[1:] == merchant[:-1]) & (customer[1:] == customer[:-1]) & (ts[1:] == ts[:-1])
+        in_group = np.zeros(len(ts), dtype=bool)
+        in_group[1:] |= same
+        in_group[:-1] |= same
+        # A group starts where a row repeats its predecessor and the predecessor did not repeat its own.
+        before = np.r_[self.last_in_group if carried else False, same[:-1]]
+        self.groups += int((same & ~before).sum())
+        # The carried row was counted with its batch if it was in a group there.
+        self.rows += int(in_group[1:].sum()) + int(carried and same[0] and not self.last_in_group) \
+            if carried else int(in_group.sum())
+        if in_group.any():
+            low = int(src[in_group].min())
+            self.first = low if self.first is None else min(self.first, low)
+        self.last = (merchant[-1], customer[-1], ts[-1], src[-1])
+        self.last_in_group = bool(in_group[-1])
+
+
+def _warnings(con, stage, files, duplicates=None):
     """(warnings, likely line-item rows: those beyond the first of each (merchant, customer, order_ts))."""
     warnings = []
-    groups, rows, first = con.execute("""
-        SELECT count(*), sum(n), min(first) FROM (
-            SELECT count(*) AS n, min(src_row) AS first FROM classified WHERE outcome = 'written' AND NOT has_order
-            GROUP BY merchant_key, customer_key, ts_us HAVING count(*) > 1)""").fetchall()[0]
+    if duplicates is not None:
+        groups, rows, first = duplicates.groups, duplicates.rows, duplicates.first
+    else:
+        groups, rows, first = _duplicate_groups(con)
     if groups:
         file_idx, file_row = con.execute("SELECT file_idx, file_row FROM classified WHERE src_row = ?",
                                          [first]).fetchall()[0]
@@ -1236,6 +1276,14 @@ def _warnings(con, stage, files):
             f"order each, counted here as separate orders; map an order key (--columns order_id=...) to count "
             f"each order once; first: {files[file_idx]}: row {file_row}")
     return warnings, int(rows or 0) - int(groups or 0)
+
+
+def _duplicate_groups(con):
+    groups, rows, first = con.execute("""
+        SELECT count(*), sum(n), min(first) FROM (
+            SELECT count(*) AS n, min(src_row) AS first FROM classified WHERE outcome = 'written' AND NOT has_order
+            GROUP BY merchant_key, customer_key, ts_us HAVING count(*) > 1)""").fetchall()[0]
+    return groups, rows, first
 
 
 # --- mapping and sorting ---------------------------------------------------------
@@ -1285,12 +1333,12 @@ def _write_mappings(con, stage, merchant_ids, customer_ids, inputs):
     return len(keys), n_customers + n_guests
 
 
-def _write_sorted(con, output, total, progress, inputs):
+def _write_sorted(con, output, total, progress, inputs, duplicates=None):
     guests = con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
     customer = "coalesce(c.customer_id, g.customer_id)" if guests else "c.customer_id"
     guest_join = "LEFT JOIN guest_map g ON v.src_row = g.src_row" if guests else ""
     relation = con.sql(f"""
-        SELECT m.merchant_id, {customer} AS customer_id, v.ts_us, v.cents, v.reward
+        SELECT m.merchant_id, {customer} AS customer_id, v.ts_us, v.cents, v.reward{", v.src_row" if duplicates else ""}
         FROM (SELECT * FROM classified WHERE outcome = 'written') v
         JOIN merchant_map m ON v.merchant_key = m.merchant_key
         {"LEFT" if guests else ""} JOIN customer_map c ON v.customer_key = c.customer_key
@@ -1312,6 +1360,8 @@ def _write_sorted(con, output, total, progress, inputs):
                 batch.column(3).cast(pa.int64()),
                 batch.column(4).cast(pa.bool_()),
             ], schema=ORDERS_SCHEMA))
+            if duplicates is not None:
+                duplicates.add(*(batch.column(i).to_numpy() for i in (0, 1, 2, 5)))
             written += batch.num_rows
             bar.update(batch.num_rows)
     return written
