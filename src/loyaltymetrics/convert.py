@@ -381,7 +381,7 @@ def _run(con, duckdb, a):
         raise ResourceError(None, None, f"DuckDB cannot run under memory_limit={a['memory_limit']!r}: {e}") from e
 
     stage = _Stage(con, fmt, a["columns"], a["merchant"], a["filename_re"], a["refunds"], scale, a["code_re"],
-                   a["timezone"])
+                   a["timezone"], keep_net=a["fx_table"] is not None)
     with _progress.bar(None, a["progress"], desc="prepare: read") as bar:
         for file_idx, path in enumerate(files):
             stage.read_file(file_idx, path, bar)
@@ -509,10 +509,11 @@ def _csv_header(path, delimiter):
     return header
 
 
-def _csv_batches(path, invalid):
+def _csv_batches(path, invalid, names=None):
     """First the schema (every column as text), then the record batches of a CSV file.
 
-    Rows pyarrow cannot parse are appended to ``invalid`` (its InvalidRow objects).
+    Rows pyarrow cannot parse are appended to ``invalid`` (its InvalidRow objects). With ``names``, only
+    those columns are converted (every field is still parsed and counted).
     """
     import pyarrow.csv as pacsv
 
@@ -529,7 +530,7 @@ def _csv_batches(path, invalid):
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
         # Ids stay text ("007" is not 7); empty fields and the usual null markers are nulls.
         convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in header},
-                                             strings_can_be_null=True),
+                                             strings_can_be_null=True, include_columns=names),
     )
     yield reader.schema
     with reader:
@@ -697,8 +698,10 @@ UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
 class _Stage:
     """Reads the files batch by batch into the DuckDB table ``staged`` (one row per raw row)."""
 
-    def __init__(self, con, fmt, columns, merchant, filename_re, refunds, scale, code_re, timezone="UTC"):
+    def __init__(self, con, fmt, columns, merchant, filename_re, refunds, scale, code_re, timezone="UTC",
+                 keep_net=True):
         self.con, self.fmt, self.columns, self.timezone = con, fmt, columns, timezone
+        self.keep_net = keep_net  # the exact net amount is staged only for FX conversion (cents otherwise)
         self.merchant, self.filename_re = merchant, filename_re
         self.refunds, self.scale, self.code_re = refunds, scale, code_re
         self.created = False
@@ -744,7 +747,8 @@ class _Stage:
                 kinds = self._select(file_idx, source, next(batches), merchant)
             try:
                 if is_csv:
-                    batches = _csv_batches(path, invalid)
+                    # only the columns a role reads are converted and staged
+                    batches = _csv_batches(path, invalid, sorted({name for name, _, _ in kinds.values()}))
                     next(batches)
                 swallowed = self._stage_batches(file_idx, batches, kinds, merchant, invalid, bar, lines=False)
             except pa.ArrowInvalid as e:
@@ -994,7 +998,8 @@ class _Stage:
                 FROM p3
             )
             SELECT src_row, {file_idx} AS file_idx, file_row, m, {str(has_order).lower()}, o, c,
-                   CASE WHEN ts_us >= 0 AND ts_us < {MAX_US} THEN ts_us END, net, cents, coalesce(reward_flag, false),
+                   CASE WHEN ts_us >= 0 AND ts_us < {MAX_US} THEN ts_us END, {"net" if self.keep_net else "NULL"}, cents,
+                   coalesce(reward_flag, false),
                    cur,
                    CASE WHEN test_flag THEN 'test' WHEN cancelled THEN 'cancelled'
                         WHEN status_reason IS NOT NULL THEN status_reason
@@ -1152,7 +1157,10 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
                     ELSE 'ok' END AS outcome
         FROM g"""
     if fx_table is None:
-        con.execute(f"CREATE TABLE classified AS SELECT * EXCLUDE (outcome), "
+        # Without an order key every outcome is a function of its own staged row: a view, not a copy of
+        # every row (the later queries each filter it once).
+        kind = "TABLE" if stage.has_order_any else "VIEW"
+        con.execute(f"CREATE {kind} classified AS SELECT * EXCLUDE (outcome), "
                     f"CASE WHEN outcome = 'ok' THEN 'written' ELSE outcome END AS outcome FROM ({grouped})")
         _check_one_currency(con, stage, currency)
     else:
