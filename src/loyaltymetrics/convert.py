@@ -925,14 +925,18 @@ class _Stage:
         if refunded_txt:
             p0.append(f"CASE WHEN {carrier} THEN {refunded_txt} END AS refunded_txt")
         if kind("order_ts") == "text":
-            parts = "{'d': substr(order_ts, 1, 10), 't': substr(order_ts, 12, 8), 'z': %s}"
-            p0.append(f"""CASE WHEN {carrier} THEN (CASE
-                WHEN NOT regexp_full_match(order_ts, '{TS_FIXED}')
-                    THEN regexp_extract(trim(order_ts), '{TS_PATTERN}', ['d', 't', 'z'])
-                WHEN length(order_ts) = 19 THEN {parts % "''"}
-                WHEN length(order_ts) = 20 THEN {parts % "'Z'"}
-                WHEN substr(order_ts, 20, 1) = ' ' THEN {parts % "substr(order_ts, 21, 5)"}
-                ELSE {parts % "substr(order_ts, 20, 6)"} END) END AS tsp""")
+            # ts_shape (pt): 1-4 for the fixed-width forms (read by position in _ts_sql), 0 for the rest,
+            # which alone go through TS_PATTERN's capture groups.
+            pt = (f"""CASE WHEN {carrier} THEN (CASE
+                WHEN NOT regexp_full_match(order_ts, '{TS_FIXED}') THEN 0
+                WHEN length(order_ts) = 19 THEN 1
+                WHEN length(order_ts) = 20 THEN 2
+                WHEN substr(order_ts, 20, 1) = ' ' THEN 3
+                ELSE 4 END) END AS ts_shape""")
+            p0.append(f"CASE WHEN ts_shape = 0 THEN regexp_extract(trim(order_ts), '{TS_PATTERN}', ['d', 't', 'z']) "
+                      f"END AS tsp")
+        else:
+            pt = "NULL AS ts_shape"
         if has("status"):
             p0.append(f"CASE WHEN {carrier} THEN lower(trim(CAST(status AS VARCHAR))) END AS status_l")
         p0 = "".join(", " + e for e in p0)
@@ -963,7 +967,8 @@ class _Stage:
         currency = "NULLIF(upper(trim(CAST(currency AS VARCHAR))), '')" if has("currency") else "NULL::VARCHAR"
         negative = "false" if self.refunds else "cents < 0"
         return f"""
-            WITH p0 AS (SELECT *{p0} FROM raw_batch),
+            WITH pt AS (SELECT *, {pt} FROM raw_batch),
+            p0 AS (SELECT *{p0} FROM pt),
             p1a AS (
                 SELECT src_row, file_row, {m} AS m, {o} AS o, {c} AS c,
                        {"order_ts" if "order_ts" in kinds else "NULL"} AS raw_ts,
@@ -1074,7 +1079,22 @@ def _ts_sql(spec, utc=False):
         # the session zone (--timezone), and UTC is the identity.
         wall = f"epoch_us(TRY_CAST({clock} AS TIMESTAMP))"
         naive = wall if utc else f"epoch_us(CAST(TRY_CAST({clock} AS TIMESTAMP) AS TIMESTAMPTZ))"
+        # The fixed-width forms (ts_shape 1-4, digits checked by TS_FIXED): the same parts by position.
+        fixed_clock = "substr(order_ts, 1, 10) || ' ' || substr(order_ts, 12, 8)"
+        fixed_wall = f"epoch_us(TRY_CAST({fixed_clock} AS TIMESTAMP))"
+        fixed_naive = fixed_wall if utc else f"epoch_us(CAST(TRY_CAST({fixed_clock} AS TIMESTAMP) AS TIMESTAMPTZ))"
+
+        def fixed_offset(sign, hours, minutes):
+            h, m = f"substr(order_ts, {hours}, 2)", f"substr(order_ts, {minutes}, 2)"
+            return (f"(CASE WHEN {h} > '14' OR {m} > '59' THEN NULL ELSE {fixed_wall} - "
+                    f"(CASE WHEN substr(order_ts, {sign}, 1) = '-' THEN -1 ELSE 1 END) "
+                    f"* (CAST({h} AS BIGINT) * 3600 + CAST({m} AS BIGINT) * 60) * 1000000 END)")
+
         value = f"""(CASE
+            WHEN ts_shape = 1 THEN {fixed_naive}
+            WHEN ts_shape = 2 THEN {fixed_wall}
+            WHEN ts_shape = 3 THEN {fixed_offset(21, 22, 24)}
+            WHEN ts_shape = 4 THEN {fixed_offset(20, 21, 24)}
             WHEN tsp.d IS NULL OR tsp.d = '' THEN NULL
             WHEN {zone} = '' THEN {naive}
             WHEN {zone} IN ('Z', 'UTC') THEN {wall}
