@@ -356,3 +356,35 @@ def test_likely_line_items_counted_in_the_sorted_stream_as_by_grouping():
         for lo, hi in zip([0, *cuts], [*cuts, n]):
             found.add(m[lo:hi], c[lo:hi], t[lo:hi], s[lo:hi])
         assert (found.groups, found.rows, found.first) == expected
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "America/New_York"])
+def test_fixed_width_timestamps_read_by_position_as_by_the_general_pattern(tmp_path, timezone):
+    # The fixed-width forms are read by position, anything else (here: the same text with a leading space)
+    # by the general pattern: both must give the instant Python derives, and reject the same impossible ones.
+    zone = ZoneInfo(timezone)
+    forms = {
+        "2023-05-01 10:15:00 -0400": datetime.datetime(2023, 5, 1, 14, 15, tzinfo=datetime.timezone.utc),
+        "2023-05-01T10:15:00+05:30": datetime.datetime(2023, 5, 1, 4, 45, tzinfo=datetime.timezone.utc),
+        "2023-05-01 10:15:00 +1459": datetime.datetime(2023, 4, 30, 19, 16, tzinfo=datetime.timezone.utc),
+        "2023-05-01T10:15:00Z": datetime.datetime(2023, 5, 1, 10, 15, tzinfo=datetime.timezone.utc),
+        "2023-05-01 10:15:00": datetime.datetime(2023, 5, 1, 10, 15, tzinfo=zone),
+        "2023-12-01T23:59:59": datetime.datetime(2023, 12, 1, 23, 59, 59, tzinfo=zone),
+        "2023-05-01 10:15:00 +1500": None, "2023-05-01T10:15:00-00:60": None, "2023-02-30 10:15:00 -0400": None,
+        "2023-05-01 25:15:00 -0400": None,
+    }
+    texts = [t for t in forms for _ in (0, 1)]
+    padded = [t if i % 2 == 0 else " " + t for i, t in enumerate(texts)]
+    table = pa.table({"merchant_id": ["m"] * len(padded), "customer_id": [f"c{i}" for i in range(len(padded))],
+                      "order_ts": padded, "amount": ["1.00"] * len(padded)})
+    pacsv.write_csv(table, tmp_path / "x.csv")
+    report = lm.prepare(tmp_path / "x.csv", tmp_path / "x.arrow", rejects=tmp_path / "rej.csv", timezone=timezone)
+    ids = pq.read_table(report.customer_ids).to_pydict()
+    key = dict(zip(ids["customer_id"], ids["customer_key"]))
+    out = pa.ipc.open_file(str(tmp_path / "x.arrow")).read_all().to_pydict()
+    got = {key[c]: ts for c, ts in zip(out["customer_id"], out["order_ts"])}
+    expected = {f"c{i}": forms[t] for i, t in enumerate(texts) if forms[t] is not None}
+    assert got == expected
+    rejected = sorted(r["customer_id"] for r in pacsv.read_csv(tmp_path / "rej.csv").to_pylist())
+    assert rejected == sorted(f"c{i}" for i, t in enumerate(texts) if forms[t] is None)
+    assert set(report.rejected) == {"unparsable_order_ts"}
