@@ -388,8 +388,8 @@ def _run(con, duckdb, a):
     if not stage.created:
         raise InputError(str(files[0]), None, "no rows and no header: nothing to prepare")
 
-    outcome_rows = _classify(con, stage, a["keep_guests"], a["fx_table"], a["currency"], scale)
-    rejected, excluded, written = _accounts(con, stage, files)
+    _classify(con, stage, a["keep_guests"], a["fx_table"], a["currency"], scale)
+    rejected, excluded, written, rows_read = _accounts(con, stage, files)
     n_merchants, n_customers = _write_mappings(con, stage, a["merchant_ids"], a["customer_ids"], a["inputs"])
     # Without an order key and without guests, rows sharing (merchant, customer, order_ts) are neighbours
     # in the sorted output: they are counted while it is written instead of by a hash aggregate.
@@ -404,7 +404,6 @@ def _run(con, duckdb, a):
                                            a["inputs"], warnings)
     if a["rejects"]:
         _write_rejects(con, stage, files, a["rejects"], a["inputs"])
-    rows_read = outcome_rows
     assert rows_read == rows_written + sum(r.count for r in rejected.values()) + \
         sum(r.count for r in excluded.values())
     return PrepareReport(
@@ -1140,7 +1139,7 @@ def _bool_sql(column, kind):
 # --- orders: line items, exclusions, currencies ---------------------------------------
 
 def _classify(con, stage, keep_guests, fx_table, currency, scale):
-    """Create ``classified``: every staged row with its outcome; return the number of rows read."""
+    """Create ``classified``: every staged row with its outcome."""
     keep = "true" if keep_guests else "false"
     if stage.has_order_any:
         # One head row per order: its first carrier (the row with the order total), else its first row;
@@ -1206,7 +1205,6 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
                         WHEN cents < 0 AND NOT {str(stage.refunds).lower()} THEN 'rejected:negative_amount'
                         ELSE 'written' END AS outcome
             FROM x""")
-    return con.execute("SELECT count(*) FROM classified").fetchall()[0][0]
 
 
 def _check_one_currency(con, stage, currency):
@@ -1227,11 +1225,16 @@ def _check_one_currency(con, stage, currency):
 
 
 def _accounts(con, stage, files):
-    """(rejected, excluded, rows written): each reason with its count and first row."""
+    """(rejected, excluded, rows written, rows read): each reason with its count and first row."""
     rejected, excluded = {}, {}
-    rows = con.execute("""SELECT outcome, count(*), min(src_row) FROM classified WHERE outcome <> 'written'
+    # One pass over the outcomes gives every count, the written rows' and the total included.
+    rows = con.execute("""SELECT outcome, count(*), min(src_row) FROM classified
                           GROUP BY outcome ORDER BY 3""").fetchall()
+    written = sum(count for outcome, count, _ in rows if outcome == "written")
+    read = sum(count for _, count, _ in rows)
     for outcome, count, first in rows:
+        if outcome == "written":
+            continue
         kind, reason = outcome.split(":", 1)
         entry = Rejected(count=count)
         file_idx, file_row, merchant_key, order_key, customer_key = con.execute(
@@ -1252,8 +1255,7 @@ def _accounts(con, stage, files):
             entry.first_values = {k: v for k, v in (("merchant", merchant_key), ("order", order_key),
                                                     ("customer", customer_key)) if v is not None}
         (rejected if kind == "rejected" else excluded)[reason] = entry
-    written = con.execute("SELECT count(*) FROM classified WHERE outcome = 'written'").fetchall()[0][0]
-    return rejected, excluded, written
+    return rejected, excluded, written, read
 
 
 class _Duplicates:
