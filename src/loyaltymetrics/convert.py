@@ -390,7 +390,8 @@ def _run(con, duckdb, a):
 
     _classify(con, stage, a["keep_guests"], a["fx_table"], a["currency"], scale)
     rejected, excluded, written, rows_read = _accounts(con, stage, files)
-    n_merchants, n_customers = _write_mappings(con, stage, a["merchant_ids"], a["customer_ids"], a["inputs"])
+    n_merchants, n_customers = _write_mappings(con, stage, a["merchant_ids"], a["customer_ids"], a["inputs"],
+                                               a["keep_guests"])
     # Without an order key and without guests, rows sharing (merchant, customer, order_ts) are neighbours
     # in the sorted output: they are counted while it is written instead of by a hash aggregate.
     in_stream = not stage.has_order_any and not con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
@@ -1333,7 +1334,7 @@ def _copy_private(con, query, path, inputs, fmt="PARQUET", what="output"):
         os.chmod(tmp, 0o600)
 
 
-def _write_mappings(con, stage, merchant_ids, customer_ids, inputs):
+def _write_mappings(con, stage, merchant_ids, customer_ids, inputs, keep_guests=True):
     keys = [row[0] for row in con.execute(
         "SELECT DISTINCT merchant_key FROM classified WHERE outcome = 'written'").fetchall()]
     keys.sort(key=_natural_key)
@@ -1353,8 +1354,8 @@ def _write_mappings(con, stage, merchant_ids, customer_ids, inputs):
     con.execute(f"""
         CREATE TABLE guest_map AS
         SELECT src_row, CAST({n_customers} + row_number() OVER (ORDER BY src_row) AS BIGINT) AS customer_id
-        FROM classified WHERE outcome = 'written' AND customer_key IS NULL
-    """)
+        FROM classified WHERE outcome = 'written' AND customer_key IS NULL{"" if keep_guests else " AND false"}
+    """)  # without keep_guests a written order always has a customer (guests are excluded): no scan
     n_guests = con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
     _copy_private(con, "SELECT * FROM merchant_map ORDER BY merchant_id", merchant_ids, inputs,
                   what="merchant id mapping")
