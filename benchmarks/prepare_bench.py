@@ -10,7 +10,11 @@ orders, guests, e-mail case variants, discount codes) for three shops, then time
 3. hand-written DuckDB SQL computing orders, customers, revenue, repeat customers and reward orders
    per (shop, year) straight from the CSVs — and checks that (1) gives the same numbers.
 
-    python benchmarks/prepare_bench.py --lines 2e6 --threads 2
+Then, for a generic Parquet file of shuffled orders with integer ids (no line items; ``--parquet-rows``,
+written by the benchmark itself), times ``prepare`` against a plain DuckDB ``ORDER BY`` of the same file
+into Arrow IPC, and checks that both hold the same rows in the same order.
+
+    python benchmarks/prepare_bench.py --lines 2e6 --threads 2 --repeat 3 --parquet-rows 5e6
 """
 import argparse
 import shutil
@@ -115,6 +119,22 @@ FROM per_customer GROUP BY ALL ORDER BY ALL
 """
 
 
+def make_parquet(path, rows, seed=1):
+    """Shuffled canonical-like orders with integer ids, amounts in cents (int64), a reward flag."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    table = pa.table({
+        "merchant_id": pa.array(rng.integers(1, 201, rows), pa.int64()),
+        "customer_id": pa.array(rng.zipf(1.6, rows) % 2_000_000, pa.int64()),
+        "order_ts": pa.array(1_640_995_200_000_000 + rng.integers(0, 2 * 365 * 86400 * 10**6, rows),
+                             pa.timestamp("us", tz="UTC")),
+        "amount": pa.array(rng.integers(500, 40_000, rows), pa.int64()),
+        "reward": pa.array(rng.random(rows) < 0.1),
+    })
+    pq.write_table(table, path, row_group_size=1 << 20)
+
+
 def timed(fn):
     started = time.perf_counter()
     result = fn()
@@ -127,66 +147,128 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-limit", default="2GB")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the median is shown")
+    parser.add_argument("--parquet-rows", type=float, default=5e6,
+                        help="rows of the generic Parquet case (default 5e6; 0 skips it)")
     args = parser.parse_args()
     import duckdb
 
     work = Path(tempfile.mkdtemp(prefix="prepare-bench-"))
     try:
-        seconds, (files, lines) = timed(lambda: make_exports(work, int(args.lines)))
-        size = sum(f.stat().st_size for f in files) / 1e6
-        print(f"{lines:,} CSV lines ({size:,.0f} MB, 3 shops) generated in {seconds:.1f} s")
-        glob = str(work / "*_orders_export.csv")
-        runs = {}
-
-        def prepare():
-            return lm.prepare(glob, work / "orders.arrow", format="shopify", merchant_from_filename=r"^(shop-\d+)_",
-                              reward_codes="loyal-*", threads=args.threads, memory_limit=args.memory_limit)
-
-        def compute():
-            return lm.compute(str(work / "orders.arrow"), by=["merchant"], threads=args.threads)
-
-        def plain_sort():
-            con = duckdb.connect()
-            con.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
-            rel = con.sql(f"SELECT * FROM read_csv('{glob}', all_varchar = true, header = true) "
-                          f"ORDER BY \"Email\", \"Created at\"")
-            reader = rel.to_arrow_reader(1 << 20) if hasattr(rel, "to_arrow_reader") else rel.fetch_arrow_reader()
-            with pa.OSFile(str(work / "sorted.arrow"), "wb") as sink, \
-                    pa.ipc.new_file(sink, reader.schema) as writer:
-                for batch in reader:
-                    writer.write_batch(batch)
-
-        def hand_sql():
-            con = duckdb.connect()
-            con.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
-            return con.sql(HAND_SQL.format(glob=glob)).fetchall()
-
-        for name, fn in (("prepare", prepare), ("compute", compute), ("duckdb ORDER BY -> IPC", plain_sort),
-                         ("hand-written DuckDB SQL", hand_sql)):
-            times = []
-            for _ in range(args.repeat):
-                seconds, result = timed(fn)
-                times.append(seconds)
-            runs[name] = (float(np.median(times)), result)
-
-        report = runs["prepare"][1]
-        ids = {v: k for k, v in zip(*lm.convert._read_table(report.merchant_ids).to_pydict().values())}
-        ours = sorted((ids[r["merchant_id"]], r["period_start"].year, r["orders"], r["customers"], r["revenue"],
-                       r["repeat_customers"], r["reward_orders"]) for r in runs["compute"][1].to_pylist())
-        theirs = sorted(tuple(int(v) if not isinstance(v, str) else v for v in row) for row in runs["hand-written DuckDB SQL"][1])
-        print(f"prepare: read {report.rows_read:,}, wrote {report.rows_written:,} orders, excluded "
-              f"{report.rows_excluded:,}, rejected {report.rows_rejected:,}")
-        print(f"per (shop, year) numbers equal the hand-written SQL's: {ours == theirs}")
-        base = runs["duckdb ORDER BY -> IPC"][0]
-        print("\n| step | seconds | vs DuckDB ORDER BY |\n|---|---:|---:|")
-        for name, (seconds, _) in runs.items():
-            print(f"| {name} | {seconds:.2f} | {seconds / base:.2f}x |")
-        both = runs["prepare"][0] + runs["compute"][0]
-        print(f"| prepare + compute | {both:.2f} | {both / base:.2f}x |")
-        if ours != theirs:
-            raise SystemExit("MISMATCH between prepare + compute and the hand-written SQL")
+        if args.lines:
+            csv_case(duckdb, work, args)
+        if args.parquet_rows:
+            parquet_case(duckdb, work, int(args.parquet_rows), args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def csv_case(duckdb, work, args):
+    seconds, (files, lines) = timed(lambda: make_exports(work, int(args.lines)))
+    size = sum(f.stat().st_size for f in files) / 1e6
+    print(f"{lines:,} CSV lines ({size:,.0f} MB, 3 shops) generated in {seconds:.1f} s")
+    glob = str(work / "*_orders_export.csv")
+    runs = {}
+
+    def prepare():
+        return lm.prepare(glob, work / "orders.arrow", format="shopify", merchant_from_filename=r"^(shop-\d+)_",
+                          reward_codes="loyal-*", threads=args.threads, memory_limit=args.memory_limit)
+
+    def compute():
+        return lm.compute(str(work / "orders.arrow"), by=["merchant"], threads=args.threads)
+
+    def plain_sort():
+        con = duckdb.connect()
+        con.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
+        rel = con.sql(f"SELECT * FROM read_csv('{glob}', all_varchar = true, header = true) "
+                      f"ORDER BY \"Email\", \"Created at\"")
+        reader = rel.to_arrow_reader(1 << 20) if hasattr(rel, "to_arrow_reader") else rel.fetch_arrow_reader()
+        with pa.OSFile(str(work / "sorted.arrow"), "wb") as sink, \
+                pa.ipc.new_file(sink, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+
+    def hand_sql():
+        con = duckdb.connect()
+        con.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
+        return con.sql(HAND_SQL.format(glob=glob)).fetchall()
+
+    for name, fn in (("prepare", prepare), ("compute", compute), ("duckdb ORDER BY -> IPC", plain_sort),
+                     ("hand-written DuckDB SQL", hand_sql)):
+        times = []
+        for _ in range(args.repeat):
+            seconds, result = timed(fn)
+            times.append(seconds)
+        runs[name] = (float(np.median(times)), result)
+
+    report = runs["prepare"][1]
+    ids = {v: k for k, v in zip(*lm.convert._read_table(report.merchant_ids).to_pydict().values())}
+    ours = sorted((ids[r["merchant_id"]], r["period_start"].year, r["orders"], r["customers"], r["revenue"],
+                   r["repeat_customers"], r["reward_orders"]) for r in runs["compute"][1].to_pylist())
+    theirs = sorted(tuple(int(v) if not isinstance(v, str) else v for v in row) for row in runs["hand-written DuckDB SQL"][1])
+    print(f"prepare: read {report.rows_read:,}, wrote {report.rows_written:,} orders, excluded "
+          f"{report.rows_excluded:,}, rejected {report.rows_rejected:,}")
+    print(f"per (shop, year) numbers equal the hand-written SQL's: {ours == theirs}")
+    base = runs["duckdb ORDER BY -> IPC"][0]
+    print("\n| step | seconds | vs DuckDB ORDER BY |\n|---|---:|---:|")
+    for name, (seconds, _) in runs.items():
+        print(f"| {name} | {seconds:.2f} | {seconds / base:.2f}x |")
+    both = runs["prepare"][0] + runs["compute"][0]
+    print(f"| prepare + compute | {both:.2f} | {both / base:.2f}x |")
+    if ours != theirs:
+        raise SystemExit("MISMATCH between prepare + compute and the hand-written SQL")
+
+
+def parquet_case(duckdb, work, rows, args):
+    source = work / "orders.parquet"
+    seconds, _ = timed(lambda: make_parquet(source, rows))
+    print(f"\n{rows:,} shuffled orders with integer ids in Parquet "
+          f"({source.stat().st_size / 1e6:,.0f} MB) generated in {seconds:.1f} s")
+
+    def prepare():
+        return lm.prepare(str(source), work / "p_orders.arrow", amount_unit="minor", threads=args.threads,
+                          memory_limit=args.memory_limit)
+
+    def plain_sort():
+        con = duckdb.connect()
+        con.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
+        rel = con.sql(f"SELECT * FROM read_parquet('{source}') ORDER BY merchant_id, customer_id, order_ts")
+        reader = rel.to_arrow_reader(1 << 20) if hasattr(rel, "to_arrow_reader") else rel.fetch_arrow_reader()
+        with pa.OSFile(str(work / "p_sorted.arrow"), "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+
+    runs = {}
+    for name, fn in (("prepare (generic Parquet)", prepare), ("duckdb ORDER BY -> IPC", plain_sort)):
+        times = []
+        for _ in range(args.repeat):
+            seconds, result = timed(fn)
+            times.append(seconds)
+        runs[name] = (float(np.median(times)), result)
+    report = runs["prepare (generic Parquet)"][1]
+    ours = pa.ipc.open_file(str(work / "p_orders.arrow")).read_all()
+    theirs = pa.ipc.open_file(str(work / "p_sorted.arrow")).read_all()
+    # Integer keys get dense ids in key order: mapped back, the rows must be the plain sort's, in its order
+    # (ties on (merchant, customer, order_ts) may differ in order; compare the multiset within the sort key).
+    m_ids = lm.convert._read_table(report.merchant_ids)
+    c_ids = lm.convert._read_table(report.customer_ids)
+    m_keys = pc.take(m_ids.column("merchant_key"), pc.subtract(ours.column("merchant_id").cast(pa.int64()), 1))
+    c_keys = pc.take(c_ids.column("customer_key"), pc.subtract(ours.column("customer_id"), 1))
+    mine = pa.table({"m": m_keys, "c": c_keys, "t": ours.column("order_ts").cast(pa.int64()),
+                     "a": ours.column("amount"), "r": ours.column("reward")})
+    other = pa.table({"m": theirs.column("merchant_id"), "c": theirs.column("customer_id"),
+                      "t": theirs.column("order_ts").cast(pa.int64()), "a": theirs.column("amount"),
+                      "r": theirs.column("reward")})
+    keys = [(c, "ascending") for c in ("m", "c", "t", "a", "r")]
+    same = (report.rows_written == rows and mine.select(["m", "c", "t"]).equals(other.select(["m", "c", "t"]))
+            and mine.sort_by(keys).equals(other.sort_by(keys)))
+    print(f"prepare: read {report.rows_read:,}, wrote {report.rows_written:,}; same rows in the same order as the "
+          f"plain sort: {same}")
+    base = runs["duckdb ORDER BY -> IPC"][0]
+    print("\n| step | seconds | vs DuckDB ORDER BY |\n|---|---:|---:|")
+    for name, (seconds, _) in runs.items():
+        print(f"| {name} | {seconds:.2f} | {seconds / base:.2f}x |")
+    if not same:
+        raise SystemExit("MISMATCH between prepare and the plain sort of the Parquet file")
 
 
 if __name__ == "__main__":

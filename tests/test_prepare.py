@@ -303,3 +303,88 @@ def test_command_line(messy_csv, tmp_path, capsys):
     assert f"rejected {len(BAD)}" in capsys.readouterr().err
     assert main(["prepare", str(tmp_path / "missing.csv"), "-o", str(out)]) == 1
     assert "missing.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("unit", ["major", "minor"])
+def test_net_amounts_exact_on_the_64_bit_and_the_38_digit_paths(tmp_path, unit):
+    # Totals and refunds with at most the unit's decimals take 64-bit arithmetic, others the exact
+    # DECIMAL(38, 16) path; around the 64-bit bound (DECIMAL(15, k)) both meet. Expected values: Python's
+    # Decimal, net = total - |refunded|, × the unit, rounded half away from zero.
+    totals = ["19.99", "12.345", "1e3", "0.005", "9999999999999.99", "10000000000000.01", "999999999999999",
+              "1000000000000000", "123456789012.3456", "5", "2.675", "40.00"]
+    refunds = ["", "0", "1.01", "0.005", "-2.50", "0.0000000000000001", "4.999"]
+    rows = [(t, r) for t in totals for r in refunds]
+    table = pa.table({"merchant_id": ["m"] * len(rows), "customer_id": [f"c{i}" for i in range(len(rows))],
+                      "order_ts": ["2023-05-01T10:15:00Z"] * len(rows), "amount": [t for t, _ in rows],
+                      "refunded": [r or None for _, r in rows]})
+    pacsv.write_csv(table, tmp_path / "x.csv")
+    report = lm.prepare(tmp_path / "x.csv", tmp_path / "x.arrow", amount_unit=unit)
+    ids = pq.read_table(report.customer_ids).to_pydict()
+    key = dict(zip(ids["customer_id"], ids["customer_key"]))
+    out = pa.ipc.open_file(str(tmp_path / "x.arrow")).read_all().to_pydict()
+    got = {key[c]: a for c, a in zip(out["customer_id"], out["amount"])}
+    scale = 100 if unit == "major" else 1
+    expected, excluded = {}, 0
+    for i, (t, r) in enumerate(rows):
+        total, refunded = Decimal(t), abs(Decimal(r or "0"))
+        if refunded > 0 and refunded >= total:
+            excluded += 1  # refunded in full
+            continue
+        expected[f"c{i}"] = int(((total - refunded) * scale).to_integral_value(rounding=ROUND_HALF_UP))
+    assert got == expected
+    assert report.excluded["refunded_in_full"].count == excluded and report.rows_rejected == 0
+
+
+def test_likely_line_items_counted_in_the_sorted_stream_as_by_grouping():
+    # prepare counts rows sharing (merchant, customer, order_ts) while it writes the sorted output, batch by
+    # batch; the counts must equal grouping all rows at once, wherever the batches are cut.
+    from loyaltymetrics.convert import _Duplicates
+
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        n = int(rng.integers(1, 40))
+        keys = sorted(zip(rng.integers(0, 2, n), rng.integers(0, 3, n), rng.integers(0, 3, n), rng.permutation(n)))
+        m, c, t, s = (np.array(x) for x in zip(*keys))
+        groups = {}
+        for i in range(n):
+            groups.setdefault((m[i], c[i], t[i]), []).append(int(s[i]))
+        repeated = [g for g in groups.values() if len(g) > 1]
+        expected = (len(repeated), sum(map(len, repeated)), min((min(g) for g in repeated), default=None))
+        cuts = sorted(rng.choice(np.arange(1, n), size=min(n - 1, int(rng.integers(0, 6))), replace=False)) \
+            if n > 1 else []
+        found = _Duplicates()
+        for lo, hi in zip([0, *cuts], [*cuts, n]):
+            found.add(m[lo:hi], c[lo:hi], t[lo:hi], s[lo:hi])
+        assert (found.groups, found.rows, found.first) == expected
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "America/New_York"])
+def test_fixed_width_timestamps_read_by_position_as_by_the_general_pattern(tmp_path, timezone):
+    # The fixed-width forms are read by position, anything else (here: the same text with a leading space)
+    # by the general pattern: both must give the instant Python derives, and reject the same impossible ones.
+    zone = ZoneInfo(timezone)
+    forms = {
+        "2023-05-01 10:15:00 -0400": datetime.datetime(2023, 5, 1, 14, 15, tzinfo=datetime.timezone.utc),
+        "2023-05-01T10:15:00+05:30": datetime.datetime(2023, 5, 1, 4, 45, tzinfo=datetime.timezone.utc),
+        "2023-05-01 10:15:00 +1459": datetime.datetime(2023, 4, 30, 19, 16, tzinfo=datetime.timezone.utc),
+        "2023-05-01T10:15:00Z": datetime.datetime(2023, 5, 1, 10, 15, tzinfo=datetime.timezone.utc),
+        "2023-05-01 10:15:00": datetime.datetime(2023, 5, 1, 10, 15, tzinfo=zone),
+        "2023-12-01T23:59:59": datetime.datetime(2023, 12, 1, 23, 59, 59, tzinfo=zone),
+        "2023-05-01 10:15:00 +1500": None, "2023-05-01T10:15:00-00:60": None, "2023-02-30 10:15:00 -0400": None,
+        "2023-05-01 25:15:00 -0400": None,
+    }
+    texts = [t for t in forms for _ in (0, 1)]
+    padded = [t if i % 2 == 0 else " " + t for i, t in enumerate(texts)]
+    table = pa.table({"merchant_id": ["m"] * len(padded), "customer_id": [f"c{i}" for i in range(len(padded))],
+                      "order_ts": padded, "amount": ["1.00"] * len(padded)})
+    pacsv.write_csv(table, tmp_path / "x.csv")
+    report = lm.prepare(tmp_path / "x.csv", tmp_path / "x.arrow", rejects=tmp_path / "rej.csv", timezone=timezone)
+    ids = pq.read_table(report.customer_ids).to_pydict()
+    key = dict(zip(ids["customer_id"], ids["customer_key"]))
+    out = pa.ipc.open_file(str(tmp_path / "x.arrow")).read_all().to_pydict()
+    got = {key[c]: ts for c, ts in zip(out["customer_id"], out["order_ts"])}
+    expected = {f"c{i}": forms[t] for i, t in enumerate(texts) if forms[t] is not None}
+    assert got == expected
+    rejected = sorted(r["customer_id"] for r in pacsv.read_csv(tmp_path / "rej.csv").to_pylist())
+    assert rejected == sorted(f"c{i}" for i, t in enumerate(texts) if forms[t] is None)
+    assert set(report.rejected) == {"unparsable_order_ts"}

@@ -113,6 +113,10 @@ EXCLUSIONS = ("line_item", "refund_row", "test", "cancelled", "voided", "failed"
 # ±HH:MM, with or without a space before it (Shopify writes "2023-05-01 10:15:00 -0400").
 TS_PATTERN = (r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?))?"
               r" ?(Z|UTC|[+-]\d{2}(?::?\d{2})?)?$")
+# The fixed-width forms exports write most (Shopify "2023-05-01 10:15:00 -0400", ISO-8601 with an offset
+# or Z, naive "Y-m-d H:i:s"): one DFA match, then the date, time and zone by position — the same three
+# parts TS_PATTERN's capture groups give for these strings, without RE2's slower submatch extraction.
+TS_FIXED = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}( [+-]\d{4}|[+-]\d{2}:\d{2}|Z)?$"
 
 
 HINTS = {
@@ -377,18 +381,23 @@ def _run(con, duckdb, a):
         raise ResourceError(None, None, f"DuckDB cannot run under memory_limit={a['memory_limit']!r}: {e}") from e
 
     stage = _Stage(con, fmt, a["columns"], a["merchant"], a["filename_re"], a["refunds"], scale, a["code_re"],
-                   a["timezone"])
+                   a["timezone"], keep_net=a["fx_table"] is not None)
     with _progress.bar(None, a["progress"], desc="prepare: read") as bar:
         for file_idx, path in enumerate(files):
             stage.read_file(file_idx, path, bar)
     if not stage.created:
         raise InputError(str(files[0]), None, "no rows and no header: nothing to prepare")
 
-    outcome_rows = _classify(con, stage, a["keep_guests"], a["fx_table"], a["currency"], scale)
-    rejected, excluded, written = _accounts(con, stage, files)
-    warnings, likely_line_items = _warnings(con, stage, files)
-    n_merchants, n_customers = _write_mappings(con, stage, a["merchant_ids"], a["customer_ids"], a["inputs"])
-    rows_written = _write_sorted(con, a["output"], written, a["progress"], a["inputs"])
+    _classify(con, stage, a["keep_guests"], a["fx_table"], a["currency"], scale)
+    rejected, excluded, written, rows_read = _accounts(con, stage, files)
+    n_merchants, n_customers = _write_mappings(con, stage, a["merchant_ids"], a["customer_ids"], a["inputs"],
+                                               a["keep_guests"])
+    # Without an order key and without guests, rows sharing (merchant, customer, order_ts) are neighbours
+    # in the sorted output: they are counted while it is written instead of by a hash aggregate.
+    in_stream = not stage.has_order_any and not con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
+    duplicates = _Duplicates() if in_stream else None
+    rows_written = _write_sorted(con, a["output"], written, a["progress"], a["inputs"], duplicates)
+    warnings, likely_line_items = _warnings(con, stage, files, duplicates)
     assert rows_written == written
     merchants_table = None
     if a["merchants_table"] is not None:
@@ -396,7 +405,6 @@ def _run(con, duckdb, a):
                                            a["inputs"], warnings)
     if a["rejects"]:
         _write_rejects(con, stage, files, a["rejects"], a["inputs"])
-    rows_read = outcome_rows
     assert rows_read == rows_written + sum(r.count for r in rejected.values()) + \
         sum(r.count for r in excluded.values())
     return PrepareReport(
@@ -501,10 +509,11 @@ def _csv_header(path, delimiter):
     return header
 
 
-def _csv_batches(path, invalid):
+def _csv_batches(path, invalid, names=None):
     """First the schema (every column as text), then the record batches of a CSV file.
 
-    Rows pyarrow cannot parse are appended to ``invalid`` (its InvalidRow objects).
+    Rows pyarrow cannot parse are appended to ``invalid`` (its InvalidRow objects). With ``names``, only
+    those columns are converted (every field is still parsed and counted).
     """
     import pyarrow.csv as pacsv
 
@@ -521,7 +530,7 @@ def _csv_batches(path, invalid):
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
         # Ids stay text ("007" is not 7); empty fields and the usual null markers are nulls.
         convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in header},
-                                             strings_can_be_null=True),
+                                             strings_can_be_null=True, include_columns=names),
     )
     yield reader.schema
     with reader:
@@ -689,8 +698,10 @@ UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
 class _Stage:
     """Reads the files batch by batch into the DuckDB table ``staged`` (one row per raw row)."""
 
-    def __init__(self, con, fmt, columns, merchant, filename_re, refunds, scale, code_re, timezone="UTC"):
+    def __init__(self, con, fmt, columns, merchant, filename_re, refunds, scale, code_re, timezone="UTC",
+                 keep_net=True):
         self.con, self.fmt, self.columns, self.timezone = con, fmt, columns, timezone
+        self.keep_net = keep_net  # the exact net amount is staged only for FX conversion (cents otherwise)
         self.merchant, self.filename_re = merchant, filename_re
         self.refunds, self.scale, self.code_re = refunds, scale, code_re
         self.created = False
@@ -736,7 +747,8 @@ class _Stage:
                 kinds = self._select(file_idx, source, next(batches), merchant)
             try:
                 if is_csv:
-                    batches = _csv_batches(path, invalid)
+                    # only the columns a role reads are converted and staged
+                    batches = _csv_batches(path, invalid, sorted({name for name, _, _ in kinds.values()}))
                     next(batches)
                 swallowed = self._stage_batches(file_idx, batches, kinds, merchant, invalid, bar, lines=False)
             except pa.ArrowInvalid as e:
@@ -901,14 +913,32 @@ class _Stage:
         # amounts
         amount_txt, dec, dbl = _amount_sql("amount", kind("amount"))
         refunded_txt, ref, _ = _amount_sql("refunded", kind("refunded"))
+        # Fast exact path: amounts with at most as many decimals as the unit has (cents for major units)
+        # also read as DECIMAL(15, k), 64-bit, where the net in minor units is a plain integer; the
+        # DECIMAL(38, 16) rounding (128-bit division, most of the staging time) is left for the rest.
+        digits = {100: 2, 1: 0}.get(self.scale)
+        small_dec = _small_decimal_sql("amount", kind("amount"), digits)
+        small_ref = _small_decimal_sql("refunded", kind("refunded"), digits) if has("refunded") else "0"
         p0 = []
         if amount_txt:
             p0.append(f"CASE WHEN {carrier} THEN {amount_txt} END AS amount_txt")
         if refunded_txt:
             p0.append(f"CASE WHEN {carrier} THEN {refunded_txt} END AS refunded_txt")
         if kind("order_ts") == "text":
-            p0.append(f"CASE WHEN {carrier} THEN regexp_extract(trim(order_ts), '{TS_PATTERN}', ['d', 't', 'z']) "
+            # ts_shape (pt): 1-4 for the fixed-width forms (read by position in _ts_sql), 0 for the rest,
+            # which alone go through TS_PATTERN's capture groups.
+            pt = (f"""CASE WHEN {carrier} THEN (CASE
+                WHEN NOT regexp_full_match(order_ts, '{TS_FIXED}') THEN 0
+                WHEN length(order_ts) = 19 THEN 1
+                WHEN length(order_ts) = 20 THEN 2
+                WHEN substr(order_ts, 20, 1) = ' ' THEN 3
+                ELSE 4 END) END AS ts_shape""")
+            p0.append(f"CASE WHEN ts_shape = 0 THEN regexp_extract(trim(order_ts), '{TS_PATTERN}', ['d', 't', 'z']) "
                       f"END AS tsp")
+        else:
+            pt = "NULL AS ts_shape"
+        if has("status"):
+            p0.append(f"CASE WHEN {carrier} THEN lower(trim(CAST(status AS VARCHAR))) END AS status_l")
         p0 = "".join(", " + e for e in p0)
         ref_bad = f"(refunded IS NOT NULL AND ({ref}) IS NULL)" if has("refunded") else "false"
         # timestamps
@@ -927,8 +957,9 @@ class _Stage:
         cancelled = "(cancelled_at IS NOT NULL)" if has("cancelled_at") else "false"
         if has("status"):
             words = STATUS_WORDS[self.fmt]
-            norm = ("regexp_replace(regexp_replace(lower(trim(CAST(status AS VARCHAR))), '^wc-', ''), "
-                    "'[ _]+', '-', 'g')")
+            # status_l (p0): lower(trim(status)); the regular expressions only for the values they change.
+            norm = ("(CASE WHEN contains(status_l, ' ') OR contains(status_l, '_') OR starts_with(status_l, 'wc-') "
+                    "THEN regexp_replace(regexp_replace(status_l, '^wc-', ''), '[ _]+', '-', 'g') ELSE status_l END)")
             cases = " ".join(f"WHEN '{w}' THEN '{r}'" for w, r in words.items())
             status = f"(CASE {norm} {cases} END)"
         else:
@@ -936,12 +967,14 @@ class _Stage:
         currency = "NULLIF(upper(trim(CAST(currency AS VARCHAR))), '')" if has("currency") else "NULL::VARCHAR"
         negative = "false" if self.refunds else "cents < 0"
         return f"""
-            WITH p0 AS (SELECT *{p0} FROM raw_batch),
+            WITH pt AS (SELECT *, {pt} FROM raw_batch),
+            p0 AS (SELECT *{p0} FROM pt),
             p1a AS (
                 SELECT src_row, file_row, {m} AS m, {o} AS o, {c} AS c,
                        {"order_ts" if "order_ts" in kinds else "NULL"} AS raw_ts,
                        {"amount" if "amount" in kinds else "NULL"} AS raw_amount,
                        {dec} AS dec, CASE WHEN ({dec}) IS NULL THEN {dbl} END AS dbl, {ref} AS ref,
+                       {small_dec} AS dec_small, coalesce({small_ref}, 0) AS ref_small,
                        {ref_bad} AS ref_bad, {ts_value} AS ts_us,
                        CASE WHEN {carrier} THEN {reward} END AS reward_flag,
                        ({carrier} AND ({bad_reward})) AS bad_reward,
@@ -957,15 +990,21 @@ class _Stage:
                        (coalesce(abs(ref), 0) > 0 AND coalesce(abs(ref), 0) >= dec) AS full_refund
                 FROM p1
             ), p3 AS (
-                SELECT *, CASE WHEN abs(dec) < 1e19 AND refunded_abs < 1e19 AND NOT full_refund
-                               THEN dec - refunded_abs END AS net
+                SELECT *, CASE WHEN {_below_1e19("abs(dec)")} AND {_below_1e19("refunded_abs")} AND NOT full_refund
+                               THEN dec - refunded_abs END AS net,
+                       (CAST(dec_small AS DECIMAL(38, 16)) = dec
+                        AND CAST(ref_small AS DECIMAL(38, 16)) = coalesce(ref, 0)) AS exact_small
                 FROM p2
             ), p4 AS (
-                SELECT *, CASE WHEN abs(net) < 1e19 THEN TRY_CAST(ROUND(net * {self.scale}) AS BIGINT) END AS cents
+                SELECT *, CASE WHEN net IS NULL OR NOT {_below_1e19("abs(net)")} THEN NULL
+                               WHEN exact_small THEN CAST(dec_small * {self.scale} AS BIGINT)
+                                                     - CAST(abs(ref_small) * {self.scale} AS BIGINT)
+                               ELSE TRY_CAST(ROUND(net * {self.scale}) AS BIGINT) END AS cents
                 FROM p3
             )
             SELECT src_row, {file_idx} AS file_idx, file_row, m, {str(has_order).lower()}, o, c,
-                   CASE WHEN ts_us >= 0 AND ts_us < {MAX_US} THEN ts_us END, net, cents, coalesce(reward_flag, false),
+                   CASE WHEN ts_us >= 0 AND ts_us < {MAX_US} THEN ts_us END, {"net" if self.keep_net else "NULL"}, cents,
+                   coalesce(reward_flag, false),
                    cur,
                    CASE WHEN test_flag THEN 'test' WHEN cancelled THEN 'cancelled'
                         WHEN status_reason IS NOT NULL THEN status_reason
@@ -1009,6 +1048,22 @@ def _amount_sql(column, kind):
     return None, f"TRY_CAST({column} AS DECIMAL(38, 16))", f"TRY_CAST({column} AS DOUBLE)"
 
 
+def _small_decimal_sql(column, kind, digits):
+    """The amount as DECIMAL(15, digits) (× 100 still fits 64 bits) — text or integers only, NULL where it does not fit. Text with
+    more decimals is rounded by the cast: the caller uses it only where it equals the exact value."""
+    if digits is None or kind not in ("text", "decimal"):
+        return "NULL::BIGINT"
+    if kind == "text":
+        return f"TRY_CAST({column}_txt AS DECIMAL(15, {digits}))"
+    return f"(CASE WHEN typeof({column}) LIKE '%INT%' THEN TRY_CAST({column} AS DECIMAL(15, {digits})) END)"
+
+
+def _below_1e19(expr):
+    """``expr < 1e19`` as DuckDB compares a DECIMAL(38, 16) with a DOUBLE literal (through a double), but
+    decided exactly, without the conversion, where the value is far from the bound."""
+    return f"(CASE WHEN {expr} < CAST('9000000000000000000' AS DECIMAL(38, 16)) THEN true ELSE {expr} < 1e19 END)"
+
+
 def _ts_sql(spec, utc=False):
     """(UTC microseconds or NULL, unparsable?) of the order_ts column, by its kind."""
     if spec is None or spec[1] == "null":
@@ -1024,7 +1079,22 @@ def _ts_sql(spec, utc=False):
         # the session zone (--timezone), and UTC is the identity.
         wall = f"epoch_us(TRY_CAST({clock} AS TIMESTAMP))"
         naive = wall if utc else f"epoch_us(CAST(TRY_CAST({clock} AS TIMESTAMP) AS TIMESTAMPTZ))"
+        # The fixed-width forms (ts_shape 1-4, digits checked by TS_FIXED): the same parts by position.
+        fixed_clock = "substr(order_ts, 1, 10) || ' ' || substr(order_ts, 12, 8)"
+        fixed_wall = f"epoch_us(TRY_CAST({fixed_clock} AS TIMESTAMP))"
+        fixed_naive = fixed_wall if utc else f"epoch_us(CAST(TRY_CAST({fixed_clock} AS TIMESTAMP) AS TIMESTAMPTZ))"
+
+        def fixed_offset(sign, hours, minutes):
+            h, m = f"substr(order_ts, {hours}, 2)", f"substr(order_ts, {minutes}, 2)"
+            return (f"(CASE WHEN {h} > '14' OR {m} > '59' THEN NULL ELSE {fixed_wall} - "
+                    f"(CASE WHEN substr(order_ts, {sign}, 1) = '-' THEN -1 ELSE 1 END) "
+                    f"* (CAST({h} AS BIGINT) * 3600 + CAST({m} AS BIGINT) * 60) * 1000000 END)")
+
         value = f"""(CASE
+            WHEN ts_shape = 1 THEN {fixed_naive}
+            WHEN ts_shape = 2 THEN {fixed_wall}
+            WHEN ts_shape = 3 THEN {fixed_offset(21, 22, 24)}
+            WHEN ts_shape = 4 THEN {fixed_offset(20, 21, 24)}
             WHEN tsp.d IS NULL OR tsp.d = '' THEN NULL
             WHEN {zone} = '' THEN {naive}
             WHEN {zone} IN ('Z', 'UTC') THEN {wall}
@@ -1070,7 +1140,7 @@ def _bool_sql(column, kind):
 # --- orders: line items, exclusions, currencies ---------------------------------------
 
 def _classify(con, stage, keep_guests, fx_table, currency, scale):
-    """Create ``classified``: every staged row with its outcome; return the number of rows read."""
+    """Create ``classified``: every staged row with its outcome."""
     keep = "true" if keep_guests else "false"
     if stage.has_order_any:
         # One head row per order: its first carrier (the row with the order total), else its first row;
@@ -1107,7 +1177,10 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
                     ELSE 'ok' END AS outcome
         FROM g"""
     if fx_table is None:
-        con.execute(f"CREATE TABLE classified AS SELECT * EXCLUDE (outcome), "
+        # Without an order key every outcome is a function of its own staged row: a view, not a copy of
+        # every row (the later queries each filter it once).
+        kind = "TABLE" if stage.has_order_any else "VIEW"
+        con.execute(f"CREATE {kind} classified AS SELECT * EXCLUDE (outcome), "
                     f"CASE WHEN outcome = 'ok' THEN 'written' ELSE outcome END AS outcome FROM ({grouped})")
         _check_one_currency(con, stage, currency)
     else:
@@ -1133,7 +1206,6 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
                         WHEN cents < 0 AND NOT {str(stage.refunds).lower()} THEN 'rejected:negative_amount'
                         ELSE 'written' END AS outcome
             FROM x""")
-    return con.execute("SELECT count(*) FROM classified").fetchall()[0][0]
 
 
 def _check_one_currency(con, stage, currency):
@@ -1154,11 +1226,16 @@ def _check_one_currency(con, stage, currency):
 
 
 def _accounts(con, stage, files):
-    """(rejected, excluded, rows written): each reason with its count and first row."""
+    """(rejected, excluded, rows written, rows read): each reason with its count and first row."""
     rejected, excluded = {}, {}
-    rows = con.execute("""SELECT outcome, count(*), min(src_row) FROM classified WHERE outcome <> 'written'
+    # One pass over the outcomes gives every count, the written rows' and the total included.
+    rows = con.execute("""SELECT outcome, count(*), min(src_row) FROM classified
                           GROUP BY outcome ORDER BY 3""").fetchall()
+    written = sum(count for outcome, count, _ in rows if outcome == "written")
+    read = sum(count for _, count, _ in rows)
     for outcome, count, first in rows:
+        if outcome == "written":
+            continue
         kind, reason = outcome.split(":", 1)
         entry = Rejected(count=count)
         file_idx, file_row, merchant_key, order_key, customer_key = con.execute(
@@ -1179,17 +1256,49 @@ def _accounts(con, stage, files):
             entry.first_values = {k: v for k, v in (("merchant", merchant_key), ("order", order_key),
                                                     ("customer", customer_key)) if v is not None}
         (rejected if kind == "rejected" else excluded)[reason] = entry
-    written = con.execute("SELECT count(*) FROM classified WHERE outcome = 'written'").fetchall()[0][0]
-    return rejected, excluded, written
+    return rejected, excluded, written, read
 
 
-def _warnings(con, stage, files):
+class _Duplicates:
+    """Groups of neighbouring rows with equal (merchant_id, customer_id, order_ts) in the sorted stream:
+    how many groups of two or more, their rows, and the smallest src_row among those rows."""
+
+    def __init__(self):
+        self.groups, self.rows, self.first = 0, 0, None
+        self.last = None          # (merchant, customer, ts, src_row) of the previous batch's last row
+        self.last_in_group = False
+
+    def add(self, merchant, customer, ts, src):
+        if len(ts) == 0:
+            return
+        carried = self.last is not None  # the previous batch's last row leads, to compare across batches
+        if carried:
+            m0, c0, t0, s0 = self.last
+            merchant, customer, ts, src = np.r_[m0, merchant], np.r_[c0, customer], np.r_[t0, ts], np.r_[s0, src]
+        same = (merchant[1:] == merchant[:-1]) & (customer[1:] == customer[:-1]) & (ts[1:] == ts[:-1])
+        in_group = np.zeros(len(ts), dtype=bool)
+        in_group[1:] |= same
+        in_group[:-1] |= same
+        # A group starts where a row repeats its predecessor and the predecessor did not repeat its own.
+        before = np.r_[self.last_in_group if carried else False, same[:-1]]
+        self.groups += int((same & ~before).sum())
+        # The carried row was counted with its batch if it was in a group there.
+        self.rows += int(in_group[1:].sum()) + int(carried and same[0] and not self.last_in_group) \
+            if carried else int(in_group.sum())
+        if in_group.any():
+            low = int(src[in_group].min())
+            self.first = low if self.first is None else min(self.first, low)
+        self.last = (merchant[-1], customer[-1], ts[-1], src[-1])
+        self.last_in_group = bool(in_group[-1])
+
+
+def _warnings(con, stage, files, duplicates=None):
     """(warnings, likely line-item rows: those beyond the first of each (merchant, customer, order_ts))."""
     warnings = []
-    groups, rows, first = con.execute("""
-        SELECT count(*), sum(n), min(first) FROM (
-            SELECT count(*) AS n, min(src_row) AS first FROM classified WHERE outcome = 'written' AND NOT has_order
-            GROUP BY merchant_key, customer_key, ts_us HAVING count(*) > 1)""").fetchall()[0]
+    if duplicates is not None:
+        groups, rows, first = duplicates.groups, duplicates.rows, duplicates.first
+    else:
+        groups, rows, first = _duplicate_groups(con)
     if groups:
         file_idx, file_row = con.execute("SELECT file_idx, file_row FROM classified WHERE src_row = ?",
                                          [first]).fetchall()[0]
@@ -1198,6 +1307,14 @@ def _warnings(con, stage, files):
             f"order each, counted here as separate orders; map an order key (--columns order_id=...) to count "
             f"each order once; first: {files[file_idx]}: row {file_row}")
     return warnings, int(rows or 0) - int(groups or 0)
+
+
+def _duplicate_groups(con):
+    groups, rows, first = con.execute("""
+        SELECT count(*), sum(n), min(first) FROM (
+            SELECT count(*) AS n, min(src_row) AS first FROM classified WHERE outcome = 'written' AND NOT has_order
+            GROUP BY merchant_key, customer_key, ts_us HAVING count(*) > 1)""").fetchall()[0]
+    return groups, rows, first
 
 
 # --- mapping and sorting ---------------------------------------------------------
@@ -1217,7 +1334,7 @@ def _copy_private(con, query, path, inputs, fmt="PARQUET", what="output"):
         os.chmod(tmp, 0o600)
 
 
-def _write_mappings(con, stage, merchant_ids, customer_ids, inputs):
+def _write_mappings(con, stage, merchant_ids, customer_ids, inputs, keep_guests=True):
     keys = [row[0] for row in con.execute(
         "SELECT DISTINCT merchant_key FROM classified WHERE outcome = 'written'").fetchall()]
     keys.sort(key=_natural_key)
@@ -1237,8 +1354,8 @@ def _write_mappings(con, stage, merchant_ids, customer_ids, inputs):
     con.execute(f"""
         CREATE TABLE guest_map AS
         SELECT src_row, CAST({n_customers} + row_number() OVER (ORDER BY src_row) AS BIGINT) AS customer_id
-        FROM classified WHERE outcome = 'written' AND customer_key IS NULL
-    """)
+        FROM classified WHERE outcome = 'written' AND customer_key IS NULL{"" if keep_guests else " AND false"}
+    """)  # without keep_guests a written order always has a customer (guests are excluded): no scan
     n_guests = con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
     _copy_private(con, "SELECT * FROM merchant_map ORDER BY merchant_id", merchant_ids, inputs,
                   what="merchant id mapping")
@@ -1247,12 +1364,12 @@ def _write_mappings(con, stage, merchant_ids, customer_ids, inputs):
     return len(keys), n_customers + n_guests
 
 
-def _write_sorted(con, output, total, progress, inputs):
+def _write_sorted(con, output, total, progress, inputs, duplicates=None):
     guests = con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
     customer = "coalesce(c.customer_id, g.customer_id)" if guests else "c.customer_id"
     guest_join = "LEFT JOIN guest_map g ON v.src_row = g.src_row" if guests else ""
     relation = con.sql(f"""
-        SELECT m.merchant_id, {customer} AS customer_id, v.ts_us, v.cents, v.reward
+        SELECT m.merchant_id, {customer} AS customer_id, v.ts_us, v.cents, v.reward{", v.src_row" if duplicates else ""}
         FROM (SELECT * FROM classified WHERE outcome = 'written') v
         JOIN merchant_map m ON v.merchant_key = m.merchant_key
         {"LEFT" if guests else ""} JOIN customer_map c ON v.customer_key = c.customer_key
@@ -1274,6 +1391,8 @@ def _write_sorted(con, output, total, progress, inputs):
                 batch.column(3).cast(pa.int64()),
                 batch.column(4).cast(pa.bool_()),
             ], schema=ORDERS_SCHEMA))
+            if duplicates is not None:
+                duplicates.add(*(batch.column(i).to_numpy() for i in (0, 1, 2, 5)))
             written += batch.num_rows
             bar.update(batch.num_rows)
     return written
