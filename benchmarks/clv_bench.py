@@ -25,13 +25,12 @@ The store-customer ``(merchant_id, customer_id)`` is lifetimes' customer;
 only ``lm.clv`` runs: lifetimes has no groups).
 """
 import argparse
-import json
-import resource
-import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rfm_vs_lifetimes import run_job  # noqa: E402  (each measurement in a budgeted subprocess)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,24 +96,6 @@ params = {{**bgf.params_.to_dict(), **ggf.params_.to_dict()}}
 print(json.dumps({{**times, "customers": len(s), "params": params,
                   "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
 """
-
-
-def run_job(code, timeout, memory_bytes):
-    """Run ``code`` in a subprocess under the budget; (result dict or None, why not)."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-
-    try:
-        done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                              timeout=timeout, preexec_fn=limit)
-    except subprocess.TimeoutExpired:
-        return None, f"did not finish within {timeout:g} s"
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:] or ["(no message)"]
-        if "MemoryError" in done.stderr or "bad_alloc" in done.stderr or "Unable to allocate" in done.stderr:
-            return None, f"ran out of memory (limit {memory_bytes / 2**30:g} GiB): {tail[0]}"
-        return None, f"failed: {tail[0]}"
-    return json.loads(done.stdout.strip().splitlines()[-1]), None
 
 
 def _params_text(params):
