@@ -97,3 +97,19 @@ def test_bad_engine_or_threads_is_a_usage_error(sample, option):
     with pytest.raises(SystemExit) as exit_info:
         main(["compute", orders, *option])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["compute", "cohorts", "concentration"])
+@pytest.mark.parametrize("output", [None, "out.csv"])
+def test_input_without_orders_exits_non_zero(tmp_path, capsys, command, output):
+    # An empty result is no silent success: e.g. a prepare that wrote no order (issue 11).
+    schema = pa.schema([("merchant_id", pa.int32()), ("customer_id", pa.int64()),
+                        ("order_ts", pa.timestamp("us", tz="UTC")), ("amount", pa.int64())])
+    empty = tmp_path / "empty.arrow"
+    with pa.OSFile(str(empty), "wb") as sink, pa.ipc.new_file(sink, schema):
+        pass
+    argv = [command, str(empty)] + (["-o", str(tmp_path / output)] if output else [])
+    assert main(argv) == 1
+    assert "hold no rows" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.arrow"]   # nothing written
+    assert lm.compute(str(empty)).num_rows == 0   # the API still returns the (empty) table

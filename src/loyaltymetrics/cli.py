@@ -184,12 +184,21 @@ def _run_analysis(args):
         table = cohorts(args.orders, args.merchants, **options)
     else:
         table = concentration(args.orders, args.merchants, top=args.top, **options)
+    _check_not_empty(table, args.orders)
     if args.output:
         write_table(table, args.output, inputs)
         print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
     else:
         print(_format_rows(table))
     return 0
+
+
+def _check_not_empty(table, orders):
+    """An empty result at the command line is an error, not an empty table and exit 0: the input
+    held no orders (e.g. a ``prepare`` that wrote none), and a pipeline must notice."""
+    if table.num_rows == 0:
+        raise ValueError(f"{orders}: the orders hold no rows (no order in any period): nothing to compute; "
+                         "nothing written")
 
 
 def _format_rows(table):
@@ -299,6 +308,7 @@ def _dispatch(args):
         table = compute(args.orders, args.merchants, by=args.by, period=args.period, columns=args.columns,
                         size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
                         threads=args.threads, progress=not args.quiet)
+        _check_not_empty(table, args.orders)
         if args.output:
             write_table(table, args.output, inputs)
             print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
