@@ -1,4 +1,5 @@
 """The command line writes exactly what compute() returns, in each format."""
+import importlib
 import json
 import subprocess
 import sys
@@ -113,3 +114,20 @@ def test_input_without_orders_exits_non_zero(tmp_path, capsys, command, output):
     assert "hold no rows" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.arrow"]   # nothing written
     assert lm.compute(str(empty)).num_rows == 0   # the API still returns the (empty) table
+
+
+@pytest.mark.parametrize("command, module", [("clv", "scipy"), ("report", "matplotlib")])
+def test_a_missing_optional_dependency_is_one_line_naming_the_extra(sample, tmp_path, monkeypatch, capsys,
+                                                                     command, module):
+    clv_module = importlib.import_module("loyaltymetrics.clv")   # lm.clv is the function
+
+    _, orders_path, _ = sample
+    monkeypatch.setitem(sys.modules, module, None)           # importing it now raises ImportError
+    monkeypatch.setattr(clv_module, "sp", clv_module._SciPy())  # nothing loaded yet in this process
+    argv = [command, orders_path, "--columns", "order_ts=created_at,amount=total_cents"]
+    argv += ["-o", str(tmp_path / "report.html")] if command == "report" else []
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("loyaltymetrics: error: ") and err.count("\n") == 1, err
+    assert f"loyaltymetrics[{ {'scipy': 'clv', 'matplotlib': 'report'}[module] }]" in err
+    assert isinstance(lm.MissingDependencyError("x"), ImportError)

@@ -14,7 +14,7 @@ import pytest
 
 import loyaltymetrics as lm
 from loyaltymetrics.cli import main
-from loyaltymetrics.convert import MissingDependencyError
+from loyaltymetrics import MissingDependencyError
 
 COLUMNS = {"merchant_id": "shop", "customer_id": "email", "order_ts": "created_at", "amount": "total",
            "reward": "discount_used"}

@@ -604,7 +604,7 @@ def _add_prepare_parser(sub):
 
 
 def _prepare_command(args):
-    from .convert import MissingDependencyError, parse_max_rejects, prepare
+    from .convert import parse_max_rejects, prepare
 
     try:
         max_rejects = parse_max_rejects(args.max_rejects)
@@ -615,7 +615,7 @@ def _prepare_command(args):
                          reward_codes=args.reward_codes, merchants=args.merchants,
                          memory_limit=args.memory_limit, temp_directory=args.temp_directory,
                          threads=args.threads, progress=not args.quiet)
-    except (LoyaltyMetricsError, MissingDependencyError, ValueError, OSError, MemoryError) as e:
+    except (LoyaltyMetricsError, ValueError, OSError, MemoryError) as e:
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
         return 1
     problem = report.problem(max_rejects)

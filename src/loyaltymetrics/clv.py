@@ -49,8 +49,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import parallel
-from .convert import MissingDependencyError
-from .errors import CorruptInputError, InputChangedError, InputError, NullValueError, SchemaError
+from .errors import (CorruptInputError, InputChangedError, InputError, MissingDependencyError, NullValueError,
+                     SchemaError)
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, size_buckets, size_labels
 from .inputs import IN_MEMORY, _in_memory, order_batches, read_merchants, rereadable
 from .rfm_summary import check_freq, last_order_day, observation_day, rfm

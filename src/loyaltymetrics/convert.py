@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import progress as _progress
-from .errors import CorruptInputError, InputError, ResourceError, SchemaError
+from .errors import CorruptInputError, InputError, MissingDependencyError, ResourceError, SchemaError
 from .outputs import atomic_output, check_not_input
 from .synthetic import ORDERS_SCHEMA
 
@@ -126,10 +126,6 @@ HINTS = {
     "no_fx_rate": "add the currency to --fx RATES (currency,rate[,date])",
     "order_without_total": "no row of the order has its total (the amount column)",
 }
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency a feature needs is not installed."""
 
 
 class MixedCurrencyError(InputError):

@@ -59,6 +59,10 @@ class InputChangedError(InputError):
     or the file was truncated, rewritten or replaced while it was being read."""
 
 
+class MissingDependencyError(LoyaltyMetricsError, ImportError):
+    """An optional dependency a feature needs is not installed (the message names the pip extra)."""
+
+
 class OutputPathError(LoyaltyMetricsError, ValueError):
     """An output path that cannot be written safely: an input of the same command, or a directory."""
 

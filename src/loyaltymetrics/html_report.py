@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from . import parallel
 from .api import compute
+from .errors import MissingDependencyError
 from .finalize import DEFAULT_SIZE_EDGES, check_size_edges, size_labels
 from .inputs import rereadable, source_label
 from .outputs import atomic_output, check_output_path
@@ -162,7 +163,8 @@ def _require_matplotlib():
     try:
         import matplotlib  # noqa: F401
     except ImportError as e:
-        raise ImportError('the report draws its charts with matplotlib: pip install "loyaltymetrics[report]"') from e
+        raise MissingDependencyError(
+            'the report draws its charts with matplotlib: pip install "loyaltymetrics[report]"') from e
 
 
 @dataclass(frozen=True)

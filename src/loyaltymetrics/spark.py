@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from . import errors, periods
 from .arrays import numeric_array
-from .convert import MissingDependencyError
+from .errors import MissingDependencyError
 from .errors import AmountOverflowError, InputError, UnsortedInputError
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, finalize
 from .inputs import REQUIRED_ORDER_COLUMNS, _select, order_batches, read_merchants, resolve_columns
