@@ -141,6 +141,25 @@ def timed(fn):
     return time.perf_counter() - started, result
 
 
+def median_runs(steps, repeat):
+    """{name: (median seconds of ``repeat`` runs, the last result)} for each (name, fn) of ``steps``."""
+    runs = {}
+    for name, fn in steps:
+        times = []
+        for _ in range(repeat):
+            seconds, result = timed(fn)
+            times.append(seconds)
+        runs[name] = (float(np.median(times)), result)
+    return runs
+
+
+def duckdb_session(duckdb, args):
+    """A DuckDB connection with the benchmark's threads and memory limit, as prepare gets them."""
+    con = duckdb.connect()
+    con.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
+    return con
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=float, default=2e6, help="CSV lines over all shops (default 2e6)")
@@ -167,7 +186,6 @@ def csv_case(duckdb, work, args):
     size = sum(f.stat().st_size for f in files) / 1e6
     print(f"{lines:,} CSV lines ({size:,.0f} MB, 3 shops) generated in {seconds:.1f} s")
     glob = str(work / "*_orders_export.csv")
-    runs = {}
 
     def prepare():
         return lm.prepare(glob, work / "orders.arrow", format="shopify", merchant_from_filename=r"^(shop-\d+)_",
@@ -177,8 +195,7 @@ def csv_case(duckdb, work, args):
         return lm.compute(str(work / "orders.arrow"), by=["merchant"], threads=args.threads)
 
     def plain_sort():
-        con = duckdb.connect()
-        con.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
+        con = duckdb_session(duckdb, args)
         rel = con.sql(f"SELECT * FROM read_csv('{glob}', all_varchar = true, header = true) "
                       f"ORDER BY \"Email\", \"Created at\"")
         reader = rel.to_arrow_reader(1 << 20) if hasattr(rel, "to_arrow_reader") else rel.fetch_arrow_reader()
@@ -188,17 +205,11 @@ def csv_case(duckdb, work, args):
                 writer.write_batch(batch)
 
     def hand_sql():
-        con = duckdb.connect()
-        con.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
+        con = duckdb_session(duckdb, args)
         return con.sql(HAND_SQL.format(glob=glob)).fetchall()
 
-    for name, fn in (("prepare", prepare), ("compute", compute), ("duckdb ORDER BY -> IPC", plain_sort),
-                     ("hand-written DuckDB SQL", hand_sql)):
-        times = []
-        for _ in range(args.repeat):
-            seconds, result = timed(fn)
-            times.append(seconds)
-        runs[name] = (float(np.median(times)), result)
+    runs = median_runs((("prepare", prepare), ("compute", compute), ("duckdb ORDER BY -> IPC", plain_sort),
+                        ("hand-written DuckDB SQL", hand_sql)), args.repeat)
 
     report = runs["prepare"][1]
     ids = {v: k for k, v in zip(*lm.convert._read_table(report.merchant_ids).to_pydict().values())}
@@ -229,21 +240,14 @@ def parquet_case(duckdb, work, rows, args):
                           memory_limit=args.memory_limit)
 
     def plain_sort():
-        con = duckdb.connect()
-        con.execute(f"SET threads = {args.threads}; SET memory_limit = '{args.memory_limit}'")
+        con = duckdb_session(duckdb, args)
         rel = con.sql(f"SELECT * FROM read_parquet('{source}') ORDER BY merchant_id, customer_id, order_ts")
         reader = rel.to_arrow_reader(1 << 20) if hasattr(rel, "to_arrow_reader") else rel.fetch_arrow_reader()
         with pa.OSFile(str(work / "p_sorted.arrow"), "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
             for batch in reader:
                 writer.write_batch(batch)
 
-    runs = {}
-    for name, fn in (("prepare (generic Parquet)", prepare), ("duckdb ORDER BY -> IPC", plain_sort)):
-        times = []
-        for _ in range(args.repeat):
-            seconds, result = timed(fn)
-            times.append(seconds)
-        runs[name] = (float(np.median(times)), result)
+    runs = median_runs((("prepare (generic Parquet)", prepare), ("duckdb ORDER BY -> IPC", plain_sort)), args.repeat)
     report = runs["prepare (generic Parquet)"][1]
     ours = pa.ipc.open_file(str(work / "p_orders.arrow")).read_all()
     theirs = pa.ipc.open_file(str(work / "p_sorted.arrow")).read_all()

@@ -72,6 +72,19 @@ def check_cohorts(orders, merchants, by, period, engine, **kwargs):
     return actual
 
 
+def record_passes(monkeypatch):
+    """A list that gets the `targets` of each concentration pass's kernel as the pass starts."""
+    passes = []
+    real_run = concentration_module.run
+
+    def counting_run(kernel, batches, *args):
+        passes.append(kernel.targets)
+        return real_run(kernel, batches, *args)
+
+    monkeypatch.setattr(concentration_module, "run", counting_run)
+    return passes
+
+
 def check_concentration(orders, merchants, by, period, top, engine, **kwargs):
     actual = lm.concentration(orders, merchants, by=by, period=period, top=top, engine=engine, **kwargs)
     expected = reference_concentration(orders, merchants, by=by, period=period, top=top, **kwargs)
@@ -135,14 +148,7 @@ def test_concentration_many_close_values_takes_several_passes(engine, monkeypatc
     n = len(values)
     orders = pa.table({"merchant_id": pa.array(np.zeros(n, np.int64)), "customer_id": pa.array(np.arange(n)),
                        "order_ts": pa.array(np.full(n, 19000, np.int32), pa.date32()), "amount": pa.array(values)})
-    passes = []
-    real_run = concentration_module.run
-
-    def counting_run(kernel, batches, *args):
-        passes.append(kernel.targets)
-        return real_run(kernel, batches, *args)
-
-    monkeypatch.setattr(concentration_module, "run", counting_run)
+    passes = record_passes(monkeypatch)
     for budget, kinds in ((1 << 21, ["collect"]), (100, ["histogram", "collect"]), (0, ["histogram"] * 3)):
         passes.clear()
         monkeypatch.setattr(concentration_module, "COLLECT_BUDGET", budget)
@@ -399,10 +405,7 @@ def test_spooled_stream_is_read_twice_and_removed(tmp_path, monkeypatch):
                        "customer_id": pa.array(np.arange(rows, dtype=np.int64)),
                        "order_ts": pa.array(np.full(rows, 19000, np.int32), pa.date32()),
                        "amount": pa.array(np.arange(rows, dtype=np.int64) * 7 + 10_000)})
-    passes = []
-    real_run = concentration_module.run
-    monkeypatch.setattr(concentration_module, "run",
-                        lambda kernel, batches, *args: passes.append(1) or real_run(kernel, batches, *args))
+    passes = record_passes(monkeypatch)
     reader = pa.RecordBatchReader.from_batches(orders.schema, orders.to_batches(max_chunksize=64))
     out = lm.concentration(reader, top=0.1)
     assert len(passes) == 2                              # the stream was read again, from the spool
@@ -666,14 +669,7 @@ def test_concentration_negative_revenues_refined_over_several_passes(engine, mon
     orders = pa.table({"merchant_id": pa.array(np.zeros(n, np.int64)), "customer_id": pa.array(customers),
                        "order_ts": pa.array(np.full(n, 19000, np.int32), pa.date32()),
                        "amount": pa.array(amounts)})
-    passes = []
-    real_run = concentration_module.run
-
-    def counting_run(kernel, batches, *args):
-        passes.append(kernel.targets)
-        return real_run(kernel, batches, *args)
-
-    monkeypatch.setattr(concentration_module, "run", counting_run)
+    passes = record_passes(monkeypatch)
     for budget in (1 << 21, 100, 0):
         passes.clear()
         monkeypatch.setattr(concentration_module, "COLLECT_BUDGET", budget)
