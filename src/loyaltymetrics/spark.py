@@ -238,7 +238,9 @@ def _collect(combined, period):
     _check_whole_store_customers(merchant_id, table.column("customer_ranges").chunk(0))
     month_range = None
     if period == "all" and table.num_rows:
-        month_range = (pc.min(table.column("first_month")).as_py(), pc.max(table.column("last_month")).as_py())
+        first, last = pc.min(table.column("first_month")).as_py(), pc.max(table.column("last_month")).as_py()
+        # Null when no task saw an order (refund rows only): no month range, as the local path has none.
+        month_range = None if first is None else (first, last)
     counts = np.empty((table.num_rows, len(PARTIAL_COLUMNS)), np.int64)
     for i, name in enumerate(PARTIAL_COLUMNS):
         try:
