@@ -7,10 +7,11 @@ read the input columns. It must never import the library.
 Decisions where SPEC is silent follow the team's list (see
 tests/test_reference.py for hand-worked examples of each one):
 
-* output columns: group keys in ``by`` order, ``period_start``, base counts,
-  derived metrics, then ``<x>_yoy`` for every base and derived column;
-* rows sorted by the group keys' values (``size`` labels as strings, as
-  SPEC §7 says "sorted by the group keys") then ``period_start``;
+* output columns: group keys in ``by`` order, ``period_start``,
+  ``period_complete``, base counts, derived metrics, then ``<x>_yoy`` for
+  every base and derived column;
+* rows sorted by the group keys' values (``size`` in bucket order, smallest
+  first, SPEC §7) then ``period_start``;
 * ``fees = (sum_fee * months) / 12``, null for ``period="all"``;
 * size buckets closed on the left, ``orders / months >= edge`` as SPEC §6
   writes it.
@@ -119,7 +120,7 @@ def reference_columns(by=(), merchant_names=False) -> list[str]:
             keys.append("merchant_name")
     return (
         keys
-        + ["period_start"]
+        + ["period_start", "period_complete"]
         + BASE_COLUMNS
         + DERIVED_COLUMNS
         + YOY_COLUMNS
@@ -307,8 +308,13 @@ def reference_compute(
     period: str = "year",
     size_edges=DEFAULT_SIZE_EDGES,
     refunds: bool = False,
+    observation_start: dt.date | None = None,
+    observation_end: dt.date | None = None,
 ) -> list[dict]:
     """Rows of the SPEC §7 output table as dicts (see module docstring).
+
+    ``observation_start``/``observation_end``: the observation window of
+    SPEC §3 "Complete periods" (see ``_observation_window``).
 
     ``refunds=True`` (SPEC §2 "Refunds"): a row with a negative amount is a
     refund, not an order. It adds its amount to the revenue sums of its
@@ -355,6 +361,8 @@ def reference_compute(
 
     def annual_fee(m):
         return merchant_info.get(m, (UNKNOWN, UNKNOWN, 0))[2]
+
+    window = _observation_window(days, is_order, observation_start, observation_end)
 
     # §3: the period of every order.
     if period == "all":
@@ -529,18 +537,42 @@ def reference_compute(
             if b == "merchant" and names is not None:
                 row["merchant_name"] = names.get(k)
         row["period_start"] = p
+        row["period_complete"] = _period_complete(p, period, window)
         row.update(current)
+        compared = row["period_complete"] and prev_gp is not None and _period_complete(prev_gp[1], period, window)
         for name in BASE_COLUMNS + DERIVED_COLUMNS:
             x = current[name]
             x_prev = None if previous is None else previous[name]
-            if x is None or x_prev is None or x_prev == 0:
+            if x is None or x_prev is None or x_prev == 0 or not compared:
                 row[name + "_yoy"] = None
             else:
                 row[name + "_yoy"] = (x - x_prev) / x_prev * 100
         out.append((key, p, row))
 
-    out.sort(key=lambda t: (t[0], t[1]))
+    out.sort(key=lambda t: (_key_order(by, t[0], labels), t[1]))
     return [row for _, _, row in out]
+
+
+def _key_order(by, key, labels):
+    """Sort key of a group key (SPEC §7): values, except ``size`` in bucket order, smallest first."""
+    return tuple(labels.index(k) if b == "size" else k for b, k in zip(by, key))
+
+
+def _observation_window(days, is_order, observation_start=None, observation_end=None):
+    """SPEC §3: ``[observation_start, observation_end)``, by default the UTC date of the
+    earliest order and the day after the UTC date of the latest order (refunds are no orders)."""
+    order_days = [d for d, o in zip(days, is_order) if o]
+    start = min(order_days) if observation_start is None else observation_start
+    end = max(order_days) + dt.timedelta(days=1) if observation_end is None else observation_end
+    return start, end
+
+
+def _period_complete(start: dt.date, period: str, window) -> bool:
+    """SPEC §3: the period's first day is on or after the window's start and the day after
+    its last day on or before the window's end; ``period="all"`` is always complete."""
+    if period == "all":
+        return True
+    return start >= window[0] and _add_months(start, MONTHS_IN_PERIOD[period]) <= window[1]
 
 
 # ---------------------------------------------------------------------------
@@ -562,6 +594,8 @@ def _expected_type_ok(name: str, typ) -> bool:
         return _is_string_type(typ)
     if name == "period_start":
         return typ == pa.date32()
+    if name == "period_complete":
+        return typ == pa.bool_()
     if name in INT_COLUMNS:
         return typ == pa.int64()
     if name in FLOAT_COLUMNS:

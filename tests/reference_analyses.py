@@ -37,6 +37,9 @@ from reference import (
     MONTHS_IN_PERIOD,
     UNKNOWN,
     _column_values,
+    _key_order,
+    _observation_window,
+    _period_complete,
     _order_dates,
     _period_start,
     _read_merchants,
@@ -45,9 +48,9 @@ from reference import (
     size_labels,
 )
 
-CONCENTRATION_COLUMNS = ["period_start", "customers", "top_customers", "revenue", "top_revenue", "top_share"]
+CONCENTRATION_COLUMNS = ["period_start", "period_complete", "customers", "top_customers", "revenue", "top_revenue", "top_share"]
 COHORT_COLUMNS = [
-    "cohort_start", "period_index", "period_start", "cohort_customers", "active_customers", "orders",
+    "cohort_start", "period_index", "period_start", "period_complete", "cohort_customers", "active_customers", "orders",
     "revenue", "cumulative_revenue", "retention", "cumulative_revenue_per_customer",
 ]
 
@@ -94,8 +97,15 @@ def _group_key(by, merchant_info, labels, edges, m, orders_in_period, months):
     return tuple(key)
 
 
+def _window(rows, refunds, observation_start, observation_end):
+    """SPEC §3's observation window of the order rows (refunds are no orders)."""
+    return _observation_window([r[2] for r in rows], [not (refunds and r[3] < 0) for r in rows],
+                               observation_start, observation_end)
+
+
 def reference_concentration(orders, merchants=None, by=(), period="year", top=0.05,
-                            size_edges=DEFAULT_SIZE_EDGES, refunds=False) -> list[dict]:
+                            size_edges=DEFAULT_SIZE_EDGES, refunds=False, observation_start=None,
+                            observation_end=None) -> list[dict]:
     rows = _read_orders(orders)
     order_rows = [r for r in rows if not (refunds and r[3] < 0)]
     if not order_rows:
@@ -131,20 +141,22 @@ def reference_concentration(orders, merchants=None, by=(), period="year", top=0.
             refund_only[(key, p)] = refund_only.get((key, p), 0) + value
 
     fraction = exact_top(top)
+    window = _window(rows, refunds, observation_start, observation_end)
     out = []
-    for (key, p), values in sorted(groups.items()):
+    for (key, p), values in sorted(groups.items(), key=lambda g: (_key_order(by, g[0][0], labels), g[0][1])):
         k = math.ceil(fraction * len(values))
         top_revenue = sum(sorted(values, reverse=True)[:k])
         total = sum(values) + refund_only.get((key, p), 0)
         row = _key_columns(by, key, merchant_names(merchants))
-        row.update(period_start=p, customers=len(values), top_customers=k, revenue=total,
+        row.update(period_start=p, period_complete=_period_complete(p, period, window), customers=len(values), top_customers=k, revenue=total,
                    top_revenue=top_revenue, top_share=None if total == 0 else top_revenue / total)
         out.append(row)
     return out
 
 
 def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=DEFAULT_SIZE_EDGES,
-                      refunds=False) -> list[dict]:
+                      refunds=False, observation_start=None, observation_end=None) -> list[dict]:
+    """``period_complete`` is that of the cell's calendar period (period_start)."""
     rows = _read_orders(orders)
     if not any(not (refunds and r[3] < 0) for r in rows):
         return []
@@ -194,8 +206,9 @@ def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=
         cell[1] += n
         cell[2] += amount
 
+    window = _window(rows, refunds, observation_start, observation_end)
     out = []
-    for (key, q), customers in sorted(size.items()):
+    for (key, q), customers in sorted(size.items(), key=lambda g: (_key_order(by, g[0][0], labels), g[0][1])):
         cumulative = 0
         for k in range(last - q + 1):
             active, n, amount = cells.get((key, q, k), [0, 0, 0])
@@ -204,6 +217,7 @@ def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=
                 raise OverflowError(f"cumulative_revenue {cumulative} is outside int64 (SPEC §2: a typed error)")
             row = _key_columns(by, key, merchant_names(merchants))
             row.update(cohort_start=start_of(q), period_index=k, period_start=start_of(q + k),
+                       period_complete=_period_complete(start_of(q + k), period, window),
                        cohort_customers=customers, active_customers=active, orders=n, revenue=amount,
                        cumulative_revenue=cumulative, retention=active / customers,
                        cumulative_revenue_per_customer=cumulative / customers)

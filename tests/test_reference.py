@@ -96,11 +96,14 @@ T = dt.datetime
 def test_column_order_and_types_of_values():
     t = make_orders([(1, 1, T(2022, 5, 1), 100)])
     [row] = reference_compute(t, by=["size", "merchant", "country", "industry"])
-    assert list(row) == ["size", "merchant_id", "country", "industry", "period_start"] + BASE_COLUMNS + DERIVED_COLUMNS + YOY_COLUMNS
+    assert list(row) == (["size", "merchant_id", "country", "industry", "period_start", "period_complete"]
+                         + BASE_COLUMNS + DERIVED_COLUMNS + YOY_COLUMNS)
     assert list(row) == reference_columns(["size", "merchant", "country", "industry"])
     assert YOY_COLUMNS[0] == "merchants_yoy" and YOY_COLUMNS[-1] == "member_frequency_lift_yoy"
     assert len(YOY_COLUMNS) == 17 + 14
     assert row["period_start"] == D(2022, 1, 1) and type(row["period_start"]) is dt.date
+    # Default window [2022-05-01, 2022-05-02): 2022 begins before it -> incomplete.
+    assert row["period_complete"] is False
     for name in BASE_COLUMNS:
         if name != "fees":
             assert type(row[name]) is int, name
@@ -132,8 +135,11 @@ def test_gap_year_is_not_retained():
             (1, 11, T(2023, 2, 1), 30),
         ]
     )
-    result = reference_compute(t)
+    # The orders only sample the years: observed from 2021-01-01 up to 2024-01-01 (SPEC §3),
+    # so every year is complete and YoY compares them.
+    result = reference_compute(t, observation_start=D(2021, 1, 1), observation_end=D(2024, 1, 1))
     assert [r["period_start"] for r in result] == [D(2021, 1, 1), D(2022, 1, 1), D(2023, 1, 1)]
+    assert [r["period_complete"] for r in result] == [True, True, True]
     y21, y22, y23 = result
 
     # 2021: c10 rank 1. No 2020 row -> retention null; fees 0 -> roi null.
@@ -189,6 +195,16 @@ def test_gap_year_is_not_retained():
     assert y23["merchants_yoy"] == 0.0
     # fees are 0 both years -> fees_yoy null.
     assert y23["fees_yoy"] is None
+
+    # Default window [2021-03-01, 2023-05-02): 2021 begins before it, 2023 ends after it; 2022
+    # is complete but its year-earlier 2021 is not -> every YoY null (SPEC §3).
+    default = reference_compute(t)
+    assert [r["period_complete"] for r in default] == [False, True, False]
+    assert all(r[c] is None for r in default for c in YOY_COLUMNS)
+    # The counts and the other metrics do not depend on the window.
+    for r, full in zip(default, result):
+        assert {k: v for k, v in r.items() if k != "period_complete" and not k.endswith("_yoy")} == \
+            {k: v for k, v in full.items() if k != "period_complete" and not k.endswith("_yoy")}
 
 
 def test_same_person_at_two_merchants_is_two_store_customers():
@@ -453,10 +469,10 @@ def _many_orders(merchant, n, month, year=2022):
 
 def test_size_edge_exactly_30_orders_a_month():
     # month: merchant 1 has 30 orders in Jan 2022 (30/1 >= 30 -> "30-300"),
-    # merchant 2 has 29 (-> "<30"). Labels sort as strings: "30-300" < "<30".
+    # merchant 2 has 29 (-> "<30"). Sizes sort in bucket order (SPEC §7): "<30" first.
     t = make_orders(_many_orders(1, 30, 1) + _many_orders(2, 29, 1))
     rows = reference_compute(t, by=["size"], period="month")
-    assert [(r["size"], r["merchants"], r["orders"]) for r in rows] == [("30-300", 1, 30), ("<30", 1, 29)]
+    assert [(r["size"], r["merchants"], r["orders"]) for r in rows] == [("<30", 1, 29), ("30-300", 1, 30)]
     # year: 30 orders / 12 months = 2.5 a month -> "<30" for both.
     rows = reference_compute(t, by=["size"], period="year")
     assert [(r["size"], r["merchants"], r["orders"]) for r in rows] == [("<30", 2, 59)]
@@ -465,7 +481,7 @@ def test_size_edge_exactly_30_orders_a_month():
     assert [(r["merchant_id"], r["size"]) for r in rows] == [(1, "2.5+"), (2, "<2.5")]
 
 
-def test_size_buckets_sort_by_label_and_yoy_is_bucket_to_bucket():
+def test_size_buckets_sort_in_bucket_order_and_yoy_is_bucket_to_bucket():
     # Merchant 1: 360 orders in 2022 (30/month -> "30-300"), 1 order in 2021
     # ("<30"). Merchant 2: 1 order in 2021 and 1 in 2022 ("<30" both years).
     rows = _many_orders(1, 1, 6, year=2021)
@@ -474,22 +490,22 @@ def test_size_buckets_sort_by_label_and_yoy_is_bucket_to_bucket():
     rows += [(2, 1, T(2021, 6, 1), 5), (2, 1, T(2022, 6, 1), 5)]
     rows.sort(key=lambda r: (r[0], r[1], r[2]))
     t = make_orders(rows)
-    result = reference_compute(t, by=["size"])
-    # Labels sort as strings (SPEC §7 "sorted by the group keys"): "30-300"
-    # before "<30" ('3' < '<'), then by period.
+    # Observed over both whole years (the first order is on 2021-06-01).
+    result = reference_compute(t, by=["size"], observation_start=D(2021, 1, 1), observation_end=D(2023, 1, 1))
+    # Sizes sort in bucket order, smallest first (SPEC §7), then by period.
     assert [(r["size"], r["period_start"], r["merchants"], r["orders"]) for r in result] == [
-        ("30-300", D(2022, 1, 1), 1, 360),
         ("<30", D(2021, 1, 1), 2, 2),
         ("<30", D(2022, 1, 1), 1, 1),
+        ("30-300", D(2022, 1, 1), 1, 360),
     ]
-    lt30_2022 = result[2]
+    lt30_2022 = result[1]
     # "<30" 2022 vs "<30" 2021: merchants (1-2)/2*100 = -50, orders -50.
     assert lt30_2022["merchants_yoy"] == -50.0 and lt30_2022["orders_yoy"] == -50.0
     # retention for "<30" 2022: customers_prev = 2 ("<30" 2021), customers 1
     # (m2 c1, returning) -> (1-0)/2*100 = 50; retained 1 -> strict 50.
     assert lt30_2022["retention_rate"] == 50.0 and lt30_2022["strict_retention_rate"] == 50.0
     # "30-300" 2022 has no "30-300" 2021 row: yoy and retention null.
-    big = result[0]
+    big = result[2]
     assert big["orders_yoy"] is None and big["retention_rate"] is None
     # ...but its store-customers are still counted as retained by their own
     # orders: none of the 360 customers ordered in 2021 -> 0.
@@ -531,7 +547,14 @@ def test_quarter_and_month_yoy_compare_same_period_a_year_earlier():
     t = make_orders(
         [(1, 1, T(2021, 5, 10), 100), (1, 1, T(2022, 2, 1), 40), (1, 1, T(2022, 5, 20), 300)]
     )
-    q = rows_by_period(reference_compute(t, period="quarter"))
+    # Observed over the whole of 2021 and 2022 (SPEC §3), so every quarter and month is complete.
+    window = dict(observation_start=D(2021, 1, 1), observation_end=D(2023, 1, 1))
+    q = rows_by_period(reference_compute(t, period="quarter", **window))
+    # By default the window is [2021-05-10, 2022-05-21): 2021Q2 (from 04-01) and 2022Q2 (to 07-01)
+    # are incomplete, 2022Q1 complete; no YoY between incomplete quarters.
+    default = rows_by_period(reference_compute(t, period="quarter"))
+    assert [default[s]["period_complete"] for s in sorted(default)] == [False, True, False]
+    assert default[D(2022, 4, 1)]["revenue_yoy"] is None
     assert sorted(q) == [D(2021, 4, 1), D(2022, 1, 1), D(2022, 4, 1)]
     # 2022Q2 vs 2021Q2: revenue (300-100)/100*100 = 200.
     assert q[D(2022, 4, 1)]["revenue_yoy"] == 200.0
@@ -545,7 +568,7 @@ def test_quarter_and_month_yoy_compare_same_period_a_year_earlier():
     assert q[D(2022, 1, 1)]["retention_rate"] is None and q[D(2022, 1, 1)]["retained_customers"] == 0
     # Months: 2022-05 vs 2021-05: revenue 200%; 2022-05 previous month
     # (April) has no row -> retention null; retained 0 (no April order).
-    m = rows_by_period(reference_compute(t, period="month"))
+    m = rows_by_period(reference_compute(t, period="month", **window))
     assert m[D(2022, 5, 1)]["revenue_yoy"] == 200.0
     assert m[D(2022, 5, 1)]["retention_rate"] is None and m[D(2022, 5, 1)]["retained_customers"] == 0
     assert m[D(2022, 2, 1)]["revenue_yoy"] is None
@@ -559,7 +582,7 @@ def test_fees_yoy_and_roi_yoy():
     # 2022 (2400-1200)/1200*100 = 100 -> roi_yoy (100 - -50)/-50*100 = -300.
     merchants = make_merchants([(1, "x", "y", 1200)])
     t = make_orders([(1, 1, T(2021, 1, 1), 600, True), (1, 1, T(2022, 1, 1), 2400, True)])
-    y21, y22 = reference_compute(t, merchants)
+    y21, y22 = reference_compute(t, merchants, observation_end=D(2023, 1, 1))  # starts 2021-01-01
     assert y21["loyalty_roi"] == -50.0 and y22["loyalty_roi"] == 100.0
     assert y22["fees_yoy"] == 0.0 and y22["loyalty_roi_yoy"] == -300.0
     # reward_revenue_yoy (2400-600)/600*100 = 300.
@@ -573,7 +596,7 @@ def test_fees_yoy_and_roi_yoy():
 def _as_table(expected, by):
     """Build a table of the declared types from reference rows."""
     types = {"merchant_id": pa.int64(), "industry": pa.string(), "country": pa.string(),
-             "size": pa.string(), "period_start": pa.date32()}
+             "size": pa.string(), "period_start": pa.date32(), "period_complete": pa.bool_()}
     fields = []
     for name in reference_columns(by):
         if name in types:
@@ -615,6 +638,11 @@ def test_assert_tables_match_accepts_equal_and_rejects_different():
     # Column order matters.
     with pytest.raises(AssertionError):
         assert_tables_match(_as_table(expected, by).select(reference_columns(by)[::-1]), expected)
+    # A period_complete flipped fails.
+    rows = [dict(r) for r in expected]
+    rows[0]["period_complete"] = not rows[0]["period_complete"]
+    with pytest.raises(AssertionError):
+        assert_tables_match(_as_table(rows, by), expected)
     # Wrong type (int32 count) fails.
     t = table.set_column(table.schema.get_field_index("orders"), "orders", table["orders"].cast(pa.int32()))
     with pytest.raises(AssertionError):

@@ -26,7 +26,8 @@ def test_concentration_top_fifth_of_ten_customers():
     rows = [(1, c, "2022-03-01", 10 * c) for c in range(1, 10)]
     rows += [(1, 10, "2022-04-01", 60), (1, 10, "2022-12-31", 40)]
     [row] = reference_concentration(table(rows), top=0.2)
-    assert row == {"period_start": D(2022, 1, 1), "customers": 10, "top_customers": 2, "revenue": 550,
+    # Observed from the first order (2022-03-01) only: 2022 is incomplete (SPEC §3).
+    assert row == {"period_start": D(2022, 1, 1), "period_complete": False, "customers": 10, "top_customers": 2, "revenue": 550,
                    "top_revenue": 190, "top_share": 190 / 550}
 
 
@@ -38,7 +39,7 @@ def test_concentration_store_customers_and_periods():
             for r in out] == [(1, D(2022, 1, 1), 1, 1, 5), (1, D(2023, 1, 1), 1, 1, 1), (2, D(2022, 1, 1), 2, 1, 3)]
     network = reference_concentration(table(rows), top=0.5, period="all")
     # One period starting in the first order's month; 3 store-customers, top 2: 6 (5 + 1) and 3.
-    assert network == [{"period_start": D(2022, 1, 1), "customers": 3, "top_customers": 2, "revenue": 9,
+    assert network == [{"period_start": D(2022, 1, 1), "period_complete": True, "customers": 3, "top_customers": 2, "revenue": 9,
                         "top_revenue": 9, "top_share": 1.0}]
 
 
@@ -53,9 +54,10 @@ def test_concentration_zero_revenue_share_is_null_and_ties():
 
 def test_concentration_size_is_the_bucket_in_the_period():
     # With the single edge 2: merchant 1 has 24 orders in 2022 (2 a month: "2+") and 1 in 2023 ("<2").
+    # Sizes sort in bucket order, smallest first (SPEC §7).
     rows = [(1, c, "2022-05-01", 1) for c in range(24)] + [(1, 99, "2023-01-01", 1)]
     out = reference_concentration(table(rows), by=["size"], size_edges=(2,))
-    assert [(r["size"], r["period_start"]) for r in out] == [("2+", D(2022, 1, 1)), ("<2", D(2023, 1, 1))]
+    assert [(r["size"], r["period_start"]) for r in out] == [("<2", D(2023, 1, 1)), ("2+", D(2022, 1, 1))]
 
 
 @pytest.mark.parametrize("top, k", [(0.07, 7), (0.05, 5), (1e-9, 1), (1, 100), (Fraction(1, 3), 34)])
@@ -83,6 +85,15 @@ def test_cohorts_month_grid_to_the_input_horizon():
     ]
     assert [r["retention"] for r in out[:4]] == [1.0, 0.0, 1.0, 0.0]
     assert out[2]["cumulative_revenue_per_customer"] == 30.0
+    # The cell's month is complete when it lies in [2022-01-05, 2022-05-01) (SPEC §3: from the
+    # first order's date to the day after the last's): January begins before it, April just fits.
+    assert [(r["period_start"], r["period_complete"]) for r in out[:4]] == [
+        (D(2022, 1, 1), False), (D(2022, 2, 1), True), (D(2022, 3, 1), True), (D(2022, 4, 1), True)]
+    assert all(r["period_complete"] for r in out[4:])
+    # An explicit window: only February and March lie in [2022-02-01, 2022-04-01).
+    window = reference_cohorts(table(rows), by=["merchant"], observation_start=D(2022, 2, 1),
+                               observation_end=D(2022, 4, 1))
+    assert [r["period_start"].month for r in window if r["period_complete"]] == [2, 3, 2, 3]
 
 
 def test_cohorts_network_quarters_and_size_in_cohort_period():
@@ -133,7 +144,8 @@ def test_concentration_with_refunds():
     # 2022: customer 1: 100 - 7 - 30 = 63; customer 2: 40 - 60 = -20; customer 4: 10 - 1 = 9;
     # customer 3 (-5) has no order: not ranked, but in revenue. 2021: only a refund: no row.
     out = reference_concentration(table(REFUND_ROWS), top=Fraction(2, 3), refunds=True)
-    assert out == [{"period_start": D(2022, 1, 1), "customers": 3, "top_customers": 2,
+    # Observed from the first order (2022-01-20, refunds are no orders): 2022 is incomplete.
+    assert out == [{"period_start": D(2022, 1, 1), "period_complete": False, "customers": 3, "top_customers": 2,
                     "revenue": 63 - 20 + 9 - 5, "top_revenue": 72, "top_share": 72 / 47}]
     # Every customer: the negative one too.
     [row] = reference_concentration(table(REFUND_ROWS), top=1, refunds=True)

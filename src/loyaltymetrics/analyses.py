@@ -21,7 +21,8 @@ partials are keyed by merchant and combined by addition, never by position.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from decimal import Decimal
 import numbers
@@ -30,7 +31,7 @@ import numpy as np
 
 from . import _analyses, _scan, parallel, periods
 from .errors import AmountOverflowError
-from .scan import _row_before, _stop_error
+from .scan import _merge_ranges, _order_day_range, _row_before, _stop_error
 
 ENGINES = ("cython", "numba")
 CURSOR_FIELDS = _analyses.CURSOR_FIELDS
@@ -155,6 +156,7 @@ class CohortPartials:
     period_index: np.ndarray  # int32[n] periods since the cohort's
     cells: np.ndarray         # int64[n, 3]: active_customers, orders, revenue
     month_range: tuple | None
+    day_range: tuple | None = None  # (first, last) UTC day of any order (SPEC §3), set by ``run``
 
     @staticmethod
     def combine(parts):
@@ -292,6 +294,7 @@ class HistPartials:
     value_target: np.ndarray
     value: np.ndarray
     month_range: tuple | None
+    day_range: tuple | None = None  # (first, last) UTC day of any order (SPEC §3), set by ``run``
 
     @staticmethod
     def combine(parts):
@@ -320,6 +323,8 @@ class _Kernel:
         self.day_month = periods.day_month()
         self.month_period = periods.month_period(period)
         self.n_periods = periods.n_periods(period)
+        self.day_range = None   # (earliest, latest) UTC order day (SPEC §3 observation window)
+        self.lock = threading.Lock()
 
     def scan(self, state, batch, start=0, stop=None):
         stop = len(batch) if stop is None else stop
@@ -339,6 +344,10 @@ class _Kernel:
             state.grow()
         if stop > start:
             state.last_batch = batch
+        days = _order_day_range(batch, start, stop, self.refunds)  # replaced by the kernel's tracking at merge
+        if days is not None:
+            with self.lock:
+                self.day_range = _merge_ranges(self.day_range, days)
 
     def _close(self, state, flush):
         while True:
@@ -399,7 +408,9 @@ def run(kernel, batches, threads=1, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, prog
 
     ``progress(rows)`` is called as rows are done (``parallel.run``).
     """
-    return kernel.combine(parallel.run(batches, kernel, threads, chunk_rows, progress))
+    kernel.day_range = None
+    partials = kernel.combine(parallel.run(batches, kernel, threads, chunk_rows, progress))
+    return replace(partials, day_range=kernel.day_range)  # replaced by the kernel's tracking at merge
 
 
 def _total_overflow(state, batch, row):

@@ -1,7 +1,7 @@
 """The public entry points."""
 from . import parallel, periods
 from . import progress as _progress
-from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, combine, finalize
+from .finalize import DEFAULT_SIZE_EDGES, check_by, check_observation, check_size_edges, combine, finalize
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 from .errors import reporting_resource_errors
 from .scan import rescan, scan_module, scan_orders
@@ -10,7 +10,8 @@ from .scan import rescan, scan_module, scan_orders
 @reporting_resource_errors
 def compute(orders, merchants=None, *, by=(), period="year", columns=None,
             size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
-            chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
+            chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False, observation_start=None,
+            observation_end=None):
     """Loyalty and retention metrics per group and period (SPEC §4-7).
 
     Parameters
@@ -59,12 +60,19 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     progress : bool
         Show a progress bar with rows/s on stderr while the input is
         scanned, when stderr is a terminal.
+    observation_start, observation_end : datetime.date or "YYYY-MM-DD", optional
+        The observation window ``[observation_start, observation_end)``
+        (SPEC §3): a period is ``period_complete`` when it lies wholly
+        inside it, and every ``_yoy`` is null unless both periods compared
+        are complete. Defaults: the UTC date of the earliest order, and the
+        day after the UTC date of the latest order.
 
     Returns
     -------
     pyarrow.Table
-        One row per (group, period), sorted by the group keys then
-        ``period_start``; columns per SPEC §7.
+        One row per (group, period), sorted by the group keys (``size`` in
+        bucket order, smallest first) then ``period_start``; columns per
+        SPEC §7 (``period_complete`` right after ``period_start``).
 
     Raises
     ------
@@ -74,6 +82,7 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     by = check_by(by)
     periods.check_period(period)
     size_edges = check_size_edges(size_edges)
+    check_observation(observation_start, observation_end)
     scan_module(engine)
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
@@ -90,4 +99,5 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
         return combine(parts, source)
 
     partials = rescan(scan, threads, rereadable(orders), refunds)
-    return finalize(partials, merchant_table, by, period, size_edges, source=source)
+    return finalize(partials, merchant_table, by, period, size_edges, source=source,
+                    observation_start=observation_start, observation_end=observation_end)

@@ -1,6 +1,7 @@
 """The ``loyaltymetrics`` command line (SPEC §8)."""
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import signal
@@ -90,6 +91,26 @@ REFUNDS_HELP = ("a negative amount is a refund, not an order: it adds to revenue
                 "customer count (SPEC §2; default: a negative amount is an error)")
 
 
+def _iso_date(text):
+    try:
+        return datetime.date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO date YYYY-MM-DD, got {text!r}") from None
+
+
+def _add_observation_options(p):
+    """The observation window of SPEC §3: which periods are complete (and so compared year over year)."""
+    p.add_argument("--observation-start", type=_iso_date, metavar="DATE",
+                   help="first day observed (UTC date, YYYY-MM-DD; default: the date of the earliest order)")
+    p.add_argument("--observation-end", type=_iso_date, metavar="DATE",
+                   help="the day after the last day observed (default: the day after the latest order's date); "
+                        "periods wholly inside the window are period_complete, and YoY compares only those")
+
+
+def _observation(args):
+    return dict(observation_start=args.observation_start, observation_end=args.observation_end)
+
+
 def _add_compute_options(p):
     p.add_argument("--merchants", metavar="FILE",
                    help="merchants table (Parquet, Arrow or CSV): merchant_id, industry, country, annual_fee")
@@ -108,6 +129,7 @@ def _add_compute_options(p):
                         "or OMP_NUM_THREADS)")
     p.add_argument("--engine", choices=ENGINES, default="cython",
                    help="kernel: cython (default, compiled ahead of time) or numba (compiled on first use)")
+    _add_observation_options(p)
     _add_quiet(p)
 
 
@@ -168,6 +190,7 @@ def _add_analysis_commands(sub):
         p.add_argument("--engine", choices=("cython", "numba"), default="cython", help="kernel engine")
         p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="threads scanning chunks side by side (default: the CPUs this process may use)")
+        _add_observation_options(p)
         _add_quiet(p)
 
 
@@ -176,7 +199,8 @@ def _run_analysis(args):
     from .concentration_analysis import concentration
 
     options = dict(by=args.by, period=args.period, columns=args.columns, size_edges=args.size_edges,
-                   refunds=args.refunds, engine=args.engine, threads=args.threads, progress=not args.quiet)
+                   refunds=args.refunds, engine=args.engine, threads=args.threads, progress=not args.quiet,
+                   **_observation(args))
     inputs = [args.orders, args.merchants]
     if args.output:
         check_table_path(args.output, inputs)  # before reading anything
@@ -307,7 +331,7 @@ def _dispatch(args):
             check_table_path(args.output, inputs)  # before reading anything
         table = compute(args.orders, args.merchants, by=args.by, period=args.period, columns=args.columns,
                         size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
-                        threads=args.threads, progress=not args.quiet)
+                        threads=args.threads, progress=not args.quiet, **_observation(args))
         _check_not_empty(table, args.orders)
         if args.output:
             write_table(table, args.output, inputs)
@@ -450,6 +474,14 @@ def _add_report_parser(sub):
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="threads scanning chunks side by side (default: the CPUs this process may use)")
     p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
+    _add_observation_options(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--year", type=int, metavar="YYYY",
+                       help="headline this year (with --period quarter/month: its latest complete period) "
+                            "instead of the latest complete period")
+    which.add_argument("--period-start", type=_iso_date, metavar="DATE",
+                       help="headline the period starting on DATE (YYYY-MM-DD, e.g. 2024-01-01) "
+                            "instead of the latest complete period")
 
 
 def _report(args):
@@ -458,7 +490,7 @@ def _report(args):
     try:
         report(args.orders, args.merchants, args.output, period=args.period, title=args.title, top=args.top,
                columns=args.columns, size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
-               threads=args.threads)
+               threads=args.threads, year=args.year, period_start=args.period_start, **_observation(args))
     except ImportError as e:  # matplotlib missing: say what to install, without a traceback
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
         return 1

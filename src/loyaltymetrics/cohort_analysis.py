@@ -7,13 +7,14 @@ from . import progress as _progress
 from .analyses import CohortKernel, engine_module, run
 from .arrays import numeric_array
 from .errors import AmountOverflowError, reporting_resource_errors
-from .finalize import DEFAULT_SIZE_EDGES, INT64, check_by, check_size_edges, group_codes, key_columns, sum_groups
+from .finalize import (DEFAULT_SIZE_EDGES, INT64, check_by, check_observation, check_size_edges, group_codes,
+                       key_columns, observation_window, period_complete, sum_groups)
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 from .scan import rescan
 
 COHORT_PERIODS = ("month", "quarter", "year")
 COLUMNS = (
-    "cohort_start", "period_index", "period_start", "cohort_customers", "active_customers", "orders",
+    "cohort_start", "period_index", "period_start", "period_complete", "cohort_customers", "active_customers", "orders",
     "revenue", "cumulative_revenue", "retention", "cumulative_revenue_per_customer",
 )
 
@@ -21,7 +22,7 @@ COLUMNS = (
 @reporting_resource_errors
 def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size_edges=DEFAULT_SIZE_EDGES,
             refunds=False, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS,
-            progress=False):
+            progress=False, observation_start=None, observation_end=None):
     """Acquisition cohorts per group (SPEC §9).
 
     A store-customer's cohort is the period of its rank-1 order. For each
@@ -59,16 +60,24 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
     progress : bool
         Show a progress bar with rows/s on stderr while the input is
         scanned, when stderr is a terminal.
+    observation_start, observation_end : datetime.date or "YYYY-MM-DD", optional
+        The observation window of SPEC §3, as for ``compute``: it sets
+        ``period_complete``.
 
     Returns
     -------
     pyarrow.Table
-        Sorted by the group keys, ``cohort_start``, ``period_index``:
+        Sorted by the group keys (``size`` in bucket order), ``cohort_start``,
+        ``period_index``:
 
         * group keys as in ``compute``;
         * ``cohort_start`` (date32): first day of the cohort period;
         * ``period_index`` (int32): k, periods since the cohort period;
         * ``period_start`` (date32): first day of period cohort + k;
+        * ``period_complete`` (bool): period cohort + k (the cell's calendar
+          period) lies wholly inside the observation window (SPEC §3), so
+          its activity is all observed; a cohort was acquired over a whole
+          period when its k = 0 row is complete;
         * ``cohort_customers`` (int64): store-customers of the cohort;
         * ``active_customers`` (int64): of those, with ≥1 order in period k;
         * ``orders``, ``revenue`` (int64): their orders and amount in period k;
@@ -94,6 +103,7 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
     if period not in COHORT_PERIODS:
         raise ValueError(f"period must be one of {', '.join(COHORT_PERIODS)} for cohorts; got {period!r}")
     size_edges = check_size_edges(size_edges)
+    check_observation(observation_start, observation_end)
     engine_module(engine)
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
@@ -104,7 +114,8 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
     def compute(threads):
         with _progress.bar(total, progress, desc="cohorts") as bar:
             partials = run(kernel, order_batches(orders, columns), threads, chunk_rows, bar.update)
-        return cohorts_table(partials, merchant_table, by, period, size_edges, source=source_label(orders))
+        return cohorts_table(partials, merchant_table, by, period, size_edges, source=source_label(orders),
+                             observation_start=observation_start, observation_end=observation_end)
 
     return rescan(compute, threads, rereadable(orders), refunds)
 
@@ -127,9 +138,11 @@ def _dense(merchant_id, period, n_periods):
     return code.reshape(-1).astype(np.int64) * n_periods + period
 
 
-def cohorts_table(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, source="orders"):
+def cohorts_table(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, source="orders",
+                  observation_start=None, observation_end=None):
     """The cohorts table from ``CohortPartials`` of any number of states (summed here)."""
     p = partials
+    window = observation_window(p.day_range, observation_start, observation_end)
     n_periods = periods.n_periods(period)
     merchant = p.merchant_id
     cohort = p.cohort.astype(np.int64)
@@ -196,6 +209,7 @@ def cohorts_table(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES
     table["cohort_start"] = _dates(period, grid_cohort_period)
     table["period_index"] = numeric_array(grid_index.astype(np.int32), pa.int32())
     table["period_start"] = _dates(period, grid_cohort_period + grid_index)
+    table["period_complete"] = pa.array(period_complete(period, grid_cohort_period + grid_index, window), pa.bool_())
     table["cohort_customers"] = numeric_array(cohort_customers, pa.int64())
     table["active_customers"] = numeric_array(np.ascontiguousarray(grid_cells[:, 0]), pa.int64())
     table["orders"] = numeric_array(np.ascontiguousarray(grid_cells[:, 1]), pa.int64())

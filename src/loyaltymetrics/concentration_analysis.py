@@ -52,20 +52,22 @@ from .arrays import numeric_array
 from ._analyses import bin_offsets
 from .cohort_analysis import _group_starts
 from .errors import InputChangedError, reporting_resource_errors
-from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, group_codes, key_columns, sum_groups
+from .finalize import (DEFAULT_SIZE_EDGES, check_by, check_observation, check_size_edges, group_codes, key_columns,
+                       observation_window, period_complete, sum_groups)
 from .inputs import _in_memory, count_rows, order_batches, read_merchants, resolve_columns, source_label
 from .scan import rescan
 
 # Revenues a refinement pass may collect (two int64 each: 32 MiB); beyond it, it histograms.
 COLLECT_BUDGET = 1 << 21
 INT64_MIN = np.iinfo(np.int64).min
-COLUMNS = ("period_start", "customers", "top_customers", "revenue", "top_revenue", "top_share")
+COLUMNS = ("period_start", "period_complete", "customers", "top_customers", "revenue", "top_revenue", "top_share")
 
 
 @reporting_resource_errors
 def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, columns=None,
                   size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
-                  chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
+                  chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False, observation_start=None,
+                  observation_end=None):
     """Share of revenue from the top store-customers, per group and period (SPEC §9).
 
     Parameters
@@ -93,6 +95,9 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
     progress : bool
         Show a progress bar with rows/s on stderr for each pass over the
         input, when stderr is a terminal.
+    observation_start, observation_end : datetime.date or "YYYY-MM-DD", optional
+        The observation window of SPEC §3, as for ``compute``: it sets
+        ``period_complete``.
 
     Returns
     -------
@@ -100,7 +105,8 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
         One row per group and period with orders, sorted by the group keys
         then ``period_start``:
 
-        * group keys and ``period_start`` (date32) as in ``compute``;
+        * group keys (``size`` in bucket order), ``period_start`` (date32)
+          and ``period_complete`` (bool) as in ``compute``;
         * ``customers`` (int64): store-customers with ≥1 order in the period;
         * ``top_customers`` (int64): k = ceil(top × customers), ≥ 1;
         * ``revenue`` (int64): sum of amount in the period;
@@ -143,6 +149,7 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
     periods.check_period(period)
     size_edges = check_size_edges(size_edges)
     top = check_top(top)
+    check_observation(observation_start, observation_end)
     engine_module(engine)
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
@@ -160,7 +167,8 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
             return concentration_table(scan(HistKernel(period, engine, refunds=refunds)), merchant_table, by,
                                        period, top,
                                        lambda targets: scan(HistKernel(period, engine, targets, refunds)),
-                                       size_edges, source=source_label(orders))
+                                       size_edges, source=source_label(orders),
+                                       observation_start=observation_start, observation_end=observation_end)
 
         # Always readable again: a one-shot stream is spooled on the first pass.
         return rescan(compute, threads, True, refunds)
@@ -267,9 +275,10 @@ def _threshold(gp, bins, count, total, need, low):
 
 
 def concentration_table(first, merchants, by, period, top, rerun, size_edges=DEFAULT_SIZE_EDGES,
-                        source="orders"):
+                        source="orders", observation_start=None, observation_end=None):
     """The concentration table from first-pass ``HistPartials``; ``rerun(targets)`` runs a later pass."""
     p = first
+    window = observation_window(p.day_range, observation_start, observation_end)
     # (merchant, period) rows from several states add up.
     order, starts = _group_starts([p.merchant_id, p.period.astype(np.int64)])
     mp_of_row = np.empty(len(order), dtype=np.int64)
@@ -361,6 +370,7 @@ def concentration_table(first, merchants, by, period, top, rerun, size_edges=DEF
     gp_period = mp_period[gorder][gstarts][keep]
     table["period_start"] = numeric_array(
         periods.period_start(period, gp_period, first_month).astype(np.int32), pa.date32())
+    table["period_complete"] = pa.array(period_complete(period, gp_period, window, first_month), pa.bool_())
     table["customers"] = numeric_array(customers, pa.int64())
     table["top_customers"] = numeric_array(top_customers, pa.int64())
     table["revenue"] = numeric_array(revenue, pa.int64())

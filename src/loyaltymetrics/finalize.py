@@ -4,6 +4,7 @@ Written once and shared by every engine and driver: combine partials, join
 the merchants table, bucket merchant size per period, group, derive ratios,
 look up the previous period and the same period a year earlier.
 """
+import datetime as dt
 import math
 import numbers
 
@@ -52,6 +53,90 @@ def check_size_edges(edges):
     return edges
 
 
+def check_observation(observation_start=None, observation_end=None):
+    """The observation window's given ends (SPEC §3) as day numbers since 1970-01-01, None where not given.
+
+    Each is a ``datetime.date`` (a ``datetime`` only at midnight), a
+    ``numpy.datetime64`` of a whole day or an ISO date string
+    ``YYYY-MM-DD``; the window is ``[observation_start, observation_end)``,
+    so the end must be after the start.
+    """
+    start = None if observation_start is None else _observation_day(observation_start, "observation_start")
+    end = None if observation_end is None else _observation_day(observation_end, "observation_end")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"observation_end {_day(end)} must be after observation_start {_day(start)}: the "
+                         "window [observation_start, observation_end) holds no day")
+    return start, end
+
+
+def _observation_day(value, name):
+    original = value
+    if isinstance(value, str):
+        try:
+            value = dt.date.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"{name} {original!r} is not an ISO date (YYYY-MM-DD)") from None
+    elif isinstance(value, np.datetime64) and not np.isnat(value):
+        day = value.astype("datetime64[D]")
+        if day != value:
+            raise ValueError(f"{name} {original!r} is not a whole day: the observation window is made of dates")
+        value = day.astype(dt.date)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None or value.time() != dt.time(0):
+            raise ValueError(f"{name} {original!r} is not a date: the observation window is made of (UTC) "
+                             "dates; pass a datetime.date or YYYY-MM-DD")
+        value = value.date()
+    if not isinstance(value, dt.date):
+        raise TypeError(f"{name} must be a datetime.date or an ISO date string (YYYY-MM-DD); "
+                        f"got {type(original).__name__} {original!r}")
+    day = (value - dt.date(1970, 1, 1)).days
+    if not 0 <= day <= periods.N_DAYS:  # an end may be the day after the last valid day
+        raise ValueError(f"{name} {original!r} is outside 1970-01-01 .. {_day(periods.N_DAYS)}")
+    return day
+
+
+def _day(day):
+    return dt.date(1970, 1, 1) + dt.timedelta(days=int(day))
+
+
+def observation_window(day_range, observation_start=None, observation_end=None):
+    """``(start, end)`` day numbers of the observation window (SPEC §3), defaults filled in.
+
+    ``day_range``: the UTC days of the input's earliest and latest order
+    (None without orders). Defaults: the earliest order's day, and the day
+    after the latest order's. None when a default is needed and there is no
+    order (then there is no row to flag either).
+    """
+    start, end = check_observation(observation_start, observation_end)
+    if day_range is None and (start is None or end is None):
+        return None
+    start = day_range[0] if start is None else start
+    end = day_range[1] + 1 if end is None else end
+    if end <= start:
+        given = "observation_start" if observation_start is not None else "observation_end"
+        raise ValueError(
+            f"the observation window [{_day(start)}, {_day(end)}) holds no day: {given} is outside the orders' "
+            f"dates ({_day(day_range[0])} .. {_day(day_range[1])}; the other end defaults to them)")
+    return start, end
+
+
+def period_complete(period, index, window, first_month=0):
+    """bool per period index: the whole period lies in the observation window (SPEC §3).
+
+    A period is complete when its first day is on or after the window's
+    start and the day after its last day (the next period's first day) is
+    on or before the window's end. ``period="all"`` is always complete.
+    """
+    index = np.asarray(index, dtype=np.int64)
+    if period == "all":
+        return np.ones(index.shape, dtype=bool)
+    if window is None:
+        return np.zeros(index.shape, dtype=bool)
+    first = periods.period_start(period, index, first_month).astype(np.int64)
+    after = periods.period_start(period, index + 1, first_month).astype(np.int64)
+    return (first >= window[0]) & (after <= window[1])
+
+
 def size_labels(edges):
     """Bucket labels: ``"<30"``, ``"30-300"``, …, ``"30k+"`` for the edges (SPEC §6)."""
     names = [_edge_label(e) for e in edges]
@@ -94,7 +179,7 @@ def combine(partials, source="orders"):
     first[1:] = (merchant[1:] != merchant[:-1]) | (period[1:] != period[:-1])
     starts = np.flatnonzero(first)
     counts = sum_groups(partials.counts[order], starts, source)
-    return Partials(merchant[starts], period[starts], counts, partials.month_range)
+    return Partials(merchant[starts], period[starts], counts, partials.month_range, partials.day_range)
 
 
 def sum_groups(values, starts, source):
@@ -135,13 +220,13 @@ def group_codes(merchant_id, orders, months, merchants, by, size_edges):
             codes.append(np.asarray(merchant_id, dtype=np.int64))
             decode.append(lambda c: numeric_array(c, pa.int64()))
         else:  # string keys sort by their values (SPEC §7), size labels included
-            if key == "size":
-                bucket = size_buckets(orders, months, size_edges)
-                labels = np.array(size_labels(size_edges), dtype=object)[bucket]
+            if key == "size":  # sorts in bucket order, smallest first (SPEC §7): the code is the bucket
+                names = np.array(size_labels(size_edges), dtype=object)
+                code = size_buckets(orders, months, size_edges)
             else:
                 labels = industry if key == "industry" else country
-            names, code = np.unique(labels, return_inverse=True)
-            codes.append(code.astype(np.int64).reshape(-1))
+                names, code = np.unique(labels, return_inverse=True)
+            codes.append(np.asarray(code, dtype=np.int64).reshape(-1))
             decode.append(lambda c, names=names: string_array(names[c]))
     return codes, decode
 
@@ -171,9 +256,15 @@ def _nullable_strings(values):
     return pa.Array.from_buffers(pa.string(), len(values), [validity, *strings.buffers()[1:]])
 
 
-def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, source="orders"):
-    """The SPEC §7 table from ``Partials`` and an ``inputs.Merchants``; ``source`` names the input in errors."""
+def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, source="orders",
+             observation_start=None, observation_end=None):
+    """The SPEC §7 table from ``Partials`` and an ``inputs.Merchants``; ``source`` names the input in errors.
+
+    ``observation_start``/``observation_end``: the observation window of
+    SPEC §3 (``check_observation``), by default the orders' dates.
+    """
     p = combine(partials, source)
+    window = observation_window(p.day_range, observation_start, observation_end)
     first_month, last_month = p.month_range or (0, 0)
     months = (last_month - first_month + 1) if period == "all" else periods.MONTHS_PER_PERIOD[period]
     _, _, fee = merchants.lookup(p.merchant_id)
@@ -212,6 +303,8 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     columns = key_columns(by, [c[starts] for c in codes], decode, merchants)
     days = periods.period_start(period, group_period, first_month).astype(np.int32)
     columns["period_start"] = numeric_array(days, pa.date32())
+    complete = period_complete(period, group_period, window, first_month)
+    columns["period_complete"] = pa.array(complete, pa.bool_())
 
     # Metric values with validity: (float or int array, bool array).
     metrics = {name: (base[name], np.ones(len(starts), bool)) for name in BASE_COLUMNS if name != "fees"}
@@ -229,11 +322,13 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     all_metrics = {**base_order, **derived}
     for name, (values, valid) in all_metrics.items():
         columns[name] = _to_arrow(values, valid)
+    # SPEC §3: no YoY unless both periods are complete (a year that has only begun is no year).
+    compared = complete & _take((complete, complete), year_ago)[1]
     for name, (values, valid) in all_metrics.items():
         prev_values, prev_valid = _take((values, valid), year_ago)
         delta = difference(values, prev_values)  # exact integer subtraction for counts
         yoy, ok = _ratio(delta, prev_values)
-        columns[f"{name}_yoy"] = _to_arrow(yoy * 100, ok & valid & prev_valid)
+        columns[f"{name}_yoy"] = _to_arrow(yoy * 100, ok & valid & prev_valid & compared)
     return pa.table(columns)
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 from . import parallel
 from .api import compute
 from .errors import MissingDependencyError
-from .finalize import DEFAULT_SIZE_EDGES, check_size_edges, size_labels
+from .finalize import DEFAULT_SIZE_EDGES, check_observation, check_size_edges, size_labels
 from .inputs import rereadable, source_label
 from .outputs import atomic_output, check_output_path
 
@@ -81,8 +81,9 @@ SERIES_COLORS = ("#2f6db5", "#e08a2c", "#3f9c5a")
 
 def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort_count=24,
            title="Loyalty report", columns=None, size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython",
-           threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
-    """Write an HTML loyalty report of the latest period against the same period a year earlier.
+           threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, observation_start=None, observation_end=None,
+           year=None, period_start=None):
+    """Write an HTML loyalty report of a complete period against the same period a year earlier.
 
     Parameters
     ----------
@@ -94,8 +95,19 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
     path : str or path, optional
         Where to write the HTML file (UTF-8). Without it nothing is written.
     period : {"year", "quarter", "month"}
-        The reporting period: the report shows the input's latest period and
-        the same period one year earlier.
+        The reporting period: the report headlines the input's latest
+        complete period (SPEC §3: wholly inside the observation window) and
+        compares it with the same period one year earlier.
+    observation_start, observation_end : datetime.date or "YYYY-MM-DD", optional
+        The observation window, as for ``compute``: which periods are
+        complete. Defaults: the dates of the earliest and latest orders.
+    year : int, optional
+        Headline the latest complete period in this calendar year instead
+        (with ``period="year"``: the year itself).
+    period_start : datetime.date or "YYYY-MM-DD", optional
+        Headline the period that starts on this date instead.
+        The chosen period must hold orders and be complete, else a
+        ``ValueError`` lists the periods there are.
     top : number in (0, 1]
         The top share of store-customers of the revenue-concentration chart.
     cohort_count : int
@@ -113,7 +125,9 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
     loyaltymetrics.InputError
         For bad input, as ``compute`` does.
     ValueError
-        For bad options, a one-shot stream, or input without orders.
+        For bad options, a one-shot stream, input without orders, or no
+        complete period to headline (or a chosen one that is incomplete or
+        has no orders).
     ImportError
         When matplotlib is not installed (``pip install "loyaltymetrics[report]"``).
     """
@@ -122,6 +136,8 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
                          f"(it compares a period with the same period a year earlier); got {period!r}")
     if isinstance(cohort_count, bool) or not isinstance(cohort_count, int) or cohort_count < 1:
         raise ValueError(f"cohort_count must be a positive integer; got {cohort_count!r}")
+    check_observation(observation_start, observation_end)
+    year, period_start = _check_choice(year, period_start)
     if not rereadable(orders):
         raise ValueError("report() reads the orders once per breakdown and analysis: pass a file or a table, "
                          "not a one-shot stream (RecordBatchReader)")
@@ -136,12 +152,15 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
         merchants = merchants.read_all()  # read by every pass below
 
     options = dict(columns=columns, size_edges=size_edges, refunds=refunds, engine=engine, threads=threads,
-                   chunk_rows=chunk_rows)
-    # First: it rejects a bad ``top`` before reading any orders.
+                   chunk_rows=chunk_rows, observation_start=observation_start, observation_end=observation_end)
+    # First: it rejects a bad ``top`` before reading any orders. Then the network: it says
+    # whether there is a period to headline before the other passes run.
     top_share = concentration(orders, merchants, by=["industry"], period=period, top=top, **options)
+    network = compute(orders, merchants, by=[], period=period, **options)
+    headline_periods(network, period, year, period_start)
     data = ReportData(
         period=period,
-        network=compute(orders, merchants, by=[], period=period, **options),
+        network=network,
         by_industry=compute(orders, merchants, by=["industry"], period=period, **options),
         by_size=compute(orders, merchants, by=["size"], period=period, **options),
         concentration=top_share,
@@ -151,6 +170,8 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
         has_merchants=merchants is not None,
         source=source_label(orders),
         merchants_source=None if merchants is None else source_label(merchants),
+        year=year,
+        period_start=period_start,
     )
     text = render(data, title=title, cohort_count=cohort_count)
     if path is not None:
@@ -182,6 +203,26 @@ class ReportData:
     has_merchants: bool
     source: str
     merchants_source: str | None
+    year: int | None = None               # the headline period chosen (default: the latest complete one)
+    period_start: dt.date | None = None
+
+
+def _check_choice(year, period_start):
+    """``year`` and ``period_start`` checked (at most one of them); period_start as a date."""
+    if year is not None and period_start is not None:
+        raise ValueError("pass year or period_start, not both: each chooses the headline period")
+    if year is not None and (isinstance(year, bool) or not isinstance(year, int) or not 1970 <= year <= 2262):
+        raise ValueError(f"year must be a year from 1970 to 2262; got {year!r}")
+    if isinstance(period_start, str):
+        try:
+            period_start = dt.date.fromisoformat(period_start.strip())
+        except ValueError:
+            raise ValueError(f"period_start {period_start!r} is not an ISO date (YYYY-MM-DD)") from None
+    if isinstance(period_start, dt.datetime):
+        period_start = period_start.date()
+    if period_start is not None and not isinstance(period_start, dt.date):
+        raise ValueError(f"period_start must be a datetime.date or YYYY-MM-DD; got {period_start!r}")
+    return year, period_start
 
 
 # ---------------------------------------------------------------------------
@@ -201,13 +242,42 @@ def period_label(start, period):
     return f"{start.year}-{start.month:02d}"
 
 
-def latest_periods(network):
-    """(latest period_start, the one a year earlier) of the whole network."""
-    starts = network.column("period_start").to_pylist()
-    if not starts:
+def headline_periods(network, period, year=None, period_start=None):
+    """(period_start of the headline period, the one a year earlier) of the whole network.
+
+    The headline is the latest complete period (SPEC §3), or the one
+    ``year``/``period_start`` chooses; a chosen period without orders or
+    not complete is a ValueError that lists the periods there are.
+    """
+    rows = network.select(["period_start", "period_complete"]).to_pylist()
+    if not rows:
         raise ValueError("the orders hold no rows: nothing to report")
-    latest = max(starts)
-    return latest, year_earlier(latest)
+    complete = {r["period_start"]: r["period_complete"] for r in rows}
+    available = "; ".join(f"{period_label(s, period)}{'' if complete[s] else ' (incomplete)'}"
+                          for s in sorted(complete))
+    window = ("not wholly inside the observation window (by default from the earliest order's date to the "
+              "latest order's; set it with observation_start/observation_end, --observation-start/--observation-end)")
+    if period_start is not None:
+        if period_start not in complete:
+            raise ValueError(f"no {period} starting on {period_start.isoformat()} holds orders; "
+                             f"the {period}s with orders: {available}")
+        chosen = period_start
+    elif year is not None:
+        in_year = [s for s in complete if s.year == year]
+        if not in_year:
+            raise ValueError(f"no orders in {year}; the {period}s with orders: {available}")
+        done = [s for s in in_year if complete[s]]
+        chosen = max(done) if done else max(in_year)
+    else:
+        done = [s for s in complete if complete[s]]
+        if not done:
+            raise ValueError(f"no {period} is complete, so there is none to headline: every {period} with orders "
+                             f"is {window}. The {period}s with orders: {available}")
+        chosen = max(done)
+    if not complete[chosen]:
+        raise ValueError(f"{period_label(chosen, period)} is incomplete: it is {window}, so its numbers would "
+                         f"understate a whole {period}. The {period}s with orders: {available}")
+    return chosen, year_earlier(chosen)
 
 
 def rows_by(table, key, start):
@@ -472,7 +542,7 @@ def figure_html(chart_id, caption, png, alt, table, empty_reason=None):
 
 def render(data, *, title="Loyalty report", cohort_count=24):
     """The report's HTML for the tables in ``data`` (a ``ReportData``)."""
-    latest, previous = latest_periods(data.network)
+    latest, previous = headline_periods(data.network, data.period, data.year, data.period_start)
     labels = (period_label(previous, data.period), period_label(latest, data.period))
     page = Page(data, latest, previous, labels)
     sections = [
@@ -538,6 +608,10 @@ class Page:
                          "or without an industry in it.")
         if self.network_previous is None:
             notes.append(f"The orders hold nothing in {self.labels[0]}: there is no year-over-year comparison.")
+        elif not self.network_previous["period_complete"]:
+            notes.append(f"{self.labels[0]} is not wholly observed (it begins before the observation window): "
+                         f"its numbers cover part of the {self.data.period} only, and no year-over-year change "
+                         "is shown.")
         return "".join(f'<p class="warning">{esc(n)}</p>' for n in notes)
 
     # -- headline ----------------------------------------------------------
@@ -690,7 +764,8 @@ class Page:
     # -- cohorts ------------------------------------------------------------
 
     def cohort_section(self, cohort_count):
-        every = self.data.cohorts.to_pylist()
+        # Cells of months not wholly observed would read as a drop in retention: left out (SPEC §3).
+        every = [r for r in self.data.cohorts.to_pylist() if r["period_complete"]]
         size = {r["cohort_start"]: r["cohort_customers"] for r in every}
         starts = sorted(size)[-cohort_count:]
         shown_starts = set(starts)
@@ -716,7 +791,8 @@ class Page:
         return ('<section id="cohorts"><h2>Cohort retention</h2>'
                 f'<p class="definition">Store-customers grouped by the calendar month (UTC) of their first order '
                 f"(the latest {len(starts)} cohorts, all merchants); each cell is the share of the cohort with an order "
-                "k months later. Month 0 is 100% by definition and left out; blank cells are not observable yet.</p>"
+                "k months later. Month 0 is 100% by definition and left out; blank cells are not observable yet "
+                "(months not wholly observed are left out).</p>"
                 f"{figure}</section>")
 
     @staticmethod

@@ -23,6 +23,7 @@ class Partials:
     period: np.ndarray        # int32[n] period index (see periods.py)
     counts: np.ndarray        # int64[n, len(PARTIAL_COLUMNS)]
     month_range: tuple | None  # (first, last) month of any order (period="all" only), else None
+    day_range: tuple | None = None  # (first, last) UTC day since 1970-01-01 of any order, None without orders
 
     def column(self, name):
         return self.counts[:, PARTIAL_COLUMNS.index(name)]
@@ -55,6 +56,7 @@ class ComputeKernel:
         self.refunds = refunds
         self.units_per_day = None
         self.ts_range = None    # (earliest, latest) order_ts, kept for period="all" only
+        self.day_range = None   # (earliest, latest) UTC order day (SPEC §3 observation window)
         self.lock = threading.Lock()
 
     def new_state(self):
@@ -74,6 +76,10 @@ class ComputeKernel:
             if status != Status.NEED_SPACE:
                 raise _stop_error(status, batch, row, state)
             state.grow()
+        days = _order_day_range(batch, start, stop, self.refunds)  # replaced by the kernel's tracking at merge
+        if days is not None:
+            with self.lock:
+                self.day_range = _merge_ranges(self.day_range, days)
         if self.period == "all" and stop > start:
             # "all" reports its first month and counts its months (SPEC §3, §6): the
             # kernel does not track them row by row for the other periods' sake.
@@ -93,7 +99,29 @@ class ComputeKernel:
     def finish(self, state):
         merchant_id, period_index, counts = state.finish()
         months = None if self.ts_range is None else tuple(periods.month_of(t, self.units_per_day) for t in self.ts_range)
-        return Partials(merchant_id, period_index, counts, months)
+        return Partials(merchant_id, period_index, counts, months, self.day_range)
+
+
+# replaced by the kernel's tracking at merge
+def _order_day_range(batch, start, stop, refunds):
+    """(first, last) UTC day since 1970-01-01 of the orders in rows [start, stop) of ``batch``; None if none.
+
+    A refund row (``refunds``, negative amount) is not an order (SPEC §2).
+    Called after the kernel accepted the rows, so every timestamp is valid.
+    """
+    ts = batch.order_ts[start:stop]
+    if refunds:
+        ts = ts[batch.amount[start:stop] >= 0]
+    if len(ts) == 0:
+        return None
+    return int(ts.min()) // batch.units_per_day, int(ts.max()) // batch.units_per_day
+
+
+def _merge_ranges(a, b):
+    """The smallest range covering two (first, last) ranges, either of which may be None."""
+    if a is None or b is None:
+        return a if b is None else b
+    return min(a[0], b[0]), max(a[1], b[1])
 
 
 def scan_orders(batches, period, refunds=False, engine="cython", threads=None,
@@ -106,11 +134,15 @@ def scan_orders(batches, period, refunds=False, engine="cython", threads=None,
     kernel = ComputeKernel(engine, period, refunds)
     parts = list(parallel.run(batches, kernel, threads, chunk_rows, progress))
     ranges = [p.month_range for p in parts if p.month_range is not None]
+    day_range = None
+    for p in parts:
+        day_range = _merge_ranges(day_range, p.day_range)
     return Partials(
         np.concatenate([p.merchant_id for p in parts]),
         np.concatenate([p.period for p in parts]),
         np.concatenate([p.counts for p in parts]),
         (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None,
+        day_range,
     )
 
 

@@ -33,7 +33,7 @@ from . import errors, periods
 from .arrays import numeric_array
 from .errors import MissingDependencyError
 from .errors import AmountOverflowError, InputError, UnsortedInputError
-from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, finalize
+from .finalize import DEFAULT_SIZE_EDGES, check_by, check_observation, check_size_edges, finalize
 from .inputs import REQUIRED_ORDER_COLUMNS, _select, order_batches, read_merchants, resolve_columns
 from .scan import PARTIAL_COLUMNS, ComputeKernel, Partials, scan_module
 
@@ -52,14 +52,14 @@ SORT_KEYS = ("merchant_id", "customer_id", "order_ts")
 # on the merchant's first row only; it shows whether a store-customer was split.
 PARTIALS_SCHEMA = ", ".join(
     ["merchant_id bigint", "period int"] + [f"{name} bigint" for name in PARTIAL_COLUMNS]
-    + ["first_month int", "last_month int", "customer_range struct<first:bigint,last:bigint>"]
+    + ["first_month int", "last_month int", "first_day int", "last_day int", "customer_range struct<first:bigint,last:bigint>"]
 )
 _ERROR_MARKER = "loyaltymetrics input error: "
 
 
 def compute(orders_df, merchants_df=None, *, by=(), period="year", columns=None,
             size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", partitions=None,
-            presorted=False):
+            presorted=False, observation_start=None, observation_end=None):
     """``loyaltymetrics.compute`` over a Spark DataFrame of orders; same columns, same values.
 
     Parameters
@@ -72,7 +72,7 @@ def compute(orders_df, merchants_df=None, *, by=(), period="year", columns=None,
     merchants_df : pyspark.sql.DataFrame, path or table, optional
         The merchants table (SPEC §2); anything ``lm.compute`` accepts, or a
         Spark DataFrame (collected to the driver: it has one row per merchant).
-    by, period, columns, size_edges, refunds, engine
+    by, period, columns, size_edges, refunds, engine, observation_start, observation_end
         As for ``loyaltymetrics.compute``. There are no ``threads`` and
         ``chunk_rows``: Spark's tasks are the parallelism, one kernel state each.
     partitions : int, optional
@@ -102,6 +102,7 @@ def compute(orders_df, merchants_df=None, *, by=(), period="year", columns=None,
     by = check_by(by)
     periods.check_period(period)
     size_edges = check_size_edges(size_edges)
+    check_observation(observation_start, observation_end)
     scan_module(engine)
     if partitions is not None:
         if presorted:
@@ -113,7 +114,8 @@ def compute(orders_df, merchants_df=None, *, by=(), period="year", columns=None,
     merchant_table = read_merchants(merchants_df)
 
     combined = _combined_partials(orders_df, columns, period, refunds, engine, partitions, presorted)
-    table = finalize(_collect(combined, period), merchant_table, by, period, size_edges, source=SOURCE)
+    table = finalize(_collect(combined, period), merchant_table, by, period, size_edges, source=SOURCE,
+                     observation_start=observation_start, observation_end=observation_end)
     return orders_df.sparkSession.createDataFrame(table)
 
 
@@ -130,6 +132,8 @@ def _combined_partials(orders_df, columns, period, refunds, engine, partitions, 
         *[F.sum(F.col(name).cast("decimal(38,0)")).alias(name) for name in PARTIAL_COLUMNS],
         F.min("first_month").alias("first_month"),
         F.max("last_month").alias("last_month"),
+        F.min("first_day").alias("first_day"),
+        F.max("last_day").alias("last_day"),
         F.collect_list("customer_range").alias("customer_ranges"),
     )
 
@@ -198,9 +202,14 @@ def _partials_batch(partials, ranges):
         months = [pa.nulls(n, pa.int32())] * 2
     else:
         months = [numeric_array(np.full(n, month, np.int32), pa.int32()) for month in partials.month_range]
+    if partials.day_range is None:
+        months += [pa.nulls(n, pa.int32())] * 2
+    else:
+        months += [numeric_array(np.full(n, day, np.int32), pa.int32()) for day in partials.day_range]
     columns = [numeric_array(partials.merchant_id, pa.int64()), numeric_array(partials.period, pa.int32())]
     columns += [numeric_array(partials.counts[:, i], pa.int64()) for i in range(len(PARTIAL_COLUMNS))]
-    names = ["merchant_id", "period", *PARTIAL_COLUMNS, "first_month", "last_month", "customer_range"]
+    names = ["merchant_id", "period", *PARTIAL_COLUMNS, "first_month", "last_month", "first_day", "last_day",
+             "customer_range"]
     return pa.RecordBatch.from_arrays(columns + months + [customer_range], names=names)
 
 
@@ -241,6 +250,10 @@ def _collect(combined, period):
         first, last = pc.min(table.column("first_month")).as_py(), pc.max(table.column("last_month")).as_py()
         # Null when no task saw an order (refund rows only): no month range, as the local path has none.
         month_range = None if first is None else (first, last)
+    day_range = None
+    if table.num_rows:
+        first, last = pc.min(table.column("first_day")).as_py(), pc.max(table.column("last_day")).as_py()
+        day_range = None if first is None else (first, last)
     counts = np.empty((table.num_rows, len(PARTIAL_COLUMNS)), np.int64)
     for i, name in enumerate(PARTIAL_COLUMNS):
         try:
@@ -253,7 +266,7 @@ def _collect(combined, period):
                 SOURCE, None, f"the {name} of merchant_id {merchant_id[row]} in the period from {start} "
                 f"is {values[row]}, outside int64 (about ±9.2e18 minor units)",
             ) from None
-    return Partials(merchant_id, period_index, counts, month_range)
+    return Partials(merchant_id, period_index, counts, month_range, day_range)
 
 
 def _check_whole_store_customers(merchant_id, customer_ranges):
