@@ -7,6 +7,7 @@ and the command line.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import itertools
@@ -300,7 +301,9 @@ def _round_robin_run(n_states, draw_cuts):
                 kernel.scan(state, batch, middle, stop)
                 assert kernel.end_chunk(state) is None
                 turn += 1
-        return kernel.combine(kernel.finish(s) for s in states)
+        partials = kernel.combine(kernel.finish(s) for s in states)
+        # As analyses.run does until the kernels track it (replaced by the kernel's tracking at merge).
+        return dataclasses.replace(partials, day_range=kernel.day_range)
     return run
 
 
