@@ -1,5 +1,6 @@
 """The HTML report shows compute()'s and the analyses' values, every chart, and nothing from outside."""
 import base64
+import datetime as dt
 import io
 import math
 import sys
@@ -7,6 +8,7 @@ from html.parser import HTMLParser
 
 import matplotlib.image
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 
 import loyaltymetrics as lm
@@ -303,3 +305,99 @@ def test_math_of_displayed_percentages(page, network):
     roi = next(r for r in page.figures["loyalty_roi-by-size"]["rows"] if r[0]["text"] == group)
     assert roi[2]["text"] == ("n/a" if row["loyalty_roi"] is None or math.isnan(row["loyalty_roi"])
                               else f"{row['loyalty_roi']:,.1f}%")
+
+
+# --- the headline period: the latest complete one (SPEC §3) -------------------------------
+
+@pytest.fixture(scope="module")
+def begun(tmp_path_factory):
+    """2021-2023 orders cut after 2023-03-31: 2023 has only begun (its first quarter is whole)."""
+    folder = tmp_path_factory.mktemp("begun")
+    made = lm.generate(folder / "full.arrow", rows=30_000, seed=5, merchants_count=12, years=(2021, 2023))
+    orders = pa.ipc.open_file(str(made.orders_path)).read_all()
+    cut = orders.filter(pa.compute.less(orders.column("order_ts"),
+                                        pa.scalar(dt.datetime(2023, 4, 1), orders.schema.field("order_ts").type)))
+    path = folder / "orders.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, cut.schema) as writer:
+        writer.write_table(cut)
+    return folder, str(path), str(made.merchants_path)
+
+
+def test_report_headlines_the_latest_complete_year(begun):
+    _, orders, merchants = begun
+    years = lm.compute(orders, merchants).to_pylist()
+    assert [(r["period_start"].year, r["period_complete"]) for r in years] == [
+        (2021, True), (2022, True), (2023, False)]
+    page = Page(lm.report(orders, merchants))
+    assert page.meta["data-latest"] == "2022-01-01" and page.meta["data-previous"] == "2021-01-01"
+    y22 = years[1]
+    for column, _, _ in HEADLINE:
+        assert page.cards[column]["attrs"]["data-value"] == exact(y22[column])
+        assert page.cards[column]["attrs"]["data-yoy"] == exact(y22[f"{column}_yoy"])
+    assert y22["orders_yoy"] is not None   # both years whole: compared
+
+
+def test_report_year_and_period_start_choose_the_period(begun, capsys):
+    folder, orders, merchants = begun
+    page = Page(lm.report(orders, merchants, year=2021))
+    assert page.meta["data-latest"] == "2021-01-01"
+    assert page.cards["orders"]["attrs"]["data-yoy"] == ""   # no 2020: nothing to compare with
+    assert lm.report(orders, merchants, period_start="2022-01-01") == lm.report(orders, merchants)
+    # By quarter, 2023 Q1 is whole: it is the latest complete quarter, and --year 2022 gives 2022 Q4.
+    assert Page(lm.report(orders, merchants, period="quarter")).meta["data-latest"] == "2023-01-01"
+    assert Page(lm.report(orders, merchants, period="quarter", year=2022)).meta["data-latest"] == "2022-10-01"
+    out = folder / "year.html"
+    assert main(["report", orders, "--merchants", merchants, "-o", str(out), "--year", "2021"]) == 0
+    assert out.read_text(encoding="utf-8") == lm.report(orders, merchants, year=2021)
+    out = folder / "start.html"
+    assert main(["report", orders, "--merchants", merchants, "-o", str(out), "--period", "quarter",
+                 "--period-start", "2022-04-01"]) == 0
+    assert Page(out.read_text(encoding="utf-8")).meta["data-latest"] == "2022-04-01"
+
+
+@pytest.mark.parametrize("choice, message", [
+    (dict(year=2023), "2023 is incomplete"),
+    (dict(period_start="2023-01-01"), "2023 is incomplete"),
+    (dict(year=2019), "no orders in 2019"),
+    (dict(period_start="2022-02-01"), "no year starting on 2022-02-01"),
+    (dict(year=2021, period_start="2021-01-01"), "not both"),
+])
+def test_report_refuses_a_period_without_data_or_incomplete(begun, choice, message):
+    _, orders, merchants = begun
+    with pytest.raises(ValueError, match=message) as error:
+        lm.report(orders, merchants, **choice)
+    if "both" not in message:   # the periods there are, to choose from
+        assert "2021; 2022; 2023 (incomplete)" in str(error.value)
+
+
+def test_report_cli_refuses_an_incomplete_year(begun, capsys):
+    folder, orders, merchants = begun
+    out = folder / "no.html"
+    assert main(["report", orders, "--merchants", merchants, "-o", str(out), "--year", "2023"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("loyaltymetrics: error:") and "2023 is incomplete" in err
+    assert not out.exists()
+    # Observed to the end of 2023, 2023 is whole (its YoY then compares a quarter of orders with a year).
+    assert main(["report", orders, "--merchants", merchants, "-o", str(out), "--year", "2023",
+                 "--observation-end", "2024-01-01"]) == 0
+    assert Page(out.read_text(encoding="utf-8")).meta["data-latest"] == "2023-01-01"
+
+
+def test_report_without_a_complete_period_says_so(tmp_path):
+    made = lm.generate(tmp_path / "orders.arrow", rows=3_000, seed=3, merchants_count=4, years=(2023, 2023))
+    with pytest.raises(ValueError, match="no year is complete"):
+        lm.report(str(made.orders_path), observation_start="2023-02-01")
+    # A month report of the same orders has complete months to headline.
+    page = Page(lm.report(str(made.orders_path), period="month", observation_start="2023-02-01"))
+    assert page.meta["data-latest"] == "2023-12-01"
+
+
+def test_report_with_an_incomplete_year_earlier_shows_no_yoy(begun):
+    _, orders, merchants = begun
+    # Observed from 2021-07-01: 2021 is incomplete, so 2022 has nothing to be compared with.
+    text = lm.report(orders, merchants, observation_start="2021-07-01")
+    page = Page(text)
+    assert page.meta["data-latest"] == "2022-01-01"
+    assert all(page.cards[c]["attrs"]["data-yoy"] == "" for c, _, _ in HEADLINE)
+    assert "2021 is not wholly observed" in text
+    assert {row[-1] for row in page.table("aov-by-industry").values()} == {""}
