@@ -315,3 +315,17 @@ def test_numba_engine(spark, lms, generated):
     orders, parquet, _ = generated
     actual = lms.compute(spark.read.parquet(str(parquet)), by=["merchant"], period="quarter", engine="numba")
     assert_identical(actual.toArrow(), lm.compute(orders, by=["merchant"], period="quarter"))
+
+
+@pytest.mark.parametrize("window", [{}, dict(observation_start="2022-03-01"),
+                                    dict(observation_start=dt.date(2022, 1, 1), observation_end="2023-07-01")])
+def test_observation_window_matches_local_compute(spark, lms, generated, window):
+    # SPEC §3: the tasks carry the days of their earliest and latest orders; the window's defaults
+    # and period_complete (so the YoY nulls) are the local ones.
+    orders, parquet, merchants = generated
+    for period in ("year", "quarter"):
+        actual = lms.compute(spark.read.parquet(str(parquet)), merchants, by=["size"], period=period,
+                             partitions=3, **window)
+        assert_identical(actual.toArrow(), lm.compute(orders, merchants, by=["size"], period=period, **window))
+    with pytest.raises(ValueError, match="must be after observation_start"):
+        lms.compute(spark.read.parquet(str(parquet)), observation_start="2023-01-01", observation_end="2022-01-01")
