@@ -24,3 +24,9 @@ def string_array(strings):
     offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
     np.cumsum([len(b) for b in encoded], out=offsets[1:])
     return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def bool_array(values):
+    """A ``pa.bool_()`` array (no nulls) of a NumPy bool array."""
+    values = np.asarray(values, dtype=bool)
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(np.packbits(values, bitorder="little"))])

@@ -5,7 +5,7 @@ import pyarrow as pa
 from . import parallel, periods
 from . import progress as _progress
 from .analyses import CohortKernel, engine_module, run
-from .arrays import numeric_array
+from .arrays import bool_array, numeric_array
 from .errors import AmountOverflowError, reporting_resource_errors
 from .finalize import (DEFAULT_SIZE_EDGES, INT64, check_by, check_observation, check_size_edges, group_codes,
                        key_columns, observation_window, period_complete, sum_groups)
@@ -209,7 +209,7 @@ def cohorts_table(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES
     table["cohort_start"] = _dates(period, grid_cohort_period)
     table["period_index"] = numeric_array(grid_index.astype(np.int32), pa.int32())
     table["period_start"] = _dates(period, grid_cohort_period + grid_index)
-    table["period_complete"] = pa.array(period_complete(period, grid_cohort_period + grid_index, window), pa.bool_())
+    table["period_complete"] = bool_array(period_complete(period, grid_cohort_period + grid_index, window))
     table["cohort_customers"] = numeric_array(cohort_customers, pa.int64())
     table["active_customers"] = numeric_array(np.ascontiguousarray(grid_cells[:, 0]), pa.int64())
     table["orders"] = numeric_array(np.ascontiguousarray(grid_cells[:, 1]), pa.int64())

@@ -48,7 +48,7 @@ from .analyses import (
     run,
     top_count,
 )
-from .arrays import numeric_array
+from .arrays import bool_array, numeric_array
 from ._analyses import bin_offsets
 from .cohort_analysis import _group_starts
 from .errors import InputChangedError, reporting_resource_errors
@@ -370,7 +370,7 @@ def concentration_table(first, merchants, by, period, top, rerun, size_edges=DEF
     gp_period = mp_period[gorder][gstarts][keep]
     table["period_start"] = numeric_array(
         periods.period_start(period, gp_period, first_month).astype(np.int32), pa.date32())
-    table["period_complete"] = pa.array(period_complete(period, gp_period, window, first_month), pa.bool_())
+    table["period_complete"] = bool_array(period_complete(period, gp_period, window, first_month))
     table["customers"] = numeric_array(customers, pa.int64())
     table["top_customers"] = numeric_array(top_customers, pa.int64())
     table["revenue"] = numeric_array(revenue, pa.int64())

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import periods
-from .arrays import numeric_array, string_array
+from .arrays import bool_array, numeric_array, string_array
 from .errors import AmountOverflowError
 from .scan import PARTIAL_COLUMNS, Partials
 
@@ -304,7 +304,7 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     days = periods.period_start(period, group_period, first_month).astype(np.int32)
     columns["period_start"] = numeric_array(days, pa.date32())
     complete = period_complete(period, group_period, window, first_month)
-    columns["period_complete"] = pa.array(complete, pa.bool_())
+    columns["period_complete"] = bool_array(complete)
 
     # Metric values with validity: (float or int array, bool array).
     metrics = {name: (base[name], np.ones(len(starts), bool)) for name in BASE_COLUMNS if name != "fees"}
