@@ -230,10 +230,12 @@ def test_refunds_revenue_yoy_with_mixed_signs():
     # (refunds=True; a refund is no order, so 2022 needs its order of 0 to be a row). Both fit
     # int64; revenue_yoy = (5e18 - -5e18) / -5e18 * 100 = -200 (SPEC §5), not a wrapped difference.
     table = orders([1, 1, 1], [1, 1, 1], [D2022, D2022, D2023], [0, -5 * 10**18, 5 * 10**18])
-    out = lm.compute(table, by="merchant", refunds=True)
+    # Both years observed whole (SPEC §3), so they are compared.
+    window = dict(observation_start=dt.date(2022, 1, 1), observation_end=dt.date(2024, 1, 1))
+    out = lm.compute(table, by="merchant", refunds=True, **window)
     assert out.column("revenue").to_pylist() == [-5 * 10**18, 5 * 10**18]
     assert out.column("revenue_yoy").to_pylist() == [None, -200.0]
-    assert_tables_match(out, reference_compute(table, by=("merchant",), refunds=True))
+    assert_tables_match(out, reference_compute(table, by=("merchant",), refunds=True, **window))
 
 
 def test_refunds_member_aov_lift_with_mixed_signs():

@@ -369,7 +369,9 @@ def test_report_draws_industry_names_literally(tmp_path, monkeypatch):
                        "order_ts": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
                        "amount": pa.array([1000] * len(rows), pa.int64())})
     merchants = pa.table({"merchant_id": pa.array([1, 2, 3], pa.int64()), "industry": names})
-    text = lm.report(orders, merchants, tmp_path / "r.html")
+    # One order day a year: say both years were observed whole (SPEC §3), so there is one to report.
+    text = lm.report(orders, merchants, tmp_path / "r.html", observation_start="2022-01-01",
+                     observation_end="2024-01-01")
     assert "Toys $ Games $" in text and (tmp_path / "r.html").read_text(encoding="utf-8") == text
     drawn = [t for fig in figures for t in fig.findobj(Text) if "$" in t.get_text()]
     assert {t.get_text() for t in drawn} >= set(names[:2])
