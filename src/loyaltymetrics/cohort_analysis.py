@@ -14,8 +14,8 @@ from .scan import rescan
 
 COHORT_PERIODS = ("month", "quarter", "year")
 COLUMNS = (
-    "cohort_start", "period_index", "period_start", "period_complete", "cohort_customers", "active_customers", "orders",
-    "revenue", "cumulative_revenue", "retention", "cumulative_revenue_per_customer",
+    "cohort_start", "period_index", "period_start", "period_complete", "cohort_customers", "active_customers",
+    "orders", "revenue", "cumulative_revenue", "retention", "cumulative_revenue_per_customer",
 )
 
 
