@@ -320,9 +320,10 @@ def _dispatch(args):
 def _add_rfm_parser(sub):
     p = sub.add_parser("rfm", help="frequency, recency, T, monetary value per store-customer (SPEC §9)",
                        description="One row per store-customer, as lifetimes' summary_data_from_transaction_data; "
-                                   "streamed to Parquet or CSV.")
+                                   "streamed to Parquet, CSV or JSON.")
     p.add_argument("orders", metavar="ORDERS", help="sorted orders: .arrow file, Parquet file or directory")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="OUT.parquet or OUT.csv")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="OUT.parquet, OUT.csv or OUT.json (an array of row objects)")
     p.add_argument("--freq", choices=("D", "W", "M"), default="D", help="days, weeks (Mon-Sun) or months (default: D)")
     p.add_argument("--observation-end", metavar="DATE",
                    help="ISO date (UTC) of the observation end (default: the latest order)")
@@ -446,6 +447,8 @@ def _add_report_parser(sub):
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="threads scanning chunks side by side (default: the CPUs this process may use)")
     p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
+    _add_currency(p)
+    _add_quiet(p)
 
 
 def _report(args):
@@ -454,11 +457,12 @@ def _report(args):
     try:
         report(args.orders, args.merchants, args.output, period=args.period, title=args.title, top=args.top,
                columns=args.columns, size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
-               threads=args.threads)
+               threads=args.threads, currency=args.currency, progress=not args.quiet)
     except ImportError as e:  # matplotlib missing: say what to install, without a traceback
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote the report to {args.output}", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote the report to {args.output}", file=sys.stderr)
     return 0
 
 

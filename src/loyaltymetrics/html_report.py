@@ -81,7 +81,7 @@ SERIES_COLORS = ("#2f6db5", "#e08a2c", "#3f9c5a")
 
 def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort_count=24,
            title="Loyalty report", columns=None, size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython",
-           threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
+           threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, currency=None, progress=False):
     """Write an HTML loyalty report of the latest period against the same period a year earlier.
 
     Parameters
@@ -102,6 +102,14 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
         The most recent month cohorts shown in the cohort heat map.
     title : str
         The page's title.
+    currency : str, optional
+        The currency code shown with money (display only; amounts stay in
+        minor units). Default: the orders' schema metadata
+        ``loyaltymetrics.currency`` (``prepare --currency`` writes it), else
+        money is labelled "major units".
+    progress : bool
+        A progress bar on stderr for each pass over the orders, when stderr
+        is a terminal.
 
     Returns
     -------
@@ -136,7 +144,11 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
         merchants = merchants.read_all()  # read by every pass below
 
     options = dict(columns=columns, size_edges=size_edges, refunds=refunds, engine=engine, threads=threads,
-                   chunk_rows=chunk_rows)
+                   chunk_rows=chunk_rows, progress=progress)
+    if currency is None:
+        from .display import reporting_currency
+
+        currency = reporting_currency(orders)
     # First: it rejects a bad ``top`` before reading any orders.
     top_share = concentration(orders, merchants, by=["industry"], period=period, top=top, **options)
     data = ReportData(
@@ -151,6 +163,7 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
         has_merchants=merchants is not None,
         source=source_label(orders),
         merchants_source=None if merchants is None else source_label(merchants),
+        currency=currency,
     )
     text = render(data, title=title, cohort_count=cohort_count)
     if path is not None:
@@ -182,6 +195,7 @@ class ReportData:
     has_merchants: bool
     source: str
     merchants_source: str | None
+    currency: str | None = None  # shown with money; None: "major units"
 
 
 # ---------------------------------------------------------------------------
@@ -491,7 +505,8 @@ def render(data, *, title="Loyalty report", cohort_count=24):
         f"<header><h1>{esc(title)}</h1>"
         f'<p class="meta" data-latest="{latest.isoformat()}" data-previous="{previous.isoformat()}">'
         f"{esc(labels[1])} against {esc(labels[0])}, by calendar {esc(data.period)} in UTC. "
-        f"Money is shown in major units: the input's minor units (cents) ÷ {MINOR_PER_MAJOR}. "
+        f"Money is shown in major units{f' ({esc(data.currency)})' if data.currency else ''}: "
+        f"the input's minor units (cents) ÷ {MINOR_PER_MAJOR}. "
         f"YoY is the change against the same {esc(data.period)} a year earlier, in percent of the earlier value.</p>"
         f'<p class="meta">{esc(source)}</p>{page.warnings()}</header>'
         + "".join(sections)
@@ -508,6 +523,7 @@ class Page:
 
     def __init__(self, data, latest, previous, labels):
         self.data, self.latest, self.previous, self.labels = data, latest, previous, labels
+        self.money = f" ({data.currency})" if data.currency else " (major units)"
         self.network_latest = network_row(data.network, latest)
         self.network_previous = network_row(data.network, previous)
         self.tables = {"industry": data.by_industry, "size": data.by_size}
@@ -552,7 +568,7 @@ class Page:
             cards.append(
                 f'<div class="card" data-metric="{column}" data-value="{esc(data_value(value))}" '
                 f'data-yoy="{esc(data_value(change))}">'
-                f'<div class="label">{esc(label)}{" (major units)" if unit == "money" else ""}</div>'
+                f'<div class="label">{esc(label)}{self.money if unit == "money" else ""}</div>'
                 f'<div class="value">{esc(fmt(value, unit))}</div>'
                 f'<div class="change {tone}">{esc(fmt_change(change))} YoY '
                 f'<span class="flat">({esc(self.labels[0])}: {esc(fmt(before, unit))})</span></div></div>')
@@ -587,7 +603,7 @@ class Page:
         caption = f"{metric.title} by {name}"
         if all(v is None for v in latest + previous):
             return figure_html(chart_id, caption, None, None, table, self._empty_reason(metric.column))
-        ylabel = metric.axis + (" (major units)" if unit == "money" else "")
+        ylabel = metric.axis + (self.money if unit == "money" else "")
         png = yoy_bar_chart(categories, [shown(v, unit) for v in previous], [shown(v, unit) for v in latest],
                             changes, self.labels, ylabel)
         return figure_html(chart_id, caption, png, f"{caption}, {self.labels[0]} and {self.labels[1]}", table)
