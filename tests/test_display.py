@@ -267,3 +267,20 @@ def test_a_file_keeps_its_unsorted_message(tmp_path):
     with pytest.raises(lm.UnsortedInputError) as error:
         lm.compute(str(tmp_path / "o.parquet"))
     assert "sort_values" not in str(error.value)
+
+
+def test_every_public_function_has_type_hints_and_the_package_says_so():
+    import importlib.resources
+    import inspect
+    import typing
+
+    from loyaltymetrics import spark
+
+    functions = [getattr(lm, name) for name in lm.__all__ if inspect.isfunction(getattr(lm, name))] + [spark.compute]
+    assert len(functions) == 9
+    for function in functions:
+        hints = typing.get_type_hints(function)  # resolvable at run time, without pandas/polars/pyspark imports
+        missing = [p for p in inspect.signature(function).parameters if p not in hints]
+        assert not missing and "return" in hints, (function.__qualname__, missing)
+    assert importlib.resources.files("loyaltymetrics").joinpath("py.typed").is_file()
+    assert issubclass(lm.MissingDependencyError, lm.LoyaltyMetricsError) and "MissingDependencyError" in lm.__all__

@@ -1,6 +1,9 @@
 """The public entry points."""
+import pyarrow as pa
+
 from . import parallel, periods
 from . import progress as _progress
+from ._types import ColumnMap, Engine, GroupKeys, Merchants, Orders, Period, SizeEdges
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, combine, finalize
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 from .errors import reporting_resource_errors
@@ -8,9 +11,10 @@ from .scan import rescan, scan_module, scan_orders
 
 
 @reporting_resource_errors
-def compute(orders, merchants=None, *, by=(), period="year", columns=None,
-            size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
-            chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
+def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys = (), period: Period = "year",
+            columns: ColumnMap | None = None, size_edges: SizeEdges = DEFAULT_SIZE_EDGES, refunds: bool = False,
+            engine: Engine = "cython", threads: int | None = None, chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS,
+            progress: bool = False) -> pa.Table:
     """Loyalty and retention metrics per group and period (SPEC §4-7).
 
     Parameters

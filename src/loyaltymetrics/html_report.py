@@ -14,10 +14,12 @@ import html
 import io
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import pyarrow as pa
 
 from . import parallel
+from ._types import ColumnMap, Engine, Merchants, Orders, PathLike, SizeEdges
 from .api import compute
 from .errors import MissingDependencyError
 from .finalize import DEFAULT_SIZE_EDGES, check_size_edges, size_labels
@@ -79,9 +81,11 @@ PREVIOUS_COLOR, LATEST_COLOR = "#a9b4c2", "#2f6db5"
 SERIES_COLORS = ("#2f6db5", "#e08a2c", "#3f9c5a")
 
 
-def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort_count=24,
-           title="Loyalty report", columns=None, size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython",
-           threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, currency=None, progress=False):
+def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | None = None, *,
+           period: Literal["year", "quarter", "month"] = "year", top: float = 0.05, cohort_count: int = 24,
+           title: str = "Loyalty report", columns: ColumnMap | None = None, size_edges: SizeEdges = DEFAULT_SIZE_EDGES,
+           refunds: bool = False, engine: Engine = "cython", threads: int | None = None,
+           chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, currency: str | None = None, progress: bool = False) -> str:
     """Write an HTML loyalty report of the latest period against the same period a year earlier.
 
     Parameters

@@ -30,12 +30,14 @@ import functools
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
 from . import _rfm, _scan, parallel, periods
 from . import progress as _progress
+from ._types import ColumnMap, DateLike, Engine, Orders
 from .arrays import numeric_array
 from .errors import AmountOverflowError, NegativeAmountError, reporting_resource_errors
 from .inputs import _in_memory, count_rows, order_batches, rereadable
@@ -352,9 +354,10 @@ def last_order_day(orders, columns=None):
 
 
 @reporting_resource_errors
-def rfm(orders, freq="D", observation_end=None, include_first_transaction=False, *, calibration_end=None,
-        columns=None, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS,
-        progress=False):
+def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: DateLike = None,
+        include_first_transaction: bool = False, *, calibration_end: DateLike = None,
+        columns: ColumnMap | None = None, engine: Engine = "cython", threads: int | None = None,
+        chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, progress: bool = False) -> pa.RecordBatchReader:
     """Frequency, recency, T and monetary value per store-customer (SPEC §9), streamed.
 
     Equal to ``lifetimes.utils.summary_data_from_transaction_data(orders,
