@@ -241,7 +241,7 @@ def format_summary(table: pa.Table, by: Sequence[str] = (), currency: str | None
     shown = [(name, title) for name, title in SUMMARY if name in table.column_names]
     lines, dropped = format_table(view, keys + ["period"], shown, currency, width=width,
                                   priority=[n for n in SUMMARY_PRIORITY if n in dict(shown)])
-    notes = [f"{table.num_rows} rows", _money_note(currency)]
+    notes = [f"{table.num_rows} row{'' if table.num_rows == 1 else 's'}", _money_note(currency)]
     if dropped:
         notes.append(f"{dropped} columns left out to fit the terminal")
     notes.append(f"-o OUT.parquet writes all {table.num_columns} columns")
@@ -260,7 +260,7 @@ def format_concentration(table: pa.Table, by: Sequence[str] = (), currency: str 
     keys = key_columns(table, by) + ["period_start"]
     shown = [(name, name) for name in table.column_names if name not in keys]
     lines, dropped = format_table(table, keys, shown, currency, width=width)
-    notes = [f"{table.num_rows} rows", _money_note(currency)]
+    notes = [f"{table.num_rows} row{'' if table.num_rows == 1 else 's'}", _money_note(currency)]
     if dropped:
         notes.append(f"{dropped} columns left out to fit the terminal; -o writes all")
     return "\n".join(lines + [f"({'; '.join(notes)})"])
