@@ -1,10 +1,10 @@
 """The public entry points."""
-import pyarrow as pa
-
-from . import parallel, periods
+from . import parallel, periods  # first: NumPy loads before pyarrow, as limits.adapt() expects
 from . import progress as _progress
-from ._types import ColumnMap, Engine, GroupKeys, Merchants, Orders, Period, SizeEdges
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_size_edges, combine, finalize
+from ._types import ColumnMap, Engine, GroupKeys, Merchants, Orders, Period, SizeEdges
+
+import pyarrow as pa  # noqa: E402 - after NumPy (see above)
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 from .errors import reporting_resource_errors
 from .scan import rescan, scan_module, scan_orders
