@@ -229,7 +229,6 @@ def format_summary(table: pa.Table, by: Sequence[str] = (), currency: str | None
                    width: int | None = None) -> str:
     """The ``compute`` summary: group keys in ``by`` order, the period, the headline metrics."""
     keys = key_columns(table, by)
-    view = table
     incomplete = False
     if "period_complete" in table.column_names:  # a period the observation window ends inside
         marks = table.column("period_complete").to_pylist()
@@ -237,7 +236,7 @@ def format_summary(table: pa.Table, by: Sequence[str] = (), currency: str | None
         period = [f"{p}{'*' if m is False else ''}" for p, m in zip(table.column("period_start").to_pylist(), marks)]
     else:
         period = [str(p) for p in table.column("period_start").to_pylist()]
-    view = view.append_column("period", pa.array(period, pa.string()))
+    view = table.append_column("period", pa.array(period, pa.string()))
     shown = [(name, title) for name, title in SUMMARY if name in table.column_names]
     lines, dropped = format_table(view, keys + ["period"], shown, currency, width=width,
                                   priority=[n for n in SUMMARY_PRIORITY if n in dict(shown)])
@@ -249,9 +248,6 @@ def format_summary(table: pa.Table, by: Sequence[str] = (), currency: str | None
     if incomplete:
         out.append("* period not complete: the orders end inside it")
     return "\n".join(out)
-
-
-CONCENTRATION_SHOWN = ("customers", "top_customers", "revenue", "top_revenue", "top_share")
 
 
 def format_concentration(table: pa.Table, by: Sequence[str] = (), currency: str | None = None,
