@@ -615,7 +615,8 @@ def test_cli_cohorts_and_concentration_write_what_the_api_returns(tmp_path, caps
     printed = capsys.readouterr().out.splitlines()
     network = lm.concentration(path)
     assert printed[0].split() == CONCENTRATION_COLUMNS
-    assert len(printed) == network.num_rows + 2 and printed[-1] == f"({network.num_rows} rows)"
+    # header, rule, one line per row, the note (money in major units: tests/test_display.py)
+    assert len(printed) == network.num_rows + 3 and printed[-1].startswith(f"({network.num_rows} rows;")
     with pytest.raises(SystemExit):                      # cohorts have no period "all"
         main(["cohorts", path, "--period", "all"])
     bad = _write_ipc(_orders((2, 1), (1, 1), [T, T], (1, 1)), tmp_path / "bad.arrow")

@@ -1,6 +1,7 @@
 """The command line writes exactly what compute() returns, in each format."""
 import importlib
 import json
+import os
 import subprocess
 import sys
 
@@ -78,7 +79,9 @@ def test_help_and_demo_run_as_a_module():
                                capture_output=True, text=True, check=True).stdout
     for option in ("--merchants", "--by", "--period", "-o", "--columns", "--size-edges", "--refunds"):
         assert option in help_text
-    demo = subprocess.run([sys.executable, "-m", "loyaltymetrics", "demo"], capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # to a pipe, no width: every column
+    demo = subprocess.run([sys.executable, "-m", "loyaltymetrics", "demo"], capture_output=True, text=True, check=True,
+                          env=env)
     assert "industry" in demo.stdout and "size" in demo.stdout and "orders YoY" in demo.stdout
 
 

@@ -1,17 +1,21 @@
 """The public entry points."""
-from . import parallel, periods
+from . import parallel, periods  # first: NumPy loads before pyarrow, as limits.adapt() expects
 from . import progress as _progress
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_observation, check_size_edges, combine, finalize
+from ._types import ColumnMap, DateLike, Engine, GroupKeys, Merchants, Orders, Period, SizeEdges
+
+import pyarrow as pa  # noqa: E402 - after NumPy (see above)
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 from .errors import reporting_resource_errors
 from .scan import rescan, scan_module, scan_orders
 
 
 @reporting_resource_errors
-def compute(orders, merchants=None, *, by=(), period="year", columns=None,
-            size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
-            chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False, observation_start=None,
-            observation_end=None):
+def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys = (), period: Period = "year",
+            columns: ColumnMap | None = None, size_edges: SizeEdges = DEFAULT_SIZE_EDGES, refunds: bool = False,
+            engine: Engine = "cython", threads: int | None = None, chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS,
+            progress: bool = False,
+            observation_start: DateLike | None = None, observation_end: DateLike | None = None) -> pa.Table:
     """Loyalty and retention metrics per group and period (SPEC §4-7).
 
     Parameters

@@ -12,29 +12,13 @@ from pathlib import Path
 
 
 from .api import compute
+from .display import format_cohorts, format_concentration, format_summary, reporting_currency
 from .errors import LoyaltyMetricsError
 from .outputs import (Terminated, atomic_output, check_output_path, check_stop, remove_temporaries,
                       request_stop, reset_stop, stop_requested)
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS
 from .periods import PERIODS
 from .scan import ENGINES
-
-# What the terminal summary shows; -o writes every column.
-SUMMARY = (
-    ("merchants", "merchants", "{:,}"),
-    ("orders", "orders", "{:,}"),
-    ("orders_yoy", "orders YoY", "{:+.1f}%"),
-    ("revenue", "revenue", "money"),
-    ("revenue_yoy", "revenue YoY", "{:+.1f}%"),
-    ("aov", "AOV", "money"),
-    ("purchase_frequency", "frequency", "{:.2f}"),
-    ("clv", "CLV", "money"),
-    ("repeat_customer_rate", "repeat rate", "pct"),
-    ("repeat_customer_rate_yoy", "repeat YoY", "{:+.1f}%"),
-    ("retention_rate", "retention", "{:.1f}%"),
-    ("reward_revenue", "reward value", "money"),
-    ("loyalty_roi", "loyalty ROI", "{:,.0f}%"),
-)
 
 EPILOG = """\
 examples:
@@ -47,7 +31,9 @@ examples:
 
 ORDERS is an Arrow IPC file (memory-mapped), a Parquet file or a directory of
 Parquet files, sorted by (merchant_id, customer_id, order_ts). Money is in
-integer minor units (cents); the terminal summary shows it divided by 100.
+integer minor units (cents) in files; the terminal shows it in major units with
+the reporting currency (from prepare --currency, or --currency here), rates as
+percentages.
 """
 
 
@@ -85,6 +71,12 @@ def _positive_int(text):
 def _add_quiet(p):
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar (it is drawn on stderr only when that is a terminal)")
+
+
+def _add_currency(p):
+    p.add_argument("--currency", metavar="CODE", type=str.upper,
+                   help="currency code shown with money in the terminal (default: the one prepare recorded "
+                        "in the orders file, else none); files keep integer minor units")
 
 
 REFUNDS_HELP = ("a negative amount is a refund, not an order: it adds to revenue and counts in no order or "
@@ -130,6 +122,7 @@ def _add_compute_options(p):
     p.add_argument("--engine", choices=ENGINES, default="cython",
                    help="kernel: cython (default, compiled ahead of time) or numba (compiled on first use)")
     _add_observation_options(p)
+    _add_currency(p)
     _add_quiet(p)
 
 
@@ -191,6 +184,7 @@ def _add_analysis_commands(sub):
         p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="threads scanning chunks side by side (default: the CPUs this process may use)")
         _add_observation_options(p)
+        _add_currency(p)
         _add_quiet(p)
 
 
@@ -212,8 +206,10 @@ def _run_analysis(args):
     if args.output:
         write_table(table, args.output, inputs)
         print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
+    elif args.command == "cohorts":
+        print(format_cohorts(table, args.by))
     else:
-        print(_format_rows(table))
+        print(format_concentration(table, args.by, args.currency or reporting_currency(args.orders)))
     return 0
 
 
@@ -337,7 +333,7 @@ def _dispatch(args):
             write_table(table, args.output, inputs)
             print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
         else:
-            print(format_summary(table))
+            print(format_summary(table, args.by, args.currency or reporting_currency(args.orders)))
     except (LoyaltyMetricsError, ValueError, OSError) as e:
         check_stop()  # an error caused by SIGINT/SIGTERM is reported as the interruption
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
@@ -348,9 +344,10 @@ def _dispatch(args):
 def _add_rfm_parser(sub):
     p = sub.add_parser("rfm", help="frequency, recency, T, monetary value per store-customer (SPEC §9)",
                        description="One row per store-customer, as lifetimes' summary_data_from_transaction_data; "
-                                   "streamed to Parquet or CSV.")
+                                   "streamed to Parquet, CSV or JSON.")
     p.add_argument("orders", metavar="ORDERS", help="sorted orders: .arrow file, Parquet file or directory")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="OUT.parquet or OUT.csv")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="OUT.parquet, OUT.csv or OUT.json (an array of row objects)")
     p.add_argument("--freq", choices=("D", "W", "M"), default="D", help="days, weeks (Mon-Sun) or months (default: D)")
     p.add_argument("--observation-end", metavar="DATE",
                    help="ISO date (UTC) of the observation end (default: the latest order)")
@@ -482,6 +479,8 @@ def _add_report_parser(sub):
     which.add_argument("--period-start", type=_iso_date, metavar="DATE",
                        help="headline the period starting on DATE (YYYY-MM-DD, e.g. 2024-01-01) "
                             "instead of the latest complete period")
+    _add_currency(p)
+    _add_quiet(p)
 
 
 def _report(args):
@@ -490,11 +489,13 @@ def _report(args):
     try:
         report(args.orders, args.merchants, args.output, period=args.period, title=args.title, top=args.top,
                columns=args.columns, size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
-               threads=args.threads, year=args.year, period_start=args.period_start, **_observation(args))
+               threads=args.threads, year=args.year, period_start=args.period_start, currency=args.currency,
+               progress=not args.quiet, **_observation(args))
     except ImportError as e:  # matplotlib missing: say what to install, without a traceback
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote the report to {args.output}", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote the report to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -514,7 +515,7 @@ def _demo(args):
               + (f", kept in {folder}" if args.keep else ""))
         print(f"$ loyaltymetrics compute {orders_path.name} --merchants {merchants_path.name} --by industry,size\n")
         table = compute(str(orders_path), str(merchants_path), by=["industry", "size"], period="year")
-    print(format_summary(table))
+    print(format_summary(table, ["industry", "size"]))
     return 0
 
 
@@ -692,39 +693,6 @@ def write_table(table, path, inputs=()):
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(rows, f, default=str, indent=1)
                 f.write("\n")
-
-
-def format_summary(table):
-    """A fixed-width text table of the headline metrics, one line per (group, period)."""
-    # The group keys as the table has them (in `by` order, merchant_name after merchant_id: SPEC §7).
-    keys = table.column_names[:table.column_names.index("period_start")]
-    shown = [(name, title, fmt) for name, title, fmt in SUMMARY if name in table.column_names]
-    header = keys + ["period"] + [title for _, title, _ in shown]
-    lines = []
-    for row in table.to_pylist():
-        cells = ["-" if row[k] is None else str(row[k]) for k in keys] + [str(row["period_start"])]
-        for name, _, fmt in shown:
-            cells.append(_format(row[name], fmt))
-        lines.append(cells)
-    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
-    n_left = len(keys) + 1
-
-    def render(cells):
-        return "  ".join(c.ljust(w) if i < n_left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    out = [render(header), render(["-" * w for w in widths])] + [render(line) for line in lines]
-    out.append(f"({table.num_rows} rows; money in major units; -o OUT.parquet writes all {table.num_columns} columns)")
-    return "\n".join(out)
-
-
-def _format(value, fmt):
-    if value is None:
-        return "-"
-    if fmt == "money":
-        return f"{value / 100:,.2f}"
-    if fmt == "pct":
-        return f"{value * 100:.1f}%"
-    return fmt.format(value)
 
 
 if __name__ == "__main__":

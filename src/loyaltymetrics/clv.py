@@ -43,12 +43,14 @@ other groups are unaffected.
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import parallel
+from ._types import ColumnMap, DateLike, Engine, GroupKeys, Merchants, Orders, SizeEdges
 from .errors import (CorruptInputError, InputChangedError, InputError, MissingDependencyError, NullValueError,
                      SchemaError)
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS, check_by, check_size_edges, size_buckets, size_labels
@@ -478,10 +480,12 @@ class ClvResult:
         return pa.RecordBatchReader.from_batches(self.schema, self._batches())
 
 
-def clv(orders=None, merchants=None, *, summary=None, by=(), freq="D", observation_end=None, horizon=12,
-        discount_rate=0.01, penalizer_coef=0.0, spend_penalizer_coef=0.0, min_customers=DEFAULT_MIN_CUSTOMERS,
-        columns=None, size_edges=DEFAULT_SIZE_EDGES, engine="cython", threads=None,
-        chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
+def clv(orders: Orders | None = None, merchants: Merchants | None = None, *, summary: Orders | None = None,
+        by: GroupKeys = (), freq: Literal["D", "W", "M"] = "D", observation_end: DateLike = None, horizon: int = 12,
+        discount_rate: float = 0.01, penalizer_coef: float = 0.0, spend_penalizer_coef: float = 0.0,
+        min_customers: int = DEFAULT_MIN_CUSTOMERS, columns: ColumnMap | None = None,
+        size_edges: SizeEdges = DEFAULT_SIZE_EDGES, engine: Engine = "cython", threads: int | None = None,
+        chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, progress: bool = False) -> ClvResult:
     """Fit BG/NBD and Gamma-Gamma per group and predict per store-customer (SPEC §11).
 
     Parameters

@@ -1,9 +1,12 @@
 """Acquisition cohorts (SPEC §9): from cells per (merchant, cohort, period_index) to the table."""
+from typing import Literal
+
 import numpy as np
 import pyarrow as pa
 
 from . import parallel, periods
 from . import progress as _progress
+from ._types import ColumnMap, DateLike, Engine, GroupKeys, Merchants, Orders, SizeEdges
 from .analyses import CohortKernel, engine_module, run
 from .arrays import bool_array, numeric_array
 from .errors import AmountOverflowError, reporting_resource_errors
@@ -20,9 +23,12 @@ COLUMNS = (
 
 
 @reporting_resource_errors
-def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size_edges=DEFAULT_SIZE_EDGES,
-            refunds=False, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS,
-            progress=False, observation_start=None, observation_end=None):
+def cohorts(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys = (),
+            period: Literal["month", "quarter", "year"] = "month", columns: ColumnMap | None = None,
+            size_edges: SizeEdges = DEFAULT_SIZE_EDGES, refunds: bool = False, engine: Engine = "cython",
+            threads: int | None = None, chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS,
+            progress: bool = False, observation_start: DateLike | None = None,
+            observation_end: DateLike | None = None) -> pa.Table:
     """Acquisition cohorts per group (SPEC §9).
 
     A store-customer's cohort is the period of its rank-1 order. For each

@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from . import parallel, periods
 from . import progress as _progress
+from ._types import ColumnMap, DateLike, Engine, GroupKeys, Merchants, Orders, Period, SizeEdges
 from .analyses import (
     NEGATIVE_BIN,
     HistKernel,
@@ -64,10 +65,11 @@ COLUMNS = ("period_start", "period_complete", "customers", "top_customers", "rev
 
 
 @reporting_resource_errors
-def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, columns=None,
-                  size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
-                  chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False, observation_start=None,
-                  observation_end=None):
+def concentration(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys = (), period: Period = "year",
+                  top: float = 0.05, columns: ColumnMap | None = None, size_edges: SizeEdges = DEFAULT_SIZE_EDGES,
+                  refunds: bool = False, engine: Engine = "cython", threads: int | None = None,
+                  chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, progress: bool = False,
+                  observation_start: DateLike | None = None, observation_end: DateLike | None = None) -> pa.Table:
     """Share of revenue from the top store-customers, per group and period (SPEC §9).
 
     Parameters

@@ -40,11 +40,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from . import progress as _progress
+from ._types import ColumnMap, Merchants, PathLike
 from .errors import CorruptInputError, InputError, MissingDependencyError, ResourceError, SchemaError
 from .outputs import atomic_output, check_not_input
 from .synthetic import ORDERS_SCHEMA
@@ -240,10 +242,13 @@ def _sql_text(text):
     return str(text).replace("'", "''")
 
 
-def prepare(raw, output, *, columns=None, format="generic", merchant=None, merchant_from_filename=None,
-            refunds=False, rejects=None, timezone="UTC", amount_unit="major", currency=None, fx=None,
-            keep_guests=False, reward_codes=None, merchants=None, memory_limit="4GB", temp_directory=None,
-            threads=None, progress=False):
+def prepare(raw: PathLike | Sequence[PathLike], output: PathLike, *, columns: ColumnMap | None = None,
+            format: Literal["generic", "shopify", "woocommerce"] = "generic", merchant: str | None = None,
+            merchant_from_filename: str | None = None, refunds: bool = False, rejects: PathLike | None = None,
+            timezone: str = "UTC", amount_unit: Literal["major", "minor"] = "major", currency: str | None = None,
+            fx: PathLike | None = None, keep_guests: bool = False, reward_codes: str | None = None,
+            merchants: Merchants | None = None, memory_limit: str = "4GB", temp_directory: PathLike | None = None,
+            threads: int | None = None, progress: bool = False) -> PrepareReport:
     """Convert raw order exports into the canonical sorted Arrow IPC file (SPEC §2, §10).
 
     Parameters

@@ -31,7 +31,23 @@ class NullValueError(InputError):
 
 
 class UnsortedInputError(InputError):
-    """Rows are not sorted ascending by (merchant_id, customer_id, order_ts)."""
+    """Rows are not sorted ascending by (merchant_id, customer_id, order_ts).
+
+    For an in-memory table (``source`` ``"<table>"``) the message ends with
+    the one line that sorts a pandas or polars frame, and names ``prepare``
+    for a frame too large to sort in memory.
+    """
+
+    def __init__(self, source, row, detail):
+        if source == "<table>":  # inputs.IN_MEMORY
+            detail += (
+                "; sort the frame first: pandas "
+                'df.sort_values(["merchant_id", "customer_id", "order_ts"], kind="stable"), polars '
+                'df.sort("merchant_id", "customer_id", "order_ts", maintain_order=True); too large for that: '
+                "write it to Parquet and sort it out of core with "
+                "loyaltymetrics prepare orders.parquet -o orders.arrow --amount-unit minor"
+            )
+        super().__init__(source, row, detail)
 
 
 class NegativeAmountError(InputError):

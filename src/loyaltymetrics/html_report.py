@@ -14,10 +14,12 @@ import html
 import io
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import pyarrow as pa
 
 from . import parallel
+from ._types import ColumnMap, DateLike, Engine, Merchants, Orders, PathLike, SizeEdges
 from .api import compute
 from .errors import MissingDependencyError
 from .finalize import DEFAULT_SIZE_EDGES, check_observation, check_size_edges, size_labels
@@ -79,10 +81,13 @@ PREVIOUS_COLOR, LATEST_COLOR = "#a9b4c2", "#2f6db5"
 SERIES_COLORS = ("#2f6db5", "#e08a2c", "#3f9c5a")
 
 
-def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort_count=24,
-           title="Loyalty report", columns=None, size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython",
-           threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, observation_start=None, observation_end=None,
-           year=None, period_start=None):
+def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | None = None, *,
+           period: Literal["year", "quarter", "month"] = "year", top: float = 0.05, cohort_count: int = 24,
+           title: str = "Loyalty report", columns: ColumnMap | None = None, size_edges: SizeEdges = DEFAULT_SIZE_EDGES,
+           refunds: bool = False, engine: Engine = "cython", threads: int | None = None,
+           chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, observation_start: DateLike | None = None,
+           observation_end: DateLike | None = None, year: int | None = None,
+           period_start: DateLike | None = None, currency: str | None = None, progress: bool = False) -> str:
     """Write an HTML loyalty report of a complete period against the same period a year earlier.
 
     Parameters
@@ -114,6 +119,14 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
         The most recent month cohorts shown in the cohort heat map.
     title : str
         The page's title.
+    currency : str, optional
+        The currency code shown with money (display only; amounts stay in
+        minor units). Default: the orders' schema metadata
+        ``loyaltymetrics.currency`` (``prepare --currency`` writes it), else
+        money is labelled "major units".
+    progress : bool
+        A progress bar on stderr for each pass over the orders, when stderr
+        is a terminal.
 
     Returns
     -------
@@ -152,7 +165,12 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
         merchants = merchants.read_all()  # read by every pass below
 
     options = dict(columns=columns, size_edges=size_edges, refunds=refunds, engine=engine, threads=threads,
-                   chunk_rows=chunk_rows, observation_start=observation_start, observation_end=observation_end)
+                   chunk_rows=chunk_rows, progress=progress, observation_start=observation_start,
+                   observation_end=observation_end)
+    if currency is None:
+        from .display import reporting_currency
+
+        currency = reporting_currency(orders)
     # First: it rejects a bad ``top`` before reading any orders. Then the network: it says
     # whether there is a period to headline before the other passes run.
     top_share = concentration(orders, merchants, by=["industry"], period=period, top=top, **options)
@@ -172,6 +190,7 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
         merchants_source=None if merchants is None else source_label(merchants),
         year=year,
         period_start=period_start,
+        currency=currency,
     )
     text = render(data, title=title, cohort_count=cohort_count)
     if path is not None:
@@ -205,6 +224,7 @@ class ReportData:
     merchants_source: str | None
     year: int | None = None               # the headline period chosen (default: the latest complete one)
     period_start: dt.date | None = None
+    currency: str | None = None  # shown with money; None: "major units"
 
 
 def _check_choice(year, period_start):
@@ -561,7 +581,8 @@ def render(data, *, title="Loyalty report", cohort_count=24):
         f"<header><h1>{esc(title)}</h1>"
         f'<p class="meta" data-latest="{latest.isoformat()}" data-previous="{previous.isoformat()}">'
         f"{esc(labels[1])} against {esc(labels[0])}, by calendar {esc(data.period)} in UTC. "
-        f"Money is shown in major units: the input's minor units (cents) ÷ {MINOR_PER_MAJOR}. "
+        f"Money is shown in major units{f' ({esc(data.currency)})' if data.currency else ''}: "
+        f"the input's minor units (cents) ÷ {MINOR_PER_MAJOR}. "
         f"YoY is the change against the same {esc(data.period)} a year earlier, in percent of the earlier value.</p>"
         f'<p class="meta">{esc(source)}</p>{page.warnings()}</header>'
         + "".join(sections)
@@ -578,6 +599,7 @@ class Page:
 
     def __init__(self, data, latest, previous, labels):
         self.data, self.latest, self.previous, self.labels = data, latest, previous, labels
+        self.money = f" ({data.currency})" if data.currency else " (major units)"
         self.network_latest = network_row(data.network, latest)
         self.network_previous = network_row(data.network, previous)
         self.tables = {"industry": data.by_industry, "size": data.by_size}
@@ -626,7 +648,7 @@ class Page:
             cards.append(
                 f'<div class="card" data-metric="{column}" data-value="{esc(data_value(value))}" '
                 f'data-yoy="{esc(data_value(change))}">'
-                f'<div class="label">{esc(label)}{" (major units)" if unit == "money" else ""}</div>'
+                f'<div class="label">{esc(label)}{self.money if unit == "money" else ""}</div>'
                 f'<div class="value">{esc(fmt(value, unit))}</div>'
                 f'<div class="change {tone}">{esc(fmt_change(change))} YoY '
                 f'<span class="flat">({esc(self.labels[0])}: {esc(fmt(before, unit))})</span></div></div>')
@@ -661,7 +683,7 @@ class Page:
         caption = f"{metric.title} by {name}"
         if all(v is None for v in latest + previous):
             return figure_html(chart_id, caption, None, None, table, self._empty_reason(metric.column))
-        ylabel = metric.axis + (" (major units)" if unit == "money" else "")
+        ylabel = metric.axis + (self.money if unit == "money" else "")
         png = yoy_bar_chart(categories, [shown(v, unit) for v in previous], [shown(v, unit) for v in latest],
                             changes, self.labels, ylabel)
         return figure_html(chart_id, caption, png, f"{caption}, {self.labels[0]} and {self.labels[1]}", table)

@@ -222,8 +222,20 @@ def _select(source, schema, names, required):
             raise SchemaError(source, None, f"column {label} appears more than once")
         expected, accepts = _EXPECTED_TYPES[canonical]
         if not accepts(schema.field(name).type):
-            raise SchemaError(source, None, f"column {label} has type {schema.field(name).type}; expected {expected}")
+            raise SchemaError(source, None, f"column {label} has type {schema.field(name).type}; expected {expected}"
+                              + _prepare_hint(schema.field(name).type))
     return [names[c] for c in ORDER_COLUMNS if names[c] in present]
+
+
+def _prepare_hint(arrow_type):
+    """For text where ids, timestamps or amounts belong: name the command that converts raw orders."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if not (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or _is_string_view(arrow_type)):
+        return ""
+    return ("; raw orders with text ids, timestamps or amounts are converted (integer ids, mappings written "
+            "beside the output, UTC timestamps, int64 cents, sorted) by: loyaltymetrics prepare RAW -o orders.arrow "
+            "(for a DataFrame: write it to Parquet or CSV first)")
 
 
 def _non_null(batch, name, source, first_row):

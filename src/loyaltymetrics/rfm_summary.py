@@ -30,12 +30,14 @@ import functools
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
 from . import _rfm, _scan, parallel, periods
 from . import progress as _progress
+from ._types import ColumnMap, DateLike, Engine, Orders
 from .arrays import numeric_array
 from .errors import AmountOverflowError, NegativeAmountError, reporting_resource_errors
 from .inputs import _in_memory, count_rows, order_batches, rereadable
@@ -352,9 +354,10 @@ def last_order_day(orders, columns=None):
 
 
 @reporting_resource_errors
-def rfm(orders, freq="D", observation_end=None, include_first_transaction=False, *, calibration_end=None,
-        columns=None, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS,
-        progress=False):
+def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: DateLike = None,
+        include_first_transaction: bool = False, *, calibration_end: DateLike = None,
+        columns: ColumnMap | None = None, engine: Engine = "cython", threads: int | None = None,
+        chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, progress: bool = False) -> pa.RecordBatchReader:
     """Frequency, recency, T and monetary value per store-customer (SPEC §9), streamed.
 
     Equal to ``lifetimes.utils.summary_data_from_transaction_data(orders,
@@ -452,18 +455,22 @@ def rfm(orders, freq="D", observation_end=None, include_first_transaction=False,
     return pa.RecordBatchReader.from_batches(kernel.schema, batches)
 
 
-RFM_SUFFIXES = (".parquet", ".csv")
+RFM_SUFFIXES = (".parquet", ".csv", ".json")
 
 
 def check_rfm_path(path, inputs=()):
     """Refuse an ``rfm`` output path with an unknown suffix or that is one of ``inputs``."""
     check_output_path(path, inputs)
     if Path(path).suffix.lower() not in RFM_SUFFIXES:
-        raise ValueError(f"cannot tell the output format of {str(path)!r}: use a .parquet or .csv suffix")
+        raise ValueError(f"cannot tell the output format of {str(path)!r}: use a .parquet, .csv or .json suffix")
 
 
 def write_rfm(reader, path, inputs=()):
-    """Stream an ``rfm`` reader to ``path``: Parquet or CSV by the suffix; returns the rows written.
+    """Stream an ``rfm`` reader to ``path``: Parquet, CSV or JSON by the suffix; returns the rows written.
+
+    JSON is an array of row objects, as the other commands write it, streamed
+    one record batch at a time (floats as Python writes them: they read back
+    exactly).
 
     Written through :func:`outputs.atomic_output` (a private temporary file
     renamed into place at the end): bad input found midway, a full disk or a
@@ -476,6 +483,8 @@ def write_rfm(reader, path, inputs=()):
         import pyarrow.parquet as pq
 
         writer = functools.partial(pq.ParquetWriter, schema=reader.schema)
+    elif Path(path).suffix.lower() == ".json":
+        writer = _JsonWriter
     else:
         import pyarrow.csv as pacsv
 
@@ -486,3 +495,35 @@ def write_rfm(reader, path, inputs=()):
             out.write_batch(batch)
             rows += batch.num_rows
     return rows
+
+
+class _JsonWriter:
+    """``[{...},\n {...}]``: a JSON array of row objects written batch by batch (nulls and NaN as null)."""
+
+    def __init__(self, path):
+        self.file = open(path, "w", encoding="utf-8")
+        self.rows = 0
+
+    def write_batch(self, batch):
+        import json
+        import math
+
+        parts = []
+        for row in batch.to_pylist():
+            for name, value in row.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    row[name] = None  # NaN/inf are not JSON
+            parts.append(("[" if self.rows == 0 else ",\n ") + json.dumps(row, default=str))
+            self.rows += 1
+        self.file.write("".join(parts))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if exc[0] is None:
+                self.file.write("[]\n" if self.rows == 0 else "]\n")
+        finally:
+            self.file.close()
+        return False

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import errors, periods
+from ._types import ColumnMap, DateLike, Engine, GroupKeys, Merchants, Period, SizeEdges, SparkDataFrame
 from .arrays import numeric_array
 from .errors import MissingDependencyError
 from .errors import AmountOverflowError, InputError, UnsortedInputError
@@ -57,9 +58,11 @@ PARTIALS_SCHEMA = ", ".join(
 _ERROR_MARKER = "loyaltymetrics input error: "
 
 
-def compute(orders_df, merchants_df=None, *, by=(), period="year", columns=None,
-            size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", partitions=None,
-            presorted=False, observation_start=None, observation_end=None):
+def compute(orders_df: SparkDataFrame, merchants_df: SparkDataFrame | Merchants | None = None, *, by: GroupKeys = (),
+            period: Period = "year", columns: ColumnMap | None = None, size_edges: SizeEdges = DEFAULT_SIZE_EDGES,
+            refunds: bool = False, engine: Engine = "cython", partitions: int | None = None,
+            presorted: bool = False, observation_start: DateLike | None = None,
+            observation_end: DateLike | None = None) -> pa.Table:
     """``loyaltymetrics.compute`` over a Spark DataFrame of orders; same columns, same values.
 
     Parameters

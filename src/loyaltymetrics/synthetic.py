@@ -62,6 +62,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import progress as _progress
+from ._types import PathLike
 from .outputs import atomic_output, check_output_path, check_stop
 from .errors import ResourceError, reporting_resource_errors
 
@@ -196,8 +197,9 @@ def parse_rows(text):
 
 
 @reporting_resource_errors
-def generate(path, merchants_path=None, *, rows, seed=0, merchants_count=None, years=(2022, 2023),
-             progress=False):
+def generate(path: PathLike, merchants_path: PathLike | None = None, *, rows: int, seed: int = 0,
+             merchants_count: int | None = None, years: tuple[int, int] = (2022, 2023),
+             progress: bool = False) -> GenerateResult:
     """Write a synthetic, calibrated merchant network: orders to ``path``, merchants beside it.
 
     Parameters
