@@ -340,11 +340,17 @@ def prepare(raw, output, *, columns=None, format="generic", merchant=None, merch
 
     own_temp = temp_directory is None
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=output.parent if own_temp else temp_directory))
+    options = _Options(
+        started=started, work=work, files=files, inputs=inputs, scale=scale, format=format, columns=columns,
+        merchant=merchant, filename_re=filename_re, code_re=code_re, refunds=refunds, timezone=timezone,
+        currency=currency, fx_table=fx_table, keep_guests=keep_guests, memory_limit=memory_limit,
+        threads=threads, progress=progress, output=output, merchant_ids=merchant_ids, customer_ids=customer_ids,
+        rejects=rejects, merchants=merchants, merchants_table=merchants_table, merchants_out=merchants_out)
     try:
         # In memory, spilling to temp_directory past memory_limit: no database file to checkpoint.
         con = duckdb.connect(":memory:")
         try:
-            return _run(con, duckdb, locals())
+            return _run(con, duckdb, options)
         except duckdb.OutOfMemoryException as e:
             raise ResourceError(
                 None, None, f"prepare ran out of memory under memory_limit={memory_limit!r} (the input is not at fault): "
@@ -359,13 +365,44 @@ def prepare(raw, output, *, columns=None, format="generic", merchant=None, merch
         shutil.rmtree(work, ignore_errors=True)
 
 
+@dataclass
+class _Options:
+    """prepare()'s arguments, checked, and the values derived from them: what _run needs."""
+
+    started: float
+    work: Path
+    files: list
+    inputs: list
+    scale: int
+    format: str
+    columns: dict
+    merchant: str | None
+    filename_re: object
+    code_re: str | None
+    refunds: bool
+    timezone: str
+    currency: str | None
+    fx_table: object
+    keep_guests: bool
+    memory_limit: str
+    threads: int | None
+    progress: bool
+    output: Path
+    merchant_ids: Path
+    customer_ids: Path
+    rejects: object
+    merchants: object
+    merchants_table: object
+    merchants_out: Path | None
+
+
 def _run(con, duckdb, a):
-    """The body of prepare(); ``a`` holds its arguments and the values derived from them."""
-    started, work, files, scale, fmt = a["started"], a["work"], a["files"], a["scale"], a["format"]
-    settings = [("memory_limit", a["memory_limit"]), ("temp_directory", str(work / "spill")),
-                ("preserve_insertion_order", "false"), ("TimeZone", a["timezone"])]
-    if a["threads"]:
-        settings.append(("threads", int(a["threads"])))
+    """The body of prepare() on an open DuckDB connection."""
+    files = a.files
+    settings = [("memory_limit", a.memory_limit), ("temp_directory", str(a.work / "spill")),
+                ("preserve_insertion_order", "false"), ("TimeZone", a.timezone)]
+    if a.threads:
+        settings.append(("threads", int(a.threads)))
     for name, value in settings:
         try:
             con.execute(f"SET {name} = '{_sql_text(value)}'")
@@ -374,41 +411,40 @@ def _run(con, duckdb, a):
     try:
         con.execute("SELECT 1").fetchall()
     except duckdb.Error as e:
-        raise ResourceError(None, None, f"DuckDB cannot run under memory_limit={a['memory_limit']!r}: {e}") from e
+        raise ResourceError(None, None, f"DuckDB cannot run under memory_limit={a.memory_limit!r}: {e}") from e
 
-    stage = _Stage(con, fmt, a["columns"], a["merchant"], a["filename_re"], a["refunds"], scale, a["code_re"],
-                   a["timezone"], keep_net=a["fx_table"] is not None)
-    with _progress.bar(None, a["progress"], desc="prepare: read") as bar:
+    stage = _Stage(con, a.format, a.columns, a.merchant, a.filename_re, a.refunds, a.scale, a.code_re,
+                   a.timezone, keep_net=a.fx_table is not None)
+    with _progress.bar(None, a.progress, desc="prepare: read") as bar:
         for file_idx, path in enumerate(files):
             stage.read_file(file_idx, path, bar)
     if not stage.created:
         raise InputError(str(files[0]), None, "no rows and no header: nothing to prepare")
 
-    _classify(con, stage, a["keep_guests"], a["fx_table"], a["currency"], scale)
+    _classify(con, stage, a.keep_guests, a.fx_table, a.currency, a.scale)
     rejected, excluded, written, rows_read = _accounts(con, stage, files)
-    n_merchants, n_customers = _write_mappings(con, stage, a["merchant_ids"], a["customer_ids"], a["inputs"],
-                                               a["keep_guests"])
+    n_merchants, n_customers = _write_mappings(con, stage, a.merchant_ids, a.customer_ids, a.inputs,
+                                               a.keep_guests)
     # Without an order key and without guests, rows sharing (merchant, customer, order_ts) are neighbours
     # in the sorted output: they are counted while it is written instead of by a hash aggregate.
     in_stream = not stage.has_order_any and not con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
     duplicates = _Duplicates() if in_stream else None
-    rows_written = _write_sorted(con, a["output"], written, a["progress"], a["inputs"], duplicates)
+    rows_written = _write_sorted(con, a.output, written, a.progress, a.inputs, duplicates)
     warnings, likely_line_items = _warnings(con, stage, files, duplicates)
     assert rows_written == written
     merchants_table = None
-    if a["merchants_table"] is not None:
-        merchants_table = _write_merchants(con, a["merchants_table"], a["merchants"], a["merchants_out"],
-                                           a["inputs"], warnings)
-    if a["rejects"]:
-        _write_rejects(con, stage, files, a["rejects"], a["inputs"])
+    if a.merchants_table is not None:
+        merchants_table = _write_merchants(con, a.merchants_table, a.merchants, a.merchants_out, a.inputs, warnings)
+    if a.rejects:
+        _write_rejects(con, stage, files, a.rejects, a.inputs)
     assert rows_read == rows_written + sum(r.count for r in rejected.values()) + \
         sum(r.count for r in excluded.values())
     return PrepareReport(
-        output=str(a["output"]), merchant_ids=str(a["merchant_ids"]), customer_ids=str(a["customer_ids"]),
-        rejects=str(a["rejects"]) if a["rejects"] else None, rows_read=rows_read, rows_written=rows_written,
+        output=str(a.output), merchant_ids=str(a.merchant_ids), customer_ids=str(a.customer_ids),
+        rejects=str(a.rejects) if a.rejects else None, rows_read=rows_read, rows_written=rows_written,
         rejected=rejected, excluded=excluded, warnings=warnings, merchants=n_merchants, customers=n_customers,
         merchants_table=merchants_table, files=[str(f) for f in files], likely_line_items=likely_line_items,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - a.started,
     )
 
 
