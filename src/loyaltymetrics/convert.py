@@ -50,6 +50,7 @@ from .outputs import atomic_output, check_not_input
 from .synthetic import ORDERS_SCHEMA
 
 BATCH_ROWS = 1 << 20
+SLICE_ROWS = 1 << 16  # staged in slices of this many rows: the unit DuckDB's threads share out
 FILE_ROW_BITS = 40  # src_row = file index << 40 | row in the file: unique, in file order
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "")
@@ -752,9 +753,17 @@ class _Stage:
             CREATE TABLE staged (src_row BIGINT, file_idx INTEGER, file_row BIGINT, merchant_key {mtype},
                                  has_order BOOLEAN, order_key VARCHAR, customer_key {ctype}, ts_us BIGINT,
                                  net DECIMAL(38, 16), cents BIGINT, reward BOOLEAN, currency VARCHAR,
-                                 excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR, neg BOOLEAN)""")
-        raw = ", ".join(f"raw_{role} VARCHAR" for role in ROLES)
-        self.con.execute(f"CREATE TABLE rejected_raw (src_row BIGINT, line_number BIGINT, line VARCHAR, {raw})")
+                                 excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR, neg BOOLEAN, raw VARCHAR[])""")
+        # raw: a rejected row's raw values as text, by ROLES, or a malformed CSV row's [physical line number,
+        # line]; one list column, null on every other row, costs less to stage than a column per value.
+        malformed = "reason = 'malformed_csv_row'"
+        values = ", ".join(f"CASE WHEN NOT {malformed} THEN raw[{i}] END AS raw_{role}"
+                           for i, role in enumerate(ROLES, start=1))
+        self.con.execute(f"""
+            CREATE VIEW rejected_raw AS
+            SELECT src_row, CASE WHEN {malformed} THEN CAST(raw[1] AS BIGINT) END AS line_number,
+                   CASE WHEN {malformed} THEN raw[2] END AS line, {values}
+            FROM staged WHERE reason IS NOT NULL""")
         self.created = True
 
     # -- one file --
@@ -790,7 +799,6 @@ class _Stage:
             if is_csv and swallowed:
                 # A stray quote made the parser read many lines as one field: read the file again,
                 # line by line, so that one bad line costs one row.
-                self.con.execute(f"DELETE FROM rejected_raw WHERE src_row >> {FILE_ROW_BITS} = {file_idx}")
                 self.con.execute(f"DELETE FROM staged WHERE file_idx = {file_idx}")
                 malformed = []
                 batches = _csv_lines(path, malformed)
@@ -862,39 +870,55 @@ class _Stage:
         return kinds
 
     def _stage_batches(self, file_idx, batches, kinds, merchant, invalid, bar, lines):
-        """Stage every batch of one file; return True if the CSV parser swallowed lines (stray quote)."""
-        file_row = 0
+        """Stage every batch of one file; return True if the CSV parser swallowed lines (stray quote).
+
+        One INSERT per file reads the batches as a stream (DuckDB parses slices of it on all its threads
+        while the next block is read); the raw values of the rows it rejects are kept in the same pass.
+        """
         base = file_idx << FILE_ROW_BITS
-        query = None
-        for batch in batches:
-            if lines:
-                rows = batch.column("__row").to_numpy()
-            else:
-                if any(r.number is None or "\n" in (r.text or "") for r in invalid):
-                    return True
-                rows = _file_rows(invalid, file_row, batch.num_rows)
-            file_row += batch.num_rows
-            arrays = {role: _normalise(role, kind, batch.column(name)) for role, (name, kind, _) in kinds.items()}
-            arrays["src_row"] = pa.array(base + rows, pa.int64())
-            arrays["file_row"] = pa.array(rows, pa.int64())
-            table = pa.table(arrays)
-            if query is None:
-                query = self._parse_sql(kinds, merchant, file_idx)
-            self.con.register("raw_batch", table)
+        state = {"file_row": 0, "swallowed": False, "error": None}
+
+        def slices():
             try:
-                self.con.execute(f"INSERT INTO staged {query}")
-                lo, hi = int(table.column("src_row")[0].as_py()) if table.num_rows else 0, \
-                    int(table.column("src_row")[-1].as_py()) if table.num_rows else -1
-                raw = ", ".join(f"CAST(r.{role} AS VARCHAR)" if role in kinds else "NULL" for role in ROLES)
-                self.con.execute(f"""
-                    INSERT INTO rejected_raw
-                    SELECT r.src_row, NULL, NULL, {raw} FROM raw_batch r
-                    SEMI JOIN (SELECT src_row FROM staged WHERE src_row BETWEEN {lo} AND {hi}
-                               AND reason IS NOT NULL) s ON r.src_row = s.src_row""")
+                for batch in batches:
+                    if lines:
+                        rows = batch.column("__row").to_numpy()
+                    else:
+                        if any(r.number is None or "\n" in (r.text or "") for r in invalid):
+                            state["swallowed"] = True
+                            return
+                        rows = _file_rows(invalid, state["file_row"], batch.num_rows)
+                    state["file_row"] += batch.num_rows
+                    arrays = {role: _normalise(role, kind, batch.column(name))
+                              for role, (name, kind, _) in kinds.items()}
+                    arrays["src_row"] = pa.array(base + rows, pa.int64())
+                    arrays["file_row"] = pa.array(rows, pa.int64())
+                    staged = pa.RecordBatch.from_pydict(arrays)
+                    bar.update(batch.num_rows)
+                    for start in range(0, staged.num_rows, SLICE_ROWS):
+                        yield staged.slice(start, SLICE_ROWS)
+            except Exception as e:  # raised again below, with its own type, not as a DuckDB error
+                state["error"] = e
+
+        stream = slices()
+        first = next(stream, None)
+        if state["error"] is not None:
+            raise state["error"]
+        if first is not None:
+            def conformed():  # every slice with the first one's schema (a file's types do not change)
+                yield first
+                for piece in stream:
+                    yield piece if piece.schema.equals(first.schema) else piece.cast(first.schema)
+
+            reader = pa.RecordBatchReader.from_batches(first.schema, conformed())
+            self.con.register("raw_batch", reader)
+            try:
+                self.con.execute(f"INSERT INTO staged {self._parse_sql(kinds, merchant, file_idx)}")
             finally:
                 self.con.unregister("raw_batch")
-            bar.update(batch.num_rows)
-        if not lines and any(r.number is None or "\n" in (r.text or "") for r in invalid):
+            if state["error"] is not None:
+                raise state["error"]
+        if state["swallowed"] or (not lines and any(r.number is None or "\n" in (r.text or "") for r in invalid)):
             return True
         malformed = invalid if lines else [(_malformed_row_index(r), r.number, r.text) for r in invalid]
         if malformed:
@@ -906,11 +930,10 @@ class _Stage:
             self.con.register("bad_rows", table)
             try:
                 self.con.execute(f"""INSERT INTO staged (src_row, file_idx, file_row, has_order, is_carrier, reason,
-                                                         neg)
-                                     SELECT src_row, {file_idx}, file_row, false, true, 'malformed_csv_row', false
+                                                         neg, raw)
+                                     SELECT src_row, {file_idx}, file_row, false, true, 'malformed_csv_row', false,
+                                            [CAST(line_number AS VARCHAR), line]
                                      FROM bad_rows""")
-                self.con.execute("INSERT INTO rejected_raw (src_row, line_number, line) "
-                                 "SELECT src_row, line_number, line FROM bad_rows")
             finally:
                 self.con.unregister("bad_rows")
             bar.update(len(malformed))
@@ -998,6 +1021,10 @@ class _Stage:
             status = "NULL::VARCHAR"
         currency = "NULLIF(upper(trim(CAST(currency AS VARCHAR))), '')" if has("currency") else "NULL::VARCHAR"
         negative = "false" if self.refunds else "cents < 0"
+        # The raw values, kept as text for the rows rejected (only those): for the report and the rejects file.
+        carried = "".join(f", {role} AS rv_{role}" for role in ROLES if role in kinds)
+        carried_on = "".join(f", rv_{role}" for role in ROLES if role in kinds)
+        raw_values = ", ".join(f"CAST(rv_{role} AS VARCHAR)" if role in kinds else "NULL" for role in ROLES)
         return f"""
             WITH pt AS (SELECT *, {pt} FROM raw_batch),
             p0 AS (SELECT *{p0} FROM pt),
@@ -1012,7 +1039,7 @@ class _Stage:
                        ({carrier} AND ({bad_reward})) AS bad_reward,
                        CASE WHEN {carrier} THEN {test} END AS test_flag, ({carrier} AND ({bad_test})) AS bad_test,
                        {cancelled} AS cancelled, CASE WHEN {carrier} THEN {status} END AS status_reason,
-                       CASE WHEN {carrier} THEN {currency} END AS cur, {carrier} AS is_carrier
+                       CASE WHEN {carrier} THEN {currency} END AS cur, {carrier} AS is_carrier{carried}
                 FROM p0
             ), p1 AS (
                 SELECT *, {ts_unparsable.replace("order_ts IS", "raw_ts IS")} AS ts_unparsable
@@ -1033,14 +1060,15 @@ class _Stage:
                                                      - CAST(abs(ref_small) * {self.scale} AS BIGINT)
                                ELSE TRY_CAST(ROUND(net * {self.scale}) AS BIGINT) END AS cents
                 FROM p3
-            )
-            SELECT src_row, {file_idx} AS file_idx, file_row, m, {str(has_order).lower()}, o, c,
-                   CASE WHEN ts_us >= 0 AND ts_us < {MAX_US} THEN ts_us END, {"net" if self.keep_net else "NULL"}, cents,
-                   coalesce(reward_flag, false),
+            ), p5 AS (
+            SELECT src_row, {file_idx} AS file_idx, file_row, m, {str(has_order).lower()} AS has_order, o, c,
+                   CASE WHEN ts_us >= 0 AND ts_us < {MAX_US} THEN ts_us END AS ts_us,
+                   {"net" if self.keep_net else "NULL"} AS net, cents,
+                   coalesce(reward_flag, false) AS reward,
                    cur,
                    CASE WHEN test_flag THEN 'test' WHEN cancelled THEN 'cancelled'
                         WHEN status_reason IS NOT NULL THEN status_reason
-                        WHEN full_refund THEN 'refunded_in_full' END,
+                        WHEN full_refund THEN 'refunded_in_full' END AS excl,
                    is_carrier,
                    CASE
                        WHEN m IS NULL THEN 'null_merchant_id'
@@ -1058,9 +1086,12 @@ class _Stage:
                        WHEN bad_reward THEN 'unparsable_reward'
                        WHEN bad_test THEN 'unparsable_test'
                        WHEN {str(has('currency')).lower()} AND cur IS NULL THEN 'null_currency'
-                   END,
-                   coalesce(dec < 0, false)
-            FROM p4
+                   END AS reason,
+                   coalesce(dec < 0, false) AS neg{carried_on}
+            FROM p4)
+            SELECT src_row, file_idx, file_row, m, has_order, o, c, ts_us, net, cents, reward, cur, excl, is_carrier,
+                   reason, neg, CASE WHEN reason IS NOT NULL THEN [{raw_values}] END
+            FROM p5
         """
 
 
