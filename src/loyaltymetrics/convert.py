@@ -321,6 +321,8 @@ def prepare(raw, output, *, columns=None, format="generic", merchant=None, merch
         twice = sorted({v for v in columns.values() if list(columns.values()).count(v) > 1})
         raise ValueError(f"columns= reads the export's column(s) {twice} in more than one role")
     files = _raw_files(raw)
+    if len(files) >= 1 << (60 - FILE_ROW_BITS):  # src_row (file index << 40 | row) stays below 2**60
+        raise ValueError(f"prepare reads at most {(1 << (60 - FILE_ROW_BITS)) - 1:,} files at once; got {len(files):,}")
     output = Path(output)
     merchant_ids = output.with_name(output.stem + "_merchant_ids.parquet")
     customer_ids = output.with_name(output.stem + "_customer_ids.parquet")
@@ -1206,24 +1208,40 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
     """Create ``classified``: every staged row with its outcome."""
     keep = "true" if keep_guests else "false"
     if stage.has_order_any:
-        # One head row per order: its first carrier (the row with the order total), else its first row;
-        # its customer: the first carrier's, else the first one on any of its rows.
-        con.execute("""
+        # One head row per order: its first carrier (the row with the order total) that is not a refund, else
+        # its first carrier, else its first row — the least (rank << 60 | src_row), src_row < 2**60; its
+        # customer: the first carrier's, else the first one on any of its rows.
+        # An order is "simple" when it has one carrier holding the order's customer (or none of its rows has
+        # one), as most have: that carrier is its head and the other rows its line items, known without
+        # joining the row to its order; only the rows of the other orders are joined to their heads.
+        con.execute(f"""
             CREATE TABLE order_heads AS
             SELECT merchant_key, order_key,
-                   coalesce(min(src_row) FILTER (WHERE is_carrier AND NOT neg), min(src_row) FILTER (WHERE is_carrier),
-                            min(src_row)) AS head,
-                   arg_min(customer_key, CAST(src_row AS HUGEINT)
-                                         + CASE WHEN is_carrier THEN 0 ELSE CAST(1 AS HUGEINT) << 64 END)
-                       FILTER (WHERE customer_key IS NOT NULL) AS cust
+                   min((CASE WHEN is_carrier AND NOT neg THEN 0 WHEN is_carrier THEN 1 ELSE 2 END)::BIGINT << 60
+                       | src_row) & {(1 << 60) - 1} AS head,
+                   arg_min(customer_key, (CASE WHEN is_carrier THEN 0 ELSE 1 END)::BIGINT << 60 | src_row)
+                       FILTER (WHERE customer_key IS NOT NULL) AS cust,
+                   count(*) FILTER (WHERE is_carrier) = 1
+                       AND (count(customer_key) = 0 OR bool_or(is_carrier AND customer_key IS NOT NULL)) AS simple
             FROM staged
             WHERE has_order AND merchant_key IS NOT NULL AND order_key IS NOT NULL
             GROUP BY merchant_key, order_key""")
+        # k: 1 the head of its order (or a row of none), 2 a line item, 3 a refund row (a later carrier with a
+        # negative amount). cust: the order's customer; null on the line items of simple orders (where no
+        # later step reads it: _accounts looks it up for its example row).
         source = """
-            SELECT s.*, CASE WHEN s.has_order AND h.head IS NOT NULL AND s.src_row <> h.head
-                             THEN (CASE WHEN s.is_carrier AND s.neg THEN 3 ELSE 2 END) ELSE 1 END AS k,
-                   CASE WHEN s.has_order THEN h.cust ELSE s.customer_key END AS cust
-            FROM staged s LEFT JOIN order_heads h
+            SELECT s.*,
+                   CASE WHEN NOT s.has_order THEN 1
+                        WHEN h.head IS NOT NULL THEN (CASE WHEN s.src_row = h.head THEN 1
+                                                           WHEN s.is_carrier AND s.neg THEN 3 ELSE 2 END)
+                        WHEN s.merchant_key IS NULL OR s.order_key IS NULL THEN 1
+                        WHEN s.is_carrier THEN 1
+                        ELSE 2 END AS k,
+                   CASE WHEN NOT s.has_order THEN s.customer_key
+                        WHEN h.head IS NOT NULL THEN h.cust
+                        WHEN s.is_carrier AND s.merchant_key IS NOT NULL AND s.order_key IS NOT NULL
+                        THEN s.customer_key END AS cust
+            FROM staged s LEFT JOIN (SELECT * FROM order_heads WHERE NOT simple) h
               ON s.has_order AND s.merchant_key = h.merchant_key AND s.order_key = h.order_key"""
     else:
         source = "SELECT *, 1 AS k, customer_key AS cust FROM staged"
@@ -1243,7 +1261,7 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
         # Without an order key every outcome is a function of its own staged row: a view, not a copy of
         # every row (the later queries each filter it once).
         kind = "TABLE" if stage.has_order_any else "VIEW"
-        con.execute(f"CREATE {kind} classified AS SELECT * EXCLUDE (outcome), "
+        con.execute(f"CREATE {kind} classified AS SELECT * EXCLUDE (outcome, net), "
                     f"CASE WHEN outcome = 'ok' THEN 'written' ELSE outcome END AS outcome FROM ({grouped})")
         _check_one_currency(con, stage, currency)
     else:
@@ -1301,9 +1319,13 @@ def _accounts(con, stage, files):
             continue
         kind, reason = outcome.split(":", 1)
         entry = Rejected(count=count)
+        # The order's customer (not kept on the line items of simple orders, see _classify).
+        customer = "coalesce(c.customer_key, h.cust)" if stage.has_order_any else "c.customer_key"
+        heads = ("LEFT JOIN order_heads h ON c.has_order AND c.merchant_key = h.merchant_key "
+                 "AND c.order_key = h.order_key" if stage.has_order_any else "")
         file_idx, file_row, merchant_key, order_key, customer_key = con.execute(
-            "SELECT file_idx, file_row, merchant_key, order_key, customer_key FROM classified WHERE src_row = ?",
-            [first]).fetchall()[0]
+            f"SELECT c.file_idx, c.file_row, c.merchant_key, c.order_key, {customer} FROM classified c {heads} "
+            "WHERE c.src_row = ?", [first]).fetchall()[0]
         entry.first_source, entry.first_row = str(files[file_idx]), file_row
         cur = con.execute("SELECT * FROM rejected_raw WHERE src_row = ?", [first])
         cols = [d[0] for d in cur.description]
