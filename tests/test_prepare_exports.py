@@ -436,6 +436,28 @@ def test_an_orders_head_and_customer_whichever_row_carries_them(tmp_path):
         assert [(r["row"], r["reason"], r["order_id"]) for r in csv.DictReader(f)] == \
             [("4", "order_without_total", "2")]
 
+
+def test_the_reporting_currency_is_in_the_output_schema(shopify, tmp_path):
+    """Under b"loyaltymetrics.currency": --currency, else the one currency of the orders, else nothing."""
+    def currency_of(path):
+        return (pa.ipc.open_file(str(path)).schema.metadata or {}).get(b"loyaltymetrics.currency")
+
+    folder, _, _ = shopify
+    out = tmp_path / "fx.arrow"
+    report = lm.prepare(str(folder / "*_orders_export.csv"), out, format="shopify",
+                        merchant_from_filename=r"^(shop-\d+)_orders", currency="usd", fx=folder / "rates.csv")
+    assert currency_of(out) == b"USD" and report.currency == "USD"
+    one = generic_csv(tmp_path / "one.csv", ["m,a,2023-05-01T10:15:00Z,1.00, eur", "m,b,2023-05-02T10:15:00Z,2.00,EUR"],
+                      header="merchant_id,customer_id,order_ts,amount,currency")
+    assert lm.prepare(one, tmp_path / "one.arrow").currency == "EUR" and currency_of(tmp_path / "one.arrow") == b"EUR"
+    none = generic_csv(tmp_path / "none.csv", ["m,a,2023-05-01T10:15:00Z,1.00"])
+    assert lm.prepare(none, tmp_path / "none.arrow").currency is None and currency_of(tmp_path / "none.arrow") is None
+    assert lm.prepare(none, tmp_path / "given.arrow", currency="chf").currency == "CHF"
+    assert currency_of(tmp_path / "given.arrow") == b"CHF"
+    # compute reads the file with its metadata as any other: 2 orders, 1.00 + 2.00.
+    rows = lm.compute(str(tmp_path / "one.arrow")).to_pylist()
+    assert sum(r["orders"] for r in rows) == 2 and sum(r["revenue"] for r in rows) == 300
+
 # --- issue 12: outputs never clobber inputs; hostile text -------------------------------------
 
 def test_outputs_that_are_inputs_are_refused(tmp_path, capsys):

@@ -56,6 +56,7 @@ TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "")
 AMOUNT_UNITS = {"major": 100, "minor": 1}
 FORMATS = ("generic", "shopify", "woocommerce")
+CURRENCY_KEY = b"loyaltymetrics.currency"  # the output schema's metadata: the ISO code of its amounts
 
 # Every column prepare can read ("roles"); the first four are required.
 ROLES = ("merchant_id", "customer_id", "order_ts", "amount", "reward", "order_id", "status", "refunded",
@@ -166,6 +167,8 @@ class PrepareReport:
     merchants_table: str | None = None
     files: list = field(default_factory=list)
     likely_line_items: int = 0    # written rows that repeat (merchant, customer, order_ts) without an order key
+    currency: str | None = None   # the amounts' currency (--currency, or the one the orders are in); in the
+    # output's schema metadata too, under CURRENCY_KEY
 
     @property
     def rows_rejected(self):
@@ -424,7 +427,7 @@ def _run(con, duckdb, a):
     if not stage.created:
         raise InputError(str(files[0]), None, "no rows and no header: nothing to prepare")
 
-    _classify(con, stage, a.keep_guests, a.fx_table, a.currency, a.scale)
+    currency = _classify(con, stage, a.keep_guests, a.fx_table, a.currency, a.scale)
     rejected, excluded, written, rows_read = _accounts(con, stage, files)
     n_merchants, n_customers = _write_mappings(con, stage, a.merchant_ids, a.customer_ids, a.inputs,
                                                a.keep_guests)
@@ -432,7 +435,7 @@ def _run(con, duckdb, a):
     # in the sorted output: they are counted while it is written instead of by a hash aggregate.
     in_stream = not stage.has_order_any and not con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
     duplicates = _Duplicates() if in_stream else None
-    rows_written = _write_sorted(con, a.output, written, a.progress, a.inputs, duplicates)
+    rows_written = _write_sorted(con, a.output, written, a.progress, a.inputs, duplicates, currency)
     warnings, likely_line_items = _warnings(con, stage, files, duplicates)
     assert rows_written == written
     merchants_table = None
@@ -447,7 +450,7 @@ def _run(con, duckdb, a):
         rejects=str(a.rejects) if a.rejects else None, rows_read=rows_read, rows_written=rows_written,
         rejected=rejected, excluded=excluded, warnings=warnings, merchants=n_merchants, customers=n_customers,
         merchants_table=merchants_table, files=[str(f) for f in files], likely_line_items=likely_line_items,
-        seconds=time.perf_counter() - a.started,
+        seconds=time.perf_counter() - a.started, currency=currency,
     )
 
 
@@ -1205,7 +1208,7 @@ def _bool_sql(column, kind):
 # --- orders: line items, exclusions, currencies ---------------------------------------
 
 def _classify(con, stage, keep_guests, fx_table, currency, scale):
-    """Create ``classified``: every staged row with its outcome."""
+    """Create ``classified``: every staged row with its outcome. Returns the written orders' currency."""
     keep = "true" if keep_guests else "false"
     if stage.has_order_any:
         # One head row per order: its first carrier (the row with the order total) that is not a refund, else
@@ -1263,7 +1266,7 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
         kind = "TABLE" if stage.has_order_any else "VIEW"
         con.execute(f"CREATE {kind} classified AS SELECT * EXCLUDE (outcome, net), "
                     f"CASE WHEN outcome = 'ok' THEN 'written' ELSE outcome END AS outcome FROM ({grouped})")
-        _check_one_currency(con, stage, currency)
+        return _check_one_currency(con, stage, currency)
     else:
         con.register("fx_arrow", fx_table)
         con.execute("CREATE TABLE fx AS SELECT * FROM fx_arrow")
@@ -1287,11 +1290,14 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
                         WHEN cents < 0 AND NOT {str(stage.refunds).lower()} THEN 'rejected:negative_amount'
                         ELSE 'written' END AS outcome
             FROM x""")
+        return currency.upper()
 
 
 def _check_one_currency(con, stage, currency):
+    """The currency of the written orders: ``currency`` if given, else the one currency they are in (None
+    without a currency column or without orders); MixedCurrencyError if they are in another or in several."""
     if "currency" not in stage.roles:
-        return
+        return currency.upper() if currency else None
     found = con.execute("""SELECT currency, count(*), min(src_row) FROM classified WHERE outcome = 'written'
                            GROUP BY currency ORDER BY 3""").fetchall()
     allowed = {None, currency.upper()} if currency else {None, found[0][0] if found else None}
@@ -1304,6 +1310,10 @@ def _check_one_currency(con, stage, currency):
             stage.sources[where[0]], where[1],
             f"orders are in more than {wanted} ({listing}) and no --fx rates convert them: adding them up "
             f"would mix currencies. Pass --fx RATES (currency,rate[,date]) and --currency CODE")
+    if currency:
+        return currency.upper()
+    named = {cur for cur, _, _ in found if cur is not None}
+    return named.pop() if len(named) == 1 else None
 
 
 def _accounts(con, stage, files):
@@ -1449,7 +1459,8 @@ def _write_mappings(con, stage, merchant_ids, customer_ids, inputs, keep_guests=
     return len(keys), n_customers + n_guests
 
 
-def _write_sorted(con, output, total, progress, inputs, duplicates=None):
+def _write_sorted(con, output, total, progress, inputs, duplicates=None, currency=None):
+    schema = ORDERS_SCHEMA.with_metadata({CURRENCY_KEY: currency.encode()}) if currency else ORDERS_SCHEMA
     guests = con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
     customer = "coalesce(c.customer_id, g.customer_id)" if guests else "c.customer_id"
     guest_join = "LEFT JOIN guest_map g ON v.src_row = g.src_row" if guests else ""
@@ -1464,7 +1475,7 @@ def _write_sorted(con, output, total, progress, inputs, duplicates=None):
     reader = _arrow_reader(relation, BATCH_ROWS)
     written = 0
     with atomic_output(output, inputs=inputs, what="output") as tmp, \
-            pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ORDERS_SCHEMA) as writer, \
+            pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, \
             _progress.bar(total, progress, desc="prepare: sort and write") as bar:
         for batch in reader:
             if batch.num_rows == 0:
@@ -1475,7 +1486,7 @@ def _write_sorted(con, output, total, progress, inputs, duplicates=None):
                 batch.column(2).cast(pa.int64()).view(pa.timestamp("us", tz="UTC")),
                 batch.column(3).cast(pa.int64()),
                 batch.column(4).cast(pa.bool_()),
-            ], schema=ORDERS_SCHEMA))
+            ], schema=schema))
             if duplicates is not None:
                 duplicates.add(*(batch.column(i).to_numpy() for i in (0, 1, 2, 5)))
             written += batch.num_rows
