@@ -458,6 +458,28 @@ def test_the_reporting_currency_is_in_the_output_schema(shopify, tmp_path):
     rows = lm.compute(str(tmp_path / "one.arrow")).to_pylist()
     assert sum(r["orders"] for r in rows) == 2 and sum(r["revenue"] for r in rows) == 300
 
+
+def test_status_words_read_as_by_their_normal_form(tmp_path):
+    """A status is excluded by its normal form — trimmed, lower case, a leading "wc-" dropped, each run of
+    spaces and "_" one "-" — looked up in the format's words (derived here with Python's re)."""
+    import re
+
+    from loyaltymetrics.convert import STATUS_WORDS
+
+    statuses = ["Voided", " VOIDED ", "wc-voided", "wc-wc-voided", "void_ed", "voided_", "_voided", "refunded",
+                "Re funded", "cancelled", "wc-Cancelled", "CANCELED", "test", "failed ", "paid", "partially_refunded",
+                "wc-failed", "wc-", "void", "wc-void ", "te st", "TEST_"]
+    rows = [f"m,c{i}@x.com,2023-05-01T10:15:00Z,1.00,{status}" for i, status in enumerate(statuses)]
+    raw = generic_csv(tmp_path / "x.csv", rows, header="merchant_id,customer_id,order_ts,amount,status")
+    report = lm.prepare(raw, tmp_path / "o.arrow")
+    expected = defaultdict(int)
+    for status in statuses:
+        normal = re.sub(r"[ _]+", "-", re.sub(r"^wc-", "", status.strip().lower()))
+        if normal in STATUS_WORDS["generic"]:
+            expected[STATUS_WORDS["generic"][normal]] += 1
+    assert {k: v.count for k, v in report.excluded.items()} == dict(expected)
+    assert report.rows_written == len(statuses) - sum(expected.values()) > 0
+
 # --- issue 12: outputs never clobber inputs; hostile text -------------------------------------
 
 def test_outputs_that_are_inputs_are_refused(tmp_path, capsys):

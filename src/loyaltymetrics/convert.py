@@ -1020,6 +1020,10 @@ class _Stage:
             # status_l (p0): lower(trim(status)); the regular expressions only for the values they change.
             norm = ("(CASE WHEN contains(status_l, ' ') OR contains(status_l, '_') OR starts_with(status_l, 'wc-') "
                     "THEN regexp_replace(regexp_replace(status_l, '^wc-', ''), '[ _]+', '-', 'g') ELSE status_l END)")
+            if not any("-" in w for w in words):
+                # A value holding a space or "_" normalises to one holding "-", which no word of this format
+                # does: only the "wc-" prefix can matter, and it is dropped without a regular expression.
+                norm = "(CASE WHEN starts_with(status_l, 'wc-') THEN substr(status_l, 4) ELSE status_l END)"
             cases = " ".join(f"WHEN '{w}' THEN '{r}'" for w, r in words.items())
             status = f"(CASE {norm} {cases} END)"
         else:
