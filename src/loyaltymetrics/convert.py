@@ -748,6 +748,7 @@ class _Stage:
         self.roles = set()         # roles read from any file
         self.has_order_any = False
         self.sources = {}          # file index -> path
+        self.simple_items = (0, None)  # (rows, least src_row) of the line items of simple orders (_classify)
 
     # -- tables --
     def _create(self):
@@ -1229,13 +1230,18 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
                    arg_min(customer_key, (CASE WHEN is_carrier THEN 0 ELSE 1 END)::BIGINT << 60 | src_row)
                        FILTER (WHERE customer_key IS NOT NULL) AS cust,
                    count(*) FILTER (WHERE is_carrier) = 1
-                       AND (count(customer_key) = 0 OR bool_or(is_carrier AND customer_key IS NOT NULL)) AS simple
+                       AND (count(customer_key) = 0 OR bool_or(is_carrier AND customer_key IS NOT NULL)) AS simple,
+                   count(*) FILTER (WHERE NOT is_carrier) AS n_items,
+                   min(src_row) FILTER (WHERE NOT is_carrier) AS first_item
             FROM staged
             WHERE has_order AND merchant_key IS NOT NULL AND order_key IS NOT NULL
             GROUP BY merchant_key, order_key""")
+        # The line items of simple orders (every row but the carrier) are counted here, by order, and not
+        # classified row by row: they are most rows of a line-item export, and no later step reads them.
+        stage.simple_items = con.execute(
+            "SELECT coalesce(sum(n_items), 0), min(first_item) FROM order_heads WHERE simple").fetchall()[0]
         # k: 1 the head of its order (or a row of none), 2 a line item, 3 a refund row (a later carrier with a
-        # negative amount). cust: the order's customer; null on the line items of simple orders (where no
-        # later step reads it: _accounts looks it up for its example row).
+        # negative amount). cust: the order's customer.
         source = """
             SELECT s.*,
                    CASE WHEN NOT s.has_order THEN 1
@@ -1246,10 +1252,11 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
                         ELSE 2 END AS k,
                    CASE WHEN NOT s.has_order THEN s.customer_key
                         WHEN h.head IS NOT NULL THEN h.cust
-                        WHEN s.is_carrier AND s.merchant_key IS NOT NULL AND s.order_key IS NOT NULL
-                        THEN s.customer_key END AS cust
+                        WHEN s.merchant_key IS NOT NULL AND s.order_key IS NOT NULL THEN s.customer_key END AS cust
             FROM staged s LEFT JOIN (SELECT * FROM order_heads WHERE NOT simple) h
-              ON s.has_order AND s.merchant_key = h.merchant_key AND s.order_key = h.order_key"""
+              ON s.has_order AND s.merchant_key = h.merchant_key AND s.order_key = h.order_key
+            WHERE NOT (s.has_order AND NOT s.is_carrier AND s.merchant_key IS NOT NULL AND s.order_key IS NOT NULL
+                       AND h.head IS NULL)"""
     else:
         source = "SELECT *, 1 AS k, customer_key AS cust FROM staged"
     grouped = f"""
@@ -1326,6 +1333,12 @@ def _accounts(con, stage, files):
     # One pass over the outcomes gives every count, the written rows' and the total included.
     rows = con.execute("""SELECT outcome, count(*), min(src_row) FROM classified
                           GROUP BY outcome ORDER BY 3""").fetchall()
+    items, first_item = stage.simple_items
+    if items:  # the line items of simple orders, not in classified (see _classify)
+        listed = {outcome: (count, first) for outcome, count, first in rows}
+        count, first = listed.get("excluded:line_item", (0, first_item))
+        listed["excluded:line_item"] = (count + items, min(first, first_item))
+        rows = sorted(((outcome, count, first) for outcome, (count, first) in listed.items()), key=lambda r: r[2])
     written = sum(count for outcome, count, _ in rows if outcome == "written")
     read = sum(count for _, count, _ in rows)
     for outcome, count, first in rows:
@@ -1333,13 +1346,14 @@ def _accounts(con, stage, files):
             continue
         kind, reason = outcome.split(":", 1)
         entry = Rejected(count=count)
-        # The order's customer (not kept on the line items of simple orders, see _classify).
-        customer = "coalesce(c.customer_key, h.cust)" if stage.has_order_any else "c.customer_key"
-        heads = ("LEFT JOIN order_heads h ON c.has_order AND c.merchant_key = h.merchant_key "
-                 "AND c.order_key = h.order_key" if stage.has_order_any else "")
+        # From staged (the line items of simple orders are not in classified), with the order's customer.
+        customer = "CASE WHEN s.has_order THEN h.cust ELSE s.customer_key END" if stage.has_order_any \
+            else "s.customer_key"
+        heads = ("LEFT JOIN order_heads h ON s.has_order AND s.merchant_key = h.merchant_key "
+                 "AND s.order_key = h.order_key" if stage.has_order_any else "")
         file_idx, file_row, merchant_key, order_key, customer_key = con.execute(
-            f"SELECT c.file_idx, c.file_row, c.merchant_key, c.order_key, {customer} FROM classified c {heads} "
-            "WHERE c.src_row = ?", [first]).fetchall()[0]
+            f"SELECT s.file_idx, s.file_row, s.merchant_key, s.order_key, {customer} FROM staged s {heads} "
+            "WHERE s.src_row = ?", [first]).fetchall()[0]
         entry.first_source, entry.first_row = str(files[file_idx]), file_row
         cur = con.execute("SELECT * FROM rejected_raw WHERE src_row = ?", [first])
         cols = [d[0] for d in cur.description]
