@@ -167,8 +167,8 @@ class PrepareReport:
     merchants_table: str | None = None
     files: list = field(default_factory=list)
     likely_line_items: int = 0    # written rows that repeat (merchant, customer, order_ts) without an order key
-    currency: str | None = None   # the amounts' currency (--currency, or the one the orders are in); in the
-    # output's schema metadata too, under CURRENCY_KEY
+    # The amounts' currency (--currency, else the orders' one currency), also in the output's schema metadata.
+    currency: str | None = None
 
     @property
     def rows_rejected(self):
