@@ -407,6 +407,79 @@ def test_line_items_without_an_order_key_are_reported(tmp_path, capsys):
     assert report.rows_written == 2 and report.excluded["line_item"].count == 1 and not report.warnings
 
 
+
+def test_an_orders_head_and_customer_whichever_row_carries_them(tmp_path):
+    """Order 3: one row with the total and the customer, a line item after it. Order 1: the total on a row
+    without a customer, the customer on its line item. Order 2: no row with the total. Order 4: two rows
+    with a total, the refund (negative) first. Each order's customer is its first total row's, else the
+    first one on any of its rows; the line item reported first names its order's customer."""
+    raw = generic_csv(tmp_path / "x.csv", [
+        "m,3,d@x.com,2023-01-03T00:00:00Z,5.00", "m,3,,2023-01-03T00:00:00Z,",
+        "m,1,,2023-01-01T00:00:00Z,10.00", "m,1,B@x.com,2023-01-01T00:00:00Z,",
+        "m,2,c@x.com,2023-01-02T00:00:00Z,", "m,2,c@x.com,2023-01-02T00:00:00Z,",
+        "m,4,,2023-01-04T00:00:00Z,-1.00", "m,4,e@x.com,2023-01-04T00:00:00Z,7.00"],
+        header="merchant_id,order_id,customer_id,order_ts,amount")
+    report = lm.prepare(raw, tmp_path / "o.arrow", rejects=tmp_path / "r.csv")
+    assert report.rows_read == 8 and report.rows_written == 3
+    assert {k: v.count for k, v in report.excluded.items()} == {"line_item": 3, "refund_row": 1}
+    assert {k: v.count for k, v in report.rejected.items()} == {"order_without_total": 1}
+    first = report.excluded["line_item"]
+    assert first.first_row == 1 and first.first_values == {"merchant": "m", "order": "3", "customer": "d@x.com"}
+    assert report.rejected["order_without_total"].first_row == 4
+    assert report.excluded["refund_row"].first_row == 6
+    keys = pq.read_table(report.customer_ids).to_pydict()
+    assert keys == {"customer_key": ["b@x.com", "d@x.com", "e@x.com"], "customer_id": [1, 2, 3]}
+    table = pa.ipc.open_file(str(tmp_path / "o.arrow")).read_all()
+    assert table.column("customer_id").to_pylist() == [1, 2, 3]
+    assert table.column("amount").to_pylist() == [1000, 500, 700]
+    with open(tmp_path / "r.csv") as f:
+        assert [(r["row"], r["reason"], r["order_id"]) for r in csv.DictReader(f)] == \
+            [("4", "order_without_total", "2")]
+
+
+def test_the_reporting_currency_is_in_the_output_schema(shopify, tmp_path):
+    """Under b"loyaltymetrics.currency": --currency, else the one currency of the orders, else nothing."""
+    def currency_of(path):
+        return (pa.ipc.open_file(str(path)).schema.metadata or {}).get(b"loyaltymetrics.currency")
+
+    folder, _, _ = shopify
+    out = tmp_path / "fx.arrow"
+    report = lm.prepare(str(folder / "*_orders_export.csv"), out, format="shopify",
+                        merchant_from_filename=r"^(shop-\d+)_orders", currency="usd", fx=folder / "rates.csv")
+    assert currency_of(out) == b"USD" and report.currency == "USD"
+    one = generic_csv(tmp_path / "one.csv", ["m,a,2023-05-01T10:15:00Z,1.00, eur", "m,b,2023-05-02T10:15:00Z,2.00,EUR"],
+                      header="merchant_id,customer_id,order_ts,amount,currency")
+    assert lm.prepare(one, tmp_path / "one.arrow").currency == "EUR" and currency_of(tmp_path / "one.arrow") == b"EUR"
+    none = generic_csv(tmp_path / "none.csv", ["m,a,2023-05-01T10:15:00Z,1.00"])
+    assert lm.prepare(none, tmp_path / "none.arrow").currency is None and currency_of(tmp_path / "none.arrow") is None
+    assert lm.prepare(none, tmp_path / "given.arrow", currency="chf").currency == "CHF"
+    assert currency_of(tmp_path / "given.arrow") == b"CHF"
+    # compute reads the file with its metadata as any other: 2 orders, 1.00 + 2.00.
+    rows = lm.compute(str(tmp_path / "one.arrow")).to_pylist()
+    assert sum(r["orders"] for r in rows) == 2 and sum(r["revenue"] for r in rows) == 300
+
+
+def test_status_words_read_as_by_their_normal_form(tmp_path):
+    """A status is excluded by its normal form — trimmed, lower case, a leading "wc-" dropped, each run of
+    spaces and "_" one "-" — looked up in the format's words (derived here with Python's re)."""
+    import re
+
+    from loyaltymetrics.convert import STATUS_WORDS
+
+    statuses = ["Voided", " VOIDED ", "wc-voided", "wc-wc-voided", "void_ed", "voided_", "_voided", "refunded",
+                "Re funded", "cancelled", "wc-Cancelled", "CANCELED", "test", "failed ", "paid", "partially_refunded",
+                "wc-failed", "wc-", "void", "wc-void ", "te st", "TEST_"]
+    rows = [f"m,c{i}@x.com,2023-05-01T10:15:00Z,1.00,{status}" for i, status in enumerate(statuses)]
+    raw = generic_csv(tmp_path / "x.csv", rows, header="merchant_id,customer_id,order_ts,amount,status")
+    report = lm.prepare(raw, tmp_path / "o.arrow")
+    expected = defaultdict(int)
+    for status in statuses:
+        normal = re.sub(r"[ _]+", "-", re.sub(r"^wc-", "", status.strip().lower()))
+        if normal in STATUS_WORDS["generic"]:
+            expected[STATUS_WORDS["generic"][normal]] += 1
+    assert {k: v.count for k, v in report.excluded.items()} == dict(expected)
+    assert report.rows_written == len(statuses) - sum(expected.values()) > 0
+
 # --- issue 12: outputs never clobber inputs; hostile text -------------------------------------
 
 def test_outputs_that_are_inputs_are_refused(tmp_path, capsys):

@@ -52,11 +52,13 @@ from .outputs import atomic_output, check_not_input
 from .synthetic import ORDERS_SCHEMA
 
 BATCH_ROWS = 1 << 20
+SLICE_ROWS = 1 << 16  # staged in slices of this many rows: the unit DuckDB's threads share out
 FILE_ROW_BITS = 40  # src_row = file index << 40 | row in the file: unique, in file order
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "")
 AMOUNT_UNITS = {"major": 100, "minor": 1}
 FORMATS = ("generic", "shopify", "woocommerce")
+CURRENCY_KEY = b"loyaltymetrics.currency"  # the output schema's metadata: the ISO code of its amounts
 
 # Every column prepare can read ("roles"); the first four are required.
 ROLES = ("merchant_id", "customer_id", "order_ts", "amount", "reward", "order_id", "status", "refunded",
@@ -167,6 +169,8 @@ class PrepareReport:
     merchants_table: str | None = None
     files: list = field(default_factory=list)
     likely_line_items: int = 0    # written rows that repeat (merchant, customer, order_ts) without an order key
+    # The amounts' currency (--currency, else the orders' one currency), also in the output's schema metadata.
+    currency: str | None = None
 
     @property
     def rows_rejected(self):
@@ -325,6 +329,8 @@ def prepare(raw: PathLike | Sequence[PathLike], output: PathLike, *, columns: Co
         twice = sorted({v for v in columns.values() if list(columns.values()).count(v) > 1})
         raise ValueError(f"columns= reads the export's column(s) {twice} in more than one role")
     files = _raw_files(raw)
+    if len(files) >= 1 << (60 - FILE_ROW_BITS):  # src_row (file index << 40 | row) stays below 2**60
+        raise ValueError(f"prepare reads at most {(1 << (60 - FILE_ROW_BITS)) - 1:,} files at once; got {len(files):,}")
     output = Path(output)
     merchant_ids = output.with_name(output.stem + "_merchant_ids.parquet")
     customer_ids = output.with_name(output.stem + "_customer_ids.parquet")
@@ -345,11 +351,17 @@ def prepare(raw: PathLike | Sequence[PathLike], output: PathLike, *, columns: Co
 
     own_temp = temp_directory is None
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=output.parent if own_temp else temp_directory))
+    options = _Options(
+        started=started, work=work, files=files, inputs=inputs, scale=scale, format=format, columns=columns,
+        merchant=merchant, filename_re=filename_re, code_re=code_re, refunds=refunds, timezone=timezone,
+        currency=currency, fx_table=fx_table, keep_guests=keep_guests, memory_limit=memory_limit,
+        threads=threads, progress=progress, output=output, merchant_ids=merchant_ids, customer_ids=customer_ids,
+        rejects=rejects, merchants=merchants, merchants_table=merchants_table, merchants_out=merchants_out)
     try:
         # In memory, spilling to temp_directory past memory_limit: no database file to checkpoint.
         con = duckdb.connect(":memory:")
         try:
-            return _run(con, duckdb, locals())
+            return _run(con, duckdb, options)
         except duckdb.OutOfMemoryException as e:
             raise ResourceError(
                 None, None, f"prepare ran out of memory under memory_limit={memory_limit!r} (the input is not at fault): "
@@ -364,13 +376,44 @@ def prepare(raw: PathLike | Sequence[PathLike], output: PathLike, *, columns: Co
         shutil.rmtree(work, ignore_errors=True)
 
 
+@dataclass
+class _Options:
+    """prepare()'s arguments, checked, and the values derived from them: what _run needs."""
+
+    started: float
+    work: Path
+    files: list
+    inputs: list
+    scale: int
+    format: str
+    columns: dict
+    merchant: str | None
+    filename_re: object
+    code_re: str | None
+    refunds: bool
+    timezone: str
+    currency: str | None
+    fx_table: object
+    keep_guests: bool
+    memory_limit: str
+    threads: int | None
+    progress: bool
+    output: Path
+    merchant_ids: Path
+    customer_ids: Path
+    rejects: object
+    merchants: object
+    merchants_table: object
+    merchants_out: Path | None
+
+
 def _run(con, duckdb, a):
-    """The body of prepare(); ``a`` holds its arguments and the values derived from them."""
-    started, work, files, scale, fmt = a["started"], a["work"], a["files"], a["scale"], a["format"]
-    settings = [("memory_limit", a["memory_limit"]), ("temp_directory", str(work / "spill")),
-                ("preserve_insertion_order", "false"), ("TimeZone", a["timezone"])]
-    if a["threads"]:
-        settings.append(("threads", int(a["threads"])))
+    """The body of prepare() on an open DuckDB connection."""
+    files = a.files
+    settings = [("memory_limit", a.memory_limit), ("temp_directory", str(a.work / "spill")),
+                ("preserve_insertion_order", "false"), ("TimeZone", a.timezone)]
+    if a.threads:
+        settings.append(("threads", int(a.threads)))
     for name, value in settings:
         try:
             con.execute(f"SET {name} = '{_sql_text(value)}'")
@@ -379,41 +422,40 @@ def _run(con, duckdb, a):
     try:
         con.execute("SELECT 1").fetchall()
     except duckdb.Error as e:
-        raise ResourceError(None, None, f"DuckDB cannot run under memory_limit={a['memory_limit']!r}: {e}") from e
+        raise ResourceError(None, None, f"DuckDB cannot run under memory_limit={a.memory_limit!r}: {e}") from e
 
-    stage = _Stage(con, fmt, a["columns"], a["merchant"], a["filename_re"], a["refunds"], scale, a["code_re"],
-                   a["timezone"], keep_net=a["fx_table"] is not None)
-    with _progress.bar(None, a["progress"], desc="prepare: read") as bar:
+    stage = _Stage(con, a.format, a.columns, a.merchant, a.filename_re, a.refunds, a.scale, a.code_re,
+                   a.timezone, keep_net=a.fx_table is not None)
+    with _progress.bar(None, a.progress, desc="prepare: read") as bar:
         for file_idx, path in enumerate(files):
             stage.read_file(file_idx, path, bar)
     if not stage.created:
         raise InputError(str(files[0]), None, "no rows and no header: nothing to prepare")
 
-    _classify(con, stage, a["keep_guests"], a["fx_table"], a["currency"], scale)
+    currency = _classify(con, stage, a.keep_guests, a.fx_table, a.currency, a.scale)
     rejected, excluded, written, rows_read = _accounts(con, stage, files)
-    n_merchants, n_customers = _write_mappings(con, stage, a["merchant_ids"], a["customer_ids"], a["inputs"],
-                                               a["keep_guests"])
+    n_merchants, n_customers = _write_mappings(con, stage, a.merchant_ids, a.customer_ids, a.inputs,
+                                               a.keep_guests)
     # Without an order key and without guests, rows sharing (merchant, customer, order_ts) are neighbours
     # in the sorted output: they are counted while it is written instead of by a hash aggregate.
     in_stream = not stage.has_order_any and not con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
     duplicates = _Duplicates() if in_stream else None
-    rows_written = _write_sorted(con, a["output"], written, a["progress"], a["inputs"], duplicates)
+    rows_written = _write_sorted(con, a.output, written, a.progress, a.inputs, duplicates, currency)
     warnings, likely_line_items = _warnings(con, stage, files, duplicates)
     assert rows_written == written
     merchants_table = None
-    if a["merchants_table"] is not None:
-        merchants_table = _write_merchants(con, a["merchants_table"], a["merchants"], a["merchants_out"],
-                                           a["inputs"], warnings)
-    if a["rejects"]:
-        _write_rejects(con, stage, files, a["rejects"], a["inputs"])
+    if a.merchants_table is not None:
+        merchants_table = _write_merchants(con, a.merchants_table, a.merchants, a.merchants_out, a.inputs, warnings)
+    if a.rejects:
+        _write_rejects(con, stage, files, a.rejects, a.inputs)
     assert rows_read == rows_written + sum(r.count for r in rejected.values()) + \
         sum(r.count for r in excluded.values())
     return PrepareReport(
-        output=str(a["output"]), merchant_ids=str(a["merchant_ids"]), customer_ids=str(a["customer_ids"]),
-        rejects=str(a["rejects"]) if a["rejects"] else None, rows_read=rows_read, rows_written=rows_written,
+        output=str(a.output), merchant_ids=str(a.merchant_ids), customer_ids=str(a.customer_ids),
+        rejects=str(a.rejects) if a.rejects else None, rows_read=rows_read, rows_written=rows_written,
         rejected=rejected, excluded=excluded, warnings=warnings, merchants=n_merchants, customers=n_customers,
         merchants_table=merchants_table, files=[str(f) for f in files], likely_line_items=likely_line_items,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - a.started, currency=currency,
     )
 
 
@@ -711,6 +753,7 @@ class _Stage:
         self.roles = set()         # roles read from any file
         self.has_order_any = False
         self.sources = {}          # file index -> path
+        self.simple_items = (0, None)  # (rows, least src_row) of the line items of simple orders (_classify)
 
     # -- tables --
     def _create(self):
@@ -721,9 +764,17 @@ class _Stage:
             CREATE TABLE staged (src_row BIGINT, file_idx INTEGER, file_row BIGINT, merchant_key {mtype},
                                  has_order BOOLEAN, order_key VARCHAR, customer_key {ctype}, ts_us BIGINT,
                                  net DECIMAL(38, 16), cents BIGINT, reward BOOLEAN, currency VARCHAR,
-                                 excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR, neg BOOLEAN)""")
-        raw = ", ".join(f"raw_{role} VARCHAR" for role in ROLES)
-        self.con.execute(f"CREATE TABLE rejected_raw (src_row BIGINT, line_number BIGINT, line VARCHAR, {raw})")
+                                 excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR, neg BOOLEAN, raw VARCHAR[])""")
+        # raw: a rejected row's raw values as text, by ROLES, or a malformed CSV row's [physical line number,
+        # line]; one list column, null on every other row, costs less to stage than a column per value.
+        malformed = "reason = 'malformed_csv_row'"
+        values = ", ".join(f"CASE WHEN NOT {malformed} THEN raw[{i}] END AS raw_{role}"
+                           for i, role in enumerate(ROLES, start=1))
+        self.con.execute(f"""
+            CREATE VIEW rejected_raw AS
+            SELECT src_row, CASE WHEN {malformed} THEN CAST(raw[1] AS BIGINT) END AS line_number,
+                   CASE WHEN {malformed} THEN raw[2] END AS line, {values}
+            FROM staged WHERE reason IS NOT NULL""")
         self.created = True
 
     # -- one file --
@@ -759,7 +810,6 @@ class _Stage:
             if is_csv and swallowed:
                 # A stray quote made the parser read many lines as one field: read the file again,
                 # line by line, so that one bad line costs one row.
-                self.con.execute(f"DELETE FROM rejected_raw WHERE src_row >> {FILE_ROW_BITS} = {file_idx}")
                 self.con.execute(f"DELETE FROM staged WHERE file_idx = {file_idx}")
                 malformed = []
                 batches = _csv_lines(path, malformed)
@@ -831,39 +881,55 @@ class _Stage:
         return kinds
 
     def _stage_batches(self, file_idx, batches, kinds, merchant, invalid, bar, lines):
-        """Stage every batch of one file; return True if the CSV parser swallowed lines (stray quote)."""
-        file_row = 0
+        """Stage every batch of one file; return True if the CSV parser swallowed lines (stray quote).
+
+        One INSERT per file reads the batches as a stream (DuckDB parses slices of it on all its threads
+        while the next block is read); the raw values of the rows it rejects are kept in the same pass.
+        """
         base = file_idx << FILE_ROW_BITS
-        query = None
-        for batch in batches:
-            if lines:
-                rows = batch.column("__row").to_numpy()
-            else:
-                if any(r.number is None or "\n" in (r.text or "") for r in invalid):
-                    return True
-                rows = _file_rows(invalid, file_row, batch.num_rows)
-            file_row += batch.num_rows
-            arrays = {role: _normalise(role, kind, batch.column(name)) for role, (name, kind, _) in kinds.items()}
-            arrays["src_row"] = pa.array(base + rows, pa.int64())
-            arrays["file_row"] = pa.array(rows, pa.int64())
-            table = pa.table(arrays)
-            if query is None:
-                query = self._parse_sql(kinds, merchant, file_idx)
-            self.con.register("raw_batch", table)
+        state = {"file_row": 0, "swallowed": False, "error": None}
+
+        def slices():
             try:
-                self.con.execute(f"INSERT INTO staged {query}")
-                lo, hi = int(table.column("src_row")[0].as_py()) if table.num_rows else 0, \
-                    int(table.column("src_row")[-1].as_py()) if table.num_rows else -1
-                raw = ", ".join(f"CAST(r.{role} AS VARCHAR)" if role in kinds else "NULL" for role in ROLES)
-                self.con.execute(f"""
-                    INSERT INTO rejected_raw
-                    SELECT r.src_row, NULL, NULL, {raw} FROM raw_batch r
-                    SEMI JOIN (SELECT src_row FROM staged WHERE src_row BETWEEN {lo} AND {hi}
-                               AND reason IS NOT NULL) s ON r.src_row = s.src_row""")
+                for batch in batches:
+                    if lines:
+                        rows = batch.column("__row").to_numpy()
+                    else:
+                        if any(r.number is None or "\n" in (r.text or "") for r in invalid):
+                            state["swallowed"] = True
+                            return
+                        rows = _file_rows(invalid, state["file_row"], batch.num_rows)
+                    state["file_row"] += batch.num_rows
+                    arrays = {role: _normalise(role, kind, batch.column(name))
+                              for role, (name, kind, _) in kinds.items()}
+                    arrays["src_row"] = pa.array(base + rows, pa.int64())
+                    arrays["file_row"] = pa.array(rows, pa.int64())
+                    staged = pa.RecordBatch.from_pydict(arrays)
+                    bar.update(batch.num_rows)
+                    for start in range(0, staged.num_rows, SLICE_ROWS):
+                        yield staged.slice(start, SLICE_ROWS)
+            except Exception as e:  # raised again below, with its own type, not as a DuckDB error
+                state["error"] = e
+
+        stream = slices()
+        first = next(stream, None)
+        if state["error"] is not None:
+            raise state["error"]
+        if first is not None:
+            def conformed():  # every slice with the first one's schema (a file's types do not change)
+                yield first
+                for piece in stream:
+                    yield piece if piece.schema.equals(first.schema) else piece.cast(first.schema)
+
+            reader = pa.RecordBatchReader.from_batches(first.schema, conformed())
+            self.con.register("raw_batch", reader)
+            try:
+                self.con.execute(f"INSERT INTO staged {self._parse_sql(kinds, merchant, file_idx)}")
             finally:
                 self.con.unregister("raw_batch")
-            bar.update(batch.num_rows)
-        if not lines and any(r.number is None or "\n" in (r.text or "") for r in invalid):
+            if state["error"] is not None:
+                raise state["error"]
+        if state["swallowed"] or (not lines and any(r.number is None or "\n" in (r.text or "") for r in invalid)):
             return True
         malformed = invalid if lines else [(_malformed_row_index(r), r.number, r.text) for r in invalid]
         if malformed:
@@ -875,11 +941,10 @@ class _Stage:
             self.con.register("bad_rows", table)
             try:
                 self.con.execute(f"""INSERT INTO staged (src_row, file_idx, file_row, has_order, is_carrier, reason,
-                                                         neg)
-                                     SELECT src_row, {file_idx}, file_row, false, true, 'malformed_csv_row', false
+                                                         neg, raw)
+                                     SELECT src_row, {file_idx}, file_row, false, true, 'malformed_csv_row', false,
+                                            [CAST(line_number AS VARCHAR), line]
                                      FROM bad_rows""")
-                self.con.execute("INSERT INTO rejected_raw (src_row, line_number, line) "
-                                 "SELECT src_row, line_number, line FROM bad_rows")
             finally:
                 self.con.unregister("bad_rows")
             bar.update(len(malformed))
@@ -961,12 +1026,20 @@ class _Stage:
             # status_l (p0): lower(trim(status)); the regular expressions only for the values they change.
             norm = ("(CASE WHEN contains(status_l, ' ') OR contains(status_l, '_') OR starts_with(status_l, 'wc-') "
                     "THEN regexp_replace(regexp_replace(status_l, '^wc-', ''), '[ _]+', '-', 'g') ELSE status_l END)")
+            if not any("-" in w for w in words):
+                # A value holding a space or "_" normalises to one holding "-", which no word of this format
+                # does: only the "wc-" prefix can matter, and it is dropped without a regular expression.
+                norm = "(CASE WHEN starts_with(status_l, 'wc-') THEN substr(status_l, 4) ELSE status_l END)"
             cases = " ".join(f"WHEN '{w}' THEN '{r}'" for w, r in words.items())
             status = f"(CASE {norm} {cases} END)"
         else:
             status = "NULL::VARCHAR"
         currency = "NULLIF(upper(trim(CAST(currency AS VARCHAR))), '')" if has("currency") else "NULL::VARCHAR"
         negative = "false" if self.refunds else "cents < 0"
+        # The raw values, kept as text for the rows rejected (only those): for the report and the rejects file.
+        carried = "".join(f", {role} AS rv_{role}" for role in ROLES if role in kinds)
+        carried_on = "".join(f", rv_{role}" for role in ROLES if role in kinds)
+        raw_values = ", ".join(f"CAST(rv_{role} AS VARCHAR)" if role in kinds else "NULL" for role in ROLES)
         return f"""
             WITH pt AS (SELECT *, {pt} FROM raw_batch),
             p0 AS (SELECT *{p0} FROM pt),
@@ -981,7 +1054,7 @@ class _Stage:
                        ({carrier} AND ({bad_reward})) AS bad_reward,
                        CASE WHEN {carrier} THEN {test} END AS test_flag, ({carrier} AND ({bad_test})) AS bad_test,
                        {cancelled} AS cancelled, CASE WHEN {carrier} THEN {status} END AS status_reason,
-                       CASE WHEN {carrier} THEN {currency} END AS cur, {carrier} AS is_carrier
+                       CASE WHEN {carrier} THEN {currency} END AS cur, {carrier} AS is_carrier{carried}
                 FROM p0
             ), p1 AS (
                 SELECT *, {ts_unparsable.replace("order_ts IS", "raw_ts IS")} AS ts_unparsable
@@ -1002,14 +1075,15 @@ class _Stage:
                                                      - CAST(abs(ref_small) * {self.scale} AS BIGINT)
                                ELSE TRY_CAST(ROUND(net * {self.scale}) AS BIGINT) END AS cents
                 FROM p3
-            )
-            SELECT src_row, {file_idx} AS file_idx, file_row, m, {str(has_order).lower()}, o, c,
-                   CASE WHEN ts_us >= 0 AND ts_us < {MAX_US} THEN ts_us END, {"net" if self.keep_net else "NULL"}, cents,
-                   coalesce(reward_flag, false),
+            ), p5 AS (
+            SELECT src_row, {file_idx} AS file_idx, file_row, m, {str(has_order).lower()} AS has_order, o, c,
+                   CASE WHEN ts_us >= 0 AND ts_us < {MAX_US} THEN ts_us END AS ts_us,
+                   {"net" if self.keep_net else "NULL"} AS net, cents,
+                   coalesce(reward_flag, false) AS reward,
                    cur,
                    CASE WHEN test_flag THEN 'test' WHEN cancelled THEN 'cancelled'
                         WHEN status_reason IS NOT NULL THEN status_reason
-                        WHEN full_refund THEN 'refunded_in_full' END,
+                        WHEN full_refund THEN 'refunded_in_full' END AS excl,
                    is_carrier,
                    CASE
                        WHEN m IS NULL THEN 'null_merchant_id'
@@ -1027,9 +1101,12 @@ class _Stage:
                        WHEN bad_reward THEN 'unparsable_reward'
                        WHEN bad_test THEN 'unparsable_test'
                        WHEN {str(has('currency')).lower()} AND cur IS NULL THEN 'null_currency'
-                   END,
-                   coalesce(dec < 0, false)
-            FROM p4
+                   END AS reason,
+                   coalesce(dec < 0, false) AS neg{carried_on}
+            FROM p4)
+            SELECT src_row, file_idx, file_row, m, has_order, o, c, ts_us, net, cents, reward, cur, excl, is_carrier,
+                   reason, neg, CASE WHEN reason IS NOT NULL THEN [{raw_values}] END
+            FROM p5
         """
 
 
@@ -1141,28 +1218,50 @@ def _bool_sql(column, kind):
 # --- orders: line items, exclusions, currencies ---------------------------------------
 
 def _classify(con, stage, keep_guests, fx_table, currency, scale):
-    """Create ``classified``: every staged row with its outcome."""
+    """Create ``classified``: every staged row with its outcome. Returns the written orders' currency."""
     keep = "true" if keep_guests else "false"
     if stage.has_order_any:
-        # One head row per order: its first carrier (the row with the order total), else its first row;
-        # its customer: the first carrier's, else the first one on any of its rows.
-        con.execute("""
+        # One head row per order: its first carrier (the row with the order total) that is not a refund, else
+        # its first carrier, else its first row — the least (rank << 60 | src_row), src_row < 2**60; its
+        # customer: the first carrier's, else the first one on any of its rows.
+        # An order is "simple" when it has one carrier holding the order's customer (or none of its rows has
+        # one), as most have: that carrier is its head and the other rows its line items, known without
+        # joining the row to its order; only the rows of the other orders are joined to their heads.
+        con.execute(f"""
             CREATE TABLE order_heads AS
             SELECT merchant_key, order_key,
-                   coalesce(min(src_row) FILTER (WHERE is_carrier AND NOT neg), min(src_row) FILTER (WHERE is_carrier),
-                            min(src_row)) AS head,
-                   arg_min(customer_key, CAST(src_row AS HUGEINT)
-                                         + CASE WHEN is_carrier THEN 0 ELSE CAST(1 AS HUGEINT) << 64 END)
-                       FILTER (WHERE customer_key IS NOT NULL) AS cust
+                   min((CASE WHEN is_carrier AND NOT neg THEN 0 WHEN is_carrier THEN 1 ELSE 2 END)::BIGINT << 60
+                       | src_row) & {(1 << 60) - 1} AS head,
+                   arg_min(customer_key, (CASE WHEN is_carrier THEN 0 ELSE 1 END)::BIGINT << 60 | src_row)
+                       FILTER (WHERE customer_key IS NOT NULL) AS cust,
+                   count(*) FILTER (WHERE is_carrier) = 1
+                       AND (count(customer_key) = 0 OR bool_or(is_carrier AND customer_key IS NOT NULL)) AS simple,
+                   count(*) FILTER (WHERE NOT is_carrier) AS n_items,
+                   min(src_row) FILTER (WHERE NOT is_carrier) AS first_item
             FROM staged
             WHERE has_order AND merchant_key IS NOT NULL AND order_key IS NOT NULL
             GROUP BY merchant_key, order_key""")
+        # The line items of simple orders (every row but the carrier) are counted here, by order, and not
+        # classified row by row: they are most rows of a line-item export, and no later step reads them.
+        stage.simple_items = con.execute(
+            "SELECT coalesce(sum(n_items), 0), min(first_item) FROM order_heads WHERE simple").fetchall()[0]
+        # k: 1 the head of its order (or a row of none), 2 a line item, 3 a refund row (a later carrier with a
+        # negative amount). cust: the order's customer.
         source = """
-            SELECT s.*, CASE WHEN s.has_order AND h.head IS NOT NULL AND s.src_row <> h.head
-                             THEN (CASE WHEN s.is_carrier AND s.neg THEN 3 ELSE 2 END) ELSE 1 END AS k,
-                   CASE WHEN s.has_order THEN h.cust ELSE s.customer_key END AS cust
-            FROM staged s LEFT JOIN order_heads h
-              ON s.has_order AND s.merchant_key = h.merchant_key AND s.order_key = h.order_key"""
+            SELECT s.*,
+                   CASE WHEN NOT s.has_order THEN 1
+                        WHEN h.head IS NOT NULL THEN (CASE WHEN s.src_row = h.head THEN 1
+                                                           WHEN s.is_carrier AND s.neg THEN 3 ELSE 2 END)
+                        WHEN s.merchant_key IS NULL OR s.order_key IS NULL THEN 1
+                        WHEN s.is_carrier THEN 1
+                        ELSE 2 END AS k,
+                   CASE WHEN NOT s.has_order THEN s.customer_key
+                        WHEN h.head IS NOT NULL THEN h.cust
+                        WHEN s.merchant_key IS NOT NULL AND s.order_key IS NOT NULL THEN s.customer_key END AS cust
+            FROM staged s LEFT JOIN (SELECT * FROM order_heads WHERE NOT simple) h
+              ON s.has_order AND s.merchant_key = h.merchant_key AND s.order_key = h.order_key
+            WHERE NOT (s.has_order AND NOT s.is_carrier AND s.merchant_key IS NOT NULL AND s.order_key IS NOT NULL
+                       AND h.head IS NULL)"""
     else:
         source = "SELECT *, 1 AS k, customer_key AS cust FROM staged"
     grouped = f"""
@@ -1181,9 +1280,9 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
         # Without an order key every outcome is a function of its own staged row: a view, not a copy of
         # every row (the later queries each filter it once).
         kind = "TABLE" if stage.has_order_any else "VIEW"
-        con.execute(f"CREATE {kind} classified AS SELECT * EXCLUDE (outcome), "
+        con.execute(f"CREATE {kind} classified AS SELECT * EXCLUDE (outcome, net), "
                     f"CASE WHEN outcome = 'ok' THEN 'written' ELSE outcome END AS outcome FROM ({grouped})")
-        _check_one_currency(con, stage, currency)
+        return _check_one_currency(con, stage, currency)
     else:
         con.register("fx_arrow", fx_table)
         con.execute("CREATE TABLE fx AS SELECT * FROM fx_arrow")
@@ -1207,11 +1306,14 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
                         WHEN cents < 0 AND NOT {str(stage.refunds).lower()} THEN 'rejected:negative_amount'
                         ELSE 'written' END AS outcome
             FROM x""")
+        return currency.upper()
 
 
 def _check_one_currency(con, stage, currency):
+    """The currency of the written orders: ``currency`` if given, else the one currency they are in (None
+    without a currency column or without orders); MixedCurrencyError if they are in another or in several."""
     if "currency" not in stage.roles:
-        return
+        return currency.upper() if currency else None
     found = con.execute("""SELECT currency, count(*), min(src_row) FROM classified WHERE outcome = 'written'
                            GROUP BY currency ORDER BY 3""").fetchall()
     allowed = {None, currency.upper()} if currency else {None, found[0][0] if found else None}
@@ -1224,6 +1326,10 @@ def _check_one_currency(con, stage, currency):
             stage.sources[where[0]], where[1],
             f"orders are in more than {wanted} ({listing}) and no --fx rates convert them: adding them up "
             f"would mix currencies. Pass --fx RATES (currency,rate[,date]) and --currency CODE")
+    if currency:
+        return currency.upper()
+    named = {cur for cur, _, _ in found if cur is not None}
+    return named.pop() if len(named) == 1 else None
 
 
 def _accounts(con, stage, files):
@@ -1232,6 +1338,12 @@ def _accounts(con, stage, files):
     # One pass over the outcomes gives every count, the written rows' and the total included.
     rows = con.execute("""SELECT outcome, count(*), min(src_row) FROM classified
                           GROUP BY outcome ORDER BY 3""").fetchall()
+    items, first_item = stage.simple_items
+    if items:  # the line items of simple orders, not in classified (see _classify)
+        listed = {outcome: (count, first) for outcome, count, first in rows}
+        count, first = listed.get("excluded:line_item", (0, first_item))
+        listed["excluded:line_item"] = (count + items, min(first, first_item))
+        rows = sorted(((outcome, count, first) for outcome, (count, first) in listed.items()), key=lambda r: r[2])
     written = sum(count for outcome, count, _ in rows if outcome == "written")
     read = sum(count for _, count, _ in rows)
     for outcome, count, first in rows:
@@ -1239,9 +1351,14 @@ def _accounts(con, stage, files):
             continue
         kind, reason = outcome.split(":", 1)
         entry = Rejected(count=count)
+        # From staged (the line items of simple orders are not in classified), with the order's customer.
+        customer = "CASE WHEN s.has_order THEN h.cust ELSE s.customer_key END" if stage.has_order_any \
+            else "s.customer_key"
+        heads = ("LEFT JOIN order_heads h ON s.has_order AND s.merchant_key = h.merchant_key "
+                 "AND s.order_key = h.order_key" if stage.has_order_any else "")
         file_idx, file_row, merchant_key, order_key, customer_key = con.execute(
-            "SELECT file_idx, file_row, merchant_key, order_key, customer_key FROM classified WHERE src_row = ?",
-            [first]).fetchall()[0]
+            f"SELECT s.file_idx, s.file_row, s.merchant_key, s.order_key, {customer} FROM staged s {heads} "
+            "WHERE s.src_row = ?", [first]).fetchall()[0]
         entry.first_source, entry.first_row = str(files[file_idx]), file_row
         cur = con.execute("SELECT * FROM rejected_raw WHERE src_row = ?", [first])
         cols = [d[0] for d in cur.description]
@@ -1365,7 +1482,8 @@ def _write_mappings(con, stage, merchant_ids, customer_ids, inputs, keep_guests=
     return len(keys), n_customers + n_guests
 
 
-def _write_sorted(con, output, total, progress, inputs, duplicates=None):
+def _write_sorted(con, output, total, progress, inputs, duplicates=None, currency=None):
+    schema = ORDERS_SCHEMA.with_metadata({CURRENCY_KEY: currency.encode()}) if currency else ORDERS_SCHEMA
     guests = con.execute("SELECT count(*) FROM guest_map").fetchall()[0][0]
     customer = "coalesce(c.customer_id, g.customer_id)" if guests else "c.customer_id"
     guest_join = "LEFT JOIN guest_map g ON v.src_row = g.src_row" if guests else ""
@@ -1380,7 +1498,7 @@ def _write_sorted(con, output, total, progress, inputs, duplicates=None):
     reader = _arrow_reader(relation, BATCH_ROWS)
     written = 0
     with atomic_output(output, inputs=inputs, what="output") as tmp, \
-            pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ORDERS_SCHEMA) as writer, \
+            pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, \
             _progress.bar(total, progress, desc="prepare: sort and write") as bar:
         for batch in reader:
             if batch.num_rows == 0:
@@ -1391,7 +1509,7 @@ def _write_sorted(con, output, total, progress, inputs, duplicates=None):
                 batch.column(2).cast(pa.int64()).view(pa.timestamp("us", tz="UTC")),
                 batch.column(3).cast(pa.int64()),
                 batch.column(4).cast(pa.bool_()),
-            ], schema=ORDERS_SCHEMA))
+            ], schema=schema))
             if duplicates is not None:
                 duplicates.add(*(batch.column(i).to_numpy() for i in (0, 1, 2, 5)))
             written += batch.num_rows
