@@ -14,6 +14,20 @@ Decisions it encodes (README, "Further analyses"):
   present (zeros where nobody was active); ``size`` is the merchant's bucket
   in the cohort period.
 
+Time zones (SPEC §3): every order's period is the calendar period of its
+local time in its merchant's zone — the merchants table's ``timezone``
+(null or empty: not given), else the ``timezone`` argument, else UTC —
+found per row with ``zoneinfo`` (``local_dates``). Where one number must
+stand for the whole input:
+
+* ``period="all"`` starts on the first day of the local month of the
+  input's earliest order (the earliest instant; on a tie, the smallest
+  merchant_id, i.e. the first in file order) in its merchant's zone, and
+  its length in months (for ``size``) runs to the latest local month of
+  any order;
+* the cohorts' horizon is the latest local period of any order, each in
+  its merchant's zone, so that no order's cell is cut off.
+
 With ``refunds=True`` (SPEC §2) a row with a negative amount is a refund,
 not an order: it adds to its store-customer's revenue in its period and to
 nothing else. Concentration: a store-customer with only refunds in a period
@@ -28,6 +42,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
 from decimal import Decimal
 from fractions import Fraction
 
@@ -37,7 +54,6 @@ from reference import (
     MONTHS_IN_PERIOD,
     UNKNOWN,
     _column_values,
-    _order_dates,
     _period_start,
     _read_merchants,
     _size_bucket,
@@ -62,12 +78,64 @@ def _month_number(day: dt.date) -> int:
     return day.year * 12 + day.month - 1
 
 
-def _read_orders(orders):
+# --- local time (SPEC §3), per row with zoneinfo ----------------------------------
+
+_UTC_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.date(1970, 1, 1)
+_SECONDS_PER_UNIT = {"s": 1, "ms": 1000, "us": 10**6, "ns": 10**9}
+
+
+def zone_of_merchant(merchants=None, timezone=None):
+    """merchant_id -> ZoneInfo: the merchants table's ``timezone``, else ``timezone``, else UTC."""
+    default = timezone or "UTC"
+    named = {}
+    if merchants is not None and "timezone" in merchants.column_names:
+        for m, zone in zip(_column_values(merchants, "merchant_id"), _column_values(merchants, "timezone")):
+            if zone not in (None, ""):
+                named[m] = zone
+    return lambda m: ZoneInfo(named.get(m, default))
+
+
+def utc_seconds(column):
+    """Whole seconds since 1970-01-01 UTC (floored) of each order_ts; a date is its UTC midnight."""
+    typ = column.type
+    if pa.types.is_timestamp(typ):
+        per = _SECONDS_PER_UNIT[typ.unit]
+        return [v // per for v in column.cast(pa.int64()).to_pylist()]
+    if pa.types.is_date64(typ):
+        return [v // 1000 for v in column.cast(pa.int64()).to_pylist()]
+    return [v * 86_400 for v in column.cast(pa.int32()).to_pylist()]
+
+
+def local_offsets(orders, zone_of):
+    """UTC offset in seconds of each order's instant in its merchant's zone (zone offsets change on whole seconds)."""
     merchants = _column_values(orders, "merchant_id")
+    seconds = utc_seconds(orders.column("order_ts"))
+    return [int((_UTC_EPOCH + dt.timedelta(seconds=s)).astimezone(zone_of(m)).utcoffset().total_seconds())
+            for m, s in zip(merchants, seconds)]
+
+
+def local_dates(orders, merchants=None, timezone=None):
+    """The local calendar date of each order in its merchant's zone."""
+    zone_of = zone_of_merchant(merchants, timezone)
+    return [_EPOCH + dt.timedelta(days=(s + off) // 86_400)
+            for s, off in zip(utc_seconds(orders.column("order_ts")), local_offsets(orders, zone_of))]
+
+
+def _read_orders(orders, merchants=None, timezone=None):
+    merchants_ids = _column_values(orders, "merchant_id")
     customers = _column_values(orders, "customer_id")
-    days = _order_dates(orders.column("order_ts")) if orders.num_rows else []
+    days = local_dates(orders, merchants, timezone) if orders.num_rows else []
     amounts = _column_values(orders, "amount")
-    return list(zip(merchants, customers, days, amounts))
+    return list(zip(merchants_ids, customers, days, amounts))
+
+
+def _earliest_order_date(orders, rows, refunds):
+    """Local date of the input's earliest order: the earliest instant, on a tie the smallest merchant_id."""
+    ts = orders.column("order_ts")
+    raw = ts.cast(pa.int32() if pa.types.is_date32(ts.type) else pa.int64()).to_pylist()   # one unit: comparable
+    candidates = [(t, r[0], r[2]) for t, r in zip(raw, rows) if not (refunds and r[3] < 0)]
+    return min(candidates)[2]
 
 
 def _key_columns(by, key, names):
@@ -95,15 +163,15 @@ def _group_key(by, merchant_info, labels, edges, m, orders_in_period, months):
 
 
 def reference_concentration(orders, merchants=None, by=(), period="year", top=0.05,
-                            size_edges=DEFAULT_SIZE_EDGES, refunds=False) -> list[dict]:
-    rows = _read_orders(orders)
+                            size_edges=DEFAULT_SIZE_EDGES, refunds=False, timezone=None) -> list[dict]:
+    rows = _read_orders(orders, merchants, timezone)
     order_rows = [r for r in rows if not (refunds and r[3] < 0)]
     if not order_rows:
         return []
     info = _read_merchants(merchants)
     labels = size_labels(size_edges)
     if period == "all":
-        first, last = min(r[2] for r in order_rows), max(r[2] for r in order_rows)
+        first, last = _earliest_order_date(orders, rows, refunds), max(r[2] for r in order_rows)
         months = _month_number(last) - _month_number(first) + 1
         start = dt.date(first.year, first.month, 1)
         period_of = lambda day: start  # noqa: E731
@@ -144,15 +212,15 @@ def reference_concentration(orders, merchants=None, by=(), period="year", top=0.
 
 
 def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=DEFAULT_SIZE_EDGES,
-                      refunds=False) -> list[dict]:
-    rows = _read_orders(orders)
+                      refunds=False, timezone=None) -> list[dict]:
+    rows = _read_orders(orders, merchants, timezone)
     if not any(not (refunds and r[3] < 0) for r in rows):
         return []
     info = _read_merchants(merchants)
     labels = size_labels(size_edges)
     step = MONTHS_IN_PERIOD[period]
 
-    def index(day):            # periods since 1970 of the period holding `day`
+    def index(day):            # a number that counts periods, of the period holding `day`
         return _month_number(day) // step
 
     def start_of(i):

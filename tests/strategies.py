@@ -29,6 +29,9 @@ __all__ = [
     "batch_sizes",
     "rebatch",
     "rebatched",
+    "ANALYSIS_ZONES",
+    "zoned_instants_ns",
+    "zoned_merchants",
 ]
 
 ALL_BY_KEYS = ("merchant", "industry", "country", "size")
@@ -261,3 +264,53 @@ def rebatch(table: pa.Table, max_chunksize: int, empty_batches: bool = False) ->
 @st.composite
 def rebatched(draw, table: pa.Table) -> pa.Table:
     return rebatch(table, draw(batch_sizes()), empty_batches=draw(st.booleans()))
+
+
+# --- per-merchant time zones of the analyses (SPEC §3; cohorts, concentration, rfm) -----------
+# Kept apart from the compute strategies above so that the two zone branches merge cleanly.
+
+# 30- and 45-minute offsets, DST north and south, a half-hour DST (Lord Howe), a zone that
+# skipped a day (Apia, 2011-12-30) and one whose standard offset changed twice (Moscow 2011, 2014).
+ANALYSIS_ZONES = ("UTC", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Pacific/Apia", "Asia/Tokyo",
+                  "Australia/Lord_Howe", "Europe/Moscow", "America/Sao_Paulo")
+# Minutes east of UTC around which local periods turn over in those zones.
+_ZONE_OFFSETS_MIN = (-300, -240, -180, -120, 330, 345, 540, 600, 630, 660, 780, 840, 180, 240)
+
+
+@st.composite
+def _local_boundary_instants(draw):
+    """Near a local month start in some zone: a UTC month start minus a zone offset, give or take 1 ns/s/h."""
+    year = draw(st.integers(2010, 2025) | st.sampled_from([1970, 2262]))
+    month = draw(st.integers(1, 12) if year < 2262 else st.integers(1, 3))
+    offset = draw(st.sampled_from(_ZONE_OFFSETS_MIN)) * 60 * 10**9
+    nudge = draw(st.sampled_from([0, -1, 1, -10**9, 10**9, -3600 * 10**9, 3600 * 10**9]))
+    return min(max(_ns(year, month) - offset + nudge, 0), MAX_NS)
+
+
+# DST changes (New York's fall-back 2023-11-05 06:00Z: 01:30 local happens twice; spring-forward
+# 2023-03-12 07:00Z; Apia's skipped day; Moscow's 2014-10-26 change), each give or take two hours.
+_TRANSITIONS = (_ns(2023, 11, 5, 6), _ns(2023, 3, 12, 7), _ns(2011, 12, 30, 10), _ns(2014, 10, 25, 22),
+                _ns(2011, 3, 26, 23))
+
+
+def zoned_instants_ns():
+    """``instants_ns()`` plus instants on local period boundaries and around DST and offset changes."""
+    near_transition = st.builds(lambda t, d: t + d, st.sampled_from(_TRANSITIONS),
+                                st.integers(-2 * 3600, 2 * 3600).map(lambda s: s * 10**9))
+    return st.one_of(instants_ns(), _local_boundary_instants(), near_transition)
+
+
+@st.composite
+def zoned_merchants(draw, orders, names=False):
+    """(merchants table with a ``timezone`` column or None, default ``timezone`` or None) for ``orders``.
+
+    Some merchants get a zone, some a null or empty one, some none at all
+    (absent from the table); the default zone applies to all but the first.
+    """
+    timezone = draw(st.none() | st.sampled_from(ANALYSIS_ZONES))
+    if draw(st.integers(0, 4)) == 0:
+        return None, timezone
+    merchants = draw(merchants_tables(orders.column("merchant_id").to_pylist(), names=names))
+    zone = st.sampled_from(ANALYSIS_ZONES) | st.sampled_from([None, ""])
+    zones = pa.array([draw(zone) for _ in range(merchants.num_rows)], pa.string())
+    return merchants.append_column("timezone", zones), timezone

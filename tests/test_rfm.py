@@ -544,3 +544,80 @@ def test_cli_calibration_end(tmp_path):
                  "--observation-end", "1998-03-31", "-q"]) == 0
     expected = lm.rfm(cdnow_table(), "W", "1998-03-31", calibration_end="1997-09-30").read_all()
     assert pq.read_table(out).equals(expected)
+
+
+# --- 4. time zones (SPEC §3): local days, weeks and months ------------------------------
+
+def _zoned(rows):
+    """rows: (merchant, customer, "YYYY-MM-DDTHH:MM:SS" UTC, amount), sorted."""
+    return pa.table({
+        "merchant_id": pa.array([r[0] for r in rows], pa.int64()),
+        "customer_id": pa.array([r[1] for r in rows], pa.int64()),
+        "order_ts": pa.array([dt.datetime.fromisoformat(r[2]) for r in rows], pa.timestamp("us", tz="UTC")),
+        "amount": pa.array([r[3] for r in rows], pa.int64()),
+    })
+
+
+def _merchant_zones(zones):
+    """A merchants table: merchant id -> IANA zone (None: no zone given)."""
+    ids = list(zones)
+    return pa.table({"merchant_id": pa.array(ids, pa.int64()), "industry": ["x"] * len(ids),
+                     "country": ["x"] * len(ids), "annual_fee": pa.array([0] * len(ids), pa.int64()),
+                     "timezone": pa.array([zones[m] for m in ids], pa.string())})
+
+
+# New York, around the 2023 fall-back (06:00Z): 2023-11-04 23:30 EDT; the second 01:30 (EST) of
+# 2023-11-05; 2023-11-05 23:30 EST. Local days: Nov 4, 5, 5; UTC days: Nov 5, 5, 6.
+FALL_BACK = [(1, 1, "2023-11-05T03:30:00", 100), (1, 1, "2023-11-05T06:30:00", 20),
+             (1, 1, "2023-11-06T04:30:00", 3)]
+
+
+def test_reference_local_days_by_hand():
+    ny = _merchant_zones({1: "America/New_York"})
+    [local] = reference_rfm(_zoned(FALL_BACK), "D", merchants=ny)
+    # Two local days: Nov 4 (100), Nov 5 (20 + 3); the observation end is the latest local day, Nov 5.
+    assert local == {"merchant_id": 1, "customer_id": 1, "frequency": 1, "recency": 1.0, "T": 1.0,
+                     "monetary_value": 23.0}
+    [utc] = reference_rfm(_zoned(FALL_BACK), "D")
+    assert utc["monetary_value"] == 3.0         # UTC days: Nov 5 (100 + 20), Nov 6 (3)
+    assert reference_rfm(_zoned(FALL_BACK), "D", timezone="America/New_York") == [local]
+    # Calibration end 2023-11-05 (local midnight): only the Nov 4 order is in calibration, the two
+    # others are its holdout (one local day, two orders).
+    [cal] = reference_rfm(_zoned(FALL_BACK), "D", calibration_end=dt.date(2023, 11, 5), merchants=ny)
+    assert (cal["frequency"], cal["T"], cal["frequency_holdout"], cal["monetary_value_holdout"],
+            cal["duration_holdout"]) == (0, 1.0, 1, 11.5, 0.0)
+
+
+def _local_frame(table, merchants, timezone):
+    """lifetimes' frame of ``table`` with each order's local wall-clock time (pandas' own zone conversion)."""
+    frame = orders_frame(table)
+    zones = {}
+    if merchants is not None:
+        zones = {m: z for m, z in zip(merchants.column("merchant_id").to_pylist(),
+                                      merchants.column("timezone").to_pylist()) if z}
+    merchant = table.column("merchant_id").to_pylist()
+    local = []
+    for m, when in zip(merchant, frame["date"]):
+        zone = zones.get(m, timezone or "UTC")
+        local.append(pd.Timestamp(when).tz_localize("UTC").tz_convert(zone).tz_localize(None))
+    frame["date"] = pd.to_datetime(pd.Series(local, dtype="datetime64[us]"))
+    return frame
+
+
+@given(st.data())
+def test_zoned_reference_equals_lifetimes_on_local_times(data):
+    """lifetimes sees naive local times: the zoned reference is its summary of the same orders so shifted."""
+    from strategies import zoned_instants_ns, zoned_merchants
+
+    table = data.draw(orders_tables(allow_empty=False, instants=zoned_instants_ns()))
+    merchants, timezone = data.draw(zoned_merchants(table))
+    freq = data.draw(st.sampled_from(FREQS))
+    include_first = data.draw(st.booleans())
+    end = data.draw(st.none() | st.sampled_from(order_days(table, merchants, timezone)))
+    expected = reference_rfm(table, freq, end, include_first, merchants=merchants, timezone=timezone)
+    theirs = lifetimes_summary(_local_frame(table, merchants, timezone), "customer", "date", "amount", freq=freq,
+                               observation_end=None if end is None else pd.Timestamp(end),
+                               include_first_transaction=include_first)
+    assert list(theirs.index) == [key_of(r["merchant_id"], r["customer_id"]) for r in expected]
+    for column in ("frequency", "recency", "T", "monetary_value"):
+        assert theirs[column].tolist() == [float(r[column]) for r in expected], column
