@@ -10,6 +10,19 @@ arrays (``cur`` is the cursor, indexed by ``CURSOR_FIELDS``), so a call can
 stop at any row and be resumed there, and the NumPy-only twin
 ``loyaltymetrics.numba_analyses`` runs on exactly the same state.
 
+Periods are local to each merchant's time zone (SPEC §3): the caller
+passes one month table per zone (``periods.period_tables("month", ...)``)
+and each zone's local month starts (``periods.local_month_starts``), with
+the merchants outside zone 0 (``periods.MerchantZones``). The kernel looks
+the zone up when the merchant changes (a binary search) and empties its
+month cache then, so the row loop does the same work in any zone.
+
+The cursor also tracks the input's earliest and latest order (their
+timestamp and merchant; ties: the smaller merchant is the earlier, the
+larger the later, as in file order) and the local month of the earliest in
+its merchant's zone, for the observation window and ``period="all"``
+(SPEC §3): a compare per row, no extra pass.
+
 With ``cur[REFUNDS]`` set (``refunds=True``, SPEC §2) a row with a negative
 amount is a refund: it belongs to its store-customer's run (its amount is in
 the run's revenue) but is no order, has no rank and widens no month range.
@@ -61,8 +74,8 @@ cdef enum:
     MONTH_LO            # order_ts -> month cache, [MONTH_LO, MONTH_HI) in timestamp units
     MONTH_HI
     PERIOD
-    FIRST_MONTH
-    LAST_MONTH
+    FIRST_MONTH         # local month of the earliest order (EARLY_TS), in its merchant's zone
+    LAST_MONTH          # latest local month of any order, each in its merchant's zone
     N_SLOTS             # slots in use by the current merchant
     N_ROWS              # rows emitted
     N_BIN_ROWS          # histogram bins emitted (concentration)
@@ -73,6 +86,14 @@ cdef enum:
     NEED_COUNT
     REFUNDS             # 1: a negative amount is a refund, not an order (SPEC §2); set by the caller
     CUST_REVENUE        # the open store-customer's amounts so far (cohorts: its cumulative revenue)
+    ZONE                # zone index of ZONE_MERCHANT (valid when ZONE_SET)
+    ZONE_MERCHANT
+    ZONE_SET
+    MONTH               # local month of the month cache (of the last cache miss)
+    EARLY_TS            # the earliest order: timestamp (INT64_MAX: none yet) and merchant
+    EARLY_MERCHANT
+    LATE_TS             # the latest order: timestamp (-1: none yet) and merchant
+    LATE_MERCHANT
     N_CURSOR
 
 CURSOR_FIELDS = (
@@ -80,7 +101,8 @@ CURSOR_FIELDS = (
     "run_revenue", "cohort", "month_lo", "month_hi", "period", "first_month", "last_month",
     "n_slots", "n_rows", "n_bin_rows", "n_values", "target_lo", "target_hi", "need", "need_count",
     "refunds",
-    "cust_revenue",
+    "cust_revenue", "zone", "zone_merchant", "zone_set", "month", "early_ts", "early_merchant", "late_ts",
+    "late_merchant",
 )
 assert len(CURSOR_FIELDS) == N_CURSOR
 
@@ -157,23 +179,50 @@ def bins_of(values):
     return np.array([bin_of(<uint64_t>v) for v in np.asarray(values, dtype=np.int64)], dtype=np.int32)
 
 
+cdef inline int64_t zone_of(int64_t m, const int64_t[::1] zone_merchant,
+                            const int32_t[::1] zone_index) noexcept nogil:
+    """Zone of merchant ``m``: its entry in the sorted ``zone_merchant``, else the default zone 0."""
+    cdef Py_ssize_t lo = 0, hi = zone_merchant.shape[0], mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if zone_merchant[mid] < m:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < zone_merchant.shape[0] and zone_merchant[lo] == m:
+        return zone_index[lo]
+    return 0
+
+
 cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, int64_t a,
-                        const int32_t[::1] day_month, const int32_t[::1] month_period,
-                        const int64_t[::1] month_start, int64_t units_per_day,
+                        const int64_t[:, :, ::1] month_table, const int64_t[:, ::1] month_starts,
+                        const int64_t[::1] zone_merchant, const int32_t[::1] zone_index,
+                        const int32_t[::1] month_period, int shift,
                         int64_t ts_max, const bint refunds) noexcept nogil:
     """Check one row and say how it moves the cursor (or ``-status``).
 
     Checks in the order ``_scan`` makes them, so both report the same
-    error for the same bad row. Only the month cache changes here; it is
-    a pure function of ``t``, so a resumed row finds the same answer.
+    error for the same bad row. Only the zone and the month cache change
+    here; they are pure functions of ``m`` and ``t``, so a resumed row finds
+    the same answer.
     """
-    cdef int32_t month
+    cdef int64_t month, z, b
     if a < 0 and not refunds:
         return -NEGATIVE_AMOUNT
+    if m != cur[ZONE_MERCHANT] or not cur[ZONE_SET]:
+        # A new merchant: its zone's tables, and an empty month cache (it was another zone's).
+        cur[ZONE] = zone_of(m, zone_merchant, zone_index)
+        cur[ZONE_MERCHANT] = m
+        cur[ZONE_SET] = 1
+        cur[MONTH_LO] = 0
+        cur[MONTH_HI] = 0
     if t < cur[MONTH_LO] or t >= cur[MONTH_HI]:
         if t < 0 or t > ts_max:
             return -TIMESTAMP_RANGE
-        month = day_month[t // units_per_day]
+        z = cur[ZONE]
+        b = t >> shift
+        month = month_table[z, b, 0] + (t > month_table[z, b, 1])
+        cur[MONTH] = month
         cur[PERIOD] = month_period[month]
         if a < 0:
             # A refund is no order: it must not widen the orders' month range (the "all"
@@ -182,10 +231,8 @@ cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, in
             cur[MONTH_LO] = 0
             cur[MONTH_HI] = 0
         else:
-            cur[MONTH_LO] = month_start[month]
-            cur[MONTH_HI] = month_start[month + 1]
-            if month < cur[FIRST_MONTH]:
-                cur[FIRST_MONTH] = month
+            cur[MONTH_LO] = month_starts[z, month]
+            cur[MONTH_HI] = month_starts[z, month + 1]
             if month > cur[LAST_MONTH]:
                 cur[LAST_MONTH] = month
     if cur[STARTED] and m == cur[PREV_MERCHANT]:
@@ -199,6 +246,21 @@ cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, in
     if not cur[STARTED] or m > cur[PREV_MERCHANT]:
         return NEXT_MERCHANT
     return -UNSORTED
+
+
+cdef inline void track_order(int64_t[::1] cur, int64_t m, int64_t t) noexcept nogil:
+    """Keep the earliest and latest order (SPEC §3's observation window, ``period="all"``'s start).
+
+    ``cur[MONTH]`` is this order's local month: the cache it hit or filled is
+    an order's, of this merchant's zone.
+    """
+    if t < cur[EARLY_TS] or (t == cur[EARLY_TS] and m < cur[EARLY_MERCHANT]):
+        cur[EARLY_TS] = t
+        cur[EARLY_MERCHANT] = m
+        cur[FIRST_MONTH] = cur[MONTH]
+    if t > cur[LATE_TS] or (t == cur[LATE_TS] and m > cur[LATE_MERCHANT]):
+        cur[LATE_TS] = t
+        cur[LATE_MERCHANT] = m
 
 
 cdef inline void add_order(int64_t[::1] cur, int move, int64_t m, int64_t cust, int64_t t,
@@ -223,8 +285,11 @@ cdef inline void add_order(int64_t[::1] cur, int move, int64_t m, int64_t cust, 
             cur[RUN_ORDERS] += 1
             if cur[COHORT] < 0:
                 cur[COHORT] = cur[PERIOD]
+            track_order(cur, m, t)
     else:
         cur[RUN_ORDERS] += 1
+        track_order(cur, m, t)
+
 
 
 cdef inline int need(int64_t[::1] cur, int what, int64_t count) noexcept nogil:
@@ -334,10 +399,12 @@ cdef inline int cohort_rows(
     const customer_key_t[::1] customer_id,
     const order_ts_t[::1] order_ts,
     const int64_t[::1] amount,
-    const int32_t[::1] day_month,
+    const int64_t[:, :, ::1] month_table,
+    const int64_t[:, ::1] month_starts,
+    const int64_t[::1] zone_merchant,
+    const int32_t[::1] zone_index,
     const int32_t[::1] month_period,
-    const int64_t[::1] month_start,
-    int64_t units_per_day,
+    int shift,
     int64_t ts_max,
     Py_ssize_t start,
     Py_ssize_t stop,
@@ -353,8 +420,8 @@ cdef inline int cohort_rows(
         cust = customer_id[i]
         t = order_ts[i]
         a = amount[i]
-        move = advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max,
-                       refunds)
+        move = advance(cur, m, cust, t, a, month_table, month_starts, zone_merchant, zone_index, month_period,
+                       shift, ts_max, refunds)
         if move < 0:
             status = -move
             break
@@ -386,14 +453,22 @@ def cohort_scan(state,
                 const customer_key_t[::1] customer_id not None,
                 const order_ts_t[::1] order_ts not None,
                 const int64_t[::1] amount not None,
-                const int32_t[::1] day_month not None,
+                const int64_t[:, :, ::1] month_table not None,
+                const int64_t[:, ::1] month_starts not None,
+                const int64_t[::1] zone_merchant not None,
+                const int32_t[::1] zone_index not None,
                 const int32_t[::1] month_period not None,
-                const int64_t[::1] month_start not None,
-                int64_t units_per_day, int64_t ts_max,
+                int shift, int64_t ts_max,
                 Py_ssize_t start, Py_ssize_t stop):
-    """Scan rows ``[start, stop)`` of one batch into a ``CohortState``; return ``(status, row)``."""
+    """Scan rows ``[start, stop)`` of one batch into a ``CohortState``; return ``(status, row)``.
+
+    ``month_table[z]`` is zone ``z``'s ``periods.period_table("month", ...)``
+    (buckets of ``2**shift`` units), ``month_starts[z]`` its
+    ``periods.local_month_starts``; ``zone_merchant`` (sorted) and
+    ``zone_index`` name the merchants outside zone 0.
+    """
     _check_batch(merchant_id.shape[0], customer_id.shape[0], order_ts.shape[0], amount.shape[0],
-                 start, stop, day_month, month_period, month_start, units_per_day, ts_max)
+                 start, stop, month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
     cdef CohortArrays s = CohortArrays(state)
     if not s.fits(month_period):
         raise ValueError("the state has fewer periods than month_period names")
@@ -402,11 +477,11 @@ def cohort_scan(state,
     # Two copies of the loop, the mode a constant in each (branch on modes outside the row loop).
     with nogil:
         if s.cur[REFUNDS]:
-            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                                 month_period, month_start, units_per_day, ts_max, start, stop, &row, True)
+            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, month_table, month_starts,
+                                 zone_merchant, zone_index, month_period, shift, ts_max, start, stop, &row, True)
         else:
-            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                                 month_period, month_start, units_per_day, ts_max, start, stop, &row, False)
+            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, month_table, month_starts,
+                                 zone_merchant, zone_index, month_period, shift, ts_max, start, stop, &row, False)
     return status, row
 
 
@@ -631,10 +706,12 @@ cdef inline int hist_rows(
     const customer_key_t[::1] customer_id,
     const order_ts_t[::1] order_ts,
     const int64_t[::1] amount,
-    const int32_t[::1] day_month,
+    const int64_t[:, :, ::1] month_table,
+    const int64_t[:, ::1] month_starts,
+    const int64_t[::1] zone_merchant,
+    const int32_t[::1] zone_index,
     const int32_t[::1] month_period,
-    const int64_t[::1] month_start,
-    int64_t units_per_day,
+    int shift,
     int64_t ts_max,
     Py_ssize_t start,
     Py_ssize_t stop,
@@ -650,8 +727,8 @@ cdef inline int hist_rows(
         cust = customer_id[i]
         t = order_ts[i]
         a = amount[i]
-        move = advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max,
-                       refunds)
+        move = advance(cur, m, cust, t, a, month_table, month_starts, zone_merchant, zone_index, month_period,
+                       shift, ts_max, refunds)
         if move < 0:
             status = -move
             break
@@ -681,14 +758,22 @@ def hist_scan(state,
               const customer_key_t[::1] customer_id not None,
               const order_ts_t[::1] order_ts not None,
               const int64_t[::1] amount not None,
-              const int32_t[::1] day_month not None,
+              const int64_t[:, :, ::1] month_table not None,
+              const int64_t[:, ::1] month_starts not None,
+              const int64_t[::1] zone_merchant not None,
+              const int32_t[::1] zone_index not None,
               const int32_t[::1] month_period not None,
-              const int64_t[::1] month_start not None,
-              int64_t units_per_day, int64_t ts_max,
+              int shift, int64_t ts_max,
               Py_ssize_t start, Py_ssize_t stop):
-    """Scan rows ``[start, stop)`` of one batch into a ``HistState``; return ``(status, row)``."""
+    """Scan rows ``[start, stop)`` of one batch into a ``HistState``; return ``(status, row)``.
+
+    ``month_table[z]`` is zone ``z``'s ``periods.period_table("month", ...)``
+    (buckets of ``2**shift`` units), ``month_starts[z]`` its
+    ``periods.local_month_starts``; ``zone_merchant`` (sorted) and
+    ``zone_index`` name the merchants outside zone 0.
+    """
     _check_batch(merchant_id.shape[0], customer_id.shape[0], order_ts.shape[0], amount.shape[0],
-                 start, stop, day_month, month_period, month_start, units_per_day, ts_max)
+                 start, stop, month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
     cdef HistArrays s = HistArrays(state)
     if not s.fits(month_period):
         raise ValueError("the state has fewer periods than month_period names")
@@ -696,11 +781,11 @@ def hist_scan(state,
     cdef int status
     with nogil:
         if s.cur[REFUNDS]:
-            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                               month_period, month_start, units_per_day, ts_max, start, stop, &row, True)
+            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, month_table, month_starts,
+                               zone_merchant, zone_index, month_period, shift, ts_max, start, stop, &row, True)
         else:
-            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                               month_period, month_start, units_per_day, ts_max, start, stop, &row, False)
+            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, month_table, month_starts,
+                               zone_merchant, zone_index, month_period, shift, ts_max, start, stop, &row, False)
     return status, row
 
 
@@ -714,15 +799,33 @@ def hist_end(state, bint flush):
 
 
 def _check_batch(Py_ssize_t n, Py_ssize_t n_customer, Py_ssize_t n_ts, Py_ssize_t n_amount,
-                 Py_ssize_t start, Py_ssize_t stop, const int32_t[::1] day_month,
-                 const int32_t[::1] month_period, const int64_t[::1] month_start,
-                 int64_t units_per_day, int64_t ts_max):
-    """The row loops index these unchecked: check them once per call."""
+                 Py_ssize_t start, Py_ssize_t stop, month_table, month_starts, zone_merchant, zone_index,
+                 month_period, int shift, int64_t ts_max):
+    """The row loops index these unchecked: check them once per call (``check_zone_tables``)."""
     if n_customer != n or n_ts != n or n_amount != n:
         raise ValueError("columns of one batch must have the same length")
     if not 0 <= start <= stop <= n:
         raise ValueError("start/stop out of range")
-    if units_per_day <= 0 or ts_max < 0 or ts_max // units_per_day >= day_month.shape[0]:
-        raise ValueError("ts_max is outside the day table")
-    if month_start.shape[0] < month_period.shape[0] + 1:
-        raise ValueError("month_start needs one entry per month plus one")
+    check_zone_tables(month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
+
+
+def check_zone_tables(month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max):
+    """ValueError unless every index the row loop makes into these tables is in range.
+
+    Buckets up to ``ts_max >> shift`` in every zone; months from the tables
+    within ``month_period`` and ``month_starts`` (with the month after);
+    zone indexes within the tables. Shared by both engines.
+    """
+    month_table = np.asarray(month_table)
+    month_starts = np.asarray(month_starts)
+    zone_index = np.asarray(zone_index)
+    zones = month_table.shape[0]
+    if (month_table.ndim != 3 or month_table.shape[2] != 2 or month_starts.ndim != 2
+            or month_starts.shape[0] != zones or zones == 0 or not 0 <= shift < 63 or ts_max < 0
+            or (ts_max >> shift) >= month_table.shape[1]
+            or np.asarray(zone_merchant).shape != zone_index.shape
+            or (len(zone_index) and not (0 <= zone_index.min() and zone_index.max() < zones))):
+        raise ValueError("inconsistent zone tables")
+    months = month_table[:, : (ts_max >> shift) + 1]
+    if (months[:, :, 0].min() < 0 or (months[:, :, 0] + 1).max() >= min(month_period.shape[0], month_starts.shape[1] - 1)):
+        raise ValueError("the month tables name months outside month_period and month_starts")

@@ -588,10 +588,17 @@ def test_inconsistent_state_arrays_are_refused():
     for module in (_analyses, numba_analyses):
         state = kernel.new_state()
         state.cells = np.zeros((len(state.slot_cohort), 10, 3), np.int64)   # too few periods
+        month_table, month_starts, shift = kernel.tables(batch.units_per_day)
+        zones = kernel.zones
         with pytest.raises(ValueError, match="inconsistent"):
             module.cohort_scan(state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
-                               periods.day_month(), periods.month_period("month"), periods.month_start(86400 * 10**6),
-                               batch.units_per_day, periods.ts_max(batch.units_per_day), 0, 1)
+                               month_table, month_starts, zones.merchant_id, zones.zone, periods.month_period("month"),
+                               shift, periods.ts_max(batch.units_per_day), 0, 1)
+        state = kernel.new_state()
+        with pytest.raises(ValueError, match="zone tables"):       # a zone index without its table
+            module.cohort_scan(state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
+                               month_table, month_starts, np.array([1], np.int64), np.array([1], np.int32),
+                               periods.month_period("month"), shift, periods.ts_max(batch.units_per_day), 0, 1)
 
 
 def test_cli_cohorts_and_concentration_write_what_the_api_returns(tmp_path, capsys):

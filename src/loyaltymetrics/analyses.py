@@ -16,12 +16,23 @@ interface a chunk-parallel driver needs:
 
 One state may see a merchant's rows in several non-contiguous pieces, so
 partials are keyed by merchant and combined by addition, never by position.
+
+Periods are local to each merchant's zone (SPEC §3; ``periods.MerchantZones``):
+the kernel gets one month table per zone and switches on merchant change.
+Every partials object also carries the input's order range: ``day_range``
+(UTC days since 1970-01-01 of the earliest and latest order, for the
+observation window), ``month_range`` (the local month of the earliest
+order in its merchant's zone — ``period="all"``'s start — and the latest
+local month of any order — the cohorts' horizon), and ``first_order``
+(``(order_ts, merchant_id, month)`` of the earliest order, ties to the
+smaller merchant, so that states combine to the same answer in any order).
 ``run`` drives a kernel with ``parallel.run`` (one thread or several).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from fractions import Fraction
 from decimal import Decimal
 import numbers
@@ -60,8 +71,10 @@ TOTAL_OVERFLOW = 6
 
 def _new_cursor(refunds=False):
     cur = np.zeros(len(CURSOR_FIELDS), dtype=np.int64)
-    cur[_CUR["first_month"]] = INT32_MAX   # month cache starts empty: [0, 0)
+    cur[_CUR["first_month"]] = INT32_MAX   # month cache starts empty: [0, 0); no zone loaded
     cur[_CUR["last_month"]] = -1
+    cur[_CUR["early_ts"]] = np.iinfo(np.int64).max
+    cur[_CUR["late_ts"]] = -1
     cur[_CUR["refunds"]] = bool(refunds)
     return cur
 
@@ -72,6 +85,7 @@ class _State:
     def __init__(self, refunds=False):
         self.cur = _new_cursor(refunds)
         self.last_batch = None
+        self.units_per_day = None       # of the order_ts column scanned (one per input)
 
     @property
     def last_row_keys(self):
@@ -85,6 +99,24 @@ class _State:
     def month_range(self):
         last = int(self.cur[_CUR["last_month"]])
         return None if last < 0 else (int(self.cur[_CUR["first_month"]]), last)
+
+    @property
+    def first_order(self):
+        """(order_ts, merchant_id, local month) of the earliest order seen, or None."""
+        if self.cur[_CUR["late_ts"]] < 0:
+            return None
+        return tuple(int(self.cur[_CUR[k]]) for k in ("early_ts", "early_merchant", "first_month"))
+
+    @property
+    def day_range(self):
+        """UTC days since 1970-01-01 of the earliest and latest order seen, or None."""
+        if self.cur[_CUR["late_ts"]] < 0:
+            return None
+        return (int(self.cur[_CUR["early_ts"]]) // self.units_per_day,
+                int(self.cur[_CUR["late_ts"]]) // self.units_per_day)
+
+    def ranges(self):
+        return dict(month_range=self.month_range, day_range=self.day_range, first_order=self.first_order)
 
     def _need(self):
         return int(self.cur[_CUR["need"]]), int(self.cur[_CUR["need_count"]])
@@ -139,7 +171,7 @@ class CohortState(_State):
     def partials(self):
         n = int(self.cur[_CUR["n_rows"]])
         return CohortPartials(self.out_merchant[:n].copy(), self.out_cohort[:n].copy(),
-                              self.out_index[:n].copy(), self.out_cells[:n].copy(), self.month_range)
+                              self.out_index[:n].copy(), self.out_cells[:n].copy(), **self.ranges())
 
 
 @dataclass(frozen=True)
@@ -155,6 +187,8 @@ class CohortPartials:
     period_index: np.ndarray  # int32[n] periods since the cohort's
     cells: np.ndarray         # int64[n, 3]: active_customers, orders, revenue
     month_range: tuple | None
+    day_range: tuple | None = None
+    first_order: tuple | None = None
 
     @staticmethod
     def combine(parts):
@@ -164,15 +198,20 @@ class CohortPartials:
             np.concatenate([p.cohort for p in parts]) if parts else np.empty(0, np.int32),
             np.concatenate([p.period_index for p in parts]) if parts else np.empty(0, np.int32),
             np.concatenate([p.cells for p in parts]) if parts else np.empty((0, 3), np.int64),
-            _month_range(p.month_range for p in parts),
+            **_ranges(parts),
         )
 
 
-def _month_range(ranges):
-    ranges = [r for r in ranges if r is not None]
-    if not ranges:
-        return None
-    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+def _ranges(parts):
+    """The order ranges of several states' partials combined (see the module docstring)."""
+    firsts = [p.first_order for p in parts if p.first_order is not None]
+    if not firsts:
+        return dict(month_range=None, day_range=None, first_order=None)
+    first = min(firsts)                 # (order_ts, merchant_id, ...): earliest, ties to the smaller merchant
+    days = [p.day_range for p in parts if p.day_range is not None]
+    last_month = max(p.month_range[1] for p in parts if p.month_range is not None)
+    return dict(month_range=(first[2], last_month), day_range=(min(d[0] for d in days), max(d[1] for d in days)),
+                first_order=first)
 
 
 @dataclass(frozen=True)
@@ -268,7 +307,7 @@ class HistState(_State):
             self.out_merchant[:rows].copy(), self.out_period[:rows].copy(), self.out_orders[:rows].copy(),
             self.bin_key[:bins].copy(), self.bin_index[:bins].copy(), self.bin_count[:bins].copy(),
             self.bin_sum[:bins].copy(), self.value_target[:values].copy(), self.value[:values].copy(),
-            self.month_range,
+            **self.ranges(),
         )
 
 
@@ -292,6 +331,8 @@ class HistPartials:
     value_target: np.ndarray
     value: np.ndarray
     month_range: tuple | None
+    day_range: tuple | None = None
+    first_order: tuple | None = None
 
     @staticmethod
     def combine(parts):
@@ -305,31 +346,57 @@ class HistPartials:
             cat("merchant_id", np.int64), cat("period", np.int32), cat("orders", np.int64),
             np.concatenate(keys) if parts else np.empty(0, np.int64), cat("bin_index", np.int32),
             cat("bin_count", np.int64), cat("bin_sum", np.int64), cat("value_target", np.int64),
-            cat("value", np.int64), _month_range(p.month_range for p in parts),
+            cat("value", np.int64), **_ranges(parts),
         )
+
+
+def merchant_zones(merchants, timezone=None):
+    """``periods.MerchantZones`` of a merchants table (SPEC §3): its ``timezone``, else ``timezone``, else UTC.
+
+    ``merchants`` is an ``inputs.Merchants``; its zone names are read from a
+    ``timezone`` attribute (None or absent: no zones in the table).
+    """
+    default = None if timezone is None else periods.check_zone(timezone)
+    names = getattr(merchants, "timezone", None)
+    if names is None:
+        return periods.MerchantZones.default(default)
+    return periods.merchant_zones(merchants.merchant_id, names, default, getattr(merchants, "source", "merchants"))
+
+
+@lru_cache(maxsize=64)
+def _zone_month_starts(zone_names, units_per_day):
+    starts = np.stack([periods.local_month_starts(z, units_per_day) for z in zone_names])
+    starts.setflags(write=False)
+    return starts
 
 
 class _Kernel:
     """The chunk interface over one engine's ``*_scan`` / ``*_end`` functions."""
 
-    def __init__(self, period, engine="cython", refunds=False):
+    def __init__(self, period, engine="cython", refunds=False, zones=None):
         self.period = period
         self.engine = engine
         self.refunds = bool(refunds)
+        self.zones = periods.MerchantZones.utc() if zones is None else zones
         self.module = engine_module(engine)
-        self.day_month = periods.day_month()
         self.month_period = periods.month_period(period)
         self.n_periods = periods.n_periods(period)
 
+    def tables(self, units_per_day):
+        """(month tables, month starts, shift) of every zone for a column's units (cached)."""
+        return (periods.period_tables("month", units_per_day, self.zones),
+                _zone_month_starts(self.zones.zones, int(units_per_day)), periods.bucket_shift(units_per_day))
+
     def scan(self, state, batch, start=0, stop=None):
         stop = len(batch) if stop is None else stop
-        month_start = periods.month_start(batch.units_per_day)
+        month_table, month_starts, shift = self.tables(batch.units_per_day)
         ts_max = periods.ts_max(batch.units_per_day)
+        state.units_per_day = batch.units_per_day
         row = start
         while True:
             status, row = self._scan(state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
-                                     self.day_month, self.month_period, month_start, batch.units_per_day,
-                                     ts_max, row, stop)
+                                     month_table, month_starts, self.zones.merchant_id, self.zones.zone,
+                                     self.month_period, shift, ts_max, row, stop)
             if status == _scan.Status.OK:
                 break
             if status == TOTAL_OVERFLOW:
@@ -362,8 +429,8 @@ class _Kernel:
 class CohortKernel(_Kernel):
     """Cells per (merchant, cohort, period_index) (SPEC §9 cohorts)."""
 
-    def __init__(self, period, engine="cython", refunds=False):
-        super().__init__(period, engine, refunds)
+    def __init__(self, period, engine="cython", refunds=False, zones=None):
+        super().__init__(period, engine, refunds, zones)
         self._scan, self._end = self.module.cohort_scan, self.module.cohort_end
 
     def new_state(self):
@@ -383,8 +450,8 @@ class HistKernel(_Kernel):
     in bins from the range's lower end.
     """
 
-    def __init__(self, period, engine="cython", targets=None, refunds=False):
-        super().__init__(period, engine, refunds)
+    def __init__(self, period, engine="cython", targets=None, refunds=False, zones=None):
+        super().__init__(period, engine, refunds, zones)
         self.targets = targets
         self._scan, self._end = self.module.hist_scan, self.module.hist_end
 

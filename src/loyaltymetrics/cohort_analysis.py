@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from . import parallel, periods
 from . import progress as _progress
-from .analyses import CohortKernel, engine_module, run
+from .analyses import CohortKernel, engine_module, merchant_zones, run
 from .arrays import numeric_array
 from .errors import AmountOverflowError, reporting_resource_errors
 from .finalize import DEFAULT_SIZE_EDGES, INT64, check_by, check_size_edges, group_codes, key_columns, sum_groups
@@ -20,7 +20,7 @@ COLUMNS = (
 
 @reporting_resource_errors
 def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size_edges=DEFAULT_SIZE_EDGES,
-            refunds=False, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS,
+            refunds=False, timezone=None, engine="cython", threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS,
             progress=False):
     """Acquisition cohorts per group (SPEC §9).
 
@@ -38,8 +38,8 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
         cohort's acquisition period**: a cohort is acquired once, so each
         cohort belongs to one group and its retention is a ratio within it.
     period : {"month", "quarter", "year"}
-        Calendar periods in UTC of the cohorts and of the period index
-        (``"all"`` has no index, so it is rejected).
+        Calendar periods of the cohorts and of the period index, in each
+        merchant's own time zone (``"all"`` has no index, so it is rejected).
     size_edges : sequence of numbers
         As for ``compute``.
     refunds : bool
@@ -51,6 +51,10 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
         store-customer's first order, of a store-customer without orders,
         or after the period of the input's latest order is in no cell.
         By default a negative amount is a ``NegativeAmountError``.
+    timezone : str, optional
+        IANA zone of the merchants whose ``timezone`` the merchants table
+        does not give (SPEC §3); default UTC. Each store-customer's orders
+        fall in the local periods of its merchant's zone.
     engine : {"cython", "numba"}
     threads, chunk_rows
         As for ``compute``: threads scanning chunks of the input side by side
@@ -80,7 +84,9 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
         Every observable cell is present, inactive ones with zeros: a cell
         is observable when period cohort + k is not after the period of the
         latest order of the whole input (the input's horizon, the same for
-        every group). Later cells are absent.
+        every group: the latest local period of any order, each in its
+        merchant's zone, so that no order's cell is cut off). Later cells
+        are absent.
 
     Raises
     ------
@@ -98,7 +104,7 @@ def cohorts(orders, merchants=None, *, by=(), period="month", columns=None, size
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
-    kernel = CohortKernel(period, engine, refunds)
+    kernel = CohortKernel(period, engine, refunds, merchant_zones(merchant_table, timezone))
     total = count_rows(orders) if _progress.shown(progress) else None
 
     def compute(threads):

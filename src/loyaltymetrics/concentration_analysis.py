@@ -45,6 +45,7 @@ from .analyses import (
     Targets,
     check_top,
     engine_module,
+    merchant_zones,
     run,
     top_count,
 )
@@ -64,7 +65,7 @@ COLUMNS = ("period_start", "customers", "top_customers", "revenue", "top_revenue
 
 @reporting_resource_errors
 def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, columns=None,
-                  size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
+                  size_edges=DEFAULT_SIZE_EDGES, refunds=False, timezone=None, engine="cython", threads=None,
                   chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
     """Share of revenue from the top store-customers, per group and period (SPEC §9).
 
@@ -72,7 +73,11 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
     ----------
     orders, merchants, by, period, columns, size_edges
         As for ``compute`` (``size`` is the merchant's bucket in the period,
-        as there; ``period="all"`` is one period).
+        as there; ``period="all"`` is one period). Periods are calendar
+        periods in each merchant's own time zone (SPEC §3); ``"all"``
+        starts on the first day of the local month of the input's earliest
+        order, in its merchant's zone, and its length in months (for
+        ``size``) runs to the latest local month of any order.
     top : number in (0, 1]
         The fraction of store-customers at the top: k = ceil(top ×
         customers). A float counts as the decimal it prints as (0.07 is
@@ -85,6 +90,9 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
         in a period is not one of its ``customers`` (its refunds still count
         in ``revenue``). By default a negative amount is a
         ``NegativeAmountError``.
+    timezone : str, optional
+        IANA zone of the merchants whose ``timezone`` the merchants table
+        does not give (SPEC §3); default UTC.
     engine : {"cython", "numba"}
     threads, chunk_rows
         As for ``compute``: threads scanning chunks of the input side by side
@@ -147,6 +155,7 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
+    zones = merchant_zones(merchant_table, timezone)
     total = count_rows(orders) if _progress.shown(progress) else None
     passes = itertools.count(1)
 
@@ -157,9 +166,9 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
                 with _progress.bar(total, progress, desc=f"concentration: pass {next(passes)}") as bar:
                     return run(kernel, source.batches(), threads, chunk_rows, bar.update)
 
-            return concentration_table(scan(HistKernel(period, engine, refunds=refunds)), merchant_table, by,
-                                       period, top,
-                                       lambda targets: scan(HistKernel(period, engine, targets, refunds)),
+            return concentration_table(scan(HistKernel(period, engine, refunds=refunds, zones=zones)),
+                                       merchant_table, by, period, top,
+                                       lambda targets: scan(HistKernel(period, engine, targets, refunds, zones)),
                                        size_edges, source=source_label(orders))
 
         # Always readable again: a one-shot stream is spooled on the first pass.
