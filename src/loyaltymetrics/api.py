@@ -10,7 +10,7 @@ from .scan import rescan, scan_module, scan_orders
 @reporting_resource_errors
 def compute(orders, merchants=None, *, by=(), period="year", columns=None,
             size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython", threads=None,
-            chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False):
+            chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=False, timezone=None):
     """Loyalty and retention metrics per group and period (SPEC §4-7).
 
     Parameters
@@ -59,6 +59,11 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     progress : bool
         Show a progress bar with rows/s on stderr while the input is
         scanned, when stderr is a terminal.
+    timezone : str, optional
+        IANA time zone (``"America/New_York"``) of every merchant without a
+        ``timezone`` in the merchants table; default UTC. Periods are
+        calendar periods in each merchant's own zone (SPEC §3); a date32
+        ``order_ts`` is its own local date in every zone.
 
     Returns
     -------
@@ -73,11 +78,14 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     """
     by = check_by(by)
     periods.check_period(period)
+    if timezone is not None:
+        periods.check_zone(timezone)
     size_edges = check_size_edges(size_edges)
     scan_module(engine)
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
+    zones = merchant_table.zones(timezone)
     source = source_label(orders)
 
     total = count_rows(orders) if _progress.shown(progress) else None
@@ -85,7 +93,7 @@ def compute(orders, merchants=None, *, by=(), period="year", columns=None,
     def scan(threads):
         with _progress.bar(total, progress, desc="compute") as bar:
             batches = order_batches(orders, columns)
-            parts = scan_orders(batches, period, refunds, engine, threads, chunk_rows, bar.update)
+            parts = scan_orders(batches, period, refunds, engine, threads, chunk_rows, bar.update, zones)
         # Adding the threads' pieces may overflow where no row is known: see rescan_for_row.
         return combine(parts, source)
 

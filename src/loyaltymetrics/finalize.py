@@ -94,7 +94,7 @@ def combine(partials, source="orders"):
     first[1:] = (merchant[1:] != merchant[:-1]) | (period[1:] != period[:-1])
     starts = np.flatnonzero(first)
     counts = sum_groups(partials.counts[order], starts, source)
-    return Partials(merchant[starts], period[starts], counts, partials.month_range)
+    return Partials(merchant[starts], period[starts], counts, partials.month_range, partials.day_range)
 
 
 def sum_groups(values, starts, source):

@@ -81,13 +81,13 @@ SERIES_COLORS = ("#2f6db5", "#e08a2c", "#3f9c5a")
 
 def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort_count=24,
            title="Loyalty report", columns=None, size_edges=DEFAULT_SIZE_EDGES, refunds=False, engine="cython",
-           threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS):
+           threads=None, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, timezone=None):
     """Write an HTML loyalty report of the latest period against the same period a year earlier.
 
     Parameters
     ----------
-    orders, merchants, columns, size_edges, refunds, engine, threads, chunk_rows
-        As for ``compute`` (``refunds`` is passed to every analysis alike).
+    orders, merchants, columns, size_edges, refunds, engine, threads, chunk_rows, timezone
+        As for ``compute`` (each is passed to every analysis alike).
         The orders are read several times (one pass per breakdown and
         analysis), so they must be a file or a table, not a one-shot
         ``RecordBatchReader``.
@@ -137,6 +137,8 @@ def report(orders, merchants=None, path=None, *, period="year", top=0.05, cohort
 
     options = dict(columns=columns, size_edges=size_edges, refunds=refunds, engine=engine, threads=threads,
                    chunk_rows=chunk_rows)
+    if timezone is not None:  # the analyses take it once their kernels have zones
+        options["timezone"] = timezone
     # First: it rejects a bad ``top`` before reading any orders.
     top_share = concentration(orders, merchants, by=["industry"], period=period, top=top, **options)
     data = ReportData(

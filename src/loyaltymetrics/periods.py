@@ -342,6 +342,20 @@ def check_period_table(table, ts_max, n_periods):
         raise ValueError("period_table yields periods outside [0, n_periods)")
 
 
+def check_merchant_zones(merchant_id, zone, n_tables):
+    """ValueError unless ``merchant_id`` (int64) is sorted and unique and every ``zone`` (int32, as long) indexes one of ``n_tables``.
+
+    The kernels binary-search ``merchant_id`` and index the stacked tables with ``zone`` unchecked.
+    """
+    merchant_id, zone = np.asarray(merchant_id), np.asarray(zone)
+    if merchant_id.dtype != np.int64 or zone.dtype != np.int32 or merchant_id.shape != zone.shape or zone.ndim != 1:
+        raise ValueError("zone merchants (int64) and zone indexes (int32) must be 1-d arrays of one length")
+    if len(zone) and not (0 <= zone.min() and zone.max() < n_tables):
+        raise ValueError("zone index outside the stacked period tables")
+    if len(merchant_id) > 1 and not np.all(merchant_id[1:] > merchant_id[:-1]):
+        raise ValueError("zone merchants must be sorted and unique")
+
+
 def month_of(ts, units_per_day):
     """UTC month index (months since 1969-01) of a valid raw timestamp."""
     return local_month_of(ts, units_per_day, DEFAULT_ZONE)
