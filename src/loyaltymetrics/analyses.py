@@ -351,16 +351,8 @@ class HistPartials:
 
 
 def merchant_zones(merchants, timezone=None):
-    """``periods.MerchantZones`` of a merchants table (SPEC §3): its ``timezone``, else ``timezone``, else UTC.
-
-    ``merchants`` is an ``inputs.Merchants``; its zone names are read from a
-    ``timezone`` attribute (None or absent: no zones in the table).
-    """
-    default = None if timezone is None else periods.check_zone(timezone)
-    names = getattr(merchants, "timezone", None)
-    if names is None:
-        return periods.MerchantZones.default(default)
-    return periods.merchant_zones(merchants.merchant_id, names, default, getattr(merchants, "source", "merchants"))
+    """``periods.MerchantZones`` of an ``inputs.Merchants`` (SPEC §3): its ``timezone``, else ``timezone``, else UTC."""
+    return merchants.zones(None if timezone is None else periods.check_zone(timezone))
 
 
 @lru_cache(maxsize=64)
