@@ -27,7 +27,7 @@ from loyaltymetrics.rfm_summary import HOLDOUT_SCHEMA, SCHEMA, RfmKernel, observ
 
 from cdnow import cdnow_frame, cdnow_orders
 from lifetimes_peer import key_of, lifetimes_summary, orders_frame
-from reference_rfm import order_days, reference_rfm
+from reference_rfm import order_days, order_instants, reference_rfm
 from strategies import orders_tables, rebatch
 
 ENGINES = ("cython", "numba")
@@ -622,3 +622,72 @@ def test_zoned_reference_equals_lifetimes_on_local_times(data):
     assert list(theirs.index) == [key_of(r["merchant_id"], r["customer_id"]) for r in expected]
     for column in ("frequency", "recency", "T", "monetary_value"):
         assert theirs[column].tolist() == [float(r[column]) for r in expected], column
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_local_days_by_hand_every_engine(engine):
+    ny = _merchant_zones({1: "America/New_York"})
+    table = _zoned(FALL_BACK)
+    assert rows(lm.rfm(table, "D", merchants=ny, engine=engine)) == reference_rfm(table, "D", merchants=ny)
+    assert rows(lm.rfm(table, "D", merchants=ny, engine=engine))[0]["monetary_value"] == 23.0
+    assert rows(lm.rfm(table, "D", timezone="America/New_York", engine=engine))[0]["monetary_value"] == 23.0
+    assert rows(lm.rfm(table, "D", engine=engine))[0]["monetary_value"] == 3.0
+    [cal] = rows(lm.rfm(table, "D", calibration_end="2023-11-05", merchants=ny, engine=engine))
+    assert (cal["frequency"], cal["frequency_holdout"], cal["monetary_value_holdout"]) == (0, 1, 11.5)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_calibration_end_in_the_repeated_hour(engine):
+    # New York, 2023-11-05: 01:45 EDT (05:45Z) is after a calibration end of 01:30, the second 01:15
+    # (EST, 06:15Z) before it. lifetimes compares wall-clock times: the later instant is in calibration,
+    # the earlier one in the holdout of the same store-customer.
+    table = _zoned([(1, 1, "2023-11-05T05:45:00", 5), (1, 1, "2023-11-05T06:15:00", 7)])
+    ny = _merchant_zones({1: "America/New_York"})
+    end = dt.datetime(2023, 11, 5, 1, 30)
+    expected = reference_rfm(table, "D", calibration_end=end, merchants=ny)
+    assert [(r["frequency_holdout"], r["monetary_value_holdout"]) for r in expected] == [(1, 5.0)]
+    assert rows(lm.rfm(table, "D", calibration_end=end, merchants=ny, engine=engine)) == expected
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_local_days_at_the_ends_of_the_timestamp_range(engine, unit):
+    # 1970-01-01 00:00Z is 1969-12-31 in New York; the last valid instant of the unit is 2263-01-01 in Tokyo.
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    last = min((dt.datetime(2263, 1, 1) - dt.datetime(1970, 1, 1)).days * 86400 * per_second - 1, 2**63 - 1)
+    table = pa.table({"merchant_id": pa.array([1, 1, 2, 2], pa.int64()), "customer_id": pa.array([1, 1, 1, 1], pa.int64()),
+                      "order_ts": pa.array([0, 3600 * per_second, 0, last], pa.timestamp(unit)),
+                      "amount": pa.array([1, 2, 3, 4], pa.int64())})
+    zones = _merchant_zones({1: "America/New_York", 2: "Asia/Tokyo"})
+    for freq in FREQS:
+        expected = reference_rfm(table, freq, merchants=zones)
+        assert rows(lm.rfm(table, freq, merchants=zones, engine=engine)) == expected, freq
+
+
+@given(st.data())
+def test_zoned_rfm_equals_the_zoned_reference(data):
+    """Every engine, thread count, chunk and batch size, in merchants' zones, plain and calibration/holdout."""
+    from strategies import zoned_instants_ns, zoned_merchants
+
+    table = data.draw(orders_tables(allow_empty=False, instants=zoned_instants_ns()))
+    merchants, timezone = data.draw(zoned_merchants(table))
+    batched = rebatch(table, data.draw(st.integers(1, 70)), empty_batches=data.draw(st.booleans()))
+    freq = data.draw(st.sampled_from(FREQS))
+    include_first = data.draw(st.booleans())
+    options = dict(engine=data.draw(st.sampled_from(ENGINES)), threads=data.draw(st.sampled_from([1, 2, 3])),
+                   chunk_rows=data.draw(st.integers(1, 30)), merchants=merchants, timezone=timezone)
+    days = order_days(table, merchants, timezone)
+    if data.draw(st.booleans()):
+        end = data.draw(st.none() | st.sampled_from(days).map(lambda d: min(max(d, dt.date(1970, 1, 1)),
+                                                                             dt.date(2262, 12, 31))))
+        expected = reference_rfm(table, freq, end, include_first, merchants=merchants, timezone=timezone)
+        assert rows(lm.rfm(batched, freq, end, include_first, **options)) == expected
+    else:
+        # A wall-clock calibration end near the local times of the orders (seconds: the repeated hour too).
+        instants = order_instants(table, merchants, timezone)
+        base = data.draw(st.sampled_from(instants)) // 10**9 + data.draw(st.integers(-7200, 7200))
+        base = min(max(base, 86_400), (dt.date(2262, 1, 1) - dt.date(1970, 1, 1)).days * 86_400)
+        calibration_end = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=base)
+        expected = reference_rfm(table, freq, None, include_first, calibration_end, merchants=merchants,
+                                 timezone=timezone)
+        assert rows(lm.rfm(batched, freq, None, include_first, calibration_end=calibration_end, **options)) == expected
