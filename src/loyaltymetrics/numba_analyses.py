@@ -15,12 +15,11 @@ CURSOR_FIELDS = (
     "started", "prev_merchant", "prev_customer", "prev_ts", "run_period", "run_orders",
     "run_revenue", "cohort", "month_lo", "month_hi", "period", "first_month", "last_month",
     "n_slots", "n_rows", "n_bin_rows", "n_values", "target_lo", "target_hi", "need", "need_count",
-    "refunds", "cust_revenue", "zone", "zone_merchant", "zone_set", "month", "early_ts", "early_merchant",
-    "late_ts", "late_merchant",
+    "refunds", "cust_revenue", "zone", "month", "early_ts", "early_merchant", "late_ts", "late_merchant",
 )
 (STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, RUN_PERIOD, RUN_ORDERS, RUN_REVENUE, COHORT,
  MONTH_LO, MONTH_HI, PERIOD, FIRST_MONTH, LAST_MONTH, N_SLOTS, N_ROWS, N_BIN_ROWS, N_VALUES,
- TARGET_LO, TARGET_HI, NEED, NEED_COUNT, REFUNDS, CUST_REVENUE, ZONE, ZONE_MERCHANT, ZONE_SET, MONTH,
+ TARGET_LO, TARGET_HI, NEED, NEED_COUNT, REFUNDS, CUST_REVENUE, ZONE, MONTH,
  EARLY_TS, EARLY_MERCHANT, LATE_TS, LATE_MERCHANT) = range(len(CURSOR_FIELDS))
 assert CURSOR_FIELDS == _analyses.CURSOR_FIELDS
 N_CURSOR = len(CURSOR_FIELDS)
@@ -79,12 +78,20 @@ def _advance(cur, m, cust, t, a, month_table, month_starts, zone_merchant, zone_
              ts_max, refunds):
     if a < 0 and not refunds:
         return -NEGATIVE_AMOUNT
-    if m != cur[ZONE_MERCHANT] or not cur[ZONE_SET]:
-        cur[ZONE] = _zone_of(m, zone_merchant, zone_index)
-        cur[ZONE_MERCHANT] = m
-        cur[ZONE_SET] = 1
+    if cur[STARTED] and m == cur[PREV_MERCHANT]:
+        if cust == cur[PREV_CUSTOMER]:
+            move = -UNSORTED if t < cur[PREV_TS] else SAME_RUN
+        elif cust > cur[PREV_CUSTOMER]:
+            move = NEXT_CUSTOMER
+        else:
+            move = -UNSORTED
+    elif not cur[STARTED] or m > cur[PREV_MERCHANT]:
+        move = NEXT_MERCHANT
+        cur[ZONE] = _zone_of(m, zone_merchant, zone_index)    # a new merchant: its zone, an empty cache
         cur[MONTH_LO] = 0
         cur[MONTH_HI] = 0
+    else:
+        move = -UNSORTED
     if t < cur[MONTH_LO] or t >= cur[MONTH_HI]:
         if t < 0 or t > ts_max:
             return -TIMESTAMP_RANGE
@@ -101,17 +108,31 @@ def _advance(cur, m, cust, t, a, month_table, month_starts, zone_merchant, zone_
             cur[MONTH_HI] = month_starts[z, month + 1]
             if month > cur[LAST_MONTH]:
                 cur[LAST_MONTH] = month
-    if cur[STARTED] and m == cur[PREV_MERCHANT]:
-        if cust == cur[PREV_CUSTOMER]:
-            if t < cur[PREV_TS]:
-                return -UNSORTED
-            return SAME_RUN if cur[PERIOD] == cur[RUN_PERIOD] else NEXT_PERIOD
-        if cust > cur[PREV_CUSTOMER]:
-            return NEXT_CUSTOMER
-        return -UNSORTED
-    if not cur[STARTED] or m > cur[PREV_MERCHANT]:
-        return NEXT_MERCHANT
-    return -UNSORTED
+    if move == SAME_RUN and cur[PERIOD] != cur[RUN_PERIOD]:
+        return NEXT_PERIOD
+    return move
+
+
+@njit(nogil=True, cache=True)
+def _track_early(cur, m, t):
+    if t < cur[EARLY_TS] or (t == cur[EARLY_TS] and m < cur[EARLY_MERCHANT]):
+        cur[EARLY_TS] = t
+        cur[EARLY_MERCHANT] = m
+        cur[FIRST_MONTH] = cur[MONTH]
+
+
+@njit(nogil=True, cache=True)
+def _track_late(cur, m, t):
+    if t > cur[LATE_TS] or (t == cur[LATE_TS] and m > cur[LATE_MERCHANT]):
+        cur[LATE_TS] = t
+        cur[LATE_MERCHANT] = m
+
+
+@njit(nogil=True, cache=True)
+def _track_last_row(cur):
+    """Without refunds, the row before a store-customer boundary is its latest order (see _analyses)."""
+    if cur[STARTED] and not cur[REFUNDS]:
+        _track_late(cur, cur[PREV_MERCHANT], cur[PREV_TS])
 
 
 @njit(nogil=True, cache=True)
@@ -120,6 +141,9 @@ def _add_order(cur, move, m, cust, t, a, refunds):
         cur[RUN_PERIOD] = cur[PERIOD]
         if move != NEXT_PERIOD:
             cur[COHORT] = -1 if refunds else cur[PERIOD]
+            if not refunds:      # the order range at store-customer boundaries only (see _analyses)
+                _track_early(cur, m, t)
+                _track_last_row(cur)
     cur[STARTED] = 1
     cur[PREV_MERCHANT] = m
     cur[PREV_CUSTOMER] = cust
@@ -128,13 +152,9 @@ def _add_order(cur, move, m, cust, t, a, refunds):
         cur[RUN_ORDERS] += 1
         if cur[COHORT] < 0:
             cur[COHORT] = cur[PERIOD]
-        if t < cur[EARLY_TS] or (t == cur[EARLY_TS] and m < cur[EARLY_MERCHANT]):
-            cur[EARLY_TS] = t
-            cur[EARLY_MERCHANT] = m
-            cur[FIRST_MONTH] = cur[MONTH]
-        if t > cur[LATE_TS] or (t == cur[LATE_TS] and m > cur[LATE_MERCHANT]):
-            cur[LATE_TS] = t
-            cur[LATE_MERCHANT] = m
+        if refunds:
+            _track_early(cur, m, t)
+            _track_late(cur, m, t)
 
 
 @njit(nogil=True, cache=True)
@@ -261,6 +281,7 @@ def cohort_end(state, flush):
     state.check()
     s = state
     status = _cohort_close_run(s.cur, s.slot_of, s.slot_cohort, s.slot_last, s.cells)
+    _track_last_row(s.cur)
     if status == OK and flush and s.cur[STARTED]:
         status = _cohort_flush_merchant(s.cur, s.slot_of, s.slot_cohort, s.slot_last, s.cells, s.out_merchant,
                                         s.out_cohort, s.out_index, s.out_cells)
@@ -465,6 +486,7 @@ def hist_end(state, flush):
     s = state
     status = _hist_close_run(*_hist_args(s), s.value_target, s.value, s.target_low, s.target_high,
                              s.target_collect, s.period_target)
+    _track_last_row(s.cur)
     if status == OK and flush and s.cur[STARTED]:
         status = _hist_flush_merchant(*_hist_args(s), s.out_merchant, s.out_period, s.out_orders, s.bin_key,
                                       s.bin_index, s.bin_count, s.bin_sum, s.target_period, s.period_target)
