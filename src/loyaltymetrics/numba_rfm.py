@@ -131,6 +131,16 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
     period_lo = cursor[PERIOD_LO]
     period_hi = cursor[PERIOD_HI]
     period = cursor[PERIOD]
+    # The zone and offset caches in locals too (registers, not the cursor array, in the row loop).
+    zone_set = cursor[ZONE_SET] != 0
+    zone_merchant_now = cursor[ZONE_MERCHANT]
+    seg_lo = cursor[SEG_LO]
+    seg_hi = cursor[SEG_HI]
+    off_lo = cursor[OFF_LO]
+    off_hi = cursor[OFF_HI]
+    offset = cursor[OFFSET]
+    local_calibration_ts = cursor[CALIBRATION_TS]
+    local_holdout_end_ts = cursor[HOLDOUT_END_TS]
     capacity = out.shape[1]
     status = 0
     i = start
@@ -142,7 +152,7 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
         if a < min_amount:
             status = 3  # NEGATIVE_AMOUNT
             break
-        if m != cursor[ZONE_MERCHANT] or not cursor[ZONE_SET]:
+        if m != zone_merchant_now or not zone_set:
             lo, hi = 0, zone_merchant.shape[0]
             while lo < hi:
                 mid = (lo + hi) // 2
@@ -151,41 +161,40 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
                 else:
                     hi = mid
             z = np.int64(zone_index[lo]) if lo < zone_merchant.shape[0] and zone_merchant[lo] == m else np.int64(0)
-            cursor[SEG_LO] = zone_first[z]
-            cursor[SEG_HI] = zone_first[z + 1]
-            cursor[ZONE_MERCHANT] = m
-            cursor[ZONE_SET] = 1
-            cursor[OFF_LO] = 0
-            cursor[OFF_HI] = 0
+            seg_lo = zone_first[z]
+            seg_hi = zone_first[z + 1]
+            zone_merchant_now = m
+            zone_set = True
+            off_lo = 0
+            off_hi = 0
             period_lo = 0
             period_hi = 0
-        if t < cursor[OFF_LO] or t >= cursor[OFF_HI]:
+        if t < off_lo or t >= off_hi:
             if t < 0 or t > ts_max:
                 status = 4  # TIMESTAMP_RANGE
                 break
-            lo, hi = cursor[SEG_LO] + 1, cursor[SEG_HI]
+            lo, hi = seg_lo + 1, seg_hi
             while lo < hi:
                 mid = (lo + hi) // 2
                 if off_start[mid] <= t:
                     lo = mid + 1
                 else:
                     hi = mid
-            cursor[OFFSET] = off_value[lo - 1]
-            cursor[OFF_LO] = off_start[lo - 1]
-            if lo < cursor[SEG_HI]:
-                cursor[OFF_HI] = off_start[lo]
+            offset = off_value[lo - 1]
+            off_lo = off_start[lo - 1]
+            if lo < seg_hi:
+                off_hi = off_start[lo]
             else:
-                cursor[OFF_HI] = INT64_MAX if ts_max == INT64_MAX else ts_max + 1
-            cursor[CALIBRATION_TS] = _shifted(calibration_ts, cursor[OFFSET])
-            cursor[HOLDOUT_END_TS] = _shifted(holdout_end_ts, cursor[OFFSET])
+                off_hi = INT64_MAX if ts_max == INT64_MAX else ts_max + 1
+            local_calibration_ts = _shifted(calibration_ts, offset)
+            local_holdout_end_ts = _shifted(holdout_end_ts, offset)
             period_lo = 0
             period_hi = 0
         if t < period_lo or t >= period_hi:
-            offset = cursor[OFFSET]
             day = t // units_per_day + (t % units_per_day + offset + units_per_day) // units_per_day
             period = day_period[day]
-            period_lo = max(_shifted(period_start[period], offset), cursor[OFF_LO])
-            period_hi = min(_shifted(period_start[period + 1], offset), cursor[OFF_HI])
+            period_lo = max(_shifted(period_start[period], offset), off_lo)
+            period_hi = min(_shifted(period_start[period + 1], offset), off_hi)
         same = False
         if started:
             if m == prev_merchant:
@@ -211,7 +220,7 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
             cursor[HOLDOUT_LAST_PERIOD] = -1
             cursor[HOLDOUT_ORDERS] = 0
             cursor[HOLDOUT_VALUE] = 0
-        if period <= observation_period and t <= cursor[CALIBRATION_TS]:
+        if period <= observation_period and t <= local_calibration_ts:
             if not cursor[OPEN]:            # the store-customer's first order in the window
                 cursor[OPEN] = 1
                 cursor[OPEN_MERCHANT] = m
@@ -231,7 +240,7 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
                     status = 5  # AMOUNT_OVERFLOW
                     break
                 cursor[VALUE] = value + a
-        elif cursor[CALIBRATION_TS] < t <= cursor[HOLDOUT_END_TS]:    # a holdout order (emitted if it opens)
+        elif local_calibration_ts < t <= local_holdout_end_ts:    # a holdout order (emitted if it opens)
             if period != cursor[HOLDOUT_LAST_PERIOD]:                 # sorted: a later period
                 cursor[HOLDOUT_PERIODS] += 1
                 cursor[HOLDOUT_LAST_PERIOD] = period
@@ -253,6 +262,15 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
     cursor[PERIOD_LO] = period_lo
     cursor[PERIOD_HI] = period_hi
     cursor[PERIOD] = period
+    cursor[ZONE_SET] = zone_set
+    cursor[ZONE_MERCHANT] = zone_merchant_now
+    cursor[SEG_LO] = seg_lo
+    cursor[SEG_HI] = seg_hi
+    cursor[OFF_LO] = off_lo
+    cursor[OFF_HI] = off_hi
+    cursor[OFFSET] = offset
+    cursor[CALIBRATION_TS] = local_calibration_ts
+    cursor[HOLDOUT_END_TS] = local_holdout_end_ts
     return status, i
 
 
