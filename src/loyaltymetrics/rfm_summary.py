@@ -221,9 +221,10 @@ def local_days(order_ts, zone, units_per_day):
 
 
 def observation_day(value, name="observation_end"):
-    """Day since 1970-01-01 (UTC) of an observation end: a date, datetime, NumPy datetime64 or ISO string.
+    """Day since 1970-01-01 of an observation end: a date, datetime, NumPy datetime64 or ISO string.
 
-    A naive datetime is UTC; an aware one is converted to UTC.
+    The date as written: a wall-clock date, read in each merchant's zone
+    (UTC without zones); an aware datetime is converted to UTC first.
     """
     original = value
     if isinstance(value, str):
@@ -249,7 +250,7 @@ def observation_day(value, name="observation_end"):
 
 
 def instant_ns(value, name):
-    """Nanoseconds since 1970-01-01 UTC of an instant given as ``observation_day`` takes it (a date is its midnight).
+    """Nanoseconds since 1970-01-01 of a wall-clock time given as ``observation_day`` takes it (a date is its midnight).
 
     lifetimes' ``calibration_and_holdout_data`` compares raw order times
     with ``pd.to_datetime(calibration_period_end)``: a date means its
