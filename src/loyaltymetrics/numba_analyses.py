@@ -73,7 +73,7 @@ def _zone_of(m, zone_merchant, zone_index):
     return np.int64(0)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _advance(cur, m, cust, t, a, month_table, month_starts, zone_merchant, zone_index, month_period, shift,
              ts_max, refunds):
     if a < 0 and not refunds:
