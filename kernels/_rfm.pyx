@@ -95,6 +95,7 @@ cdef struct Cursor:
     # The merchant whose zone is loaded, and its segments [seg_lo, seg_hi) of off_start/off_value.
     bint zone_set
     int64_t zone_merchant
+    int64_t zone
     int64_t seg_lo
     int64_t seg_hi
     # order_ts -> UTC offset cache: [off_lo, off_hi) in timestamp units, and the offset (units).
@@ -223,8 +224,10 @@ cdef Status scan_rows(
     const int64_t[::1] off_start,
     const int64_t[::1] off_value,
     const int64_t[::1] zone_first,
+    const int64_t[::1] seg_bucket,
     const int64_t[::1] zone_merchant,
     const int32_t[::1] zone_index,
+    int shift,
     int64_t units_per_day,
     int64_t ts_max,
     int64_t calibration_ts,
@@ -242,7 +245,8 @@ cdef Status scan_rows(
     cdef bint same
     cdef Status status = OK
     cdef Py_ssize_t lo, hi, mid
-    cdef int64_t z, day
+    cdef int64_t z, day, j
+    cdef Py_ssize_t buckets = seg_bucket.shape[0] // (zone_first.shape[0] - 1)
     for i in range(start, stop):
         m = merchant_id[i]
         cust = customer_id[i]
@@ -261,6 +265,7 @@ cdef Status scan_rows(
                 else:
                     hi = mid
             z = zone_index[lo] if lo < zone_merchant.shape[0] and zone_merchant[lo] == m else 0
+            c.zone = z
             c.seg_lo = zone_first[z]
             c.seg_hi = zone_first[z + 1]
             c.zone_merchant = m
@@ -270,16 +275,14 @@ cdef Status scan_rows(
             if t < 0 or t > ts_max:     # the offset segments cover [0, ts_max] only: checked here
                 status = TIMESTAMP_RANGE
                 break
-            lo, hi = c.seg_lo + 1, c.seg_hi     # the last segment starting at or before t (the first starts at 0)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if off_start[mid] <= t:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            c.offset = off_value[lo - 1]
-            c.off_lo = off_start[lo - 1]
-            c.off_hi = off_start[lo] if lo < c.seg_hi else (INT64_MAX if ts_max == INT64_MAX else ts_max + 1)
+            # The segment of t: the one holding its bucket's start, or a later one (offsets change
+            # months apart, so at most a step or two).
+            j = seg_bucket[c.zone * buckets + (t >> shift)]
+            while j + 1 < c.seg_hi and off_start[j + 1] <= t:
+                j += 1
+            c.offset = off_value[j]
+            c.off_lo = off_start[j]
+            c.off_hi = off_start[j + 1] if j + 1 < c.seg_hi else (INT64_MAX if ts_max == INT64_MAX else ts_max + 1)
             c.calibration_ts = shifted(calibration_ts, c.offset)
             c.holdout_end_ts = shifted(holdout_end_ts, c.offset)
             c.period_lo = c.period_hi = 0
@@ -360,8 +363,10 @@ def scan(RfmState state not None,
          const int64_t[::1] off_start not None,
          const int64_t[::1] off_value not None,
          const int64_t[::1] zone_first not None,
+         const int64_t[::1] seg_bucket not None,
          const int64_t[::1] zone_merchant not None,
          const int32_t[::1] zone_index not None,
+         int shift,
          int64_t units_per_day,
          int64_t ts_max,
          Py_ssize_t start,
@@ -390,25 +395,35 @@ def scan(RfmState state not None,
         raise ValueError("ts_max is outside the day table")
     if period_start.shape[0] < state.n_periods + 1:
         raise ValueError("period_start needs one entry per period plus one")
-    check_zone_offsets(off_start, off_value, zone_first, zone_merchant, zone_index, units_per_day)
+    check_zone_offsets(off_start, off_value, zone_first, seg_bucket, zone_merchant, zone_index, shift,
+                       units_per_day, ts_max)
     cdef Py_ssize_t stopped = start
     cdef Status status
     with nogil:
         status = scan_rows(state, merchant_id, customer_id, order_ts, amount, period_start, off_start, off_value,
-                           zone_first, zone_merchant, zone_index, units_per_day, ts_max, calibration_ts,
-                           holdout_end_ts, start, stop, &stopped)
+                           zone_first, seg_bucket, zone_merchant, zone_index, shift, units_per_day, ts_max,
+                           calibration_ts, holdout_end_ts, start, stop, &stopped)
     return status, stopped
 
 
-def check_zone_offsets(off_start, off_value, zone_first, zone_merchant, zone_index, int64_t units_per_day):
+def check_zone_offsets(off_start, off_value, zone_first, seg_bucket, zone_merchant, zone_index, int shift,
+                       int64_t units_per_day, int64_t ts_max):
     """ValueError unless the zone offset tables are what the row loop assumes (shared by both engines).
 
     Each zone's segments are non-empty, the first starts at 0, starts
-    ascend; offsets are less than a day; zone indexes name a zone.
+    ascend; offsets are less than a day; zone indexes name a zone; each
+    zone's ``seg_bucket`` row covers buckets up to ``ts_max >> shift`` and
+    names a segment of that zone starting at or before the bucket.
     """
     off_start, off_value = np.asarray(off_start), np.asarray(off_value)
     zone_first, zone_index = np.asarray(zone_first), np.asarray(zone_index)
+    seg_bucket = np.asarray(seg_bucket)
     zones = len(zone_first) - 1
+    if zones < 1 or not 0 <= shift < 63 or ts_max < 0 or len(seg_bucket) % zones:
+        raise ValueError("inconsistent zone offset tables")
+    buckets = len(seg_bucket) // zones
+    if buckets <= (ts_max >> shift):
+        raise ValueError("inconsistent zone offset tables")
     if (zones < 1 or off_start.shape != off_value.shape or zone_first[0] != 0 or zone_first[-1] != len(off_start)
             or np.any(np.diff(zone_first) < 1) or np.any(off_start[zone_first[:-1]] != 0)
             or np.any(np.abs(off_value) >= units_per_day) or np.asarray(zone_merchant).shape != zone_index.shape
@@ -416,5 +431,7 @@ def check_zone_offsets(off_start, off_value, zone_first, zone_merchant, zone_ind
         raise ValueError("inconsistent zone offset tables")
     for z in range(zones):
         segment = off_start[zone_first[z]:zone_first[z + 1]]
-        if np.any(np.diff(segment) <= 0):
+        row = seg_bucket[z * buckets:(z + 1) * buckets]
+        if (np.any(np.diff(segment) <= 0) or row.min() < zone_first[z] or row.max() >= zone_first[z + 1]
+                or np.any(off_start[row] > (np.arange(buckets, dtype=np.int64) << shift))):
             raise ValueError("inconsistent zone offset tables")

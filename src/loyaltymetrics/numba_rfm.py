@@ -38,7 +38,7 @@ class Status(enum.IntEnum):
 (STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, PERIOD_LO, PERIOD_HI, PERIOD, OPEN, OPEN_MERCHANT,
  OPEN_CUSTOMER, PERIODS, FIRST_PERIOD, LAST_PERIOD, COUNTED, VALUE, HOLDOUT_PERIODS, HOLDOUT_LAST_PERIOD,
  HOLDOUT_ORDERS, HOLDOUT_VALUE, OUT_ROWS, ZONE_SET, ZONE_MERCHANT, SEG_LO, SEG_HI, OFF_LO, OFF_HI, OFFSET,
- CALIBRATION_TS, HOLDOUT_END_TS, N_CURSOR) = range(30)
+ CALIBRATION_TS, HOLDOUT_END_TS, ZONE, N_CURSOR) = range(31)
 
 
 class RfmState:
@@ -121,7 +121,7 @@ def _shifted(x, offset):
 
 @njit(nogil=True, cache=True)
 def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_period, period_start,
-               off_start, off_value, zone_first, zone_merchant, zone_index,
+               off_start, off_value, zone_first, seg_bucket, zone_merchant, zone_index, shift,
                units_per_day, ts_max, min_amount, observation_period, include_first, calibration_ts,
                holdout_end_ts, start, stop):
     started = cursor[STARTED] != 0
@@ -134,6 +134,8 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
     # The zone and offset caches in locals too (registers, not the cursor array, in the row loop).
     zone_set = cursor[ZONE_SET] != 0
     zone_merchant_now = cursor[ZONE_MERCHANT]
+    zone = cursor[ZONE]
+    buckets = seg_bucket.shape[0] // (zone_first.shape[0] - 1)
     seg_lo = cursor[SEG_LO]
     seg_hi = cursor[SEG_HI]
     off_lo = cursor[OFF_LO]
@@ -161,6 +163,7 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
                 else:
                     hi = mid
             z = np.int64(zone_index[lo]) if lo < zone_merchant.shape[0] and zone_merchant[lo] == m else np.int64(0)
+            zone = z
             seg_lo = zone_first[z]
             seg_hi = zone_first[z + 1]
             zone_merchant_now = m
@@ -173,17 +176,13 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
             if t < 0 or t > ts_max:
                 status = 4  # TIMESTAMP_RANGE
                 break
-            lo, hi = seg_lo + 1, seg_hi
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if off_start[mid] <= t:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            offset = off_value[lo - 1]
-            off_lo = off_start[lo - 1]
-            if lo < seg_hi:
-                off_hi = off_start[lo]
+            j = seg_bucket[zone * buckets + (t >> shift)]     # see _rfm: the bucket's segment or a later one
+            while j + 1 < seg_hi and off_start[j + 1] <= t:
+                j += 1
+            offset = off_value[j]
+            off_lo = off_start[j]
+            if j + 1 < seg_hi:
+                off_hi = off_start[j + 1]
             else:
                 off_hi = INT64_MAX if ts_max == INT64_MAX else ts_max + 1
             local_calibration_ts = _shifted(calibration_ts, offset)
@@ -264,6 +263,7 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
     cursor[PERIOD] = period
     cursor[ZONE_SET] = zone_set
     cursor[ZONE_MERCHANT] = zone_merchant_now
+    cursor[ZONE] = zone
     cursor[SEG_LO] = seg_lo
     cursor[SEG_HI] = seg_hi
     cursor[OFF_LO] = off_lo
@@ -275,7 +275,7 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
 
 
 def scan(state, merchant_id, customer_id, order_ts, amount, period_start, off_start, off_value, zone_first,
-         zone_merchant, zone_index, units_per_day, ts_max, start, stop, calibration_ts=INT64_MAX,
+         seg_bucket, zone_merchant, zone_index, shift, units_per_day, ts_max, start, stop, calibration_ts=INT64_MAX,
          holdout_end_ts=INT64_MIN):
     """Scan rows ``[start, stop)`` of one record batch; return ``(status, row)`` (see ``_rfm.scan``)."""
     n = len(merchant_id)
@@ -287,8 +287,9 @@ def scan(state, merchant_id, customer_id, order_ts, amount, period_start, off_st
         raise ValueError("ts_max is outside the day table")
     if len(period_start) < state.n_periods + 1:
         raise ValueError("period_start needs one entry per period plus one")
-    check_zone_offsets(off_start, off_value, zone_first, zone_merchant, zone_index, units_per_day)
-    for table, dtype in ((off_start, np.int64), (off_value, np.int64), (zone_first, np.int64),
+    check_zone_offsets(off_start, off_value, zone_first, seg_bucket, zone_merchant, zone_index, shift,
+                       units_per_day, ts_max)
+    for table, dtype in ((off_start, np.int64), (off_value, np.int64), (zone_first, np.int64), (seg_bucket, np.int64),
                          (zone_merchant, np.int64), (zone_index, np.int32)):
         if table.ndim != 1 or table.dtype != dtype:
             raise ValueError("inconsistent zone offset tables")
@@ -299,7 +300,8 @@ def scan(state, merchant_id, customer_id, order_ts, amount, period_start, off_st
             raise ValueError(f"unexpected column dtype {column.dtype}")
     status, row = _scan_rows(
         state.cursor, state.out, merchant_id, customer_id, order_ts, amount, state.day_period, period_start,
-        off_start, off_value, zone_first, zone_merchant, zone_index, np.int64(units_per_day), np.int64(ts_max), np.int64(state.min_amount), np.int64(state.observation_period),
+        off_start, off_value, zone_first, seg_bucket, zone_merchant, zone_index, np.int64(shift),
+        np.int64(units_per_day), np.int64(ts_max), np.int64(state.min_amount), np.int64(state.observation_period),
         np.int64(state.include_first), np.int64(calibration_ts), np.int64(holdout_end_ts), np.int64(start),
         np.int64(stop),
     )

@@ -201,14 +201,24 @@ def zone_offsets(zone, units_per_day):
 
 @lru_cache(maxsize=64)
 def _offset_tables(zone_names, units_per_day):
-    """(off_start, off_value, zone_first) of the zones stacked, as the kernels take them."""
+    """(off_start, off_value, zone_first, seg_bucket, shift) of the zones stacked, as the kernels take them.
+
+    ``seg_bucket[z * buckets + (t >> shift)]`` is the segment of zone ``z``
+    holding that bucket's first timestamp (``periods.bucket_shift``: at
+    most 28 days), so the kernel finds a timestamp's segment in a step or
+    two instead of a binary search.
+    """
     tables = [zone_offsets(z, units_per_day) for z in zone_names]
     first = np.cumsum([0] + [len(t[0]) for t in tables]).astype(np.int64)
     off_start = np.concatenate([t[0] for t in tables])
     off_value = np.concatenate([t[1] for t in tables])
-    for a in (off_start, off_value, first):
+    shift = periods.bucket_shift(units_per_day)
+    bucket_starts = np.arange((periods.ts_max(units_per_day) >> shift) + 1, dtype=np.int64) << shift
+    seg_bucket = np.concatenate([np.searchsorted(t[0], bucket_starts, "right") - 1 + first[z]
+                                 for z, t in enumerate(tables)]).astype(np.int64)
+    for a in (off_start, off_value, first, seg_bucket):
         a.setflags(write=False)
-    return off_start, off_value, first
+    return off_start, off_value, first, seg_bucket, shift
 
 
 def local_days(order_ts, zone, units_per_day):
@@ -348,12 +358,14 @@ class RfmKernel:
         ts_max = periods.ts_max(batch.units_per_day)
         engine, st = self.engine, state.engine_state
         limits = () if self.holdout is None else self.holdout.thresholds(batch.units_per_day)
-        off_start, off_value, zone_first = _offset_tables(self.zones.zones, int(batch.units_per_day))
+        off_start, off_value, zone_first, seg_bucket, shift = _offset_tables(self.zones.zones,
+                                                                             int(batch.units_per_day))
         row = start
         while True:
             status, row = engine.scan(st, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
-                                      period_start, off_start, off_value, zone_first, self.zones.merchant_id,
-                                      self.zones.zone, batch.units_per_day, ts_max, row, stop, *limits)
+                                      period_start, off_start, off_value, zone_first, seg_bucket,
+                                      self.zones.merchant_id, self.zones.zone, shift, batch.units_per_day, ts_max,
+                                      row, stop, *limits)
             if status == engine.Status.OK:
                 return
             if status != engine.Status.NEED_SPACE:
