@@ -806,3 +806,13 @@ def test_zones_day_range_and_month_range_in_the_partials():
             assert parts.month_range == (11, (2023 - 1969) * 12 + 10)
             assert parts.first_order[:2] == (int(np.datetime64("1970-01-01T00:30", "ns").astype(np.int64)), 1)
             assert periods.period_start("all", [0], parts.month_range[0])[0] == np.datetime64("1969-12-01")
+
+
+def test_zones_bad_names_are_refused_before_reading():
+    orders = _zoned(ZONED_EXAMPLE)
+    for call in (lambda **k: lm.cohorts(orders, **k), lambda **k: lm.concentration(orders, **k),
+                 lambda **k: lm.rfm(orders, **k).read_all()):
+        with pytest.raises(ValueError, match="Mars/Olympus"):
+            call(timezone="Mars/Olympus")
+        with pytest.raises(lm.SchemaError, match="Mars/Olympus"):
+            call(merchants=_zone_table({1: "America/New_York", 2: "Mars/Olympus"}))
