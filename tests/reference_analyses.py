@@ -17,8 +17,8 @@ Decisions it encodes (README, "Further analyses"):
 Time zones (SPEC §3): every order's period is the calendar period of its
 local time in its merchant's zone — the merchants table's ``timezone``
 (null or empty: not given), else the ``timezone`` argument, else UTC —
-found per row with ``zoneinfo`` (``local_dates``); a date32 ``order_ts``
-is a calendar date, the same in every zone. Where one number must
+found per row with ``zoneinfo`` (``local_dates``); a date32 or date64
+``order_ts`` is a calendar date, the same in every zone. Where one number must
 stand for the whole input:
 
 * ``period="all"`` starts on the first day of the local month of the
@@ -111,10 +111,11 @@ def utc_seconds(column):
 def local_offsets(orders, zone_of):
     """UTC offset in seconds of each order's instant in its merchant's zone (zone offsets change on whole seconds).
 
-    A date32 ``order_ts`` is a calendar date with no time of day: the same date in every zone (offset 0).
+    A date32 or date64 ``order_ts`` is a calendar date with no time of day: the same date in every zone
+    (offset 0).
     """
     merchants = _column_values(orders, "merchant_id")
-    if pa.types.is_date32(orders.column("order_ts").type):
+    if not pa.types.is_timestamp(orders.column("order_ts").type):
         return [0] * len(merchants)
     seconds = utc_seconds(orders.column("order_ts"))
     return [int((_UTC_EPOCH + dt.timedelta(seconds=s)).astimezone(zone_of(m)).utcoffset().total_seconds())

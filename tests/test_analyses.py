@@ -598,8 +598,7 @@ def test_inconsistent_state_arrays_are_refused():
     for module in (_analyses, numba_analyses):
         state = kernel.new_state()
         state.cells = np.zeros((len(state.slot_cohort), 10, 3), np.int64)   # too few periods
-        month_table, month_starts, shift = kernel.tables(batch.units_per_day)
-        zones = kernel.zones
+        month_table, month_starts, shift, zones = kernel.tables(batch.units_per_day)
         with pytest.raises(ValueError, match="inconsistent"):
             module.cohort_scan(state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
                                month_table, month_starts, zones.merchant_id, zones.zone, periods.month_period("month"),

@@ -603,7 +603,7 @@ def _local_frame(table, merchants, timezone):
                                       merchants.column("timezone").to_pylist()) if z}
     merchant = table.column("merchant_id").to_pylist()
     local = []
-    date32 = pa.types.is_date32(table.column("order_ts").type)   # a calendar date: the same in every zone
+    date32 = not pa.types.is_timestamp(table.column("order_ts").type)   # a calendar date: the same in every zone
     for m, when in zip(merchant, frame["date"]):
         zone = "UTC" if date32 else zones.get(m, timezone or "UTC")
         local.append(pd.Timestamp(when).tz_localize("UTC").tz_convert(zone).tz_localize(None))

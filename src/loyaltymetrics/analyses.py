@@ -355,6 +355,9 @@ def merchant_zones(merchants, timezone=None):
     return merchants.zones(None if timezone is None else periods.check_zone(timezone))
 
 
+_UTC_ZONES = periods.MerchantZones.utc()
+
+
 @lru_cache(maxsize=64)
 def _zone_month_starts(zone_names, units_per_day):
     starts = np.stack([periods.local_month_starts(z, units_per_day) for z in zone_names])
@@ -374,20 +377,25 @@ class _Kernel:
         self.month_period = periods.month_period(period)
         self.n_periods = periods.n_periods(period)
 
-    def tables(self, units_per_day):
-        """(month tables, month starts, shift) of every zone for a column's units (cached)."""
-        return (periods.period_tables("month", units_per_day, self.zones),
-                _zone_month_starts(self.zones.zones, int(units_per_day)), periods.bucket_shift(units_per_day))
+    def tables(self, units_per_day, dates=False):
+        """(month tables, month starts, shift, zones) for a column's units (cached).
+
+        ``dates``: the column holds calendar dates (date32, date64), the same
+        date in every zone, so every merchant gets the UTC tables.
+        """
+        zones = _UTC_ZONES if dates else self.zones
+        return (periods.period_tables("month", units_per_day, zones),
+                _zone_month_starts(zones.zones, int(units_per_day)), periods.bucket_shift(units_per_day), zones)
 
     def scan(self, state, batch, start=0, stop=None):
         stop = len(batch) if stop is None else stop
-        month_table, month_starts, shift = self.tables(batch.units_per_day)
+        month_table, month_starts, shift, zones = self.tables(batch.units_per_day, getattr(batch, "dates", False))
         ts_max = periods.ts_max(batch.units_per_day)
         state.units_per_day = batch.units_per_day
         row = start
         while True:
             status, row = self._scan(state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
-                                     month_table, month_starts, self.zones.merchant_id, self.zones.zone,
+                                     month_table, month_starts, zones.merchant_id, zones.zone,
                                      self.month_period, shift, ts_max, row, stop)
             if status == _scan.Status.OK:
                 break

@@ -221,6 +221,9 @@ def _offset_tables(zone_names, units_per_day):
     return off_start, off_value, first, seg_bucket, shift
 
 
+_UTC_ZONES = periods.MerchantZones.utc()
+
+
 def local_days(order_ts, zone, units_per_day):
     """Local day numbers (since 1970-01-01) of valid raw timestamps in ``zone``."""
     starts, offsets = zone_offsets(zone, units_per_day)
@@ -358,13 +361,14 @@ class RfmKernel:
         ts_max = periods.ts_max(batch.units_per_day)
         engine, st = self.engine, state.engine_state
         limits = () if self.holdout is None else self.holdout.thresholds(batch.units_per_day)
-        off_start, off_value, zone_first, seg_bucket, shift = _offset_tables(self.zones.zones,
-                                                                             int(batch.units_per_day))
+        # Calendar dates (date32, date64) are the same date in every zone: UTC for every merchant.
+        zones = _UTC_ZONES if getattr(batch, "dates", False) else self.zones
+        off_start, off_value, zone_first, seg_bucket, shift = _offset_tables(zones.zones, int(batch.units_per_day))
         row = start
         while True:
             status, row = engine.scan(st, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
                                       period_start, off_start, off_value, zone_first, seg_bucket,
-                                      self.zones.merchant_id, self.zones.zone, shift, batch.units_per_day, ts_max,
+                                      zones.merchant_id, zones.zone, shift, batch.units_per_day, ts_max,
                                       row, stop, *limits)
             if status == engine.Status.OK:
                 return
@@ -480,8 +484,9 @@ def last_order_day(orders, columns=None, zones=None):
         batch.check()                           # the maximum of whole pages, not of zeros
         # Out of range: the scan reports it as a TimestampRangeError at its row.
         tops = np.clip(tops.astype(np.int64), 0, periods.ts_max(batch.units_per_day))
+        dates = getattr(batch, "dates", False)     # calendar dates: the same date in every zone
         for m, top in zip(merchants.tolist(), tops.tolist()):
-            day = int(local_days([top], zones.zone_name(m), batch.units_per_day)[0])
+            day = int(local_days([top], "UTC" if dates else zones.zone_name(m), batch.units_per_day)[0])
             latest = day if latest is None else max(latest, day)
         batch.release()
     return latest
