@@ -231,6 +231,19 @@ cdef inline void fold_orders(ScanState st, int64_t merchant, int64_t lo, int64_t
         st.last_merchant = merchant
 
 
+cdef inline (int64_t, int64_t) touched_periods(const int64_t* table, int shift, int64_t lo,
+                                              int64_t hi) noexcept nogil:
+    """``(acc_lo, acc_hi)``: the periods of timestamps ``lo`` and ``hi`` (``lo > hi``: none, ``(INT64_MAX, -1)``)."""
+    cdef int64_t b
+    if lo > hi:
+        return INT64_MAX, -1
+    b = (lo >> shift) * 2
+    lo = table[b] + (lo > table[b + 1])
+    b = (hi >> shift) * 2
+    hi = table[b] + (hi > table[b + 1])
+    return lo, hi
+
+
 cdef inline const int64_t* zone_table(const int64_t* tables, Py_ssize_t stride, const int64_t* zone_merchant,
                                       const int32_t* zone_index, Py_ssize_t n_zoned, int64_t m) noexcept nogil:
     """The period table of merchant ``m``'s zone: binary search of the sorted ``zone_merchant``, else zone 0."""
@@ -362,6 +375,8 @@ cdef inline Status scan_rows(
             break
         if not same_merchant:                   # next merchant: emit the last one's partials
             if started:
+                if not refunds:
+                    acc_lo, acc_hi = touched_periods(table, shift, order_lo, order_hi)
                 if st.out_rows + (acc_hi - acc_lo + 1) > st.out_merchant.shape[0]:
                     status = NEED_SPACE
                     break
@@ -411,10 +426,14 @@ cdef inline Status scan_rows(
         if overflow:
             status = AMOUNT_OVERFLOW
             break
-        acc_lo = p if p < acc_lo else acc_lo
-        acc_hi = p if p > acc_hi else acc_hi
-        # The merchant's earliest and latest order (a refund is no order): for the observation window.
+        # The merchant's earliest and latest order (a refund is no order), for the observation
+        # window, and the periods it touched in `acc`. Without refunds every row is an order and
+        # a merchant's periods grow with its timestamps (one zone's table), so its touched
+        # periods are those of its earliest and latest order: found when it is flushed
+        # (touched_periods), the row pays for the window and nothing more.
         if refunds:
+            acc_lo = p if p < acc_lo else acc_lo
+            acc_hi = p if p > acc_hi else acc_hi
             order_lo = t if (t < order_lo) & (a >= 0) else order_lo
             order_hi = t if (t > order_hi) & (a >= 0) else order_hi
         else:
@@ -426,6 +445,8 @@ cdef inline Status scan_rows(
     else:
         i = n
     stop[0] = i
+    if not refunds and started:
+        acc_lo, acc_hi = touched_periods(table, shift, order_lo, order_hi)
     st.cur.started = started
     st.cur.prev_merchant, st.cur.prev_customer, st.cur.prev_ts = prev_merchant, prev_customer, prev_ts
     st.cur.run_period, st.cur.run_orders, st.cur.run_reward_orders = run_period, run_orders, run_reward_orders

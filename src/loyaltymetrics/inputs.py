@@ -63,6 +63,9 @@ class OrderBatch:
     reward_offset: int
     units_per_day: int
     mapped: object = None  # the _MappedFile the columns point into, if any
+    # order_ts holds calendar dates (date32, date64): the same date in every time zone, so
+    # their periods are the UTC ones whatever the merchant's zone (periods.py).
+    dates: bool = False
 
     def __len__(self):
         return len(self.merchant_id)
@@ -261,6 +264,7 @@ def _order_batch(batch, names, source, first_row, mapped=None):
         reward_offset=reward_offset,
         units_per_day=units_per_day,
         mapped=mapped,
+        dates=not pa.types.is_timestamp(ts.type),
     )
 
 

@@ -69,7 +69,9 @@ class ComputeKernel:
 
     def scan(self, state, batch, start, stop):
         upd = self.units_per_day = batch.units_per_day
-        # One table per zone (date32: the UTC table in every zone, periods.py).
+        if batch.dates:     # a date is the same date in every zone: UTC tables (periods.py)
+            self.zones = periods.MerchantZones.utc()
+        # One table per zone.
         tables = periods.period_tables(self.period, upd, self.zones)
         shift, ts_max = periods.bucket_shift(upd), periods.ts_max(upd)
         row = start
@@ -115,15 +117,18 @@ def order_window(order_range, units_per_day, zones):
     """``(month_range, day_range)`` from the earliest and latest order (None: no order).
 
     The months are local to each order's merchant's zone (SPEC §3: "all" starts
-    in the month of the earliest order in that order's merchant's zone); the
+    in the month of the earliest order in that order's merchant's zone; the
+    last is never before the first); the
     days are UTC days since 1970-01-01 (a date32 value is its own day).
     """
     if order_range is None:
         return None, None
     (first, first_merchant), (last, last_merchant) = order_range
-    months = (periods.local_month_of(first, units_per_day, zones.zone_name(first_merchant)),
-              periods.local_month_of(last, units_per_day, zones.zone_name(last_merchant)))
-    return months, (first // units_per_day, last // units_per_day)
+    first_month = periods.local_month_of(first, units_per_day, zones.zone_name(first_merchant))
+    last_month = periods.local_month_of(last, units_per_day, zones.zone_name(last_merchant))
+    # Zones far apart can put the latest order's local month before the earliest's (a day apart,
+    # across a month end): "all" then spans one month, never none (SPEC §6 divides by its months).
+    return (first_month, max(first_month, last_month)), (first // units_per_day, last // units_per_day)
 
 
 def scan_orders(batches, period, refunds=False, engine="cython", threads=None,
