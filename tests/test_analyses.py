@@ -815,3 +815,19 @@ def test_zones_bad_names_are_refused_before_reading():
             call(timezone="Mars/Olympus")
         with pytest.raises(lm.SchemaError, match="Mars/Olympus"):
             call(merchants=_zone_table({1: "America/New_York", 2: "Mars/Olympus"}))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_zones_calendar_dates_are_the_same_date_in_every_zone(engine):
+    # date32 and date64 order_ts are dates, not instants: 2023-01-01 is in January in New York too.
+    days = [dt.date(2023, 1, 1), dt.date(2023, 1, 31), dt.date(2023, 2, 1)]
+    merchants = _zone_table({1: "America/New_York", 2: "Asia/Kathmandu"})
+    for ts_type in (pa.date32(), pa.date64()):
+        orders = pa.table({"merchant_id": pa.array([1, 1, 2], pa.int64()), "customer_id": pa.array([1, 1, 1], pa.int64()),
+                           "order_ts": pa.array(days, ts_type), "amount": pa.array([1, 2, 3], pa.int64())})
+        got = check_cohorts(orders, merchants, ["merchant"], "month", engine).to_pylist()
+        assert [(r["merchant_id"], r["cohort_start"]) for r in got if r["period_index"] == 0] == [
+            (1, dt.date(2023, 1, 1)), (2, dt.date(2023, 2, 1))]
+        check_concentration(orders, merchants, ["merchant"], "all", 1, engine)
+        rfm = lm.rfm(orders, "M", merchants=merchants, engine=engine).read_all().to_pylist()
+        assert [r["recency"] for r in rfm] == [0.0, 0.0]    # both of merchant 1's orders in January
