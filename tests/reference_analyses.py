@@ -24,8 +24,9 @@ stand for the whole input:
 * ``period="all"`` starts on the first day of the local month of the
   input's earliest order (the earliest instant; on a tie, the smallest
   merchant_id, i.e. the first in file order) in its merchant's zone, and
-  its length in months (for ``size``) runs to the latest local month of
-  any order;
+  its length in months (for ``size``) runs to the local month of the
+  latest order (the latest instant, ties to the larger merchant_id), at
+  least one, as ``compute`` counts them;
 * the cohorts' horizon is the latest local period of any order, each in
   its merchant's zone, so that no order's cell is cut off.
 
@@ -137,12 +138,13 @@ def _read_orders(orders, merchants=None, timezone=None):
     return list(zip(merchants_ids, customers, days, amounts))
 
 
-def _earliest_order_date(orders, rows, refunds):
-    """Local date of the input's earliest order: the earliest instant, on a tie the smallest merchant_id."""
+def _order_range_dates(orders, rows, refunds):
+    """Local dates of the input's earliest and latest order: the earliest instant (ties: the smallest
+    merchant_id) and the latest (ties: the largest)."""
     ts = orders.column("order_ts")
     raw = ts.cast(pa.int32() if pa.types.is_date32(ts.type) else pa.int64()).to_pylist()   # one unit: comparable
     candidates = [(t, r[0], r[2]) for t, r in zip(raw, rows) if not (refunds and r[3] < 0)]
-    return min(candidates)[2]
+    return min(candidates)[2], max(candidates)[2]
 
 
 def _key_columns(by, key, names):
@@ -178,8 +180,8 @@ def reference_concentration(orders, merchants=None, by=(), period="year", top=0.
     info = _read_merchants(merchants)
     labels = size_labels(size_edges)
     if period == "all":
-        first, last = _earliest_order_date(orders, rows, refunds), max(r[2] for r in order_rows)
-        months = _month_number(last) - _month_number(first) + 1
+        first, last = _order_range_dates(orders, rows, refunds)
+        months = max(_month_number(last) - _month_number(first) + 1, 1)
         start = dt.date(first.year, first.month, 1)
         period_of = lambda day: start  # noqa: E731
     else:

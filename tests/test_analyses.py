@@ -831,3 +831,19 @@ def test_zones_calendar_dates_are_the_same_date_in_every_zone(engine):
         check_concentration(orders, merchants, ["merchant"], "all", 1, engine)
         rfm = lm.rfm(orders, "M", merchants=merchants, engine=engine).read_all().to_pylist()
         assert [r["recency"] for r in rfm] == [0.0, 0.0]    # both of merchant 1's orders in January
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_zones_latest_order_month_before_the_earliest(engine):
+    # Tokyo's order at 15:30Z is 2024-02-01 local; New York's later one (16:00Z) is 2024-01-31 local.
+    # "all" counts months from February to January: at least one, as compute does; the cohorts' horizon
+    # is February (the latest local month of any order), so Tokyo's cohort has its cell.
+    orders = _zoned([(1, 1, "2024-01-31T16:00:00", 5), (2, 1, "2024-01-31T15:30:00", 7)])
+    merchants = _zone_table({1: "America/New_York", 2: "Asia/Tokyo"})
+    zones = inputs.read_merchants(merchants).zones()
+    parts = analyses.run(analyses.HistKernel("all", engine, zones=zones), inputs.order_batches(orders))
+    feb, jan = (2024 - 1969) * 12 + 1, (2024 - 1969) * 12
+    assert (parts.month_range, parts.horizon_month) == ((feb, jan), feb)
+    for by in ([], ["size"], ["merchant", "size"]):
+        check_concentration(orders, merchants, by, "all", 1, engine, size_edges=(1, 2))
+        check_cohorts(orders, merchants, by, "month", engine, size_edges=(1, 2))

@@ -21,11 +21,14 @@ Periods are local to each merchant's zone (SPEC §3; ``periods.MerchantZones``):
 the kernel gets one month table per zone and switches on merchant change.
 Every partials object also carries the input's order range: ``day_range``
 (UTC days since 1970-01-01 of the earliest and latest order, for the
-observation window), ``month_range`` (the local month of the earliest
-order in its merchant's zone — ``period="all"``'s start — and the latest
-local month of any order — the cohorts' horizon), and ``first_order``
-(``(order_ts, merchant_id, month)`` of the earliest order, ties to the
-smaller merchant, so that states combine to the same answer in any order).
+observation window), ``month_range`` (the local months of the earliest
+and the latest order, each in its merchant's zone, as ``compute`` has it:
+``period="all"``'s start and its months for ``size``), ``horizon_month``
+(the latest local month of any order: the cohorts' horizon, so that no
+order's cell is cut off), and ``first_order`` / ``last_order``
+(``(order_ts, merchant_id, month)``; ties: the smaller merchant is the
+earlier, the larger the later), so that states combine to the same answer
+in any order.
 ``run`` drives a kernel with ``parallel.run`` (one thread or several).
 """
 from __future__ import annotations
@@ -86,6 +89,7 @@ class _State:
         self.cur = _new_cursor(refunds)
         self.last_batch = None
         self.units_per_day = None       # of the order_ts column scanned (one per input)
+        self.local_month = None         # (order_ts, merchant_id) -> local month, set by the kernel's scan
 
     @property
     def last_row_keys(self):
@@ -96,9 +100,10 @@ class _State:
         return tuple(int(c[_CUR[k]]) for k in ("prev_merchant", "prev_customer", "prev_ts"))
 
     @property
-    def month_range(self):
+    def horizon_month(self):
+        """The latest local month of any order seen, or None."""
         last = int(self.cur[_CUR["last_month"]])
-        return None if last < 0 else (int(self.cur[_CUR["first_month"]]), last)
+        return None if last < 0 else last
 
     @property
     def first_order(self):
@@ -106,6 +111,14 @@ class _State:
         if self.cur[_CUR["late_ts"]] < 0:
             return None
         return tuple(int(self.cur[_CUR[k]]) for k in ("early_ts", "early_merchant", "first_month"))
+
+    @property
+    def last_order(self):
+        """(order_ts, merchant_id, local month) of the latest order seen, or None."""
+        if self.cur[_CUR["late_ts"]] < 0:
+            return None
+        ts, merchant = int(self.cur[_CUR["late_ts"]]), int(self.cur[_CUR["late_merchant"]])
+        return ts, merchant, self.local_month(ts, merchant)
 
     @property
     def day_range(self):
@@ -116,7 +129,7 @@ class _State:
                 int(self.cur[_CUR["late_ts"]]) // self.units_per_day)
 
     def ranges(self):
-        return dict(month_range=self.month_range, day_range=self.day_range, first_order=self.first_order)
+        return _ranges([_Ranges(self.day_range, self.first_order, self.last_order, self.horizon_month)])
 
     def _need(self):
         return int(self.cur[_CUR["need"]]), int(self.cur[_CUR["need_count"]])
@@ -189,6 +202,8 @@ class CohortPartials:
     month_range: tuple | None
     day_range: tuple | None = None
     first_order: tuple | None = None
+    last_order: tuple | None = None
+    horizon_month: int | None = None
 
     @staticmethod
     def combine(parts):
@@ -202,16 +217,24 @@ class CohortPartials:
         )
 
 
+@dataclass(frozen=True)
+class _Ranges:
+    day_range: tuple | None
+    first_order: tuple | None
+    last_order: tuple | None
+    horizon_month: int | None
+
+
 def _ranges(parts):
     """The order ranges of several states' partials combined (see the module docstring)."""
-    firsts = [p.first_order for p in parts if p.first_order is not None]
-    if not firsts:
-        return dict(month_range=None, day_range=None, first_order=None)
-    first = min(firsts)                 # (order_ts, merchant_id, ...): earliest, ties to the smaller merchant
-    days = [p.day_range for p in parts if p.day_range is not None]
-    last_month = max(p.month_range[1] for p in parts if p.month_range is not None)
-    return dict(month_range=(first[2], last_month), day_range=(min(d[0] for d in days), max(d[1] for d in days)),
-                first_order=first)
+    parts = [p for p in parts if p.first_order is not None]
+    if not parts:
+        return dict(month_range=None, day_range=None, first_order=None, last_order=None, horizon_month=None)
+    first = min(p.first_order for p in parts)   # (order_ts, merchant_id, month): ties to the smaller merchant
+    last = max(p.last_order for p in parts)     # ties to the larger merchant
+    return dict(month_range=(first[2], last[2]),
+                day_range=(min(p.day_range[0] for p in parts), max(p.day_range[1] for p in parts)),
+                first_order=first, last_order=last, horizon_month=max(p.horizon_month for p in parts))
 
 
 @dataclass(frozen=True)
@@ -333,6 +356,8 @@ class HistPartials:
     month_range: tuple | None
     day_range: tuple | None = None
     first_order: tuple | None = None
+    last_order: tuple | None = None
+    horizon_month: int | None = None
 
     @staticmethod
     def combine(parts):
@@ -392,6 +417,8 @@ class _Kernel:
         month_table, month_starts, shift, zones = self.tables(batch.units_per_day, getattr(batch, "dates", False))
         ts_max = periods.ts_max(batch.units_per_day)
         state.units_per_day = batch.units_per_day
+        state.local_month = lambda ts, merchant, z=zones, u=batch.units_per_day: periods.local_month_of(
+            ts, u, z.zone_name(merchant))
         row = start
         while True:
             status, row = self._scan(state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,

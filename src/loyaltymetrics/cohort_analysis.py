@@ -146,8 +146,8 @@ def cohorts_table(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES
     merchant, cohort, index = merchant[order][starts], cohort[order][starts], index[order][starts]
     cells = sum_groups(p.cells[order], starts, source)
     last_period = 0
-    if p.month_range is not None:
-        last_period = int(periods.month_period(period)[p.month_range[1]])
+    if p.horizon_month is not None:
+        last_period = int(periods.month_period(period)[p.horizon_month])
     # Refunds after the period of the input's latest order are in no observable cell.
     observable = cohort + index <= last_period
     if not observable.all():

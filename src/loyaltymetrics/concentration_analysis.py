@@ -77,7 +77,8 @@ def concentration(orders, merchants=None, *, by=(), period="year", top=0.05, col
         periods in each merchant's own time zone (SPEC §3); ``"all"``
         starts on the first day of the local month of the input's earliest
         order, in its merchant's zone, and its length in months (for
-        ``size``) runs to the latest local month of any order.
+        ``size``) runs to the latest order's local month, as in ``compute``
+        (at least one).
     top : number in (0, 1]
         The fraction of store-customers at the top: k = ceil(top ×
         customers). A float counts as the decimal it prints as (0.07 is
@@ -287,7 +288,9 @@ def concentration_table(first, merchants, by, period, top, rerun, size_edges=DEF
     orders = sum_groups(p.orders[order], starts, source)
 
     first_month, last_month = p.month_range or (0, 0)
-    months = (last_month - first_month + 1) if period == "all" else periods.MONTHS_PER_PERIOD[period]
+    # "all": the local months from the earliest order's to the latest's, as compute counts them (at
+    # least one: zones far apart can put the latest order's month before the earliest's).
+    months = max(last_month - first_month + 1, 1) if period == "all" else periods.MONTHS_PER_PERIOD[period]
     codes, decode = group_codes(merchant, orders, months, merchants, by, size_edges)
 
     # Group-periods: merchants in the same group and period.
