@@ -179,8 +179,9 @@ def bins_of(values):
 
 
 cdef struct Tables:
-    # The zones' tables as plain pointers (checked by ``check_zone_tables``), so that the row loop
-    # passes one pointer instead of several memoryview structs by value.
+    # The zones' tables as plain pointers (checked by ``check_zone_tables``), passed by value: a
+    # copy the compiler keeps in registers (no store to ``cur`` can alias it), and one small struct
+    # instead of several memoryview structs.
     const int64_t* month_table      # [zone][bucket][2]: periods.period_table("month", ...) of each zone
     Py_ssize_t buckets
     const int64_t* month_starts     # [zone][month]: periods.local_month_starts of each zone
@@ -226,7 +227,7 @@ cdef Tables tables_of(const int64_t[:, :, ::1] month_table, const int64_t[:, ::1
 
 
 cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, int64_t a,
-                        const Tables* tb, const bint refunds) noexcept nogil:
+                        const Tables tb, const bint refunds) noexcept nogil:
     """Check one row and say how it moves the cursor (or ``-status``).
 
     Checks in the order ``_scan`` makes them, so both report the same
@@ -251,7 +252,7 @@ cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, in
         move = NEXT_MERCHANT
         # A new merchant: its zone's tables, and an empty month cache (it was another zone's).
         # Only here, so a row of the same merchant does no zone work at all.
-        cur[ZONE] = zone_of(m, tb)
+        cur[ZONE] = zone_of(m, &tb)
         cur[MONTH_LO] = 0
         cur[MONTH_HI] = 0
     else:
@@ -447,7 +448,7 @@ cdef inline int cohort_rows(
     const customer_key_t[::1] customer_id,
     const order_ts_t[::1] order_ts,
     const int64_t[::1] amount,
-    const Tables* tb,
+    const Tables tb,
     Py_ssize_t start,
     Py_ssize_t stop,
     Py_ssize_t* row,
@@ -519,9 +520,9 @@ def cohort_scan(state,
     # Two copies of the loop, the mode a constant in each (branch on modes outside the row loop).
     with nogil:
         if s.cur[REFUNDS]:
-            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, &tb, start, stop, &row, True)
+            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, True)
         else:
-            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, &tb, start, stop, &row, False)
+            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, False)
     return status, row
 
 
@@ -747,7 +748,7 @@ cdef inline int hist_rows(
     const customer_key_t[::1] customer_id,
     const order_ts_t[::1] order_ts,
     const int64_t[::1] amount,
-    const Tables* tb,
+    const Tables tb,
     Py_ssize_t start,
     Py_ssize_t stop,
     Py_ssize_t* row,
@@ -816,9 +817,9 @@ def hist_scan(state,
     cdef Tables tb = tables_of(month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
     with nogil:
         if s.cur[REFUNDS]:
-            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, &tb, start, stop, &row, True)
+            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, True)
         else:
-            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, &tb, start, stop, &row, False)
+            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, False)
     return status, row
 
 
