@@ -10,6 +10,20 @@ arrays (``cur`` is the cursor, indexed by ``CURSOR_FIELDS``), so a call can
 stop at any row and be resumed there, and the NumPy-only twin
 ``loyaltymetrics.numba_analyses`` runs on exactly the same state.
 
+Periods are local to each merchant's time zone (SPEC §3): the caller
+passes one month table per zone (``periods.period_tables("month", ...)``)
+and each zone's local month starts (``periods.local_month_starts``), with
+the merchants outside zone 0 (``periods.MerchantZones``). The kernel looks
+the zone up when the merchant changes (a binary search, in the branch that
+sees the change anyway) and empties its month cache then, so the row loop
+does the same work in any zone.
+
+The cursor also tracks the input's earliest and latest order (their
+timestamp and merchant; ties: the smaller merchant is the earlier, the
+larger the later, as in file order) and the local month of the earliest in
+its merchant's zone, for the observation window and ``period="all"``
+(SPEC §3): a compare per row, no extra pass.
+
 With ``cur[REFUNDS]`` set (``refunds=True``, SPEC §2) a row with a negative
 amount is a refund: it belongs to its store-customer's run (its amount is in
 the run's revenue) but is no order, has no rank and widens no month range.
@@ -61,8 +75,8 @@ cdef enum:
     MONTH_LO            # order_ts -> month cache, [MONTH_LO, MONTH_HI) in timestamp units
     MONTH_HI
     PERIOD
-    FIRST_MONTH
-    LAST_MONTH
+    FIRST_MONTH         # local month of the earliest order (EARLY_TS), in its merchant's zone
+    LAST_MONTH          # latest local month of any order, each in its merchant's zone
     N_SLOTS             # slots in use by the current merchant
     N_ROWS              # rows emitted
     N_BIN_ROWS          # histogram bins emitted (concentration)
@@ -73,6 +87,12 @@ cdef enum:
     NEED_COUNT
     REFUNDS             # 1: a negative amount is a refund, not an order (SPEC §2); set by the caller
     CUST_REVENUE        # the open store-customer's amounts so far (cohorts: its cumulative revenue)
+    ZONE                # zone index of PREV_MERCHANT (set by its first row)
+    MONTH               # local month of the month cache (of the last cache miss)
+    EARLY_TS            # the earliest order: timestamp (INT64_MAX: none yet) and merchant
+    EARLY_MERCHANT
+    LATE_TS             # the latest order: timestamp (-1: none yet) and merchant
+    LATE_MERCHANT
     N_CURSOR
 
 CURSOR_FIELDS = (
@@ -80,7 +100,8 @@ CURSOR_FIELDS = (
     "run_revenue", "cohort", "month_lo", "month_hi", "period", "first_month", "last_month",
     "n_slots", "n_rows", "n_bin_rows", "n_values", "target_lo", "target_hi", "need", "need_count",
     "refunds",
-    "cust_revenue",
+    "cust_revenue", "zone", "month", "early_ts", "early_merchant", "late_ts",
+    "late_merchant",
 )
 assert len(CURSOR_FIELDS) == N_CURSOR
 
@@ -157,24 +178,93 @@ def bins_of(values):
     return np.array([bin_of(<uint64_t>v) for v in np.asarray(values, dtype=np.int64)], dtype=np.int32)
 
 
+cdef struct Tables:
+    # The zones' tables as plain pointers (checked by ``check_zone_tables``), passed by value: a
+    # copy the compiler keeps in registers (no store to ``cur`` can alias it), and one small struct
+    # instead of several memoryview structs.
+    const int64_t* month_table      # [zone][bucket][2]: periods.period_table("month", ...) of each zone
+    Py_ssize_t buckets
+    const int64_t* month_starts     # [zone][month]: periods.local_month_starts of each zone
+    Py_ssize_t months               # entries per zone (N_MONTHS + 1)
+    const int64_t* zone_merchant    # sorted merchants outside zone 0, and their zones
+    const int32_t* zone_index
+    Py_ssize_t n_zone_merchants
+    const int32_t* month_period
+    int shift
+    int64_t ts_max
+
+
+cdef inline int64_t zone_of(int64_t m, const Tables* tb) noexcept nogil:
+    """Zone of merchant ``m``: its entry in the sorted ``zone_merchant``, else the default zone 0."""
+    cdef Py_ssize_t lo = 0, hi = tb.n_zone_merchants, mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if tb.zone_merchant[mid] < m:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < tb.n_zone_merchants and tb.zone_merchant[lo] == m:
+        return tb.zone_index[lo]
+    return 0
+
+
+cdef Tables tables_of(const int64_t[:, :, ::1] month_table, const int64_t[:, ::1] month_starts,
+                      const int64_t[::1] zone_merchant, const int32_t[::1] zone_index,
+                      const int32_t[::1] month_period, int shift, int64_t ts_max):
+    """Pointers to tables ``_check_batch`` has checked (non-empty but for the zone lists)."""
+    cdef Tables tb
+    tb.month_table = &month_table[0, 0, 0]
+    tb.buckets = month_table.shape[1]
+    tb.month_starts = &month_starts[0, 0]
+    tb.months = month_starts.shape[1]
+    tb.n_zone_merchants = zone_merchant.shape[0]
+    tb.zone_merchant = &zone_merchant[0] if zone_merchant.shape[0] else NULL
+    tb.zone_index = &zone_index[0] if zone_index.shape[0] else NULL
+    tb.month_period = &month_period[0]
+    tb.shift = shift
+    tb.ts_max = ts_max
+    return tb
+
+
 cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, int64_t a,
-                        const int32_t[::1] day_month, const int32_t[::1] month_period,
-                        const int64_t[::1] month_start, int64_t units_per_day,
-                        int64_t ts_max, const bint refunds) noexcept nogil:
+                        const Tables tb, const bint refunds) noexcept nogil:
     """Check one row and say how it moves the cursor (or ``-status``).
 
     Checks in the order ``_scan`` makes them, so both report the same
-    error for the same bad row. Only the month cache changes here; it is
-    a pure function of ``t``, so a resumed row finds the same answer.
+    error for the same bad row. Only the zone and the month cache change
+    here; they are pure functions of the row and the previous row's keys,
+    so a resumed row finds the same answer.
     """
-    cdef int32_t month
+    cdef int64_t month, z
+    cdef const int64_t* bucket
+    cdef int move
     if a < 0 and not refunds:
         return -NEGATIVE_AMOUNT
+    # How the row moves the cursor; an UNSORTED row is reported after a timestamp out of range.
+    if cur[STARTED] and m == cur[PREV_MERCHANT]:
+        if cust == cur[PREV_CUSTOMER]:
+            move = -UNSORTED if t < cur[PREV_TS] else SAME_RUN
+        elif cust > cur[PREV_CUSTOMER]:
+            move = NEXT_CUSTOMER
+        else:
+            move = -UNSORTED
+    elif not cur[STARTED] or m > cur[PREV_MERCHANT]:
+        move = NEXT_MERCHANT
+        # A new merchant: its zone's tables, and an empty month cache (it was another zone's).
+        # Only here, so a row of the same merchant does no zone work at all.
+        cur[ZONE] = zone_of(m, &tb)
+        cur[MONTH_LO] = 0
+        cur[MONTH_HI] = 0
+    else:
+        move = -UNSORTED
     if t < cur[MONTH_LO] or t >= cur[MONTH_HI]:
-        if t < 0 or t > ts_max:
+        if t < 0 or t > tb.ts_max:
             return -TIMESTAMP_RANGE
-        month = day_month[t // units_per_day]
-        cur[PERIOD] = month_period[month]
+        z = cur[ZONE]
+        bucket = tb.month_table + 2 * (z * tb.buckets + (t >> tb.shift))
+        month = bucket[0] + (t > bucket[1])
+        cur[MONTH] = month
+        cur[PERIOD] = tb.month_period[month]
         if a < 0:
             # A refund is no order: it must not widen the orders' month range (the "all"
             # period's start, the cohorts' horizon), so it leaves the cache empty for the
@@ -182,23 +272,38 @@ cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, in
             cur[MONTH_LO] = 0
             cur[MONTH_HI] = 0
         else:
-            cur[MONTH_LO] = month_start[month]
-            cur[MONTH_HI] = month_start[month + 1]
-            if month < cur[FIRST_MONTH]:
-                cur[FIRST_MONTH] = month
+            cur[MONTH_LO] = tb.month_starts[z * tb.months + month]
+            cur[MONTH_HI] = tb.month_starts[z * tb.months + month + 1]
             if month > cur[LAST_MONTH]:
                 cur[LAST_MONTH] = month
-    if cur[STARTED] and m == cur[PREV_MERCHANT]:
-        if cust == cur[PREV_CUSTOMER]:
-            if t < cur[PREV_TS]:
-                return -UNSORTED
-            return SAME_RUN if cur[PERIOD] == cur[RUN_PERIOD] else NEXT_PERIOD
-        if cust > cur[PREV_CUSTOMER]:
-            return NEXT_CUSTOMER
-        return -UNSORTED
-    if not cur[STARTED] or m > cur[PREV_MERCHANT]:
-        return NEXT_MERCHANT
-    return -UNSORTED
+    if move == SAME_RUN and cur[PERIOD] != cur[RUN_PERIOD]:
+        return NEXT_PERIOD
+    return move
+
+
+cdef inline void track_early(int64_t[::1] cur, int64_t m, int64_t t) noexcept nogil:
+    """Keep the earliest order (SPEC §3's observation window, ``period="all"``'s start).
+
+    ``cur[MONTH]`` is this order's local month: the cache it hit or filled is
+    an order's, of this merchant's zone.
+    """
+    if t < cur[EARLY_TS] or (t == cur[EARLY_TS] and m < cur[EARLY_MERCHANT]):
+        cur[EARLY_TS] = t
+        cur[EARLY_MERCHANT] = m
+        cur[FIRST_MONTH] = cur[MONTH]
+
+
+cdef inline void track_late(int64_t[::1] cur, int64_t m, int64_t t) noexcept nogil:
+    """Keep the latest order (the observation window)."""
+    if t > cur[LATE_TS] or (t == cur[LATE_TS] and m > cur[LATE_MERCHANT]):
+        cur[LATE_TS] = t
+        cur[LATE_MERCHANT] = m
+
+
+cdef inline void track_last_row(int64_t[::1] cur) noexcept nogil:
+    """Without refunds, the row before a store-customer boundary is its latest order (see ``add_order``)."""
+    if cur[STARTED] and not cur[REFUNDS]:
+        track_late(cur, cur[PREV_MERCHANT], cur[PREV_TS])
 
 
 cdef inline void add_order(int64_t[::1] cur, int move, int64_t m, int64_t cust, int64_t t,
@@ -214,6 +319,12 @@ cdef inline void add_order(int64_t[::1] cur, int move, int64_t m, int64_t cust, 
         if move != NEXT_PERIOD:
             # Rows are in time order: without refunds this row is the rank-1 order.
             cur[COHORT] = -1 if refunds else cur[PERIOD]
+            if not refunds:
+                # A store-customer's rows are in time order, so without refunds its first row is its
+                # earliest order and the row before this one the previous store-customer's latest:
+                # the order range costs nothing on the other rows (``*_end`` sees the last one).
+                track_early(cur, m, t)
+                track_last_row(cur)
     cur[STARTED] = 1
     cur[PREV_MERCHANT] = m
     cur[PREV_CUSTOMER] = cust
@@ -223,8 +334,11 @@ cdef inline void add_order(int64_t[::1] cur, int move, int64_t m, int64_t cust, 
             cur[RUN_ORDERS] += 1
             if cur[COHORT] < 0:
                 cur[COHORT] = cur[PERIOD]
+            track_early(cur, m, t)
+            track_late(cur, m, t)
     else:
         cur[RUN_ORDERS] += 1
+
 
 
 cdef inline int need(int64_t[::1] cur, int what, int64_t count) noexcept nogil:
@@ -334,11 +448,7 @@ cdef inline int cohort_rows(
     const customer_key_t[::1] customer_id,
     const order_ts_t[::1] order_ts,
     const int64_t[::1] amount,
-    const int32_t[::1] day_month,
-    const int32_t[::1] month_period,
-    const int64_t[::1] month_start,
-    int64_t units_per_day,
-    int64_t ts_max,
+    const Tables tb,
     Py_ssize_t start,
     Py_ssize_t stop,
     Py_ssize_t* row,
@@ -353,8 +463,7 @@ cdef inline int cohort_rows(
         cust = customer_id[i]
         t = order_ts[i]
         a = amount[i]
-        move = advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max,
-                       refunds)
+        move = advance(cur, m, cust, t, a, tb, refunds)
         if move < 0:
             status = -move
             break
@@ -386,27 +495,34 @@ def cohort_scan(state,
                 const customer_key_t[::1] customer_id not None,
                 const order_ts_t[::1] order_ts not None,
                 const int64_t[::1] amount not None,
-                const int32_t[::1] day_month not None,
+                const int64_t[:, :, ::1] month_table not None,
+                const int64_t[:, ::1] month_starts not None,
+                const int64_t[::1] zone_merchant not None,
+                const int32_t[::1] zone_index not None,
                 const int32_t[::1] month_period not None,
-                const int64_t[::1] month_start not None,
-                int64_t units_per_day, int64_t ts_max,
+                int shift, int64_t ts_max,
                 Py_ssize_t start, Py_ssize_t stop):
-    """Scan rows ``[start, stop)`` of one batch into a ``CohortState``; return ``(status, row)``."""
+    """Scan rows ``[start, stop)`` of one batch into a ``CohortState``; return ``(status, row)``.
+
+    ``month_table[z]`` is zone ``z``'s ``periods.period_table("month", ...)``
+    (buckets of ``2**shift`` units), ``month_starts[z]`` its
+    ``periods.local_month_starts``; ``zone_merchant`` (sorted) and
+    ``zone_index`` name the merchants outside zone 0.
+    """
     _check_batch(merchant_id.shape[0], customer_id.shape[0], order_ts.shape[0], amount.shape[0],
-                 start, stop, day_month, month_period, month_start, units_per_day, ts_max)
+                 start, stop, month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
     cdef CohortArrays s = CohortArrays(state)
     if not s.fits(month_period):
         raise ValueError("the state has fewer periods than month_period names")
     cdef Py_ssize_t row = start
     cdef int status
+    cdef Tables tb = tables_of(month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
     # Two copies of the loop, the mode a constant in each (branch on modes outside the row loop).
     with nogil:
         if s.cur[REFUNDS]:
-            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                                 month_period, month_start, units_per_day, ts_max, start, stop, &row, True)
+            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, True)
         else:
-            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                                 month_period, month_start, units_per_day, ts_max, start, stop, &row, False)
+            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, False)
     return status, row
 
 
@@ -414,6 +530,7 @@ def cohort_end(state, bint flush):
     """Close the open store-customer (and, with ``flush``, the merchant); return a status."""
     cdef CohortArrays s = CohortArrays(state)
     cdef int status = cohort_close_run(s)
+    track_last_row(s.cur)
     if status == OK and flush and s.cur[STARTED]:
         status = cohort_flush_merchant(s)
     return status
@@ -631,11 +748,7 @@ cdef inline int hist_rows(
     const customer_key_t[::1] customer_id,
     const order_ts_t[::1] order_ts,
     const int64_t[::1] amount,
-    const int32_t[::1] day_month,
-    const int32_t[::1] month_period,
-    const int64_t[::1] month_start,
-    int64_t units_per_day,
-    int64_t ts_max,
+    const Tables tb,
     Py_ssize_t start,
     Py_ssize_t stop,
     Py_ssize_t* row,
@@ -650,8 +763,7 @@ cdef inline int hist_rows(
         cust = customer_id[i]
         t = order_ts[i]
         a = amount[i]
-        move = advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max,
-                       refunds)
+        move = advance(cur, m, cust, t, a, tb, refunds)
         if move < 0:
             status = -move
             break
@@ -681,26 +793,33 @@ def hist_scan(state,
               const customer_key_t[::1] customer_id not None,
               const order_ts_t[::1] order_ts not None,
               const int64_t[::1] amount not None,
-              const int32_t[::1] day_month not None,
+              const int64_t[:, :, ::1] month_table not None,
+              const int64_t[:, ::1] month_starts not None,
+              const int64_t[::1] zone_merchant not None,
+              const int32_t[::1] zone_index not None,
               const int32_t[::1] month_period not None,
-              const int64_t[::1] month_start not None,
-              int64_t units_per_day, int64_t ts_max,
+              int shift, int64_t ts_max,
               Py_ssize_t start, Py_ssize_t stop):
-    """Scan rows ``[start, stop)`` of one batch into a ``HistState``; return ``(status, row)``."""
+    """Scan rows ``[start, stop)`` of one batch into a ``HistState``; return ``(status, row)``.
+
+    ``month_table[z]`` is zone ``z``'s ``periods.period_table("month", ...)``
+    (buckets of ``2**shift`` units), ``month_starts[z]`` its
+    ``periods.local_month_starts``; ``zone_merchant`` (sorted) and
+    ``zone_index`` name the merchants outside zone 0.
+    """
     _check_batch(merchant_id.shape[0], customer_id.shape[0], order_ts.shape[0], amount.shape[0],
-                 start, stop, day_month, month_period, month_start, units_per_day, ts_max)
+                 start, stop, month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
     cdef HistArrays s = HistArrays(state)
     if not s.fits(month_period):
         raise ValueError("the state has fewer periods than month_period names")
     cdef Py_ssize_t row = start
     cdef int status
+    cdef Tables tb = tables_of(month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
     with nogil:
         if s.cur[REFUNDS]:
-            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                               month_period, month_start, units_per_day, ts_max, start, stop, &row, True)
+            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, True)
         else:
-            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, day_month,
-                               month_period, month_start, units_per_day, ts_max, start, stop, &row, False)
+            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, False)
     return status, row
 
 
@@ -708,21 +827,40 @@ def hist_end(state, bint flush):
     """Close the open store-customer (and, with ``flush``, the merchant); return a status."""
     cdef HistArrays s = HistArrays(state)
     cdef int status = hist_close_run(s)
+    track_last_row(s.cur)
     if status == OK and flush and s.cur[STARTED]:
         status = hist_flush_merchant(s)
     return status
 
 
 def _check_batch(Py_ssize_t n, Py_ssize_t n_customer, Py_ssize_t n_ts, Py_ssize_t n_amount,
-                 Py_ssize_t start, Py_ssize_t stop, const int32_t[::1] day_month,
-                 const int32_t[::1] month_period, const int64_t[::1] month_start,
-                 int64_t units_per_day, int64_t ts_max):
-    """The row loops index these unchecked: check them once per call."""
+                 Py_ssize_t start, Py_ssize_t stop, month_table, month_starts, zone_merchant, zone_index,
+                 month_period, int shift, int64_t ts_max):
+    """The row loops index these unchecked: check them once per call (``check_zone_tables``)."""
     if n_customer != n or n_ts != n or n_amount != n:
         raise ValueError("columns of one batch must have the same length")
     if not 0 <= start <= stop <= n:
         raise ValueError("start/stop out of range")
-    if units_per_day <= 0 or ts_max < 0 or ts_max // units_per_day >= day_month.shape[0]:
-        raise ValueError("ts_max is outside the day table")
-    if month_start.shape[0] < month_period.shape[0] + 1:
-        raise ValueError("month_start needs one entry per month plus one")
+    check_zone_tables(month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
+
+
+def check_zone_tables(month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max):
+    """ValueError unless every index the row loop makes into these tables is in range.
+
+    Buckets up to ``ts_max >> shift`` in every zone; months from the tables
+    within ``month_period`` and ``month_starts`` (with the month after);
+    zone indexes within the tables. Shared by both engines.
+    """
+    month_table = np.asarray(month_table)
+    month_starts = np.asarray(month_starts)
+    zone_index = np.asarray(zone_index)
+    zones = month_table.shape[0]
+    if (month_table.ndim != 3 or month_table.shape[2] != 2 or month_starts.ndim != 2
+            or month_starts.shape[0] != zones or zones == 0 or not 0 <= shift < 63 or ts_max < 0
+            or (ts_max >> shift) >= month_table.shape[1]
+            or np.asarray(zone_merchant).shape != zone_index.shape
+            or (len(zone_index) and not (0 <= zone_index.min() and zone_index.max() < zones))):
+        raise ValueError("inconsistent zone tables")
+    months = month_table[:, : (ts_max >> shift) + 1]
+    if (months[:, :, 0].min() < 0 or (months[:, :, 0] + 1).max() >= min(month_period.shape[0], month_starts.shape[1] - 1)):
+        raise ValueError("the month tables name months outside month_period and month_starts")

@@ -14,6 +14,17 @@ those int64 partials, one output row per store-customer once the next one
 starts; frequency, recency, T and the mean are derived from them in
 finalize (``loyaltymetrics.rfm_summary``), which is where floats appear.
 
+Days, weeks and months are local to each merchant's time zone (SPEC §3),
+as lifetimes sees them when given each order's local wall-clock time: the
+caller passes each zone's UTC offsets as segments of constant offset
+(``off_start``/``off_value``, zone ``z``'s in ``[zone_first[z],
+zone_first[z + 1])``) and the merchants outside zone 0. On a merchant change
+the kernel looks up its zone (a binary search); on a timestamp outside the
+cached offset segment it looks up the segment; then the period cache holds
+the UTC interval in which the row's local period (and offset) stays the
+same, so the row loop does one more compare than in UTC. Calibration and
+holdout ends are wall-clock times, compared as ``t + offset``.
+
 State lives in an ``RfmState`` and carries across calls, so a store-customer
 split over record batches is one store-customer. A call stops early and
 says why (``NEED_SPACE`` when the caller-owned output is full, or an input
@@ -31,8 +42,22 @@ cdef extern from *:
     static inline int lm_rfm_add_overflows(int64_t a, int64_t b, int64_t *out) {
         return __builtin_add_overflow(a, b, out);
     }
+    static inline int lm_rfm_sub_overflows(int64_t a, int64_t b, int64_t *out) {
+        return __builtin_sub_overflow(a, b, out);
+    }
     """
     bint lm_rfm_add_overflows(int64_t a, int64_t b, int64_t *out) noexcept nogil
+    bint lm_rfm_sub_overflows(int64_t a, int64_t b, int64_t *out) noexcept nogil
+
+
+cdef inline int64_t shifted(int64_t x, int64_t offset) noexcept nogil:
+    """``x - offset``, with INT64_MAX and INT64_MIN kept as "no limit" and the result saturated."""
+    cdef int64_t out
+    if x == INT64_MAX or x == INT64_MIN:
+        return x
+    if lm_rfm_sub_overflows(x, offset, &out):
+        return INT64_MAX if offset < 0 else INT64_MIN
+    return out
 
 # Output columns (int64), one entry per store-customer: out[column, row], so
 # that each column is contiguous for finalize.
@@ -67,7 +92,19 @@ cdef struct Cursor:
     int64_t prev_merchant
     int64_t prev_customer
     int64_t prev_ts
-    # order_ts -> period cache: [period_lo, period_hi) in timestamp units.
+    # The merchant whose zone is loaded, and its segments [seg_lo, seg_hi) of off_start/off_value.
+    bint zone_set
+    int64_t zone_merchant
+    int64_t zone
+    int64_t seg_lo
+    int64_t seg_hi
+    # order_ts -> UTC offset cache: [off_lo, off_hi) in timestamp units, and the offset (units).
+    int64_t off_lo
+    int64_t off_hi
+    int64_t offset
+    int64_t calibration_ts      # the calibration and holdout ends minus the offset: compared with t
+    int64_t holdout_end_ts
+    # order_ts -> local period cache: [period_lo, period_hi) in (UTC) timestamp units.
     int64_t period_lo
     int64_t period_hi
     int64_t period
@@ -90,7 +127,7 @@ cdef struct Cursor:
 cdef class RfmState:
     """Everything a scan carries between calls, and the rows it emitted.
 
-    ``day_period[d]`` is the period index of day ``d`` since 1970-01-01;
+    ``day_period[d + 1]`` is the period index of local day ``d`` since 1970-01-01 (from -1);
     orders in periods after ``observation_period`` are left out (but still
     checked). ``include_first`` counts the first period in ``value``.
     """
@@ -116,6 +153,9 @@ cdef class RfmState:
         self.min_amount = INT64_MIN if allow_negative else 0
         self.cur.started = False
         self.cur.open = False
+        self.cur.zone_set = False
+        self.cur.off_lo = 0
+        self.cur.off_hi = 0
         self.cur.period_lo = 0
         self.cur.period_hi = 0      # empty: the first row always misses
         self.out_rows = 0
@@ -181,6 +221,13 @@ cdef Status scan_rows(
     const order_ts_t[::1] order_ts,
     const int64_t[::1] amount,
     const int64_t[::1] period_start,
+    const int64_t[::1] off_start,
+    const int64_t[::1] off_value,
+    const int64_t[::1] zone_first,
+    const int64_t[::1] seg_bucket,
+    const int64_t[::1] zone_merchant,
+    const int32_t[::1] zone_index,
+    int shift,
     int64_t units_per_day,
     int64_t ts_max,
     int64_t calibration_ts,
@@ -197,6 +244,9 @@ cdef Status scan_rows(
     cdef bint include_first = st.include_first
     cdef bint same
     cdef Status status = OK
+    cdef Py_ssize_t lo, hi, mid
+    cdef int64_t z, day, j
+    cdef Py_ssize_t buckets = seg_bucket.shape[0] // (zone_first.shape[0] - 1)
     for i in range(start, stop):
         m = merchant_id[i]
         cust = customer_id[i]
@@ -205,13 +255,43 @@ cdef Status scan_rows(
         if a < min_amount:
             status = NEGATIVE_AMOUNT
             break
-        if t < c.period_lo or t >= c.period_hi:
-            if t < 0 or t > ts_max:
+        if m != c.zone_merchant or not c.zone_set:
+            # A new merchant: its zone's offsets; both caches were another zone's.
+            lo, hi = 0, zone_merchant.shape[0]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if zone_merchant[mid] < m:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            z = zone_index[lo] if lo < zone_merchant.shape[0] and zone_merchant[lo] == m else 0
+            c.zone = z
+            c.seg_lo = zone_first[z]
+            c.seg_hi = zone_first[z + 1]
+            c.zone_merchant = m
+            c.zone_set = True
+            c.off_lo = c.off_hi = c.period_lo = c.period_hi = 0
+        if t < c.off_lo or t >= c.off_hi:
+            if t < 0 or t > ts_max:     # the offset segments cover [0, ts_max] only: checked here
                 status = TIMESTAMP_RANGE
                 break
-            c.period = st.day_period[t // units_per_day]
-            c.period_lo = period_start[c.period]
-            c.period_hi = period_start[c.period + 1]
+            # The segment of t: the one holding its bucket's start, or a later one (offsets change
+            # months apart, so at most a step or two).
+            j = seg_bucket[c.zone * buckets + (t >> shift)]
+            while j + 1 < c.seg_hi and off_start[j + 1] <= t:
+                j += 1
+            c.offset = off_value[j]
+            c.off_lo = off_start[j]
+            c.off_hi = off_start[j + 1] if j + 1 < c.seg_hi else (INT64_MAX if ts_max == INT64_MAX else ts_max + 1)
+            c.calibration_ts = shifted(calibration_ts, c.offset)
+            c.holdout_end_ts = shifted(holdout_end_ts, c.offset)
+            c.period_lo = c.period_hi = 0
+        if t < c.period_lo or t >= c.period_hi:
+            # Local day + 1 (from 1969-12-31), without overflow near INT64_MAX: |offset| < a day.
+            day = t // units_per_day + (t % units_per_day + c.offset + units_per_day) // units_per_day
+            c.period = st.day_period[day]
+            c.period_lo = max(shifted(period_start[c.period], c.offset), c.off_lo)
+            c.period_hi = min(shifted(period_start[c.period + 1], c.offset), c.off_hi)
         same = False
         if c.started:
             if m == c.prev_merchant:
@@ -226,12 +306,19 @@ cdef Status scan_rows(
             elif m < c.prev_merchant:
                 status = UNSORTED
                 break
-        if not same and c.open:         # the previous store-customer is complete
-            if st.out_rows == capacity:
-                status = NEED_SPACE     # nothing of row i is consumed yet: resume here
-                break
-            emit(st, &c)
-        if c.period <= observation_period and t <= calibration_ts:
+        if not same:
+            if c.open:                  # the previous store-customer is complete
+                if st.out_rows == capacity:
+                    status = NEED_SPACE     # nothing of row i is consumed yet: resume here
+                    break
+                emit(st, &c)
+            # Holdout orders count from the store-customer's first row: local wall-clock times repeat
+            # where clocks fall back, so a holdout order may precede its first calibration order.
+            c.holdout_periods = 0
+            c.holdout_last_period = -1
+            c.holdout_orders = 0
+            c.holdout_value = 0
+        if c.period <= observation_period and t <= c.calibration_ts:
             if not c.open:              # the store-customer's first order in the window
                 c.open = True
                 c.open_merchant = m
@@ -241,10 +328,6 @@ cdef Status scan_rows(
                 c.last_period = c.period
                 c.counted = include_first
                 c.value = 0
-                c.holdout_periods = 0
-                c.holdout_last_period = -1
-                c.holdout_orders = 0
-                c.holdout_value = 0
             elif c.period != c.last_period:     # its next period (sorted: a later one)
                 c.periods += 1
                 c.last_period = c.period
@@ -252,7 +335,7 @@ cdef Status scan_rows(
             if c.counted and lm_rfm_add_overflows(c.value, a, &c.value):
                 status = AMOUNT_OVERFLOW
                 break
-        elif c.open and calibration_ts < t <= holdout_end_ts:    # a holdout order of a calibration customer
+        elif c.calibration_ts < t <= c.holdout_end_ts:    # a holdout order (emitted if the customer opens)
             if c.period != c.holdout_last_period:               # sorted: a later period
                 c.holdout_periods += 1
                 c.holdout_last_period = c.period
@@ -277,6 +360,13 @@ def scan(RfmState state not None,
          const order_ts_t[::1] order_ts not None,
          const int64_t[::1] amount not None,
          const int64_t[::1] period_start not None,
+         const int64_t[::1] off_start not None,
+         const int64_t[::1] off_value not None,
+         const int64_t[::1] zone_first not None,
+         const int64_t[::1] seg_bucket not None,
+         const int64_t[::1] zone_merchant not None,
+         const int32_t[::1] zone_index not None,
+         int shift,
          int64_t units_per_day,
          int64_t ts_max,
          Py_ssize_t start,
@@ -285,11 +375,13 @@ def scan(RfmState state not None,
          int64_t holdout_end_ts=INT64_MIN):
     """Scan rows ``[start, stop)`` of one record batch; return ``(status, row)``.
 
-    ``period_start[p]`` is the first timestamp of period ``p`` in the
-    column's units (clamped to the int64 range), ``units_per_day`` the units
+    ``period_start[p]`` is the first local timestamp of period ``p`` in the
+    column's units (clamped to the int64 range); ``off_start``,
+    ``off_value``, ``zone_first``, ``zone_merchant`` and ``zone_index`` the
+    zones' offsets (module docstring; ``check_zone_offsets``); ``units_per_day`` the units
     in a day, ``ts_max`` the last valid timestamp. ``row`` is where the scan
     stopped: ``stop`` on OK, else the row to report or to resume from.
-    ``calibration_ts`` (in the column's units): only orders at or before it
+    ``calibration_ts`` (local wall-clock time in the column's units): only orders at or before it
     open and make a store-customer; its orders after it and at or before
     ``holdout_end_ts`` are its holdout orders (the defaults: no holdout).
     """
@@ -299,13 +391,47 @@ def scan(RfmState state not None,
     if not 0 <= start <= stop <= n:
         raise ValueError("rows [start, stop) out of range")
     # The row loop indexes these tables unchecked: check them once here.
-    if units_per_day <= 0 or ts_max < 0 or ts_max // units_per_day >= state.day_period.shape[0]:
+    if units_per_day <= 0 or ts_max < 0 or ts_max // units_per_day + 2 >= state.day_period.shape[0]:
         raise ValueError("ts_max is outside the day table")
     if period_start.shape[0] < state.n_periods + 1:
         raise ValueError("period_start needs one entry per period plus one")
+    check_zone_offsets(off_start, off_value, zone_first, seg_bucket, zone_merchant, zone_index, shift,
+                       units_per_day, ts_max)
     cdef Py_ssize_t stopped = start
     cdef Status status
     with nogil:
-        status = scan_rows(state, merchant_id, customer_id, order_ts, amount, period_start,
-                           units_per_day, ts_max, calibration_ts, holdout_end_ts, start, stop, &stopped)
+        status = scan_rows(state, merchant_id, customer_id, order_ts, amount, period_start, off_start, off_value,
+                           zone_first, seg_bucket, zone_merchant, zone_index, shift, units_per_day, ts_max,
+                           calibration_ts, holdout_end_ts, start, stop, &stopped)
     return status, stopped
+
+
+def check_zone_offsets(off_start, off_value, zone_first, seg_bucket, zone_merchant, zone_index, int shift,
+                       int64_t units_per_day, int64_t ts_max):
+    """ValueError unless the zone offset tables are what the row loop assumes (shared by both engines).
+
+    Each zone's segments are non-empty, the first starts at 0, starts
+    ascend; offsets are less than a day; zone indexes name a zone; each
+    zone's ``seg_bucket`` row covers buckets up to ``ts_max >> shift`` and
+    names a segment of that zone starting at or before the bucket.
+    """
+    off_start, off_value = np.asarray(off_start), np.asarray(off_value)
+    zone_first, zone_index = np.asarray(zone_first), np.asarray(zone_index)
+    seg_bucket = np.asarray(seg_bucket)
+    zones = len(zone_first) - 1
+    if zones < 1 or not 0 <= shift < 63 or ts_max < 0 or len(seg_bucket) % zones:
+        raise ValueError("inconsistent zone offset tables")
+    buckets = len(seg_bucket) // zones
+    if buckets <= (ts_max >> shift):
+        raise ValueError("inconsistent zone offset tables")
+    if (zones < 1 or off_start.shape != off_value.shape or zone_first[0] != 0 or zone_first[-1] != len(off_start)
+            or np.any(np.diff(zone_first) < 1) or np.any(off_start[zone_first[:-1]] != 0)
+            or np.any(np.abs(off_value) >= units_per_day) or np.asarray(zone_merchant).shape != zone_index.shape
+            or (len(zone_index) and not (0 <= zone_index.min() and zone_index.max() < zones))):
+        raise ValueError("inconsistent zone offset tables")
+    for z in range(zones):
+        segment = off_start[zone_first[z]:zone_first[z + 1]]
+        row = seg_bucket[z * buckets:(z + 1) * buckets]
+        if (np.any(np.diff(segment) <= 0) or row.min() < zone_first[z] or row.max() >= zone_first[z + 1]
+                or np.any(off_start[row] > (np.arange(buckets, dtype=np.int64) << shift))):
+            raise ValueError("inconsistent zone offset tables")

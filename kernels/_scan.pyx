@@ -18,7 +18,7 @@ error at a row); it is resumable at the row it names.
 """
 import numpy as np
 
-from loyaltymetrics.periods import check_period_table
+from loyaltymetrics.periods import check_period_table, check_merchant_zones
 
 from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint64_t
 from _types cimport customer_key_t, merchant_key_t, order_ts_t
@@ -85,6 +85,9 @@ cdef struct Cursor:
     # Periods the current merchant has touched in `acc`.
     int64_t acc_lo
     int64_t acc_hi
+    # The current merchant's earliest and latest order timestamps (INT64_MAX, -1: none yet).
+    int64_t order_lo
+    int64_t order_hi
 
 
 cdef class ScanState:
@@ -103,6 +106,10 @@ cdef class ScanState:
     cdef int32_t[::1] out_period
     cdef int64_t[:, ::1] out_counts
     cdef object _checked_table
+    cdef object _checked_zones
+    # The earliest and latest order of every merchant flushed so far, with its merchant
+    # (ties between merchants: the smaller merchant_id first, the larger last).
+    cdef int64_t first_ts, first_merchant, last_ts, last_merchant
 
     def __init__(self, Py_ssize_t n_periods, bint allow_negative=False, Py_ssize_t capacity=1024):
         if n_periods <= 0:
@@ -118,6 +125,12 @@ cdef class ScanState:
         self.cur.last_order_period = -2
         self.cur.acc_lo = INT64_MAX
         self.cur.acc_hi = -1
+        self.cur.order_lo = INT64_MAX
+        self.cur.order_hi = -1
+        self.first_ts = INT64_MAX
+        self.first_merchant = 0
+        self.last_ts = -1
+        self.last_merchant = 0
         self.out_rows = 0
         self._allocate(max(capacity, 1))
 
@@ -137,6 +150,23 @@ cdef class ScanState:
         if table is not self._checked_table:
             check_period_table(table, ts_max, self.n_periods)
             self._checked_table = table
+
+    def check_zones(self, zone_merchant, zone_index, Py_ssize_t n_tables):
+        """Check once per array that merchants are sorted and their zones index the stacked tables."""
+        checked = self._checked_zones
+        if checked is None or not (checked[0] is zone_merchant and checked[1] is zone_index and checked[2] == n_tables):
+            check_merchant_zones(zone_merchant, zone_index, n_tables)
+            self._checked_zones = (zone_merchant, zone_index, n_tables)
+
+    @property
+    def order_range(self):
+        """``((first_ts, its merchant), (last_ts, its merchant))`` of the orders scanned, or None.
+
+        Complete once ``finish`` has flushed the last merchant.
+        """
+        if self.last_ts < 0:
+            return None
+        return ((self.first_ts, self.first_merchant), (self.last_ts, self.last_merchant))
 
     def grow(self):
         """Double the output capacity (after a scan returned NEED_SPACE)."""
@@ -161,6 +191,9 @@ cdef class ScanState:
             flush_merchant(self, self.cur.prev_merchant, self.cur.acc_lo, self.cur.acc_hi)
             self.cur.acc_lo = INT64_MAX
             self.cur.acc_hi = -1
+            fold_orders(self, self.cur.prev_merchant, self.cur.order_lo, self.cur.order_hi)
+            self.cur.order_lo = INT64_MAX
+            self.cur.order_hi = -1
         n = self.out_rows
         return (self._out_merchant[:n].copy(), self._out_period[:n].copy(),
                 self._out_counts[:n].copy())
@@ -184,6 +217,46 @@ cdef void flush_merchant(ScanState st, int64_t merchant, int64_t lo, int64_t hi)
             st.out_counts[row, k] = st.acc[p, k]
             st.acc[p, k] = 0
         st.out_rows = row + 1
+
+
+cdef inline void fold_orders(ScanState st, int64_t merchant, int64_t lo, int64_t hi) noexcept nogil:
+    """Fold a merchant's earliest and latest order (``lo > hi``: none) into the state's."""
+    if lo > hi:
+        return
+    if lo < st.first_ts or (lo == st.first_ts and merchant < st.first_merchant):
+        st.first_ts = lo
+        st.first_merchant = merchant
+    if hi > st.last_ts or (hi == st.last_ts and merchant > st.last_merchant):
+        st.last_ts = hi
+        st.last_merchant = merchant
+
+
+cdef inline (int64_t, int64_t) touched_periods(const int64_t* table, int shift, int64_t lo,
+                                              int64_t hi) noexcept nogil:
+    """``(acc_lo, acc_hi)``: the periods of timestamps ``lo`` and ``hi`` (``lo > hi``: none, ``(INT64_MAX, -1)``)."""
+    cdef int64_t b
+    if lo > hi:
+        return INT64_MAX, -1
+    b = (lo >> shift) * 2
+    lo = table[b] + (lo > table[b + 1])
+    b = (hi >> shift) * 2
+    hi = table[b] + (hi > table[b + 1])
+    return lo, hi
+
+
+cdef inline const int64_t* zone_table(const int64_t* tables, Py_ssize_t stride, const int64_t* zone_merchant,
+                                      const int32_t* zone_index, Py_ssize_t n_zoned, int64_t m) noexcept nogil:
+    """The period table of merchant ``m``'s zone: binary search of the sorted ``zone_merchant``, else zone 0."""
+    cdef Py_ssize_t lo = 0, hi = n_zoned, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if zone_merchant[mid] < m:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < n_zoned and zone_merchant[lo] == m:
+        return tables + zone_index[lo] * stride
+    return tables
 
 
 cdef inline bint refund_row(int64_t* acc, int64_t p, int64_t a, int64_t r, int64_t same_customer,
@@ -243,9 +316,11 @@ cdef inline Status scan_rows(
     const int64_t[::1] amount,
     const uint8_t[::1] reward_bits,
     Py_ssize_t reward_offset,
-    const int64_t[:, ::1] period_table,
+    const int64_t[:, :, ::1] period_tables,
     int shift,
     int64_t ts_max,
+    const int64_t[::1] zone_merchant,
+    const int32_t[::1] zone_index,
     Py_ssize_t start,
     Py_ssize_t* stop,
     const bint refunds,
@@ -260,12 +335,19 @@ cdef inline Status scan_rows(
     cdef int64_t run_revenue = st.cur.run_revenue
     cdef int64_t last_order_period = st.cur.last_order_period
     cdef int64_t acc_lo = st.cur.acc_lo, acc_hi = st.cur.acc_hi
+    cdef int64_t order_lo = st.cur.order_lo, order_hi = st.cur.order_hi
     cdef const merchant_key_t* merchants = &merchant_id[0] if merchant_id.shape[0] else NULL
     cdef const customer_key_t* customers = &customer_id[0] if customer_id.shape[0] else NULL
     cdef const order_ts_t* timestamps = &order_ts[0] if order_ts.shape[0] else NULL
     cdef const int64_t* amounts = &amount[0] if amount.shape[0] else NULL
     cdef const uint8_t* bits = &reward_bits[0] if reward_bits.shape[0] else NULL
-    cdef const int64_t* table = &period_table[0, 0]
+    # One period table per zone; a merchant's rows use its zone's, switched on a new merchant.
+    cdef const int64_t* tables = &period_tables[0, 0, 0]
+    cdef Py_ssize_t stride = period_tables.shape[1] * 2
+    cdef Py_ssize_t n_zoned = zone_merchant.shape[0]
+    cdef const int64_t* zoned = &zone_merchant[0] if n_zoned else NULL
+    cdef const int32_t* zones = &zone_index[0] if n_zoned else NULL
+    cdef const int64_t* table = zone_table(tables, stride, zoned, zones, n_zoned, prev_merchant) if started else tables
     cdef int64_t* acc_base = &st.acc[0, 0]
     cdef int64_t* acc
     cdef Py_ssize_t i, n = stop[0]
@@ -293,13 +375,19 @@ cdef inline Status scan_rows(
             break
         if not same_merchant:                   # next merchant: emit the last one's partials
             if started:
+                if not refunds:
+                    acc_lo, acc_hi = touched_periods(table, shift, order_lo, order_hi)
                 if st.out_rows + (acc_hi - acc_lo + 1) > st.out_merchant.shape[0]:
                     status = NEED_SPACE
                     break
                 flush_merchant(st, prev_merchant, acc_lo, acc_hi)
                 acc_lo = INT64_MAX
                 acc_hi = -1
+                fold_orders(st, prev_merchant, order_lo, order_hi)
+                order_lo = INT64_MAX
+                order_hi = -1
             started = True
+            table = zone_table(tables, stride, zoned, zones, n_zoned, m)
         bit = (t >> shift) * 2
         p = table[bit] + (t > table[bit + 1])
         bit = reward_offset + i
@@ -338,20 +426,34 @@ cdef inline Status scan_rows(
         if overflow:
             status = AMOUNT_OVERFLOW
             break
-        acc_lo = p if p < acc_lo else acc_lo
-        acc_hi = p if p > acc_hi else acc_hi
+        # The merchant's earliest and latest order (a refund is no order), for the observation
+        # window, and the periods it touched in `acc`. Without refunds every row is an order and
+        # a merchant's periods grow with its timestamps (one zone's table), so its touched
+        # periods are those of its earliest and latest order: found when it is flushed
+        # (touched_periods), the row pays for the window and nothing more.
+        if refunds:
+            acc_lo = p if p < acc_lo else acc_lo
+            acc_hi = p if p > acc_hi else acc_hi
+            order_lo = t if (t < order_lo) & (a >= 0) else order_lo
+            order_hi = t if (t > order_hi) & (a >= 0) else order_hi
+        else:
+            order_lo = t if t < order_lo else order_lo
+            order_hi = t if t > order_hi else order_hi
         prev_merchant = m
         prev_customer = cust
         prev_ts = t
     else:
         i = n
     stop[0] = i
+    if not refunds and started:
+        acc_lo, acc_hi = touched_periods(table, shift, order_lo, order_hi)
     st.cur.started = started
     st.cur.prev_merchant, st.cur.prev_customer, st.cur.prev_ts = prev_merchant, prev_customer, prev_ts
     st.cur.run_period, st.cur.run_orders, st.cur.run_reward_orders = run_period, run_orders, run_reward_orders
     st.cur.run_revenue = run_revenue
     st.cur.last_order_period = last_order_period
     st.cur.acc_lo, st.cur.acc_hi = acc_lo, acc_hi
+    st.cur.order_lo, st.cur.order_hi = order_lo, order_hi
     return status
 
 
@@ -362,21 +464,28 @@ def scan(ScanState state not None,
          const int64_t[::1] amount not None,
          const uint8_t[::1] reward_bits not None,
          Py_ssize_t reward_offset,
-         period_table not None,
+         period_tables not None,
          int shift,
          int64_t ts_max,
+         zone_merchant not None,
+         zone_index not None,
          Py_ssize_t start=0,
          Py_ssize_t stop=-1):
     """Scan rows ``start:stop`` of one record batch; return ``(status, row)``.
 
     ``reward_bits`` is an Arrow-style LSB bitmap (bit ``reward_offset + i``
-    is row ``i``'s reward flag, nulls already cleared). ``period_table`` and
-    ``shift`` map a timestamp to its period index (``periods.period_table``);
-    ``ts_max`` is the last valid timestamp. ``stop=-1`` scans to the end.
+    is row ``i``'s reward flag, nulls already cleared). ``period_tables``
+    (one ``periods.period_table`` per zone, stacked: ``periods.period_tables``)
+    and ``shift`` map a timestamp to its period index; merchant
+    ``zone_merchant[j]`` (int64, sorted) uses table ``zone_index[j]`` (int32),
+    every other merchant table 0 (``periods.MerchantZones``). ``ts_max`` is the
+    last valid timestamp. ``stop=-1`` scans to the end.
     ``row`` is where the scan stopped: ``stop`` on OK, else the row to report
     or to resume from.
     """
-    cdef const int64_t[:, ::1] table = period_table
+    cdef const int64_t[:, :, ::1] table = period_tables
+    cdef const int64_t[::1] zmerchant = zone_merchant
+    cdef const int32_t[::1] zindex = zone_index
     cdef Py_ssize_t n = merchant_id.shape[0]
     if customer_id.shape[0] != n or order_ts.shape[0] != n or amount.shape[0] != n:
         raise ValueError("columns of one batch must have the same length")
@@ -387,9 +496,11 @@ def scan(ScanState state not None,
     if (reward_offset + n + 7) // 8 > reward_bits.shape[0]:
         raise ValueError("reward bitmap is shorter than the batch")
     # The row loop indexes the period table and the accumulator unchecked.
-    if table.shape[1] != 2 or not 0 <= shift < 63 or ts_max < 0 or (ts_max >> shift) >= table.shape[0]:
+    if (table.shape[0] < 1 or table.shape[2] != 2 or not 0 <= shift < 63 or ts_max < 0
+            or (ts_max >> shift) >= table.shape[1]):
         raise ValueError("ts_max is outside the period table")
-    state.check_table(period_table, ts_max)
+    state.check_table(period_tables, ts_max)
+    state.check_zones(zone_merchant, zone_index, table.shape[0])
     cdef Status status
     # Two copies of the loop, the mode a constant in each (branch on modes
     # outside the row loop): without refunds every revenue sum is bounded by
@@ -397,8 +508,8 @@ def scan(ScanState state not None,
     with nogil:
         if state.min_amount == 0:
             status = scan_rows(state, merchant_id, customer_id, order_ts, amount,
-                               reward_bits, reward_offset, table, shift, ts_max, start, &stop, False)
+                               reward_bits, reward_offset, table, shift, ts_max, zmerchant, zindex, start, &stop, False)
         else:
             status = scan_rows(state, merchant_id, customer_id, order_ts, amount,
-                               reward_bits, reward_offset, table, shift, ts_max, start, &stop, True)
+                               reward_bits, reward_offset, table, shift, ts_max, zmerchant, zindex, start, &stop, True)
     return status, stop

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import zoneinfo
 from fractions import Fraction
 
 import pyarrow as pa
@@ -233,6 +234,38 @@ def _order_dates(column: pa.ChunkedArray) -> list[dt.date]:
     return [_EPOCH + dt.timedelta(days=v // per_day) for v in raw]
 
 
+def _order_instants(column: pa.ChunkedArray):
+    """Every order as ``("date", date)`` (date32/date64: a calendar date, the same in every zone)
+    or ``("instant", whole UTC seconds since 1970)`` (timestamps; every zone's offset is whole
+    seconds, so a timestamp's local date is that of its second)."""
+    typ = column.type
+    if pa.types.is_timestamp(typ):
+        per_second = _UNITS_PER_DAY[typ.unit] // 86400
+        raw = [v for chunk in column.chunks for v in chunk.cast(pa.int64()).to_pylist()]
+        return [("instant", v // per_second) for v in raw]
+    return [("date", d) for d in _order_dates(column)]
+
+
+def _local_date(order, zone: str) -> dt.date:
+    """SPEC §3: the calendar date of an order on its merchant's wall clocks (``zoneinfo``)."""
+    kind, value = order
+    if kind == "date":
+        return value
+    utc = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=value)
+    return utc.astimezone(zoneinfo.ZoneInfo(zone)).date()
+
+
+def merchant_timezones(merchants: pa.Table | None, timezone: str | None = None):
+    """merchant_id -> IANA zone (SPEC §2, §3), and the zone of every merchant not in it:
+    the merchants table's ``timezone``, else ``timezone``, else UTC."""
+    default = timezone or "UTC"
+    zones = {}
+    if merchants is not None and "timezone" in merchants.column_names:
+        for m, z in zip(_column_values(merchants, "merchant_id"), _column_values(merchants, "timezone")):
+            zones[m] = default if z is None or z == "" else z
+    return zones, default
+
+
 def _text_or_unknown(value):
     """SPEC §2: a null or empty industry/country is "unknown"."""
     return UNKNOWN if value is None or value == "" else value
@@ -310,11 +343,19 @@ def reference_compute(
     refunds: bool = False,
     observation_start: dt.date | None = None,
     observation_end: dt.date | None = None,
+    timezone: str | None = None,
 ) -> list[dict]:
     """Rows of the SPEC §7 output table as dicts (see module docstring).
 
     ``observation_start``/``observation_end``: the observation window of
-    SPEC §3 "Complete periods" (see ``_observation_window``).
+    SPEC §3 "Complete periods" (see ``_observation_window``); its defaults
+    are UTC dates of the earliest and latest order, whatever the zones.
+
+    Periods are calendar periods in each merchant's zone (SPEC §3): the
+    merchants table's ``timezone``, else ``timezone``, else UTC; an order's
+    period is the one holding its local date (date32/date64 values are
+    dates: the same in every zone). ``period_start`` is the period's first
+    local day.
 
     ``refunds=True`` (SPEC §2 "Refunds"): a row with a negative amount is a
     refund, not an order. It adds its amount to the revenue sums of its
@@ -340,7 +381,9 @@ def reference_compute(
         return []
     merchant_ids = _column_values(orders, "merchant_id")
     customer_ids = _column_values(orders, "customer_id")
-    days = _order_dates(orders.column("order_ts"))
+    instants = _order_instants(orders.column("order_ts"))
+    zones, default_zone = merchant_timezones(merchants, timezone)
+    days = [_local_date(o, zones.get(m, default_zone)) for o, m in zip(instants, merchant_ids)]
     amounts = _column_values(orders, "amount")
     if "reward" in orders.column_names:
         rewards = [v is True for v in _column_values(orders, "reward")]  # null = false
@@ -362,14 +405,25 @@ def reference_compute(
     def annual_fee(m):
         return merchant_info.get(m, (UNKNOWN, UNKNOWN, 0))[2]
 
-    window = _observation_window(days, is_order, observation_start, observation_end)
+    utc_days = _order_dates(orders.column("order_ts"))  # SPEC §3: the window's defaults are UTC dates
+    window = _observation_window(utc_days, is_order, observation_start, observation_end)
 
     # §3: the period of every order.
     if period == "all":
-        first_day = min(d for d, o in zip(days, is_order) if o)
-        last_day = max(d for d, o in zip(days, is_order) if o)
+        # The input's earliest and latest order (SPEC §3), each in its own merchant's zone. Two
+        # orders at one instant (or on one date) in different merchants: the smaller merchant_id
+        # is the earlier one and the larger the later one (the SPEC is silent; the library's rule).
+        ts = orders.column("order_ts")
+        as_int = pa.int32() if pa.types.is_date32(ts.type) else pa.int64()
+        raw = [v for chunk in ts.chunks for v in chunk.cast(as_int).to_pylist()]
+        when = [(t, m, d) for t, m, d, is_o in zip(raw, merchant_ids, days, is_order) if is_o]
+        first_day = min(when)[2]
+        last_day = max(when)[2]
         all_start = dt.date(first_day.year, first_day.month, 1)
         months = (last_day.year * 12 + last_day.month) - (first_day.year * 12 + first_day.month) + 1
+        # Zones far apart can put the latest order's local month before the earliest's (a day
+        # apart, across a month end): "all" then spans one month, never none.
+        months = max(months, 1)
         periods = [all_start] * n
     else:
         months = MONTHS_IN_PERIOD[period]

@@ -14,6 +14,22 @@ Decisions it encodes (README, "Further analyses"):
   present (zeros where nobody was active); ``size`` is the merchant's bucket
   in the cohort period.
 
+Time zones (SPEC §3): every order's period is the calendar period of its
+local time in its merchant's zone — the merchants table's ``timezone``
+(null or empty: not given), else the ``timezone`` argument, else UTC —
+found per row with ``zoneinfo`` (``local_dates``); a date32 or date64
+``order_ts`` is a calendar date, the same in every zone. Where one number must
+stand for the whole input:
+
+* ``period="all"`` starts on the first day of the local month of the
+  input's earliest order (the earliest instant; on a tie, the smallest
+  merchant_id, i.e. the first in file order) in its merchant's zone, and
+  its length in months (for ``size``) runs to the local month of the
+  latest order (the latest instant, ties to the larger merchant_id), at
+  least one, as ``compute`` counts them;
+* the cohorts' horizon is the latest local period of any order, each in
+  its merchant's zone, so that no order's cell is cut off.
+
 With ``refunds=True`` (SPEC §2) a row with a negative amount is a refund,
 not an order: it adds to its store-customer's revenue in its period and to
 nothing else. Concentration: a store-customer with only refunds in a period
@@ -28,6 +44,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
 from decimal import Decimal
 from fractions import Fraction
 
@@ -65,12 +84,71 @@ def _month_number(day: dt.date) -> int:
     return day.year * 12 + day.month - 1
 
 
-def _read_orders(orders):
+# --- local time (SPEC §3), per row with zoneinfo ----------------------------------
+
+_UTC_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.date(1970, 1, 1)
+_SECONDS_PER_UNIT = {"s": 1, "ms": 1000, "us": 10**6, "ns": 10**9}
+
+
+def zone_of_merchant(merchants=None, timezone=None):
+    """merchant_id -> ZoneInfo: the merchants table's ``timezone``, else ``timezone``, else UTC."""
+    default = timezone or "UTC"
+    named = {}
+    if merchants is not None and "timezone" in merchants.column_names:
+        for m, zone in zip(_column_values(merchants, "merchant_id"), _column_values(merchants, "timezone")):
+            if zone not in (None, ""):
+                named[m] = zone
+    return lambda m: ZoneInfo(named.get(m, default))
+
+
+def utc_seconds(column):
+    """Whole seconds since 1970-01-01 UTC (floored) of each order_ts; a date is its UTC midnight."""
+    typ = column.type
+    if pa.types.is_timestamp(typ):
+        per = _SECONDS_PER_UNIT[typ.unit]
+        return [v // per for v in column.cast(pa.int64()).to_pylist()]
+    if pa.types.is_date64(typ):
+        return [v // 1000 for v in column.cast(pa.int64()).to_pylist()]
+    return [v * 86_400 for v in column.cast(pa.int32()).to_pylist()]
+
+
+def local_offsets(orders, zone_of):
+    """UTC offset in seconds of each order's instant in its merchant's zone (zone offsets change on whole seconds).
+
+    A date32 or date64 ``order_ts`` is a calendar date with no time of day: the same date in every zone
+    (offset 0).
+    """
     merchants = _column_values(orders, "merchant_id")
+    if not pa.types.is_timestamp(orders.column("order_ts").type):
+        return [0] * len(merchants)
+    seconds = utc_seconds(orders.column("order_ts"))
+    return [int((_UTC_EPOCH + dt.timedelta(seconds=s)).astimezone(zone_of(m)).utcoffset().total_seconds())
+            for m, s in zip(merchants, seconds)]
+
+
+def local_dates(orders, merchants=None, timezone=None):
+    """The local calendar date of each order in its merchant's zone."""
+    zone_of = zone_of_merchant(merchants, timezone)
+    return [_EPOCH + dt.timedelta(days=(s + off) // 86_400)
+            for s, off in zip(utc_seconds(orders.column("order_ts")), local_offsets(orders, zone_of))]
+
+
+def _read_orders(orders, merchants=None, timezone=None):
+    merchants_ids = _column_values(orders, "merchant_id")
     customers = _column_values(orders, "customer_id")
-    days = _order_dates(orders.column("order_ts")) if orders.num_rows else []
+    days = local_dates(orders, merchants, timezone) if orders.num_rows else []
     amounts = _column_values(orders, "amount")
-    return list(zip(merchants, customers, days, amounts))
+    return list(zip(merchants_ids, customers, days, amounts))
+
+
+def _order_range_dates(orders, rows, refunds):
+    """Local dates of the input's earliest and latest order: the earliest instant (ties: the smallest
+    merchant_id) and the latest (ties: the largest)."""
+    ts = orders.column("order_ts")
+    raw = ts.cast(pa.int32() if pa.types.is_date32(ts.type) else pa.int64()).to_pylist()   # one unit: comparable
+    candidates = [(t, r[0], r[2]) for t, r in zip(raw, rows) if not (refunds and r[3] < 0)]
+    return min(candidates)[2], max(candidates)[2]
 
 
 def _key_columns(by, key, names):
@@ -97,24 +175,25 @@ def _group_key(by, merchant_info, labels, edges, m, orders_in_period, months):
     return tuple(key)
 
 
-def _window(rows, refunds, observation_start, observation_end):
-    """SPEC §3's observation window of the order rows (refunds are no orders)."""
-    return _observation_window([r[2] for r in rows], [not (refunds and r[3] < 0) for r in rows],
+def _window(orders, rows, refunds, observation_start, observation_end):
+    """SPEC §3's observation window of the order rows (refunds are no orders); its defaults are
+    the UTC dates of the earliest and latest order, whatever the merchants' zones."""
+    return _observation_window(_order_dates(orders.column("order_ts")), [not (refunds and r[3] < 0) for r in rows],
                                observation_start, observation_end)
 
 
 def reference_concentration(orders, merchants=None, by=(), period="year", top=0.05,
                             size_edges=DEFAULT_SIZE_EDGES, refunds=False, observation_start=None,
-                            observation_end=None) -> list[dict]:
-    rows = _read_orders(orders)
+                            observation_end=None, timezone=None) -> list[dict]:
+    rows = _read_orders(orders, merchants, timezone)
     order_rows = [r for r in rows if not (refunds and r[3] < 0)]
     if not order_rows:
         return []
     info = _read_merchants(merchants)
     labels = size_labels(size_edges)
     if period == "all":
-        first, last = min(r[2] for r in order_rows), max(r[2] for r in order_rows)
-        months = _month_number(last) - _month_number(first) + 1
+        first, last = _order_range_dates(orders, rows, refunds)
+        months = max(_month_number(last) - _month_number(first) + 1, 1)
         start = dt.date(first.year, first.month, 1)
         period_of = lambda day: start  # noqa: E731
     else:
@@ -141,7 +220,7 @@ def reference_concentration(orders, merchants=None, by=(), period="year", top=0.
             refund_only[(key, p)] = refund_only.get((key, p), 0) + value
 
     fraction = exact_top(top)
-    window = _window(rows, refunds, observation_start, observation_end)
+    window = _window(orders, rows, refunds, observation_start, observation_end)
     out = []
     for (key, p), values in sorted(groups.items(), key=lambda g: (_key_order(by, g[0][0], labels), g[0][1])):
         k = math.ceil(fraction * len(values))
@@ -155,16 +234,16 @@ def reference_concentration(orders, merchants=None, by=(), period="year", top=0.
 
 
 def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=DEFAULT_SIZE_EDGES,
-                      refunds=False, observation_start=None, observation_end=None) -> list[dict]:
+                      refunds=False, observation_start=None, observation_end=None, timezone=None) -> list[dict]:
     """``period_complete`` is that of the cell's calendar period (period_start)."""
-    rows = _read_orders(orders)
+    rows = _read_orders(orders, merchants, timezone)
     if not any(not (refunds and r[3] < 0) for r in rows):
         return []
     info = _read_merchants(merchants)
     labels = size_labels(size_edges)
     step = MONTHS_IN_PERIOD[period]
 
-    def index(day):            # periods since 1970 of the period holding `day`
+    def index(day):            # a number that counts periods, of the period holding `day`
         return _month_number(day) // step
 
     def start_of(i):
@@ -206,7 +285,7 @@ def reference_cohorts(orders, merchants=None, by=(), period="month", size_edges=
         cell[1] += n
         cell[2] += amount
 
-    window = _window(rows, refunds, observation_start, observation_end)
+    window = _window(orders, rows, refunds, observation_start, observation_end)
     out = []
     for (key, q), customers in sorted(size.items(), key=lambda g: (_key_order(by, g[0][0], labels), g[0][1])):
         cumulative = 0

@@ -31,7 +31,15 @@ With a calibration end, lifetimes' ``calibration_and_holdout_data``:
    observation end's (default: the latest transaction's, or the calibration
    end's if later: lifetimes raises on an empty holdout).
 
-Here the customer is the store-customer (SPEC §4), times are UTC, values
+Time zones (SPEC §3): lifetimes sees each order's local wall-clock time in
+its merchant's zone (the merchants table's ``timezone``, else the
+``timezone`` argument, else UTC), as naive timestamps; so every day, week
+and month above is local, and ``observation_end`` / ``calibration_end`` are
+wall-clock dates and times read in each merchant's zone (an aware datetime
+is first converted to UTC, and its UTC wall clock is used). Local times are
+found per row with ``zoneinfo`` (``reference_analyses.local_offsets``).
+
+Here the customer is the store-customer (SPEC §4), times are local, values
 are the integer ``amount`` (cents), and all arithmetic is on Python ints
 and dates: the only floats are the final quotients, which Python rounds
 correctly — as float64 division of exact operands does.
@@ -40,6 +48,7 @@ import datetime as dt
 from fractions import Fraction
 
 import pyarrow as pa
+from reference_analyses import local_offsets, zone_of_merchant
 
 EPOCH = dt.date(1970, 1, 1)
 SECONDS_PER_DAY = 86_400
@@ -64,8 +73,18 @@ def period_start(day, freq):
     raise ValueError(freq)
 
 
-def order_days(orders):
-    """UTC calendar day of each order (``order_ts`` stored values are UTC for any time zone)."""
+def _offsets(orders, merchants, timezone):
+    """Each order's UTC offset in seconds in its merchant's zone (all 0 without zones)."""
+    if merchants is None and timezone is None:
+        return [0] * orders.num_rows
+    return local_offsets(orders, zone_of_merchant(merchants, timezone))
+
+
+def order_days(orders, merchants=None, timezone=None):
+    """Local calendar day of each order (``order_ts`` stored values are UTC for any time zone)."""
+    if merchants is not None or timezone is not None:
+        instants = order_instants(orders, merchants, timezone)
+        return [EPOCH + dt.timedelta(days=t // (SECONDS_PER_DAY * 10**9)) for t in instants]
     ts = orders.column("order_ts")
     if pa.types.is_timestamp(ts.type):
         per_day = UNITS_PER_DAY[ts.type.unit]
@@ -75,13 +94,16 @@ def order_days(orders):
     return [EPOCH + dt.timedelta(days=v) for v in ts.cast(pa.int32()).to_pylist()]
 
 
-def order_instants(orders):
-    """Nanoseconds since 1970-01-01 UTC of each order (a date is its midnight)."""
+def order_instants(orders, merchants=None, timezone=None):
+    """Nanoseconds since 1970-01-01 of each order's local wall-clock time (a date is its UTC midnight)."""
     ts = orders.column("order_ts")
+    offsets = _offsets(orders, merchants, timezone)
     if pa.types.is_timestamp(ts.type):
         per_ns = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[ts.type.unit]
-        return [v * per_ns for v in ts.cast(pa.int64()).to_pylist()]
-    return [(d - EPOCH).days * SECONDS_PER_DAY * 10**9 for d in order_days(orders)]
+        utc = [v * per_ns for v in ts.cast(pa.int64()).to_pylist()]
+    else:
+        utc = [(d - EPOCH).days * SECONDS_PER_DAY * 10**9 for d in order_days(orders)]
+    return [t + off * 10**9 for t, off in zip(utc, offsets)]
 
 
 def instant(value):
@@ -109,17 +131,19 @@ def _in_units(days, freq):
     return days * SECONDS_PER_DAY / SECONDS_PER_UNIT[freq]   # int / int: correctly rounded
 
 
-def reference_rfm(orders, freq="D", observation_end=None, include_first_transaction=False, calibration_end=None):
+def reference_rfm(orders, freq="D", observation_end=None, include_first_transaction=False, calibration_end=None,
+                  merchants=None, timezone=None):
     """Rows ``{merchant_id, customer_id, frequency, recency, T, monetary_value}`` in input order.
 
     ``orders`` is a canonical ``pa.Table`` (sorted); ``observation_end`` a
-    ``datetime.date`` (UTC) or None for the latest order. With
-    ``calibration_end`` (a date or datetime, UTC) the rows are the
+    ``datetime.date`` (local) or None for the latest order. With
+    ``calibration_end`` (a date or datetime, local) the rows are the
     calibration summary with the holdout columns (module docstring).
     """
     if calibration_end is not None:
-        return _calibration_and_holdout(orders, freq, observation_end, include_first_transaction, calibration_end)
-    days = order_days(orders)
+        return _calibration_and_holdout(orders, freq, observation_end, include_first_transaction, calibration_end,
+                                        merchants, timezone)
+    days = order_days(orders, merchants, timezone)
     if not days:
         return []
     end = period_start(max(days) if observation_end is None else as_date(observation_end), freq)
@@ -149,22 +173,25 @@ def reference_rfm(orders, freq="D", observation_end=None, include_first_transact
     return rows
 
 
-def _calibration_and_holdout(orders, freq, observation_end, include_first_transaction, calibration_end):
-    instants = order_instants(orders)
+def _calibration_and_holdout(orders, freq, observation_end, include_first_transaction, calibration_end,
+                             merchants, timezone):
+    instants = order_instants(orders, merchants, timezone)
     if not instants:
         return []
     cut = instant(calibration_end)
     limit = None if observation_end is None else instant(observation_end)
     before = pa.array([t <= cut for t in instants])
-    rows = reference_rfm(orders.filter(before), freq, as_date(calibration_end), include_first_transaction)
+    rows = reference_rfm(orders.filter(before), freq, as_date(calibration_end), include_first_transaction,
+                         merchants=merchants, timezone=timezone)
     # lifetimes raises when the holdout is empty; here a calibration end after the latest order
     # (no observation end given) has a holdout of 0 periods.
-    latest = max(max(order_days(orders)), as_date(calibration_end))
+    days = order_days(orders, merchants, timezone)
+    latest = max(max(days), as_date(calibration_end))
     end_day = latest if observation_end is None else as_date(observation_end)
     duration = float(period_index(end_day, freq) - period_index(as_date(calibration_end), freq))
     holdout = {}
     keys = zip(orders.column("merchant_id").to_pylist(), orders.column("customer_id").to_pylist())
-    for key, t, day, amount in zip(keys, instants, order_days(orders), orders.column("amount").to_pylist()):
+    for key, t, day, amount in zip(keys, instants, days, orders.column("amount").to_pylist()):
         if t > cut and (limit is None or t <= limit):
             periods, values = holdout.setdefault(key, (set(), []))
             periods.add(period_start(day, freq))

@@ -9,6 +9,7 @@ timestamps keep their drawing order (that is the file order of ties).
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 
 import pyarrow as pa
 from hypothesis import strategies as st
@@ -18,6 +19,8 @@ __all__ = [
     "PERIODS",
     "SAFE_SIZE_EDGES",
     "instants_ns",
+    "zone_instants_ns",
+    "MERCHANT_ZONES",
     "recent_instants_ns",
     "orders_tables",
     "REFUND_AMOUNTS",
@@ -29,6 +32,9 @@ __all__ = [
     "batch_sizes",
     "rebatch",
     "rebatched",
+    "ANALYSIS_ZONES",
+    "zoned_instants_ns",
+    "zoned_merchants",
 ]
 
 ALL_BY_KEYS = ("merchant", "industry", "country", "size")
@@ -89,6 +95,61 @@ _SPECIAL_INSTANTS = st.sampled_from(
         MAX_NS,
     ]
 )
+
+
+# Merchant time zones (SPEC §3): DST (New York, Berlin; Lord Howe's 30-minute DST), 30- and
+# 45-minute offsets (Kolkata, Kathmandu), offsets changed in history (Caracas: -4 → -4:30 in
+# 2007 → -4 in 2016; Apia: -11 → +13 by skipping 2011-12-30; Kiritimati: -10 → +14 by skipping
+# 1994-12-31), the extremes +14 and -11 (Kiritimati, Pago Pago), and UTC.
+MERCHANT_ZONES = (
+    "UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe",
+    "America/Caracas", "Pacific/Apia", "Pacific/Kiritimati", "Pacific/Pago_Pago",
+)
+# Wall-clock moments where zones are interesting: DST changes (fall-back days at 01:30 twice),
+# historical offset changes, and month starts.
+_ZONE_MOMENTS = (
+    ("America/New_York", (2023, 11, 5, 1, 30)), ("America/New_York", (2023, 3, 12, 3, 0)),
+    ("America/New_York", (2023, 12, 31, 22, 0)), ("Europe/Berlin", (2023, 10, 29, 2, 30)),
+    ("Australia/Lord_Howe", (2023, 4, 2, 1, 45)), ("Australia/Lord_Howe", (2023, 10, 1, 2, 0)),
+    ("America/Caracas", (2007, 12, 9, 2, 45)), ("America/Caracas", (2016, 5, 1, 2, 30)),
+    ("Pacific/Apia", (2011, 12, 31, 0, 0)), ("Pacific/Apia", (2011, 12, 29, 23, 0)),
+    ("Pacific/Kiritimati", (1995, 1, 1, 0, 0)), ("Pacific/Kiritimati", (1994, 12, 30, 23, 0)),
+    ("Pacific/Pago_Pago", (2024, 1, 1, 0, 0)), ("Asia/Kathmandu", (2024, 1, 1, 0, 0)),
+    ("Asia/Kolkata", (2023, 4, 1, 0, 0)),
+)
+# Timestamps end at 2262-12-31 UTC, but nanoseconds at INT64_MAX (2262-04-11T23:47:16.85...).
+END_NS = _ns(2263, 1, 1) - 1
+
+
+def _zone_ns(zone, wall, fold=0):
+    local = dt.datetime(*wall, tzinfo=zoneinfo.ZoneInfo(zone), fold=fold)
+    return (local - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1) * 1000
+
+
+_ZONE_INSTANTS = sorted({_zone_ns(z, w, f) for z, w in _ZONE_MOMENTS for f in (0, 1)})
+
+
+@st.composite
+def _zone_month_starts(draw):
+    """Around a local month start of one of MERCHANT_ZONES (any year 1970 .. 2262)."""
+    zone = draw(st.sampled_from(MERCHANT_ZONES))
+    year = draw(st.integers(2019, 2024) | st.sampled_from([1970, 1994, 1995, 2007, 2011, 2016, 2262]))
+    month = draw(st.sampled_from([1, 1, 4, 12]) | st.integers(1, 12))
+    offset = draw(st.sampled_from(_BOUNDARY_OFFSETS))
+    return min(max(_zone_ns(zone, (year, month, 1)) + offset, 0), END_NS)
+
+
+def zone_instants_ns():
+    """UTC instants in ns for merchants in MERCHANT_ZONES: DST changes, offset changes, local month
+    starts, the first hours of 1970 (1969 in the Americas) and the last of 2262 (2263 in the
+    Pacific). Instants past INT64_MAX become INT64_MAX for nanosecond columns (orders_tables)."""
+    return st.one_of(
+        st.sampled_from(_ZONE_INSTANTS).flatmap(lambda t: st.sampled_from([t, t - 1, t + 1, t + 3600 * 10**9])),
+        _zone_month_starts(),
+        st.integers(0, 15 * 3600 * 10**9),
+        st.integers(END_NS - 15 * 3600 * 10**9, END_NS),
+        instants_ns(),
+    )
 
 
 def recent_instants_ns():
@@ -154,7 +215,7 @@ def orders_tables(draw, max_merchants=4, max_customers=4, max_orders=5, allow_em
         for c in customers:
             n = draw(st.integers(1, max_orders))
             for _ in range(n):
-                ns = draw(instant)
+                ns = min(draw(instant), INT64_MAX) if unit == "ns" else draw(instant)
                 stored = ns // NS_PER_DAY if unit == "date32" else ns // NS_PER_UNIT[unit]
                 amount = draw(amounts)
                 if reward_mode == "mixed":
@@ -183,10 +244,11 @@ NAMES = ("shop-1", "shop-10", "Shop-1", "", "ünï.example", "a,b")
 
 
 @st.composite
-def merchants_tables(draw, merchant_ids, names=False):
+def merchants_tables(draw, merchant_ids, names=False, timezones=False):
     """A merchants table covering a subset of ``merchant_ids`` plus strangers.
 
     ``names``: also a ``name`` column (SPEC §2), nulls and empty strings included.
+    ``timezones``: also a ``timezone`` column of MERCHANT_ZONES, nulls and empty strings included.
     """
     merchant_ids = list(dict.fromkeys(merchant_ids))
     ids = [m for m in merchant_ids if draw(st.integers(0, 3)) > 0]
@@ -207,16 +269,25 @@ def merchants_tables(draw, merchant_ids, names=False):
     if names:
         name = st.sampled_from(NAMES) | st.none() | st.text(max_size=5)
         columns["name"] = pa.array([draw(name) for _ in ids], pa.string())
+    if timezones:
+        zone = st.sampled_from(MERCHANT_ZONES) | st.sampled_from(["", None])
+        columns["timezone"] = pa.array([draw(zone) for _ in ids], pa.string())
     return pa.table(columns)
 
 
 @st.composite
-def orders_and_merchants(draw, merchant_names=False, **kwargs):
-    """(orders, merchants or None); ``merchant_names``: merchants tables with a ``name`` column."""
+def orders_and_merchants(draw, merchant_names=False, timezones=False, **kwargs):
+    """(orders, merchants or None); ``merchant_names``: merchants tables with a ``name`` column.
+
+    ``timezones``: merchants tables with a ``timezone`` column, orders at zone-interesting instants.
+    """
+    if timezones:
+        kwargs.setdefault("instants", zone_instants_ns())
     orders = draw(orders_tables(**kwargs))
-    if draw(st.integers(0, 4)) == 0:
+    if draw(st.integers(0, 4 if not timezones else 9)) == 0:
         return orders, None
-    merchants = draw(merchants_tables(orders.column("merchant_id").to_pylist(), names=merchant_names))
+    merchants = draw(merchants_tables(orders.column("merchant_id").to_pylist(), names=merchant_names,
+                                      timezones=timezones))
     return orders, merchants
 
 
@@ -261,3 +332,53 @@ def rebatch(table: pa.Table, max_chunksize: int, empty_batches: bool = False) ->
 @st.composite
 def rebatched(draw, table: pa.Table) -> pa.Table:
     return rebatch(table, draw(batch_sizes()), empty_batches=draw(st.booleans()))
+
+
+# --- per-merchant time zones of the analyses (SPEC §3; cohorts, concentration, rfm) -----------
+# Kept apart from the compute strategies above so that the two zone branches merge cleanly.
+
+# 30- and 45-minute offsets, DST north and south, a half-hour DST (Lord Howe), a zone that
+# skipped a day (Apia, 2011-12-30) and one whose standard offset changed twice (Moscow 2011, 2014).
+ANALYSIS_ZONES = ("UTC", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Pacific/Apia", "Asia/Tokyo",
+                  "Australia/Lord_Howe", "Europe/Moscow", "America/Sao_Paulo")
+# Minutes east of UTC around which local periods turn over in those zones.
+_ZONE_OFFSETS_MIN = (-300, -240, -180, -120, 330, 345, 540, 600, 630, 660, 780, 840, 180, 240)
+
+
+@st.composite
+def _local_boundary_instants(draw):
+    """Near a local month start in some zone: a UTC month start minus a zone offset, give or take 1 ns/s/h."""
+    year = draw(st.integers(2010, 2025) | st.sampled_from([1970, 2262]))
+    month = draw(st.integers(1, 12) if year < 2262 else st.integers(1, 3))
+    offset = draw(st.sampled_from(_ZONE_OFFSETS_MIN)) * 60 * 10**9
+    nudge = draw(st.sampled_from([0, -1, 1, -10**9, 10**9, -3600 * 10**9, 3600 * 10**9]))
+    return min(max(_ns(year, month) - offset + nudge, 0), MAX_NS)
+
+
+# DST changes (New York's fall-back 2023-11-05 06:00Z: 01:30 local happens twice; spring-forward
+# 2023-03-12 07:00Z; Apia's skipped day; Moscow's 2014-10-26 change), each give or take two hours.
+_TRANSITIONS = (_ns(2023, 11, 5, 6), _ns(2023, 3, 12, 7), _ns(2011, 12, 30, 10), _ns(2014, 10, 25, 22),
+                _ns(2011, 3, 26, 23))
+
+
+def zoned_instants_ns():
+    """``instants_ns()`` plus instants on local period boundaries and around DST and offset changes."""
+    near_transition = st.builds(lambda t, d: t + d, st.sampled_from(_TRANSITIONS),
+                                st.integers(-2 * 3600, 2 * 3600).map(lambda s: s * 10**9))
+    return st.one_of(instants_ns(), _local_boundary_instants(), near_transition)
+
+
+@st.composite
+def zoned_merchants(draw, orders, names=False):
+    """(merchants table with a ``timezone`` column or None, default ``timezone`` or None) for ``orders``.
+
+    Some merchants get a zone, some a null or empty one, some none at all
+    (absent from the table); the default zone applies to all but the first.
+    """
+    timezone = draw(st.none() | st.sampled_from(ANALYSIS_ZONES))
+    if draw(st.integers(0, 4)) == 0:
+        return None, timezone
+    merchants = draw(merchants_tables(orders.column("merchant_id").to_pylist(), names=names))
+    zone = st.sampled_from(ANALYSIS_ZONES) | st.sampled_from([None, ""])
+    zones = pa.array([draw(zone) for _ in range(merchants.num_rows)], pa.string())
+    return merchants.append_column("timezone", zones), timezone

@@ -7,7 +7,6 @@ and the command line.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import itertools
@@ -27,7 +26,16 @@ from reference_analyses import (
     reference_cohorts,
     reference_concentration,
 )
-from strategies import ALL_BY_KEYS, bys, orders_and_merchants, rebatch, recent_instants_ns
+from strategies import (
+    ALL_BY_KEYS,
+    bys,
+    orders_and_merchants,
+    orders_tables,
+    rebatch,
+    recent_instants_ns,
+    zoned_instants_ns,
+    zoned_merchants,
+)
 
 import loyaltymetrics as lm
 import loyaltymetrics.cohort_analysis as cohorts_module
@@ -67,7 +75,7 @@ def key_names(by, merchants=None):
 
 def check_cohorts(orders, merchants, by, period, engine, **kwargs):
     actual = lm.cohorts(orders, merchants, by=by, period=period, engine=engine, **kwargs)
-    ref_kwargs = {k: v for k, v in kwargs.items() if k in ("size_edges", "refunds")}
+    ref_kwargs = {k: v for k, v in kwargs.items() if k in ("size_edges", "refunds", "timezone")}
     expected = reference_cohorts(orders, merchants, by=by, period=period, **ref_kwargs)
     assert_rows_match(actual, expected, key_names(by, merchants) + COHORT_COLUMNS)
     return actual
@@ -88,7 +96,8 @@ def record_passes(monkeypatch):
 
 def check_concentration(orders, merchants, by, period, top, engine, **kwargs):
     actual = lm.concentration(orders, merchants, by=by, period=period, top=top, engine=engine, **kwargs)
-    expected = reference_concentration(orders, merchants, by=by, period=period, top=top, **kwargs)
+    ref_kwargs = {k: v for k, v in kwargs.items() if k in ("size_edges", "refunds", "timezone")}
+    expected = reference_concentration(orders, merchants, by=by, period=period, top=top, **ref_kwargs)
     assert_rows_match(actual, expected, key_names(by, merchants) + CONCENTRATION_COLUMNS)
     return actual
 
@@ -301,9 +310,7 @@ def _round_robin_run(n_states, draw_cuts):
                 kernel.scan(state, batch, middle, stop)
                 assert kernel.end_chunk(state) is None
                 turn += 1
-        partials = kernel.combine(kernel.finish(s) for s in states)
-        # As analyses.run does until the kernels track it (replaced by the kernel's tracking at merge).
-        return dataclasses.replace(partials, day_range=kernel.day_range)
+        return kernel.combine(kernel.finish(s) for s in states)
     return run
 
 
@@ -591,10 +598,16 @@ def test_inconsistent_state_arrays_are_refused():
     for module in (_analyses, numba_analyses):
         state = kernel.new_state()
         state.cells = np.zeros((len(state.slot_cohort), 10, 3), np.int64)   # too few periods
+        month_table, month_starts, shift, zones = kernel.tables(batch.units_per_day)
         with pytest.raises(ValueError, match="inconsistent"):
             module.cohort_scan(state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
-                               periods.day_month(), periods.month_period("month"), periods.month_start(86400 * 10**6),
-                               batch.units_per_day, periods.ts_max(batch.units_per_day), 0, 1)
+                               month_table, month_starts, zones.merchant_id, zones.zone, periods.month_period("month"),
+                               shift, periods.ts_max(batch.units_per_day), 0, 1)
+        state = kernel.new_state()
+        with pytest.raises(ValueError, match="zone tables"):       # a zone index without its table
+            module.cohort_scan(state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
+                               month_table, month_starts, np.array([1], np.int64), np.array([1], np.int32),
+                               periods.month_period("month"), shift, periods.ts_max(batch.units_per_day), 0, 1)
 
 
 def test_cli_cohorts_and_concentration_write_what_the_api_returns(tmp_path, capsys):
@@ -681,3 +694,158 @@ def test_concentration_negative_revenues_refined_over_several_passes(engine, mon
         check_concentration(orders, None, [], "year", 0.5, engine, refunds=True)
         assert passes[0] is None and len(passes) >= 2
         assert passes[1].low.tolist() == [np.iinfo(np.int64).min] and passes[1].high.tolist() == [-1]
+
+
+# --- time zones (SPEC §3): each merchant's local calendar ---------------------------------
+
+@st.composite
+def zoned_data(draw, amounts=CLOSE_REFUNDS):
+    orders = draw(orders_tables(instants=zoned_instants_ns(), amounts=amounts))
+    merchants, timezone = draw(zoned_merchants(orders))
+    return orders, merchants, timezone
+
+
+@settings(deadline=None, max_examples=60)
+@given(data=zoned_data(), by=bys(), top=TOPS, refunds=st.booleans(), engine=st.sampled_from(ENGINES),
+       k=st.integers(1, 9), threads=st.integers(1, 3), chunk_rows=st.sampled_from([1, 2, 3, 7, 1 << 20]),
+       cohort_period=st.sampled_from(["month", "quarter", "year"]),
+       period=st.sampled_from(["month", "quarter", "year", "all"]))
+def test_zones_every_engine_thread_count_chunk_and_batch_size_match_the_reference(
+        data, by, top, refunds, engine, k, threads, chunk_rows, cohort_period, period):
+    orders, merchants, timezone = data
+    if not refunds and any(a < 0 for a in orders.column("amount").to_pylist()):
+        orders = orders.set_column(3, "amount", pa.array([abs(a) for a in orders.column("amount").to_pylist()],
+                                                         pa.int64()))
+    orders = rebatch(orders, k)
+    options = dict(refunds=refunds, timezone=timezone, threads=threads, chunk_rows=chunk_rows)
+    if not any(not (refunds and a < 0) for a in orders.column("amount").to_pylist()):
+        return      # no orders: an empty table (test_cohorts_and_concentration_of_empty_input)
+    check_cohorts(orders, merchants, by, cohort_period, engine, **options)
+    check_concentration(orders, merchants, by, period, top, engine, **options)
+
+
+def _zoned(rows):
+    return pa.table({
+        "merchant_id": pa.array([r[0] for r in rows], pa.int64()),
+        "customer_id": pa.array([r[1] for r in rows], pa.int64()),
+        "order_ts": pa.array([dt.datetime.fromisoformat(r[2]) for r in rows], pa.timestamp("ns", tz="UTC")),
+        "amount": pa.array([r[3] for r in rows], pa.int64()),
+    })
+
+
+def _zone_table(zones):
+    ids = list(zones)
+    return pa.table({"merchant_id": pa.array(ids, pa.int64()), "industry": ["x"] * len(ids),
+                     "country": ["x"] * len(ids), "annual_fee": pa.array([0] * len(ids), pa.int64()),
+                     "timezone": pa.array([zones[m] for m in ids], pa.string())})
+
+
+ZONED_EXAMPLE = [
+    (1, 1, "2023-11-05T05:30:00", 10),   # New York, the first 01:30 of the fall-back day
+    (1, 1, "2023-11-05T06:30:00", 20),   # the second 01:30
+    (1, 2, "1970-01-01T00:30:00", 5),    # 1969-12-31 in New York
+    (1, 2, "2023-12-01T04:59:59", 1),    # 2023-11-30 23:59:59 EST
+    (2, 1, "2023-01-31T18:14:00", 7),    # Kathmandu: 2023-01-31 23:59
+    (2, 1, "2023-01-31T18:15:00", 8),    # 2023-02-01 00:00
+    (3, 1, "1970-01-01T00:30:00", 9),    # UTC (no zone given): the same instant as merchant 1's, a later merchant
+    (4, 1, "2011-12-30T09:59:59", 2),    # Apia: 2011-12-29 23:59:59 (-10)
+    (4, 1, "2011-12-30T10:00:00", 3),    # 2011-12-31 00:00 (+14): Samoa skipped 2011-12-30
+    (5, 1, "2014-10-25T21:59:59", 4),    # Moscow: 2014-10-26 01:59:59 (+4), before the change to +3
+]
+ZONED_MERCHANTS = {1: "America/New_York", 2: "Asia/Kathmandu", 3: None, 4: "Pacific/Apia", 5: "Europe/Moscow"}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("by", [[], ["merchant"]], ids=_ids)
+def test_zones_hand_worked_example(engine, by):
+    orders, merchants = _zoned(ZONED_EXAMPLE), _zone_table(ZONED_MERCHANTS)
+    for period in ("month", "quarter", "year"):
+        check_cohorts(orders, merchants, by, period, engine)
+    for period in ("month", "year", "all"):
+        check_concentration(orders, merchants, by, period, 1, engine)
+    # The earliest order (1970-01-01 00:30Z, merchant 1 before merchant 3) starts "all" in New York's 1969-12.
+    [row] = lm.concentration(orders, merchants, period="all", top=1, engine=engine).to_pylist()
+    assert row["period_start"] == dt.date(1969, 12, 1)
+    months = lm.cohorts(orders, merchants, by=["merchant"], engine=engine).to_pylist()
+    first = [(r["cohort_start"], r["period_index"], r["revenue"]) for r in months if r["merchant_id"] == 1][:1]
+    assert first == [(dt.date(1969, 12, 1), 0, 5)]
+    # The default zone for merchant 3 moves its order to 1969 too.
+    by_year = lm.concentration(orders, merchants, by=["merchant"], top=1, engine=engine,
+                               timezone="America/Los_Angeles").to_pylist()
+    assert [r["period_start"] for r in by_year if r["merchant_id"] == 3] == [dt.date(1969, 1, 1)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_zones_at_the_ends_of_the_timestamp_range(engine, unit):
+    # 1970-01-01 00:00:00Z is 1969-12-31 in New York; the last valid instant of the unit is
+    # 2263-01-01 in Tokyo (2262-04-11 for nanoseconds, where they run out).
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    end = (dt.datetime(2263, 1, 1) - dt.datetime(1970, 1, 1)).days * 86400 * per_second - 1
+    last = min(end, np.iinfo(np.int64).max)
+    orders = pa.table({"merchant_id": pa.array([1, 2, 2], pa.int64()), "customer_id": pa.array([1, 1, 2], pa.int64()),
+                       "order_ts": pa.array([0, 0, last], pa.timestamp(unit)),
+                       "amount": pa.array([1, 2, 3], pa.int64())})
+    merchants = _zone_table({1: "America/New_York", 2: "Asia/Tokyo"})
+    for period in ("month", "quarter", "year"):
+        check_cohorts(orders, merchants, ["merchant"], period, engine)
+        check_concentration(orders, merchants, ["merchant"], period, 0.5, engine)
+    check_concentration(orders, merchants, [], "all", 0.5, engine)
+
+
+def test_zones_day_range_and_month_range_in_the_partials():
+    from loyaltymetrics import periods
+
+    orders, merchants = _zoned(ZONED_EXAMPLE), _zone_table(ZONED_MERCHANTS)
+    zones = inputs.read_merchants(merchants).zones()
+    for engine in ENGINES:
+        for kernel in (analyses.CohortKernel("month", engine, zones=zones), analyses.HistKernel("year", engine, zones=zones)):
+            parts = analyses.run(kernel, inputs.order_batches(orders), threads=2, chunk_rows=2)
+            # UTC days of the earliest (1970-01-01) and latest (2023-12-01) order.
+            assert parts.day_range == (0, (dt.date(2023, 12, 1) - dt.date(1970, 1, 1)).days)
+            # Months since 1969-01: New York's 1969-12 (11); the latest local month is New York's 2023-11.
+            assert parts.month_range == (11, (2023 - 1969) * 12 + 10)
+            assert parts.first_order[:2] == (int(np.datetime64("1970-01-01T00:30", "ns").astype(np.int64)), 1)
+            assert periods.period_start("all", [0], parts.month_range[0])[0] == np.datetime64("1969-12-01")
+
+
+def test_zones_bad_names_are_refused_before_reading():
+    orders = _zoned(ZONED_EXAMPLE)
+    for call in (lambda **k: lm.cohorts(orders, **k), lambda **k: lm.concentration(orders, **k),
+                 lambda **k: lm.rfm(orders, **k).read_all()):
+        with pytest.raises(ValueError, match="Mars/Olympus"):
+            call(timezone="Mars/Olympus")
+        with pytest.raises(lm.SchemaError, match="Mars/Olympus"):
+            call(merchants=_zone_table({1: "America/New_York", 2: "Mars/Olympus"}))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_zones_calendar_dates_are_the_same_date_in_every_zone(engine):
+    # date32 and date64 order_ts are dates, not instants: 2023-01-01 is in January in New York too.
+    days = [dt.date(2023, 1, 1), dt.date(2023, 1, 31), dt.date(2023, 2, 1)]
+    merchants = _zone_table({1: "America/New_York", 2: "Asia/Kathmandu"})
+    for ts_type in (pa.date32(), pa.date64()):
+        orders = pa.table({"merchant_id": pa.array([1, 1, 2], pa.int64()), "customer_id": pa.array([1, 1, 1], pa.int64()),
+                           "order_ts": pa.array(days, ts_type), "amount": pa.array([1, 2, 3], pa.int64())})
+        got = check_cohorts(orders, merchants, ["merchant"], "month", engine).to_pylist()
+        assert [(r["merchant_id"], r["cohort_start"]) for r in got if r["period_index"] == 0] == [
+            (1, dt.date(2023, 1, 1)), (2, dt.date(2023, 2, 1))]
+        check_concentration(orders, merchants, ["merchant"], "all", 1, engine)
+        rfm = lm.rfm(orders, "M", merchants=merchants, engine=engine).read_all().to_pylist()
+        assert [r["recency"] for r in rfm] == [0.0, 0.0]    # both of merchant 1's orders in January
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_zones_latest_order_month_before_the_earliest(engine):
+    # Tokyo's order at 15:30Z is 2024-02-01 local; New York's later one (16:00Z) is 2024-01-31 local.
+    # "all" counts months from February to January: at least one, as compute does; the cohorts' horizon
+    # is February (the latest local month of any order), so Tokyo's cohort has its cell.
+    orders = _zoned([(1, 1, "2024-01-31T16:00:00", 5), (2, 1, "2024-01-31T15:30:00", 7)])
+    merchants = _zone_table({1: "America/New_York", 2: "Asia/Tokyo"})
+    zones = inputs.read_merchants(merchants).zones()
+    parts = analyses.run(analyses.HistKernel("all", engine, zones=zones), inputs.order_batches(orders))
+    feb, jan = (2024 - 1969) * 12 + 1, (2024 - 1969) * 12
+    assert (parts.month_range, parts.horizon_month) == ((feb, jan), feb)
+    for by in ([], ["size"], ["merchant", "size"]):
+        check_concentration(orders, merchants, by, "all", 1, engine, size_edges=(1, 2))
+        check_cohorts(orders, merchants, by, "month", engine, size_edges=(1, 2))

@@ -242,3 +242,37 @@ def test_merchant_name_follows_merchant_id(data, by, period):
     expected = reference_compute(orders, merchants, by=by, period=period)
     names = merchants is not None and "name" in merchants.column_names
     assert_tables_match(actual, expected, columns=reference_columns(by, merchant_names=names))
+
+
+# --- time zones (SPEC §3: each merchant's local calendar) ----------------------------
+
+ZONE_DEFAULTS = [None, "America/New_York", "Pacific/Kiritimati", "Asia/Kathmandu"]
+
+
+@pytest.mark.parametrize("period", PERIODS)
+@settings(deadline=None)
+@given(data=orders_and_merchants(timezones=True, max_merchants=5), by=bys(),
+       timezone=st.sampled_from(ZONE_DEFAULTS))
+def test_zones_match_reference(data, period, by, timezone):
+    orders, merchants = data
+    _check(orders, merchants, by, period, timezone=timezone)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("engine", REFUND_ENGINES)
+@settings(deadline=None)
+@given(data=orders_and_merchants(timezones=True, max_customers=6), by=bys(), period=periods(),
+       timezone=st.sampled_from(ZONE_DEFAULTS), refunds=st.booleans(),
+       chunk_rows=st.integers(1, 40), batch_rows=st.integers(1, 70))
+def test_zones_every_engine_thread_count_chunk_and_batch_size_match_the_reference(
+        data, by, period, timezone, refunds, chunk_rows, batch_rows, engine, threads):
+    # SPEC §8: bit for bit whatever the engine, threads, chunk and batch size, with zones too.
+    orders, merchants = data
+    if refunds:  # some rows refunds: negate a deterministic share of the amounts
+        amount = [-(a + 1) if i % 3 == 1 else a for i, a in enumerate(orders.column("amount").to_pylist())]
+        orders = orders.set_column(orders.column_names.index("amount"), "amount", pa.array(amount, pa.int64()))
+    expected = _check(orders, merchants, by, period, refunds=refunds, timezone=timezone)
+    actual = loyaltymetrics.compute(rebatch(orders, batch_rows), merchants=merchants, by=by, period=period,
+                                    refunds=refunds, timezone=timezone, engine=engine, threads=threads,
+                                    chunk_rows=chunk_rows)
+    assert actual.equals(expected)

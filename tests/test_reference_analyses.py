@@ -153,3 +153,87 @@ def test_concentration_with_refunds():
     # period="all" starts at the first order's month (2022-01), not the 2021 refund's.
     [row] = reference_concentration(table(REFUND_ROWS), top=1, period="all", refunds=True)
     assert row["period_start"] == D(2022, 1, 1) and row["revenue"] == 47 - 50
+
+
+# --- time zones (SPEC §3): hand-worked, the reference alone ----------------------------
+
+def zoned_table(rows):
+    """rows: (merchant, customer, "YYYY-MM-DDTHH:MM:SS" UTC, amount), already sorted."""
+    return pa.table({
+        "merchant_id": pa.array([r[0] for r in rows], pa.int64()),
+        "customer_id": pa.array([r[1] for r in rows], pa.int64()),
+        "order_ts": pa.array([dt.datetime.fromisoformat(r[2]) for r in rows], pa.timestamp("us", tz="UTC")),
+        "amount": pa.array([r[3] for r in rows], pa.int64()),
+    })
+
+
+def zones_of(**zones):
+    """A merchants table naming merchant m's zone as m<m>="Zone/Name" (None: no zone given)."""
+    ids = [int(k[1:]) for k in zones]
+    return pa.table({"merchant_id": pa.array(ids, pa.int64()), "industry": ["x"] * len(ids),
+                     "country": ["x"] * len(ids), "annual_fee": pa.array([0] * len(ids), pa.int64()),
+                     "timezone": pa.array(list(zones.values()), pa.string())})
+
+
+def test_local_dates_across_dst_offsets_and_history():
+    from reference_analyses import local_dates
+
+    rows = [
+        (1, 1, "2023-11-05T05:30:00", 1),   # New York, fall-back day: the first 01:30 (EDT, -4)
+        (1, 1, "2023-11-05T06:30:00", 1),   # the second 01:30 (EST, -5): the same local day
+        (1, 2, "1970-01-01T00:30:00", 1),   # 1969-12-31 19:30 in New York
+        (2, 1, "2023-01-31T18:14:00", 1),   # Kathmandu +05:45: 2023-01-31 23:59
+        (2, 1, "2023-01-31T18:15:00", 1),   # 2023-02-01 00:00
+        (3, 1, "2023-01-31T18:29:00", 1),   # Kolkata +05:30: 23:59
+        (3, 1, "2023-01-31T18:30:00", 1),   # 00:00 the next day
+        (4, 1, "2011-12-30T09:59:59", 1),   # Apia, -10 until Samoa skipped 2011-12-30: Dec 29 23:59:59
+        (4, 1, "2011-12-30T10:00:00", 1),   # then +14: Dec 31 00:00
+        (5, 1, "2262-12-31T23:00:00", 1),   # Tokyo +9: 2263-01-01 08:00
+        (6, 1, "2023-06-01T03:00:00", 1),   # no zone in the table: the default, here Los Angeles (PDT, -7)
+    ]
+    merchants = zones_of(m1="America/New_York", m2="Asia/Kathmandu", m3="Asia/Kolkata", m4="Pacific/Apia",
+                         m5="Asia/Tokyo", m6=None)
+    got = local_dates(zoned_table(rows), merchants, "America/Los_Angeles")
+    assert got == [D(2023, 11, 5), D(2023, 11, 5), D(1969, 12, 31), D(2023, 1, 31), D(2023, 2, 1),
+                   D(2023, 1, 31), D(2023, 2, 1), D(2011, 12, 29), D(2011, 12, 31), D(2263, 1, 1),
+                   D(2023, 5, 31)]
+    # Without zones every date is the UTC one.
+    assert local_dates(zoned_table(rows))[2] == D(1970, 1, 1)
+
+
+def test_cohorts_in_local_months_of_several_zones():
+    # Merchant 1 (New York): customer 1 orders on 2023-12-31 22:00 local (2024-01-01 03:00Z), in
+    # December locally, and on 2024-01-15. Merchant 2 (Kathmandu): customer 1 orders at 2024-01-31 23:59
+    # local (18:14Z), in January, and at 2024-02-01 00:00 local (18:15Z), the latest local month of all.
+    rows = [(1, 1, "2024-01-01T03:00:00", 10), (1, 1, "2024-01-15T12:00:00", 20),
+            (2, 1, "2024-01-31T18:14:00", 5), (2, 1, "2024-01-31T18:15:00", 7)]
+    merchants = zones_of(m1="America/New_York", m2="Asia/Kathmandu")
+    out = reference_cohorts(zoned_table(rows), merchants, by=["merchant"])
+    got = [(r["merchant_id"], r["cohort_start"], r["period_index"], r["active_customers"], r["revenue"])
+           for r in out]
+    # The horizon is February (Kathmandu's last order), so New York's December cohort runs to k = 2.
+    assert got == [(1, D(2023, 12, 1), 0, 1, 10), (1, D(2023, 12, 1), 1, 1, 20), (1, D(2023, 12, 1), 2, 0, 0),
+                   (2, D(2024, 1, 1), 0, 1, 5), (2, D(2024, 1, 1), 1, 1, 7)]
+    # The network: both merchants add up their own months.
+    network = reference_cohorts(zoned_table(rows), merchants)
+    assert [(r["cohort_start"], r["period_index"], r["cohort_customers"], r["revenue"]) for r in network] == [
+        (D(2023, 12, 1), 0, 1, 10), (D(2023, 12, 1), 1, 1, 20), (D(2023, 12, 1), 2, 1, 0),
+        (D(2024, 1, 1), 0, 1, 5), (D(2024, 1, 1), 1, 1, 7)]
+    # In UTC everything is 2024: one January cohort of two store-customers.
+    assert reference_cohorts(zoned_table(rows))[0]["cohort_customers"] == 2
+
+
+def test_concentration_in_local_years_and_the_all_period():
+    # 1970-01-01 00:30Z is 1969-12-31 in New York: its own local year 1969, and the "all" period's
+    # start (the earliest order, in its merchant's zone), although merchant 2 (UTC) orders at the same instant.
+    rows = [(1, 1, "1970-01-01T00:30:00", 3), (1, 2, "1970-06-01T00:00:00", 4), (2, 1, "1970-01-01T00:30:00", 5)]
+    merchants = zones_of(m1="America/New_York")
+    out = reference_concentration(zoned_table(rows), merchants, top=1, by=["merchant"])
+    assert [(r["merchant_id"], r["period_start"], r["revenue"]) for r in out] == [
+        (1, D(1969, 1, 1), 3), (1, D(1970, 1, 1), 4), (2, D(1970, 1, 1), 5)]
+    [row] = reference_concentration(zoned_table(rows), merchants, top=1, period="all")
+    assert row["period_start"] == D(1969, 12, 1) and row["revenue"] == 12
+    # The default zone applies to merchants without one: Tokyo puts the last instant in 2263.
+    late = [(1, 1, "2262-12-31T23:00:00", 1)]
+    [row] = reference_concentration(zoned_table(late), timezone="Asia/Tokyo")
+    assert row["period_start"] == D(2263, 1, 1)

@@ -27,7 +27,7 @@ from loyaltymetrics.rfm_summary import HOLDOUT_SCHEMA, SCHEMA, RfmKernel, observ
 
 from cdnow import cdnow_frame, cdnow_orders
 from lifetimes_peer import key_of, lifetimes_summary, orders_frame
-from reference_rfm import order_days, reference_rfm
+from reference_rfm import order_days, order_instants, reference_rfm
 from strategies import orders_tables, rebatch
 
 ENGINES = ("cython", "numba")
@@ -494,6 +494,12 @@ def test_holdout_reference_equals_lifetimes(data):
     from lifetimes_peer import _months_compatible
 
     table = data.draw(orders_tables(allow_empty=False))
+    ts_type = table.column("order_ts").type
+    if pa.types.is_timestamp(ts_type) and ts_type.unit == "ns":
+        # orders_frame gives lifetimes microseconds: compare the instants both sides see (1 ns after a
+        # midnight calibration end is after it; the same order in microseconds is not).
+        ts = pa.array(table.column("order_ts").cast(pa.int64()).to_numpy() // 1000 * 1000, pa.int64())
+        table = table.set_column(table.schema.get_field_index("order_ts"), "order_ts", ts.cast(ts_type))
     freq = data.draw(st.sampled_from(FREQS))
     include_first = data.draw(st.booleans())
     calibration_end, observation_end = data.draw(calibration_ends(table))
@@ -544,3 +550,150 @@ def test_cli_calibration_end(tmp_path):
                  "--observation-end", "1998-03-31", "-q"]) == 0
     expected = lm.rfm(cdnow_table(), "W", "1998-03-31", calibration_end="1997-09-30").read_all()
     assert pq.read_table(out).equals(expected)
+
+
+# --- 4. time zones (SPEC §3): local days, weeks and months ------------------------------
+
+def _zoned(rows):
+    """rows: (merchant, customer, "YYYY-MM-DDTHH:MM:SS" UTC, amount), sorted."""
+    return pa.table({
+        "merchant_id": pa.array([r[0] for r in rows], pa.int64()),
+        "customer_id": pa.array([r[1] for r in rows], pa.int64()),
+        "order_ts": pa.array([dt.datetime.fromisoformat(r[2]) for r in rows], pa.timestamp("us", tz="UTC")),
+        "amount": pa.array([r[3] for r in rows], pa.int64()),
+    })
+
+
+def _merchant_zones(zones):
+    """A merchants table: merchant id -> IANA zone (None: no zone given)."""
+    ids = list(zones)
+    return pa.table({"merchant_id": pa.array(ids, pa.int64()), "industry": ["x"] * len(ids),
+                     "country": ["x"] * len(ids), "annual_fee": pa.array([0] * len(ids), pa.int64()),
+                     "timezone": pa.array([zones[m] for m in ids], pa.string())})
+
+
+# New York, around the 2023 fall-back (06:00Z): 2023-11-04 23:30 EDT; the second 01:30 (EST) of
+# 2023-11-05; 2023-11-05 23:30 EST. Local days: Nov 4, 5, 5; UTC days: Nov 5, 5, 6.
+FALL_BACK = [(1, 1, "2023-11-05T03:30:00", 100), (1, 1, "2023-11-05T06:30:00", 20),
+             (1, 1, "2023-11-06T04:30:00", 3)]
+
+
+def test_reference_local_days_by_hand():
+    ny = _merchant_zones({1: "America/New_York"})
+    [local] = reference_rfm(_zoned(FALL_BACK), "D", merchants=ny)
+    # Two local days: Nov 4 (100), Nov 5 (20 + 3); the observation end is the latest local day, Nov 5.
+    assert local == {"merchant_id": 1, "customer_id": 1, "frequency": 1, "recency": 1.0, "T": 1.0,
+                     "monetary_value": 23.0}
+    [utc] = reference_rfm(_zoned(FALL_BACK), "D")
+    assert utc["monetary_value"] == 3.0         # UTC days: Nov 5 (100 + 20), Nov 6 (3)
+    assert reference_rfm(_zoned(FALL_BACK), "D", timezone="America/New_York") == [local]
+    # Calibration end 2023-11-05 (local midnight): only the Nov 4 order is in calibration, the two
+    # others are its holdout (one local day, two orders).
+    [cal] = reference_rfm(_zoned(FALL_BACK), "D", calibration_end=dt.date(2023, 11, 5), merchants=ny)
+    assert (cal["frequency"], cal["T"], cal["frequency_holdout"], cal["monetary_value_holdout"],
+            cal["duration_holdout"]) == (0, 1.0, 1, 11.5, 0.0)
+
+
+def _local_frame(table, merchants, timezone):
+    """lifetimes' frame of ``table`` with each order's local wall-clock time (pandas' own zone conversion)."""
+    frame = orders_frame(table)
+    zones = {}
+    if merchants is not None:
+        zones = {m: z for m, z in zip(merchants.column("merchant_id").to_pylist(),
+                                      merchants.column("timezone").to_pylist()) if z}
+    merchant = table.column("merchant_id").to_pylist()
+    local = []
+    date32 = not pa.types.is_timestamp(table.column("order_ts").type)   # a calendar date: the same in every zone
+    for m, when in zip(merchant, frame["date"]):
+        zone = "UTC" if date32 else zones.get(m, timezone or "UTC")
+        local.append(pd.Timestamp(when).tz_localize("UTC").tz_convert(zone).tz_localize(None))
+    frame["date"] = pd.to_datetime(pd.Series(local, dtype="datetime64[us]"))
+    return frame
+
+
+@given(st.data())
+def test_zoned_reference_equals_lifetimes_on_local_times(data):
+    """lifetimes sees naive local times: the zoned reference is its summary of the same orders so shifted."""
+    from strategies import zoned_instants_ns, zoned_merchants
+
+    table = data.draw(orders_tables(allow_empty=False, instants=zoned_instants_ns()))
+    merchants, timezone = data.draw(zoned_merchants(table))
+    freq = data.draw(st.sampled_from(FREQS))
+    include_first = data.draw(st.booleans())
+    end = data.draw(st.none() | st.sampled_from(order_days(table, merchants, timezone)))
+    expected = reference_rfm(table, freq, end, include_first, merchants=merchants, timezone=timezone)
+    theirs = lifetimes_summary(_local_frame(table, merchants, timezone), "customer", "date", "amount", freq=freq,
+                               observation_end=None if end is None else pd.Timestamp(end),
+                               include_first_transaction=include_first)
+    assert list(theirs.index) == [key_of(r["merchant_id"], r["customer_id"]) for r in expected]
+    for column in ("frequency", "recency", "T", "monetary_value"):
+        assert theirs[column].tolist() == [float(r[column]) for r in expected], column
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_local_days_by_hand_every_engine(engine):
+    ny = _merchant_zones({1: "America/New_York"})
+    table = _zoned(FALL_BACK)
+    assert rows(lm.rfm(table, "D", merchants=ny, engine=engine)) == reference_rfm(table, "D", merchants=ny)
+    assert rows(lm.rfm(table, "D", merchants=ny, engine=engine))[0]["monetary_value"] == 23.0
+    assert rows(lm.rfm(table, "D", timezone="America/New_York", engine=engine))[0]["monetary_value"] == 23.0
+    assert rows(lm.rfm(table, "D", engine=engine))[0]["monetary_value"] == 3.0
+    [cal] = rows(lm.rfm(table, "D", calibration_end="2023-11-05", merchants=ny, engine=engine))
+    assert (cal["frequency"], cal["frequency_holdout"], cal["monetary_value_holdout"]) == (0, 1, 11.5)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_calibration_end_in_the_repeated_hour(engine):
+    # New York, 2023-11-05: 01:45 EDT (05:45Z) is after a calibration end of 01:30, the second 01:15
+    # (EST, 06:15Z) before it. lifetimes compares wall-clock times: the later instant is in calibration,
+    # the earlier one in the holdout of the same store-customer.
+    table = _zoned([(1, 1, "2023-11-05T05:45:00", 5), (1, 1, "2023-11-05T06:15:00", 7)])
+    ny = _merchant_zones({1: "America/New_York"})
+    end = dt.datetime(2023, 11, 5, 1, 30)
+    expected = reference_rfm(table, "D", calibration_end=end, merchants=ny)
+    assert [(r["frequency_holdout"], r["monetary_value_holdout"]) for r in expected] == [(1, 5.0)]
+    assert rows(lm.rfm(table, "D", calibration_end=end, merchants=ny, engine=engine)) == expected
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_local_days_at_the_ends_of_the_timestamp_range(engine, unit):
+    # 1970-01-01 00:00Z is 1969-12-31 in New York; the last valid instant of the unit is 2263-01-01 in Tokyo.
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    last = min((dt.datetime(2263, 1, 1) - dt.datetime(1970, 1, 1)).days * 86400 * per_second - 1, 2**63 - 1)
+    table = pa.table({"merchant_id": pa.array([1, 1, 2, 2], pa.int64()), "customer_id": pa.array([1, 1, 1, 1], pa.int64()),
+                      "order_ts": pa.array([0, 3600 * per_second, 0, last], pa.timestamp(unit)),
+                      "amount": pa.array([1, 2, 3, 4], pa.int64())})
+    zones = _merchant_zones({1: "America/New_York", 2: "Asia/Tokyo"})
+    for freq in FREQS:
+        expected = reference_rfm(table, freq, merchants=zones)
+        assert rows(lm.rfm(table, freq, merchants=zones, engine=engine)) == expected, freq
+
+
+@given(st.data())
+def test_zoned_rfm_equals_the_zoned_reference(data):
+    """Every engine, thread count, chunk and batch size, in merchants' zones, plain and calibration/holdout."""
+    from strategies import zoned_instants_ns, zoned_merchants
+
+    table = data.draw(orders_tables(allow_empty=False, instants=zoned_instants_ns()))
+    merchants, timezone = data.draw(zoned_merchants(table))
+    batched = rebatch(table, data.draw(st.integers(1, 70)), empty_batches=data.draw(st.booleans()))
+    freq = data.draw(st.sampled_from(FREQS))
+    include_first = data.draw(st.booleans())
+    options = dict(engine=data.draw(st.sampled_from(ENGINES)), threads=data.draw(st.sampled_from([1, 2, 3])),
+                   chunk_rows=data.draw(st.integers(1, 30)), merchants=merchants, timezone=timezone)
+    days = order_days(table, merchants, timezone)
+    if data.draw(st.booleans()):
+        end = data.draw(st.none() | st.sampled_from(days).map(lambda d: min(max(d, dt.date(1970, 1, 1)),
+                                                                             dt.date(2262, 12, 31))))
+        expected = reference_rfm(table, freq, end, include_first, merchants=merchants, timezone=timezone)
+        assert rows(lm.rfm(batched, freq, end, include_first, **options)) == expected
+    else:
+        # A wall-clock calibration end near the local times of the orders (seconds: the repeated hour too).
+        instants = order_instants(table, merchants, timezone)
+        base = data.draw(st.sampled_from(instants)) // 10**9 + data.draw(st.integers(-7200, 7200))
+        base = min(max(base, 86_400), (dt.date(2262, 1, 1) - dt.date(1970, 1, 1)).days * 86_400)
+        calibration_end = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=base)
+        expected = reference_rfm(table, freq, None, include_first, calibration_end, merchants=merchants,
+                                 timezone=timezone)
+        assert rows(lm.rfm(batched, freq, None, include_first, calibration_end=calibration_end, **options)) == expected

@@ -140,6 +140,20 @@ def test_refunds_match_local_compute(spark, lms, data, by, period, partitions):
     assert_identical(actual.toArrow(), lm.compute(orders, merchants, by=by, period=period, refunds=True))
 
 
+@settings(max_examples=12, deadline=None)
+@given(data=orders_and_merchants(max_customers=6, timezones=True), by=bys(), period=periods(),
+       partitions=st.sampled_from([1, 3, 8]), merchants_as_spark=st.booleans(),
+       timezone=st.sampled_from([None, "America/New_York", "Pacific/Kiritimati"]))
+def test_zones_match_local_compute(spark, lms, data, by, period, partitions, merchants_as_spark, timezone):
+    # SPEC §3: each merchant's local calendar, the earliest order's zone for "all", on Spark too.
+    orders, merchants = data
+    orders = _spark_timestamps(orders)
+    spark_merchants = spark.createDataFrame(merchants) if merchants_as_spark and merchants is not None else merchants
+    actual = lms.compute(spark.createDataFrame(orders), spark_merchants, by=by, period=period,
+                         partitions=partitions, timezone=timezone)
+    assert_identical(actual.toArrow(), lm.compute(orders, merchants, by=by, period=period, timezone=timezone))
+
+
 @pytest.mark.parametrize("period", ["all", "year"])
 def test_refund_rows_only_match_local_compute(spark, lms, period):
     # Found by the property above: no task sees an order, so the month range is null on Spark.

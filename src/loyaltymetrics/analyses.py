@@ -16,13 +16,26 @@ interface a chunk-parallel driver needs:
 
 One state may see a merchant's rows in several non-contiguous pieces, so
 partials are keyed by merchant and combined by addition, never by position.
+
+Periods are local to each merchant's zone (SPEC §3; ``periods.MerchantZones``):
+the kernel gets one month table per zone and switches on merchant change.
+Every partials object also carries the input's order range: ``day_range``
+(UTC days since 1970-01-01 of the earliest and latest order, for the
+observation window), ``month_range`` (the local months of the earliest
+and the latest order, each in its merchant's zone, as ``compute`` has it:
+``period="all"``'s start and its months for ``size``), ``horizon_month``
+(the latest local month of any order: the cohorts' horizon, so that no
+order's cell is cut off), and ``first_order`` / ``last_order``
+(``(order_ts, merchant_id, month)``; ties: the smaller merchant is the
+earlier, the larger the later), so that states combine to the same answer
+in any order.
 ``run`` drives a kernel with ``parallel.run`` (one thread or several).
 """
 from __future__ import annotations
 
 import math
-import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import lru_cache
 from fractions import Fraction
 from decimal import Decimal
 import numbers
@@ -31,7 +44,7 @@ import numpy as np
 
 from . import _analyses, _scan, parallel, periods
 from .errors import AmountOverflowError
-from .scan import _merge_ranges, _order_day_range, _row_before, _stop_error
+from .scan import _row_before, _stop_error
 
 ENGINES = ("cython", "numba")
 CURSOR_FIELDS = _analyses.CURSOR_FIELDS
@@ -61,8 +74,10 @@ TOTAL_OVERFLOW = 6
 
 def _new_cursor(refunds=False):
     cur = np.zeros(len(CURSOR_FIELDS), dtype=np.int64)
-    cur[_CUR["first_month"]] = INT32_MAX   # month cache starts empty: [0, 0)
+    cur[_CUR["first_month"]] = INT32_MAX   # month cache starts empty: [0, 0); no zone loaded
     cur[_CUR["last_month"]] = -1
+    cur[_CUR["early_ts"]] = np.iinfo(np.int64).max
+    cur[_CUR["late_ts"]] = -1
     cur[_CUR["refunds"]] = bool(refunds)
     return cur
 
@@ -73,6 +88,8 @@ class _State:
     def __init__(self, refunds=False):
         self.cur = _new_cursor(refunds)
         self.last_batch = None
+        self.units_per_day = None       # of the order_ts column scanned (one per input)
+        self.local_month = None         # (order_ts, merchant_id) -> local month, set by the kernel's scan
 
     @property
     def last_row_keys(self):
@@ -83,9 +100,36 @@ class _State:
         return tuple(int(c[_CUR[k]]) for k in ("prev_merchant", "prev_customer", "prev_ts"))
 
     @property
-    def month_range(self):
+    def horizon_month(self):
+        """The latest local month of any order seen, or None."""
         last = int(self.cur[_CUR["last_month"]])
-        return None if last < 0 else (int(self.cur[_CUR["first_month"]]), last)
+        return None if last < 0 else last
+
+    @property
+    def first_order(self):
+        """(order_ts, merchant_id, local month) of the earliest order seen, or None."""
+        if self.cur[_CUR["late_ts"]] < 0:
+            return None
+        return tuple(int(self.cur[_CUR[k]]) for k in ("early_ts", "early_merchant", "first_month"))
+
+    @property
+    def last_order(self):
+        """(order_ts, merchant_id, local month) of the latest order seen, or None."""
+        if self.cur[_CUR["late_ts"]] < 0:
+            return None
+        ts, merchant = int(self.cur[_CUR["late_ts"]]), int(self.cur[_CUR["late_merchant"]])
+        return ts, merchant, self.local_month(ts, merchant)
+
+    @property
+    def day_range(self):
+        """UTC days since 1970-01-01 of the earliest and latest order seen, or None."""
+        if self.cur[_CUR["late_ts"]] < 0:
+            return None
+        return (int(self.cur[_CUR["early_ts"]]) // self.units_per_day,
+                int(self.cur[_CUR["late_ts"]]) // self.units_per_day)
+
+    def ranges(self):
+        return _ranges([_Ranges(self.day_range, self.first_order, self.last_order, self.horizon_month)])
 
     def _need(self):
         return int(self.cur[_CUR["need"]]), int(self.cur[_CUR["need_count"]])
@@ -140,7 +184,7 @@ class CohortState(_State):
     def partials(self):
         n = int(self.cur[_CUR["n_rows"]])
         return CohortPartials(self.out_merchant[:n].copy(), self.out_cohort[:n].copy(),
-                              self.out_index[:n].copy(), self.out_cells[:n].copy(), self.month_range)
+                              self.out_index[:n].copy(), self.out_cells[:n].copy(), **self.ranges())
 
 
 @dataclass(frozen=True)
@@ -156,7 +200,10 @@ class CohortPartials:
     period_index: np.ndarray  # int32[n] periods since the cohort's
     cells: np.ndarray         # int64[n, 3]: active_customers, orders, revenue
     month_range: tuple | None
-    day_range: tuple | None = None  # (first, last) UTC day of any order (SPEC §3), set by ``run``
+    day_range: tuple | None = None
+    first_order: tuple | None = None
+    last_order: tuple | None = None
+    horizon_month: int | None = None
 
     @staticmethod
     def combine(parts):
@@ -166,15 +213,28 @@ class CohortPartials:
             np.concatenate([p.cohort for p in parts]) if parts else np.empty(0, np.int32),
             np.concatenate([p.period_index for p in parts]) if parts else np.empty(0, np.int32),
             np.concatenate([p.cells for p in parts]) if parts else np.empty((0, 3), np.int64),
-            _month_range(p.month_range for p in parts),
+            **_ranges(parts),
         )
 
 
-def _month_range(ranges):
-    ranges = [r for r in ranges if r is not None]
-    if not ranges:
-        return None
-    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+@dataclass(frozen=True)
+class _Ranges:
+    day_range: tuple | None
+    first_order: tuple | None
+    last_order: tuple | None
+    horizon_month: int | None
+
+
+def _ranges(parts):
+    """The order ranges of several states' partials combined (see the module docstring)."""
+    parts = [p for p in parts if p.first_order is not None]
+    if not parts:
+        return dict(month_range=None, day_range=None, first_order=None, last_order=None, horizon_month=None)
+    first = min(p.first_order for p in parts)   # (order_ts, merchant_id, month): ties to the smaller merchant
+    last = max(p.last_order for p in parts)     # ties to the larger merchant
+    return dict(month_range=(first[2], last[2]),
+                day_range=(min(p.day_range[0] for p in parts), max(p.day_range[1] for p in parts)),
+                first_order=first, last_order=last, horizon_month=max(p.horizon_month for p in parts))
 
 
 @dataclass(frozen=True)
@@ -270,7 +330,7 @@ class HistState(_State):
             self.out_merchant[:rows].copy(), self.out_period[:rows].copy(), self.out_orders[:rows].copy(),
             self.bin_key[:bins].copy(), self.bin_index[:bins].copy(), self.bin_count[:bins].copy(),
             self.bin_sum[:bins].copy(), self.value_target[:values].copy(), self.value[:values].copy(),
-            self.month_range,
+            **self.ranges(),
         )
 
 
@@ -294,7 +354,10 @@ class HistPartials:
     value_target: np.ndarray
     value: np.ndarray
     month_range: tuple | None
-    day_range: tuple | None = None  # (first, last) UTC day of any order (SPEC §3), set by ``run``
+    day_range: tuple | None = None
+    first_order: tuple | None = None
+    last_order: tuple | None = None
+    horizon_month: int | None = None
 
     @staticmethod
     def combine(parts):
@@ -308,33 +371,59 @@ class HistPartials:
             cat("merchant_id", np.int64), cat("period", np.int32), cat("orders", np.int64),
             np.concatenate(keys) if parts else np.empty(0, np.int64), cat("bin_index", np.int32),
             cat("bin_count", np.int64), cat("bin_sum", np.int64), cat("value_target", np.int64),
-            cat("value", np.int64), _month_range(p.month_range for p in parts),
+            cat("value", np.int64), **_ranges(parts),
         )
+
+
+def merchant_zones(merchants, timezone=None):
+    """``periods.MerchantZones`` of an ``inputs.Merchants`` (SPEC §3): its ``timezone``, else ``timezone``, else UTC."""
+    return merchants.zones(None if timezone is None else periods.check_zone(timezone))
+
+
+_UTC_ZONES = periods.MerchantZones.utc()
+
+
+@lru_cache(maxsize=64)
+def _zone_month_starts(zone_names, units_per_day):
+    starts = np.stack([periods.local_month_starts(z, units_per_day) for z in zone_names])
+    starts.setflags(write=False)
+    return starts
 
 
 class _Kernel:
     """The chunk interface over one engine's ``*_scan`` / ``*_end`` functions."""
 
-    def __init__(self, period, engine="cython", refunds=False):
+    def __init__(self, period, engine="cython", refunds=False, zones=None):
         self.period = period
         self.engine = engine
         self.refunds = bool(refunds)
+        self.zones = periods.MerchantZones.utc() if zones is None else zones
         self.module = engine_module(engine)
-        self.day_month = periods.day_month()
         self.month_period = periods.month_period(period)
         self.n_periods = periods.n_periods(period)
-        self.day_range = None   # (earliest, latest) UTC order day (SPEC §3 observation window)
-        self.lock = threading.Lock()
+
+    def tables(self, units_per_day, dates=False):
+        """(month tables, month starts, shift, zones) for a column's units (cached).
+
+        ``dates``: the column holds calendar dates (date32, date64), the same
+        date in every zone, so every merchant gets the UTC tables.
+        """
+        zones = _UTC_ZONES if dates else self.zones
+        return (periods.period_tables("month", units_per_day, zones),
+                _zone_month_starts(zones.zones, int(units_per_day)), periods.bucket_shift(units_per_day), zones)
 
     def scan(self, state, batch, start=0, stop=None):
         stop = len(batch) if stop is None else stop
-        month_start = periods.month_start(batch.units_per_day)
+        month_table, month_starts, shift, zones = self.tables(batch.units_per_day, getattr(batch, "dates", False))
         ts_max = periods.ts_max(batch.units_per_day)
+        state.units_per_day = batch.units_per_day
+        state.local_month = lambda ts, merchant, z=zones, u=batch.units_per_day: periods.local_month_of(
+            ts, u, z.zone_name(merchant))
         row = start
         while True:
             status, row = self._scan(state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
-                                     self.day_month, self.month_period, month_start, batch.units_per_day,
-                                     ts_max, row, stop)
+                                     month_table, month_starts, zones.merchant_id, zones.zone,
+                                     self.month_period, shift, ts_max, row, stop)
             if status == _scan.Status.OK:
                 break
             if status == TOTAL_OVERFLOW:
@@ -344,10 +433,6 @@ class _Kernel:
             state.grow()
         if stop > start:
             state.last_batch = batch
-        days = _order_day_range(batch, start, stop, self.refunds)  # replaced by the kernel's tracking at merge
-        if days is not None:
-            with self.lock:
-                self.day_range = _merge_ranges(self.day_range, days)
 
     def _close(self, state, flush):
         while True:
@@ -371,8 +456,8 @@ class _Kernel:
 class CohortKernel(_Kernel):
     """Cells per (merchant, cohort, period_index) (SPEC §9 cohorts)."""
 
-    def __init__(self, period, engine="cython", refunds=False):
-        super().__init__(period, engine, refunds)
+    def __init__(self, period, engine="cython", refunds=False, zones=None):
+        super().__init__(period, engine, refunds, zones)
         self._scan, self._end = self.module.cohort_scan, self.module.cohort_end
 
     def new_state(self):
@@ -392,8 +477,8 @@ class HistKernel(_Kernel):
     in bins from the range's lower end.
     """
 
-    def __init__(self, period, engine="cython", targets=None, refunds=False):
-        super().__init__(period, engine, refunds)
+    def __init__(self, period, engine="cython", targets=None, refunds=False, zones=None):
+        super().__init__(period, engine, refunds, zones)
         self.targets = targets
         self._scan, self._end = self.module.hist_scan, self.module.hist_end
 
@@ -408,9 +493,7 @@ def run(kernel, batches, threads=1, chunk_rows=parallel.DEFAULT_CHUNK_ROWS, prog
 
     ``progress(rows)`` is called as rows are done (``parallel.run``).
     """
-    kernel.day_range = None
-    partials = kernel.combine(parallel.run(batches, kernel, threads, chunk_rows, progress))
-    return replace(partials, day_range=kernel.day_range)  # replaced by the kernel's tracking at merge
+    return kernel.combine(parallel.run(batches, kernel, threads, chunk_rows, progress))
 
 
 def _total_overflow(state, batch, row):

@@ -15,7 +15,8 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
             columns: ColumnMap | None = None, size_edges: SizeEdges = DEFAULT_SIZE_EDGES, refunds: bool = False,
             engine: Engine = "cython", threads: int | None = None, chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS,
             progress: bool = False,
-            observation_start: DateLike | None = None, observation_end: DateLike | None = None) -> pa.Table:
+            observation_start: DateLike | None = None, observation_end: DateLike | None = None,
+            timezone: str | None = None) -> pa.Table:
     """Loyalty and retention metrics per group and period (SPEC §4-7).
 
     Parameters
@@ -70,6 +71,11 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
         inside it, and every ``_yoy`` is null unless both periods compared
         are complete. Defaults: the UTC date of the earliest order, and the
         day after the UTC date of the latest order.
+    timezone : str, optional
+        IANA time zone (``"America/New_York"``) of every merchant without a
+        ``timezone`` in the merchants table; default UTC. Periods are
+        calendar periods in each merchant's own zone (SPEC §3); a date32
+        ``order_ts`` is its own local date in every zone.
 
     Returns
     -------
@@ -85,12 +91,15 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
     """
     by = check_by(by)
     periods.check_period(period)
+    if timezone is not None:
+        periods.check_zone(timezone)
     size_edges = check_size_edges(size_edges)
     check_observation(observation_start, observation_end)
     scan_module(engine)
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
+    zones = merchant_table.zones(timezone)
     source = source_label(orders)
 
     total = count_rows(orders) if _progress.shown(progress) else None
@@ -98,7 +107,7 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
     def scan(threads):
         with _progress.bar(total, progress, desc="compute") as bar:
             batches = order_batches(orders, columns)
-            parts = scan_orders(batches, period, refunds, engine, threads, chunk_rows, bar.update)
+            parts = scan_orders(batches, period, refunds, engine, threads, chunk_rows, bar.update, zones)
         # Adding the threads' pieces may overflow where no row is known: see rescan_for_row.
         return combine(parts, source)
 

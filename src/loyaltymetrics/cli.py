@@ -17,7 +17,7 @@ from .errors import LoyaltyMetricsError
 from .outputs import (Terminated, atomic_output, check_output_path, check_stop, remove_temporaries,
                       request_stop, reset_stop, stop_requested)
 from .finalize import DEFAULT_SIZE_EDGES, GROUP_KEYS
-from .periods import PERIODS
+from .periods import PERIODS, check_zone
 from .scan import ENGINES
 
 EPILOG = """\
@@ -56,6 +56,26 @@ def _edges(text):
         return tuple(float(x) if "." in x else int(x) for x in _csv_list(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _zone(text):
+    try:
+        return check_zone(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+TIMEZONE_HELP = ("IANA time zone (e.g. America/New_York) of the calendar periods of merchants without a "
+                 "timezone in the merchants table (default: UTC)")
+
+
+def _add_timezone(p):
+    p.add_argument("--timezone", type=_zone, default=None, metavar="ZONE", help=TIMEZONE_HELP)
+
+
+def _timezone(args):
+    """``timezone=`` for an entry point, only when given (so entry points without zones keep working)."""
+    return {} if getattr(args, "timezone", None) is None else {"timezone": args.timezone}
 
 
 def _positive_int(text):
@@ -108,7 +128,9 @@ def _add_compute_options(p):
                    help="merchants table (Parquet, Arrow or CSV): merchant_id, industry, country, annual_fee")
     p.add_argument("--by", type=_csv_list, default=[], metavar="KEYS",
                    help=f"comma-separated group keys from {', '.join(GROUP_KEYS)} (default: the whole network)")
-    p.add_argument("--period", choices=PERIODS, default="year", help="calendar period in UTC (default: year)")
+    p.add_argument("--period", choices=PERIODS, default="year",
+                   help="calendar period in each merchant's time zone (default: year)")
+    _add_timezone(p)
     p.add_argument("-o", "--output", metavar="OUT",
                    help="write every column to OUT.parquet, OUT.csv or OUT.json (default: print a summary)")
     p.add_argument("--columns", type=_columns, metavar="NAME=COL,...",
@@ -169,7 +191,8 @@ def _add_analysis_commands(sub):
         p.add_argument("--by", type=_csv_list, default=[], metavar="KEYS",
                        help=f"comma-separated group keys from {', '.join(GROUP_KEYS)} (default: the whole network)")
         p.add_argument("--period", choices=period_choices, default=default,
-                       help=f"calendar period in UTC (default: {default})")
+                       help=f"calendar period in each merchant's time zone (default: {default})")
+        _add_timezone(p)
         if name == "concentration":
             p.add_argument("--top", type=float, default=0.05, metavar="FRACTION",
                            help="fraction of store-customers at the top, in (0, 1] (default: 0.05)")
@@ -194,7 +217,7 @@ def _run_analysis(args):
 
     options = dict(by=args.by, period=args.period, columns=args.columns, size_edges=args.size_edges,
                    refunds=args.refunds, engine=args.engine, threads=args.threads, progress=not args.quiet,
-                   **_observation(args))
+                   **_observation(args), **_timezone(args))
     inputs = [args.orders, args.merchants]
     if args.output:
         check_table_path(args.output, inputs)  # before reading anything
@@ -327,7 +350,8 @@ def _dispatch(args):
             check_table_path(args.output, inputs)  # before reading anything
         table = compute(args.orders, args.merchants, by=args.by, period=args.period, columns=args.columns,
                         size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
-                        threads=args.threads, progress=not args.quiet, **_observation(args))
+                        threads=args.threads, progress=not args.quiet, **_observation(args),
+                        timezone=args.timezone)
         _check_not_empty(table, args.orders)
         if args.output:
             write_table(table, args.output, inputs)
@@ -360,6 +384,8 @@ def _add_rfm_parser(sub):
                    help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
     p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
     p.add_argument("--threads", type=_positive_int, metavar="N", help="threads scanning chunks (default: the usable CPUs)")
+    p.add_argument("--timezone", type=_zone, default=None, metavar="ZONE",
+                   help="IANA time zone of the local days and months of every store (default: UTC)")
     _add_quiet(p)
 
 
@@ -369,7 +395,7 @@ def _rfm(args):
     check_rfm_path(args.output, [args.orders])  # before reading anything
     reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
                  calibration_end=args.calibration_end, columns=args.columns, engine=args.engine,
-                 threads=args.threads, progress=not args.quiet)
+                 threads=args.threads, progress=not args.quiet, **_timezone(args))
     rows = write_rfm(reader, args.output, inputs=[args.orders])
     print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
     return 0
@@ -460,6 +486,7 @@ def _add_report_parser(sub):
     p.add_argument("-o", "--output", metavar="OUT.html", required=True, help="the HTML file to write")
     p.add_argument("--period", choices=("year", "quarter", "month"), default="year",
                    help="reporting period: the latest one against a year earlier (default: year)")
+    _add_timezone(p)
     p.add_argument("--title", default="Loyalty report", help="the page's title (default: Loyalty report)")
     p.add_argument("--top", type=float, default=0.05, metavar="SHARE",
                    help="top share of store-customers in the revenue-concentration chart (default: 0.05)")
@@ -490,7 +517,7 @@ def _report(args):
         report(args.orders, args.merchants, args.output, period=args.period, title=args.title, top=args.top,
                columns=args.columns, size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
                threads=args.threads, year=args.year, period_start=args.period_start, currency=args.currency,
-               progress=not args.quiet, **_observation(args))
+               progress=not args.quiet, **_observation(args), **_timezone(args))
     except ImportError as e:  # matplotlib missing: say what to install, without a traceback
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ import pyarrow as pa
 from . import parallel, periods
 from . import progress as _progress
 from ._types import ColumnMap, DateLike, Engine, GroupKeys, Merchants, Orders, SizeEdges
-from .analyses import CohortKernel, engine_module, run
+from .analyses import CohortKernel, engine_module, merchant_zones, run
 from .arrays import bool_array, numeric_array
 from .errors import AmountOverflowError, reporting_resource_errors
 from .finalize import (DEFAULT_SIZE_EDGES, INT64, check_by, check_observation, check_size_edges, group_codes,
@@ -28,7 +28,7 @@ def cohorts(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
             size_edges: SizeEdges = DEFAULT_SIZE_EDGES, refunds: bool = False, engine: Engine = "cython",
             threads: int | None = None, chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS,
             progress: bool = False, observation_start: DateLike | None = None,
-            observation_end: DateLike | None = None) -> pa.Table:
+            observation_end: DateLike | None = None, timezone: str | None = None) -> pa.Table:
     """Acquisition cohorts per group (SPEC §9).
 
     A store-customer's cohort is the period of its rank-1 order. For each
@@ -45,8 +45,8 @@ def cohorts(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
         cohort's acquisition period**: a cohort is acquired once, so each
         cohort belongs to one group and its retention is a ratio within it.
     period : {"month", "quarter", "year"}
-        Calendar periods in UTC of the cohorts and of the period index
-        (``"all"`` has no index, so it is rejected).
+        Calendar periods of the cohorts and of the period index, in each
+        merchant's own time zone (``"all"`` has no index, so it is rejected).
     size_edges : sequence of numbers
         As for ``compute``.
     refunds : bool
@@ -58,6 +58,10 @@ def cohorts(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
         store-customer's first order, of a store-customer without orders,
         or after the period of the input's latest order is in no cell.
         By default a negative amount is a ``NegativeAmountError``.
+    timezone : str, optional
+        IANA zone of the merchants whose ``timezone`` the merchants table
+        does not give (SPEC §3); default UTC. Each store-customer's orders
+        fall in the local periods of its merchant's zone.
     engine : {"cython", "numba"}
     threads, chunk_rows
         As for ``compute``: threads scanning chunks of the input side by side
@@ -95,7 +99,9 @@ def cohorts(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
         Every observable cell is present, inactive ones with zeros: a cell
         is observable when period cohort + k is not after the period of the
         latest order of the whole input (the input's horizon, the same for
-        every group). Later cells are absent.
+        every group: the latest local period of any order, each in its
+        merchant's zone, so that no order's cell is cut off). Later cells
+        are absent.
 
     Raises
     ------
@@ -114,7 +120,7 @@ def cohorts(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
-    kernel = CohortKernel(period, engine, refunds)
+    kernel = CohortKernel(period, engine, refunds, merchant_zones(merchant_table, timezone))
     total = count_rows(orders) if _progress.shown(progress) else None
 
     def compute(threads):
@@ -159,8 +165,8 @@ def cohorts_table(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES
     merchant, cohort, index = merchant[order][starts], cohort[order][starts], index[order][starts]
     cells = sum_groups(p.cells[order], starts, source)
     last_period = 0
-    if p.month_range is not None:
-        last_period = int(periods.month_period(period)[p.month_range[1]])
+    if p.horizon_month is not None:
+        last_period = int(periods.month_period(period)[p.horizon_month])
     # Refunds after the period of the input's latest order are in no observable cell.
     observable = cohort + index <= last_period
     if not observable.all():

@@ -46,6 +46,7 @@ from .analyses import (
     Targets,
     check_top,
     engine_module,
+    merchant_zones,
     run,
     top_count,
 )
@@ -69,14 +70,20 @@ def concentration(orders: Orders, merchants: Merchants | None = None, *, by: Gro
                   top: float = 0.05, columns: ColumnMap | None = None, size_edges: SizeEdges = DEFAULT_SIZE_EDGES,
                   refunds: bool = False, engine: Engine = "cython", threads: int | None = None,
                   chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, progress: bool = False,
-                  observation_start: DateLike | None = None, observation_end: DateLike | None = None) -> pa.Table:
+                  observation_start: DateLike | None = None, observation_end: DateLike | None = None,
+                  timezone: str | None = None) -> pa.Table:
     """Share of revenue from the top store-customers, per group and period (SPEC §9).
 
     Parameters
     ----------
     orders, merchants, by, period, columns, size_edges
         As for ``compute`` (``size`` is the merchant's bucket in the period,
-        as there; ``period="all"`` is one period).
+        as there; ``period="all"`` is one period). Periods are calendar
+        periods in each merchant's own time zone (SPEC §3); ``"all"``
+        starts on the first day of the local month of the input's earliest
+        order, in its merchant's zone, and its length in months (for
+        ``size``) runs to the latest order's local month, as in ``compute``
+        (at least one).
     top : number in (0, 1]
         The fraction of store-customers at the top: k = ceil(top ×
         customers). A float counts as the decimal it prints as (0.07 is
@@ -89,6 +96,9 @@ def concentration(orders: Orders, merchants: Merchants | None = None, *, by: Gro
         in a period is not one of its ``customers`` (its refunds still count
         in ``revenue``). By default a negative amount is a
         ``NegativeAmountError``.
+    timezone : str, optional
+        IANA zone of the merchants whose ``timezone`` the merchants table
+        does not give (SPEC §3); default UTC.
     engine : {"cython", "numba"}
     threads, chunk_rows
         As for ``compute``: threads scanning chunks of the input side by side
@@ -156,6 +166,7 @@ def concentration(orders: Orders, merchants: Merchants | None = None, *, by: Gro
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
+    zones = merchant_zones(merchant_table, timezone)
     total = count_rows(orders) if _progress.shown(progress) else None
     passes = itertools.count(1)
 
@@ -166,9 +177,9 @@ def concentration(orders: Orders, merchants: Merchants | None = None, *, by: Gro
                 with _progress.bar(total, progress, desc=f"concentration: pass {next(passes)}") as bar:
                     return run(kernel, source.batches(), threads, chunk_rows, bar.update)
 
-            return concentration_table(scan(HistKernel(period, engine, refunds=refunds)), merchant_table, by,
-                                       period, top,
-                                       lambda targets: scan(HistKernel(period, engine, targets, refunds)),
+            return concentration_table(scan(HistKernel(period, engine, refunds=refunds, zones=zones)),
+                                       merchant_table, by, period, top,
+                                       lambda targets: scan(HistKernel(period, engine, targets, refunds, zones)),
                                        size_edges, source=source_label(orders),
                                        observation_start=observation_start, observation_end=observation_end)
 
@@ -289,7 +300,9 @@ def concentration_table(first, merchants, by, period, top, rerun, size_edges=DEF
     orders = sum_groups(p.orders[order], starts, source)
 
     first_month, last_month = p.month_range or (0, 0)
-    months = (last_month - first_month + 1) if period == "all" else periods.MONTHS_PER_PERIOD[period]
+    # "all": the local months from the earliest order's to the latest's, as compute counts them (at
+    # least one: zones far apart can put the latest order's month before the earliest's).
+    months = max(last_month - first_month + 1, 1) if period == "all" else periods.MONTHS_PER_PERIOD[period]
     codes, decode = group_codes(merchant, orders, months, merchants, by, size_edges)
 
     # Group-periods: merchants in the same group and period.

@@ -87,13 +87,14 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
            refunds: bool = False, engine: Engine = "cython", threads: int | None = None,
            chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, observation_start: DateLike | None = None,
            observation_end: DateLike | None = None, year: int | None = None,
-           period_start: DateLike | None = None, currency: str | None = None, progress: bool = False) -> str:
+           period_start: DateLike | None = None, currency: str | None = None, progress: bool = False,
+           timezone: str | None = None) -> str:
     """Write an HTML loyalty report of a complete period against the same period a year earlier.
 
     Parameters
     ----------
-    orders, merchants, columns, size_edges, refunds, engine, threads, chunk_rows
-        As for ``compute`` (``refunds`` is passed to every analysis alike).
+    orders, merchants, columns, size_edges, refunds, engine, threads, chunk_rows, timezone
+        As for ``compute`` (each is passed to every analysis alike).
         The orders are read several times (one pass per breakdown and
         analysis), so they must be a file or a table, not a one-shot
         ``RecordBatchReader``.
@@ -166,7 +167,7 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
 
     options = dict(columns=columns, size_edges=size_edges, refunds=refunds, engine=engine, threads=threads,
                    chunk_rows=chunk_rows, progress=progress, observation_start=observation_start,
-                   observation_end=observation_end)
+                   observation_end=observation_end, timezone=timezone)
     if currency is None:
         from .display import reporting_currency
 

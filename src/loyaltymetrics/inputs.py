@@ -30,6 +30,7 @@ from .errors import (
     NullValueError,
     SchemaError,
 )
+from . import periods
 from .periods import UNITS_PER_DAY
 
 ORDER_COLUMNS = ("merchant_id", "customer_id", "order_ts", "amount", "reward")
@@ -62,6 +63,9 @@ class OrderBatch:
     reward_offset: int
     units_per_day: int
     mapped: object = None  # the _MappedFile the columns point into, if any
+    # order_ts holds calendar dates (date32, date64): the same date in every time zone, so
+    # their periods are the UTC ones whatever the merchant's zone (periods.py).
+    dates: bool = False
 
     def __len__(self):
         return len(self.merchant_id)
@@ -272,6 +276,7 @@ def _order_batch(batch, names, source, first_row, mapped=None):
         reward_offset=reward_offset,
         units_per_day=units_per_day,
         mapped=mapped,
+        dates=not pa.types.is_timestamp(ts.type),
     )
 
 
@@ -754,6 +759,13 @@ class Merchants:
     annual_fee: np.ndarray   # int64 minor units
     source: str = "merchants"  # the file (or "<table>") named in errors about these values
     name: np.ndarray | None = None   # object (str or None) when the table has a `name` column
+    timezone: np.ndarray | None = None  # object (IANA name, or None: the default) with a `timezone` column
+
+    def zones(self, default=None):
+        """``periods.MerchantZones``: each merchant's ``timezone``, else ``default`` (None: UTC) (SPEC §3)."""
+        if self.timezone is None:
+            return periods.MerchantZones.default(default)
+        return periods.MerchantZones.from_names(self.merchant_id, self.timezone, default)
 
     @classmethod
     def empty(cls):
@@ -813,7 +825,9 @@ def read_merchants(merchants):
     ``industry``/``country`` absent, null or empty → "unknown"; ``annual_fee``
     absent or null → 0 (as for a merchant missing from the table). ``name``
     (optional) is kept for ``merchant_name`` (null or empty → null);
-    ``timezone`` is accepted (and not used yet). A column whose name differs
+    ``timezone`` (optional) is each merchant's IANA time zone (null or empty:
+    the default zone; a name that is not one is a ``SchemaError`` naming the
+    row and the value). A column whose name differs
     from one of these only in case, spaces, hyphens or underscores is a
     ``SchemaError`` (SPEC §2).
     """
@@ -890,6 +904,11 @@ def read_merchants(merchants):
         if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or _is_string_view(col.type)
                 or pa.types.is_dictionary(col.type) or pa.types.is_null(col.type)):
             raise SchemaError(source, None, f"merchants column 'timezone' has type {col.type}; expected string")
+        zone_names = list(_utf8_values(col.cast(pa.string()), source, "timezone"))
+        periods.merchant_zones(ids, zone_names, source=source)   # checks each name, naming its row
+        zone_names = np.array([None if v == "" else v for v in zone_names], dtype=object)[order]
+    else:
+        zone_names = None
 
     if "annual_fee" in names:
         fee_col = table.column("annual_fee")
@@ -904,4 +923,4 @@ def read_merchants(merchants):
         fee = fee[order]
     else:
         fee = np.zeros(len(ids), np.int64)
-    return Merchants(sorted_ids, text("industry"), text("country"), fee, source, optional_name())
+    return Merchants(sorted_ids, text("industry"), text("country"), fee, source, optional_name(), zone_names)

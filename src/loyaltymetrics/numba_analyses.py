@@ -15,11 +15,13 @@ CURSOR_FIELDS = (
     "started", "prev_merchant", "prev_customer", "prev_ts", "run_period", "run_orders",
     "run_revenue", "cohort", "month_lo", "month_hi", "period", "first_month", "last_month",
     "n_slots", "n_rows", "n_bin_rows", "n_values", "target_lo", "target_hi", "need", "need_count",
-    "refunds", "cust_revenue",
+    "refunds", "cust_revenue", "zone", "month", "early_ts", "early_merchant", "late_ts", "late_merchant",
 )
 (STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, RUN_PERIOD, RUN_ORDERS, RUN_REVENUE, COHORT,
  MONTH_LO, MONTH_HI, PERIOD, FIRST_MONTH, LAST_MONTH, N_SLOTS, N_ROWS, N_BIN_ROWS, N_VALUES,
- TARGET_LO, TARGET_HI, NEED, NEED_COUNT, REFUNDS, CUST_REVENUE) = range(len(CURSOR_FIELDS))
+ TARGET_LO, TARGET_HI, NEED, NEED_COUNT, REFUNDS, CUST_REVENUE, ZONE, MONTH,
+ EARLY_TS, EARLY_MERCHANT, LATE_TS, LATE_MERCHANT) = range(len(CURSOR_FIELDS))
+assert CURSOR_FIELDS == _analyses.CURSOR_FIELDS
 N_CURSOR = len(CURSOR_FIELDS)
 
 OK, NEED_SPACE, UNSORTED, NEGATIVE_AMOUNT, TIMESTAMP_RANGE, AMOUNT_OVERFLOW, TOTAL_OVERFLOW = range(7)
@@ -58,35 +60,79 @@ def _bin_of(x):
 
 
 @njit(nogil=True, cache=True)
-def _advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max, refunds):
+def _zone_of(m, zone_merchant, zone_index):
+    lo, hi = 0, zone_merchant.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if zone_merchant[mid] < m:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < zone_merchant.shape[0] and zone_merchant[lo] == m:
+        return np.int64(zone_index[lo])
+    return np.int64(0)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _advance(cur, m, cust, t, a, month_table, month_starts, zone_merchant, zone_index, month_period, shift,
+             ts_max, refunds):
     if a < 0 and not refunds:
         return -NEGATIVE_AMOUNT
+    if cur[STARTED] and m == cur[PREV_MERCHANT]:
+        if cust == cur[PREV_CUSTOMER]:
+            move = -UNSORTED if t < cur[PREV_TS] else SAME_RUN
+        elif cust > cur[PREV_CUSTOMER]:
+            move = NEXT_CUSTOMER
+        else:
+            move = -UNSORTED
+    elif not cur[STARTED] or m > cur[PREV_MERCHANT]:
+        move = NEXT_MERCHANT
+        cur[ZONE] = _zone_of(m, zone_merchant, zone_index)    # a new merchant: its zone, an empty cache
+        cur[MONTH_LO] = 0
+        cur[MONTH_HI] = 0
+    else:
+        move = -UNSORTED
     if t < cur[MONTH_LO] or t >= cur[MONTH_HI]:
         if t < 0 or t > ts_max:
             return -TIMESTAMP_RANGE
-        month = day_month[t // units_per_day]
+        z = cur[ZONE]
+        b = t >> shift
+        month = month_table[z, b, 0] + np.int64(t > month_table[z, b, 1])
+        cur[MONTH] = month
         cur[PERIOD] = month_period[month]
         if a < 0:                # a refund widens no month range and leaves the cache empty
             cur[MONTH_LO] = 0
             cur[MONTH_HI] = 0
         else:
-            cur[MONTH_LO] = month_start[month]
-            cur[MONTH_HI] = month_start[month + 1]
-            if month < cur[FIRST_MONTH]:
-                cur[FIRST_MONTH] = month
+            cur[MONTH_LO] = month_starts[z, month]
+            cur[MONTH_HI] = month_starts[z, month + 1]
             if month > cur[LAST_MONTH]:
                 cur[LAST_MONTH] = month
-    if cur[STARTED] and m == cur[PREV_MERCHANT]:
-        if cust == cur[PREV_CUSTOMER]:
-            if t < cur[PREV_TS]:
-                return -UNSORTED
-            return SAME_RUN if cur[PERIOD] == cur[RUN_PERIOD] else NEXT_PERIOD
-        if cust > cur[PREV_CUSTOMER]:
-            return NEXT_CUSTOMER
-        return -UNSORTED
-    if not cur[STARTED] or m > cur[PREV_MERCHANT]:
-        return NEXT_MERCHANT
-    return -UNSORTED
+    if move == SAME_RUN and cur[PERIOD] != cur[RUN_PERIOD]:
+        return NEXT_PERIOD
+    return move
+
+
+@njit(nogil=True, cache=True)
+def _track_early(cur, m, t):
+    if t < cur[EARLY_TS] or (t == cur[EARLY_TS] and m < cur[EARLY_MERCHANT]):
+        cur[EARLY_TS] = t
+        cur[EARLY_MERCHANT] = m
+        cur[FIRST_MONTH] = cur[MONTH]
+
+
+@njit(nogil=True, cache=True)
+def _track_late(cur, m, t):
+    if t > cur[LATE_TS] or (t == cur[LATE_TS] and m > cur[LATE_MERCHANT]):
+        cur[LATE_TS] = t
+        cur[LATE_MERCHANT] = m
+
+
+@njit(nogil=True, cache=True)
+def _track_last_row(cur):
+    """Without refunds, the row before a store-customer boundary is its latest order (see _analyses)."""
+    if cur[STARTED] and not cur[REFUNDS]:
+        _track_late(cur, cur[PREV_MERCHANT], cur[PREV_TS])
 
 
 @njit(nogil=True, cache=True)
@@ -95,6 +141,9 @@ def _add_order(cur, move, m, cust, t, a, refunds):
         cur[RUN_PERIOD] = cur[PERIOD]
         if move != NEXT_PERIOD:
             cur[COHORT] = -1 if refunds else cur[PERIOD]
+            if not refunds:      # the order range at store-customer boundaries only (see _analyses)
+                _track_early(cur, m, t)
+                _track_last_row(cur)
     cur[STARTED] = 1
     cur[PREV_MERCHANT] = m
     cur[PREV_CUSTOMER] = cust
@@ -103,6 +152,9 @@ def _add_order(cur, move, m, cust, t, a, refunds):
         cur[RUN_ORDERS] += 1
         if cur[COHORT] < 0:
             cur[COHORT] = cur[PERIOD]
+        if refunds:
+            _track_early(cur, m, t)
+            _track_late(cur, m, t)
 
 
 @njit(nogil=True, cache=True)
@@ -174,8 +226,8 @@ def _cohort_flush_merchant(cur, slot_of, slot_cohort, slot_last, cells, out_merc
 
 @njit(nogil=True, cache=True)
 def _cohort_rows(cur, slot_of, slot_cohort, slot_last, cells, out_merchant, out_cohort, out_index, out_cells,
-                 merchant_id, customer_id, order_ts, amount, day_month, month_period, month_start,
-                 units_per_day, ts_max, start, stop):
+                 merchant_id, customer_id, order_ts, amount, month_table, month_starts, zone_merchant,
+                 zone_index, month_period, shift, ts_max, start, stop):
     status = OK
     refunds = cur[REFUNDS] != 0
     i = start
@@ -184,8 +236,8 @@ def _cohort_rows(cur, slot_of, slot_cohort, slot_last, cells, out_merchant, out_
         cust = np.int64(customer_id[i])
         t = np.int64(order_ts[i])
         a = amount[i]
-        move = _advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max,
-                        refunds)
+        move = _advance(cur, m, cust, t, a, month_table, month_starts, zone_merchant, zone_index, month_period,
+                        shift, ts_max, refunds)
         if move < 0:
             status = -move
             break
@@ -212,16 +264,16 @@ def _cohort_rows(cur, slot_of, slot_cohort, slot_last, cells, out_merchant, out_
     return status, i
 
 
-def cohort_scan(state, merchant_id, customer_id, order_ts, amount, day_month, month_period, month_start,
-                units_per_day, ts_max, start, stop):
+def cohort_scan(state, merchant_id, customer_id, order_ts, amount, month_table, month_starts, zone_merchant,
+                zone_index, month_period, shift, ts_max, start, stop):
     """Scan rows ``[start, stop)`` of one batch into a ``CohortState``; return ``(status, row)``."""
     state.check(month_period)
-    _check_batch(merchant_id, customer_id, order_ts, amount, start, stop, day_month, month_period,
-                 month_start, units_per_day, ts_max)
+    _check_batch(merchant_id, customer_id, order_ts, amount, start, stop, month_table, month_starts,
+                 zone_merchant, zone_index, month_period, shift, ts_max)
     s = state
     return _cohort_rows(s.cur, s.slot_of, s.slot_cohort, s.slot_last, s.cells, s.out_merchant, s.out_cohort,
-                        s.out_index, s.out_cells, merchant_id, customer_id, order_ts, amount, day_month,
-                        month_period, month_start, units_per_day, ts_max, start, stop)
+                        s.out_index, s.out_cells, merchant_id, customer_id, order_ts, amount, month_table,
+                        month_starts, zone_merchant, zone_index, month_period, shift, ts_max, start, stop)
 
 
 def cohort_end(state, flush):
@@ -229,6 +281,7 @@ def cohort_end(state, flush):
     state.check()
     s = state
     status = _cohort_close_run(s.cur, s.slot_of, s.slot_cohort, s.slot_last, s.cells)
+    _track_last_row(s.cur)
     if status == OK and flush and s.cur[STARTED]:
         status = _cohort_flush_merchant(s.cur, s.slot_of, s.slot_cohort, s.slot_last, s.cells, s.out_merchant,
                                         s.out_cohort, s.out_index, s.out_cells)
@@ -368,8 +421,8 @@ def _hist_open_merchant(cur, m, target_merchant, target_period, period_target):
 def _hist_rows(cur, first_pass, slot_of, slot_period, slot_orders, slot_bins, hist_count, hist_sum,
                out_merchant, out_period, out_orders, bin_key, bin_index, bin_count, bin_sum, value_target, value,
                target_merchant, target_period, target_low, target_high, target_collect, period_target,
-               merchant_id, customer_id, order_ts, amount, day_month, month_period, month_start,
-               units_per_day, ts_max, start, stop):
+               merchant_id, customer_id, order_ts, amount, month_table, month_starts, zone_merchant,
+               zone_index, month_period, shift, ts_max, start, stop):
     status = OK
     refunds = cur[REFUNDS] != 0
     i = start
@@ -378,8 +431,8 @@ def _hist_rows(cur, first_pass, slot_of, slot_period, slot_orders, slot_bins, hi
         cust = np.int64(customer_id[i])
         t = np.int64(order_ts[i])
         a = amount[i]
-        move = _advance(cur, m, cust, t, a, day_month, month_period, month_start, units_per_day, ts_max,
-                        refunds)
+        move = _advance(cur, m, cust, t, a, month_table, month_starts, zone_merchant, zone_index, month_period,
+                        shift, ts_max, refunds)
         if move < 0:
             status = -move
             break
@@ -413,17 +466,18 @@ def _hist_args(s):
     return (s.cur, s.first_pass, s.slot_of, s.slot_period, s.slot_orders, s.slot_bins, s.hist_count, s.hist_sum)
 
 
-def hist_scan(state, merchant_id, customer_id, order_ts, amount, day_month, month_period, month_start,
-              units_per_day, ts_max, start, stop):
+def hist_scan(state, merchant_id, customer_id, order_ts, amount, month_table, month_starts, zone_merchant,
+              zone_index, month_period, shift, ts_max, start, stop):
     """Scan rows ``[start, stop)`` of one batch into a ``HistState``; return ``(status, row)``."""
     state.check(month_period)
-    _check_batch(merchant_id, customer_id, order_ts, amount, start, stop, day_month, month_period,
-                 month_start, units_per_day, ts_max)
+    _check_batch(merchant_id, customer_id, order_ts, amount, start, stop, month_table, month_starts,
+                 zone_merchant, zone_index, month_period, shift, ts_max)
     s = state
     return _hist_rows(*_hist_args(s), s.out_merchant, s.out_period, s.out_orders, s.bin_key, s.bin_index,
                       s.bin_count, s.bin_sum, s.value_target, s.value, s.target_merchant, s.target_period,
                       s.target_low, s.target_high, s.target_collect, s.period_target, merchant_id, customer_id,
-                      order_ts, amount, day_month, month_period, month_start, units_per_day, ts_max, start, stop)
+                      order_ts, amount, month_table, month_starts, zone_merchant, zone_index, month_period, shift,
+                      ts_max, start, stop)
 
 
 def hist_end(state, flush):
@@ -432,24 +486,27 @@ def hist_end(state, flush):
     s = state
     status = _hist_close_run(*_hist_args(s), s.value_target, s.value, s.target_low, s.target_high,
                              s.target_collect, s.period_target)
+    _track_last_row(s.cur)
     if status == OK and flush and s.cur[STARTED]:
         status = _hist_flush_merchant(*_hist_args(s), s.out_merchant, s.out_period, s.out_orders, s.bin_key,
                                       s.bin_index, s.bin_count, s.bin_sum, s.target_period, s.period_target)
     return status
 
 
-def _check_batch(merchant_id, customer_id, order_ts, amount, start, stop, day_month, month_period, month_start,
-                 units_per_day, ts_max):
+def _check_batch(merchant_id, customer_id, order_ts, amount, start, stop, month_table, month_starts,
+                 zone_merchant, zone_index, month_period, shift, ts_max):
     """What the Cython entry points check: the loops index these unchecked."""
     n = len(merchant_id)
     if len(customer_id) != n or len(order_ts) != n or len(amount) != n:
         raise ValueError("columns of one batch must have the same length")
     if not 0 <= start <= stop <= n:
         raise ValueError("start/stop out of range")
-    if units_per_day <= 0 or ts_max < 0 or ts_max // units_per_day >= len(day_month):
-        raise ValueError("ts_max is outside the day table")
-    if len(month_start) < len(month_period) + 1:
-        raise ValueError("month_start needs one entry per month plus one")
+    _analyses.check_zone_tables(month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
+    for name, table, dtype, ndim in (("month_table", month_table, np.int64, 3), ("month_starts", month_starts, np.int64, 2),
+                                     ("zone_merchant", zone_merchant, np.int64, 1),
+                                     ("zone_index", zone_index, np.int32, 1)):
+        if table.dtype != dtype or table.ndim != ndim:
+            raise ValueError(f"{name} must be {np.dtype(dtype).name}[{ndim}-d]")
     for name, column, kinds in (("merchant_id", merchant_id, "ii"), ("customer_id", customer_id, "ii"),
                                 ("order_ts", order_ts, "ii"), ("amount", amount, "q")):
         if column.dtype.char not in ("i", "l", "q") or (kinds == "q" and column.dtype != np.int64):

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from ._scan import PARTIAL_COLUMNS, Status
-from .periods import check_period_table
+from .periods import check_merchant_zones, check_period_table
 
 N_COUNTS = len(PARTIAL_COLUMNS)
 (ORDERS, REVENUE, CUSTOMERS, NEW_CUSTOMERS, REPEAT_CUSTOMERS, ORDERS_FROM_REPEAT_CUSTOMERS,
@@ -23,7 +23,9 @@ INT64_MIN = np.iinfo(np.int64).min
 
 # The cursor: what the Cython kernel keeps in its Cursor struct, as int64 slots.
 (STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, RUN_PERIOD, RUN_ORDERS, RUN_REWARD_ORDERS,
- RUN_REVENUE, LAST_ORDER_PERIOD, ACC_LO, ACC_HI, OUT_ROWS, N_CURSOR) = range(13)
+ RUN_REVENUE, LAST_ORDER_PERIOD, ACC_LO, ACC_HI, OUT_ROWS, ORDER_LO, ORDER_HI,
+ # The earliest and latest order of the merchants flushed so far, and their merchants.
+ FIRST_TS, FIRST_MERCHANT, LAST_TS, LAST_MERCHANT, N_CURSOR) = range(19)
 
 OK, NEED_SPACE, UNSORTED, NEGATIVE_AMOUNT, TIMESTAMP_RANGE, AMOUNT_OVERFLOW = (
     int(Status.OK), int(Status.NEED_SPACE), int(Status.UNSORTED), int(Status.NEGATIVE_AMOUNT),
@@ -44,7 +46,10 @@ class ScanState:
         self.cur[RUN_PERIOD] = -2
         self.cur[LAST_ORDER_PERIOD] = -2
         self.cur[ACC_LO], self.cur[ACC_HI] = INT64_MAX, -1
+        self.cur[ORDER_LO], self.cur[ORDER_HI] = INT64_MAX, -1
+        self.cur[FIRST_TS], self.cur[LAST_TS] = INT64_MAX, -1
         self._checked_table = None
+        self._checked_zones = None
         self.out_merchant = np.empty(0, np.int64)
         self.out_period = np.empty(0, np.int32)
         self.out_counts = np.empty((0, N_COUNTS), np.int64)
@@ -70,6 +75,21 @@ class ScanState:
             check_period_table(table, ts_max, self.n_periods)
             self._checked_table = table
 
+    def check_zones(self, zone_merchant, zone_index, n_tables):
+        """Check once per array that merchants are sorted and their zones index the stacked tables."""
+        checked = self._checked_zones
+        if checked is None or not (checked[0] is zone_merchant and checked[1] is zone_index and checked[2] == n_tables):
+            check_merchant_zones(zone_merchant, zone_index, n_tables)
+            self._checked_zones = (zone_merchant, zone_index, n_tables)
+
+    @property
+    def order_range(self):
+        """``((first_ts, its merchant), (last_ts, its merchant))`` of the orders scanned, or None."""
+        if self.cur[LAST_TS] < 0:
+            return None
+        return ((int(self.cur[FIRST_TS]), int(self.cur[FIRST_MERCHANT])),
+                (int(self.cur[LAST_TS]), int(self.cur[LAST_MERCHANT])))
+
     @property
     def last_row_keys(self):
         """(merchant_id, customer_id, order_ts) of the last row scanned, or None."""
@@ -83,12 +103,13 @@ class ScanState:
             self.grow()
         if self.cur[STARTED]:
             _flush_merchant(self.cur, self.acc, self.out_merchant, self.out_period, self.out_counts)
+            _fold_orders(self.cur)
         n = self.cur[OUT_ROWS]
         return self.out_merchant[:n].copy(), self.out_period[:n].copy(), self.out_counts[:n].copy()
 
 
 def scan(state, merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
-         period_table, shift, ts_max, start=0, stop=-1):
+         period_tables, shift, ts_max, zone_merchant, zone_index, start=0, stop=-1):
     """Scan rows ``start:stop`` of one record batch; return ``(status, row)`` (see ``_scan.scan``)."""
     n = len(merchant_id)
     if len(customer_id) != n or len(order_ts) != n or len(amount) != n:
@@ -99,15 +120,17 @@ def scan(state, merchant_id, customer_id, order_ts, amount, reward_bits, reward_
         raise ValueError("rows out of range")
     if (reward_offset + n + 7) // 8 > len(reward_bits):
         raise ValueError("reward bitmap is shorter than the batch")
-    table = np.ascontiguousarray(period_table, dtype=np.int64)
-    if table.ndim != 2 or table.shape[1] != 2 or not 0 <= shift < 63 or ts_max < 0 or (ts_max >> shift) >= len(table):
+    tables = np.ascontiguousarray(period_tables, dtype=np.int64)
+    if (tables.ndim != 3 or len(tables) < 1 or tables.shape[2] != 2 or not 0 <= shift < 63 or ts_max < 0
+            or (ts_max >> shift) >= tables.shape[1]):
         raise ValueError("ts_max is outside the period table")
-    state.check_table(period_table, ts_max)
+    state.check_table(period_tables, ts_max)
+    state.check_zones(zone_merchant, zone_index, len(tables))
     rows = _scan_rows_refunds if state.min_amount < 0 else _scan_rows
     status, row = rows(
         state.cur, state.acc, state.out_merchant, state.out_period, state.out_counts, state.min_amount,
         merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
-        table.reshape(-1), shift, ts_max, start, stop,
+        tables.reshape(len(tables), -1), shift, ts_max, zone_merchant, zone_index, start, stop,
     )
     return Status(status), row
 
@@ -117,6 +140,27 @@ def _add_overflows(a, b):
     """``(a + b, overflowed)`` with two's-complement wrap-around, as __builtin_add_overflow."""
     total = np.int64(np.uint64(a) + np.uint64(b))
     return total, ((a ^ total) & (b ^ total)) < 0
+
+
+@njit(nogil=True, cache=True)
+def _zone_table(tables, zone_merchant, zone_index, m):
+    """The period table of merchant ``m``'s zone: binary search of the sorted ``zone_merchant``, else zone 0."""
+    i = np.searchsorted(zone_merchant, m)
+    if i < len(zone_merchant) and zone_merchant[i] == m:
+        return tables[zone_index[i]]
+    return tables[0]
+
+
+@njit(nogil=True, cache=True)
+def _fold_orders(cur):
+    """Fold the current merchant's earliest and latest order into the state's (ties: smaller merchant first)."""
+    lo, hi, m = cur[ORDER_LO], cur[ORDER_HI], cur[PREV_MERCHANT]
+    if lo <= hi:
+        if lo < cur[FIRST_TS] or (lo == cur[FIRST_TS] and m < cur[FIRST_MERCHANT]):
+            cur[FIRST_TS], cur[FIRST_MERCHANT] = lo, m
+        if hi > cur[LAST_TS] or (hi == cur[LAST_TS] and m > cur[LAST_MERCHANT]):
+            cur[LAST_TS], cur[LAST_MERCHANT] = hi, m
+    cur[ORDER_LO], cur[ORDER_HI] = INT64_MAX, -1
 
 
 @njit(nogil=True, cache=True)
@@ -142,12 +186,15 @@ def _flush_merchant(cur, acc, out_merchant, out_period, out_counts):
 @njit(nogil=True, cache=True)
 def _scan_rows(cur, acc, out_merchant, out_period, out_counts, min_amount,
                merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
-               table, shift, ts_max, start, stop):
+               tables, shift, ts_max, zone_merchant, zone_index, start, stop):
     capacity = len(out_merchant)
     started = cur[STARTED]
     prev_merchant, prev_customer, prev_ts = cur[PREV_MERCHANT], cur[PREV_CUSTOMER], cur[PREV_TS]
     run_period, run_orders, run_reward_orders = cur[RUN_PERIOD], cur[RUN_ORDERS], cur[RUN_REWARD_ORDERS]
     run_revenue, acc_lo, acc_hi = cur[RUN_REVENUE], cur[ACC_LO], cur[ACC_HI]
+    order_lo, order_hi = cur[ORDER_LO], cur[ORDER_HI]
+    # One period table per zone; a merchant's rows use its zone's, switched on a new merchant.
+    table = _zone_table(tables, zone_merchant, zone_index, prev_merchant) if started else tables[0]
     status = OK
     i = start
     while i < stop:
@@ -176,7 +223,11 @@ def _scan_rows(cur, acc, out_merchant, out_period, out_counts, min_amount,
                 cur[PREV_MERCHANT], cur[ACC_LO], cur[ACC_HI] = prev_merchant, acc_lo, acc_hi
                 _flush_merchant(cur, acc, out_merchant, out_period, out_counts)
                 acc_lo, acc_hi = cur[ACC_LO], cur[ACC_HI]
+                cur[ORDER_LO], cur[ORDER_HI] = order_lo, order_hi
+                _fold_orders(cur)
+                order_lo, order_hi = cur[ORDER_LO], cur[ORDER_HI]
             started = 1
+            table = _zone_table(tables, zone_merchant, zone_index, m)
         bucket = (t >> shift) * 2
         p = table[bucket] + np.int64(t > table[bucket + 1])
         bit = reward_offset + i
@@ -216,19 +267,22 @@ def _scan_rows(cur, acc, out_merchant, out_period, out_counts, min_amount,
             break
         acc_lo = min(acc_lo, p)
         acc_hi = max(acc_hi, p)
+        order_lo = min(order_lo, t)             # the merchant's earliest and latest order
+        order_hi = max(order_hi, t)
         prev_merchant, prev_customer, prev_ts = m, cust, t
         i += 1
     cur[STARTED] = started
     cur[PREV_MERCHANT], cur[PREV_CUSTOMER], cur[PREV_TS] = prev_merchant, prev_customer, prev_ts
     cur[RUN_PERIOD], cur[RUN_ORDERS], cur[RUN_REWARD_ORDERS] = run_period, run_orders, run_reward_orders
     cur[RUN_REVENUE], cur[ACC_LO], cur[ACC_HI] = run_revenue, acc_lo, acc_hi
+    cur[ORDER_LO], cur[ORDER_HI] = order_lo, order_hi
     return status, i
 
 
 @njit(nogil=True, cache=True)
 def _scan_rows_refunds(cur, acc, out_merchant, out_period, out_counts, min_amount,
                        merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
-                       table, shift, ts_max, start, stop):
+                       tables, shift, ts_max, zone_merchant, zone_index, start, stop):
     """``_scan_rows`` with refunds enabled (SPEC §2 "Refunds"): see ``_scan.refund_row``.
 
     A separate loop rather than a flag inside the row loop (branch on modes
@@ -242,6 +296,9 @@ def _scan_rows_refunds(cur, acc, out_merchant, out_period, out_counts, min_amoun
     prev_merchant, prev_customer, prev_ts = cur[PREV_MERCHANT], cur[PREV_CUSTOMER], cur[PREV_TS]
     run_period, run_orders, run_reward_orders = cur[RUN_PERIOD], cur[RUN_ORDERS], cur[RUN_REWARD_ORDERS]
     run_revenue, acc_lo, acc_hi = cur[RUN_REVENUE], cur[ACC_LO], cur[ACC_HI]
+    order_lo, order_hi = cur[ORDER_LO], cur[ORDER_HI]
+    # One period table per zone; a merchant's rows use its zone's, switched on a new merchant.
+    table = _zone_table(tables, zone_merchant, zone_index, prev_merchant) if started else tables[0]
     last_order_period = cur[LAST_ORDER_PERIOD]
     status = OK
     i = start
@@ -266,7 +323,11 @@ def _scan_rows_refunds(cur, acc, out_merchant, out_period, out_counts, min_amoun
                 cur[PREV_MERCHANT], cur[ACC_LO], cur[ACC_HI] = prev_merchant, acc_lo, acc_hi
                 _flush_merchant(cur, acc, out_merchant, out_period, out_counts)
                 acc_lo, acc_hi = cur[ACC_LO], cur[ACC_HI]
+                cur[ORDER_LO], cur[ORDER_HI] = order_lo, order_hi
+                _fold_orders(cur)
+                order_lo, order_hi = cur[ORDER_LO], cur[ORDER_HI]
             started = 1
+            table = _zone_table(tables, zone_merchant, zone_index, m)
         bucket = (t >> shift) * 2
         p = table[bucket] + np.int64(t > table[bucket + 1])
         bit = reward_offset + i
@@ -306,11 +367,15 @@ def _scan_rows_refunds(cur, acc, out_merchant, out_period, out_counts, min_amoun
             break
         acc_lo = min(acc_lo, p)
         acc_hi = max(acc_hi, p)
+        if is_order:                            # a refund is no order
+            order_lo = min(order_lo, t)
+            order_hi = max(order_hi, t)
         prev_merchant, prev_customer, prev_ts = m, cust, t
         i += 1
     cur[STARTED] = started
     cur[PREV_MERCHANT], cur[PREV_CUSTOMER], cur[PREV_TS] = prev_merchant, prev_customer, prev_ts
     cur[RUN_PERIOD], cur[RUN_ORDERS], cur[RUN_REWARD_ORDERS] = run_period, run_orders, run_reward_orders
     cur[RUN_REVENUE], cur[ACC_LO], cur[ACC_HI] = run_revenue, acc_lo, acc_hi
+    cur[ORDER_LO], cur[ORDER_HI] = order_lo, order_hi
     cur[LAST_ORDER_PERIOD] = last_order_period
     return status, i

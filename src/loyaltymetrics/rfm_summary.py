@@ -21,12 +21,27 @@ numbers. Here they are computed as ``float64(days × 86400) / seconds per
 unit``: both operands are exact, so the quotient is the correctly rounded
 value pandas computes from nanoseconds (or microseconds), bit for bit.
 
+Time zones (SPEC §3): days, weeks and months are each merchant's local
+ones (the merchants table's ``timezone``, else ``timezone=``, else UTC), so
+that ``rfm`` equals lifetimes given each order's local wall-clock time as a
+naive timestamp. ``observation_end`` and ``calibration_end`` are wall-clock
+dates and times, read in each merchant's zone as lifetimes compares them
+with naive local times (an aware datetime is converted to UTC first, and its
+UTC wall clock is used). The default observation end is the latest local
+date of any order. The kernel gets each zone's UTC offsets as segments of
+constant offset (``zone_offsets``, from ``zoneinfo``), built once per zone
+and unit, and switches zone on a merchant change. Local wall-clock times
+repeat in the hour a zone's clocks fall back, so a holdout order may come
+before a store-customer's first calibration order: the kernel counts
+holdout orders from each store-customer's first row.
+
 The kernel (``kernels/_rfm.pyx``, or its Numba twin ``numba_rfm``) emits
 int64 partials per store-customer; ``_record_batch`` is the finalize step
 that turns them into the output columns.
 """
 import datetime as dt
 import functools
+import zoneinfo
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -37,10 +52,10 @@ import pyarrow as pa
 
 from . import _rfm, _scan, parallel, periods
 from . import progress as _progress
-from ._types import ColumnMap, DateLike, Engine, Orders
+from ._types import ColumnMap, DateLike, Engine, Merchants, Orders
 from .arrays import numeric_array
 from .errors import AmountOverflowError, NegativeAmountError, reporting_resource_errors
-from .inputs import _in_memory, count_rows, order_batches, rereadable
+from .inputs import _in_memory, count_rows, order_batches, read_merchants, rereadable
 from .outputs import atomic_output, check_output_path
 from .scan import _stop_error
 
@@ -77,6 +92,11 @@ NS_PER_DAY = SECONDS_PER_DAY * 10**9
 
 # --- periods ------------------------------------------------------------------
 
+# Local days count from 1969-12-31 (00:30 UTC on 1970-01-01 is 1969-12-31 in New York) through
+# 2263-01-01 (23:00 UTC on 2262-12-31 in Tokyo); ``day_period(freq)[day - FIRST_DAY]``.
+FIRST_DAY = -1
+N_LOCAL_DAYS = periods.N_DAYS + 2
+
 def check_freq(freq):
     if freq not in FREQS:
         raise ValueError(f"freq must be one of {', '.join(FREQS)}; got {freq!r}")
@@ -85,13 +105,19 @@ def check_freq(freq):
 
 @lru_cache(maxsize=None)
 def day_period(freq):
-    """int64[N_DAYS]: the ``freq`` period index of each day since 1970-01-01."""
-    days = np.arange(periods.N_DAYS, dtype=np.int64)
+    """int64[N_LOCAL_DAYS]: the ``freq`` period index of each local day from ``FIRST_DAY`` (index 0)."""
+    days = np.arange(FIRST_DAY, FIRST_DAY + N_LOCAL_DAYS, dtype=np.int64)
     if freq == "D":
-        return days
+        return days - FIRST_DAY
     if freq == "W":
         return (days - _FIRST_MONDAY) // 7
-    return periods.day_month().astype(np.int64)
+    # Months since 1969-01, as periods numbers them.
+    return days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) + periods.EPOCH_MONTH
+
+
+def period_of_day(day, freq):
+    """The ``freq`` period index of local day ``day`` (since 1970-01-01, from ``FIRST_DAY``)."""
+    return int(day_period(freq)[day - FIRST_DAY])
 
 
 @lru_cache(maxsize=None)
@@ -100,23 +126,120 @@ def period_start_day(freq):
     n = int(day_period(freq)[-1]) + 2
     index = np.arange(n, dtype=np.int64)
     if freq == "D":
-        return index
+        return index + FIRST_DAY
     if freq == "W":
         return index * 7 + _FIRST_MONDAY
-    return periods.month_start(1)[:n].copy()
+    return (index - periods.EPOCH_MONTH).astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
 
 
 @lru_cache(maxsize=None)
 def period_start_ts(freq, units_per_day):
-    """int64[n_periods + 1]: first timestamp of each period in the given units, clamped to int64."""
+    """int64[n_periods + 1]: first local timestamp of each period in the given units, clamped to int64."""
     days = period_start_day(freq)
     return np.where(days > INT64_MAX // units_per_day, INT64_MAX, days * units_per_day)
 
 
-def observation_day(value, name="observation_end"):
-    """Day since 1970-01-01 (UTC) of an observation end: a date, datetime, NumPy datetime64 or ISO string.
+# --- time zones -----------------------------------------------------------------
 
-    A naive datetime is UTC; an aware one is converted to UTC.
+_UTC_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+@lru_cache(maxsize=None)
+def _offset_changes(zone):
+    """((first UTC second, offset in seconds), ...) of ``zone`` over the valid range: where its offset changes.
+
+    Found with ``zoneinfo``: the offset at each UTC midnight, and where two
+    days differ, the second of each change by bisection (offsets change on
+    whole seconds). Two changes that undo each other within one day would
+    be missed; no zone has had one.
+    """
+    tz = zoneinfo.ZoneInfo(zone)
+
+    def offset(second):
+        return int((_UTC_EPOCH + dt.timedelta(seconds=second)).astimezone(tz).utcoffset().total_seconds())
+
+    changes = [(0, offset(0))]
+    prev_day, prev = 0, changes[0][1]
+    for second in range(86_400, (periods.N_DAYS + 1) * 86_400, 86_400):
+        now = offset(second)
+        lo = prev_day
+        while now != prev:
+            hi = second                 # the first second in (lo, hi] whose offset is not prev's
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if offset(mid) != prev:
+                    hi = mid
+                else:
+                    lo = mid
+            prev = offset(hi)
+            changes.append((hi, prev))
+            lo = hi
+        prev_day = second
+    return tuple(changes)
+
+
+@lru_cache(maxsize=None)
+def zone_offsets(zone, units_per_day):
+    """(starts, offsets): int64 arrays of ``zone``'s segments of constant UTC offset, in the given units.
+
+    Segment ``i`` is ``[starts[i], starts[i + 1])`` (the last runs to the end
+    of the valid range); ``starts[0] == 0``. A date32 column (``units_per_day
+    == 1``) is a calendar date, the same in every zone: one segment, offset 0.
+    """
+    periods.check_zone(zone)
+    units_per_day = int(units_per_day)
+    if units_per_day == 1:
+        starts, offsets = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    else:
+        scale = units_per_day // SECONDS_PER_DAY
+        top = periods.ts_max(units_per_day)
+        changes = [(s * scale, o * scale) for s, o in _offset_changes(zone) if s * scale <= top]
+        starts = np.array([s for s, _ in changes], np.int64)
+        offsets = np.array([o for _, o in changes], np.int64)
+    starts.setflags(write=False)
+    offsets.setflags(write=False)
+    return starts, offsets
+
+
+@lru_cache(maxsize=64)
+def _offset_tables(zone_names, units_per_day):
+    """(off_start, off_value, zone_first, seg_bucket, shift) of the zones stacked, as the kernels take them.
+
+    ``seg_bucket[z * buckets + (t >> shift)]`` is the segment of zone ``z``
+    holding that bucket's first timestamp (``periods.bucket_shift``: at
+    most 28 days), so the kernel finds a timestamp's segment in a step or
+    two instead of a binary search.
+    """
+    tables = [zone_offsets(z, units_per_day) for z in zone_names]
+    first = np.cumsum([0] + [len(t[0]) for t in tables]).astype(np.int64)
+    off_start = np.concatenate([t[0] for t in tables])
+    off_value = np.concatenate([t[1] for t in tables])
+    shift = periods.bucket_shift(units_per_day)
+    bucket_starts = np.arange((periods.ts_max(units_per_day) >> shift) + 1, dtype=np.int64) << shift
+    seg_bucket = np.concatenate([np.searchsorted(t[0], bucket_starts, "right") - 1 + first[z]
+                                 for z, t in enumerate(tables)]).astype(np.int64)
+    for a in (off_start, off_value, first, seg_bucket):
+        a.setflags(write=False)
+    return off_start, off_value, first, seg_bucket, shift
+
+
+_UTC_ZONES = periods.MerchantZones.utc()
+
+
+def local_days(order_ts, zone, units_per_day):
+    """Local day numbers (since 1970-01-01) of valid raw timestamps in ``zone``."""
+    starts, offsets = zone_offsets(zone, units_per_day)
+    ts = np.asarray(order_ts, dtype=np.int64)
+    offset = offsets[np.searchsorted(starts, ts, "right") - 1]
+    # t // u + floor((t % u + offset) / u): no overflow near INT64_MAX, |offset| < a day.
+    return ts // units_per_day + (ts % units_per_day + offset) // units_per_day
+
+
+def observation_day(value, name="observation_end"):
+    """Day since 1970-01-01 of an observation end: a date, datetime, NumPy datetime64 or ISO string.
+
+    The date as written: a wall-clock date, read in each merchant's zone
+    (UTC without zones); an aware datetime is converted to UTC first.
     """
     original = value
     if isinstance(value, str):
@@ -142,7 +265,7 @@ def observation_day(value, name="observation_end"):
 
 
 def instant_ns(value, name):
-    """Nanoseconds since 1970-01-01 UTC of an instant given as ``observation_day`` takes it (a date is its midnight).
+    """Nanoseconds since 1970-01-01 of a wall-clock time given as ``observation_day`` takes it (a date is its midnight).
 
     lifetimes' ``calibration_and_holdout_data`` compares raw order times
     with ``pd.to_datetime(calibration_period_end)``: a date means its
@@ -214,13 +337,14 @@ class RfmKernel:
     """
 
     def __init__(self, freq="D", observation_day=0, include_first_transaction=False,
-                 engine="cython", capacity=OUTPUT_CAPACITY, holdout=None):
+                 engine="cython", capacity=OUTPUT_CAPACITY, holdout=None, zones=None):
         self.freq = check_freq(freq)
+        self.zones = periods.MerchantZones.utc() if zones is None else zones
         # Calibration/holdout: observation_day is the calibration end's day, ``holdout`` a ``Holdout``.
         self.holdout = holdout
         self.schema = SCHEMA if holdout is None else HOLDOUT_SCHEMA
         self.engine = engine_module(engine)
-        self.observation_period = int(day_period(freq)[observation_day])
+        self.observation_period = period_of_day(observation_day, freq)
         self.observation_start_day = int(period_start_day(freq)[self.observation_period])
         self.include_first = bool(include_first_transaction)
         self.capacity = capacity
@@ -239,10 +363,15 @@ class RfmKernel:
         ts_max = periods.ts_max(batch.units_per_day)
         engine, st = self.engine, state.engine_state
         limits = () if self.holdout is None else self.holdout.thresholds(batch.units_per_day)
+        # Calendar dates (date32, date64) are the same date in every zone: UTC for every merchant.
+        zones = _UTC_ZONES if getattr(batch, "dates", False) else self.zones
+        off_start, off_value, zone_first, seg_bucket, shift = _offset_tables(zones.zones, int(batch.units_per_day))
         row = start
         while True:
             status, row = engine.scan(st, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
-                                      period_start, batch.units_per_day, ts_max, row, stop, *limits)
+                                      period_start, off_start, off_value, zone_first, seg_bucket,
+                                      zones.merchant_id, zones.zone, shift, batch.units_per_day, ts_max,
+                                      row, stop, *limits)
             if status == engine.Status.OK:
                 return
             if status != engine.Status.NEED_SPACE:
@@ -298,7 +427,7 @@ class RfmKernel:
             holdout_periods, holdout_orders, holdout_value = rows[6:9]
             mean = np.divide(holdout_value.astype(np.float64), holdout_orders, out=np.zeros(len(holdout_value)),
                              where=holdout_orders > 0)
-            duration = float(day_period(self.freq)[self.holdout.end_day] - self.observation_period)
+            duration = float(period_of_day(self.holdout.end_day, self.freq) - self.observation_period)
             arrays += [numeric_array(holdout_periods, pa.int64()), numeric_array(mean, pa.float64()),
                        numeric_array(np.full(len(mean), duration), pa.float64())]
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
@@ -333,37 +462,52 @@ def output_batches(batches, kernel, threads=None, chunk_rows=parallel.DEFAULT_CH
 
 # --- the entry point -----------------------------------------------------------
 
-def last_order_day(orders, columns=None):
-    """Day (since 1970-01-01, UTC) of the latest order_ts in ``orders``, or None if it has no rows.
+def last_order_day(orders, columns=None, zones=None):
+    """Local day (since 1970-01-01) of the latest order in ``orders`` (each in its merchant's zone), or None.
 
     A separate pass over the input: lifetimes' default observation end is
     the latest order, which a single streaming pass only knows at its end.
+    In one zone the latest instant has the latest local date, so each batch
+    contributes the latest order of each merchant (one per zone would do;
+    merchants are contiguous, so this is one ``reduceat``).
     """
-    latest, units_per_day = None, 1
+    zones = periods.MerchantZones.utc() if zones is None else zones
+    latest = None
     for batch in order_batches(orders, columns):
-        batch.populate(columns=("order_ts",))   # a truncated file: InputChangedError, not SIGBUS
-        top = int(batch.order_ts.max())
+        if len(batch) == 0:
+            continue
+        batch.populate(columns=("merchant_id", "order_ts"))   # a truncated file: InputChangedError, not SIGBUS
+        if len(zones.merchant_id) == 0:
+            merchants, tops = batch.merchant_id[:1], np.array([batch.order_ts.max()])
+        else:
+            merchant_id = np.asarray(batch.merchant_id)
+            starts = np.concatenate([[0], np.flatnonzero(merchant_id[1:] != merchant_id[:-1]) + 1])
+            merchants, tops = merchant_id[starts], np.maximum.reduceat(np.asarray(batch.order_ts), starts)
         batch.check()                           # the maximum of whole pages, not of zeros
-        units_per_day = batch.units_per_day
-        latest = top if latest is None else max(latest, top)
+        # Out of range: the scan reports it as a TimestampRangeError at its row.
+        tops = np.clip(tops.astype(np.int64), 0, periods.ts_max(batch.units_per_day))
+        dates = getattr(batch, "dates", False)     # calendar dates: the same date in every zone
+        for m, top in zip(merchants.tolist(), tops.tolist()):
+            day = int(local_days([top], "UTC" if dates else zones.zone_name(m), batch.units_per_day)[0])
+            latest = day if latest is None else max(latest, day)
         batch.release()
-    if latest is None:
-        return None
-    # Out of range: the scan reports it as a TimestampRangeError at its row.
-    return min(max(latest // units_per_day, 0), periods.N_DAYS - 1)
+    return latest
 
 
 @reporting_resource_errors
 def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: DateLike = None,
         include_first_transaction: bool = False, *, calibration_end: DateLike = None,
         columns: ColumnMap | None = None, engine: Engine = "cython", threads: int | None = None,
-        chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, progress: bool = False) -> pa.RecordBatchReader:
+        chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, progress: bool = False, merchants: Merchants | None = None,
+        timezone: str | None = None) -> pa.RecordBatchReader:
     """Frequency, recency, T and monetary value per store-customer (SPEC §9), streamed.
 
     Equal to ``lifetimes.utils.summary_data_from_transaction_data(orders,
     customer, order_ts, amount, freq=freq, observation_period_end=
     observation_end, include_first_transaction=...)`` with the customer
-    being the store-customer ``(merchant_id, customer_id)`` and times in UTC.
+    being the store-customer ``(merchant_id, customer_id)`` and times the
+    local wall-clock times of each order in its merchant's zone (UTC
+    without zones).
 
     Parameters
     ----------
@@ -373,10 +517,11 @@ def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: Dat
     freq : {"D", "W", "M"}
         Days, weeks (Monday to Sunday, pandas ``W-SUN``) or calendar months.
     observation_end : date, datetime, numpy.datetime64 or ISO string, optional
-        The end of the observation (UTC; a naive datetime is UTC). Its
+        The end of the observation (a local date in each merchant's zone;
+        an aware datetime is converted to UTC first). Its
         ``freq`` period is the last one counted: orders in later periods are
         left out, and T runs to the start of that period. Default: the
-        latest order in the input, as in lifetimes; that takes one extra
+        latest local date of any order in the input, as in lifetimes; that takes one extra
         pass over ``order_ts``, so a one-shot stream (a
         ``RecordBatchReader``) needs it given.
     include_first_transaction : bool
@@ -411,6 +556,12 @@ def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: Dat
     progress : bool
         Show a progress bar with rows/s on stderr as the reader is consumed,
         when stderr is a terminal.
+    merchants : path or table, optional
+        A merchants table (SPEC §2); only its ``timezone`` column is used.
+    timezone : str, optional
+        IANA zone of the merchants without a ``timezone`` in ``merchants``
+        (default UTC). Days, weeks and months are local to each merchant's
+        zone (SPEC §3); a date32 ``order_ts`` is its own date in every zone.
 
     Returns
     -------
@@ -426,6 +577,7 @@ def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: Dat
     """
     check_freq(freq)
     engine_module(engine)
+    zones = read_merchants(merchants).zones(None if timezone is None else periods.check_zone(timezone))
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     if not isinstance(orders, (str, Path)) and not hasattr(orders, "__fspath__"):
@@ -433,7 +585,7 @@ def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: Dat
     if observation_end is not None:
         day = observation_day(observation_end)
     elif rereadable(orders):
-        day = last_order_day(orders, columns)
+        day = last_order_day(orders, columns, zones)
         if day is None:
             day = 0   # no orders: no output rows, whatever the observation end
     else:
@@ -449,7 +601,7 @@ def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: Dat
             raise ValueError(f"observation_end {observation_end!r} is before calibration_end {calibration_end!r}")
         holdout = Holdout(calibration_ns, end_ns, max(day, calibration_ns // NS_PER_DAY))
         day = calibration_ns // NS_PER_DAY
-    kernel = RfmKernel(freq, day, include_first_transaction, engine, holdout=holdout)
+    kernel = RfmKernel(freq, day, include_first_transaction, engine, holdout=holdout, zones=zones)
     total = count_rows(orders) if _progress.shown(progress) else None
     batches = output_batches(order_batches(orders, columns), kernel, threads, chunk_rows, progress, total)
     return pa.RecordBatchReader.from_batches(kernel.schema, batches)

@@ -20,10 +20,14 @@ class Partials:
     """
 
     merchant_id: np.ndarray   # int64[n]
-    period: np.ndarray        # int32[n] period index (see periods.py)
+    period: np.ndarray        # int32[n] period index (local to each merchant's zone; see periods.py)
     counts: np.ndarray        # int64[n, len(PARTIAL_COLUMNS)]
-    month_range: tuple | None  # (first, last) month of any order (period="all" only), else None
-    day_range: tuple | None = None  # (first, last) UTC day since 1970-01-01 of any order, None without orders
+    # (first, last): the local month (months since 1969-01) of the input's earliest order in
+    # its merchant's zone, and of its latest order in that one's; None when there is no order.
+    month_range: tuple | None
+    # (first, last): the UTC day number (days since 1970-01-01) of the earliest and the latest
+    # order; None when there is no order (SPEC §3 "Complete periods").
+    day_range: tuple | None = None
 
     def column(self, name):
         return self.counts[:, PARTIAL_COLUMNS.index(name)]
@@ -50,13 +54,14 @@ def scan_module(engine):
 class ComputeKernel:
     """The partials kernel (SPEC §4) in the shape ``parallel.run`` drives."""
 
-    def __init__(self, engine="cython", period="year", refunds=False):
+    def __init__(self, engine="cython", period="year", refunds=False, zones=None):
         self.module = scan_module(engine)
         self.period = period
         self.refunds = refunds
+        self.zones = zones or periods.MerchantZones.utc()
         self.units_per_day = None
-        self.ts_range = None    # (earliest, latest) order_ts, kept for period="all" only
-        self.day_range = None   # (earliest, latest) UTC order day (SPEC §3 observation window)
+        # ((ts, merchant), (ts, merchant)) of the earliest and latest order of the states finished.
+        self.order_range = None
         self.lock = threading.Lock()
 
     def new_state(self):
@@ -64,84 +69,85 @@ class ComputeKernel:
 
     def scan(self, state, batch, start, stop):
         upd = self.units_per_day = batch.units_per_day
-        table, shift, ts_max = periods.period_table(self.period, upd), periods.bucket_shift(upd), periods.ts_max(upd)
+        if batch.dates:     # a date is the same date in every zone: UTC tables (periods.py)
+            self.zones = periods.MerchantZones.utc()
+        # One table per zone.
+        tables = periods.period_tables(self.period, upd, self.zones)
+        shift, ts_max = periods.bucket_shift(upd), periods.ts_max(upd)
         row = start
         while True:
             status, row = self.module.scan(
                 state, batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
-                batch.reward_bits, batch.reward_offset, table, shift, ts_max, row, stop,
+                batch.reward_bits, batch.reward_offset, tables, shift, ts_max,
+                self.zones.merchant_id, self.zones.zone, row, stop,
             )
             if status == Status.OK:
                 break
             if status != Status.NEED_SPACE:
                 raise _stop_error(status, batch, row, state)
             state.grow()
-        days = _order_day_range(batch, start, stop, self.refunds)  # replaced by the kernel's tracking at merge
-        if days is not None:
-            with self.lock:
-                self.day_range = _merge_ranges(self.day_range, days)
-        if self.period == "all" and stop > start:
-            # "all" reports its first month and counts its months (SPEC §3, §6): the
-            # kernel does not track them row by row for the other periods' sake.
-            ts = batch.order_ts[start:stop]
-            if self.refunds:        # a refund is not an order (SPEC §2): it starts no month
-                ts = ts[batch.amount[start:stop] >= 0]
-                if len(ts) == 0:
-                    return
-            lo, hi = int(ts.min()), int(ts.max())
-            with self.lock:
-                self.ts_range = (lo, hi) if self.ts_range is None else (
-                    min(lo, self.ts_range[0]), max(hi, self.ts_range[1]))
 
     def end_chunk(self, state):
         return None  # partials accumulate in the state
 
     def finish(self, state):
+        """The state's partials; its earliest and latest order go to ``self.order_range`` (see ``window``)."""
         merchant_id, period_index, counts = state.finish()
-        months = None if self.ts_range is None else tuple(periods.month_of(t, self.units_per_day) for t in self.ts_range)
-        return Partials(merchant_id, period_index, counts, months, self.day_range)
+        with self.lock:
+            self.order_range = merge_order_ranges(self.order_range, state.order_range)
+        return Partials(merchant_id, period_index, counts, None, None)
+
+    def window(self):
+        """``(month_range, day_range)`` of ``Partials`` for every state finished so far."""
+        return order_window(self.order_range, self.units_per_day, self.zones)
 
 
-# replaced by the kernel's tracking at merge
-def _order_day_range(batch, start, stop, refunds):
-    """(first, last) UTC day since 1970-01-01 of the orders in rows [start, stop) of ``batch``; None if none.
+def merge_order_ranges(a, b):
+    """The earliest and latest of two ``((ts, merchant), (ts, merchant))`` (or None).
 
-    A refund row (``refunds``, negative amount) is not an order (SPEC §2).
-    Called after the kernel accepted the rows, so every timestamp is valid.
+    Ties in ts go to the smaller merchant_id first and the larger last, so the
+    result is the same however rows were split among states (SPEC §8).
     """
-    ts = batch.order_ts[start:stop]
-    if refunds:
-        ts = ts[batch.amount[start:stop] >= 0]
-    if len(ts) == 0:
-        return None
-    return int(ts.min()) // batch.units_per_day, int(ts.max()) // batch.units_per_day
-
-
-def _merge_ranges(a, b):
-    """The smallest range covering two (first, last) ranges, either of which may be None."""
     if a is None or b is None:
         return a if b is None else b
-    return min(a[0], b[0]), max(a[1], b[1])
+    return (min(a[0], b[0]), max(a[1], b[1]))
+
+
+def order_window(order_range, units_per_day, zones):
+    """``(month_range, day_range)`` from the earliest and latest order (None: no order).
+
+    The months are local to each order's merchant's zone (SPEC §3: "all" starts
+    in the month of the earliest order in that order's merchant's zone; the
+    last is never before the first); the
+    days are UTC days since 1970-01-01 (a date32 value is its own day).
+    """
+    if order_range is None:
+        return None, None
+    (first, first_merchant), (last, last_merchant) = order_range
+    first_month = periods.local_month_of(first, units_per_day, zones.zone_name(first_merchant))
+    last_month = periods.local_month_of(last, units_per_day, zones.zone_name(last_merchant))
+    # Zones far apart can put the latest order's local month before the earliest's (a day apart,
+    # across a month end): "all" then spans one month, never none (SPEC §6 divides by its months).
+    return (first_month, max(first_month, last_month)), (first // units_per_day, last // units_per_day)
 
 
 def scan_orders(batches, period, refunds=False, engine="cython", threads=None,
-                chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=None):
+                chunk_rows=parallel.DEFAULT_CHUNK_ROWS, progress=None, zones=None):
     """One pass of the kernel over ``batches`` (``inputs.OrderBatch``); returns ``Partials``.
 
-    With several threads the partials of one (merchant, period) may come in
+    ``zones`` (``periods.MerchantZones``, default all UTC) gives each
+    merchant's zone, whose local calendar its periods follow (SPEC §3). With
+    several threads the partials of one (merchant, period) may come in
     pieces from several states; ``finalize.combine`` adds them up.
     """
-    kernel = ComputeKernel(engine, period, refunds)
+    kernel = ComputeKernel(engine, period, refunds, zones)
     parts = list(parallel.run(batches, kernel, threads, chunk_rows, progress))
-    ranges = [p.month_range for p in parts if p.month_range is not None]
-    day_range = None
-    for p in parts:
-        day_range = _merge_ranges(day_range, p.day_range)
+    month_range, day_range = kernel.window()
     return Partials(
         np.concatenate([p.merchant_id for p in parts]),
         np.concatenate([p.period for p in parts]),
         np.concatenate([p.counts for p in parts]),
-        (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None,
+        month_range,
         day_range,
     )
 

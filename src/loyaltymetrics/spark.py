@@ -36,7 +36,7 @@ from .errors import MissingDependencyError
 from .errors import AmountOverflowError, InputError, UnsortedInputError
 from .finalize import DEFAULT_SIZE_EDGES, check_by, check_observation, check_size_edges, finalize
 from .inputs import REQUIRED_ORDER_COLUMNS, _select, order_batches, read_merchants, resolve_columns
-from .scan import PARTIAL_COLUMNS, ComputeKernel, Partials, scan_module
+from .scan import PARTIAL_COLUMNS, ComputeKernel, Partials, order_window, scan_module
 
 try:
     from pyspark.sql import functions as F
@@ -48,12 +48,14 @@ except ImportError as e:  # pragma: no cover - the extra is not installed
 SOURCE = "<spark DataFrame>"
 SORT_KEYS = ("merchant_id", "customer_id", "order_ts")
 # What each task emits: one row per (merchant, period) of its partition.
-# first/last_month: the partition's order months (period="all" only, SPEC §3).
+# first/last_order: the partition's earliest and latest order and their merchants, and
+# units_per_day the unit of its timestamps (the observation window and "all"'s months, SPEC §3).
 # customer_range: the merchant's first and last customer_id in the partition,
 # on the merchant's first row only; it shows whether a store-customer was split.
 PARTIALS_SCHEMA = ", ".join(
     ["merchant_id bigint", "period int"] + [f"{name} bigint" for name in PARTIAL_COLUMNS]
-    + ["first_month int", "last_month int", "first_day int", "last_day int", "customer_range struct<first:bigint,last:bigint>"]
+    + ["first_order struct<ts:bigint,merchant:bigint>", "last_order struct<ts:bigint,merchant:bigint>",
+       "units_per_day bigint", "customer_range struct<first:bigint,last:bigint>"]
 )
 _ERROR_MARKER = "loyaltymetrics input error: "
 
@@ -62,7 +64,8 @@ def compute(orders_df: SparkDataFrame, merchants_df: SparkDataFrame | Merchants 
             period: Period = "year", columns: ColumnMap | None = None, size_edges: SizeEdges = DEFAULT_SIZE_EDGES,
             refunds: bool = False, engine: Engine = "cython", partitions: int | None = None,
             presorted: bool = False, observation_start: DateLike | None = None,
-            observation_end: DateLike | None = None) -> pa.Table:
+            observation_end: DateLike | None = None,
+            timezone: str | None = None) -> pa.Table:
     """``loyaltymetrics.compute`` over a Spark DataFrame of orders; same columns, same values.
 
     Parameters
@@ -75,7 +78,7 @@ def compute(orders_df: SparkDataFrame, merchants_df: SparkDataFrame | Merchants 
     merchants_df : pyspark.sql.DataFrame, path or table, optional
         The merchants table (SPEC §2); anything ``lm.compute`` accepts, or a
         Spark DataFrame (collected to the driver: it has one row per merchant).
-    by, period, columns, size_edges, refunds, engine, observation_start, observation_end
+    by, period, columns, size_edges, refunds, engine, observation_start, observation_end, timezone
         As for ``loyaltymetrics.compute``. There are no ``threads`` and
         ``chunk_rows``: Spark's tasks are the parallelism, one kernel state each.
     partitions : int, optional
@@ -107,6 +110,8 @@ def compute(orders_df: SparkDataFrame, merchants_df: SparkDataFrame | Merchants 
     size_edges = check_size_edges(size_edges)
     check_observation(observation_start, observation_end)
     scan_module(engine)
+    if timezone is not None:
+        periods.check_zone(timezone)
     if partitions is not None:
         if presorted:
             raise ValueError("partitions= sets the repartition, which presorted=True skips")
@@ -115,28 +120,29 @@ def compute(orders_df: SparkDataFrame, merchants_df: SparkDataFrame | Merchants 
     if hasattr(merchants_df, "toArrow") and hasattr(merchants_df, "sparkSession"):
         merchants_df = merchants_df.toArrow()
     merchant_table = read_merchants(merchants_df)
+    zones = merchant_table.zones(timezone)
 
-    combined = _combined_partials(orders_df, columns, period, refunds, engine, partitions, presorted)
-    table = finalize(_collect(combined, period), merchant_table, by, period, size_edges, source=SOURCE,
+    combined = _combined_partials(orders_df, columns, period, refunds, engine, partitions, presorted, zones)
+    table = finalize(_collect(combined, period, zones), merchant_table, by, period, size_edges, source=SOURCE,
                      observation_start=observation_start, observation_end=observation_end)
     return orders_df.sparkSession.createDataFrame(table)
 
 
-def _combined_partials(orders_df, columns, period, refunds, engine, partitions, presorted):
+def _combined_partials(orders_df, columns, period, refunds, engine, partitions, presorted, zones=None):
     """The Spark plan up to the combined partials per (merchant, period): lazy, nothing runs yet."""
     orders = _canonical_columns(orders_df, columns)
     if not presorted:
         orders = orders.repartitionByRange(*([partitions] if partitions else []), *SORT_KEYS[:2])
         orders = orders.sortWithinPartitions(*SORT_KEYS)
-    scan = functools.partial(_scan_partition, period=period, refunds=refunds, engine=engine)
+    scan = functools.partial(_scan_partition, period=period, refunds=refunds, engine=engine, zones=zones)
     partials = orders.mapInArrow(scan, PARTIALS_SCHEMA)
     # Sums as decimal(38,0), which cannot wrap: _collect checks that each fits int64 (SPEC §2).
     return partials.groupBy("merchant_id", "period").agg(
         *[F.sum(F.col(name).cast("decimal(38,0)")).alias(name) for name in PARTIAL_COLUMNS],
-        F.min("first_month").alias("first_month"),
-        F.max("last_month").alias("last_month"),
-        F.min("first_day").alias("first_day"),
-        F.max("last_day").alias("last_day"),
+        # Structs compare field by field: the earliest (ts, merchant) and the latest, as the local path.
+        F.min("first_order").alias("first_order"),
+        F.max("last_order").alias("last_order"),
+        F.max("units_per_day").alias("units_per_day"),
         F.collect_list("customer_range").alias("customer_ranges"),
     )
 
@@ -153,7 +159,7 @@ def _canonical_columns(orders_df, columns):
 
 # --- in each task ----------------------------------------------------------------
 
-def _scan_partition(batches, period, refunds, engine):
+def _scan_partition(batches, period, refunds, engine, zones=None):
     """mapInArrow function: one partition's record batches → its partials (``PARTIALS_SCHEMA``)."""
     from pyspark import TaskContext
 
@@ -161,7 +167,7 @@ def _scan_partition(batches, period, refunds, engine):
     first = next(batches, None)
     if first is None:
         return
-    kernel = ComputeKernel(engine, period, refunds)
+    kernel = ComputeKernel(engine, period, refunds, zones)
     state = kernel.new_state()
     ranges = []
     try:
@@ -173,7 +179,7 @@ def _scan_partition(batches, period, refunds, engine):
         raise _TaskInputError(error, TaskContext.get().partitionId()) from None
     partials = kernel.finish(state)
     if len(partials.merchant_id):
-        yield _partials_batch(partials, ranges)
+        yield _partials_batch(partials, ranges, kernel.order_range, kernel.units_per_day)
 
 
 def _customer_ranges(batch):
@@ -185,7 +191,7 @@ def _customer_ranges(batch):
     return m[first].astype(np.int64), c[first].astype(np.int64), c[last].astype(np.int64)
 
 
-def _partials_batch(partials, ranges):
+def _partials_batch(partials, ranges, order_range, units_per_day):
     """The partials as an Arrow batch of ``PARTIALS_SCHEMA``."""
     merchant, first, last = (np.concatenate(parts) for parts in zip(*ranges))
     # A merchant that goes on from one batch to the next has a piece in each: join them.
@@ -201,19 +207,17 @@ def _partials_batch(partials, ranges):
         [numeric_array(range_first, pa.int64()), numeric_array(range_last, pa.int64())],
         names=["first", "last"], mask=_bool_array(~first_row),
     )
-    if partials.month_range is None:
-        months = [pa.nulls(n, pa.int32())] * 2
+    order_type = pa.struct([("ts", pa.int64()), ("merchant", pa.int64())])
+    if order_range is None:     # refund rows only: no order
+        orders = [pa.nulls(n, order_type)] * 2
     else:
-        months = [numeric_array(np.full(n, month, np.int32), pa.int32()) for month in partials.month_range]
-    if partials.day_range is None:
-        months += [pa.nulls(n, pa.int32())] * 2
-    else:
-        months += [numeric_array(np.full(n, day, np.int32), pa.int32()) for day in partials.day_range]
+        orders = [pa.array([{"ts": ts, "merchant": m}] * n, order_type) for ts, m in order_range]
     columns = [numeric_array(partials.merchant_id, pa.int64()), numeric_array(partials.period, pa.int32())]
     columns += [numeric_array(partials.counts[:, i], pa.int64()) for i in range(len(PARTIAL_COLUMNS))]
-    names = ["merchant_id", "period", *PARTIAL_COLUMNS, "first_month", "last_month", "first_day", "last_day",
+    units = numeric_array(np.full(n, units_per_day or 0, np.int64), pa.int64())
+    names = ["merchant_id", "period", *PARTIAL_COLUMNS, "first_order", "last_order", "units_per_day",
              "customer_range"]
-    return pa.RecordBatch.from_arrays(columns + months + [customer_range], names=names)
+    return pa.RecordBatch.from_arrays(columns + orders + [units, customer_range], names=names)
 
 
 def _bool_array(values):
@@ -236,7 +240,7 @@ class _TaskInputError(Exception):
 
 # --- on the driver ------------------------------------------------------------------
 
-def _collect(combined, period):
+def _collect(combined, period, zones=None):
     """The combined partials as ``Partials`` on the driver, after the checks the sums need."""
     try:
         table = combined.toArrow().combine_chunks()
@@ -248,15 +252,12 @@ def _collect(combined, period):
     merchant_id = table.column("merchant_id").to_numpy()
     period_index = table.column("period").to_numpy().astype(np.int32)
     _check_whole_store_customers(merchant_id, table.column("customer_ranges").chunk(0))
-    month_range = None
-    if period == "all" and table.num_rows:
-        first, last = pc.min(table.column("first_month")).as_py(), pc.max(table.column("last_month")).as_py()
-        # Null when no task saw an order (refund rows only): no month range, as the local path has none.
-        month_range = None if first is None else (first, last)
-    day_range = None
-    if table.num_rows:
-        first, last = pc.min(table.column("first_day")).as_py(), pc.max(table.column("last_day")).as_py()
-        day_range = None if first is None else (first, last)
+    # Null where no task saw an order (refund rows only): no range, as the local path has none.
+    firsts = [(o["ts"], o["merchant"]) for o in table.column("first_order").to_pylist() if o is not None]
+    lasts = [(o["ts"], o["merchant"]) for o in table.column("last_order").to_pylist() if o is not None]
+    order_range = (min(firsts), max(lasts)) if firsts else None
+    units = pc.max(table.column("units_per_day")).as_py() if table.num_rows else None
+    month_range, day_range = order_window(order_range, units, zones or periods.MerchantZones.utc())
     counts = np.empty((table.num_rows, len(PARTIAL_COLUMNS)), np.int64)
     for i, name in enumerate(PARTIAL_COLUMNS):
         try:
@@ -264,7 +265,8 @@ def _collect(combined, period):
         except pa.ArrowInvalid:
             values = table.column(name).to_pylist()
             row = next(r for r, v in enumerate(values) if not -2**63 <= v < 2**63)
-            start = periods.period_start(period, period_index[row:row + 1], (month_range or (0,))[0])[0]
+            start = periods.period_start(period, period_index[row:row + 1],
+                                         (month_range or (periods.EPOCH_MONTH,))[0])[0]
             raise AmountOverflowError(
                 SOURCE, None, f"the {name} of merchant_id {merchant_id[row]} in the period from {start} "
                 f"is {values[row]}, outside int64 (about ±9.2e18 minor units)",
