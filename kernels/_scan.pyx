@@ -29,8 +29,68 @@ cdef extern from *:
     static inline int lm_add_overflows(int64_t a, int64_t b, int64_t *out) {
         return __builtin_add_overflow(a, b, out);
     }
+
+    /* The row loop's rare branch (a new merchant) calls these. They are kept out of line: inlined
+       in the 16 copies of the loop they would use up GCC's inline-unit-growth budget, and
+       refund_row, the body of the refunds loop, would be called instead of inlined (its run
+       cursor forced into memory: +20% of that loop's instructions). */
+    #if defined(__GNUC__)
+    #define LM_RARE __attribute__((noinline, cold))
+    #else
+    #define LM_RARE
+    #endif
+
+    typedef struct { int64_t lo, hi; } lm_range;
+
+    /* The periods of timestamps lo and hi in one zone's period table ((INT64_MAX, -1) if lo > hi). */
+    static LM_RARE lm_range lm_touched_periods(const int64_t *table, int shift, int64_t lo, int64_t hi) {
+        lm_range r = {INT64_MAX, -1};
+        int64_t b;
+        if (lo > hi) return r;
+        b = (lo >> shift) * 2;
+        r.lo = table[b] + (lo > table[b + 1]);
+        b = (hi >> shift) * 2;
+        r.hi = table[b] + (hi > table[b + 1]);
+        return r;
+    }
+
+    /* The period table of merchant m's zone: binary search of the sorted zone_merchant, else zone 0. */
+    static LM_RARE const int64_t *lm_zone_table(const int64_t *tables, Py_ssize_t stride,
+                                                const int64_t *zone_merchant, const int32_t *zone_index,
+                                                Py_ssize_t n_zoned, int64_t m) {
+        Py_ssize_t lo = 0, hi = n_zoned, mid;
+        while (lo < hi) {
+            mid = (lo + hi) >> 1;
+            if (zone_merchant[mid] < m) lo = mid + 1; else hi = mid;
+        }
+        if (lo < n_zoned && zone_merchant[lo] == m) return tables + (Py_ssize_t)zone_index[lo] * stride;
+        return tables;
+    }
+
+    /* Fold a merchant's earliest and latest order (lo > hi: none) into the state's: ties in the
+       timestamp go to the smaller merchant_id first and the larger last. */
+    static LM_RARE void lm_fold_orders(int64_t *first_ts, int64_t *first_merchant, int64_t *last_ts,
+                                       int64_t *last_merchant, int64_t merchant, int64_t lo, int64_t hi) {
+        if (lo > hi) return;
+        if (lo < *first_ts || (lo == *first_ts && merchant < *first_merchant)) {
+            *first_ts = lo;
+            *first_merchant = merchant;
+        }
+        if (hi > *last_ts || (hi == *last_ts && merchant > *last_merchant)) {
+            *last_ts = hi;
+            *last_merchant = merchant;
+        }
+    }
     """
     bint lm_add_overflows(int64_t a, int64_t b, int64_t *out) noexcept nogil
+    ctypedef struct lm_range:
+        int64_t lo
+        int64_t hi
+    lm_range lm_touched_periods(const int64_t* table, int shift, int64_t lo, int64_t hi) noexcept nogil
+    const int64_t* lm_zone_table(const int64_t* tables, Py_ssize_t stride, const int64_t* zone_merchant,
+                                 const int32_t* zone_index, Py_ssize_t n_zoned, int64_t m) noexcept nogil
+    void lm_fold_orders(int64_t* first_ts, int64_t* first_merchant, int64_t* last_ts, int64_t* last_merchant,
+                        int64_t merchant, int64_t lo, int64_t hi) noexcept nogil
 
 # Partial columns, SPEC §4 (returning_customers, repeat_orders, merchants and
 # fees are derived from these in finalize).
@@ -107,6 +167,10 @@ cdef class ScanState:
     cdef int64_t[:, ::1] out_counts
     cdef object _checked_table
     cdef object _checked_zones
+    # The checked merchant → zone arrays of the last scan (set by check_zones, here rather than
+    # as typed arguments of the 8 fused `scan`s: less code around the row loop).
+    cdef const int64_t[::1] zone_merchant
+    cdef const int32_t[::1] zone_index
     # The earliest and latest order of every merchant flushed so far, with its merchant
     # (ties between merchants: the smaller merchant_id first, the larger last).
     cdef int64_t first_ts, first_merchant, last_ts, last_merchant
@@ -156,6 +220,8 @@ cdef class ScanState:
         checked = self._checked_zones
         if checked is None or not (checked[0] is zone_merchant and checked[1] is zone_index and checked[2] == n_tables):
             check_merchant_zones(zone_merchant, zone_index, n_tables)
+            self.zone_merchant = zone_merchant
+            self.zone_index = zone_index
             self._checked_zones = (zone_merchant, zone_index, n_tables)
 
     @property
@@ -191,7 +257,8 @@ cdef class ScanState:
             flush_merchant(self, self.cur.prev_merchant, self.cur.acc_lo, self.cur.acc_hi)
             self.cur.acc_lo = INT64_MAX
             self.cur.acc_hi = -1
-            fold_orders(self, self.cur.prev_merchant, self.cur.order_lo, self.cur.order_hi)
+            lm_fold_orders(&self.first_ts, &self.first_merchant, &self.last_ts, &self.last_merchant,
+                           self.cur.prev_merchant, self.cur.order_lo, self.cur.order_hi)
             self.cur.order_lo = INT64_MAX
             self.cur.order_hi = -1
         n = self.out_rows
@@ -217,46 +284,6 @@ cdef void flush_merchant(ScanState st, int64_t merchant, int64_t lo, int64_t hi)
             st.out_counts[row, k] = st.acc[p, k]
             st.acc[p, k] = 0
         st.out_rows = row + 1
-
-
-cdef inline void fold_orders(ScanState st, int64_t merchant, int64_t lo, int64_t hi) noexcept nogil:
-    """Fold a merchant's earliest and latest order (``lo > hi``: none) into the state's."""
-    if lo > hi:
-        return
-    if lo < st.first_ts or (lo == st.first_ts and merchant < st.first_merchant):
-        st.first_ts = lo
-        st.first_merchant = merchant
-    if hi > st.last_ts or (hi == st.last_ts and merchant > st.last_merchant):
-        st.last_ts = hi
-        st.last_merchant = merchant
-
-
-cdef inline (int64_t, int64_t) touched_periods(const int64_t* table, int shift, int64_t lo,
-                                              int64_t hi) noexcept nogil:
-    """``(acc_lo, acc_hi)``: the periods of timestamps ``lo`` and ``hi`` (``lo > hi``: none, ``(INT64_MAX, -1)``)."""
-    cdef int64_t b
-    if lo > hi:
-        return INT64_MAX, -1
-    b = (lo >> shift) * 2
-    lo = table[b] + (lo > table[b + 1])
-    b = (hi >> shift) * 2
-    hi = table[b] + (hi > table[b + 1])
-    return lo, hi
-
-
-cdef inline const int64_t* zone_table(const int64_t* tables, Py_ssize_t stride, const int64_t* zone_merchant,
-                                      const int32_t* zone_index, Py_ssize_t n_zoned, int64_t m) noexcept nogil:
-    """The period table of merchant ``m``'s zone: binary search of the sorted ``zone_merchant``, else zone 0."""
-    cdef Py_ssize_t lo = 0, hi = n_zoned, mid
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if zone_merchant[mid] < m:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo < n_zoned and zone_merchant[lo] == m:
-        return tables + zone_index[lo] * stride
-    return tables
 
 
 cdef inline bint refund_row(int64_t* acc, int64_t p, int64_t a, int64_t r, int64_t same_customer,
@@ -319,8 +346,6 @@ cdef inline Status scan_rows(
     const int64_t[:, :, ::1] period_tables,
     int shift,
     int64_t ts_max,
-    const int64_t[::1] zone_merchant,
-    const int32_t[::1] zone_index,
     Py_ssize_t start,
     Py_ssize_t* stop,
     const bint refunds,
@@ -344,14 +369,14 @@ cdef inline Status scan_rows(
     # One period table per zone; a merchant's rows use its zone's, switched on a new merchant.
     cdef const int64_t* tables = &period_tables[0, 0, 0]
     cdef Py_ssize_t stride = period_tables.shape[1] * 2
-    cdef Py_ssize_t n_zoned = zone_merchant.shape[0]
-    cdef const int64_t* zoned = &zone_merchant[0] if n_zoned else NULL
-    cdef const int32_t* zones = &zone_index[0] if n_zoned else NULL
-    cdef const int64_t* table = zone_table(tables, stride, zoned, zones, n_zoned, prev_merchant) if started else tables
+    cdef Py_ssize_t n_zoned = st.zone_merchant.shape[0]
+    cdef const int64_t* zoned = &st.zone_merchant[0] if n_zoned else NULL
+    cdef const int32_t* zones = &st.zone_index[0] if n_zoned else NULL
+    cdef const int64_t* table = lm_zone_table(tables, stride, zoned, zones, n_zoned, prev_merchant) if started else tables
     cdef int64_t* acc_base = &st.acc[0, 0]
     cdef int64_t* acc
     cdef Py_ssize_t i, n = stop[0]
-    cdef int64_t m, cust, t, a, p, r, bit
+    cdef int64_t m, cust, t, a, p, r, bit, lo, hi
     cdef int64_t same_merchant, same_customer, new_run, keep, first_reward, member, was_member_repeat
     cdef bint overflow
     cdef Status status = OK
@@ -376,18 +401,20 @@ cdef inline Status scan_rows(
         if not same_merchant:                   # next merchant: emit the last one's partials
             if started:
                 if not refunds:
-                    acc_lo, acc_hi = touched_periods(table, shift, order_lo, order_hi)
+                    touched = lm_touched_periods(table, shift, order_lo, order_hi)
+                    acc_lo, acc_hi = touched.lo, touched.hi
                 if st.out_rows + (acc_hi - acc_lo + 1) > st.out_merchant.shape[0]:
                     status = NEED_SPACE
                     break
                 flush_merchant(st, prev_merchant, acc_lo, acc_hi)
                 acc_lo = INT64_MAX
                 acc_hi = -1
-                fold_orders(st, prev_merchant, order_lo, order_hi)
+                lm_fold_orders(&st.first_ts, &st.first_merchant, &st.last_ts, &st.last_merchant,
+                               prev_merchant, order_lo, order_hi)
                 order_lo = INT64_MAX
                 order_hi = -1
             started = True
-            table = zone_table(tables, stride, zoned, zones, n_zoned, m)
+            table = lm_zone_table(tables, stride, zoned, zones, n_zoned, m)
         bit = (t >> shift) * 2
         p = table[bit] + (t > table[bit + 1])
         bit = reward_offset + i
@@ -434,8 +461,12 @@ cdef inline Status scan_rows(
         if refunds:
             acc_lo = p if p < acc_lo else acc_lo
             acc_hi = p if p > acc_hi else acc_hi
-            order_lo = t if (t < order_lo) & (a >= 0) else order_lo
-            order_hi = t if (t > order_hi) & (a >= 0) else order_hi
+            # A refund (a < 0) stands in as INT64_MAX for the earliest and -1 for the latest.
+            bit = a >> 63
+            lo = t | (bit & INT64_MAX)
+            hi = t | bit
+            order_lo = lo if lo < order_lo else order_lo
+            order_hi = hi if hi > order_hi else order_hi
         else:
             order_lo = t if t < order_lo else order_lo
             order_hi = t if t > order_hi else order_hi
@@ -446,7 +477,8 @@ cdef inline Status scan_rows(
         i = n
     stop[0] = i
     if not refunds and started:
-        acc_lo, acc_hi = touched_periods(table, shift, order_lo, order_hi)
+        touched = lm_touched_periods(table, shift, order_lo, order_hi)
+        acc_lo, acc_hi = touched.lo, touched.hi
     st.cur.started = started
     st.cur.prev_merchant, st.cur.prev_customer, st.cur.prev_ts = prev_merchant, prev_customer, prev_ts
     st.cur.run_period, st.cur.run_orders, st.cur.run_reward_orders = run_period, run_orders, run_reward_orders
@@ -484,8 +516,6 @@ def scan(ScanState state not None,
     or to resume from.
     """
     cdef const int64_t[:, :, ::1] table = period_tables
-    cdef const int64_t[::1] zmerchant = zone_merchant
-    cdef const int32_t[::1] zindex = zone_index
     cdef Py_ssize_t n = merchant_id.shape[0]
     if customer_id.shape[0] != n or order_ts.shape[0] != n or amount.shape[0] != n:
         raise ValueError("columns of one batch must have the same length")
@@ -508,8 +538,8 @@ def scan(ScanState state not None,
     with nogil:
         if state.min_amount == 0:
             status = scan_rows(state, merchant_id, customer_id, order_ts, amount,
-                               reward_bits, reward_offset, table, shift, ts_max, zmerchant, zindex, start, &stop, False)
+                               reward_bits, reward_offset, table, shift, ts_max, start, &stop, False)
         else:
             status = scan_rows(state, merchant_id, customer_id, order_ts, amount,
-                               reward_bits, reward_offset, table, shift, ts_max, zmerchant, zindex, start, &stop, True)
+                               reward_bits, reward_offset, table, shift, ts_max, start, &stop, True)
     return status, stop

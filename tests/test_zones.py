@@ -250,3 +250,32 @@ def test_cli_timezone(tmp_path):
     assert out.read_text().splitlines()[1].startswith("2023-01-01,")
     bad = subprocess.run(run + ["--timezone", "Mars/Base"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Mars/Base" in bad.stderr
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_kernel_switches_tables_and_checks_zone_arrays(engine):
+    from loyaltymetrics.scan import scan_module
+
+    module = scan_module(engine)
+    upd = 86_400
+    zones = periods.MerchantZones.from_names([5], ["Asia/Tokyo"])
+    tables = periods.period_tables("year", upd, zones)
+    # Merchant 4 (UTC) and 5 (Tokyo), each one order at 1970-01-01 00:00Z: 1970 in both
+    # (09:00 in Tokyo); merchant 5's second order at 1970-12-31 16:00Z is 1971-01-01 01:00 in Tokyo.
+    merchant = np.array([4, 5, 5], np.int64)
+    columns = (merchant, np.array([1, 1, 1], np.int64), np.array([0, 0, 364 * upd + 16 * 3600], np.int64),
+               np.array([1, 1, 1], np.int64), np.zeros(1, np.uint8), 0)
+    shape = (tables, periods.bucket_shift(upd), periods.ts_max(upd))
+    for bad in [(np.array([5], np.int64), np.array([2], np.int32)),          # no table 2
+                (np.array([7, 5], np.int64), np.array([1, 1], np.int32)),    # not sorted
+                (np.array([5], np.int64), np.array([1, 1], np.int32)),       # lengths differ
+                (np.array([5], np.int32), np.array([1], np.int32))]:         # not int64
+        with pytest.raises(ValueError):
+            module.scan(module.ScanState(periods.n_periods("year")), *columns, *shape, *bad)
+    state = module.ScanState(periods.n_periods("year"))
+    status, row = module.scan(state, *columns, *shape, zones.merchant_id, zones.zone)
+    assert (status, row) == (module.Status.OK, 3)
+    merchant_id, period, counts = state.finish()
+    # Year index = years since 1969: 1970 → 1, 1971 → 2.
+    assert list(zip(merchant_id.tolist(), period.tolist())) == [(4, 1), (5, 1), (5, 2)]
+    assert state.order_range == ((0, 4), (364 * upd + 16 * 3600, 5))
