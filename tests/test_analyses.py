@@ -627,9 +627,15 @@ def test_cli_cohorts_and_concentration_write_what_the_api_returns(tmp_path, caps
     assert main(["concentration", path]) == 0
     printed = capsys.readouterr().out.splitlines()
     network = lm.concentration(path)
-    assert printed[0].split() == CONCENTRATION_COLUMNS
-    # header, rule, one line per row, the note (money in major units: tests/test_display.py)
-    assert len(printed) == network.num_rows + 3 and printed[-1].startswith(f"({network.num_rows} rows;")
+    # The period is one column, its start marked "*" when not complete (SPEC §3).
+    assert printed[0].split() == ["period"] + [c for c in CONCENTRATION_COLUMNS if not c.startswith("period_")]
+    # header, rule, one line per row, the note (money in major units: tests/test_display.py), and a
+    # footnote when a period is marked
+    incomplete = not all(network.column("period_complete").to_pylist())
+    assert len(printed) == network.num_rows + 3 + incomplete
+    assert printed[network.num_rows + 2].startswith(f"({network.num_rows} rows;")
+    assert [line.split()[0].endswith("*") for line in printed[2:network.num_rows + 2]] == [
+        not c for c in network.column("period_complete").to_pylist()]
     with pytest.raises(SystemExit):                      # cohorts have no period "all"
         main(["cohorts", path, "--period", "all"])
     bad = _write_ipc(_orders((2, 1), (1, 1), [T, T], (1, 1)), tmp_path / "bad.arrow")
