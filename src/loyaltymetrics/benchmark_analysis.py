@@ -268,7 +268,7 @@ def _per_merchant(table, merchant_table, by, codes, decode, order, gp, day, comp
     n = len(gp)
     m = len(metrics)
     n_gp = int(gp.max()) + 1 if n else 0
-    # Row order: keys, merchant_id, period_start (``order``), then metric.
+    # Row order: keys, period_start, merchant_id (``order``), then metric: one comparison together.
     rows = np.repeat(order, m)
     metric_index = np.tile(np.arange(m), n)
     value = np.zeros(n * m)
