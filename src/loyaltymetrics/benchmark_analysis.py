@@ -110,7 +110,13 @@ def benchmarks(orders: Orders, merchants: Merchants | None = None, *, by: GroupK
         ``p75``, ``p90``; or with ``per_merchant`` the group keys,
         ``merchant_id`` (``merchant_name`` when the merchants table has
         names), ``period_start``, ``period_complete``, ``metric``,
-        ``value``, ``percentile``. See :func:`benchmark_tables`.
+        ``value``, ``percentile``. The distribution's rows are sorted by the
+        keys (``size`` in bucket order), ``period_start``, then the metric in
+        SPEC §5 order; per-merchant rows by the keys, ``period_start``,
+        ``merchant_id``, then the metric, so each comparison is together.
+        A group-period where no merchant has a value for a metric has its
+        row with ``merchants`` 0 and null statistics; a merchant without a
+        value has its row with null ``value`` and ``percentile``.
     """
     by = _check_benchmark_by(by)
     metrics = check_metrics(metrics)
@@ -166,10 +172,7 @@ def benchmark_tables(partials, merchant_table, by=(), period="year", metrics=Non
 
 def _column(table, name):
     """(float64 values, validity) of a column; nulls are 0 in the values."""
-    col = table.column(name)
-    if col.num_chunks != 1:
-        col = col.combine_chunks() if hasattr(col, "combine_chunks") else pa.concat_arrays(col.chunks)
-    arr = col.chunk(0) if isinstance(col, pa.ChunkedArray) else col
+    arr = table.column(name).combine_chunks()
     valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     values = np.asarray(arr.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
     return values, valid
@@ -210,7 +213,7 @@ def _benchmark(table, merchant_table, by, months, metrics, size_edges, per_merch
     stats = {name: np.zeros(rows) for name in STAT_COLUMNS}
     for j, name in enumerate(metrics):
         v, valid = values[name]
-        sorted_values, group, starts, counts = _sorted_by_group(v, valid, gp, n_gp)
+        sorted_values, _, _, starts, counts = _sorted_by_group(v, valid, gp, n_gp)
         out = np.arange(n_gp) * m + j
         count[out] = counts
         has = counts > 0
@@ -227,15 +230,16 @@ def _benchmark(table, merchant_table, by, months, metrics, size_edges, per_merch
 
 
 def _sorted_by_group(values, valid, gp, n_gp):
-    """The non-null values sorted by (group-period, value); each group-period's start and count there."""
+    """The non-null values sorted by (group-period, value): ``(values, group-periods, their rows, starts,
+    counts)``, the rows being indexes into ``values`` and each group-period's start and count there."""
     keep = np.flatnonzero(valid)
     v, g = values[keep], gp[keep]
     order = np.lexsort((v, g))
-    v, g = v[order], g[order]
+    v, g, rows = v[order], g[order], keep[order]
     counts = np.bincount(g, minlength=n_gp).astype(np.int64)
     starts = np.zeros(n_gp, dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
-    return v, g, starts, counts
+    return v, g, rows, starts, counts
 
 
 def percentile_sorted(sorted_values, starts, counts, q):
@@ -278,11 +282,8 @@ def _per_merchant(table, merchant_table, by, codes, decode, order, gp, day, comp
     position[order] = np.arange(n)
     for j, name in enumerate(metrics):
         v, valid = values[name]
-        sorted_values, group, starts, counts = _sorted_by_group(v, valid, gp, n_gp)
+        sorted_values, group, back, starts, counts = _sorted_by_group(v, valid, gp, n_gp)
         rank = percentile_ranks(sorted_values, group, starts, counts)
-        # Back to merchant rows: the sort of ``_sorted_by_group`` over the valid rows.
-        keep = np.flatnonzero(valid)
-        back = keep[np.lexsort((v[keep], gp[keep]))]
         out = position * m + j
         value[out] = v
         ok[out] = valid
