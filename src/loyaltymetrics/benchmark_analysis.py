@@ -200,15 +200,17 @@ def _benchmark(table, merchant_table, by, months, metrics, size_edges, per_merch
     n_gp = len(heads)
 
     values = {name: _column(table, name) for name in metrics}
+    # The key columns of each group-period, taken by index into each output row (no string per row).
+    group_keys = key_columns(by, [c[heads] for c in codes], decode, merchant_table)
     if per_merchant:
-        return _per_merchant(table, merchant_table, by, codes, decode, order, gp, day, complete, metrics, values)
+        return _per_merchant(table, group_keys, order, gp, day, complete, metrics, values)
 
     m = len(metrics)
     rows = n_gp * m
-    columns = key_columns(by, [np.repeat(c[heads], m) for c in codes], decode, merchant_table)
+    columns = _take(group_keys, np.repeat(np.arange(n_gp), m))
     columns["period_start"] = numeric_array(np.repeat(day[heads], m).astype(np.int32), pa.date32())
     columns["period_complete"] = bool_array(np.repeat(complete[heads], m))
-    columns["metric"] = string_array(np.tile(np.array(metrics, dtype=object), n_gp))
+    columns["metric"] = string_array(metrics).take(numeric_array(np.tile(np.arange(m), n_gp), pa.int64()))
     count = np.zeros(rows, dtype=np.int64)
     stats = {name: np.zeros(rows) for name in STAT_COLUMNS}
     for j, name in enumerate(metrics):
@@ -267,7 +269,13 @@ def percentile_sorted(sorted_values, starts, counts, q):
     return result
 
 
-def _per_merchant(table, merchant_table, by, codes, decode, order, gp, day, complete, metrics, values):
+def _take(columns, index):
+    """Each Arrow array of ``columns`` (a dict) taken at the int64 ``index``."""
+    index = numeric_array(np.asarray(index, dtype=np.int64), pa.int64())
+    return {name: column.take(index) for name, column in columns.items()}
+
+
+def _per_merchant(table, group_keys, order, gp, day, complete, metrics, values):
     """One row per merchant, period and metric: the value and its percentile within its group-period."""
     n = len(gp)
     m = len(metrics)
@@ -288,14 +296,12 @@ def _per_merchant(table, merchant_table, by, codes, decode, order, gp, day, comp
         value[out] = v
         ok[out] = valid
         pct[out[back]] = rank
-    columns = key_columns(by, [c[rows] for c in codes], decode, merchant_table)
-    merchant_cols = table.select(["merchant_id"] + (["merchant_name"] if "merchant_name" in table.column_names
-                                                    else [])).take(pa.array(rows))
-    for name in merchant_cols.column_names:
-        columns[name] = merchant_cols.column(name)
+    columns = _take(group_keys, gp[rows])
+    names = ["merchant_id"] + (["merchant_name"] if "merchant_name" in table.column_names else [])
+    columns.update(_take({name: table.column(name).combine_chunks() for name in names}, rows))
     columns["period_start"] = numeric_array(day[rows].astype(np.int32), pa.date32())
     columns["period_complete"] = bool_array(complete[rows])
-    columns["metric"] = string_array(np.array(metrics, dtype=object)[metric_index])
+    columns["metric"] = string_array(metrics).take(numeric_array(metric_index, pa.int64()))
     columns["value"] = numeric_array(value, pa.float64(), ok)
     columns["percentile"] = numeric_array(pct, pa.float64(), ok)
     return pa.table(columns)
