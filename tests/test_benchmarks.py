@@ -394,3 +394,28 @@ def test_cli_refuses_an_input_as_output(tmp_path, capsys):
     before = (tmp_path / "merchants.parquet").read_bytes()
     assert main(["benchmarks", orders, "--merchants", merchants, "-o", merchants, "-q"]) == 1
     assert (tmp_path / "merchants.parquet").read_bytes() == before
+
+
+def test_metrics_of_the_wrong_type_are_type_errors():
+    with pytest.raises(TypeError, match="metrics= must be"):
+        lm.benchmarks(HAND_ORDERS, None, metrics=5)
+
+
+def test_bad_input_raises_what_compute_raises_and_is_left_as_it_was(tmp_path):
+    unsorted = HAND_ORDERS.take([1, 0] + list(range(2, HAND_ORDERS.num_rows)))
+    with pytest.raises(lm.UnsortedInputError):
+        lm.compute(unsorted)
+    with pytest.raises(lm.UnsortedInputError):
+        lm.benchmarks(unsorted, HAND_MERCHANTS)
+    negative = HAND_ORDERS.set_column(3, "amount", pa.array([-5] + HAND_ORDERS.column("amount").to_pylist()[1:],
+                                                           pa.int64()))
+    path = tmp_path / "orders.parquet"
+    pq.write_table(negative, path)
+    before = path.read_bytes()
+    with pytest.raises(lm.NegativeAmountError):
+        lm.benchmarks(str(path), HAND_MERCHANTS)
+    assert path.read_bytes() == before
+    # With refunds the refund lowers its merchant's revenue and so its AOV: (60 - 5) / 1 order
+    t = lm.benchmarks(str(path), HAND_MERCHANTS, by=["industry"], metrics=["aov"], refunds=True, per_merchant=True)
+    assert t.to_pylist()[0]["merchant_id"] == 1 and t.to_pylist()[0]["value"] == 55.0
+    assert path.read_bytes() == before

@@ -57,7 +57,11 @@ def check_metrics(metrics):
         return DEFAULT_METRICS
     if isinstance(metrics, str):
         metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    metrics = list(metrics)
+    try:
+        metrics = list(metrics)
+    except TypeError:
+        raise TypeError(f"metrics= must be a list of SPEC §5 metric names or a comma-separated string; "
+                        f"got {type(metrics).__name__} {metrics!r}") from None
     unknown = [m for m in metrics if not isinstance(m, str) or m not in METRICS]
     if unknown:
         raise ValueError(f"metrics= has unknown name(s) {unknown}; choose from the SPEC §5 metrics "
