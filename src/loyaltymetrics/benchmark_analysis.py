@@ -24,7 +24,10 @@ A group-period in which no merchant has a value for a metric (e.g.
 ``merchants`` 0 and null statistics, so the table has one row for every
 (group, period, metric).
 """
+from __future__ import annotations
+
 import math
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -82,7 +85,7 @@ def _check_benchmark_by(by):
 
 @reporting_resource_errors
 def benchmarks(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys = (), period: Period = "year",
-               metrics=None, per_merchant: bool = False, columns: ColumnMap | None = None,
+               metrics: str | Sequence[str] | None = None, per_merchant: bool = False, columns: ColumnMap | None = None,
                size_edges: SizeEdges = DEFAULT_SIZE_EDGES, refunds: bool = False, timezone: str | None = None,
                observation_start: DateLike | None = None, observation_end: DateLike | None = None,
                engine: Engine = "cython", threads: int | None = None,
