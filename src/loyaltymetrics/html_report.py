@@ -104,7 +104,7 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
            chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, observation_start: DateLike | None = None,
            observation_end: DateLike | None = None, year: int | None = None,
            period_start: DateLike | None = None, currency: str | None = None, progress: bool = False,
-           timezone: str | None = None) -> str:
+           timezone: str | None = None, merchant: int | str | None = None) -> str:
     """Write an HTML loyalty report of a complete period against the same period a year earlier.
 
     Parameters
@@ -144,6 +144,13 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
     progress : bool
         A progress bar on stderr for each pass over the orders, when stderr
         is a terminal.
+    merchant : int or str, optional
+        Write one merchant's scorecard instead of the network report: its
+        six metrics in the headline period, their YoY, and its percentile
+        among the merchants of its industry × size group, drawn against the
+        group's distribution. A merchant_id, or a name from the merchants
+        table's ``name`` column; ``ValueError`` when it names no merchant
+        with orders, or none in the headline period.
 
     Returns
     -------
@@ -188,6 +195,21 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
         from .display import reporting_currency
 
         currency = reporting_currency(orders)
+    if merchant is not None:
+        network = compute(orders, merchants, by=[], period=period, **options)
+        headline_periods(network, period, year, period_start)
+        data = ReportData(
+            period=period, network=network, by_industry=None, by_size=None, concentration=None, cohorts=None,
+            size_order=tuple(size_labels(size_edges)), top=top, has_merchants=merchants is not None,
+            source=source_label(orders), merchants_source=None if merchants is None else source_label(merchants),
+            year=year, period_start=period_start, currency=currency,
+            per_merchant=compute(orders, merchants, by=["merchant", "industry", "size"], period=period, **options),
+            by_merchant=compute(orders, merchants, by=["merchant"], period=period, **options))
+        text = scorecard_html(data, merchant, title=title)
+        if path is not None:
+            with atomic_output(path, [orders, merchants]) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+        return text
     # First: it rejects a bad ``top`` before reading any orders. Then the network: it says
     # whether there is a period to headline before the other passes run.
     top_share = concentration(orders, merchants, by=["industry"], period=period, top=top, **options)
@@ -244,6 +266,7 @@ class ReportData:
     period_start: dt.date | None = None
     currency: str | None = None  # shown with money; None: "major units"
     per_merchant: pa.Table | None = None  # compute(by=["merchant", "industry", "size"]): the typical merchant
+    by_merchant: pa.Table | None = None   # compute(by=["merchant"]): a scorecard's merchant, with its YoY
 
 
 def _check_choice(year, period_start):
@@ -357,6 +380,8 @@ def fmt(value, unit):
         return f"{x:,.1f}%"
     if unit == "lift":
         return f"{x:.2f}×"
+    if unit == "percentile":
+        return f"{x:.1f}"
     return f"{x:,.2f}"
 
 
@@ -490,7 +515,10 @@ def _svg(fig):
     text = buffer.getvalue()
     text = text[text.index("<svg"):]
     # The viewBox keeps the aspect ratio; CSS sets the width.
-    text = re.sub(r'^<svg([^>]*?) width="[^"]*" height="[^"]*"', r"<svg\1", text, count=1)
+    match = re.match(r'<svg([^>]*?) width="([0-9.]+)pt" height="[^"]*"', text)
+    if match:  # at most 1.5 × its natural size: wide screens do not blow the text up
+        text = (f'<svg{match.group(1)} style="max-width: {float(match.group(2)) * 2:.0f}px"'
+                + text[match.end():])
     return text
 
 
@@ -1157,3 +1185,169 @@ class Page:
     def _cohort_cell(rows_at, k):
         row = rows_at.get(k)
         return (None if row is None else row["retention"], "fraction")
+
+
+# ---------------------------------------------------------------------------
+# One merchant's scorecard
+
+
+def find_merchant(per_merchant, merchant):
+    """The merchant_id that ``merchant`` (an id, or a name in the merchants table) names; ValueError if none.
+
+    An int, or text of digits, is an id first; other text is matched against ``merchant_name``
+    (case and surrounding spaces ignored), and must name exactly one merchant.
+    """
+    ids = sorted(set(per_merchant.column("merchant_id").to_pylist()))
+    text = str(merchant).strip()
+    if isinstance(merchant, int) and not isinstance(merchant, bool) or text.lstrip("-").isdigit():
+        if int(text) in ids:
+            return int(text)
+    if "merchant_name" in per_merchant.column_names:
+        names = {}
+        for mid, name in zip(per_merchant.column("merchant_id").to_pylist(),
+                             per_merchant.column("merchant_name").to_pylist()):
+            if name is not None and name.strip().casefold() == text.casefold():
+                names[mid] = name
+        if len(names) == 1:
+            return next(iter(names))
+        if len(names) > 1:
+            raise ValueError(f"merchant name {text!r} names {len(names)} merchants (ids "
+                             f"{', '.join(map(str, sorted(names)))}): pass the id instead")
+    sample = ", ".join(map(str, ids[:10])) + (" …" if len(ids) > 10 else "")
+    raise ValueError(f"no merchant {text!r} in the orders: pass a merchant_id with orders "
+                     f"({len(ids)} merchants: {sample})"
+                     + ("" if "merchant_name" in per_merchant.column_names else
+                        ", or a name from the merchants table's name column (this one has none)"))
+
+
+def standing(value, values):
+    """The percentile of ``value`` among ``values`` (SPEC §9): 100 × (below + ½ equal) / count."""
+    below = sum(1 for v in values if v < value)
+    equal = sum(1 for v in values if v == value)
+    return 100.0 * (below + 0.5 * equal) / len(values)
+
+
+def _finite(v):
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def scorecard_html(data, merchant, *, title):
+    """The one-merchant page: its metrics in the headline period, YoY, and percentile in its industry × size."""
+    import numpy as np
+
+    latest, previous = headline_periods(data.network, data.period, data.year, data.period_start)
+    labels = (period_label(previous, data.period), period_label(latest, data.period))
+    mid = find_merchant(data.per_merchant, merchant)
+    mine = [r for r in data.by_merchant.to_pylist() if r["merchant_id"] == mid]
+    now = next((r for r in mine if r["period_start"] == latest), None)
+    before = next((r for r in mine if r["period_start"] == previous), None)
+    if now is None:
+        held = ", ".join(period_label(r["period_start"], data.period) for r in mine)
+        raise ValueError(f"merchant {mid} has no orders in {labels[1]}, the period the report headlines; "
+                         f"its {data.period}s with orders: {held}. Choose one with year=/period_start=")
+    peers_rows = data.per_merchant.to_pylist()
+    own = next(r for r in peers_rows if r["merchant_id"] == mid and r["period_start"] == latest)
+    industry, size = own["industry"], own["size"]
+    peers = [r for r in peers_rows if r["period_start"] == latest and r["industry"] == industry
+             and r["size"] == size]
+    name = now.get("merchant_name") or f"merchant {mid}"
+    currency = data.currency
+    comparable = before is not None and before["period_complete"]
+    rows, cards, panels = [], [], []
+    for metric in METRICS:
+        value = now[metric.column]
+        earlier = None if before is None else before[metric.column]
+        change, kind = change_of(metric.unit, earlier, value, now[f"{metric.column}_yoy"], comparable)
+        values = [r[metric.column] for r in peers if _finite(r[metric.column])]
+        pct = standing(value, values) if _finite(value) and values else None
+        qs = ([float(q) for q in np.percentile(np.array(values, dtype=float), [25, 50, 75])]
+              if values else [None] * 3)
+        rows.append([metric.title, (earlier, metric.unit), (value, metric.unit), (change, kind),
+                     (pct, "percentile"), (len(values), "count")] + [(q, metric.unit) for q in qs])
+        change_text = fmt_pp(change) if kind == "pp" else fmt_change(change)
+        rank = ("percentile n/a" if pct is None
+                else f"percentile {pct:.0f} among the {len(values)} merchants of its group")
+        cards.append(
+            f'<div class="card" data-metric="{metric.column}" data-value="{esc(data_value(value))}" '
+            f'data-yoy="{esc(data_value(change))}" data-percentile="{esc(data_value(pct))}">'
+            f'<div class="label">{esc(metric.title)}</div>'
+            f'<div class="value">{esc(readable(value, metric.unit, currency))}</div>'
+            f'<div class="sub">{esc(rank)}</div>'
+            f'<div class="change {"flat" if not change else "up" if change > 0 else "down"}">{esc(change_text)} '
+            f'YoY <span class="flat">({esc(labels[0])}: {esc(readable(earlier, metric.unit, currency))})</span>'
+            f"</div></div>")
+        panels.append((metric.title + (f" ({currency})" if metric.unit == "money" and currency else ""),
+                       [shown(v, metric.unit) for v in values],
+                       shown(value, metric.unit) if _finite(value) else None,
+                       currency if metric.unit == "money" else False, metric.unit))
+    share = _divide(now["reward_revenue"], now["revenue"])
+    table = table_html(["metric", labels[0], labels[1], "YoY", "percentile in group", "merchants in group",
+                        "group p25", "group median", "group p75"], rows)
+    caption = (f"{name} among the {len(peers)} merchants of {industry} \u00d7 {size} orders a month, "
+               f"{labels[1]}")
+    svg = strip_chart(panels, name)
+    figure = figure_html("merchant-standing", caption, svg, caption, table)
+    few = (f'<p class="warning">Only {len(peers)} merchant{"s" if len(peers) != 1 else ""} in this group: '
+           "percentiles among so few say little.</p>" if len(peers) < 5 else "")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
+        f"<style>{CSS}</style></head><body><main>"
+        f"<header><h1>{esc(title)}: {esc(name)}</h1>"
+        f'<p class="meta" data-latest="{latest.isoformat()}" data-previous="{previous.isoformat()}" '
+        f'data-merchant="{mid}" data-industry="{esc(industry)}" data-size="{esc(size)}">'
+        f"{esc(name)} (merchant_id {mid}) in {esc(labels[1])} against {esc(labels[0])}. Its group: industry "
+        f"{esc(industry)}, size {esc(size)} orders a month in {esc(labels[1])} ({len(peers)} merchants). "
+        "Percentile: 100 \u00d7 (merchants below + half those equal) \u00f7 merchants in the group with a value; "
+        "50 is the typical merchant, higher is a larger value. YoY in percentage points for rates, percent "
+        "for amounts.</p>"
+        f'<p class="meta">Reward-generated value is {esc(fmt(share, "fraction"))} of its revenue. '
+        f"orders: {esc(data.source)}; merchants: {esc(data.merchants_source or 'none given')}</p>{few}</header>"
+        f'<section id="scorecard"><h2>{esc(name)} in {esc(labels[1])}</h2><div class="cards">{"".join(cards)}</div>'
+        "</section>"
+        f'<section id="standing"><h2>Where it stands in its group</h2>'
+        '<p class="note">Each row: every merchant of the group (grey dots), the middle half of them (box, p25 '
+        "to p75) and the median (black line); the orange diamond is this merchant.</p>"
+        f"{figure}</section>"
+        "<footer><p>Made by loyaltymetrics: the merchant\u2019s numbers are compute(by=[\"merchant\"]); the "
+        "group\u2019s are compute(by=[\"merchant\", \"industry\", \"size\"]) over the same orders.</p></footer>"
+        "</main></body></html>\n")
+
+
+@_literal_text
+def strip_chart(panels, name):
+    """One row per metric: the group's merchants as dots, p25-p75 box, median, and this merchant."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.6, 1.0 * len(panels) + 0.6), layout="constrained")
+    axes = fig.subplots(len(panels), 1)
+    for ax, (title, values, value, money, unit) in zip(axes, panels):
+        if values:
+            p25, med, p75 = np.percentile(np.array(values, dtype=float), [25, 50, 75])
+            jitter = [((i * 7919) % 13 - 6) / 30 for i in range(len(values))]  # fixed, not random
+            ax.scatter(values, jitter, s=10, color=PREVIOUS_COLOR, zorder=2)
+            ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
+                (p25, -0.3), p75 - p25, 0.6, facecolor="#dbe6f3", edgecolor=LATEST_COLOR, zorder=1))
+            ax.plot([med, med], [-0.3, 0.3], color="#111111", linewidth=1.5, zorder=3)
+        if value is not None:
+            ax.scatter([value], [0], s=90, marker="D", color="#e08a2c", edgecolor="#111111", zorder=4,
+                       label=name)
+            ax.annotate(money_text(value, money or None, minor=False) if money is not False
+                        else f"{value:,.1f}%" if unit in RATE_UNITS else f"{value:,.2f}",
+                        (value, 0.3), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=8)
+        else:
+            ax.annotate("this merchant: n/a", (0.5, 0.9), xycoords="axes fraction", ha="center", fontsize=8,
+                        color="#555555")
+        ax.set_ylim(-0.6, 0.8)
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.tick_params(axis="x", labelsize=8)
+        if money is not False:
+            ax.xaxis.set_major_formatter(lambda x, _pos=None: money_text(x, money, minor=False))
+        else:
+            ax.xaxis.set_major_formatter(_axis_number)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+    return _svg(fig)
