@@ -5,6 +5,7 @@ _limits.adapt()   # before NumPy and pyarrow load: under an address-space limit 
 from .api import compute
 from .cohort_analysis import cohorts
 from .concentration_analysis import concentration
+from .benchmark_analysis import benchmarks
 from .rfm_summary import rfm
 from .clv import clv
 from .convert import prepare
@@ -33,6 +34,7 @@ __all__ = [
     "compute",
     "cohorts",
     "concentration",
+    "benchmarks",
     "rfm",
     "clv",
     "generate",

@@ -172,6 +172,7 @@ def build_parser():
     _add_generate_parser(sub)
     _add_prepare_parser(sub)
     _add_clv_parser(sub)
+    _add_benchmarks_parser(sub)
     return parser
 
 
@@ -358,6 +359,49 @@ def _dispatch(args):
             print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
         else:
             print(format_summary(table, args.by, args.currency or reporting_currency(args.orders)))
+    except (LoyaltyMetricsError, ValueError, OSError) as e:
+        check_stop()  # an error caused by SIGINT/SIGTERM is reported as the interruption
+        print(f"loyaltymetrics: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_benchmarks_parser(sub):
+    from .benchmark_analysis import DEFAULT_METRICS
+
+    help_text = ("how merchants compare within their group: per group, period and SPEC §5 metric the "
+                 "distribution across merchants (SPEC §9)")
+    p = sub.add_parser("benchmarks", help=help_text, description=help_text)
+    p.add_argument("orders", metavar="ORDERS", help="sorted orders: .arrow file, Parquet file or directory")
+    _add_compute_options(p)
+    p.set_defaults(by=[])
+    for action in p._actions:  # merchant is not a benchmark group: merchants are what is compared
+        if action.dest == "by":
+            action.help = "comma-separated group keys from industry, country, size (default: the whole network)"
+    p.add_argument("--metrics", type=_csv_list, default=None, metavar="M1,M2",
+                   help=f"SPEC §5 metrics (or M_yoy) to compare (default: all: {', '.join(DEFAULT_METRICS)})")
+    p.add_argument("--per-merchant", action="store_true",
+                   help="one row per merchant, period and metric: its value and percentile within its group")
+    p.set_defaults(handler=_benchmarks_command)
+
+
+def _benchmarks_command(args):
+    from .benchmark_analysis import benchmarks, format_benchmarks
+
+    inputs = [args.orders, args.merchants]
+    try:
+        if args.output:
+            check_table_path(args.output, inputs)  # before reading anything
+        table = benchmarks(args.orders, args.merchants, by=args.by, period=args.period, metrics=args.metrics,
+                           per_merchant=args.per_merchant, columns=args.columns, size_edges=args.size_edges,
+                           refunds=args.refunds, engine=args.engine, threads=args.threads,
+                           progress=not args.quiet, **_observation(args), timezone=args.timezone)
+        _check_not_empty(table, args.orders)
+        if args.output:
+            write_table(table, args.output, inputs)
+            print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {args.output}", file=sys.stderr)
+        else:
+            print(format_benchmarks(table, args.by, args.currency or reporting_currency(args.orders)))
     except (LoyaltyMetricsError, ValueError, OSError) as e:
         check_stop()  # an error caused by SIGINT/SIGTERM is reported as the interruption
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
