@@ -61,6 +61,10 @@ METRICS = (
            "(Reward-generated value − program fees) ÷ program fees × 100; fees are the merchants' "
            "annual_fee for the months of the period.", "% return on fees"),
 )
+SIX = tuple(m.column for m in METRICS)
+# benchmarks() takes SPEC §5 metrics; reward-generated value is a §4 count, so its typical merchant
+# comes from compute(by=["merchant", "industry", "size"]) with NumPy's percentiles (the same method).
+BENCHMARKED = tuple(c for c in SIX if c != "reward_revenue")
 HEADLINE = (
     ("revenue", "Revenue", "money"),
     ("reward_revenue", "Reward-generated value", "money"),
@@ -182,6 +186,7 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
     if path is not None:  # refused before any work: the report never replaces its input
         check_output_path(path, [orders, merchants])
     _require_matplotlib()
+    from .benchmark_analysis import benchmarks
     from .cohort_analysis import cohorts
     from .concentration_analysis import concentration
 
@@ -203,8 +208,11 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
             size_order=tuple(size_labels(size_edges)), top=top, has_merchants=merchants is not None,
             source=source_label(orders), merchants_source=None if merchants is None else source_label(merchants),
             year=year, period_start=period_start, currency=currency,
+            standing=benchmarks(orders, merchants, by=["industry", "size"], period=period, per_merchant=True,
+                                metrics=BENCHMARKED + tuple(f"{m}_yoy" for m in BENCHMARKED), **options),
             per_merchant=compute(orders, merchants, by=["merchant", "industry", "size"], period=period, **options),
-            by_merchant=compute(orders, merchants, by=["merchant"], period=period, **options))
+            group_stats=benchmarks(orders, merchants, by=["industry", "size"], period=period, metrics=BENCHMARKED,
+                                   **options))
         text = scorecard_html(data, merchant, title=title)
         if path is not None:
             with atomic_output(path, [orders, merchants]) as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -221,6 +229,8 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
         by_industry=compute(orders, merchants, by=["industry"], period=period, **options),
         by_size=compute(orders, merchants, by=["size"], period=period, **options),
         per_merchant=compute(orders, merchants, by=["merchant", "industry", "size"], period=period, **options),
+        typical={key: benchmarks(orders, merchants, by=[key], period=period, metrics=BENCHMARKED, **options)
+                 for key, _ in DIMENSIONS},
         concentration=top_share,
         cohorts=cohorts(orders, merchants, by=[], period="month", **options),
         size_order=tuple(size_labels(size_edges)),
@@ -265,8 +275,13 @@ class ReportData:
     year: int | None = None               # the headline period chosen (default: the latest complete one)
     period_start: dt.date | None = None
     currency: str | None = None  # shown with money; None: "major units"
-    per_merchant: pa.Table | None = None  # compute(by=["merchant", "industry", "size"]): the typical merchant
-    by_merchant: pa.Table | None = None   # compute(by=["merchant"]): a scorecard's merchant, with its YoY
+    # benchmarks() distribution tables of the six metrics: {"industry": by industry, "size": by size}
+    typical: dict | None = None
+    # A scorecard's: benchmarks(by=["industry", "size"], per_merchant=True) with the six metrics and
+    # their _yoy, and the same groups' distribution.
+    standing: pa.Table | None = None
+    per_merchant: pa.Table | None = None  # compute(by=["merchant", "industry", "size"]): reward-generated value
+    group_stats: pa.Table | None = None
 
 
 def _check_choice(year, period_start):
@@ -455,6 +470,25 @@ def _term(row, expression):
     if any(v is None for v in values):
         return None
     return values[0] - sum(values[1:])
+
+
+def counted_distribution(per_merchant, key, start, column):
+    """{group of ``key``: {"merchants", "p25", "median", "p75"}} of a base count over the merchants of
+    ``per_merchant`` (compute by merchant, industry and size) in the period at ``start``: NumPy's linear
+    percentiles, as benchmarks() computes them for the §5 metrics."""
+    import numpy as np
+
+    if per_merchant is None:
+        return {}
+    values = {}
+    for row in per_merchant.to_pylist():
+        if row["period_start"] == start and row[column] is not None:
+            values.setdefault(row[key], []).append(row[column])
+    out = {}
+    for group, vs in values.items():
+        qs = np.percentile(np.array(vs, dtype=float), [q for _, q in QUANTILES])
+        out[group] = {"merchants": len(vs), **{name: float(q) for (name, _), q in zip(QUANTILES, qs)}}
+    return out
 
 
 def group_value(row, spec):
@@ -878,28 +912,21 @@ class Page:
         return "".join(parts)
 
     def typical(self, key, start, column):
-        """{group: {"merchants", "p25", "median", "p75"}} over the merchants' own values (None: no table)."""
-        table = self.data.per_merchant
+        """{group: benchmarks() row} of the merchants' distribution of ``column`` in the period at ``start``."""
+        if column not in BENCHMARKED:
+            return counted_distribution(self.data.per_merchant, key, start, column)
+        table = (self.data.typical or {}).get(key)
         if table is None:
             return {}
-        import numpy as np
-
-        values = {}
-        for row in self._per_merchant_rows():
-            if row["period_start"] == start:
-                v = row[column]
-                if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                    values.setdefault(row[key], []).append(v)
-        out = {}
-        for group, vs in values.items():
-            qs = np.percentile(np.array(vs, dtype=float), [q for _, q in QUANTILES])
-            out[group] = {"merchants": len(vs), **{name: float(q) for (name, _), q in zip(QUANTILES, qs)}}
-        return out
-
-    def _per_merchant_rows(self):
-        if not hasattr(self, "_pm_rows"):
-            self._pm_rows = self.data.per_merchant.to_pylist()
-        return self._pm_rows
+        if not hasattr(self, "_typical_rows"):
+            self._typical_rows = {}
+        if key not in self._typical_rows:
+            index = {}
+            for row in table.to_pylist():
+                if row["merchants"]:
+                    index[(row[key], row["period_start"], row["metric"])] = row
+            self._typical_rows[key] = index
+        return {g: row for (g, s, m), row in self._typical_rows[key].items() if s == start and m == column}
 
     def yoy_figure(self, metric, key, name):
         categories = self.categories(key)
@@ -1233,40 +1260,61 @@ def _finite(v):
 
 def scorecard_html(data, merchant, *, title):
     """The one-merchant page: its metrics in the headline period, YoY, and percentile in its industry × size."""
-    import numpy as np
 
     latest, previous = headline_periods(data.network, data.period, data.year, data.period_start)
     labels = (period_label(previous, data.period), period_label(latest, data.period))
-    mid = find_merchant(data.per_merchant, merchant)
-    mine = [r for r in data.by_merchant.to_pylist() if r["merchant_id"] == mid]
-    now = next((r for r in mine if r["period_start"] == latest), None)
-    before = next((r for r in mine if r["period_start"] == previous), None)
-    if now is None:
-        held = ", ".join(period_label(r["period_start"], data.period) for r in mine)
+    mid = find_merchant(data.standing, merchant)
+    every = data.standing.to_pylist()
+    mine = [r for r in every if r["merchant_id"] == mid]
+    now = {r["metric"]: r for r in mine if r["period_start"] == latest}
+    before = {r["metric"]: r for r in mine if r["period_start"] == previous}
+    if not now:
+        held = ", ".join(sorted({period_label(r["period_start"], data.period) for r in mine}))
         raise ValueError(f"merchant {mid} has no orders in {labels[1]}, the period the report headlines; "
                          f"its {data.period}s with orders: {held}. Choose one with year=/period_start=")
-    peers_rows = data.per_merchant.to_pylist()
-    own = next(r for r in peers_rows if r["merchant_id"] == mid and r["period_start"] == latest)
-    industry, size = own["industry"], own["size"]
-    peers = [r for r in peers_rows if r["period_start"] == latest and r["industry"] == industry
-             and r["size"] == size]
-    name = now.get("merchant_name") or f"merchant {mid}"
+    first = next(iter(now.values()))
+    industry, size = first["industry"], first["size"]
+    peers = {r["merchant_id"] for r in every if r["period_start"] == latest and r["industry"] == industry
+             and r["size"] == size}
+    stats = {r["metric"]: r for r in data.group_stats.to_pylist()
+             if r["period_start"] == latest and r["industry"] == industry and r["size"] == size}
+    name = first.get("merchant_name") or f"merchant {mid}"
     currency = data.currency
-    comparable = before is not None and before["period_complete"]
+    network_previous = network_row(data.network, previous)
+    comparable = network_previous is not None and bool(network_previous["period_complete"])
     rows, cards, panels = [], [], []
+    import numpy as np
+
+    counts = data.per_merchant.to_pylist()
+    own = {r["period_start"]: r for r in counts if r["merchant_id"] == mid}
     for metric in METRICS:
-        value = now[metric.column]
-        earlier = None if before is None else before[metric.column]
-        change, kind = change_of(metric.unit, earlier, value, now[f"{metric.column}_yoy"], comparable)
-        values = [r[metric.column] for r in peers if _finite(r[metric.column])]
-        pct = standing(value, values) if _finite(value) and values else None
-        qs = ([float(q) for q in np.percentile(np.array(values, dtype=float), [25, 50, 75])]
-              if values else [None] * 3)
+        if metric.column in BENCHMARKED:
+            value = now[metric.column]["value"]
+            earlier = before[metric.column]["value"] if metric.column in before else None
+            yoy = now[f"{metric.column}_yoy"]["value"]
+            values = [r["value"] for r in every if r["period_start"] == latest and r["industry"] == industry
+                      and r["size"] == size and r["metric"] == metric.column and _finite(r["value"])]
+            pct = now[metric.column]["percentile"]
+            group = stats.get(metric.column, {})
+        else:  # a base count: compute(by=["merchant", "industry", "size"]), percentiles as benchmarks makes them
+            value = own[latest][metric.column]
+            earlier = own[previous][metric.column] if previous in own else None
+            yoy = own[latest][f"{metric.column}_yoy"]
+            values = [r[metric.column] for r in counts if r["period_start"] == latest
+                      and r["industry"] == industry and r["size"] == size and _finite(r[metric.column])]
+            pct = standing(value, values) if _finite(value) and values else None
+            group = {"merchants": len(values)}
+            if values:
+                group.update(zip([name for name, _ in QUANTILES],
+                                 np.percentile(np.array(values, dtype=float), [q for _, q in QUANTILES]).tolist()))
+        change, kind = change_of(metric.unit, earlier, value, yoy, comparable)
+        count = group.get("merchants", 0)
+        qs = [group.get(q) for q, _ in QUANTILES]
         rows.append([metric.title, (earlier, metric.unit), (value, metric.unit), (change, kind),
-                     (pct, "percentile"), (len(values), "count")] + [(q, metric.unit) for q in qs])
+                     (pct, "percentile"), (count, "count")] + [(q, metric.unit) for q in qs])
         change_text = fmt_pp(change) if kind == "pp" else fmt_change(change)
         rank = ("percentile n/a" if pct is None
-                else f"percentile {pct:.0f} among the {len(values)} merchants of its group")
+                else f"percentile {pct:.0f} among the {count} merchants of its group")
         cards.append(
             f'<div class="card" data-metric="{metric.column}" data-value="{esc(data_value(value))}" '
             f'data-yoy="{esc(data_value(change))}" data-percentile="{esc(data_value(pct))}">'
@@ -1279,8 +1327,8 @@ def scorecard_html(data, merchant, *, title):
         panels.append((metric.title + (f" ({currency})" if metric.unit == "money" and currency else ""),
                        [shown(v, metric.unit) for v in values],
                        shown(value, metric.unit) if _finite(value) else None,
+                       [None if q is None else shown(q, metric.unit) for q in qs],
                        currency if metric.unit == "money" else False, metric.unit))
-    share = _divide(now["reward_revenue"], now["revenue"])
     table = table_html(["metric", labels[0], labels[1], "YoY", "percentile in group", "merchants in group",
                         "group p25", "group median", "group p75"], rows)
     caption = (f"{name} among the {len(peers)} merchants of {industry} \u00d7 {size} orders a month, "
@@ -1301,30 +1349,28 @@ def scorecard_html(data, merchant, *, title):
         "Percentile: 100 \u00d7 (merchants below + half those equal) \u00f7 merchants in the group with a value; "
         "50 is the typical merchant, higher is a larger value. YoY in percentage points for rates, percent "
         "for amounts.</p>"
-        f'<p class="meta">Reward-generated value is {esc(fmt(share, "fraction"))} of its revenue. '
-        f"orders: {esc(data.source)}; merchants: {esc(data.merchants_source or 'none given')}</p>{few}</header>"
+        f"<p class=\"meta\">orders: {esc(data.source)}; merchants: {esc(data.merchants_source or 'none given')}</p>{few}</header>"
         f'<section id="scorecard"><h2>{esc(name)} in {esc(labels[1])}</h2><div class="cards">{"".join(cards)}</div>'
         "</section>"
         f'<section id="standing"><h2>Where it stands in its group</h2>'
         '<p class="note">Each row: every merchant of the group (grey dots), the middle half of them (box, p25 '
         "to p75) and the median (black line); the orange diamond is this merchant.</p>"
         f"{figure}</section>"
-        "<footer><p>Made by loyaltymetrics: the merchant\u2019s numbers are compute(by=[\"merchant\"]); the "
-        "group\u2019s are compute(by=[\"merchant\", \"industry\", \"size\"]) over the same orders.</p></footer>"
+        "<footer><p>Made by loyaltymetrics: the merchant\u2019s values and percentiles are "
+        "benchmarks(by=[\"industry\", \"size\"], per_merchant=True), the group\u2019s p25, median and p75 "
+        "benchmarks(by=[\"industry\", \"size\"]), over the same orders.</p></footer>"
         "</main></body></html>\n")
 
 
 @_literal_text
 def strip_chart(panels, name):
     """One row per metric: the group's merchants as dots, p25-p75 box, median, and this merchant."""
-    import numpy as np
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9.6, 1.0 * len(panels) + 0.6), layout="constrained")
     axes = fig.subplots(len(panels), 1)
-    for ax, (title, values, value, money, unit) in zip(axes, panels):
-        if values:
-            p25, med, p75 = np.percentile(np.array(values, dtype=float), [25, 50, 75])
+    for ax, (title, values, value, (p25, med, p75), money, unit) in zip(axes, panels):
+        if values and med is not None:
             jitter = [((i * 7919) % 13 - 6) / 30 for i in range(len(values))]  # fixed, not random
             ax.scatter(values, jitter, s=10, color=PREVIOUS_COLOR, zorder=2)
             ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
