@@ -548,6 +548,7 @@ def _svg(fig):
         fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     text = buffer.getvalue()
     text = text[text.index("<svg"):]
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)  # RDF boilerplate
     # The viewBox keeps the aspect ratio; CSS sets the width.
     match = re.match(r'<svg([^>]*?) width="([0-9.]+)pt" height="[^"]*"', text)
     if match:  # at most 1.5 × its natural size: wide screens do not blow the text up
