@@ -592,3 +592,102 @@ def test_report_with_an_incomplete_year_earlier_shows_no_yoy(begun):
     assert "2021 is not wholly observed" in text
     assert {row[2] for row in page.table("aov-by-industry").values()} == {""}
     assert {row[2] for row in page.table("repeat_customer_rate-by-industry").values()} == {""}
+
+
+# --- one merchant's scorecard (--merchant) ----------------------------------------------
+
+def scorecard_expectations(orders, merchants, merchant_id):
+    """The merchant's 2023 values and percentiles within its industry × size, from compute(by=merchant)."""
+    rows = lm.compute(orders, merchants, by=["merchant", "industry", "size"]).to_pylist()
+    latest = dt.date(2023, 1, 1)
+    own = next(r for r in rows if r["merchant_id"] == merchant_id and r["period_start"] == latest)
+    peers = [r for r in rows if r["period_start"] == latest and r["industry"] == own["industry"]
+             and r["size"] == own["size"]]
+    out = {}
+    for metric in METRICS:
+        values = [r[metric.column] for r in peers
+                  if r[metric.column] is not None and not math.isnan(r[metric.column])]
+        value = own[metric.column]
+        if value is None or math.isnan(value):
+            out[metric.column] = (value, None, values)
+            continue
+        below = sum(v < value for v in values)
+        equal = sum(v == value for v in values)
+        out[metric.column] = (value, 100 * (below + 0.5 * equal) / len(values), values)
+    return own, peers, out
+
+
+def test_scorecard_is_the_merchants_standing(network, tmp_path):
+    _, orders, merchants = network
+    rows = lm.compute(orders, merchants, by=["merchant"]).to_pylist()
+    # The merchant with the most orders in 2023: a group with peers.
+    mid = max((r for r in rows if r["period_start"] == dt.date(2023, 1, 1)), key=lambda r: r["orders"])["merchant_id"]
+    out = tmp_path / "card.html"
+    text = lm.report(orders, merchants, out, merchant=mid, currency="USD")
+    assert out.read_text(encoding="utf-8") == text
+    page = Page(text)
+    own, peers, want = scorecard_expectations(orders, merchants, mid)
+    assert page.meta["data-merchant"] == str(mid)
+    assert (page.meta["data-industry"], page.meta["data-size"]) == (own["industry"], own["size"])
+    assert set(page.figures) == {"merchant-standing"}
+    assert page.figures["merchant-standing"]["svg"] is not None
+    by_merchant = {r["period_start"]: r for r in rows if r["merchant_id"] == mid}
+    table = page.table("merchant-standing")
+    for metric in METRICS:
+        value, percentile, values = want[metric.column]
+        card = page.cards[metric.column]
+        assert card["attrs"]["data-value"] == exact(by_merchant[dt.date(2023, 1, 1)][metric.column])
+        if percentile is None:
+            assert card["attrs"]["data-percentile"] == ""
+        else:
+            assert float(card["attrs"]["data-percentile"]) == pytest.approx(percentile, abs=1e-9)
+        cells = table[metric.title]
+        assert cells[0] == exact(by_merchant[dt.date(2022, 1, 1)][metric.column])
+        assert cells[4] == str(len(values))
+        if values:
+            p25, median, p75 = np.percentile(values, [25, 50, 75])
+            assert [float(c) for c in cells[5:8]] == [pytest.approx(x, rel=1e-12) for x in (p25, median, p75)]
+        before, now = by_merchant[dt.date(2022, 1, 1)][metric.column], by_merchant[dt.date(2023, 1, 1)][metric.column]
+        if metric.unit in RATES:
+            change = rate_change(metric.unit, before, now)
+            assert cells[2] == "" if change is None else float(cells[2]) == pytest.approx(change, abs=1e-9)
+        elif metric.column != "reward_revenue" or own["reward_revenue_yoy"] is not None:
+            assert cells[2] == exact(by_merchant[dt.date(2023, 1, 1)][f"{metric.column}_yoy"])
+    # The benchmarks API agrees on the percentiles it covers.
+    bench = {r["metric"]: r for r in lm.benchmarks(orders, merchants, by=["industry", "size"], per_merchant=True)
+             .to_pylist() if r["merchant_id"] == mid and r["period_start"] == dt.date(2023, 1, 1)}
+    for column, row in bench.items():
+        if column in page.cards:
+            assert page.cards[column]["attrs"]["data-percentile"] == exact(row["percentile"])
+
+
+def test_scorecard_refuses_an_unknown_merchant(network):
+    _, orders, merchants = network
+    with pytest.raises(ValueError, match="no merchant 'nobody' in the orders"):
+        lm.report(orders, merchants, merchant="nobody")
+    with pytest.raises(ValueError, match="no merchant '99999'"):
+        lm.report(orders, merchants, merchant=99999)
+
+
+def test_scorecard_finds_a_merchant_by_name(tmp_path, network):
+    _, orders, merchants = network
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(merchants)
+    names = pa.array([f"Store {i}" for i in table.column("merchant_id").to_pylist()])
+    named = tmp_path / "named.parquet"
+    pq.write_table(table.append_column("name", names), named)
+    page = Page(lm.report(orders, str(named), merchant="store 3"))
+    assert page.meta["data-merchant"] == "3"
+    assert "Store 3" in page.text
+
+
+def test_cli_writes_a_scorecard(network, capsys):
+    folder, orders, merchants = network
+    out = folder / "card-cli.html"
+    assert main(["report", orders, "--merchants", merchants, "--merchant", "2", "-o", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == lm.report(orders, merchants, merchant="2")
+    assert main(["report", orders, "--merchants", merchants, "--merchant", "nobody",
+                 "-o", str(folder / "none.html")]) == 1
+    assert "no merchant 'nobody'" in capsys.readouterr().err
+    assert not (folder / "none.html").exists()
