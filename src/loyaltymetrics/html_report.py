@@ -637,7 +637,41 @@ def yoy_bar_chart(categories, previous, latest, changes, labels, ylabel, bands=N
     ax.set_ylim(bottom - (pad * 3 if bottom < 0 else 0), top + pad * 3)
     _style_axes(ax, categories, ylabel, money)
     handles, names = ax.get_legend_handles_labels()
-    ax.legend(handles, names, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.legend(handles, names, fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
+    return _svg(fig)
+
+
+@_literal_text
+def reward_chart(categories, shares, share_changes, medians, bands, labels, money_label, currency):
+    """Reward-generated value of a breakdown: left the share of revenue (pooled), right the typical
+    merchant's value (median, with the p25-p75 whisker in the latest period), each year beside the other."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12.8, 3.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    n, width = len(categories), 0.38
+    xs = range(n)
+    left.bar([x - width / 2 for x in xs], _nan(shares[0]), width, label=labels[0], color=PREVIOUS_COLOR)
+    bars = left.bar([x + width / 2 for x in xs], _nan(shares[1]), width, label=labels[1], color=LATEST_COLOR)
+    for bar, value, change in zip(bars, shares[1], share_changes):
+        left.annotate(fmt_pp(change), (bar.get_x() + bar.get_width() / 2, value or 0), xytext=(0, 2),
+                      textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                      color="#555555" if change is None else "#1b7a3a" if change >= 0 else "#b3261e")
+    finite = [v for v in shares[0] + shares[1] if v is not None]
+    left.set_ylim(0, (max(finite + [0]) or 1) * 1.15)
+    _style_axes(left, categories, "% of the group\u2019s revenue")
+    left.set_title("Share of revenue from reward orders (all the group\u2019s orders)", fontsize=9)
+    left.legend(fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=2)
+    right.bar([x - width / 2 for x in xs], _nan(medians[0]), width, label=labels[0], color=PREVIOUS_COLOR)
+    right.bar([x + width / 2 for x in xs], _nan(medians[1]), width, label=labels[1], color=LATEST_COLOR)
+    for x, band in zip(xs, bands):
+        if band:
+            low, mid, high = band
+            right.errorbar([x + width / 2], [mid], yerr=[[mid - low], [high - mid]], fmt="none", color="#111111",
+                           capsize=3, linewidth=1, label="p25\u2013p75" if x == 0 else None)
+    _style_axes(right, categories, "per merchant" + money_label, currency)
+    right.set_title("The typical merchant\u2019s reward-generated value (median)", fontsize=9)
+    right.legend(fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=3)
     return _svg(fig)
 
 
@@ -681,7 +715,7 @@ def series_bar_chart(categories, series, ylabel, reference=None, colors=SERIES_C
     if reference is not None:
         ax.axhline(reference, color="#333333", linewidth=0.8, linestyle="--")
     _style_axes(ax, categories, ylabel)
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.legend(fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=max(k, 1))
     return _svg(fig)
 
 
@@ -735,6 +769,7 @@ p.warning { margin: 8px 0; padding: 8px 12px; font-size: 13px; background: #fff4
 ol.findings li { margin: 4px 0; font-size: 14px; }
 .up { color: #1b7a3a; } .down { color: #b3261e; } .flat { color: #4a5868; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
+.single { display: grid; grid-template-columns: 1fr; gap: 16px; }
 figure { background: #fff; margin: 8px 0; padding: 10px 12px; border-radius: 8px;
          box-shadow: 0 1px 3px rgba(0,0,0,.08); }
 figure svg { display: block; width: 100%; height: auto; }
@@ -808,7 +843,8 @@ def render(data, *, title="Loyalty report", cohort_count=24):
         f"the input's minor units (cents) ÷ {MINOR_PER_MAJOR}. "
         f"YoY is the change against the same {esc(data.period)} a year earlier: in percentage points (pp) for "
         "rates (repeat rate, retention, loyalty ROI), in percent of the earlier value for amounts. "
-        "Text and charts round money ($889.7M); the \u201cNumbers\u201d tables hold it exactly.</p>"
+        f"Text and charts round money ({esc(readable(page.network_latest['revenue'], 'money', data.currency))} "
+        "of revenue); the \u201cNumbers\u201d tables under the charts hold it exactly.</p>"
         f'<p class="meta">{esc(source)}</p>{page.warnings()}</header>'
         + "".join(sections)
         + "<footer><p>Made by loyaltymetrics: every number is a value of compute(), concentration() "
@@ -904,8 +940,11 @@ class Page:
                  f"merchant of the group in {esc(self.labels[1])}, its median and the p25\u2013p75 spread of the "
                  "merchants\u2019 own values.</p>"]
         for metric in METRICS:
+            # Reward-generated value is a sum, so pooled by group it mostly shows the group's size: its
+            # charts show the share of revenue and the typical merchant's value instead, full width.
+            layout = "single" if metric.column == "reward_revenue" else "pair"
             parts.append(f'<h3 id="{metric.column}">{esc(metric.title)}</h3>'
-                         f'<p class="definition">{esc(metric.definition)}</p><div class="pair">')
+                         f'<p class="definition">{esc(metric.definition)}</p><div class="{layout}">')
             for key, name in DIMENSIONS:
                 parts.append(self.yoy_figure(metric, key, name))
             parts.append("</div>")
@@ -943,15 +982,17 @@ class Page:
         typical_before = self.typical(key, self.previous, metric.column)
         header = [name, self.labels[0], self.labels[1], "YoY (pp)" if kind == "pp" else "YoY (%)"]
         if metric.column == "reward_revenue":
-            header += [f"share of revenue {self.labels[0]}", f"share of revenue {self.labels[1]}"]
+            header += [f"share of revenue {self.labels[0]}", f"share of revenue {self.labels[1]}",
+                       "share of revenue YoY (pp)"]
         header += [f"median merchant {self.labels[0]}", f"median merchant {self.labels[1]}",
                    f"p25 {self.labels[1]}", f"p75 {self.labels[1]}", f"merchants {self.labels[1]}"]
         rows = []
         for c, p, v, (ch, _) in zip(categories, previous, latest, changes):
             row = [c, (p, unit), (v, unit), (ch, kind)]
             if metric.column == "reward_revenue":
-                row += [(_divide(p, self._value(self.previous_rows[key], c, "revenue")), "fraction"),
-                        (_divide(v, self._value(self.latest_rows[key], c, "revenue")), "fraction")]
+                before = _divide(p, self._value(self.previous_rows[key], c, "revenue"))
+                now = _divide(v, self._value(self.latest_rows[key], c, "revenue"))
+                row += [(before, "fraction"), (now, "fraction"), (self.change("fraction", before, now, None)[0], "pp")]
             t, tb = typical.get(c, {}), typical_before.get(c, {})
             row += [(tb.get("median"), unit), (t.get("median"), unit), (t.get("p25"), unit), (t.get("p75"), unit),
                     (t.get("merchants", 0), "count")]
@@ -964,10 +1005,17 @@ class Page:
         ylabel = metric.axis + (self.money if unit == "money" else "")
         bands = [None if c not in typical else tuple(shown(typical[c][q], unit) for q, _ in QUANTILES)
                  for c in categories]
-        svg = yoy_bar_chart(categories, [shown(v, unit) for v in previous], [shown(v, unit) for v in latest],
-                            [fmt_pp(ch) if k == "pp" else fmt_change(ch) for ch, k in changes], self.labels, ylabel,
-                            bands=bands, money=self.data.currency if unit == "money" else False,
-                            signs=[ch for ch, _ in changes])
+        if metric.column == "reward_revenue":
+            shares = [[shown(row[4 + i][0], "fraction") for row in rows] for i in range(2)]
+            share_changes = [row[6][0] for row in rows]
+            medians = [[shown(row[7 + i][0], unit) for row in rows] for i in range(2)]
+            svg = reward_chart(categories, shares, share_changes, medians, bands, self.labels,
+                               self.money, self.data.currency)
+        else:
+            svg = yoy_bar_chart(categories, [shown(v, unit) for v in previous], [shown(v, unit) for v in latest],
+                                [fmt_pp(ch) if k == "pp" else fmt_change(ch) for ch, k in changes], self.labels,
+                                ylabel, bands=bands, money=self.data.currency if unit == "money" else False,
+                                signs=[ch for ch, _ in changes])
         return figure_html(chart_id, caption, svg, f"{caption}, {self.labels[0]} and {self.labels[1]}", table)
 
     @staticmethod
