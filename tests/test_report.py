@@ -1,12 +1,9 @@
 """The HTML report shows compute()'s and the analyses' values, every chart, and nothing from outside."""
-import base64
 import datetime as dt
-import io
 import math
 import sys
 from html.parser import HTMLParser
 
-import matplotlib.image
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest

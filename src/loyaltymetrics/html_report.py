@@ -1,14 +1,16 @@
-"""The loyalty report: one self-contained HTML file of the network's metrics, charts and tables.
+"""The loyalty report: one self-contained HTML file of the network's metrics, charts and tables,
+or one merchant's scorecard.
 
-Every number shown is a value of ``compute()``, ``concentration()`` or
-``cohorts()`` (converted for display only: money ÷ 100, rates × 100); the
-report never recomputes a metric. Charts are PNG images embedded as base64
-``data:`` URLs, drawn with matplotlib's Agg canvas (no pyplot, so no global
-state and no display needed); the page loads nothing else and runs no script.
+Every number shown is a value of ``compute()``, ``benchmarks()``,
+``concentration()`` or ``cohorts()`` (converted for display only: money ÷ 100,
+rates × 100), or a ratio or difference of two of them said so on the page
+(share of revenue, participants' values from SPEC §4 counts, YoY in points);
+the report never recomputes a metric from orders. Charts are inline SVG drawn
+with matplotlib's SVG canvas (no pyplot, so no global state and no display
+needed); the page loads nothing else and runs no script.
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
 import io
@@ -1136,9 +1138,11 @@ class Page:
             a, b = group_value(n, mine), group_value(n, others)
             if n[lift] is None or a is None or b is None:
                 continue
-            parts.append(f"{esc(label)} {self.ref(fmt(n[lift], 'lift'), 'member-lifts-by-industry', ALL_MERCHANTS, LIFTS_LABEL[lift], n[lift])}"
-                         f" ({self.ref(readable(a, unit, currency), 'participant-values', label, 'participants', a)}"
-                         f" against {self.ref(readable(b, unit, currency), 'participant-values', label, 'non-participants', b)})")
+            lift_ref = self.ref(fmt(n[lift], "lift"), "member-lifts-by-industry", ALL_MERCHANTS, LIFTS_LABEL[lift],
+                                n[lift])
+            mine_ref = self.ref(readable(a, unit, currency), "participant-values", label, "participants", a)
+            others_ref = self.ref(readable(b, unit, currency), "participant-values", label, "non-participants", b)
+            parts.append(f"{esc(label)} {lift_ref} ({mine_ref} against {others_ref})")
         if parts:
             items.append(f"Program participants against non-participants in {esc(self.labels[1])}: "
                          + "; ".join(parts) + ".")
@@ -1398,7 +1402,8 @@ def scorecard_html(data, merchant, *, title):
         "Percentile: 100 \u00d7 (merchants below + half those equal) \u00f7 merchants in the group with a value; "
         "50 is the typical merchant, higher is a larger value. YoY in percentage points for rates, percent "
         "for amounts.</p>"
-        f"<p class=\"meta\">orders: {esc(data.source)}; merchants: {esc(data.merchants_source or 'none given')}</p>{few}</header>"
+        f"<p class=\"meta\">orders: {esc(data.source)}; "
+        f"merchants: {esc(data.merchants_source or 'none given')}</p>{few}</header>"
         f'<section id="scorecard"><h2>{esc(name)} in {esc(labels[1])}</h2><div class="cards">{"".join(cards)}</div>'
         "</section>"
         f'<section id="standing"><h2>Where it stands in its group</h2>'
