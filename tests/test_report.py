@@ -648,7 +648,7 @@ def test_scorecard_is_the_merchants_standing(network, tmp_path):
         if metric.unit in RATES:
             change = rate_change(metric.unit, before, now)
             assert cells[2] == "" if change is None else float(cells[2]) == pytest.approx(change, abs=1e-9)
-        elif metric.column != "reward_revenue" or own["reward_revenue_yoy"] is not None:
+        else:
             assert cells[2] == exact(by_merchant[dt.date(2023, 1, 1)][f"{metric.column}_yoy"])
     # The benchmarks API agrees on the percentiles it covers.
     bench = {r["metric"]: r for r in lm.benchmarks(orders, merchants, by=["industry", "size"], per_merchant=True)
@@ -688,3 +688,29 @@ def test_cli_writes_a_scorecard(network, capsys):
                  "-o", str(folder / "none.html")]) == 1
     assert "no merchant 'nobody'" in capsys.readouterr().err
     assert not (folder / "none.html").exists()
+
+
+def test_scorecard_yoy_follows_the_merchant_across_size_buckets(network):
+    """A merchant that changed size bucket still has its YoY: it compares the merchant, not the bucket."""
+    _, orders, merchants = network
+    rows = lm.compute(orders, merchants, by=["merchant", "size"]).to_pylist()
+    sizes = {}
+    for r in rows:
+        sizes.setdefault(r["merchant_id"], {})[r["period_start"].year] = r["size"]
+    moved = [m for m, s in sizes.items() if 2022 in s and 2023 in s and s[2022] != s[2023]]
+    assert moved, "the fixture has a merchant that changed size bucket"
+    mine = {r["period_start"].year: r for r in lm.compute(orders, merchants, by=["merchant"]).to_pylist()
+            if r["merchant_id"] == moved[0]}
+    page = Page(lm.report(orders, merchants, merchant=moved[0]))
+    for metric in METRICS:
+        if metric.unit not in RATES:
+            assert page.cards[metric.column]["attrs"]["data-yoy"] == exact(mine[2023][f"{metric.column}_yoy"])
+    assert page.cards["reward_revenue"]["attrs"]["data-yoy"] != ""
+
+
+def test_scorecard_without_merchants_table(network):
+    _, orders, _ = network
+    page = Page(lm.report(orders, merchant=1))
+    assert page.meta["data-industry"] == "unknown"
+    assert page.cards["loyalty_roi"]["attrs"]["data-value"] == ""
+    assert page.cards["aov"]["attrs"]["data-percentile"] != ""

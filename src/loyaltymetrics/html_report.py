@@ -212,7 +212,7 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
             year=year, period_start=period_start, currency=currency,
             standing=benchmarks(orders, merchants, by=["industry", "size"], period=period, per_merchant=True,
                                 metrics=BENCHMARKED + tuple(f"{m}_yoy" for m in BENCHMARKED), **options),
-            per_merchant=compute(orders, merchants, by=["merchant", "industry", "size"], period=period, **options),
+            per_merchant=compute(orders, merchants, by=["merchant"], period=period, **options),
             group_stats=benchmarks(orders, merchants, by=["industry", "size"], period=period, metrics=BENCHMARKED,
                                    **options))
         text = scorecard_html(data, merchant, title=title)
@@ -282,7 +282,9 @@ class ReportData:
     # A scorecard's: benchmarks(by=["industry", "size"], per_merchant=True) with the six metrics and
     # their _yoy, and the same groups' distribution.
     standing: pa.Table | None = None
-    per_merchant: pa.Table | None = None  # compute(by=["merchant", "industry", "size"]): reward-generated value
+    # Reward-generated value per merchant: compute(by=["merchant", "industry", "size"]) for the report,
+    # compute(by=["merchant"]) for a scorecard (its group's merchants are the benchmarks table's).
+    per_merchant: pa.Table | None = None
     group_stats: pa.Table | None = None
 
 
@@ -1349,12 +1351,12 @@ def scorecard_html(data, merchant, *, title):
                       and r["size"] == size and r["metric"] == metric.column and _finite(r["value"])]
             pct = now[metric.column]["percentile"]
             group = stats.get(metric.column, {})
-        else:  # a base count: compute(by=["merchant", "industry", "size"]), percentiles as benchmarks makes them
+        else:  # a base count: compute(by=["merchant"]) over the group's merchants, percentiles as benchmarks
             value = own[latest][metric.column]
             earlier = own[previous][metric.column] if previous in own else None
             yoy = own[latest][f"{metric.column}_yoy"]
             values = [r[metric.column] for r in counts if r["period_start"] == latest
-                      and r["industry"] == industry and r["size"] == size and _finite(r[metric.column])]
+                      and r["merchant_id"] in peers and _finite(r[metric.column])]
             pct = standing(value, values) if _finite(value) and values else None
             group = {"merchants": len(values)}
             if values:
@@ -1412,7 +1414,8 @@ def scorecard_html(data, merchant, *, title):
         f"{figure}</section>"
         "<footer><p>Made by loyaltymetrics: the merchant\u2019s values and percentiles are "
         "benchmarks(by=[\"industry\", \"size\"], per_merchant=True), the group\u2019s p25, median and p75 "
-        "benchmarks(by=[\"industry\", \"size\"]), over the same orders.</p></footer>"
+        "benchmarks(by=[\"industry\", \"size\"]), over the same orders; reward-generated value (a count "
+        "benchmarks does not take) is compute(by=[\"merchant\"]) with the same percentile rules.</p></footer>"
         "</main></body></html>\n")
 
 
