@@ -582,7 +582,7 @@ def _style_axes(ax, categories, ylabel, money=False):
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(axis="y", labelsize=8)
     if money is not False:  # ticks like "$1.5M": the currency on the axis itself
-        ax.yaxis.set_major_formatter(lambda x, _pos=None: money_text(x, money, minor=False))
+        ax.yaxis.set_major_formatter(lambda x, _pos=None: axis_money(x, money))
     else:
         ax.yaxis.set_major_formatter(_axis_number)
     ax.axhline(0, color="#555555", linewidth=0.6)
@@ -590,6 +590,16 @@ def _style_axes(ax, categories, ylabel, money=False):
         ax.spines[side].set_visible(False)
     ax.grid(axis="y", color="#e4e7eb", linewidth=0.6)
     ax.set_axisbelow(True)
+
+
+def axis_money(x, currency):
+    """A money tick: "$200", "$1.5M" (major units; the currency's symbol, else its code after)."""
+    number = _axis_number(abs(x))
+    sign = "\u2212" if x < 0 else ""
+    symbol = CURRENCY_SYMBOLS.get(currency or "")
+    if symbol:
+        return f"{sign}{symbol}{number}"
+    return f"{sign}{number} {currency}" if currency else f"{sign}{number}"
 
 
 def _axis_number(x, _pos=None):
@@ -1448,7 +1458,7 @@ def strip_chart(panels, name):
         ax.set_title(title, fontsize=9, loc="left")
         ax.tick_params(axis="x", labelsize=8)
         if money is not False:
-            ax.xaxis.set_major_formatter(lambda x, _pos=None: money_text(x, money, minor=False))
+            ax.xaxis.set_major_formatter(lambda x, _pos=None, code=money: axis_money(x, code))
         else:
             ax.xaxis.set_major_formatter(_axis_number)
         for side in ("top", "right", "left"):
