@@ -936,7 +936,7 @@ class Page:
             cards.append(
                 f'<div class="card" data-metric="{column}" data-value="{esc(data_value(value))}" '
                 f'data-yoy="{esc(data_value(change))}" data-yoy-unit="{"pp" if kind == "pp" else "%"}">'
-                f'<div class="label">{esc(label)}</div>'
+                f'<div class="label">{esc(label)}{self.money if unit == "money" else ""}</div>'
                 f'<div class="value">{esc(readable(value, unit, currency))}</div>{extra}'
                 f'<div class="change {tone}">{esc(fmt_pp(change) if kind == "pp" else fmt_change(change))} YoY '
                 f'<span class="flat">({esc(self.labels[0])}: {esc(readable(before, unit, currency))})</span>'
