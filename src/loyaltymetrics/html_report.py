@@ -36,7 +36,7 @@ ALL_MERCHANTS = "all merchants"
 
 # How a column is shown. "money": minor units ÷ 100; "fraction": × 100 as a percent;
 # "percent": already a percent; "number": as is; "lift": a ratio, 1 = no difference.
-UNITS = ("money", "fraction", "percent", "number", "lift", "count")
+UNITS = ("money", "fraction", "percent", "number", "lift", "count", "percentile")
 
 
 @dataclass(frozen=True)
