@@ -852,7 +852,8 @@ def render(data, *, title="Loyalty report", cohort_count=24):
         f"<style>{CSS}</style></head><body><main>"
         f"<header><h1>{esc(title)}</h1>"
         f'<p class="meta" data-latest="{latest.isoformat()}" data-previous="{previous.isoformat()}">'
-        f"{esc(labels[1])} against {esc(labels[0])}, by calendar {esc(data.period)} in UTC. "
+        f"{esc(labels[1])} against {esc(labels[0])}, by calendar {esc(data.period)} in each merchant's time "
+        "zone (UTC unless set). "
         f"Money is shown in major units{f' ({esc(data.currency)})' if data.currency else ''}: "
         f"the input's minor units (cents) ÷ {MINOR_PER_MAJOR}. "
         f"YoY is the change against the same {esc(data.period)} a year earlier: in percentage points (pp) for "
