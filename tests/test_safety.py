@@ -354,14 +354,14 @@ def test_report_draws_industry_names_literally(tmp_path, monkeypatch):
 
     names = ["$\\frac$", "Toys $ Games $", "Home"]
     figures = []
-    real_png = html_report._png
+    real_svg = html_report._svg
 
     def capture(fig):
-        png = real_png(fig)  # draws every text, tick labels included
+        svg = real_svg(fig)  # draws every text, tick labels included
         figures.append(fig)
-        return png
+        return svg
 
-    monkeypatch.setattr(html_report, "_png", capture)
+    monkeypatch.setattr(html_report, "_svg", capture)
     day = dt.datetime(2022, 3, 1, tzinfo=UTC)
     rows = [(m, c, day.replace(year=y)) for m in (1, 2, 3) for c in (1, 2) for y in (2022, 2023)]
     orders = pa.table({"merchant_id": pa.array([r[0] for r in rows], pa.int64()),

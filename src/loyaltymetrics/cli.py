@@ -550,6 +550,9 @@ def _add_report_parser(sub):
     which.add_argument("--period-start", type=_iso_date, metavar="DATE",
                        help="headline the period starting on DATE (YYYY-MM-DD, e.g. 2024-01-01) "
                             "instead of the latest complete period")
+    p.add_argument("--merchant", metavar="NAME|ID",
+                   help="write one merchant's scorecard instead: its metrics, YoY and percentile within its "
+                        "industry x size group (a merchant_id, or a name from the merchants table)")
     _add_currency(p)
     _add_quiet(p)
 
@@ -561,7 +564,7 @@ def _report(args):
         report(args.orders, args.merchants, args.output, period=args.period, title=args.title, top=args.top,
                columns=args.columns, size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
                threads=args.threads, year=args.year, period_start=args.period_start, currency=args.currency,
-               progress=not args.quiet, **_observation(args), **_timezone(args))
+               progress=not args.quiet, merchant=args.merchant, **_observation(args), **_timezone(args))
     except ImportError as e:  # matplotlib missing: say what to install, without a traceback
         print(f"loyaltymetrics: error: {e}", file=sys.stderr)
         return 1

@@ -1,18 +1,21 @@
-"""The loyalty report: one self-contained HTML file of the network's metrics, charts and tables.
+"""The loyalty report: one self-contained HTML file of the network's metrics, charts and tables,
+or one merchant's scorecard.
 
-Every number shown is a value of ``compute()``, ``concentration()`` or
-``cohorts()`` (converted for display only: money ÷ 100, rates × 100); the
-report never recomputes a metric. Charts are PNG images embedded as base64
-``data:`` URLs, drawn with matplotlib's Agg canvas (no pyplot, so no global
-state and no display needed); the page loads nothing else and runs no script.
+Every number shown is a value of ``compute()``, ``benchmarks()``,
+``concentration()`` or ``cohorts()`` (converted for display only: money ÷ 100,
+rates × 100), or a ratio or difference of two of them said so on the page
+(share of revenue, participants' values from SPEC §4 counts, YoY in points);
+the report never recomputes a metric from orders. Charts are inline SVG drawn
+with matplotlib's SVG canvas (no pyplot, so no global state and no display
+needed); the page loads nothing else and runs no script.
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
 import io
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,7 +36,7 @@ ALL_MERCHANTS = "all merchants"
 
 # How a column is shown. "money": minor units ÷ 100; "fraction": × 100 as a percent;
 # "percent": already a percent; "number": as is; "lift": a ratio, 1 = no difference.
-UNITS = ("money", "fraction", "percent", "number", "lift", "count")
+UNITS = ("money", "fraction", "percent", "number", "lift", "count", "percentile")
 
 
 @dataclass(frozen=True)
@@ -60,17 +63,36 @@ METRICS = (
            "(Reward-generated value − program fees) ÷ program fees × 100; fees are the merchants' "
            "annual_fee for the months of the period.", "% return on fees"),
 )
+SIX = tuple(m.column for m in METRICS)
+# benchmarks() takes SPEC §5 metrics; reward-generated value is a §4 count, so its typical merchant
+# comes from compute(by=["merchant", "industry", "size"]) with NumPy's percentiles (the same method).
+BENCHMARKED = tuple(c for c in SIX if c != "reward_revenue")
 HEADLINE = (
-    ("orders", "Orders", "count"),
     ("revenue", "Revenue", "money"),
     ("reward_revenue", "Reward-generated value", "money"),
+    ("orders", "Orders", "count"),
     ("merchants", "Merchants", "count"),
+    ("clv", "Customer lifetime value", "money"),
+    ("aov", "Average order value", "money"),
+    ("repeat_customer_rate", "Repeat customer rate", "fraction"),
+    ("loyalty_roi", "Loyalty ROI", "percent"),
 )
+# Participants and non-participants (SPEC §5's lifts, numerator and denominator): (label, unit,
+# participants' (numerator, denominator), non-participants' (numerator, denominator)); "a-b" is a difference.
+GROUP_VALUES = (
+    ("repeat rate", "fraction", ("member_repeat_customers", "reward_customers"),
+     ("repeat_customers-member_repeat_customers", "customers-reward_customers")),
+    ("AOV", "money", ("member_revenue", "member_orders"), ("revenue-member_revenue", "orders-member_orders")),
+    ("purchase frequency", "number", ("member_orders", "reward_customers"),
+     ("orders-member_orders", "customers-reward_customers")),
+)
+QUANTILES = (("p25", 25), ("median", 50), ("p75", 75))
 LIFTS = (
     ("member_repeat_lift", "repeat rate"),
     ("member_aov_lift", "AOV"),
     ("member_frequency_lift", "purchase frequency"),
 )
+LIFTS_LABEL = dict(LIFTS)
 RETENTION = (
     ("retention_rate", "retention rate (E − N) / B"),
     ("strict_retention_rate", "strict retention (bought in both periods)"),
@@ -88,7 +110,7 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
            chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, observation_start: DateLike | None = None,
            observation_end: DateLike | None = None, year: int | None = None,
            period_start: DateLike | None = None, currency: str | None = None, progress: bool = False,
-           timezone: str | None = None) -> str:
+           timezone: str | None = None, merchant: int | str | None = None) -> str:
     """Write an HTML loyalty report of a complete period against the same period a year earlier.
 
     Parameters
@@ -128,6 +150,13 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
     progress : bool
         A progress bar on stderr for each pass over the orders, when stderr
         is a terminal.
+    merchant : int or str, optional
+        Write one merchant's scorecard instead of the network report: its
+        six metrics in the headline period, their YoY, and its percentile
+        among the merchants of its industry × size group, drawn against the
+        group's distribution. A merchant_id, or a name from the merchants
+        table's ``name`` column; ``ValueError`` when it names no merchant
+        with orders, or none in the headline period.
 
     Returns
     -------
@@ -159,6 +188,7 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
     if path is not None:  # refused before any work: the report never replaces its input
         check_output_path(path, [orders, merchants])
     _require_matplotlib()
+    from .benchmark_analysis import benchmarks
     from .cohort_analysis import cohorts
     from .concentration_analysis import concentration
 
@@ -172,6 +202,24 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
         from .display import reporting_currency
 
         currency = reporting_currency(orders)
+    if merchant is not None:
+        network = compute(orders, merchants, by=[], period=period, **options)
+        headline_periods(network, period, year, period_start)
+        data = ReportData(
+            period=period, network=network, by_industry=None, by_size=None, concentration=None, cohorts=None,
+            size_order=tuple(size_labels(size_edges)), top=top, has_merchants=merchants is not None,
+            source=source_label(orders), merchants_source=None if merchants is None else source_label(merchants),
+            year=year, period_start=period_start, currency=currency,
+            standing=benchmarks(orders, merchants, by=["industry", "size"], period=period, per_merchant=True,
+                                metrics=BENCHMARKED + tuple(f"{m}_yoy" for m in BENCHMARKED), **options),
+            per_merchant=compute(orders, merchants, by=["merchant"], period=period, **options),
+            group_stats=benchmarks(orders, merchants, by=["industry", "size"], period=period, metrics=BENCHMARKED,
+                                   **options))
+        text = scorecard_html(data, merchant, title=title)
+        if path is not None:
+            with atomic_output(path, [orders, merchants]) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+        return text
     # First: it rejects a bad ``top`` before reading any orders. Then the network: it says
     # whether there is a period to headline before the other passes run.
     top_share = concentration(orders, merchants, by=["industry"], period=period, top=top, **options)
@@ -182,6 +230,9 @@ def report(orders: Orders, merchants: Merchants | None = None, path: PathLike | 
         network=network,
         by_industry=compute(orders, merchants, by=["industry"], period=period, **options),
         by_size=compute(orders, merchants, by=["size"], period=period, **options),
+        per_merchant=compute(orders, merchants, by=["merchant", "industry", "size"], period=period, **options),
+        typical={key: benchmarks(orders, merchants, by=[key], period=period, metrics=BENCHMARKED, **options)
+                 for key, _ in DIMENSIONS},
         concentration=top_share,
         cohorts=cohorts(orders, merchants, by=[], period="month", **options),
         size_order=tuple(size_labels(size_edges)),
@@ -226,6 +277,15 @@ class ReportData:
     year: int | None = None               # the headline period chosen (default: the latest complete one)
     period_start: dt.date | None = None
     currency: str | None = None  # shown with money; None: "major units"
+    # benchmarks() distribution tables of the six metrics: {"industry": by industry, "size": by size}
+    typical: dict | None = None
+    # A scorecard's: benchmarks(by=["industry", "size"], per_merchant=True) with the six metrics and
+    # their _yoy, and the same groups' distribution.
+    standing: pa.Table | None = None
+    # Reward-generated value per merchant: compute(by=["merchant", "industry", "size"]) for the report,
+    # compute(by=["merchant"]) for a scorecard (its group's merchants are the benchmarks table's).
+    per_merchant: pa.Table | None = None
+    group_stats: pa.Table | None = None
 
 
 def _check_choice(year, period_start):
@@ -339,11 +399,108 @@ def fmt(value, unit):
         return f"{x:,.1f}%"
     if unit == "lift":
         return f"{x:.2f}×"
+    if unit == "percentile":
+        return f"{x:.1f}"
     return f"{x:,.2f}"
 
 
 def fmt_change(yoy):
     return "n/a" if yoy is None else f"{yoy:+.1f}%"
+
+
+def fmt_pp(change):
+    """A change of a rate in percentage points."""
+    return "n/a" if change is None else f"{change:+.1f} pp"
+
+
+RATE_UNITS = ("fraction", "percent")
+
+
+def change_of(unit, previous, latest, yoy, comparable=True):
+    """(value, kind) of the YoY change the page shows: percentage points for rates, compute's _yoy for amounts.
+
+    For a rate (``fraction`` or ``percent``) the change is ``shown(latest) − shown(previous)``
+    in percentage points, defined when both periods are complete (``comparable``) and
+    both values exist; for an amount it is compute's ``_yoy`` (percent of the earlier value).
+    """
+    if unit in RATE_UNITS:
+        if not comparable or previous is None or latest is None:
+            return None, "pp"
+        return shown(latest, unit) - shown(previous, unit), "pp"
+    return yoy, "change"
+
+
+CURRENCY_SYMBOLS = {"USD": "$", "EUR": "\u20ac", "GBP": "\u00a3", "JPY": "\u00a5", "CAD": "CA$", "AUD": "A$",
+                    "INR": "\u20b9", "CNY": "CN\u00a5", "BRL": "R$", "MXN": "MX$"}
+
+
+def short_number(x):
+    """889703054.91 -> "889.7M"; below 1,000 two decimals."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale * 0.9995:
+            return f"{x / scale:,.1f}{suffix}"
+    return f"{x:,.2f}"
+
+
+def money_text(value, currency, minor=True):
+    """Money for reading: "$889.7M" (USD), "889.7M SEK", "889.7M" without a currency; "n/a" for null."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    x = value / MINOR_PER_MAJOR if minor else value
+    number = short_number(abs(x))
+    sign = "\u2212" if x < 0 else ""
+    symbol = CURRENCY_SYMBOLS.get(currency or "")
+    if symbol:
+        return f"{sign}{symbol}{number}"
+    return f"{sign}{number} {currency}" if currency else f"{sign}{number}"
+
+
+def readable(value, unit, currency):
+    """The text of a value in sentences, cards and charts: money short with its currency, else as ``fmt``."""
+    return money_text(value, currency) if unit == "money" else fmt(value, unit)
+
+
+def _divide(a, b):
+    """a ÷ b, None where either is missing or b is 0 (SPEC §5's rule for a zero denominator)."""
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _term(row, expression):
+    """A base count of ``row``, or "a-b": a difference of two."""
+    names = expression.split("-")
+    values = [row[n] for n in names]
+    if any(v is None for v in values):
+        return None
+    return values[0] - sum(values[1:])
+
+
+def counted_distribution(per_merchant, key, start, column):
+    """{group of ``key``: {"merchants", "p25", "median", "p75"}} of a base count over the merchants of
+    ``per_merchant`` (compute by merchant, industry and size) in the period at ``start``: NumPy's linear
+    percentiles, as benchmarks() computes them for the §5 metrics."""
+    import numpy as np
+
+    if per_merchant is None:
+        return {}
+    values = {}
+    for row in per_merchant.to_pylist():
+        if row["period_start"] == start and row[column] is not None:
+            values.setdefault(row[key], []).append(row[column])
+    out = {}
+    for group, vs in values.items():
+        qs = np.percentile(np.array(vs, dtype=float), [q for _, q in QUANTILES])
+        out[group] = {"merchants": len(vs), **{name: float(q) for (name, _), q in zip(QUANTILES, qs)}}
+    return out
+
+
+def group_value(row, spec):
+    """Participants' or non-participants' value from the base counts (the lift's numerator or denominator)."""
+    if row is None:
+        return None
+    numerator, denominator = spec
+    return _divide(_term(row, numerator), _term(row, denominator))
 
 
 def data_value(value):
@@ -378,14 +535,37 @@ def _literal_text(chart):
     return wrapper
 
 
-def _png(fig):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+SVG_RC = {"svg.fonttype": "none",           # text stays text: selectable, searchable, sharp
+          "svg.hashsalt": "loyaltymetrics",   # no random ids: the same input gives the same page
+          "svg.image_inline": True}
 
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    # No timestamp or version in the file: the same input gives the same report.
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    return buffer.getvalue()
+
+def _svg(fig):
+    """The figure as SVG markup to inline in the page (no XML prolog, no fixed size: it scales with the page)."""
+    import matplotlib
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+
+    FigureCanvasSVG(fig)
+    buffer = io.StringIO()
+    with matplotlib.rc_context(SVG_RC):
+        # No date or version in the file: the same input gives the same report.
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    text = buffer.getvalue()
+    text = text[text.index("<svg"):]
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)  # RDF boilerplate
+    # The viewBox keeps the aspect ratio; CSS sets the width.
+    match = re.match(r'<svg([^>]*?) width="([0-9.]+)pt" height="[^"]*"', text)
+    if match:  # at most 1.5 × its natural size: wide screens do not blow the text up
+        text = (f'<svg{match.group(1)} style="max-width: {float(match.group(2)) * 2:.0f}px"'
+                + text[match.end():])
+    return text
+
+
+def scoped_svg(svg, scope):
+    """``svg`` with its ids (clip paths, markers) prefixed by ``scope``: several SVGs share one page's ids."""
+    svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{scope}-{m.group(1)}"', svg)
+    svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{scope}-{m.group(1)})", svg)
+    return re.sub(r'href="#([^"]+)"', lambda m: f'href="#{scope}-{m.group(1)}"', svg)
 
 
 def _figure(width=6.4, height=3.6):
@@ -395,18 +575,31 @@ def _figure(width=6.4, height=3.6):
     return fig, fig.add_subplot()
 
 
-def _style_axes(ax, categories, ylabel):
+def _style_axes(ax, categories, ylabel, money=False):
     ax.set_xticks(range(len(categories)))
     rotate = len(categories) > 4 or max((len(c) for c in categories), default=0) > 12
     ax.set_xticklabels(categories, rotation=30 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(axis="y", labelsize=8)
-    ax.yaxis.set_major_formatter(_axis_number)
+    if money is not False:  # ticks like "$1.5M": the currency on the axis itself
+        ax.yaxis.set_major_formatter(lambda x, _pos=None: axis_money(x, money))
+    else:
+        ax.yaxis.set_major_formatter(_axis_number)
     ax.axhline(0, color="#555555", linewidth=0.6)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.grid(axis="y", color="#e4e7eb", linewidth=0.6)
     ax.set_axisbelow(True)
+
+
+def axis_money(x, currency):
+    """A money tick: "$200", "$1.5M" (major units; the currency's symbol, else its code after)."""
+    number = _axis_number(abs(x))
+    sign = "\u2212" if x < 0 else ""
+    symbol = CURRENCY_SYMBOLS.get(currency or "")
+    if symbol:
+        return f"{sign}{symbol}{number}"
+    return f"{sign}{number} {currency}" if currency else f"{sign}{number}"
 
 
 def _axis_number(x, _pos=None):
@@ -422,8 +615,13 @@ def _nan(values):
 
 
 @_literal_text
-def yoy_bar_chart(categories, previous, latest, changes, labels, ylabel):
-    """Grouped bars, the earlier period beside the latest, each latest bar labelled with its YoY change."""
+def yoy_bar_chart(categories, previous, latest, changes, labels, ylabel, bands=None, money=False, signs=None):
+    """Grouped bars, the earlier period beside the latest, each latest bar labelled with its YoY change.
+
+    ``bands``: per category (p25, median, p75) of the merchants' own values in the latest period,
+    drawn as a diamond with a whisker over the latest bar. ``money``: the currency code (or None)
+    when the axis shows money; ``signs``: the changes as numbers, for the labels' colour.
+    """
     fig, ax = _figure()
     n = len(categories)
     width = 0.38
@@ -431,21 +629,88 @@ def yoy_bar_chart(categories, previous, latest, changes, labels, ylabel):
     ax.bar([x - width / 2 for x in xs], _nan(previous), width, label=labels[0], color=PREVIOUS_COLOR)
     bars = ax.bar([x + width / 2 for x in xs], _nan(latest), width, label=labels[1], color=LATEST_COLOR)
     finite = [v for v in previous + latest if v is not None]
+    if bands:
+        finite += [v for band in bands if band for v in band]
+        for x, band in zip(xs, bands):
+            if band:
+                low, mid, high = band
+                ax.errorbar([x + width / 2], [mid], yerr=[[mid - low], [high - mid]], fmt="D", color="#111111",
+                            markersize=4, capsize=3, linewidth=1,
+                            label="typical merchant (median, p25\u2013p75)" if x == 0 else None)
     top = max(finite + [0])
     bottom = min(finite + [0])
     pad = (top - bottom) * 0.04 or 1
-    for bar, value, change in zip(bars, latest, changes):
+    for bar, value, text, change in zip(bars, latest, changes, signs or [None] * n):
         y = 0 if value is None else value
         above = y >= 0
-        ax.annotate(fmt_change(change), (bar.get_x() + bar.get_width() / 2, y),
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, y),
                     xytext=(0, 2 if above else -2), textcoords="offset points",
                     ha="center", va="bottom" if above else "top", fontsize=7,
                     color="#1b7a3a" if change is not None and change >= 0 else
                     "#b3261e" if change is not None else "#555555")
     ax.set_ylim(bottom - (pad * 3 if bottom < 0 else 0), top + pad * 3)
-    _style_axes(ax, categories, ylabel)
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
-    return _png(fig)
+    _style_axes(ax, categories, ylabel, money)
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles, names, fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
+    return _svg(fig)
+
+
+@_literal_text
+def reward_chart(categories, shares, share_changes, medians, bands, labels, money_label, currency):
+    """Reward-generated value of a breakdown: left the share of revenue (pooled), right the typical
+    merchant's value (median, with the p25-p75 whisker in the latest period), each year beside the other."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12.8, 3.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    n, width = len(categories), 0.38
+    xs = range(n)
+    left.bar([x - width / 2 for x in xs], _nan(shares[0]), width, label=labels[0], color=PREVIOUS_COLOR)
+    bars = left.bar([x + width / 2 for x in xs], _nan(shares[1]), width, label=labels[1], color=LATEST_COLOR)
+    for bar, value, change in zip(bars, shares[1], share_changes):
+        left.annotate(fmt_pp(change), (bar.get_x() + bar.get_width() / 2, value or 0), xytext=(0, 2),
+                      textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                      color="#555555" if change is None else "#1b7a3a" if change >= 0 else "#b3261e")
+    finite = [v for v in shares[0] + shares[1] if v is not None]
+    left.set_ylim(0, (max(finite + [0]) or 1) * 1.15)
+    _style_axes(left, categories, "% of the group\u2019s revenue")
+    left.set_title("Share of revenue from reward orders (all the group\u2019s orders)", fontsize=9)
+    left.legend(fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=2)
+    right.bar([x - width / 2 for x in xs], _nan(medians[0]), width, label=labels[0], color=PREVIOUS_COLOR)
+    right.bar([x + width / 2 for x in xs], _nan(medians[1]), width, label=labels[1], color=LATEST_COLOR)
+    for x, band in zip(xs, bands):
+        if band:
+            low, mid, high = band
+            right.errorbar([x + width / 2], [mid], yerr=[[mid - low], [high - mid]], fmt="none", color="#111111",
+                           capsize=3, linewidth=1, label="p25\u2013p75" if x == 0 else None)
+    _style_axes(right, categories, "per merchant" + money_label, currency)
+    right.set_title("The typical merchant\u2019s reward-generated value (median)", fontsize=9)
+    right.legend(fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=3)
+    return _svg(fig)
+
+
+@_literal_text
+def panel_bar_chart(panels):
+    """One small panel per measure: participants' bar beside non-participants'. ``panels``:
+    (title, participants, non-participants, currency-or-False) in display units."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.6, 2.8), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    for ax, (title, mine, others, money) in zip(axes, panels):
+        values = [mine, others]
+        ax.bar([0, 1], _nan(values), 0.6, color=(LATEST_COLOR, PREVIOUS_COLOR))
+        for x, v in enumerate(values):
+            text = "n/a" if v is None else (money_text(v, money or None, minor=False) if money is not False
+                                            else f"{v:,.2f}" if "%" not in title and "rate" not in title
+                                            else f"{v:,.1f}%")
+            ax.annotate(text, (x, 0 if v is None else v), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=8)
+        finite = [v for v in values if v is not None]
+        ax.set_ylim(0, (max(finite + [0]) or 1) * 1.18)
+        _style_axes(ax, ["participants", "non-participants"], "", money)
+        ax.set_title(title, fontsize=9)
+    return _svg(fig)
 
 
 @_literal_text
@@ -464,8 +729,8 @@ def series_bar_chart(categories, series, ylabel, reference=None, colors=SERIES_C
     if reference is not None:
         ax.axhline(reference, color="#333333", linewidth=0.8, linestyle="--")
     _style_axes(ax, categories, ylabel)
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
-    return _png(fig)
+    ax.legend(fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=max(k, 1))
+    return _svg(fig)
 
 
 @_literal_text
@@ -494,7 +759,7 @@ def heat_map(row_labels, column_labels, matrix, colorbar_label):
     bar = fig.colorbar(image, ax=ax, shrink=0.8)
     bar.set_label(colorbar_label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
-    return _png(fig)
+    return _svg(fig)
 
 
 # ---------------------------------------------------------------------------
@@ -514,11 +779,14 @@ p.warning { margin: 8px 0; padding: 8px 12px; font-size: 13px; background: #fff4
 .card .label { font-size: 13px; color: #4a5868; }
 .card .value { font-size: 28px; font-weight: bold; margin: 4px 0; }
 .card .change { font-size: 13px; }
+.card .sub { font-size: 13px; color: #1f2a36; }
+ol.findings li { margin: 4px 0; font-size: 14px; }
 .up { color: #1b7a3a; } .down { color: #b3261e; } .flat { color: #4a5868; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
+.single { display: grid; grid-template-columns: 1fr; gap: 16px; }
 figure { background: #fff; margin: 8px 0; padding: 10px 12px; border-radius: 8px;
          box-shadow: 0 1px 3px rgba(0,0,0,.08); }
-figure img { display: block; max-width: 100%; height: auto; }
+figure svg { display: block; width: 100%; height: auto; }
 figcaption { font-size: 13px; font-weight: bold; margin-bottom: 6px; }
 figure p.empty { font-size: 13px; color: #4a5868; padding: 24px 8px; }
 details { font-size: 12px; margin-top: 6px; }
@@ -533,9 +801,10 @@ def esc(text):
     return html.escape(str(text), quote=True)
 
 
-def img_tag(png, alt):
-    encoded = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{encoded}">'
+def svg_tag(svg, alt, scope):
+    """The chart inline, its ids scoped to the figure, labelled for screen readers."""
+    svg = scoped_svg(svg, scope)
+    return svg.replace("<svg", f'<svg role="img" aria-label="{esc(alt)}"', 1)
 
 
 def table_html(header, rows):
@@ -546,7 +815,8 @@ def table_html(header, rows):
         for cell in row:
             if isinstance(cell, tuple):
                 value, unit = cell
-                text = fmt_change(value) if unit == "change" else fmt(value, unit)
+                text = (fmt_change(value) if unit == "change" else fmt_pp(value) if unit == "pp"
+                        else fmt(value, unit))
                 cells.append(f'<td data-value="{esc(data_value(value))}">{esc(text)}</td>')
             else:
                 cells.append(f"<td>{esc(cell)}</td>")
@@ -555,8 +825,8 @@ def table_html(header, rows):
     return "".join(out)
 
 
-def figure_html(chart_id, caption, png, alt, table, empty_reason=None):
-    body = (f'<p class="empty">{esc(empty_reason)}</p>' if png is None else img_tag(png, alt))
+def figure_html(chart_id, caption, svg, alt, table, empty_reason=None):
+    body = (f'<p class="empty">{esc(empty_reason)}</p>' if svg is None else svg_tag(svg, alt, chart_id))
     return (f'<figure data-chart="{esc(chart_id)}"><figcaption>{esc(caption)}</figcaption>{body}'
             f"<details><summary>Numbers</summary>{table}</details></figure>")
 
@@ -568,6 +838,7 @@ def render(data, *, title="Loyalty report", cohort_count=24):
     page = Page(data, latest, previous, labels)
     sections = [
         page.headline(),
+        page.findings(),
         page.metric_sections(),
         page.participants(),
         page.retention(),
@@ -581,10 +852,14 @@ def render(data, *, title="Loyalty report", cohort_count=24):
         f"<style>{CSS}</style></head><body><main>"
         f"<header><h1>{esc(title)}</h1>"
         f'<p class="meta" data-latest="{latest.isoformat()}" data-previous="{previous.isoformat()}">'
-        f"{esc(labels[1])} against {esc(labels[0])}, by calendar {esc(data.period)} in UTC. "
+        f"{esc(labels[1])} against {esc(labels[0])}, by calendar {esc(data.period)} in each merchant's time "
+        "zone (UTC unless set). "
         f"Money is shown in major units{f' ({esc(data.currency)})' if data.currency else ''}: "
         f"the input's minor units (cents) ÷ {MINOR_PER_MAJOR}. "
-        f"YoY is the change against the same {esc(data.period)} a year earlier, in percent of the earlier value.</p>"
+        f"YoY is the change against the same {esc(data.period)} a year earlier: in percentage points (pp) for "
+        "rates (repeat rate, retention, loyalty ROI), in percent of the earlier value for amounts. "
+        f"Text and charts round money ({esc(readable(page.network_latest['revenue'], 'money', data.currency))} "
+        "of revenue); the \u201cNumbers\u201d tables under the charts hold it exactly.</p>"
         f'<p class="meta">{esc(source)}</p>{page.warnings()}</header>'
         + "".join(sections)
         + "<footer><p>Made by loyaltymetrics: every number is a value of compute(), concentration() "
@@ -639,20 +914,34 @@ class Page:
 
     # -- headline ----------------------------------------------------------
 
+    def comparable(self):
+        """Both periods complete: YoY changes are defined (SPEC §3)."""
+        return self.network_previous is not None and bool(self.network_previous["period_complete"])
+
+    def change(self, unit, before, now, yoy):
+        return change_of(unit, before, now, yoy, self.comparable())
+
     def headline(self):
         cards = []
+        currency = self.data.currency
         for column, label, unit in HEADLINE:
             value = self.network_latest[column]
-            change = self.network_latest[f"{column}_yoy"]
             before = None if self.network_previous is None else self.network_previous[column]
+            change, kind = self.change(unit, before, value, self.network_latest[f"{column}_yoy"])
             tone = "flat" if not change else ("up" if change > 0 else "down")
+            extra = ""
+            if column == "reward_revenue":
+                share = _divide(value, self.network_latest["revenue"])
+                extra = (f'<div class="sub" data-share="{esc(data_value(share))}">'
+                         f'{esc(fmt(share, "fraction"))} of revenue</div>')
             cards.append(
                 f'<div class="card" data-metric="{column}" data-value="{esc(data_value(value))}" '
-                f'data-yoy="{esc(data_value(change))}">'
+                f'data-yoy="{esc(data_value(change))}" data-yoy-unit="{"pp" if kind == "pp" else "%"}">'
                 f'<div class="label">{esc(label)}{self.money if unit == "money" else ""}</div>'
-                f'<div class="value">{esc(fmt(value, unit))}</div>'
-                f'<div class="change {tone}">{esc(fmt_change(change))} YoY '
-                f'<span class="flat">({esc(self.labels[0])}: {esc(fmt(before, unit))})</span></div></div>')
+                f'<div class="value">{esc(readable(value, unit, currency))}</div>{extra}'
+                f'<div class="change {tone}">{esc(fmt_pp(change) if kind == "pp" else fmt_change(change))} YoY '
+                f'<span class="flat">({esc(self.labels[0])}: {esc(readable(before, unit, currency))})</span>'
+                f'</div></div>')
         return (f'<section id="headline"><h2>{esc(self.labels[1])} at a glance</h2>'
                 f'<div class="cards">{"".join(cards)}</div></section>')
 
@@ -660,34 +949,89 @@ class Page:
 
     def metric_sections(self):
         parts = ['<section id="metrics"><h2>Metrics by industry and merchant size, year over year</h2>'
-                 f'<p class="note">Grey: {esc(self.labels[0])}; blue: {esc(self.labels[1])}. '
-                 "The label over each blue bar is its YoY change.</p>"]
+                 f'<p class="note">Bars: the pooled value of all the group\u2019s orders, grey for '
+                 f'{esc(self.labels[0])}, blue for {esc(self.labels[1])}, labelled with the YoY change '
+                 "(percentage points for rates, percent for amounts). Black diamond and whisker: the typical "
+                 f"merchant of the group in {esc(self.labels[1])}, its median and the p25\u2013p75 spread of the "
+                 "merchants\u2019 own values.</p>"]
         for metric in METRICS:
+            # Reward-generated value is a sum, so pooled by group it mostly shows the group's size: its
+            # charts show the share of revenue and the typical merchant's value instead, full width.
+            layout = "single" if metric.column == "reward_revenue" else "pair"
             parts.append(f'<h3 id="{metric.column}">{esc(metric.title)}</h3>'
-                         f'<p class="definition">{esc(metric.definition)}</p><div class="pair">')
+                         f'<p class="definition">{esc(metric.definition)}</p><div class="{layout}">')
             for key, name in DIMENSIONS:
                 parts.append(self.yoy_figure(metric, key, name))
             parts.append("</div>")
         parts.append("</section>")
         return "".join(parts)
 
+    def typical(self, key, start, column):
+        """{group: benchmarks() row} of the merchants' distribution of ``column`` in the period at ``start``."""
+        if column not in BENCHMARKED:
+            return counted_distribution(self.data.per_merchant, key, start, column)
+        table = (self.data.typical or {}).get(key)
+        if table is None:
+            return {}
+        if not hasattr(self, "_typical_rows"):
+            self._typical_rows = {}
+        if key not in self._typical_rows:
+            index = {}
+            for row in table.to_pylist():
+                if row["merchants"]:
+                    index[(row[key], row["period_start"], row["metric"])] = row
+            self._typical_rows[key] = index
+        return {g: row for (g, s, m), row in self._typical_rows[key].items() if s == start and m == column}
+
     def yoy_figure(self, metric, key, name):
         categories = self.categories(key)
         latest = [self._value(self.latest_rows[key], c, metric.column) for c in categories]
         previous = [self._value(self.previous_rows[key], c, metric.column) for c in categories]
-        changes = [self._value(self.latest_rows[key], c, f"{metric.column}_yoy") for c in categories]
+        yoys = [self._value(self.latest_rows[key], c, f"{metric.column}_yoy") for c in categories]
         unit = metric.unit
-        table = table_html(
-            [name, self.labels[0], self.labels[1], "YoY"],
-            [[c, (p, unit), (v, unit), (ch, "change")] for c, p, v, ch in zip(categories, previous, latest, changes)])
+        changes = []
+        for p, v, y in zip(previous, latest, yoys):
+            changes.append(self.change(unit, p, v, y))
+        kind = "pp" if unit in RATE_UNITS else "change"
+        typical = self.typical(key, self.latest, metric.column)
+        typical_before = self.typical(key, self.previous, metric.column)
+        header = [name, self.labels[0], self.labels[1], "YoY (pp)" if kind == "pp" else "YoY (%)"]
+        if metric.column == "reward_revenue":
+            header += [f"share of revenue {self.labels[0]}", f"share of revenue {self.labels[1]}",
+                       "share of revenue YoY (pp)"]
+        header += [f"median merchant {self.labels[0]}", f"median merchant {self.labels[1]}",
+                   f"p25 {self.labels[1]}", f"p75 {self.labels[1]}", f"merchants {self.labels[1]}"]
+        rows = []
+        for c, p, v, (ch, _) in zip(categories, previous, latest, changes):
+            row = [c, (p, unit), (v, unit), (ch, kind)]
+            if metric.column == "reward_revenue":
+                before = _divide(p, self._value(self.previous_rows[key], c, "revenue"))
+                now = _divide(v, self._value(self.latest_rows[key], c, "revenue"))
+                row += [(before, "fraction"), (now, "fraction"), (self.change("fraction", before, now, None)[0], "pp")]
+            t, tb = typical.get(c, {}), typical_before.get(c, {})
+            row += [(tb.get("median"), unit), (t.get("median"), unit), (t.get("p25"), unit), (t.get("p75"), unit),
+                    (t.get("merchants", 0), "count")]
+            rows.append(row)
+        table = table_html(header, rows)
         chart_id = f"{metric.column}-by-{key}"
         caption = f"{metric.title} by {name}"
         if all(v is None for v in latest + previous):
             return figure_html(chart_id, caption, None, None, table, self._empty_reason(metric.column))
         ylabel = metric.axis + (self.money if unit == "money" else "")
-        png = yoy_bar_chart(categories, [shown(v, unit) for v in previous], [shown(v, unit) for v in latest],
-                            changes, self.labels, ylabel)
-        return figure_html(chart_id, caption, png, f"{caption}, {self.labels[0]} and {self.labels[1]}", table)
+        bands = [None if c not in typical else tuple(shown(typical[c][q], unit) for q, _ in QUANTILES)
+                 for c in categories]
+        if metric.column == "reward_revenue":
+            shares = [[shown(row[4 + i][0], "fraction") for row in rows] for i in range(2)]
+            share_changes = [row[6][0] for row in rows]
+            medians = [[shown(row[7 + i][0], unit) for row in rows] for i in range(2)]
+            svg = reward_chart(categories, shares, share_changes, medians, bands, self.labels,
+                               self.money, self.data.currency)
+        else:
+            svg = yoy_bar_chart(categories, [shown(v, unit) for v in previous], [shown(v, unit) for v in latest],
+                                [fmt_pp(ch) if k == "pp" else fmt_change(ch) for ch, k in changes], self.labels,
+                                ylabel, bands=bands, money=self.data.currency if unit == "money" else False,
+                                signs=[ch for ch, _ in changes])
+        return figure_html(chart_id, caption, svg, f"{caption}, {self.labels[0]} and {self.labels[1]}", table)
 
     @staticmethod
     def _value(rows, category, column):
@@ -709,19 +1053,24 @@ class Page:
 
     # -- one-period snapshots: participants and retention -----------------
 
-    def snapshot_figure(self, chart_id, caption, key, name, series, unit, ylabel, reference=None):
+    def snapshot_figure(self, chart_id, caption, key, name, series, unit, ylabel, reference=None, extra=None):
         """Several columns of the latest period, network first, then the groups of ``key``."""
         categories = self.categories(key)
         rows = [self.network_latest] + [self.latest_rows[key].get(c) for c in categories]
         names = [ALL_MERCHANTS] + categories
         values = [[None if row is None else row[column] for row in rows] for column, _ in series]
-        table = table_html([name] + [label for _, label in series],
-                           [[n] + [(v[i], unit) for v in values] for i, n in enumerate(names)])
+        header = [name] + [label for _, label in series]
+        extra_cells = [[] for _ in rows]
+        if extra:
+            header += [h for h, _ in extra]
+            extra_cells = [[cell(row) for _, cell in extra] for row in rows]
+        table = table_html(header, [[n] + [(v[i], unit) for v in values] + extra_cells[i]
+                                    for i, n in enumerate(names)])
         if all(x is None for v in values for x in v):
             return figure_html(chart_id, caption, None, None, table, self._empty_reason(series[0][0]))
-        png = series_bar_chart(names, [(label, [shown(x, unit) for x in v]) for (_, label), v in zip(series, values)],
+        svg = series_bar_chart(names, [(label, [shown(x, unit) for x in v]) for (_, label), v in zip(series, values)],
                                ylabel, reference)
-        return figure_html(chart_id, caption, png, caption, table)
+        return figure_html(chart_id, caption, svg, caption, table)
 
     def participants(self):
         n = self.network_latest
@@ -731,16 +1080,36 @@ class Page:
                 sentences.append(f"{label} {fmt(n[column], 'lift')}")
         summary = ("Across all merchants in " + self.labels[1] + ", participants\u2019 " + ", ".join(sentences)
                    + " that of non-participants.") if sentences else ""
+        extra = []
+        for label, unit, mine, others in GROUP_VALUES:
+            extra.append((f"participants\u2019 {label}", lambda row, u=unit, m=mine: (group_value(row, m), u)))
+            extra.append((f"non-participants\u2019 {label}", lambda row, u=unit, o=others: (group_value(row, o), u)))
         figures = "".join(
             self.snapshot_figure(f"member-lifts-by-{key}", f"Participants vs non-participants by {name}, "
-                                 f"{self.labels[1]}", key, name, LIFTS, "lift", "participants ÷ non-participants",
-                                 reference=1.0)
+                                 f"{self.labels[1]}", key, name, LIFTS, "lift", "participants \u00f7 non-participants",
+                                 reference=1.0, extra=extra)
             for key, name in DIMENSIONS)
         return ('<section id="participants"><h2>Program participants vs non-participants</h2>'
                 '<p class="definition">Participants are the period\u2019s store-customers with at least one reward '
-                "order; each bar is their repeat rate, AOV or purchase frequency divided by the non-participants\u2019 "
-                "(1 = no difference, the dashed line).</p>"
-                f'<p class="note">{esc(summary)}</p><div class="pair">{figures}</div></section>')
+                "order. First their actual repeat rate, AOV and purchase frequency beside the non-participants\u2019 "
+                "(all merchants); then, by industry and size, the lift: participants\u2019 value divided by "
+                "non-participants\u2019 (1 = no difference, the dashed line).</p>"
+                f'<p class="note">{esc(summary)}</p>{self.participant_values()}'
+                f'<div class="pair">{figures}</div></section>')
+
+    def participant_values(self):
+        n = self.network_latest
+        rows, panels = [], []
+        for label, unit, mine, others in GROUP_VALUES:
+            a, b = group_value(n, mine), group_value(n, others)
+            rows.append([label, (a, unit), (b, unit)])
+            panels.append((label + (self.money if unit == "money" else ""), shown(a, unit), shown(b, unit),
+                           unit == "money" and self.data.currency))
+        table = table_html(["measure", "participants", "non-participants"], rows)
+        caption = f"Participants and non-participants, all merchants, {self.labels[1]}"
+        if all(a is None and b is None for _, a, b, _ in panels):
+            return figure_html("participant-values", caption, None, None, table, self._empty_reason("member_"))
+        return figure_html("participant-values", caption, panel_bar_chart(panels), caption, table)
 
     def retention(self):
         figures = "".join(
@@ -749,9 +1118,96 @@ class Page:
             for key, name in DIMENSIONS)
         return ('<section id="retention"><h2>Retention</h2>'
                 '<p class="definition">Customer retention rate: (customers \u2212 new customers) \u00f7 the '
-                "customers of the period before \u00d7 100. Strict retention counts only store-customers who "
-                "bought in both periods.</p>"
-                f'<div class="pair">{figures}</div></section>')
+                "customers of the period before \u00d7 100: every returning customer counts, whenever they "
+                "bought before. Strict retention counts only the store-customers who bought in both periods.</p>"
+                f'{self.retention_note()}<div class="pair">{figures}</div></section>')
+
+    def retention_note(self):
+        first = min(r["period_start"] for r in self.data.network.select(["period_start"]).to_pylist())
+        if self.network_previous is None:
+            return ""
+        if self.previous == first:
+            return ('<p class="warning" id="retention-note">The orders begin in '
+                    f"{esc(self.labels[0])}, so every returning customer of {esc(self.labels[1])} bought in "
+                    f"{esc(self.labels[0])}: retention and strict retention are equal by definition here. "
+                    "They differ when the orders reach further back (customers returning after a gap count "
+                    "in retention, not in strict retention).</p>")
+        return ""
+
+    # -- key findings: sentences from the numbers, each number a cell of a table below ----------
+
+    def ref(self, text, chart, group, column, value):
+        """A number in a sentence, pointing at the table cell it comes from."""
+        return (f'<span class="ref" data-chart="{esc(chart)}" data-group="{esc(group)}" '
+                f'data-column="{esc(column)}" data-value="{esc(data_value(value))}">{esc(text)}</span>')
+
+    def findings(self):
+        items = []
+        currency = self.data.currency
+        # Participants against non-participants (all merchants).
+        n = self.network_latest
+        parts = []
+        for (lift, label), (_, unit, mine, others) in zip(LIFTS, GROUP_VALUES):
+            a, b = group_value(n, mine), group_value(n, others)
+            if n[lift] is None or a is None or b is None:
+                continue
+            lift_ref = self.ref(fmt(n[lift], "lift"), "member-lifts-by-industry", ALL_MERCHANTS, LIFTS_LABEL[lift],
+                                n[lift])
+            mine_ref = self.ref(readable(a, unit, currency), "participant-values", label, "participants", a)
+            others_ref = self.ref(readable(b, unit, currency), "participant-values", label, "non-participants", b)
+            parts.append(f"{esc(label)} {lift_ref} ({mine_ref} against {others_ref})")
+        if parts:
+            items.append(f"Program participants against non-participants in {esc(self.labels[1])}: "
+                         + "; ".join(parts) + ".")
+        # Largest and smallest YoY moves, per dimension, amounts in percent and rates in points.
+        if self.comparable():
+            for key, name in DIMENSIONS:
+                for kind, title in (("change", "amounts"), ("pp", "rates")):
+                    moves = []
+                    for metric in METRICS:
+                        if (metric.unit in RATE_UNITS) != (kind == "pp"):
+                            continue
+                        for group in self.categories(key):
+                            now = self._value(self.latest_rows[key], group, metric.column)
+                            before = self._value(self.previous_rows[key], group, metric.column)
+                            yoy = self._value(self.latest_rows[key], group, f"{metric.column}_yoy")
+                            change, _ = self.change(metric.unit, before, now, yoy)
+                            if change is not None and not math.isnan(change):
+                                moves.append((change, metric, group))
+                    if len(moves) < 2:
+                        continue
+                    moves.sort(key=lambda m: m[0])
+                    header = "YoY (pp)" if kind == "pp" else "YoY (%)"
+                    text = fmt_pp if kind == "pp" else fmt_change
+                    phrases = [f"{esc(m.title)} in {esc(g)} "
+                               f"{self.ref(text(c), f'{m.column}-by-{key}', g, header, c)}"
+                               for c, m, g in (moves[-1], moves[0])]
+                    items.append(f"By {esc(name)}, among the {title}: the largest rise was {phrases[0]}; "
+                                 f"the largest fall (or smallest rise) {phrases[1]}.")
+        # Top and bottom segment per metric.
+        for metric in METRICS:
+            found = []
+            for key, name in DIMENSIONS:
+                values = [(v, g) for g in self.categories(key)
+                          if (v := self._value(self.latest_rows[key], g, metric.column)) is not None
+                          and not (isinstance(v, float) and math.isnan(v))]
+                if len(values) < 2:
+                    continue
+                values.sort(key=lambda x: x[0])
+                chart = f"{metric.column}-by-{key}"
+                (low, lg), (high, hg) = values[0], values[-1]
+                found.append(f"by {esc(name)} highest in {esc(hg)} "
+                             f"({self.ref(readable(high, metric.unit, currency), chart, hg, self.labels[1], high)}), "
+                             f"lowest in {esc(lg)} "
+                             f"({self.ref(readable(low, metric.unit, currency), chart, lg, self.labels[1], low)})")
+            if found:
+                items.append(f"{esc(metric.title)} in {esc(self.labels[1])}: " + "; ".join(found) + ".")
+        if not items:
+            return ""
+        return ('<section id="findings"><h2>Key findings</h2><ol class="findings">'
+                + "".join(f"<li>{item}</li>" for item in items) + "</ol>"
+                '<p class="note">Each number links to a cell of the "Numbers" table under the chart it comes '
+                "from.</p></section>")
 
     # -- concentration ------------------------------------------------------
 
@@ -822,3 +1278,190 @@ class Page:
     def _cohort_cell(rows_at, k):
         row = rows_at.get(k)
         return (None if row is None else row["retention"], "fraction")
+
+
+# ---------------------------------------------------------------------------
+# One merchant's scorecard
+
+
+def find_merchant(per_merchant, merchant):
+    """The merchant_id that ``merchant`` (an id, or a name in the merchants table) names; ValueError if none.
+
+    An int, or text of digits, is an id first; other text is matched against ``merchant_name``
+    (case and surrounding spaces ignored), and must name exactly one merchant.
+    """
+    ids = sorted(set(per_merchant.column("merchant_id").to_pylist()))
+    text = str(merchant).strip()
+    if isinstance(merchant, int) and not isinstance(merchant, bool) or text.lstrip("-").isdigit():
+        if int(text) in ids:
+            return int(text)
+    if "merchant_name" in per_merchant.column_names:
+        names = {}
+        for mid, name in zip(per_merchant.column("merchant_id").to_pylist(),
+                             per_merchant.column("merchant_name").to_pylist()):
+            if name is not None and name.strip().casefold() == text.casefold():
+                names[mid] = name
+        if len(names) == 1:
+            return next(iter(names))
+        if len(names) > 1:
+            raise ValueError(f"merchant name {text!r} names {len(names)} merchants (ids "
+                             f"{', '.join(map(str, sorted(names)))}): pass the id instead")
+    sample = ", ".join(map(str, ids[:10])) + (" …" if len(ids) > 10 else "")
+    raise ValueError(f"no merchant {text!r} in the orders: pass a merchant_id with orders "
+                     f"({len(ids)} merchants: {sample})"
+                     + ("" if "merchant_name" in per_merchant.column_names else
+                        ", or a name from the merchants table's name column (this one has none)"))
+
+
+def standing(value, values):
+    """The percentile of ``value`` among ``values`` (SPEC §9): 100 × (below + ½ equal) / count."""
+    below = sum(1 for v in values if v < value)
+    equal = sum(1 for v in values if v == value)
+    return 100.0 * (below + 0.5 * equal) / len(values)
+
+
+def _finite(v):
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def scorecard_html(data, merchant, *, title):
+    """The one-merchant page: its metrics in the headline period, YoY, and percentile in its industry × size."""
+
+    latest, previous = headline_periods(data.network, data.period, data.year, data.period_start)
+    labels = (period_label(previous, data.period), period_label(latest, data.period))
+    mid = find_merchant(data.standing, merchant)
+    every = data.standing.to_pylist()
+    mine = [r for r in every if r["merchant_id"] == mid]
+    now = {r["metric"]: r for r in mine if r["period_start"] == latest}
+    before = {r["metric"]: r for r in mine if r["period_start"] == previous}
+    if not now:
+        held = ", ".join(sorted({period_label(r["period_start"], data.period) for r in mine}))
+        raise ValueError(f"merchant {mid} has no orders in {labels[1]}, the period the report headlines; "
+                         f"its {data.period}s with orders: {held}. Choose one with year=/period_start=")
+    first = next(iter(now.values()))
+    industry, size = first["industry"], first["size"]
+    peers = {r["merchant_id"] for r in every if r["period_start"] == latest and r["industry"] == industry
+             and r["size"] == size}
+    stats = {r["metric"]: r for r in data.group_stats.to_pylist()
+             if r["period_start"] == latest and r["industry"] == industry and r["size"] == size}
+    name = first.get("merchant_name") or f"merchant {mid}"
+    currency = data.currency
+    network_previous = network_row(data.network, previous)
+    comparable = network_previous is not None and bool(network_previous["period_complete"])
+    rows, cards, panels = [], [], []
+    import numpy as np
+
+    counts = data.per_merchant.to_pylist()
+    own = {r["period_start"]: r for r in counts if r["merchant_id"] == mid}
+    for metric in METRICS:
+        if metric.column in BENCHMARKED:
+            value = now[metric.column]["value"]
+            earlier = before[metric.column]["value"] if metric.column in before else None
+            yoy = now[f"{metric.column}_yoy"]["value"]
+            values = [r["value"] for r in every if r["period_start"] == latest and r["industry"] == industry
+                      and r["size"] == size and r["metric"] == metric.column and _finite(r["value"])]
+            pct = now[metric.column]["percentile"]
+            group = stats.get(metric.column, {})
+        else:  # a base count: compute(by=["merchant"]) over the group's merchants, percentiles as benchmarks
+            value = own[latest][metric.column]
+            earlier = own[previous][metric.column] if previous in own else None
+            yoy = own[latest][f"{metric.column}_yoy"]
+            values = [r[metric.column] for r in counts if r["period_start"] == latest
+                      and r["merchant_id"] in peers and _finite(r[metric.column])]
+            pct = standing(value, values) if _finite(value) and values else None
+            group = {"merchants": len(values)}
+            if values:
+                group.update(zip([name for name, _ in QUANTILES],
+                                 np.percentile(np.array(values, dtype=float), [q for _, q in QUANTILES]).tolist()))
+        change, kind = change_of(metric.unit, earlier, value, yoy, comparable)
+        count = group.get("merchants", 0)
+        qs = [group.get(q) for q, _ in QUANTILES]
+        rows.append([metric.title, (earlier, metric.unit), (value, metric.unit), (change, kind),
+                     (pct, "percentile"), (count, "count")] + [(q, metric.unit) for q in qs])
+        change_text = fmt_pp(change) if kind == "pp" else fmt_change(change)
+        rank = ("percentile n/a" if pct is None
+                else f"percentile {pct:.0f} among the {count} merchants of its group")
+        cards.append(
+            f'<div class="card" data-metric="{metric.column}" data-value="{esc(data_value(value))}" '
+            f'data-yoy="{esc(data_value(change))}" data-percentile="{esc(data_value(pct))}">'
+            f'<div class="label">{esc(metric.title)}</div>'
+            f'<div class="value">{esc(readable(value, metric.unit, currency))}</div>'
+            f'<div class="sub">{esc(rank)}</div>'
+            f'<div class="change {"flat" if not change else "up" if change > 0 else "down"}">{esc(change_text)} '
+            f'YoY <span class="flat">({esc(labels[0])}: {esc(readable(earlier, metric.unit, currency))})</span>'
+            f"</div></div>")
+        panels.append((metric.title + (f" ({currency})" if metric.unit == "money" and currency else ""),
+                       [shown(v, metric.unit) for v in values],
+                       shown(value, metric.unit) if _finite(value) else None,
+                       [None if q is None else shown(q, metric.unit) for q in qs],
+                       currency if metric.unit == "money" else False, metric.unit))
+    table = table_html(["metric", labels[0], labels[1], "YoY", "percentile in group", "merchants in group",
+                        "group p25", "group median", "group p75"], rows)
+    caption = (f"{name} among the {len(peers)} merchants of {industry} \u00d7 {size} orders a month, "
+               f"{labels[1]}")
+    svg = strip_chart(panels, name)
+    figure = figure_html("merchant-standing", caption, svg, caption, table)
+    few = (f'<p class="warning">Only {len(peers)} merchant{"s" if len(peers) != 1 else ""} in this group: '
+           "percentiles among so few say little.</p>" if len(peers) < 5 else "")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
+        f"<style>{CSS}</style></head><body><main>"
+        f"<header><h1>{esc(title)}: {esc(name)}</h1>"
+        f'<p class="meta" data-latest="{latest.isoformat()}" data-previous="{previous.isoformat()}" '
+        f'data-merchant="{mid}" data-industry="{esc(industry)}" data-size="{esc(size)}">'
+        f"{esc(name)} (merchant_id {mid}) in {esc(labels[1])} against {esc(labels[0])}. Its group: industry "
+        f"{esc(industry)}, size {esc(size)} orders a month in {esc(labels[1])} ({len(peers)} merchants). "
+        "Percentile: 100 \u00d7 (merchants below + half those equal) \u00f7 merchants in the group with a value; "
+        "50 is the typical merchant, higher is a larger value. YoY in percentage points for rates, percent "
+        "for amounts.</p>"
+        f"<p class=\"meta\">orders: {esc(data.source)}; "
+        f"merchants: {esc(data.merchants_source or 'none given')}</p>{few}</header>"
+        f'<section id="scorecard"><h2>{esc(name)} in {esc(labels[1])}</h2><div class="cards">{"".join(cards)}</div>'
+        "</section>"
+        f'<section id="standing"><h2>Where it stands in its group</h2>'
+        '<p class="note">Each row: every merchant of the group (grey dots), the middle half of them (box, p25 '
+        "to p75) and the median (black line); the orange diamond is this merchant.</p>"
+        f"{figure}</section>"
+        "<footer><p>Made by loyaltymetrics: the merchant\u2019s values and percentiles are "
+        "benchmarks(by=[\"industry\", \"size\"], per_merchant=True), the group\u2019s p25, median and p75 "
+        "benchmarks(by=[\"industry\", \"size\"]), over the same orders; reward-generated value (a count "
+        "benchmarks does not take) is compute(by=[\"merchant\"]) with the same percentile rules.</p></footer>"
+        "</main></body></html>\n")
+
+
+@_literal_text
+def strip_chart(panels, name):
+    """One row per metric: the group's merchants as dots, p25-p75 box, median, and this merchant."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.6, 1.0 * len(panels) + 0.6), layout="constrained")
+    axes = fig.subplots(len(panels), 1)
+    for ax, (title, values, value, (p25, med, p75), money, unit) in zip(axes, panels):
+        if values and med is not None:
+            jitter = [((i * 7919) % 13 - 6) / 30 for i in range(len(values))]  # fixed, not random
+            ax.scatter(values, jitter, s=10, color=PREVIOUS_COLOR, zorder=2)
+            ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
+                (p25, -0.3), p75 - p25, 0.6, facecolor="#dbe6f3", edgecolor=LATEST_COLOR, zorder=1))
+            ax.plot([med, med], [-0.3, 0.3], color="#111111", linewidth=1.5, zorder=3)
+        if value is not None:
+            ax.scatter([value], [0], s=90, marker="D", color="#e08a2c", edgecolor="#111111", zorder=4,
+                       label=name)
+            ax.annotate(money_text(value, money or None, minor=False) if money is not False
+                        else f"{value:,.1f}%" if unit in RATE_UNITS else f"{value:,.2f}",
+                        (value, 0.3), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=8)
+        else:
+            ax.annotate("this merchant: n/a", (0.5, 0.9), xycoords="axes fraction", ha="center", fontsize=8,
+                        color="#555555")
+        ax.set_ylim(-0.6, 0.8)
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.tick_params(axis="x", labelsize=8)
+        if money is not False:
+            ax.xaxis.set_major_formatter(lambda x, _pos=None, code=money: axis_money(x, code))
+        else:
+            ax.xaxis.set_major_formatter(_axis_number)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+    return _svg(fig)
