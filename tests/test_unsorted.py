@@ -204,3 +204,38 @@ def test_memory_limit_is_checked():
             unsorted.check_memory_limit(bad)
     assert unsorted.parse_size("4G") == 4 << 30 and unsorted.parse_size("512M") == 512 << 20
     assert unsorted.parse_size("1000") == 1000
+
+
+KEYS = st.one_of(st.integers(-3, 3), st.integers(-2**63, 2**63 - 1), st.sampled_from([-2**63, 2**63 - 1, 0]))
+
+
+@settings(deadline=None, max_examples=200)
+@given(rows=st.lists(st.tuples(KEYS, st.integers(-3, 3) | st.integers(-2**31, 2**31 - 1), KEYS), max_size=300),
+       long_runs=st.booleans())
+def test_the_radix_kernels_sort_stably_as_lexsort(rows, long_runs):
+    """``_sort.grouped_order`` and ``stable_order`` are ``numpy.lexsort`` (stable) of the three keys."""
+    from loyaltymetrics import _sort
+
+    if long_runs:   # store-customers of more than 64 rows: the runs numpy sorts
+        rows = [(0, c % 2, t) for _, c, t in rows]
+    m = np.array([r[0] for r in rows], np.int64)
+    c = np.array([r[1] for r in rows], np.int32)
+    t = np.array([r[2] for r in rows], np.int64)
+    expected = np.lexsort((t, c, m))
+    assert np.array_equal(_sort.stable_order([m, c, t]), expected)
+    grouped = _sort.grouped_order(m, c, t)
+    if grouped is not None:
+        assert np.array_equal(grouped, expected)
+
+
+@pytest.mark.parametrize("radix", [True, False])
+def test_the_arrow_fallback_sorts_as_the_radix_kernel(radix, monkeypatch):
+    rng = np.random.default_rng(3)
+    n = 5000
+    table = pa.table({"merchant_id": rng.integers(0, 3, n), "customer_id": rng.integers(0, 50, n),
+                      "order_ts": pa.array(rng.integers(0, 30, n), pa.timestamp("s")),
+                      "amount": rng.integers(0, 100, n), "reward": rng.random(n) < 0.5})
+    if not radix:
+        monkeypatch.setattr(unsorted, "_radix", None)
+    expected = lm.cohorts(_stable_sorted(table), by=["merchant"])
+    assert lm.cohorts(table, by=["merchant"], presorted=False).equals(expected)

@@ -47,6 +47,11 @@ from . import periods
 from .errors import InputError
 from .inputs import _physical_memory, count_rows, order_batches, source_label
 
+try:
+    from . import _sort as _radix
+except ImportError:   # not built: Arrow's sort, slower
+    _radix = None
+
 # Bytes per row of the sorted copy beyond the order columns: the original row index and source.
 _ROW_BYTES = 12
 # Peak memory of an in-memory sort per byte of input columns: the columns, the permutation, the sorted copy.
@@ -131,11 +136,25 @@ def _sort(table):
     """``table`` sorted stably by (merchant_id, customer_id, order_ts), as one chunk per column."""
     if table.num_rows == 0:
         return table
-    # Arrow's sort_indices is stable (equal keys keep their order: ties keep input order) and
-    # measured 2.3x faster than numpy.lexsort over the three keys (5e6 random rows: 2.8 s vs 6.4 s).
-    order = pc.sort_indices(table, [("merchant_id", "ascending"), ("customer_id", "ascending"),
-                                    ("order_ts", "ascending")])
+    table = table.combine_chunks()
+    if _radix is not None:
+        # kernels/_sort.pyx: a stable radix sort of the packed (merchant_id, customer_id), then each
+        # store-customer's rows by order_ts. 5e6 random rows: 0.5 s, against 1.1 s for a radix sort
+        # over the three keys, 2.8 s for Arrow's sort_indices and 6.4 s for numpy.lexsort.
+        keys = [_raw_values(table.column(c).chunk(0)) for c in ("merchant_id", "customer_id", "order_ts")]
+        order = _radix.grouped_order(*keys)
+        if order is None:   # (merchant_id, customer_id) do not pack into 64 bits
+            order = _radix.stable_order(keys)
+    else:   # Arrow's sort_indices is stable too: equal keys keep their order (ties keep input order)
+        order = pc.sort_indices(table, [("merchant_id", "ascending"), ("customer_id", "ascending"),
+                                        ("order_ts", "ascending")])
     return table.take(order).combine_chunks()
+
+
+def _raw_values(arr):
+    """The integers of a primitive Arrow array without nulls (timestamps and dates as their raw numbers)."""
+    dtype = np.int64 if arr.type.bit_width == 64 else np.int32
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * np.dtype(dtype).itemsize)
 
 
 def _keys(table):
