@@ -100,17 +100,28 @@ def grouped_order(merchant_id, customer_id, order_ts):
         return None
     packed = (m.view(np.uint64) - np.uint64(mlo % (1 << 64))) << np.uint64(cbits)
     packed |= c.view(np.uint64) - np.uint64(clo % (1 << 64))
-    order = np.arange(n, dtype=np.int64)
-    spare = np.empty(n, np.int64)
-    spare_key = np.empty(n, np.uint64)
-    cdef uint64_t[::1] w = packed, sk = spare_key
-    cdef int64_t[::1] o = order, sp = spare
     cdef int nbits = mbits + cbits, flip = 0
-    if nbits:
-        with nogil:
-            flip = _passes(w, o, sk, sp, nbits)
-    if flip:
-        order, packed = spare, spare_key
+    cdef uint64_t[::1] w, sk
+    cdef int64_t[::1] o, sp
+    index_bits = (n - 1).bit_length()
+    if nbits + index_bits <= 64:
+        # The row index in the low bits makes every key distinct, so NumPy's (unstable, vectorized)
+        # sort is stable here: 5e6 rows 0.1 s, against 0.4 s for the radix passes below.
+        packed <<= np.uint64(index_bits)
+        packed |= np.arange(n, dtype=np.uint64)
+        packed.sort()
+        order = (packed & np.uint64((1 << index_bits) - 1)).view(np.int64)
+        packed >>= np.uint64(index_bits)
+    else:
+        order = np.arange(n, dtype=np.int64)
+        spare = np.empty(n, np.int64)
+        spare_key = np.empty(n, np.uint64)
+        w, o, sk, sp = packed, order, spare_key, spare
+        if nbits:
+            with nogil:
+                flip = _passes(w, o, sk, sp, nbits)
+        if flip:
+            order, packed = spare, spare_key
     ts = np.asarray(order_ts).astype(np.int64, copy=False)[order]
     large = np.empty(2 * (n // 65 + 1), np.int64)
     cdef int64_t[::1] t = ts, ov = order, lv = large

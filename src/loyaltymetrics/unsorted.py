@@ -54,8 +54,9 @@ except ImportError:   # not built: Arrow's sort, slower
 
 # Bytes per row of the sorted copy beyond the order columns: the original row index and source.
 _ROW_BYTES = 12
-# Peak memory of an in-memory sort per byte of input columns: the columns, the permutation, the sorted copy.
-_SORT_FACTOR = 2.5
+# Peak memory of an in-memory sort per byte of input columns (measured about 4 at 5e6 rows): the
+# columns, the packed keys and permutations of the radix sort, the sorted copy.
+_SORT_FACTOR = 4.0
 SAMPLE_ROWS = 1 << 17    # keys sampled from the head to choose range splitters
 MAX_PIECES = 256          # spill files open at once
 OUTPUT_BATCH_ROWS = 1 << 20
