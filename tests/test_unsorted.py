@@ -239,3 +239,26 @@ def test_the_arrow_fallback_sorts_as_the_radix_kernel(radix, monkeypatch):
         monkeypatch.setattr(unsorted, "_radix", None)
     expected = lm.cohorts(_stable_sorted(table), by=["merchant"])
     assert lm.cohorts(table, by=["merchant"], presorted=False).equals(expected)
+
+
+@pytest.mark.parametrize("command", ["compute", "cohorts", "concentration", "rfm"])
+def test_the_cli_reads_unsorted_rows_with_the_flag(command, tmp_path, spill_dir, capsys):
+    from loyaltymetrics.cli import main
+
+    rng = np.random.default_rng(11)
+    n = 4000
+    table = pa.table({"merchant_id": rng.integers(0, 4, n), "customer_id": rng.integers(0, 300, n),
+                      "order_ts": pa.array(rng.integers(1_500_000_000, 1_700_000_000, n), pa.timestamp("s")),
+                      "amount": rng.integers(0, 10_000, n)})
+    rows, ordered = tmp_path / "rows.parquet", tmp_path / "sorted.parquet"
+    pq.write_table(table, rows, row_group_size=1000)
+    pq.write_table(_stable_sorted(table), ordered)
+    extra = ["--observation-end", "2024-01-01"] if command == "rfm" else ["--by", "merchant"]
+    assert main([command, str(ordered), "-o", str(tmp_path / "a.parquet"), "-q"] + extra) == 0
+    assert main([command, str(rows), "--unsorted", "--memory-limit", "64K", "-o", str(tmp_path / "b.parquet"),
+                 "-q"] + extra) == 0
+    assert pq.read_table(tmp_path / "b.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+    capsys.readouterr()
+    # The sorted path refuses the rows, naming the flag.
+    assert main([command, str(rows), "-o", str(tmp_path / "c.parquet"), "-q"] + extra) != 0
+    assert "--unsorted" in capsys.readouterr().err
