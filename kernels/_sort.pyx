@@ -10,7 +10,7 @@ both sequentially and scatters them into 2048 buckets. Measured against
 """
 import numpy as np
 
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.string cimport memset
 
 cdef enum:
@@ -81,6 +81,24 @@ cdef Py_ssize_t _insertion_sort_runs(int64_t[::1] ts, int64_t[::1] order, const 
     return found
 
 
+ctypedef fused key_m:
+    int32_t
+    int64_t
+
+ctypedef fused key_c:
+    int32_t
+    int64_t
+
+
+cdef void _pack(const key_m[::1] m, const key_c[::1] c, uint64_t mlo, uint64_t clo, int cbits, int index_bits,
+                uint64_t[::1] out) noexcept nogil:
+    """out[i] = ((m[i] - mlo) << cbits | (c[i] - clo)) << index_bits | i, in one pass (no temporaries)."""
+    cdef Py_ssize_t i
+    for i in range(m.shape[0]):
+        out[i] = ((((<uint64_t>(<int64_t>m[i]) - mlo) << cbits) | (<uint64_t>(<int64_t>c[i]) - clo))
+                  << index_bits) | <uint64_t>i
+
+
 def grouped_order(merchant_id, customer_id, order_ts):
     """int64 indices sorting rows stably by (merchant_id, customer_id, order_ts), or None.
 
@@ -89,8 +107,10 @@ def grouped_order(merchant_id, customer_id, order_ts):
     sort for the usual few rows, numpy's stable sort for long runs. None when the keys do not
     pack: use ``stable_order``.
     """
-    m = np.asarray(merchant_id).astype(np.int64, copy=False)
-    c = np.asarray(customer_id).astype(np.int64, copy=False)
+    m = np.ascontiguousarray(merchant_id)
+    c = np.ascontiguousarray(customer_id)
+    if m.dtype not in (np.int32, np.int64) or c.dtype not in (np.int32, np.int64):
+        m, c = m.astype(np.int64), c.astype(np.int64)
     n = len(m)
     if n == 0:
         return np.empty(0, np.int64)
@@ -98,17 +118,17 @@ def grouped_order(merchant_id, customer_id, order_ts):
     mbits, cbits = (int(m.max()) - mlo).bit_length(), (int(c.max()) - clo).bit_length()
     if mbits + cbits > 64:
         return None
-    packed = (m.view(np.uint64) - np.uint64(mlo % (1 << 64))) << np.uint64(cbits)
-    packed |= c.view(np.uint64) - np.uint64(clo % (1 << 64))
     cdef int nbits = mbits + cbits, flip = 0
     cdef uint64_t[::1] w, sk
     cdef int64_t[::1] o, sp
     index_bits = (n - 1).bit_length()
-    if nbits + index_bits <= 64:
+    if nbits + index_bits > 64:
+        index_bits = 0
+    packed = np.empty(n, np.uint64)
+    _pack_any(m, c, mlo % (1 << 64), clo % (1 << 64), cbits, index_bits, packed)
+    if index_bits:
         # The row index in the low bits makes every key distinct, so NumPy's (unstable, vectorized)
         # sort is stable here: 5e6 rows 0.1 s, against 0.4 s for the radix passes below.
-        packed <<= np.uint64(index_bits)
-        packed |= np.arange(n, dtype=np.uint64)
         packed.sort()
         order = (packed & np.uint64((1 << index_bits) - 1)).view(np.int64)
         packed >>= np.uint64(index_bits)
@@ -134,6 +154,32 @@ def grouped_order(merchant_id, customer_id, order_ts):
         within = np.argsort(ts[a:b], kind="stable")
         order[a:b] = order[a:b][within]
     return order
+
+
+def _pack_any(m, c, uint64_t mlo, uint64_t clo, int cbits, int index_bits, uint64_t[::1] out):
+    """Dispatch ``_pack`` on the key types (int32 or int64 each)."""
+    cdef const int32_t[::1] m32, c32
+    cdef const int64_t[::1] m64, c64
+    if m.dtype == np.int32:
+        m32 = m
+        if c.dtype == np.int32:
+            c32 = c
+            with nogil:
+                _pack(m32, c32, mlo, clo, cbits, index_bits, out)
+        else:
+            c64 = c
+            with nogil:
+                _pack(m32, c64, mlo, clo, cbits, index_bits, out)
+    else:
+        m64 = m
+        if c.dtype == np.int32:
+            c32 = c
+            with nogil:
+                _pack(m64, c32, mlo, clo, cbits, index_bits, out)
+        else:
+            c64 = c
+            with nogil:
+                _pack(m64, c64, mlo, clo, cbits, index_bits, out)
 
 
 def stable_order(keys):
