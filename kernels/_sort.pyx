@@ -102,9 +102,9 @@ cdef void _pack(const key_m[::1] m, const key_c[::1] c, uint64_t mlo, uint64_t c
 def grouped_order(merchant_id, customer_id, order_ts):
     """int64 indices sorting rows stably by (merchant_id, customer_id, order_ts), or None.
 
-    When (merchant_id, customer_id) packs into 64 bits: one radix sort of the packed key, then
+    When (merchant_id, customer_id) and the row index pack into 64 bits: one sort of the packed key, then
     each store-customer's rows (in input order) sorted by ``order_ts`` in place — an insertion
-    sort for the usual few rows, numpy's stable sort for long runs. None when the keys do not
+    sort for the usual few rows, numpy's stable sort for long runs. None when they do not
     pack: use ``stable_order``.
     """
     m = np.ascontiguousarray(merchant_id)
@@ -116,32 +116,16 @@ def grouped_order(merchant_id, customer_id, order_ts):
         return np.empty(0, np.int64)
     mlo, clo = int(m.min()), int(c.min())
     mbits, cbits = (int(m.max()) - mlo).bit_length(), (int(c.max()) - clo).bit_length()
-    if mbits + cbits > 64:
-        return None
-    cdef int nbits = mbits + cbits, flip = 0
-    cdef uint64_t[::1] w, sk
-    cdef int64_t[::1] o, sp
     index_bits = (n - 1).bit_length()
-    if nbits + index_bits > 64:
-        index_bits = 0
+    if mbits + cbits + index_bits > 64:
+        return None   # stable_order's radix passes
     packed = np.empty(n, np.uint64)
     _pack_any(m, c, mlo % (1 << 64), clo % (1 << 64), cbits, index_bits, packed)
-    if index_bits:
-        # The row index in the low bits makes every key distinct, so NumPy's (unstable, vectorized)
-        # sort is stable here: 5e6 rows 0.1 s, against 0.4 s for the radix passes below.
-        packed.sort()
-        order = (packed & np.uint64((1 << index_bits) - 1)).view(np.int64)
-        packed >>= np.uint64(index_bits)
-    else:
-        order = np.arange(n, dtype=np.int64)
-        spare = np.empty(n, np.int64)
-        spare_key = np.empty(n, np.uint64)
-        w, o, sk, sp = packed, order, spare_key, spare
-        if nbits:
-            with nogil:
-                flip = _passes(w, o, sk, sp, nbits)
-        if flip:
-            order, packed = spare, spare_key
+    # The row index in the low bits makes every key distinct, so NumPy's (unstable, vectorized)
+    # sort is stable here: 5e6 rows 0.1 s, against 0.4 s for radix passes.
+    packed.sort()
+    order = (packed & np.uint64((1 << index_bits) - 1)).view(np.int64)
+    packed >>= np.uint64(index_bits)
     ts = np.asarray(order_ts).astype(np.int64, copy=False)[order]
     large = np.empty(2 * (n // 65 + 1), np.int64)
     cdef int64_t[::1] t = ts, ov = order, lv = large
