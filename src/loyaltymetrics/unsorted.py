@@ -8,9 +8,10 @@ input: results are bit-identical to the presorted path by construction.
 
 Method
 ------
-* Input that fits in ``memory_limit`` (the order columns plus an 8-byte
-  original row index, about 2.5× that while sorting) is read into memory
-  and sorted with one stable ``numpy.lexsort``.
+* Input whose order columns plus a 12-byte original row index and source
+  fit in ``memory_limit`` / 4 (a sort holds about four times its data) is
+  read into memory and sorted stably (``_sort``: the Cython kernels of
+  ``kernels/_sort.pyx``, else Arrow's stable ``sort_indices``).
 * Larger input is partitioned by *ranges* of ``(merchant_id,
   customer_id)`` (splitters are quantiles of the first memory-sized part
   of the input) into pieces spilled to private temporary Arrow IPC files;
