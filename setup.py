@@ -35,6 +35,11 @@ extensions = [
         extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
     ),
     Extension(
+        "loyaltymetrics._sort",
+        ["kernels/_sort.pyx"],
+        extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
+    ),
+    Extension(
         "loyaltymetrics._guard",
         ["kernels/_guard.pyx"],
         extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),

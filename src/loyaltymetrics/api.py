@@ -8,6 +8,7 @@ import pyarrow as pa  # noqa: E402 - after NumPy (see above)
 from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
 from .errors import reporting_resource_errors
 from .scan import rescan, scan_module, scan_orders
+from . import unsorted
 
 
 @reporting_resource_errors
@@ -16,7 +17,7 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
             engine: Engine = "cython", threads: int | None = None, chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS,
             progress: bool = False,
             observation_start: DateLike | None = None, observation_end: DateLike | None = None,
-            timezone: str | None = None) -> pa.Table:
+            timezone: str | None = None, presorted: bool = True, memory_limit: int | None = None) -> pa.Table:
     """Loyalty and retention metrics per group and period (SPEC §4-7).
 
     Parameters
@@ -76,6 +77,15 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
         ``timezone`` in the merchants table; default UTC. Periods are
         calendar periods in each merchant's own zone (SPEC §3); a date32
         ``order_ts`` is its own local date in every zone.
+    presorted : bool
+        True (default): rows come sorted (SPEC §2) and are read in one pass;
+        unsorted rows are an ``UnsortedInputError``. False: rows may come in
+        any order; they are sorted first (stably: ties keep input order) in
+        memory, or through private temporary Arrow files in ``TMPDIR`` when
+        they exceed ``memory_limit`` (SPEC §8). Results are bit-identical.
+    memory_limit : int, optional
+        Bytes the sort of ``presorted=False`` may hold in memory; default a
+        quarter of physical memory. Larger input is spilled to disk.
 
     Returns
     -------
@@ -99,6 +109,13 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
+    if not presorted:
+        return unsorted.run_sorted(
+            lambda rows: compute(rows, merchants, by=by, period=period, size_edges=size_edges, refunds=refunds,
+                                 engine=engine, threads=threads, chunk_rows=chunk_rows, progress=progress,
+                                 observation_start=observation_start, observation_end=observation_end,
+                                 timezone=timezone),
+            orders, columns, refunds, memory_limit)
     zones = merchant_table.zones(timezone)
     source = source_label(orders)
 

@@ -88,6 +88,28 @@ def _positive_int(text):
     return value
 
 
+def _add_unsorted(p):
+    p.add_argument("--unsorted", action="store_true",
+                   help="rows may come in any order: sort them first (stably; ties keep file order), in memory "
+                        "or through private temporary files in TMPDIR (results identical to sorted input)")
+    p.add_argument("--memory-limit", type=_size, default=None, metavar="BYTES",
+                   help="memory the --unsorted sort may hold, e.g. 4G or 512M (default: a quarter of RAM); "
+                        "larger input is spilled to disk")
+
+
+def _size(text):
+    from .unsorted import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _unsorted(args):
+    return dict(presorted=not args.unsorted, memory_limit=args.memory_limit)
+
+
 def _add_quiet(p):
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar (it is drawn on stderr only when that is a terminal)")
@@ -144,6 +166,7 @@ def _add_compute_options(p):
     p.add_argument("--engine", choices=ENGINES, default="cython",
                    help="kernel: cython (default, compiled ahead of time) or numba (compiled on first use)")
     _add_observation_options(p)
+    _add_unsorted(p)
     _add_currency(p)
     _add_quiet(p)
 
@@ -208,6 +231,7 @@ def _add_analysis_commands(sub):
         p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="threads scanning chunks side by side (default: the CPUs this process may use)")
         _add_observation_options(p)
+        _add_unsorted(p)
         _add_currency(p)
         _add_quiet(p)
 
@@ -218,7 +242,7 @@ def _run_analysis(args):
 
     options = dict(by=args.by, period=args.period, columns=args.columns, size_edges=args.size_edges,
                    refunds=args.refunds, engine=args.engine, threads=args.threads, progress=not args.quiet,
-                   **_observation(args), **_timezone(args))
+                   **_observation(args), **_timezone(args), **_unsorted(args))
     inputs = [args.orders, args.merchants]
     if args.output:
         check_table_path(args.output, inputs)  # before reading anything
@@ -352,7 +376,7 @@ def _dispatch(args):
         table = compute(args.orders, args.merchants, by=args.by, period=args.period, columns=args.columns,
                         size_edges=args.size_edges, refunds=args.refunds, engine=args.engine,
                         threads=args.threads, progress=not args.quiet, **_observation(args),
-                        timezone=args.timezone)
+                        timezone=args.timezone, **_unsorted(args))
         _check_not_empty(table, args.orders)
         if args.output:
             write_table(table, args.output, inputs)
@@ -430,6 +454,7 @@ def _add_rfm_parser(sub):
     p.add_argument("--threads", type=_positive_int, metavar="N", help="threads scanning chunks (default: the usable CPUs)")
     p.add_argument("--timezone", type=_zone, default=None, metavar="ZONE",
                    help="IANA time zone of the local days and months of every store (default: UTC)")
+    _add_unsorted(p)
     _add_quiet(p)
 
 
@@ -439,7 +464,7 @@ def _rfm(args):
     check_rfm_path(args.output, [args.orders])  # before reading anything
     reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
                  calibration_end=args.calibration_end, columns=args.columns, engine=args.engine,
-                 threads=args.threads, progress=not args.quiet, **_timezone(args))
+                 threads=args.threads, progress=not args.quiet, **_timezone(args), **_unsorted(args))
     rows = write_rfm(reader, args.output, inputs=[args.orders])
     print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
     return 0

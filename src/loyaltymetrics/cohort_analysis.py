@@ -28,7 +28,8 @@ def cohorts(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
             size_edges: SizeEdges = DEFAULT_SIZE_EDGES, refunds: bool = False, engine: Engine = "cython",
             threads: int | None = None, chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS,
             progress: bool = False, observation_start: DateLike | None = None,
-            observation_end: DateLike | None = None, timezone: str | None = None) -> pa.Table:
+            observation_end: DateLike | None = None, timezone: str | None = None, presorted: bool = True,
+            memory_limit: int | None = None) -> pa.Table:
     """Acquisition cohorts per group (SPEC §9).
 
     A store-customer's cohort is the period of its rank-1 order. For each
@@ -120,6 +121,15 @@ def cohorts(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
+    if not presorted:   # SPEC §8: sorted first, then read as sorted rows (see compute)
+        from . import unsorted
+
+        return unsorted.run_sorted(
+            lambda rows: cohorts(rows, merchants, by=by, period=period, size_edges=size_edges, refunds=refunds,
+                                 engine=engine, threads=threads, chunk_rows=chunk_rows, progress=progress,
+                                 observation_start=observation_start, observation_end=observation_end,
+                                 timezone=timezone),
+            orders, columns, refunds, memory_limit)
     kernel = CohortKernel(period, engine, refunds, merchant_zones(merchant_table, timezone))
     total = count_rows(orders) if _progress.shown(progress) else None
 

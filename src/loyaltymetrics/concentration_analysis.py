@@ -71,7 +71,8 @@ def concentration(orders: Orders, merchants: Merchants | None = None, *, by: Gro
                   refunds: bool = False, engine: Engine = "cython", threads: int | None = None,
                   chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, progress: bool = False,
                   observation_start: DateLike | None = None, observation_end: DateLike | None = None,
-                  timezone: str | None = None) -> pa.Table:
+                  timezone: str | None = None, presorted: bool = True,
+                  memory_limit: int | None = None) -> pa.Table:
     """Share of revenue from the top store-customers, per group and period (SPEC §9).
 
     Parameters
@@ -166,6 +167,15 @@ def concentration(orders: Orders, merchants: Merchants | None = None, *, by: Gro
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     merchant_table = read_merchants(merchants)
+    if not presorted:   # SPEC §8: sorted first, then read as sorted rows (see compute)
+        from . import unsorted
+
+        return unsorted.run_sorted(
+            lambda rows: concentration(rows, merchants, by=by, period=period, top=top, size_edges=size_edges,
+                                       refunds=refunds, engine=engine, threads=threads, chunk_rows=chunk_rows,
+                                       progress=progress, observation_start=observation_start,
+                                       observation_end=observation_end, timezone=timezone),
+            orders, columns, refunds, memory_limit)
     zones = merchant_zones(merchant_table, timezone)
     total = count_rows(orders) if _progress.shown(progress) else None
     passes = itertools.count(1)

@@ -278,7 +278,7 @@ def _cut_error(before, segments):
         f"(merchant_id, customer_id, order_ts) = ({here[0]}, {here[1]}, {ts}) comes after "
         f"({prev[0]}, {prev[1]}, {prev_ts}) at row {prev_batch.first_row + prev_hi - 1}"
         + ("" if prev_batch.source == batch.source else f" of the previous file {prev_batch.source}")
-        + "; rows must be sorted ascending by (merchant_id, customer_id, order_ts)",
+        + "; rows must be sorted ascending by (merchant_id, customer_id, order_ts) (or pass presorted=False / --unsorted)",
     )
 
 

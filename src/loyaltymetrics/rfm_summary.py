@@ -499,7 +499,8 @@ def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: Dat
         include_first_transaction: bool = False, *, calibration_end: DateLike = None,
         columns: ColumnMap | None = None, engine: Engine = "cython", threads: int | None = None,
         chunk_rows: int = parallel.DEFAULT_CHUNK_ROWS, progress: bool = False, merchants: Merchants | None = None,
-        timezone: str | None = None) -> pa.RecordBatchReader:
+        timezone: str | None = None, presorted: bool = True,
+        memory_limit: int | None = None) -> pa.RecordBatchReader:
     """Frequency, recency, T and monetary value per store-customer (SPEC §9), streamed.
 
     Equal to ``lifetimes.utils.summary_data_from_transaction_data(orders,
@@ -578,6 +579,9 @@ def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: Dat
     check_freq(freq)
     engine_module(engine)
     zones = read_merchants(merchants).zones(None if timezone is None else periods.check_zone(timezone))
+    if not presorted:   # SPEC §8: sorted first, then read as sorted rows (see compute)
+        return _rfm_unsorted(orders, freq, observation_end, include_first_transaction, calibration_end, columns,
+                             engine, threads, chunk_rows, progress, merchants, timezone, memory_limit)
     threads = parallel.resolve_threads(threads)
     chunk_rows = parallel.check_chunk_rows(chunk_rows)
     if not isinstance(orders, (str, Path)) and not hasattr(orders, "__fspath__"):
@@ -605,6 +609,36 @@ def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: Dat
     total = count_rows(orders) if _progress.shown(progress) else None
     batches = output_batches(order_batches(orders, columns), kernel, threads, chunk_rows, progress, total)
     return pa.RecordBatchReader.from_batches(kernel.schema, batches)
+
+
+def _rfm_unsorted(orders, freq, observation_end, include_first_transaction, calibration_end, columns, engine,
+                  threads, chunk_rows, progress, merchants, timezone, memory_limit):
+    """``rfm`` of rows in any order: sorted first (``unsorted.sorted_input``), streamed from the sorted copy.
+
+    The input is sorted when this is called; the temporary files live until
+    the returned reader is exhausted or closed (or garbage collected).
+    """
+    from . import unsorted
+
+    stack = unsorted.sorted_input(orders, columns, False, memory_limit, stop_error=_error)   # no refunds in rfm
+    sorted_orders = stack.__enter__()
+    try:
+        with sorted_orders.translated_errors():
+            reader = rfm(sorted_orders.orders, freq, observation_end, include_first_transaction,
+                         calibration_end=calibration_end, engine=engine, threads=threads, chunk_rows=chunk_rows,
+                         progress=progress, merchants=merchants, timezone=timezone)
+    except BaseException:
+        stack.__exit__(None, None, None)
+        raise
+
+    def batches():
+        try:
+            with sorted_orders.translated_errors():
+                yield from reader
+        finally:
+            stack.__exit__(None, None, None)
+
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
 
 RFM_SUFFIXES = (".parquet", ".csv", ".json")

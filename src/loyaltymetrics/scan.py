@@ -171,7 +171,7 @@ def _stop_error(status, batch, row, state):
             *where,
             f"(merchant_id, customer_id, order_ts) = ({batch.merchant_id[row]}, {batch.customer_id[row]}, {ts}) "
             f"comes after ({m}, {c}, {periods.format_timestamp(t, batch.units_per_day)}) at {_row_before(batch, row)}; "
-            "rows must be sorted ascending by (merchant_id, customer_id, order_ts)",
+            "rows must be sorted ascending by (merchant_id, customer_id, order_ts) (or pass presorted=False / --unsorted)",
         )
     raise AssertionError(f"unexpected kernel status {status}")
 

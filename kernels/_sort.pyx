@@ -1,0 +1,195 @@
+"""Stable LSD radix sort of row indices by several integer keys (``unsorted.py``).
+
+``stable_order(keys)`` returns the int64 indices that sort the rows by
+``keys[0]``, then ``keys[1]``, ... (most significant first), stably: rows
+with equal keys keep their order. Each key is sorted on least significant
+first, eleven bits a pass, only over the bits its range ``max - min``
+needs; the (digit-carrying key, index) pairs move together, so a pass reads
+both sequentially and scatters them into 2048 buckets. Measured against
+``pyarrow.compute.sort_indices`` (the fallback) in ``unsorted._sort``.
+"""
+import numpy as np
+
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.string cimport memset
+
+cdef enum:
+    DIGIT_BITS = 11
+    BUCKETS = 2048
+
+
+cdef int _passes(uint64_t[::1] key, int64_t[::1] idx, uint64_t[::1] key2, int64_t[::1] idx2,
+                 int bits) noexcept nogil:
+    """Sort (key, idx) by the low ``bits`` of key; returns 1 if the result is in (key2, idx2)."""
+    cdef Py_ssize_t n = key.shape[0], i
+    cdef int64_t count[BUCKETS]
+    cdef int64_t total, c
+    cdef int shift = 0, flip = 0
+    cdef uint64_t d
+    cdef uint64_t[::1] src_k, dst_k
+    cdef int64_t[::1] src_i, dst_i
+    while shift < bits:
+        if flip:
+            src_k, src_i, dst_k, dst_i = key2, idx2, key, idx
+        else:
+            src_k, src_i, dst_k, dst_i = key, idx, key2, idx2
+        memset(count, 0, sizeof(count))
+        for i in range(n):
+            count[(src_k[i] >> shift) & (BUCKETS - 1)] += 1
+        total = 0
+        for i in range(BUCKETS):
+            c = count[i]
+            count[i] = total
+            total += c
+        for i in range(n):
+            d = (src_k[i] >> shift) & (BUCKETS - 1)
+            dst_k[count[d]] = src_k[i]
+            dst_i[count[d]] = src_i[i]
+            count[d] += 1
+        flip ^= 1
+        shift += DIGIT_BITS
+    return flip
+
+
+cdef Py_ssize_t _insertion_sort_runs(int64_t[::1] ts, int64_t[::1] order, const uint64_t[::1] key,
+                                     Py_ssize_t small, int64_t[::1] large) noexcept nogil:
+    """Sort each run of equal ``key`` by ``ts`` stably (insertion sort), ``order`` alongside.
+
+    Runs longer than ``small`` are left alone and their starts written to ``large`` (with their
+    ends after them); returns how many such runs there are.
+    """
+    cdef Py_ssize_t n = key.shape[0], start = 0, end, i, j, found = 0
+    cdef int64_t t, o
+    while start < n:
+        end = start + 1
+        while end < n and key[end] == key[start]:
+            end += 1
+        if end - start > small:
+            large[2 * found] = start
+            large[2 * found + 1] = end
+            found += 1
+        else:
+            for i in range(start + 1, end):
+                t, o = ts[i], order[i]
+                j = i
+                while j > start and ts[j - 1] > t:   # strictly greater: equal ts keep their order
+                    ts[j] = ts[j - 1]
+                    order[j] = order[j - 1]
+                    j -= 1
+                ts[j], order[j] = t, o
+        start = end
+    return found
+
+
+ctypedef fused key_m:
+    int32_t
+    int64_t
+
+ctypedef fused key_c:
+    int32_t
+    int64_t
+
+
+cdef void _pack(const key_m[::1] m, const key_c[::1] c, uint64_t mlo, uint64_t clo, int cbits, int index_bits,
+                uint64_t[::1] out) noexcept nogil:
+    """out[i] = ((m[i] - mlo) << cbits | (c[i] - clo)) << index_bits | i, in one pass (no temporaries)."""
+    cdef Py_ssize_t i
+    for i in range(m.shape[0]):
+        out[i] = ((((<uint64_t>(<int64_t>m[i]) - mlo) << cbits) | (<uint64_t>(<int64_t>c[i]) - clo))
+                  << index_bits) | <uint64_t>i
+
+
+def grouped_order(merchant_id, customer_id, order_ts):
+    """int64 indices sorting rows stably by (merchant_id, customer_id, order_ts), or None.
+
+    When (merchant_id, customer_id) and the row index pack into 64 bits: one sort of the packed key, then
+    each store-customer's rows (in input order) sorted by ``order_ts`` in place — an insertion
+    sort for the usual few rows, numpy's stable sort for long runs. None when they do not
+    pack: use ``stable_order``.
+    """
+    m = np.ascontiguousarray(merchant_id)
+    c = np.ascontiguousarray(customer_id)
+    if m.dtype not in (np.int32, np.int64) or c.dtype not in (np.int32, np.int64):
+        m, c = m.astype(np.int64), c.astype(np.int64)
+    n = len(m)
+    if n == 0:
+        return np.empty(0, np.int64)
+    mlo, clo = int(m.min()), int(c.min())
+    mbits, cbits = (int(m.max()) - mlo).bit_length(), (int(c.max()) - clo).bit_length()
+    index_bits = (n - 1).bit_length()
+    if mbits + cbits + index_bits > 64:
+        return None   # stable_order's radix passes
+    packed = np.empty(n, np.uint64)
+    _pack_any(m, c, mlo % (1 << 64), clo % (1 << 64), cbits, index_bits, packed)
+    # The row index in the low bits makes every key distinct, so NumPy's (unstable, vectorized)
+    # sort is stable here: 5e6 rows 0.1 s, against 0.4 s for radix passes.
+    packed.sort()
+    order = (packed & np.uint64((1 << index_bits) - 1)).view(np.int64)
+    packed >>= np.uint64(index_bits)
+    ts = np.asarray(order_ts).astype(np.int64, copy=False)[order]
+    large = np.empty(2 * (n // 65 + 1), np.int64)
+    cdef int64_t[::1] t = ts, ov = order, lv = large
+    cdef const uint64_t[::1] kv = packed
+    cdef Py_ssize_t found
+    with nogil:
+        found = _insertion_sort_runs(t, ov, kv, 64, lv)
+    for k in range(found):
+        a, b = large[2 * k], large[2 * k + 1]
+        within = np.argsort(ts[a:b], kind="stable")
+        order[a:b] = order[a:b][within]
+    return order
+
+
+def _pack_any(m, c, uint64_t mlo, uint64_t clo, int cbits, int index_bits, uint64_t[::1] out):
+    """Dispatch ``_pack`` on the key types (int32 or int64 each)."""
+    cdef const int32_t[::1] m32, c32
+    cdef const int64_t[::1] m64, c64
+    if m.dtype == np.int32:
+        m32 = m
+        if c.dtype == np.int32:
+            c32 = c
+            with nogil:
+                _pack(m32, c32, mlo, clo, cbits, index_bits, out)
+        else:
+            c64 = c
+            with nogil:
+                _pack(m32, c64, mlo, clo, cbits, index_bits, out)
+    else:
+        m64 = m
+        if c.dtype == np.int32:
+            c32 = c
+            with nogil:
+                _pack(m64, c32, mlo, clo, cbits, index_bits, out)
+        else:
+            c64 = c
+            with nogil:
+                _pack(m64, c64, mlo, clo, cbits, index_bits, out)
+
+
+def stable_order(keys):
+    """int64 indices sorting the rows stably by ``keys`` (1-d integer arrays, most significant first)."""
+    n = len(keys[0])
+    order = np.arange(n, dtype=np.int64)
+    spare = np.empty(n, np.int64)
+    work = np.empty(n, np.uint64)
+    spare_key = np.empty(n, np.uint64)
+    cdef int flip, nbits
+    cdef uint64_t[::1] w, sk
+    cdef int64_t[::1] o, sp
+    for key in reversed(keys):
+        if n == 0:
+            break
+        values = np.asarray(key).astype(np.int64, copy=False)
+        lo, hi = int(values.min()), int(values.max())
+        bits = (hi - lo).bit_length()
+        if bits == 0:
+            continue
+        # Offsets from the minimum, as unsigned (the subtraction wraps, the difference fits 64 bits).
+        np.subtract(values.view(np.uint64)[order], np.uint64(lo % (1 << 64)), out=work)
+        w, o, sk, sp, nbits = work, order, spare_key, spare, bits
+        with nogil:
+            flip = _passes(w, o, sk, sp, nbits)
+        if flip:
+            order, spare = spare, order
+            work, spare_key = spare_key, work
+    return order

@@ -1,0 +1,264 @@
+"""Rows in any order (SPEC §8 ``presorted=False``): bit-identical to the presorted path.
+
+The oracle is the presorted path (itself tested against the reference in
+test_engines / test_analyses / test_rfm) run on the shuffled rows sorted by
+Python's stable ``sorted`` — so ties keep the shuffled input's order, the
+order ``presorted=False`` must keep. Memory limits from tiny (every batch
+spills, pieces are partitioned again) to the default (in memory).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import loyaltymetrics as lm
+from loyaltymetrics import unsorted
+from strategies import REFUND_AMOUNTS, bys, orders_and_merchants, orders_tables, rebatch
+
+ENGINES = ["cython", "numba"]
+THREADS = [1, 2, 3]
+# 50 bytes: every batch spills and pieces are partitioned again; 3000: some pieces; None: in memory.
+MEMORY_LIMITS = st.sampled_from([50, 600, 3000, None])
+
+
+def _stable_sorted(table):
+    """``table`` sorted by (merchant_id, customer_id, order_ts) with Python's stable sort."""
+    keys = list(zip(*(table.column(c).cast(pa.int64() if c != "order_ts" else pa.int64()).to_pylist()
+                      if c != "order_ts" else _raw(table.column(c)) for c in ("merchant_id", "customer_id", "order_ts"))))
+    order = sorted(range(table.num_rows), key=lambda i: keys[i])
+    return table.take(pa.array(order, pa.int64()))
+
+
+def _raw(column):
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    width = column.type.bit_width
+    return column.view(pa.int64() if width == 64 else pa.int32()).to_pylist()
+
+
+@st.composite
+def shuffled(draw, **kwargs):
+    """(shuffled orders, the same rows sorted stably, merchants or None, permutation)."""
+    orders, merchants = draw(orders_and_merchants(**kwargs))
+    perm = draw(st.permutations(range(orders.num_rows)))
+    shuffled = orders.take(pa.array(perm, pa.int64())) if orders.num_rows else orders
+    shuffled = rebatch(shuffled, draw(st.integers(1, 40)))
+    return shuffled, _stable_sorted(shuffled) if orders.num_rows else orders, merchants
+
+
+@pytest.fixture
+def spill_dir(tmp_path, monkeypatch):
+    """TMPDIR of the test: must be empty again after every call."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    yield spill
+    assert os.listdir(spill) == []
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(deadline=None, max_examples=25)
+@given(data=shuffled(max_customers=6), by=bys(), period=st.sampled_from(["year", "month", "all"]),
+       memory_limit=MEMORY_LIMITS, refunds=st.booleans())
+def test_compute_of_shuffled_rows_is_the_presorted_result(data, by, period, memory_limit, refunds, engine, threads):
+    rows, sorted_rows, merchants = data
+    if not refunds and rows.num_rows and pa.compute.any(pa.compute.less(rows["amount"], 0)).as_py():
+        return
+    expected = lm.compute(sorted_rows, merchants, by=by, period=period, refunds=refunds, threads=1)
+    actual = lm.compute(rows, merchants, by=by, period=period, refunds=refunds, engine=engine, threads=threads,
+                        chunk_rows=7, presorted=False, memory_limit=memory_limit)
+    assert actual.equals(expected)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(deadline=None, max_examples=20)
+@given(data=shuffled(max_customers=6, amounts=REFUND_AMOUNTS), by=bys(), memory_limit=MEMORY_LIMITS,
+       analysis=st.sampled_from(["cohorts", "concentration"]))
+def test_analyses_of_shuffled_rows_are_the_presorted_results(data, by, memory_limit, analysis, engine, threads):
+    rows, sorted_rows, merchants = data
+    function = getattr(lm, analysis)
+    period = "month" if analysis == "cohorts" else "year"
+    expected = function(sorted_rows, merchants, by=by, period=period, refunds=True, threads=1)
+    actual = function(rows, merchants, by=by, period=period, refunds=True, engine=engine, threads=threads,
+                      chunk_rows=5, presorted=False, memory_limit=memory_limit)
+    assert actual.equals(expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("engine", ENGINES)
+@settings(deadline=None, max_examples=20)
+@given(data=shuffled(max_customers=6), memory_limit=MEMORY_LIMITS, freq=st.sampled_from(["D", "W", "M"]),
+       include_first=st.booleans())
+def test_rfm_of_shuffled_rows_is_the_presorted_result(data, memory_limit, freq, include_first, engine, threads):
+    rows, sorted_rows, _ = data
+    expected = lm.rfm(sorted_rows, freq, "2262-01-01", include_first, threads=1).read_all()
+    actual = lm.rfm(rows, freq, "2262-01-01", include_first, engine=engine, threads=threads, chunk_rows=5,
+                    presorted=False, memory_limit=memory_limit).read_all()
+    assert actual.equals(expected)
+
+
+@settings(deadline=None, max_examples=30)
+@given(orders=orders_tables(max_merchants=5, max_customers=5, allow_empty=False), data=st.data(),
+       memory_limit=MEMORY_LIMITS)
+def test_a_bad_row_is_named_by_its_row_in_the_input(orders, data, memory_limit):
+    """The first bad row *of the input* (not of the sorted copy) is named, as the presorted path would."""
+    n = orders.num_rows
+    perm = data.draw(st.permutations(range(n)))
+    rows = orders.take(pa.array(perm, pa.int64()))
+    columns = {name: rows.column(name).to_pylist() for name in rows.column_names}
+    bad = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=3))
+    kind = data.draw(st.sampled_from(["negative", "late"]))
+    for row in bad:
+        if kind == "negative":
+            columns["amount"][row] = -1 - row
+    if kind == "late":   # before 1970-01-01 UTC, whatever the unit
+        ts_type = rows.schema.field("order_ts").type
+        raw = _raw(rows.column("order_ts"))
+        for row in bad:
+            raw[row] = -1 - row
+        storage = pa.int32() if ts_type == pa.date32() else pa.int64()
+        columns["order_ts"] = pa.array(raw, storage).view(ts_type)
+    table = pa.table(columns, schema=rows.schema)
+    first = min(bad)
+    with pytest.raises(lm.InputError) as presorted_error:   # the presorted path, on the same rows
+        lm.compute(table)
+    with tempfile.TemporaryDirectory() as tmp:
+        old, tempfile.tempdir = tempfile.tempdir, tmp
+        try:
+            with pytest.raises((lm.errors.NegativeAmountError, lm.errors.TimestampRangeError)) as error:
+                lm.compute(table, presorted=False, memory_limit=memory_limit)
+        finally:
+            tempfile.tempdir = old
+        assert os.listdir(tmp) == []
+    assert error.value.row == first
+    assert error.value.source == "<table>"
+    assert str(table.column("amount")[first].as_py()) in str(error.value) or kind == "late"
+    if presorted_error.value.row == first:   # the default path met that row first too: the same error
+        assert str(error.value) == str(presorted_error.value)
+
+
+def test_an_overflow_names_the_row_of_the_input(spill_dir):
+    """An int64 overflow found on the sorted copy names that row's index in the input."""
+    big = 2**62
+    rows = pa.table({
+        "merchant_id": pa.array([2, 1, 1, 1, 2], pa.int64()),
+        "customer_id": pa.array([5, 5, 5, 5, 6], pa.int64()),
+        "order_ts": pa.array([1, 2, 3, 4, 5], pa.timestamp("s")),
+        "amount": pa.array([1, big, big, big, 1], pa.int64()),
+    })
+    # Sorted: input rows 1, 2, 3 (merchant 1) come first; the second of them, input row 2 at sorted
+    # position 1, makes the sum 2**63, one past int64: naming the sorted position would say row 1.
+    for limit in (None, 50):
+        with pytest.raises(lm.errors.AmountOverflowError) as error:
+            lm.compute(rows, threads=1, presorted=False, memory_limit=limit)
+        assert error.value.row == 2 and error.value.source == "<table>"
+
+
+def test_files_keep_their_names_and_rows_and_spill_files_go(tmp_path, spill_dir, monkeypatch):
+    spills = []
+    spill_sort = unsorted._spill_sort
+    monkeypatch.setattr(unsorted, "_spill_sort", lambda *args: spills.append(1) or spill_sort(*args))
+    rng = np.random.default_rng(7)
+    n = 30_000
+    table = pa.table({
+        "merchant_id": rng.integers(0, 5, n), "customer_id": rng.integers(0, 500, n),
+        "order_ts": pa.array(rng.integers(1_500_000_000, 1_700_000_000, n), pa.timestamp("s")),
+        "amount": rng.integers(0, 10_000, n),
+    })
+    amount = table.column("amount").to_numpy().copy()
+    amount[20_000] = -5
+    bad = table.set_column(3, "amount", pa.array(amount))
+    directory = tmp_path / "orders"
+    directory.mkdir()
+    pq.write_table(table.slice(0, 10_000), directory / "a.parquet", row_group_size=3000)
+    pq.write_table(bad.slice(10_000), directory / "b.parquet", row_group_size=3000)
+    with pytest.raises(lm.errors.NegativeAmountError) as error:
+        lm.compute(directory, presorted=False, memory_limit=200_000)
+    assert error.value.source == str(directory / "b.parquet") and error.value.row == 10_000
+    good = tmp_path / "good.parquet"
+    pq.write_table(table, good, row_group_size=4000)
+    expected = lm.compute(_stable_sorted(table), by=["merchant"])
+    for limit in (100_000, 400_000, None):
+        assert lm.compute(good, by=["merchant"], presorted=False, memory_limit=limit).equals(expected)
+    assert len(spills) == 3   # the bad directory and both limits spilled; the default sorts in memory
+
+
+def test_the_default_path_names_the_option_for_unsorted_rows():
+    rows = pa.table({"merchant_id": [2, 1], "customer_id": [1, 1],
+                     "order_ts": pa.array([0, 0], pa.timestamp("s")), "amount": [1, 1]})
+    with pytest.raises(lm.errors.UnsortedInputError, match="presorted=False / --unsorted"):
+        lm.compute(rows)
+
+
+def test_memory_limit_is_checked():
+    for bad in (0, -1, 1.5, True, "1G"):
+        with pytest.raises(ValueError, match="memory_limit"):
+            unsorted.check_memory_limit(bad)
+    assert unsorted.parse_size("4G") == 4 << 30 and unsorted.parse_size("512M") == 512 << 20
+    assert unsorted.parse_size("1000") == 1000
+
+
+KEYS = st.one_of(st.integers(-3, 3), st.integers(-2**63, 2**63 - 1), st.sampled_from([-2**63, 2**63 - 1, 0]))
+
+
+@settings(deadline=None, max_examples=200)
+@given(rows=st.lists(st.tuples(KEYS, st.integers(-3, 3) | st.integers(-2**31, 2**31 - 1), KEYS), max_size=300),
+       long_runs=st.booleans())
+def test_the_radix_kernels_sort_stably_as_lexsort(rows, long_runs):
+    """``_sort.grouped_order`` and ``stable_order`` are ``numpy.lexsort`` (stable) of the three keys."""
+    from loyaltymetrics import _sort
+
+    if long_runs:   # store-customers of more than 64 rows: the runs numpy sorts
+        rows = [(0, c % 2, t) for _, c, t in rows]
+    m = np.array([r[0] for r in rows], np.int64)
+    c = np.array([r[1] for r in rows], np.int32)
+    t = np.array([r[2] for r in rows], np.int64)
+    expected = np.lexsort((t, c, m))
+    assert np.array_equal(_sort.stable_order([m, c, t]), expected)
+    grouped = _sort.grouped_order(m, c, t)
+    if grouped is not None:
+        assert np.array_equal(grouped, expected)
+
+
+@pytest.mark.parametrize("radix", [True, False])
+def test_the_arrow_fallback_sorts_as_the_radix_kernel(radix, monkeypatch):
+    rng = np.random.default_rng(3)
+    n = 5000
+    table = pa.table({"merchant_id": rng.integers(0, 3, n), "customer_id": rng.integers(0, 50, n),
+                      "order_ts": pa.array(rng.integers(0, 30, n), pa.timestamp("s")),
+                      "amount": rng.integers(0, 100, n), "reward": rng.random(n) < 0.5})
+    if not radix:
+        monkeypatch.setattr(unsorted, "_radix", None)
+    expected = lm.cohorts(_stable_sorted(table), by=["merchant"])
+    assert lm.cohorts(table, by=["merchant"], presorted=False).equals(expected)
+
+
+@pytest.mark.parametrize("command", ["compute", "cohorts", "concentration", "rfm"])
+def test_the_cli_reads_unsorted_rows_with_the_flag(command, tmp_path, spill_dir, capsys):
+    from loyaltymetrics.cli import main
+
+    rng = np.random.default_rng(11)
+    n = 4000
+    table = pa.table({"merchant_id": rng.integers(0, 4, n), "customer_id": rng.integers(0, 300, n),
+                      "order_ts": pa.array(rng.integers(1_500_000_000, 1_700_000_000, n), pa.timestamp("s")),
+                      "amount": rng.integers(0, 10_000, n)})
+    rows, ordered = tmp_path / "rows.parquet", tmp_path / "sorted.parquet"
+    pq.write_table(table, rows, row_group_size=1000)
+    pq.write_table(_stable_sorted(table), ordered)
+    extra = ["--observation-end", "2024-01-01"] if command == "rfm" else ["--by", "merchant"]
+    assert main([command, str(ordered), "-o", str(tmp_path / "a.parquet"), "-q"] + extra) == 0
+    assert main([command, str(rows), "--unsorted", "--memory-limit", "64K", "-o", str(tmp_path / "b.parquet"),
+                 "-q"] + extra) == 0
+    assert pq.read_table(tmp_path / "b.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+    capsys.readouterr()
+    # The sorted path refuses the rows, naming the flag.
+    assert main([command, str(rows), "-o", str(tmp_path / "c.parquet"), "-q"] + extra) != 0
+    assert "--unsorted" in capsys.readouterr().err
