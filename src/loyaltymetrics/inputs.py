@@ -3,7 +3,8 @@
 Orders are read one record batch at a time, so memory holds the batch in
 flight and nothing that grows with the number of rows: an Arrow IPC file is
 memory-mapped and its buffers are handed to the kernel as they are, a
-Parquet file is streamed row group by row group.
+Parquet file is streamed row group by row group, a few row groups decoded
+ahead by worker threads (``_parquet_batches``).
 """
 import ctypes
 import errno
