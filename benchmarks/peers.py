@@ -1,7 +1,21 @@
-"""loyaltymetrics against DuckDB and Polars on the same SPEC §4 base counts.
+"""loyaltymetrics against DuckDB, Polars, chDB and DataFusion on the same SPEC §4 base counts.
 
     python benchmarks/peers.py --rows 50000000 --data-dir /data/bench
     python benchmarks/peers.py --rows 5e6 --repeat 3 --markdown
+    python benchmarks/peers.py --rows 2e7 --inputs snappy,zstd --engines lm-cython-1,lm-cython-2,polars
+
+One table per input (``--inputs``, default all four):
+
+- ``arrow``: the sorted uncompressed Arrow IPC file below, from the page cache;
+- ``snappy`` / ``zstd``: the same rows in a Parquet file of that compression
+  (row groups of 2^20 rows, pyarrow's default), sorted;
+- ``unsorted``: the same rows shuffled (a random permutation), in a snappy
+  Parquet file: loyaltymetrics runs ``compute(path, presorted=False)`` (shown
+  as n/a where ``compute`` has no ``presorted=``), every peer its direct
+  aggregation (no formulation that relies on order).
+
+The derived files are written beside the Arrow file from it (streamed, except
+the shuffle, which holds the columns in memory once) and reused.
 
 Generates one data set (or reuses the file from an earlier run with the same
 parameters): ``--rows`` orders sorted by (merchant_id, customer_id, order_ts),
@@ -13,11 +27,16 @@ SPEC §4 base counts per (merchant_id, year):
   Cython engine on 1 and 2 threads and the Numba engine on 2 threads (rows
   whose ``engine=`` / ``threads=`` keywords this version of ``compute`` lacks
   are shown as n/a);
-- DuckDB over the memory-mapped file (pyarrow ``memory_map`` + Arrow scan);
-- Polars lazy over ``pl.scan_ipc``.
+- DuckDB over the memory-mapped file (pyarrow ``memory_map`` + Arrow scan),
+  or its own ``read_parquet``;
+- Polars lazy over ``pl.scan_ipc`` / ``pl.scan_parquet``;
+- chDB (ClickHouse in-process) over ``file(path, Arrow|Parquet)``;
+- DataFusion over the memory-mapped Arrow batches or ``register_parquet``.
 
-The formulations are in ``duckdb_base_counts`` and ``polars_base_counts``
-below; their docstrings say why they are written that way.
+The formulations are in ``duckdb_base_counts``, ``polars_base_counts``,
+``chdb_base_counts`` and ``datafusion_base_counts`` below; their docstrings
+say why they are written that way. A peer that is not installed is shown as
+n/a (``pip install 'loyaltymetrics[bench]'`` installs them all).
 
 Every run is a fresh child process (so its peak RSS is its own), warmed up on
 a tiny file first (imports, JIT compilation, thread pools), then timed from
@@ -65,10 +84,19 @@ KEYS = ("merchant_id", "year")
 WARMUP_ROWS = 20_000
 
 
+INPUTS = {
+    "arrow": "sorted Arrow IPC, page cache",
+    "snappy": "sorted Parquet, snappy",
+    "zstd": "sorted Parquet, zstd",
+    "unsorted": "unsorted Parquet (shuffled rows, snappy)",
+}
+PARQUET_ROW_GROUP_ROWS = 1 << 20
+
+
 @dataclass(frozen=True)
 class Engine:
     name: str            # what the table shows
-    kind: str            # "loyaltymetrics", "duckdb", "polars"
+    kind: str            # "loyaltymetrics", "duckdb", "polars", "chdb", "datafusion"
     threads: int
     lm_engine: str | None = None  # loyaltymetrics' engine= keyword
 
@@ -79,17 +107,24 @@ ENGINES = (
     Engine("loyaltymetrics numba", "loyaltymetrics", 2, "numba"),
     Engine("DuckDB", "duckdb", 2),
     Engine("Polars", "polars", 2),
+    Engine("chDB", "chdb", 2),
+    Engine("DataFusion", "datafusion", 2),
 )
 BASELINE = ENGINES[1]  # ratios are against loyaltymetrics cython, 2 threads
 
 
 # --- the formulations ---------------------------------------------------------
 
-def loyaltymetrics_base_counts(path, engine, threads, keywords):
-    """compute(by=["merchant"], period="year"); engine= / threads= only where compute() takes them."""
+def loyaltymetrics_base_counts(path, engine, threads, keywords, input_kind="arrow"):
+    """compute(by=["merchant"], period="year"); engine= / threads= only where compute() takes them.
+
+    Unsorted input: ``presorted=False`` (the caller has checked that compute() takes it).
+    """
     import loyaltymetrics as lm
 
     extra = {}
+    if input_kind == "unsorted":
+        extra["presorted"] = False
     if "engine" in keywords:
         extra["engine"] = engine
     if "threads" in keywords:
@@ -132,7 +167,7 @@ GROUP BY ALL
 """
 
 
-def duckdb_base_counts(path, threads):
+def duckdb_base_counts(path, threads, input_kind="arrow"):
     """SPEC §4 base counts per (merchant_id, year) in DuckDB SQL (``DUCKDB_SQL``).
 
     Reading: pyarrow memory-maps the IPC file (zero-copy) and DuckDB scans
@@ -155,6 +190,11 @@ def duckdb_base_counts(path, threads):
     window runs on one thread). A window ordered by the pre-sorted output
     of an ORDER BY was about as fast, but leans on DuckDB keeping the order
     of a subquery, which SQL does not promise.
+
+    Parquet: DuckDB's own ``read_parquet``; its TIMESTAMPTZ ``order_ts`` is
+    cast to a plain TIMESTAMP under ``TimeZone = 'UTC'`` (the UTC wall
+    time), for the reason above. The query needs no order, so unsorted
+    input runs the same query.
     """
     import duckdb
     import pyarrow as pa
@@ -162,6 +202,13 @@ def duckdb_base_counts(path, threads):
     # Output order does not matter (results are sorted before comparing); DuckDB's
     # documentation recommends dropping it for large aggregations, to save memory.
     con = duckdb.connect(config={"threads": threads, "preserve_insertion_order": False})
+    if input_kind != "arrow":
+        con.execute("SET TimeZone = 'UTC'")
+        # A view cannot take a prepared parameter: the path is quoted as an SQL string literal.
+        con.execute("CREATE VIEW orders AS SELECT merchant_id, customer_id, order_ts::TIMESTAMP AS order_ts, "
+                    f"amount, reward FROM read_parquet({_sql_string(path)})")
+        result = con.sql(DUCKDB_SQL)
+        return (getattr(result, "to_arrow_table", None) or result.arrow)()
     table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
     ts = table.schema.get_field_index("order_ts")
     naive = pa.timestamp(table.schema.field(ts).type.unit)
@@ -173,8 +220,13 @@ def duckdb_base_counts(path, threads):
     return (getattr(result, "to_arrow_table", None) or result.arrow)()
 
 
-def polars_base_counts(path, engine="streaming"):
-    """SPEC §4 base counts per (merchant_id, year) with Polars, lazily over ``pl.scan_ipc``.
+def _sql_string(value):
+    """``value`` as an SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def polars_base_counts(path, engine="streaming", input_kind="arrow"):
+    """SPEC §4 base counts per (merchant_id, year) with Polars, lazily over ``pl.scan_ipc`` / ``scan_parquet``.
 
     Exploits the sort instead of hashing three keys: rows of one
     store-customer and year are consecutive in the file, so
@@ -186,25 +238,34 @@ def polars_base_counts(path, engine="streaming"):
     previous run's year when the previous run has the same store-customer:
     no window, no join. A hash ``group_by`` over the three keys followed by
     a sort was about 3x slower and took 2.5x the memory on 5e6 rows.
+
+    Unsorted input has no runs: that hash ``group_by`` over the three keys,
+    then a sort of the (much smaller) aggregate by them, after which the
+    same shifts find new and retained store-customers.
     """
     import polars as pl
 
-    orders = pl.scan_ipc(path).with_columns(
+    scan = pl.scan_ipc if input_kind == "arrow" else pl.scan_parquet
+    orders = scan(path).with_columns(
         # Arrow stores UTC: dropping the zone keeps the UTC wall time (SPEC §3).
         year=pl.col("order_ts").dt.replace_time_zone(None).dt.year(),
         reward=pl.col("reward").fill_null(False),
     )
-    runs = (
-        orders.with_columns(run=pl.struct("merchant_id", "customer_id", "year").rle_id().set_sorted())
-        .group_by("run", maintain_order=True)
-        .agg(
-            pl.col("merchant_id").first(), pl.col("customer_id").first(), pl.col("year").first(),
-            n=pl.len(),
-            rev=pl.col("amount").sum(),
-            rn=pl.col("reward").sum(),
-            rr=pl.col("amount").filter(pl.col("reward")).sum(),
-        )
+    sums = dict(
+        n=pl.len(),
+        rev=pl.col("amount").sum(),
+        rn=pl.col("reward").sum(),
+        rr=pl.col("amount").filter(pl.col("reward")).sum(),
     )
+    if input_kind == "unsorted":
+        runs = orders.group_by("merchant_id", "customer_id", "year").agg(**sums).sort(
+            "merchant_id", "customer_id", "year")
+    else:
+        runs = (
+            orders.with_columns(run=pl.struct("merchant_id", "customer_id", "year").rle_id().set_sorted())
+            .group_by("run", maintain_order=True)
+            .agg(pl.col("merchant_id").first(), pl.col("customer_id").first(), pl.col("year").first(), **sums)
+        )
     same_store_customer = (
         (pl.col("merchant_id") == pl.col("merchant_id").shift())
         & (pl.col("customer_id") == pl.col("customer_id").shift())
@@ -231,6 +292,117 @@ def polars_base_counts(path, engine="streaming"):
         member_repeat_customers=(member & (n >= 2)).sum(),
     )
     return counts.collect(engine=engine).to_arrow()
+
+
+CHDB_SQL = """
+WITH store_customer_years AS (
+    SELECT merchant_id, customer_id, toInt32(toYear(order_ts)) AS year,
+           count() AS n, sum(amount) AS rev,
+           countIf(ifNull(reward, false)) AS rn,
+           sumIf(amount, ifNull(reward, false)) AS rr
+    FROM file({path}, {format})
+    GROUP BY merchant_id, customer_id, year
+),
+flagged AS (
+    SELECT *, lagInFrame(year, 1, -1) OVER (
+        PARTITION BY merchant_id, customer_id ORDER BY year
+        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS prev_year
+    FROM store_customer_years
+)
+SELECT merchant_id, year,
+       sum(n) AS orders,
+       sum(rev) AS revenue,
+       count() AS customers,
+       countIf(prev_year = -1) AS new_customers,
+       countIf(n >= 2) AS repeat_customers,
+       sumIf(n, n >= 2) AS orders_from_repeat_customers,
+       countIf(prev_year = year - 1) AS retained_customers,
+       sum(rn) AS reward_orders,
+       sum(rr) AS reward_revenue,
+       countIf(rn > 0) AS reward_customers,
+       sumIf(n, rn > 0) AS member_orders,
+       sumIf(rev, rn > 0) AS member_revenue,
+       countIf(rn > 0 AND n >= 2) AS member_repeat_customers
+FROM flagged
+GROUP BY merchant_id, year
+SETTINGS max_threads = {threads}
+"""
+
+
+def chdb_base_counts(path, threads, input_kind="arrow"):
+    """SPEC §4 base counts per (merchant_id, year) in chDB (ClickHouse SQL, ``CHDB_SQL``).
+
+    The shape of ``DUCKDB_SQL`` in ClickHouse's dialect: ``file()`` reads
+    the Arrow IPC or Parquet file with ClickHouse's own readers; the UTC
+    ``order_ts`` arrives as ``DateTime64(.., 'UTC')``, so ``toYear`` is the
+    UTC year; ``lagInFrame`` over an explicit frame is ClickHouse's ``lag``.
+    A null reward counts as false (``ifNull``), as SPEC §2 says. The query
+    needs no order, so unsorted input runs the same query.
+    """
+    import chdb
+
+    sql = CHDB_SQL.format(path=_sql_string(Path(path).resolve()), threads=int(threads),
+                          format="Arrow" if input_kind == "arrow" else "Parquet")
+    return chdb.query(sql, "ArrowTable")
+
+
+DATAFUSION_SQL = """
+WITH store_customer_years AS (
+    SELECT merchant_id, customer_id, CAST(date_part('year', order_ts) AS INT) AS year,
+           count(*) AS n, sum(amount) AS rev,
+           sum(CASE WHEN reward THEN 1 ELSE 0 END) AS rn,
+           sum(CASE WHEN reward THEN amount ELSE 0 END) AS rr
+    FROM orders
+    GROUP BY merchant_id, customer_id, CAST(date_part('year', order_ts) AS INT)
+),
+flagged AS (
+    SELECT *, lag(year, 1, -1) OVER (PARTITION BY merchant_id, customer_id ORDER BY year) AS prev_year
+    FROM store_customer_years
+)
+SELECT merchant_id, year,
+       sum(n) AS orders,
+       sum(rev) AS revenue,
+       count(*) AS customers,
+       sum(CASE WHEN prev_year = -1 THEN 1 ELSE 0 END) AS new_customers,
+       sum(CASE WHEN n >= 2 THEN 1 ELSE 0 END) AS repeat_customers,
+       sum(CASE WHEN n >= 2 THEN n ELSE 0 END) AS orders_from_repeat_customers,
+       sum(CASE WHEN prev_year = year - 1 THEN 1 ELSE 0 END) AS retained_customers,
+       sum(rn) AS reward_orders,
+       sum(rr) AS reward_revenue,
+       sum(CASE WHEN rn > 0 THEN 1 ELSE 0 END) AS reward_customers,
+       sum(CASE WHEN rn > 0 THEN n ELSE 0 END) AS member_orders,
+       sum(CASE WHEN rn > 0 THEN rev ELSE 0 END) AS member_revenue,
+       sum(CASE WHEN rn > 0 AND n >= 2 THEN 1 ELSE 0 END) AS member_repeat_customers
+FROM flagged
+GROUP BY merchant_id, year
+"""
+
+
+def datafusion_base_counts(path, threads, input_kind="arrow"):
+    """SPEC §4 base counts per (merchant_id, year) in DataFusion SQL (``DATAFUSION_SQL``).
+
+    The shape of ``DUCKDB_SQL`` with ``CASE`` sums for the filtered
+    aggregates. Parquet is DataFusion's own reader (``register_parquet``);
+    the Arrow IPC file is memory-mapped by pyarrow (zero-copy) and its
+    record batches registered as ``threads`` partitions, so the scan runs
+    on every thread. ``date_part`` on the UTC timestamp is the UTC year. The
+    query needs no order, so unsorted input runs the same query.
+    """
+    import pyarrow as pa
+    from datafusion import SessionConfig, SessionContext
+
+    ctx = SessionContext(SessionConfig().with_target_partitions(int(threads)))
+    if input_kind == "arrow":
+        batches = pa.ipc.open_file(pa.memory_map(str(path))).read_all().to_batches()
+        parts = [batches[i::threads] for i in range(threads)]
+        ctx.register_record_batches("orders", [p for p in parts if p] or [batches])
+    else:
+        ctx.register_parquet("orders", str(path))
+    return ctx.sql(DATAFUSION_SQL).to_arrow_table()
+
+
+BASE_COUNT_FUNCTIONS = {"duckdb": duckdb_base_counts, "chdb": chdb_base_counts,
+                        "datafusion": datafusion_base_counts}
 
 
 def normalized(table):
@@ -296,7 +468,7 @@ def reset_peak_rss():
 
 
 def run_child(args):
-    kind, threads = args.child, args.threads
+    kind, threads, input_kind = args.child, args.threads, args.input_kind
     if kind == "polars":
         os.environ["POLARS_MAX_THREADS"] = str(threads)  # read once, at import
     if kind == "loyaltymetrics":
@@ -307,18 +479,18 @@ def run_child(args):
         keywords = set(inspect.signature(lm.compute).parameters)
 
         def base_counts(path):
-            return loyaltymetrics_base_counts(path, args.lm_engine, threads, keywords)
-    elif kind == "duckdb":
+            return loyaltymetrics_base_counts(path, args.lm_engine, threads, keywords, input_kind)
+    elif kind in BASE_COUNT_FUNCTIONS:
         def base_counts(path):
-            return duckdb_base_counts(path, threads)
+            return BASE_COUNT_FUNCTIONS[kind](path, threads, input_kind)
     elif kind == "polars":
         def base_counts(path):
-            return polars_base_counts(path)
+            return polars_base_counts(path, input_kind=input_kind)
     else:
         raise SystemExit(f"unknown engine {kind!r}")
     if args.check:
         # The edge cases the benchmark data lacks; a process of its own, so no run's RSS includes it.
-        check_small_inputs(base_counts, Path(args.out).parent)
+        check_small_inputs(base_counts, Path(args.out).parent, input_kind)
         print(json.dumps({"checked": True}))
         return
     base_counts(args.warmup)  # imports, JIT compilation, thread pools
@@ -336,23 +508,31 @@ def run_child(args):
     print(json.dumps({"seconds": seconds, "peak_rss": peak, "rss_before": rss_before}))
 
 
-def check_small_inputs(base_counts, folder):
+def check_small_inputs(base_counts, folder, input_kind="arrow"):
     """Compare this engine with the tests' independent SQL peer on small hostile inputs: year-edge
     instants, equal timestamps, null rewards, int64 keys, customer ids shared by several merchants,
-    record batches of 97 rows.
+    record batches (row groups) of 97 rows; for ``unsorted``, the rows shuffled.
 
     The benchmark data has none of these, so a formulation could agree on it and still be wrong.
     """
+    import numpy as np
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     sys.path.insert(0, str(HERE.parent / "tests"))
     from sql_peer import duckdb_base_counts as sql_peer_base_counts, make_orders
 
     for seed in range(3):
         orders = make_orders(seed, n_customers=400, n_merchants=7)
-        path = Path(folder) / f"check-{os.getpid()}-{seed}.arrow"
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, orders.schema) as writer:
-            writer.write_table(orders, max_chunksize=97)
+        path = Path(folder) / f"check-{os.getpid()}-{seed}.{'arrow' if input_kind == 'arrow' else 'parquet'}"
+        if input_kind == "arrow":
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, orders.schema) as writer:
+                writer.write_table(orders, max_chunksize=97)
+        else:
+            shuffled = orders.take(np.random.default_rng(seed).permutation(orders.num_rows)) \
+                if input_kind == "unsorted" else orders
+            pq.write_table(shuffled, path, row_group_size=97,
+                           compression="zstd" if input_kind == "zstd" else "snappy")
         try:
             expected = normalized(sql_peer_base_counts(None, orders, None, "year"))
             problem = first_difference(expected, normalized(base_counts(str(path))))
@@ -397,6 +577,7 @@ class Outcome:
     peak_rss: list = field(default_factory=list)
     note: str | None = None       # "n/a ...", "did not finish ...", "failed ..."
     difference: str | None = None
+    unchecked: bool = False       # no loyaltymetrics result to compare with
 
     @property
     def ran(self):
@@ -411,10 +592,14 @@ def lm_keywords():
     return set(inspect.signature(lm.compute).parameters)
 
 
-def unavailable(engine, keywords):
-    """Why this engine cannot run here, or None."""
-    if engine.kind != "loyaltymetrics":
-        return None
+def unavailable(engine, keywords, input_kind="arrow"):
+    """Why this engine cannot run on this input here, or None."""
+    if engine.kind in ("duckdb", "polars", "chdb", "datafusion"):
+        import importlib.util
+
+        return None if importlib.util.find_spec(engine.kind) else f"n/a: {engine.kind} is not installed"
+    if input_kind == "unsorted" and "presorted" not in keywords:
+        return "n/a: presorted=False not available (compute() has no presorted= here)"
     if engine.threads != 1 and "threads" not in keywords:
         return "n/a: compute() has no threads= here"
     if engine.lm_engine != "cython" and "engine" not in keywords:
@@ -453,7 +638,7 @@ def meminfo():
 
 def child_command(engine, args, path, warmup, out, check):
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", engine.kind, "--threads", str(engine.threads),
-           "--file", path, "--warmup", warmup, "--out", out]
+           "--file", path, "--warmup", warmup, "--out", out, "--input-kind", args.input_kind]
     if engine.lm_engine:
         cmd += ["--lm-engine", engine.lm_engine]
     if check:
@@ -506,10 +691,10 @@ def machine_info():
         cpu = platform.processor() or cpu
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = {"python": platform.python_version(), "numpy": numpy.__version__, "pyarrow": pyarrow.__version__}
-    for name in ("loyaltymetrics", "duckdb", "polars", "numba"):
+    for name in ("loyaltymetrics", "duckdb", "polars", "chdb", "datafusion", "numba"):
         try:
             versions[name] = __import__(name).__version__
-        except ImportError:
+        except (ImportError, AttributeError):
             versions[name] = "not installed"
     total = meminfo().get("MemTotal")
     return {
@@ -550,7 +735,7 @@ def table_rows(outcomes, rows, baseline):
             cells += [f"{med:,.3f} s", f"{min(o.seconds):,.3f} – {max(o.seconds):,.3f} s", rate(rows / med),
                       mib(statistics.median(o.peak_rss)),
                       f"{rows / med / base_rate:.2f}x" if base_rate else "n/a",
-                      "DIFFERENT" if o.difference else "equal"]
+                      "DIFFERENT" if o.difference else "not compared" if o.unchecked else "equal"]
         else:
             cells += ["-"] * 5 + [o.note or "not run"]
         lines.append(cells)
@@ -580,6 +765,44 @@ def bytes_per_row(path):
         "merchant_id", "customer_id", "order_ts", "amount", "reward")) / 8
 
 
+def derived_file(arrow_path, input_kind, seed=0):
+    """The Parquet file of ``input_kind`` holding the rows of ``arrow_path``, written once and reused.
+
+    Sorted files are streamed record batch by record batch; the shuffled one
+    takes a random permutation of all rows in memory. Written under a
+    temporary name and renamed when complete.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow_path = Path(arrow_path)
+    path = arrow_path.with_name(f"{arrow_path.stem}.{input_kind}.parquet")
+    with pa.memory_map(str(arrow_path)) as source:
+        reader = pa.ipc.open_file(source)
+        rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        if path.exists():
+            try:
+                if pq.ParquetFile(path).metadata.num_rows == rows:
+                    return path, True
+            except (pa.ArrowException, OSError):
+                pass
+        partial = path.with_name(path.name + ".partial")
+        compression = "zstd" if input_kind == "zstd" else "snappy"
+        with pq.ParquetWriter(str(partial), reader.schema, compression=compression) as writer:
+            if input_kind == "unsorted":
+                table = reader.read_all()
+                table = table.take(np.random.default_rng(seed).permutation(table.num_rows))
+                writer.write_table(table, row_group_size=PARQUET_ROW_GROUP_ROWS)
+                del table
+            else:
+                for i in range(reader.num_record_batches):
+                    writer.write_table(pa.Table.from_batches([reader.get_batch(i)]),
+                                       row_group_size=PARQUET_ROW_GROUP_ROWS)
+    os.replace(partial, path)
+    return path, False
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=float, default=5e7, help="orders in the data set (default: 5e7)")
@@ -591,9 +814,12 @@ def main(argv=None):
                         help="where the data file is written and reused (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per engine; medians are reported (default: 5)")
     parser.add_argument("--engines", default="all",
-                        help="comma-separated subset of: lm-cython-1, lm-cython-2, lm-numba-2, duckdb, polars")
+                        help="comma-separated subset of: lm-cython-1, lm-cython-2, lm-numba-2, duckdb, polars, "
+                             "chdb, datafusion")
+    parser.add_argument("--inputs", default=",".join(INPUTS),
+                        help=f"comma-separated subset of: {', '.join(INPUTS)} (default: all; one table each)")
     parser.add_argument("--time-limit", type=float, default=1800,
-                        help="seconds a DuckDB or Polars run may take before it is stopped and reported as "
+                        help="seconds a peer's run may take before it is stopped and reported as "
                              "not finished (default: %(default)s)")
     parser.add_argument("--bandwidth-mib", type=int, default=1024,
                         help="size of the in-memory array the bandwidth is measured on (default: %(default)s)")
@@ -609,6 +835,7 @@ def main(argv=None):
     parser.add_argument("--warmup", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--input-kind", default="arrow", choices=list(INPUTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child == "bandwidth":
         return bandwidth_child(args)
@@ -617,7 +844,7 @@ def main(argv=None):
 
     rows = int(args.rows)
     engine_ids = {"lm-cython-1": ENGINES[0], "lm-cython-2": ENGINES[1], "lm-numba-2": ENGINES[2],
-                  "duckdb": ENGINES[3], "polars": ENGINES[4]}
+                  "duckdb": ENGINES[3], "polars": ENGINES[4], "chdb": ENGINES[5], "datafusion": ENGINES[6]}
     if args.engines == "all":
         engines = list(ENGINES)
     else:
@@ -625,6 +852,10 @@ def main(argv=None):
         if unknown:
             parser.error(f"unknown engines {unknown}; choose from {', '.join(engine_ids)}")
         engines = [engine_ids[e] for e in args.engines.split(",")]
+    input_kinds = args.inputs.split(",")
+    unknown = [k for k in input_kinds if k not in INPUTS]
+    if unknown:
+        parser.error(f"unknown inputs {unknown}; choose from {', '.join(INPUTS)}")
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -643,40 +874,65 @@ def main(argv=None):
     warmup, _ = write_orders_file(data_dir / data_file_name(WARMUP_ROWS, args.seed), WARMUP_ROWS, args.seed)
     print(f"data:     {path} ({mib(Path(path).stat().st_size)}, {rows:,} rows, "
           + ("reused" if reused else f"written in {time.perf_counter() - start:,.1f} s") + ")")
-    warm = warm_page_cache(path)
-    print("cache:    " + ("file read once before timing (page cache warm)" if warm
-                          else "file larger than available memory: engines read it from disk"))
+    files = {}
+    for kind in input_kinds:
+        if kind == "arrow":
+            files[kind] = path
+            continue
+        start = time.perf_counter()
+        files[kind], reused = derived_file(path, kind, args.seed)
+        print(f"data:     {files[kind]} ({mib(Path(files[kind]).stat().st_size)}, "
+              + ("reused" if reused else f"written in {time.perf_counter() - start:,.1f} s") + ")")
 
     keywords = lm_keywords()
-    outcomes = [Outcome(e, note=unavailable(e, keywords)) for e in engines]
-    if "engine" not in keywords and "threads" not in keywords:
-        for o in outcomes:
-            if o.engine == ENGINES[0] and o.note is None:
-                o.engine = Engine("loyaltymetrics (default)", "loyaltymetrics", 1, "cython")
-    reference = None
+    # The reference is loyaltymetrics' first result on any input: every input holds the same rows,
+    # so every engine's table on every input must equal it. Results met before it wait for it.
+    reference, waiting = None, []
+    tables = []
     with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
-        if not args.no_check:
-            for o in outcomes:
-                if o.note is None:
-                    check_engine(o.engine, o, args, tmp)
-        for r in range(args.repeat):
-            for i, o in enumerate(outcomes):
-                if o.note is not None:
-                    continue
-                out = os.path.join(tmp, f"result-{i}-{r}.arrow")
-                result = run_once(o.engine, o, args, path, warmup, out)
-                if result is None:
-                    continue
-                if reference is None:
-                    if o.engine.kind != "loyaltymetrics":
-                        raise SystemExit("the first engine run must be a loyaltymetrics one: it is the reference")
-                    reference = result
-                problem = first_difference(reference, result)
-                if problem and not o.difference:
-                    o.difference = problem
-                print(f"  run {r + 1}/{args.repeat} {o.engine.name} threads={o.engine.threads}: "
-                      f"{o.seconds[-1]:,.3f} s, peak RSS {mib(o.peak_rss[-1])}"
-                      + (f"  RESULT DIFFERS: {problem}" if problem else ""), flush=True)
+        for kind in input_kinds:
+            args.input_kind = kind
+            warm = warm_page_cache(files[kind])
+            print(f"input:    {INPUTS[kind]}: " + ("file read once before timing (page cache warm)" if warm
+                                                   else "file larger than available memory: engines read it from disk"))
+            warmup_file = warmup if kind == "arrow" else derived_file(warmup, kind, args.seed)[0]
+            outcomes = [Outcome(e, note=unavailable(e, keywords, kind)) for e in engines]
+            if "engine" not in keywords and "threads" not in keywords:
+                for o in outcomes:
+                    if o.engine == ENGINES[0] and o.note is None:
+                        o.engine = Engine("loyaltymetrics (default)", "loyaltymetrics", 1, "cython")
+            if not args.no_check:
+                for o in outcomes:
+                    if o.note is None:
+                        check_engine(o.engine, o, args, tmp)
+            for r in range(args.repeat):
+                for i, o in enumerate(outcomes):
+                    if o.note is not None:
+                        continue
+                    out = os.path.join(tmp, f"result-{kind}-{i}-{r}.arrow")
+                    result = run_once(o.engine, o, args, files[kind], warmup_file, out)
+                    if result is None:
+                        continue
+                    if reference is None and o.engine.kind == "loyaltymetrics":
+                        reference = result
+                        for waiting_outcome, waiting_result in waiting:
+                            problem = first_difference(reference, waiting_result)
+                            if problem and not waiting_outcome.difference:
+                                waiting_outcome.difference = problem
+                        waiting = []
+                    problem = None
+                    if reference is None:
+                        waiting.append((o, result))
+                    else:
+                        problem = first_difference(reference, result)
+                    if problem and not o.difference:
+                        o.difference = problem
+                    print(f"  {kind} run {r + 1}/{args.repeat} {o.engine.name} threads={o.engine.threads}: "
+                          f"{o.seconds[-1]:,.3f} s, peak RSS {mib(o.peak_rss[-1])}"
+                          + (f"  RESULT DIFFERS: {problem}" if problem else ""), flush=True)
+            tables.append((kind, outcomes))
+        for o, _ in waiting:   # no loyaltymetrics run to compare with
+            o.unchecked = True
 
         bw = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "bandwidth",
                              "--bandwidth-mib", str(args.bandwidth_mib),
@@ -684,16 +940,21 @@ def main(argv=None):
                             capture_output=True, text=True, check=True)
         bandwidth = {int(k): v for k, v in json.loads(bw.stdout).items()}
 
-    baseline = next((o for o in outcomes if o.engine == BASELINE and o.ran), None)
-    if baseline is None:
-        baseline = next((o for o in outcomes if o.engine.kind == "loyaltymetrics" and o.ran), None)
-    header, lines = table_rows(outcomes, rows, baseline)
-    if baseline is not None:
-        header[6] = f"vs {baseline.engine.name.replace('loyaltymetrics', 'lm')} x{baseline.engine.threads}"
-    print()
-    print(f"SPEC §4 base counts by (merchant_id, year), {rows:,} rows, medians of {args.repeat} run(s) "
-          f"(min – max), each run a fresh process:")
-    print(render_markdown(header, lines) if args.markdown else render_text(header, lines))
+    for kind, outcomes in tables:
+        baseline = next((o for o in outcomes if o.engine == BASELINE and o.ran), None)
+        if baseline is None:
+            baseline = next((o for o in outcomes if o.engine.kind == "loyaltymetrics" and o.ran), None)
+        header, lines = table_rows(outcomes, rows, baseline)
+        if baseline is not None:
+            header[6] = f"vs {baseline.engine.name.replace('loyaltymetrics', 'lm')} x{baseline.engine.threads}"
+        print()
+        print(f"{INPUTS[kind]}: SPEC §4 base counts by (merchant_id, year), {rows:,} rows, medians of "
+              f"{args.repeat} run(s) (min – max), each run a fresh process:")
+        print(render_markdown(header, lines) if args.markdown else render_text(header, lines))
+        if any(o.unchecked for o in outcomes):
+            print("(results not compared: no loyaltymetrics run to compare them with)")
+    outcomes = [o for _, group in tables for o in group]
+    kind_of = {id(o): kind for kind, group in tables for o in group}
     per_row = bytes_per_row(path)
     print()
     print(f"memory-read bandwidth (NumPy int64 sum over {args.bandwidth_mib} MiB, median of {args.bandwidth_repeat}): "
@@ -705,7 +966,7 @@ def main(argv=None):
             rows_per_s = rows / statistics.median(o.seconds)
             # More threads can read no slower than fewer: a lower 2-thread figure is noise.
             limit = max(bandwidth[t] for t in bandwidth if t <= o.engine.threads) / per_row
-            print(f"  {o.engine.name} threads={o.engine.threads}: {rate(rows_per_s)} rows/s = "
+            print(f"  {INPUTS[kind_of[id(o)]]}, {o.engine.name} threads={o.engine.threads}: {rate(rows_per_s)} rows/s = "
                   f"{rows_per_s / limit:.0%} of the bandwidth limit")
     wrong = [o for o in outcomes if o.difference]
     for o in wrong:

@@ -94,7 +94,7 @@ READ_THEN_WAIT = """
             sys.stdin.readline()
 
     try:
-        scan_orders(order_batches(path), "year", False, "cython", threads, chunk_rows, progress)
+        scan_orders(order_batches(path, threads=threads), "year", False, "cython", threads, chunk_rows, progress)
     except lm.InputError as error:
         print(type(error).__name__, error.source, error.row, error, flush=True)
         sys.exit(3)
@@ -116,6 +116,9 @@ def _change(path, how, tmp_path):
 @pytest.mark.parametrize("kind, threads, how", [
     ("ipc_file", 1, "truncate"), ("ipc_file", 2, "truncate"), ("ipc_file", 1, "truncate_to_zero"),
     ("ipc_file", 2, "replace"), ("ipc_stream", 1, "truncate"), ("parquet", 1, "truncate"),
+    # Two threads: row groups decoded by worker threads, each with a reader opened at the start.
+    ("parquet", 2, "truncate"), ("parquet", 2, "truncate_to_zero"), ("parquet", 2, "replace"),
+    ("parquet", 3, "truncate"),
 ])
 def test_file_changed_while_a_child_reads_it_is_input_changed_error(tmp_path, kind, threads, how):
     # Batches of 20,000 rows, chunks of 5,000: the child stops after its first round (5,000 rows per
@@ -473,3 +476,27 @@ def test_cumulative_revenue_overflow_is_a_typed_error(engine, threads):
     got = lm.cohorts(fits, period="year", engine=engine, threads=threads).column("cumulative_revenue").to_pylist()
     assert got == [row["cumulative_revenue"] for row in reference_cohorts(fits, period="year")]
     assert got[-1] == 2**63 - 1
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_corrupt_parquet_row_group_gives_the_one_thread_error(tmp_path, threads):
+    # Garbage in the compressed pages of row group 5 (of 15): whether worker threads decode it
+    # ahead of the scan or one thread streams it, the error is the same, at the group's first row,
+    # after every row before it was scanned.
+    table = orders_table(300_000)
+    path = tmp_path / "orders.parquet"
+    pq.write_table(table, path, row_group_size=20_000, compression="snappy")
+    column = pq.ParquetFile(path).metadata.row_group(5).column(2)   # order_ts
+    start = column.data_page_offset + column.total_compressed_size // 2
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(bytes(range(256)) * 16)
+
+    def error(threads):
+        with pytest.raises(lm.InputError) as caught:
+            lm.compute(str(path), threads=threads, chunk_rows=7_000)
+        return type(caught.value), caught.value.row, str(caught.value)
+
+    expected = error(1)
+    assert expected[0] is lm.CorruptInputError and expected[1] == 100_000, expected
+    assert error(threads) == expected

@@ -123,7 +123,7 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
 
     def scan(threads):
         with _progress.bar(total, progress, desc="compute") as bar:
-            batches = order_batches(orders, columns)
+            batches = order_batches(orders, columns, threads=threads)
             parts = scan_orders(batches, period, refunds, engine, threads, chunk_rows, bar.update, zones)
         # Adding the threads' pieces may overflow where no row is known: see rescan_for_row.
         return combine(parts, source)

@@ -135,7 +135,7 @@ def cohorts(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
 
     def compute(threads):
         with _progress.bar(total, progress, desc="cohorts") as bar:
-            partials = run(kernel, order_batches(orders, columns), threads, chunk_rows, bar.update)
+            partials = run(kernel, order_batches(orders, columns, threads=threads), threads, chunk_rows, bar.update)
         return cohorts_table(partials, merchant_table, by, period, size_edges, source=source_label(orders),
                              observation_start=observation_start, observation_end=observation_end)
 

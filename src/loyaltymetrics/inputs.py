@@ -3,7 +3,8 @@
 Orders are read one record batch at a time, so memory holds the batch in
 flight and nothing that grows with the number of rows: an Arrow IPC file is
 memory-mapped and its buffers are handed to the kernel as they are, a
-Parquet file is streamed row group by row group.
+Parquet file is streamed row group by row group, a few row groups decoded
+ahead by worker threads (``_parquet_batches``).
 """
 import ctypes
 import errno
@@ -164,19 +165,21 @@ def resolve_columns(columns):
     return names
 
 
-def order_batches(orders, columns=None):
+def order_batches(orders, columns=None, threads=None):
     """Yield the orders as ``OrderBatch`` es, checking schema and nulls.
 
     ``orders``: a path to an Arrow IPC file or stream, a Parquet file or a
     directory of Parquet files (read in sorted path order); a
     ``pyarrow.Table``, ``RecordBatch`` or ``RecordBatchReader``; a pandas or
     polars DataFrame; or any object exporting an Arrow C stream. ``reward``
-    is optional unless ``columns`` names it.
+    is optional unless ``columns`` names it. ``threads`` (None: the CPUs
+    this process may run on, as ``parallel.resolve_threads``): how many
+    threads decode a Parquet file's row groups side by side.
     """
     names = resolve_columns(columns)
     required = REQUIRED_ORDER_COLUMNS + (("reward",) if "reward" in (columns or {}) else ())
     units_per_day = None
-    for source, first_row, batch, mapped in _record_batches(orders, names, required):
+    for source, first_row, batch, mapped in _record_batches(orders, names, required, threads):
         if batch.num_rows == 0:
             continue
         order_batch = _order_batch(batch, names, source, first_row, mapped)
@@ -300,12 +303,13 @@ def _values(arr, dtype):
 
 # --- sources ---------------------------------------------------------------
 
-def _record_batches(orders, names, required):
+def _record_batches(orders, names, required, threads=None):
     """Yield ``(source, first_row, RecordBatch, mapped file or None)`` holding just the order columns.
 
-    Runs of small record batches come merged (``_coalesced``).
+    Runs of small record batches come merged (``_coalesced``). ``threads``:
+    how many threads decode Parquet row groups (``_parquet_batches``).
     """
-    return _coalesced(_source_batches(orders, names, required))
+    return _coalesced(_source_batches(orders, names, required, threads))
 
 
 def _coalesced(items):
@@ -361,9 +365,9 @@ def _coalesced(items):
         yield merged()
 
 
-def _source_batches(orders, names, required):
+def _source_batches(orders, names, required, threads=None):
     if isinstance(orders, (str, os.PathLike)):
-        yield from _file_batches(Path(orders), names, required)
+        yield from _file_batches(Path(orders), names, required, threads)
         return
     table = _in_memory(orders)
     if isinstance(table, pa.RecordBatch):
@@ -460,20 +464,20 @@ def _directory_files(path):
     )
 
 
-def _file_batches(path, names, required):
+def _file_batches(path, names, required, threads=None):
     if path.is_dir():
         files = _directory_files(path)
         if not files:
             raise InputError(str(path), None, "the directory holds no Parquet files")
         for file in files:
-            yield from _file_batches(file, names, required)
+            yield from _file_batches(file, names, required, threads)
         return
     source = str(path)
     watch = _Watch(source, _open_regular(path))
-    yield from _read_file(source, _file_kind(path, watch.fd), watch, names, required)
+    yield from _read_file(source, _file_kind(path, watch.fd), watch, names, required, threads)
 
 
-def _read_file(source, kind, watch, names, required):
+def _read_file(source, kind, watch, names, required, threads=None):
     row = 0
     try:
         if kind == "parquet":
@@ -483,7 +487,7 @@ def _read_file(source, kind, watch, names, required):
             # pages would pile up in RSS as the file is streamed.
             parquet = pq.ParquetFile(source, memory_map=False)
             wanted = _select(source, parquet.schema_arrow, names, required)
-            batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
+            batches = _parquet_batches(source, parquet, wanted, threads)
             mapped = None
         else:
             try:
@@ -529,6 +533,80 @@ def _read_file(source, kind, watch, names, required):
         if typed is None:
             raise
         raise typed from e
+
+
+# Row groups of at most this many rows are decoded whole, several side by side; a file with
+# larger ones is streamed PARQUET_BATCH_ROWS at a time (memory stays bounded either way).
+PARQUET_GROUP_ROWS = 1 << 21
+
+
+def _parquet_batches(source, parquet, wanted, threads):
+    """The record batches of ``parquet`` in row order, row groups decoded by ``threads`` threads.
+
+    Each of up to ``threads`` worker threads decodes whole row groups with
+    a reader of its own (pyarrow releases the GIL while it decodes), at most
+    ``threads + 1`` row groups ahead of the batches taken: memory holds a
+    few row groups, however large the file, and decoding overlaps the
+    kernel's scan. Rows come in file order, so every result is the same as
+    with one thread (which decodes here, one row group at a time). An error
+    met decoding a row group is raised when that row group's turn comes,
+    naming its first row, after the rows before it: the same error at every
+    thread count. A file with row groups over ``PARQUET_GROUP_ROWS`` rows
+    is streamed ``PARQUET_BATCH_ROWS`` rows at a time instead, one row
+    group after another, its columns decoded side by side (pyarrow's
+    threads) when ``threads`` > 1.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    import queue
+
+    import pyarrow.parquet as pq
+    from .parallel import resolve_threads
+
+    threads = resolve_threads(threads)
+    metadata = parquet.metadata
+    groups = metadata.num_row_groups
+    if any(metadata.row_group(g).num_rows > PARQUET_GROUP_ROWS for g in range(groups)):
+        for group in range(groups):   # batches never span two row groups: errors name the same rows
+            yield from parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], columns=wanted,
+                                            use_threads=threads > 1)
+        return
+    workers = min(threads, groups) if threads > 1 else 0
+    # One reader per worker, opened now (beside the watch's descriptor) and reused: no reader
+    # is shared by two threads at once, and none opens the path later, when it may name another file.
+    readers = queue.SimpleQueue()
+    opened = [parquet] + [pq.ParquetFile(source, memory_map=False, metadata=metadata) for _ in range(workers - 1)]
+    for reader in opened:
+        readers.put(reader)
+
+    def decode(group):
+        reader = readers.get()
+        try:
+            table = reader.read_row_group(group, columns=wanted, use_threads=False)
+        finally:
+            readers.put(reader)
+        return table.to_batches(max_chunksize=PARQUET_BATCH_ROWS)
+
+    if not workers:
+        for group in range(groups):
+            yield from decode(group)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loyaltymetrics-parquet")
+    pending = []
+    try:
+        ahead = 0
+        for group in range(groups):
+            while ahead < groups and ahead <= group + workers:
+                pending.append(pool.submit(decode, ahead))
+                ahead += 1
+            batches = pending.pop(0).result()
+            yield from batches
+            del batches
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+        for reader in opened[1:]:
+            reader.close()
 
 
 def read_error(error, source, row, what):

@@ -607,7 +607,7 @@ def rfm(orders: Orders, freq: Literal["D", "W", "M"] = "D", observation_end: Dat
         day = calibration_ns // NS_PER_DAY
     kernel = RfmKernel(freq, day, include_first_transaction, engine, holdout=holdout, zones=zones)
     total = count_rows(orders) if _progress.shown(progress) else None
-    batches = output_batches(order_batches(orders, columns), kernel, threads, chunk_rows, progress, total)
+    batches = output_batches(order_batches(orders, columns, threads=threads), kernel, threads, chunk_rows, progress, total)
     return pa.RecordBatchReader.from_batches(kernel.schema, batches)
 
 
