@@ -80,7 +80,6 @@ cdef extern from *:
     }
 
     static inline int lm_ctz64(uint64_t x) { return __builtin_ctzll(x); }
-    static inline int lm_popcount64(uint64_t x) { return __builtin_popcountll(x); }
 
     /* Fold a merchant's earliest and latest order (lo > hi: none) into the state's: ties in the
        timestamp go to the smaller merchant_id first and the larger last. */
@@ -100,7 +99,6 @@ cdef extern from *:
     bint lm_add_overflows(int64_t a, int64_t b, int64_t *out) noexcept nogil
     uint64_t lm_bits64(const uint8_t* bits, Py_ssize_t pos) noexcept nogil
     int lm_ctz64(uint64_t x) noexcept nogil
-    int lm_popcount64(uint64_t x) noexcept nogil
     ctypedef struct lm_range:
         int64_t lo
         int64_t hi
@@ -410,7 +408,8 @@ cdef inline Status scan_rows(
     cdef int64_t P[BLOCK]
     cdef int64_t A[BLOCK + 1]          # prefix sums of amount
     cdef int64_t AR[BLOCK + 1]         # prefix sums of the reward orders' amounts
-    cdef uint64_t bad, S, N, R, rest, seg, block_revenue
+    cdef int64_t RC[BLOCK + 1]         # prefix counts of reward orders (no popcount instruction in baseline x86-64)
+    cdef uint64_t bad, S, N, R, rest, block_revenue
     cdef int64_t revenue_after, block_lo, block_hi, pc, pp, ob, rb, vb, oa, ra, va, length
     cdef int64_t newrun, samec, mb, ma
     i = start
@@ -444,6 +443,7 @@ cdef inline Status scan_rows(
                     pp = run_period
                     A[0] = 0
                     AR[0] = 0
+                    RC[0] = 0
                     block_lo = INT64_MAX
                     block_hi = -1
                     for j in range(BLOCK):
@@ -457,7 +457,9 @@ cdef inline Status scan_rows(
                         S |= (<uint64_t>same_customer) << j
                         N |= (<uint64_t>((not same_customer) | (p != pp))) << j
                         A[j + 1] = A[j] + a
-                        AR[j + 1] = AR[j] + (a & -<int64_t>((R >> j) & 1))
+                        r = (R >> j) & 1
+                        AR[j + 1] = AR[j] + (a & -r)
+                        RC[j + 1] = RC[j] + r
                         block_lo = t if t < block_lo else block_lo
                         block_hi = t if t > block_hi else block_hi
                         pc = cust
@@ -477,9 +479,8 @@ cdef inline Status scan_rows(
                         rb = run_reward_orders & keep
                         vb = run_revenue & keep
                         length = e0 - s0
-                        seg = ((<uint64_t>-1) >> (BLOCK - length)) << s0
                         oa = ob + length
-                        ra = rb + lm_popcount64(R & seg)
+                        ra = rb + (RC[e0] - RC[s0])
                         va = vb + (A[e0] - A[s0])
                         mb = rb != 0
                         ma = ra != 0
