@@ -409,61 +409,58 @@ cdef inline Status scan_rows(
     cdef int64_t A[BLOCK + 1]          # prefix sums of amount
     cdef int64_t AR[BLOCK + 1]         # prefix sums of the reward orders' amounts
     cdef int64_t RC[BLOCK + 1]         # prefix counts of reward orders (no popcount instruction in baseline x86-64)
-    cdef uint64_t bad, S, N, R, rest, block_revenue
+    cdef uint64_t bad, S, N, R, rest
     cdef int64_t revenue_after, block_lo, block_hi, pc, pp, ob, rb, vb, oa, ra, va, length
     cdef int64_t newrun, samec, mb, ma
     i = start
     while i < n:
         if not refunds and i >= scalar_end:
             if started and i + BLOCK <= n:
-                # Every check of the row loop, as one OR over the block (no branch per row): the
-                # merchant is the open one, amounts are >= 0 and < 2**56 (so that the block's
-                # revenue cannot overflow: merchant_revenue below), timestamps in range, rows sorted.
+                # One pass over the block: every check of the row loop, as one OR (no branch per
+                # row) — the merchant is the open one, amounts are >= 0 and < 2**56 (so that the
+                # block's revenue cannot overflow: merchant_revenue below), timestamps in range,
+                # rows sorted —; each row's period; the masks of rows that continue their
+                # store-customer (S) and that open a run (N), one bit a row; prefix sums.
                 base = i
-                bad = ((<uint64_t>(customers[base] < prev_customer))
-                       | ((customers[base] == prev_customer) & (timestamps[base] < prev_ts)))
-                block_revenue = 0
+                R = lm_bits64(bits, reward_offset + base)
+                bad = 0
+                S = 0
+                N = 0
+                pc = prev_customer
+                pt = prev_ts
+                pp = run_period
+                A[0] = 0
+                AR[0] = 0
+                RC[0] = 0
+                block_lo = INT64_MAX
+                block_hi = -1
                 for j in range(BLOCK):
-                    bad |= ((<uint64_t>(merchants[base + j] != prev_merchant))
-                            | ((<uint64_t>amounts[base + j]) >> 56)
-                            | (<uint64_t>(<uint64_t>timestamps[base + j] > <uint64_t>ts_max)))
-                    block_revenue += <uint64_t>amounts[base + j]
-                for j in range(1, BLOCK):
-                    bad |= ((<uint64_t>(customers[base + j] < customers[base + j - 1]))
-                            | ((customers[base + j] == customers[base + j - 1])
-                               & (timestamps[base + j] < timestamps[base + j - 1])))
-                if bad == 0 and not lm_add_overflows(merchant_revenue, <int64_t>block_revenue, &revenue_after):
+                    m = merchants[base + j]
+                    cust = customers[base + j]
+                    t = timestamps[base + j]
+                    a = amounts[base + j]
+                    same_customer = cust == pc
+                    bit = <uint64_t>t > <uint64_t>ts_max
+                    bad |= ((<uint64_t>(m != prev_merchant)) | ((<uint64_t>a) >> 56) | (<uint64_t>bit)
+                            | (<uint64_t>(cust < pc)) | (<uint64_t>(same_customer & (t < pt))))
+                    t &= bit - 1                    # a bad timestamp reads the table at 0
+                    a &= ((<int64_t>(<uint64_t>a >> 56)) != 0) - 1     # a bad amount adds 0
+                    bit = (t >> shift) * 2
+                    p = table[bit] + (t > table[bit + 1])
+                    P[j] = p
+                    S |= (<uint64_t>same_customer) << j
+                    N |= (<uint64_t>((not same_customer) | (p != pp))) << j
+                    r = (R >> j) & 1
+                    A[j + 1] = A[j] + a
+                    AR[j + 1] = AR[j] + (a & -r)
+                    RC[j + 1] = RC[j] + r
+                    block_lo = t if t < block_lo else block_lo
+                    block_hi = t if t > block_hi else block_hi
+                    pc = cust
+                    pt = t
+                    pp = p
+                if bad == 0 and not lm_add_overflows(merchant_revenue, A[BLOCK], &revenue_after):
                     merchant_revenue = revenue_after
-                    # Periods, and the masks of rows that continue their store-customer (S) and
-                    # that open a run (N), one bit a row.
-                    R = lm_bits64(bits, reward_offset + base)
-                    S = 0
-                    N = 0
-                    pc = prev_customer
-                    pp = run_period
-                    A[0] = 0
-                    AR[0] = 0
-                    RC[0] = 0
-                    block_lo = INT64_MAX
-                    block_hi = -1
-                    for j in range(BLOCK):
-                        t = timestamps[base + j]
-                        cust = customers[base + j]
-                        a = amounts[base + j]
-                        bit = (t >> shift) * 2
-                        p = table[bit] + (t > table[bit + 1])
-                        P[j] = p
-                        same_customer = cust == pc
-                        S |= (<uint64_t>same_customer) << j
-                        N |= (<uint64_t>((not same_customer) | (p != pp))) << j
-                        A[j + 1] = A[j] + a
-                        r = (R >> j) & 1
-                        AR[j + 1] = AR[j] + (a & -r)
-                        RC[j + 1] = RC[j] + r
-                        block_lo = t if t < block_lo else block_lo
-                        block_hi = t if t > block_hi else block_hi
-                        pc = cust
-                        pp = p
                     # One step a run segment (a run's rows within the block: rows s0..e0-1), the sums
                     # of the row loop's contributions of its rows (SPEC §4), added once.
                     rest = N | 1
