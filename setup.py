@@ -16,8 +16,7 @@ DEBUG = os.environ.get("LOYALTYMETRICS_DEBUG", "") not in ("", "0")
 # modes) to be inlined with refund_row in them. At GCC's default unit-growth budget, spent on
 # Cython's own helpers first, refund_row is called rather than inlined and its run cursor goes to
 # memory: +25% instructions per refund-mode row (benchmarks/zones_instructions.py).
-GCC_SCAN_ARGS = ["--param=inline-unit-growth=100", "--param=max-inline-insns-single=4000",
-                 "--param=large-function-growth=1000", "--param=large-stack-frame-growth=2000"]
+GCC_SCAN_ARGS = ["--param=inline-unit-growth=100"]
 
 extensions = [
     Extension(

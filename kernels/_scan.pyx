@@ -67,20 +67,6 @@ cdef extern from *:
         return tables;
     }
 
-    /* 64 reward flags from bit `pos` of an LSB bitmap (bits pos..pos+63 must exist; no byte past
-       the last one holding them is read). */
-    static inline uint64_t lm_bits64(const uint8_t *bits, Py_ssize_t pos) {
-        const uint8_t *b = bits + (pos >> 3);
-        int sh = (int)(pos & 7);
-        uint64_t w = 0;
-        int k;
-        for (k = 0; k < 8; k++) w |= (uint64_t)b[k] << (8 * k);   /* one unaligned load on x86 */
-        if (sh) w = (w >> sh) | ((uint64_t)b[8] << (64 - sh));
-        return w;
-    }
-
-    static inline int lm_ctz64(uint64_t x) { return __builtin_ctzll(x); }
-
     /* Fold a merchant's earliest and latest order (lo > hi: none) into the state's: ties in the
        timestamp go to the smaller merchant_id first and the larger last. */
     static LM_RARE void lm_fold_orders(int64_t *first_ts, int64_t *first_merchant, int64_t *last_ts,
@@ -97,8 +83,6 @@ cdef extern from *:
     }
     """
     bint lm_add_overflows(int64_t a, int64_t b, int64_t *out) noexcept nogil
-    uint64_t lm_bits64(const uint8_t* bits, Py_ssize_t pos) noexcept nogil
-    int lm_ctz64(uint64_t x) noexcept nogil
     ctypedef struct lm_range:
         int64_t lo
         int64_t hi
@@ -126,7 +110,6 @@ cdef enum:
     MEMBER_REPEAT_CUSTOMERS
     N_COUNTS
     ACC_STRIDE = 16         # a period's counts padded to two cache lines
-    BLOCK = 64              # rows of the block path: one bit a row in a uint64_t mask
 
 PARTIAL_COLUMNS = (
     "orders", "revenue", "customers", "new_customers", "repeat_customers",
@@ -165,10 +148,6 @@ cdef struct Cursor:
     # The current merchant's earliest and latest order timestamps (INT64_MAX, -1: none yet).
     int64_t order_lo
     int64_t order_hi
-    # Without refunds: the current merchant's revenue so far (INT64_MAX once it would overflow),
-    # a bound of every revenue sum of its periods and runs, so that a block whose amounts cannot
-    # take it past INT64_MAX needs no overflow check per row.
-    int64_t merchant_revenue
 
 
 cdef class ScanState:
@@ -212,7 +191,6 @@ cdef class ScanState:
         self.cur.acc_hi = -1
         self.cur.order_lo = INT64_MAX
         self.cur.order_hi = -1
-        self.cur.merchant_revenue = 0
         self.first_ts = INT64_MAX
         self.first_merchant = 0
         self.last_ts = -1
@@ -402,110 +380,7 @@ cdef inline Status scan_rows(
     cdef int64_t same_merchant, same_customer, new_run, keep, first_reward, member, was_member_repeat
     cdef bint overflow
     cdef Status status = OK
-    # The block path (without refunds): 64 rows of one merchant, all good, at a time.
-    cdef int64_t merchant_revenue = st.cur.merchant_revenue
-    cdef Py_ssize_t base, j, s0, e0, scalar_end = start
-    cdef int64_t P[BLOCK]
-    cdef int64_t A[BLOCK + 1]          # prefix sums of amount
-    cdef int64_t AR[BLOCK + 1]         # prefix sums of the reward orders' amounts
-    cdef int64_t RC[BLOCK + 1]         # prefix counts of reward orders (no popcount instruction in baseline x86-64)
-    cdef uint64_t bad, S, N, R, rest
-    cdef int64_t revenue_after, block_lo, block_hi, pc, pp, ob, rb, vb, oa, ra, va, length
-    cdef int64_t newrun, samec, mb, ma
-    i = start
-    while i < n:
-        if not refunds and i >= scalar_end:
-            if started and i + BLOCK <= n:
-                # One pass over the block: every check of the row loop, as one OR (no branch per
-                # row) — the merchant is the open one, amounts are >= 0 and < 2**56 (so that the
-                # block's revenue cannot overflow: merchant_revenue below), timestamps in range,
-                # rows sorted —; each row's period; the masks of rows that continue their
-                # store-customer (S) and that open a run (N), one bit a row; prefix sums.
-                base = i
-                R = lm_bits64(bits, reward_offset + base)
-                bad = 0
-                S = 0
-                N = 0
-                pc = prev_customer
-                pt = prev_ts
-                pp = run_period
-                A[0] = 0
-                AR[0] = 0
-                RC[0] = 0
-                block_lo = INT64_MAX
-                block_hi = -1
-                for j in range(BLOCK):
-                    m = merchants[base + j]
-                    cust = customers[base + j]
-                    t = timestamps[base + j]
-                    a = amounts[base + j]
-                    same_customer = cust == pc
-                    bit = <uint64_t>t > <uint64_t>ts_max
-                    bad |= ((<uint64_t>(m != prev_merchant)) | ((<uint64_t>a) >> 56) | (<uint64_t>bit)
-                            | (<uint64_t>(cust < pc)) | (<uint64_t>(same_customer & (t < pt))))
-                    t &= bit - 1                    # a bad timestamp reads the table at 0
-                    a &= ((<int64_t>(<uint64_t>a >> 56)) != 0) - 1     # a bad amount adds 0
-                    bit = (t >> shift) * 2
-                    p = table[bit] + (t > table[bit + 1])
-                    P[j] = p
-                    S |= (<uint64_t>same_customer) << j
-                    N |= (<uint64_t>((not same_customer) | (p != pp))) << j
-                    r = (R >> j) & 1
-                    A[j + 1] = A[j] + a
-                    AR[j + 1] = AR[j] + (a & -r)
-                    RC[j + 1] = RC[j] + r
-                    block_lo = t if t < block_lo else block_lo
-                    block_hi = t if t > block_hi else block_hi
-                    pc = cust
-                    pt = t
-                    pp = p
-                if bad == 0 and not lm_add_overflows(merchant_revenue, A[BLOCK], &revenue_after):
-                    merchant_revenue = revenue_after
-                    # One step a run segment (a run's rows within the block: rows s0..e0-1), the sums
-                    # of the row loop's contributions of its rows (SPEC §4), added once.
-                    rest = N | 1
-                    while rest:
-                        s0 = lm_ctz64(rest)
-                        rest &= rest - 1
-                        e0 = lm_ctz64(rest) if rest else BLOCK
-                        p = P[s0]
-                        newrun = (N >> s0) & 1
-                        samec = (S >> s0) & 1
-                        keep = newrun - 1
-                        ob = run_orders & keep
-                        rb = run_reward_orders & keep
-                        vb = run_revenue & keep
-                        length = e0 - s0
-                        oa = ob + length
-                        ra = rb + (RC[e0] - RC[s0])
-                        va = vb + (A[e0] - A[s0])
-                        mb = rb != 0
-                        ma = ra != 0
-                        acc = acc_base + p * ACC_STRIDE
-                        acc[ORDERS] += length
-                        acc[REVENUE] += A[e0] - A[s0]
-                        acc[CUSTOMERS] += newrun
-                        acc[NEW_CUSTOMERS] += not samec
-                        acc[RETAINED_CUSTOMERS] += newrun & samec & (run_period + 1 == p)
-                        acc[REPEAT_CUSTOMERS] += (ob < 2) & (oa >= 2)
-                        acc[REWARD_ORDERS] += ra - rb
-                        acc[REWARD_REVENUE] += AR[e0] - AR[s0]
-                        acc[REWARD_CUSTOMERS] += ma & (not mb)
-                        acc[MEMBER_ORDERS] += (oa - (ob & -mb)) & -ma
-                        acc[MEMBER_REVENUE] += (va - (vb & -mb)) & -ma
-                        acc[MEMBER_REPEAT_CUSTOMERS] += (ma & (oa >= 2)) & (not (mb & (ob >= 2)))
-                        run_orders = oa
-                        run_reward_orders = ra
-                        run_revenue = va
-                        run_period = p
-                    order_lo = block_lo if block_lo < order_lo else order_lo
-                    order_hi = block_hi if block_hi > order_hi else order_hi
-                    prev_customer = customers[base + BLOCK - 1]
-                    prev_ts = timestamps[base + BLOCK - 1]
-                    i += BLOCK
-                    continue
-            # The rare block: row by row (a new merchant, a bad row, a huge amount, the last rows).
-            scalar_end = i + BLOCK
+    for i in range(start, n):
         m = merchants[i]
         cust = customers[i]
         t = timestamps[i]
@@ -540,7 +415,6 @@ cdef inline Status scan_rows(
                 order_hi = -1
             started = True
             table = lm_zone_table(tables, stride, zoned, zones, n_zoned, m)
-            merchant_revenue = 0
         bit = (t >> shift) * 2
         p = table[bit] + (t > table[bit + 1])
         bit = reward_offset + i
@@ -596,12 +470,11 @@ cdef inline Status scan_rows(
         else:
             order_lo = t if t < order_lo else order_lo
             order_hi = t if t > order_hi else order_hi
-            if lm_add_overflows(merchant_revenue, a, &merchant_revenue):
-                merchant_revenue = INT64_MAX
         prev_merchant = m
         prev_customer = cust
         prev_ts = t
-        i += 1
+    else:
+        i = n
     stop[0] = i
     if not refunds and started:
         touched = lm_touched_periods(table, shift, order_lo, order_hi)
@@ -613,7 +486,6 @@ cdef inline Status scan_rows(
     st.cur.last_order_period = last_order_period
     st.cur.acc_lo, st.cur.acc_hi = acc_lo, acc_hi
     st.cur.order_lo, st.cur.order_hi = order_lo, order_hi
-    st.cur.merchant_revenue = merchant_revenue
     return status
 
 
