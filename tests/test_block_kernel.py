@@ -1,11 +1,12 @@
-"""The Cython kernel's 64-row block path at its edges (kernels/_scan.pyx).
+"""The compute kernel at 64-row block edges (issue 16: a block kernel).
 
-The kernel takes 64 rows of one merchant at a time when they are all good and
-falls back to its row loop for the others. These tables put merchant changes,
-run and store-customer boundaries, period changes, huge amounts and bad rows
-at rows 63/64/65 and 127/128, and make blocks of one store-customer or of
-all-distinct ones; the result must be the reference's, and the error (type,
-row) the one of the Numba twin (which scans row by row) at the defect's row.
+A kernel that works on blocks of 64 rows (masks one bit a row, a scalar
+fallback for blocks with a new merchant or a bad row) has its edge cases
+where these tables put them: merchant changes, run and store-customer
+boundaries, period changes, huge amounts and bad rows at rows 63/64/65 and
+127/128, blocks of one store-customer or of all-distinct ones. The result
+must be the reference's and the Numba twin's (which scans row by row), and
+a bad row's error (type, row) the one at the defect's row.
 """
 from __future__ import annotations
 
