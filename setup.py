@@ -17,6 +17,12 @@ DEBUG = os.environ.get("LOYALTYMETRICS_DEBUG", "") not in ("", "0")
 # Cython's own helpers first, refund_row is called rather than inlined and its run cursor goes to
 # memory: +25% instructions per refund-mode row (benchmarks/zones_instructions.py).
 GCC_SCAN_ARGS = ["--param=inline-unit-growth=100"]
+# _analyses likewise, and more: its cohort_rows / hist_rows (6 fused copies each, two refund modes
+# each) are inlined into their callers only with this room, so each copy has its refunds mode a
+# constant and the zone tables in registers; called out of line (GCC's defaults since the zone
+# tables) the kernel ran +35% instructions per row (callgrind on lm.cohorts, 500k rows).
+GCC_ANALYSES_ARGS = ["--param=inline-unit-growth=100", "--param=max-inline-insns-single=2000",
+                     "--param=large-function-growth=400"]
 
 extensions = [
     Extension(
@@ -66,6 +72,8 @@ class BuildExt(build_ext):
             for ext in self.extensions:
                 if ext.name == "loyaltymetrics._scan":
                     ext.extra_compile_args = ext.extra_compile_args + GCC_SCAN_ARGS
+                if ext.name == "loyaltymetrics._analyses":
+                    ext.extra_compile_args = ext.extra_compile_args + GCC_ANALYSES_ARGS
         super().build_extensions()
 
 

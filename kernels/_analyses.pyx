@@ -226,7 +226,53 @@ cdef Tables tables_of(const int64_t[:, :, ::1] month_table, const int64_t[:, ::1
     return tb
 
 
-cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, int64_t a,
+cdef struct Window:
+    # The cursor fields the row loop reads or writes on a cache miss or a store-customer boundary, kept
+    # in locals for the loop (``load_window`` at its start, ``store_window`` at every exit) so the
+    # compiler holds them in registers: a store to ``cur`` or to the states' arrays cannot alias them.
+    const int64_t* month_table      # the current merchant's zone's rows of tb.month_table, tb.month_starts
+    const int64_t* month_starts
+    bint started                    # cur[STARTED], cur[PREV_*]: read from here, written to both
+    int64_t prev_merchant
+    int64_t prev_customer
+    int64_t prev_ts
+    int64_t month                   # cur[MONTH]
+    int64_t last_month              # cur[LAST_MONTH]
+    int64_t first_month             # cur[FIRST_MONTH]
+    int64_t early_ts                # cur[EARLY_TS], cur[EARLY_MERCHANT]
+    int64_t early_merchant
+    int64_t late_ts                 # cur[LATE_TS], cur[LATE_MERCHANT]
+    int64_t late_merchant
+
+
+cdef inline void load_window(int64_t[::1] cur, const Tables* tb, Window* w) noexcept nogil:
+    cdef int64_t z = cur[ZONE]
+    w.month_table = tb.month_table + 2 * z * tb.buckets
+    w.month_starts = tb.month_starts + z * tb.months
+    w.started = cur[STARTED] != 0
+    w.prev_merchant = cur[PREV_MERCHANT]
+    w.prev_customer = cur[PREV_CUSTOMER]
+    w.prev_ts = cur[PREV_TS]
+    w.month = cur[MONTH]
+    w.last_month = cur[LAST_MONTH]
+    w.first_month = cur[FIRST_MONTH]
+    w.early_ts = cur[EARLY_TS]
+    w.early_merchant = cur[EARLY_MERCHANT]
+    w.late_ts = cur[LATE_TS]
+    w.late_merchant = cur[LATE_MERCHANT]
+
+
+cdef inline void store_window(int64_t[::1] cur, const Window* w) noexcept nogil:
+    cur[MONTH] = w.month
+    cur[LAST_MONTH] = w.last_month
+    cur[FIRST_MONTH] = w.first_month
+    cur[EARLY_TS] = w.early_ts
+    cur[EARLY_MERCHANT] = w.early_merchant
+    cur[LATE_TS] = w.late_ts
+    cur[LATE_MERCHANT] = w.late_merchant
+
+
+cdef inline int advance(int64_t[::1] cur, Window* w, int64_t m, int64_t cust, int64_t t, int64_t a,
                         const Tables tb, const bint refunds) noexcept nogil:
     """Check one row and say how it moves the cursor (or ``-status``).
 
@@ -237,33 +283,24 @@ cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, in
     """
     cdef int64_t month, z
     cdef const int64_t* bucket
-    cdef int move
+    cdef const int64_t* starts
     if a < 0 and not refunds:
         return -NEGATIVE_AMOUNT
-    # How the row moves the cursor; an UNSORTED row is reported after a timestamp out of range.
-    if cur[STARTED] and m == cur[PREV_MERCHANT]:
-        if cust == cur[PREV_CUSTOMER]:
-            move = -UNSORTED if t < cur[PREV_TS] else SAME_RUN
-        elif cust > cur[PREV_CUSTOMER]:
-            move = NEXT_CUSTOMER
-        else:
-            move = -UNSORTED
-    elif not cur[STARTED] or m > cur[PREV_MERCHANT]:
-        move = NEXT_MERCHANT
+    if not w.started or m > w.prev_merchant:
         # A new merchant: its zone's tables, and an empty month cache (it was another zone's).
         # Only here, so a row of the same merchant does no zone work at all.
-        cur[ZONE] = zone_of(m, &tb)
+        z = zone_of(m, &tb)
+        cur[ZONE] = z
+        w.month_table = tb.month_table + 2 * z * tb.buckets
+        w.month_starts = tb.month_starts + z * tb.months
         cur[MONTH_LO] = 0
         cur[MONTH_HI] = 0
-    else:
-        move = -UNSORTED
     if t < cur[MONTH_LO] or t >= cur[MONTH_HI]:
         if t < 0 or t > tb.ts_max:
             return -TIMESTAMP_RANGE
-        z = cur[ZONE]
-        bucket = tb.month_table + 2 * (z * tb.buckets + (t >> tb.shift))
+        bucket = w.month_table + 2 * (t >> tb.shift)
         month = bucket[0] + (t > bucket[1])
-        cur[MONTH] = month
+        w.month = month
         cur[PERIOD] = tb.month_period[month]
         if a < 0:
             # A refund is no order: it must not widen the orders' month range (the "all"
@@ -272,41 +309,64 @@ cdef inline int advance(int64_t[::1] cur, int64_t m, int64_t cust, int64_t t, in
             cur[MONTH_LO] = 0
             cur[MONTH_HI] = 0
         else:
-            cur[MONTH_LO] = tb.month_starts[z * tb.months + month]
-            cur[MONTH_HI] = tb.month_starts[z * tb.months + month + 1]
-            if month > cur[LAST_MONTH]:
-                cur[LAST_MONTH] = month
-    if move == SAME_RUN and cur[PERIOD] != cur[RUN_PERIOD]:
-        return NEXT_PERIOD
-    return move
+            starts = w.month_starts + month
+            cur[MONTH_LO] = starts[0]
+            cur[MONTH_HI] = starts[1]
+            if month > w.last_month:
+                w.last_month = month
+    # How the row moves the cursor; an UNSORTED row is reported after a timestamp out of range.
+    if w.started and m == w.prev_merchant:
+        if cust == w.prev_customer:
+            if t < w.prev_ts:
+                return -UNSORTED
+            return SAME_RUN if cur[PERIOD] == cur[RUN_PERIOD] else NEXT_PERIOD
+        if cust > w.prev_customer:
+            return NEXT_CUSTOMER
+        return -UNSORTED
+    if not w.started or m > w.prev_merchant:
+        return NEXT_MERCHANT
+    return -UNSORTED
 
 
-cdef inline void track_early(int64_t[::1] cur, int64_t m, int64_t t) noexcept nogil:
+cdef inline void track_early(Window* w, int64_t m, int64_t t) noexcept nogil:
     """Keep the earliest order (SPEC §3's observation window, ``period="all"``'s start).
 
-    ``cur[MONTH]`` is this order's local month: the cache it hit or filled is
+    ``w.month`` is this order's local month: the cache it hit or filled is
     an order's, of this merchant's zone.
     """
-    if t < cur[EARLY_TS] or (t == cur[EARLY_TS] and m < cur[EARLY_MERCHANT]):
-        cur[EARLY_TS] = t
-        cur[EARLY_MERCHANT] = m
-        cur[FIRST_MONTH] = cur[MONTH]
+    if t < w.early_ts or (t == w.early_ts and m < w.early_merchant):
+        w.early_ts = t
+        w.early_merchant = m
+        w.first_month = w.month
 
 
-cdef inline void track_late(int64_t[::1] cur, int64_t m, int64_t t) noexcept nogil:
+cdef inline void track_late(Window* w, int64_t m, int64_t t) noexcept nogil:
     """Keep the latest order (the observation window)."""
-    if t > cur[LATE_TS] or (t == cur[LATE_TS] and m > cur[LATE_MERCHANT]):
-        cur[LATE_TS] = t
-        cur[LATE_MERCHANT] = m
+    if t > w.late_ts or (t == w.late_ts and m > w.late_merchant):
+        w.late_ts = t
+        w.late_merchant = m
 
 
-cdef inline void track_last_row(int64_t[::1] cur) noexcept nogil:
+cdef inline void track_last_row(int64_t[::1] cur, Window* w) noexcept nogil:
     """Without refunds, the row before a store-customer boundary is its latest order (see ``add_order``)."""
-    if cur[STARTED] and not cur[REFUNDS]:
-        track_late(cur, cur[PREV_MERCHANT], cur[PREV_TS])
+    if w.started and not cur[REFUNDS]:
+        track_late(w, w.prev_merchant, w.prev_ts)
 
 
-cdef inline void add_order(int64_t[::1] cur, int move, int64_t m, int64_t cust, int64_t t,
+cdef void track_last_row_of(int64_t[::1] cur) noexcept nogil:
+    """``track_last_row`` on the cursor itself (``*_end``, outside the row loop)."""
+    cdef Window w
+    w.started = cur[STARTED] != 0
+    w.prev_merchant = cur[PREV_MERCHANT]
+    w.prev_ts = cur[PREV_TS]
+    w.late_ts = cur[LATE_TS]
+    w.late_merchant = cur[LATE_MERCHANT]
+    track_last_row(cur, &w)
+    cur[LATE_TS] = w.late_ts
+    cur[LATE_MERCHANT] = w.late_merchant
+
+
+cdef inline void add_order(int64_t[::1] cur, Window* w, int move, int64_t m, int64_t cust, int64_t t,
                            int64_t a, const bint refunds) noexcept nogil:
     """Open what ``move`` starts (run, store-customer) and count the row's order.
 
@@ -323,19 +383,24 @@ cdef inline void add_order(int64_t[::1] cur, int move, int64_t m, int64_t cust, 
                 # A store-customer's rows are in time order, so without refunds its first row is its
                 # earliest order and the row before this one the previous store-customer's latest:
                 # the order range costs nothing on the other rows (``*_end`` sees the last one).
-                track_early(cur, m, t)
-                track_last_row(cur)
+                track_early(w, m, t)
+                if w.started:       # (without refunds: ``track_last_row``)
+                    track_late(w, w.prev_merchant, w.prev_ts)
     cur[STARTED] = 1
     cur[PREV_MERCHANT] = m
     cur[PREV_CUSTOMER] = cust
     cur[PREV_TS] = t
+    w.started = True
+    w.prev_merchant = m
+    w.prev_customer = cust
+    w.prev_ts = t
     if refunds:
         if a >= 0:
             cur[RUN_ORDERS] += 1
             if cur[COHORT] < 0:
                 cur[COHORT] = cur[PERIOD]
-            track_early(cur, m, t)
-            track_late(cur, m, t)
+            track_early(w, m, t)
+            track_late(w, m, t)
     else:
         cur[RUN_ORDERS] += 1
 
@@ -458,12 +523,14 @@ cdef inline int cohort_rows(
     cdef Py_ssize_t i
     cdef int move, status = OK
     cdef int64_t m, cust, t, a
+    cdef Window w
+    load_window(cur, &tb, &w)
     for i in range(start, stop):
         m = merchant_id[i]
         cust = customer_id[i]
         t = order_ts[i]
         a = amount[i]
-        move = advance(cur, m, cust, t, a, tb, refunds)
+        move = advance(cur, &w, m, cust, t, a, tb, refunds)
         if move < 0:
             status = -move
             break
@@ -471,11 +538,11 @@ cdef inline int cohort_rows(
             status = cohort_close_run(s)
             if status != OK:
                 break
-            if move == NEXT_MERCHANT and cur[STARTED]:
+            if move == NEXT_MERCHANT and w.started:
                 status = cohort_flush_merchant(s)
                 if status != OK:
                     break
-        add_order(cur, move, m, cust, t, a, refunds)
+        add_order(cur, &w, move, m, cust, t, a, refunds)
         if move >= NEXT_CUSTOMER:
             cur[CUST_REVENUE] = 0
         # The store-customer's amounts so far add up to its part of a cumulative_revenue cell,
@@ -486,8 +553,29 @@ cdef inline int cohort_rows(
             break
     else:
         i = stop
+    store_window(cur, &w)
     row[0] = i
     return status
+
+
+cdef int cohort_loop(
+    CohortArrays s,
+    const merchant_key_t[::1] merchant_id,
+    const customer_key_t[::1] customer_id,
+    const order_ts_t[::1] order_ts,
+    const int64_t[::1] amount,
+    const Tables tb,
+    Py_ssize_t start,
+    Py_ssize_t stop,
+    Py_ssize_t* row,
+) noexcept nogil:
+    # Two copies of the loop, the mode a constant in each (branch on modes outside the row loop),
+    # in a function of their own: small enough that GCC inlines both (inlined into the large
+    # ``cohort_scan`` wrapper they were called out of line, the mode a variable and the tables on
+    # the stack: +35% instructions per row).
+    if s.cur[REFUNDS]:
+        return cohort_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, row, True)
+    return cohort_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, row, False)
 
 
 def cohort_scan(state,
@@ -517,12 +605,8 @@ def cohort_scan(state,
     cdef Py_ssize_t row = start
     cdef int status
     cdef Tables tb = tables_of(month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
-    # Two copies of the loop, the mode a constant in each (branch on modes outside the row loop).
     with nogil:
-        if s.cur[REFUNDS]:
-            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, True)
-        else:
-            status = cohort_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, False)
+        status = cohort_loop(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row)
     return status, row
 
 
@@ -530,7 +614,7 @@ def cohort_end(state, bint flush):
     """Close the open store-customer (and, with ``flush``, the merchant); return a status."""
     cdef CohortArrays s = CohortArrays(state)
     cdef int status = cohort_close_run(s)
-    track_last_row(s.cur)
+    track_last_row_of(s.cur)
     if status == OK and flush and s.cur[STARTED]:
         status = cohort_flush_merchant(s)
     return status
@@ -758,12 +842,14 @@ cdef inline int hist_rows(
     cdef Py_ssize_t i
     cdef int move, status = OK
     cdef int64_t m, cust, t, a
+    cdef Window w
+    load_window(cur, &tb, &w)
     for i in range(start, stop):
         m = merchant_id[i]
         cust = customer_id[i]
         t = order_ts[i]
         a = amount[i]
-        move = advance(cur, m, cust, t, a, tb, refunds)
+        move = advance(cur, &w, m, cust, t, a, tb, refunds)
         if move < 0:
             status = -move
             break
@@ -772,20 +858,41 @@ cdef inline int hist_rows(
             if status != OK:
                 break
             if move == NEXT_MERCHANT:
-                if cur[STARTED]:
+                if w.started:
                     status = hist_flush_merchant(s)
                     if status != OK:
                         break
                 if not s.first_pass:
                     hist_open_merchant(s, m)
-        add_order(cur, move, m, cust, t, a, refunds)
+        add_order(cur, &w, move, m, cust, t, a, refunds)
         if add_overflows(cur[RUN_REVENUE], a, &cur[RUN_REVENUE]):
             status = AMOUNT_OVERFLOW
             break
     else:
         i = stop
+    store_window(cur, &w)
     row[0] = i
     return status
+
+
+cdef int hist_loop(
+    HistArrays s,
+    const merchant_key_t[::1] merchant_id,
+    const customer_key_t[::1] customer_id,
+    const order_ts_t[::1] order_ts,
+    const int64_t[::1] amount,
+    const Tables tb,
+    Py_ssize_t start,
+    Py_ssize_t stop,
+    Py_ssize_t* row,
+) noexcept nogil:
+    # Two copies of the loop, the mode a constant in each (branch on modes outside the row loop),
+    # in a function of their own: small enough that GCC inlines both (inlined into the large
+    # ``hist_scan`` wrapper they were called out of line, the mode a variable and the tables on
+    # the stack: +35% instructions per row).
+    if s.cur[REFUNDS]:
+        return hist_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, row, True)
+    return hist_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, row, False)
 
 
 def hist_scan(state,
@@ -816,10 +923,7 @@ def hist_scan(state,
     cdef int status
     cdef Tables tb = tables_of(month_table, month_starts, zone_merchant, zone_index, month_period, shift, ts_max)
     with nogil:
-        if s.cur[REFUNDS]:
-            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, True)
-        else:
-            status = hist_rows(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row, False)
+        status = hist_loop(s, merchant_id, customer_id, order_ts, amount, tb, start, stop, &row)
     return status, row
 
 
@@ -827,7 +931,7 @@ def hist_end(state, bint flush):
     """Close the open store-customer (and, with ``flush``, the merchant); return a status."""
     cdef HistArrays s = HistArrays(state)
     cdef int status = hist_close_run(s)
-    track_last_row(s.cur)
+    track_last_row_of(s.cur)
     if status == OK and flush and s.cur[STARTED]:
         status = hist_flush_merchant(s)
     return status

@@ -134,3 +134,27 @@ def test_a_missing_optional_dependency_is_one_line_naming_the_extra(sample, tmp_
     assert err.startswith("loyaltymetrics: error: ") and err.count("\n") == 1, err
     assert f"loyaltymetrics[{ {'scipy': 'clv', 'matplotlib': 'report'}[module] }]" in err
     assert isinstance(lm.MissingDependencyError("x"), ImportError)
+
+
+def test_rfm_merchants_gives_each_merchant_its_zone(sample, tmp_path):
+    # The merchants' timezone column reaches rfm from the CLI as from the API (SPEC §3); a far-off zone
+    # moves orders across local days, so the flag being ignored would show as the UTC table.
+    folder, orders, merchants = sample
+    table = pacsv.read_csv(merchants)
+    zones = ["Pacific/Kiritimati" if i % 2 else "America/Adak" for i in range(table.num_rows)]
+    zoned = tmp_path / "zoned.parquet"
+    pq.write_table(table.append_column("timezone", pa.array(zones)), zoned)
+    columns = {"order_ts": "created_at", "amount": "total_cents"}
+    out = tmp_path / "r.parquet"
+    assert main(["rfm", orders, "--merchants", str(zoned), "--columns", "order_ts=created_at,amount=total_cents",
+                 "--observation-end", "2024-01-01", "-o", str(out), "-q"]) == 0
+    got = pq.read_table(out)
+    assert got.equals(lm.rfm(orders, observation_end="2024-01-01", columns=columns, merchants=str(zoned)).read_all())
+    assert not got.equals(lm.rfm(orders, observation_end="2024-01-01", columns=columns).read_all())
+
+
+def test_rfm_refuses_to_write_over_its_merchants(sample, capsys):
+    folder, orders, merchants = sample
+    before = open(merchants, "rb").read()
+    assert main(["rfm", orders, "--merchants", merchants, "-o", merchants, "-q"]) != 0
+    assert open(merchants, "rb").read() == before

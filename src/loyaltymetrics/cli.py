@@ -452,8 +452,12 @@ def _add_rfm_parser(sub):
                    help="map canonical names to the input's, e.g. amount=total_cents,order_ts=created_at")
     p.add_argument("--engine", choices=ENGINES, default="cython", help="kernel (default: cython)")
     p.add_argument("--threads", type=_positive_int, metavar="N", help="threads scanning chunks (default: the usable CPUs)")
+    p.add_argument("--merchants", metavar="FILE",
+                   help="merchants table (Parquet, Arrow or CSV) whose timezone column gives each merchant's "
+                        "local days and months (SPEC §3)")
     p.add_argument("--timezone", type=_zone, default=None, metavar="ZONE",
-                   help="IANA time zone of the local days and months of every store (default: UTC)")
+                   help="IANA time zone of the local days and months of every store without a timezone in "
+                        "--merchants (default: UTC)")
     _add_unsorted(p)
     _add_quiet(p)
 
@@ -461,11 +465,13 @@ def _add_rfm_parser(sub):
 def _rfm(args):
     from .rfm_summary import check_rfm_path, rfm, write_rfm
 
-    check_rfm_path(args.output, [args.orders])  # before reading anything
+    inputs = [args.orders] + ([args.merchants] if args.merchants else [])
+    check_rfm_path(args.output, inputs)  # before reading anything
     reader = rfm(args.orders, args.freq, args.observation_end, args.include_first_transaction,
                  calibration_end=args.calibration_end, columns=args.columns, engine=args.engine,
-                 threads=args.threads, progress=not args.quiet, **_timezone(args), **_unsorted(args))
-    rows = write_rfm(reader, args.output, inputs=[args.orders])
+                 threads=args.threads, progress=not args.quiet, merchants=args.merchants, **_timezone(args),
+                 **_unsorted(args))
+    rows = write_rfm(reader, args.output, inputs=inputs)
     print(f"wrote {rows:,} store-customers to {args.output}", file=sys.stderr)
     return 0
 
