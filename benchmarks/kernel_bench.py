@@ -10,7 +10,7 @@ new, ...), each timing ``--repeat`` calls after one warm-up and reporting
 their median; the table shows the median over ``--runs`` processes. A build
 is a ``src`` folder with the compiled kernels in place:
 
-    python benchmarks/kernel_bench.py --rows 2e7 --build old=/work/main/src --build new=src
+    python benchmarks/kernel_bench.py --rows 2e7 --build old=../old/src --build new=src
 
 Timings on a shared machine are noisy: compare builds measured in one run
 only, and count instructions with ``zones_instructions.py`` under callgrind.

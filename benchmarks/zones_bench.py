@@ -6,7 +6,7 @@ warm-up, for two merchants tables: no ``timezone`` column (every merchant
 UTC) and merchants spread round-robin over 20 IANA zones. Run it once per
 build and compare the lines, e.g.:
 
-    PYTHONPATH=/work/main/src python benchmarks/zones_bench.py --label old
+    PYTHONPATH=../old/src python benchmarks/zones_bench.py --label old  (../old: the old commit, built in place)
     PYTHONPATH=src            python benchmarks/zones_bench.py --label new
 
 A build without zones ignores the ``timezone`` column (and ``scan_orders``
