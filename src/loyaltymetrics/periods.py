@@ -399,12 +399,14 @@ def merchant_zones(merchant_id, names, default=None, source="<table>"):
     from .errors import SchemaError
 
     names = list(names)
+    checked = {None, ""}
     for row, name in enumerate(names):
-        if name is None or name == "":
+        if name in checked:  # each name is loaded once, not once per merchant
             continue
         try:
             check_zone(name)
         except ValueError:
             raise SchemaError(source, row, f"timezone {name!r} is not an IANA time zone name "
                                            "(such as 'America/New_York' or 'UTC')") from None
+        checked.add(name)
     return MerchantZones.from_names(merchant_id, names, default)
