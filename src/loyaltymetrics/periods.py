@@ -268,11 +268,6 @@ def n_periods(period):
     return 1 if period == "all" else N_MONTHS // MONTHS_PER_PERIOD[period]
 
 
-def month_start(units_per_day):
-    """int64[N_MONTHS + 1]: first timestamp of each UTC month (``local_month_starts("UTC", ...)``)."""
-    return local_month_starts(DEFAULT_ZONE, units_per_day)
-
-
 def bucket_shift(units_per_day):
     """log2 of the bucket width of ``period_table``: the largest power of two not above 28 days."""
     return (28 * int(units_per_day)).bit_length() - 1
@@ -354,11 +349,6 @@ def check_merchant_zones(merchant_id, zone, n_tables):
         raise ValueError("zone index outside the stacked period tables")
     if len(merchant_id) > 1 and not np.all(merchant_id[1:] > merchant_id[:-1]):
         raise ValueError("zone merchants must be sorted and unique")
-
-
-def month_of(ts, units_per_day):
-    """UTC month index (months since 1969-01) of a valid raw timestamp."""
-    return local_month_of(ts, units_per_day, DEFAULT_ZONE)
 
 
 def ts_max(units_per_day):
