@@ -100,14 +100,8 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
         (a subclass naming the file, row and values) for bad input.
     """
     by = check_by(by)
-    periods.check_period(period)
-    if timezone is not None:
-        periods.check_zone(timezone)
-    size_edges = check_size_edges(size_edges)
-    check_observation(observation_start, observation_end)
-    scan_module(engine)
-    threads = parallel.resolve_threads(threads)
-    chunk_rows = parallel.check_chunk_rows(chunk_rows)
+    size_edges, threads, chunk_rows = check_scan_options(period, timezone, size_edges, observation_start,
+                                                         observation_end, engine, threads, chunk_rows)
     merchant_table = read_merchants(merchants)
     if not presorted:
         return unsorted.run_sorted(
@@ -116,18 +110,36 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
                                  observation_start=observation_start, observation_end=observation_end,
                                  timezone=timezone),
             orders, columns, refunds, memory_limit)
-    zones = merchant_table.zones(timezone)
-    source = source_label(orders)
+    partials = scan_partials(orders, columns, period, refunds, engine, threads, chunk_rows, progress,
+                             merchant_table.zones(timezone), "compute")
+    return finalize(partials, merchant_table, by, period, size_edges, source=source_label(orders),
+                    observation_start=observation_start, observation_end=observation_end)
 
+
+def check_scan_options(period, timezone, size_edges, observation_start, observation_end, engine, threads,
+                       chunk_rows):
+    """Check the options of one kernel pass before any input is read; ``(size_edges, threads, chunk_rows)``
+    as the pass takes them (``compute`` and ``benchmarks``)."""
+    periods.check_period(period)
+    if timezone is not None:
+        periods.check_zone(timezone)
+    size_edges = check_size_edges(size_edges)
+    check_observation(observation_start, observation_end)
+    scan_module(engine)
+    return size_edges, parallel.resolve_threads(threads), parallel.check_chunk_rows(chunk_rows)
+
+
+def scan_partials(orders, columns, period, refunds, engine, threads, chunk_rows, progress, zones, desc):
+    """The combined per-(merchant, period) partials of one kernel pass over ``orders`` (``compute`` and
+    ``benchmarks``); ``desc`` names the pass on the progress bar."""
+    source = source_label(orders)
     total = count_rows(orders) if _progress.shown(progress) else None
 
     def scan(threads):
-        with _progress.bar(total, progress, desc="compute") as bar:
+        with _progress.bar(total, progress, desc=desc) as bar:
             batches = order_batches(orders, columns, threads=threads)
             parts = scan_orders(batches, period, refunds, engine, threads, chunk_rows, bar.update, zones)
         # Adding the threads' pieces may overflow where no row is known: see rescan_for_row.
         return combine(parts, source)
 
-    partials = rescan(scan, threads, rereadable(orders), refunds)
-    return finalize(partials, merchant_table, by, period, size_edges, source=source,
-                    observation_start=observation_start, observation_end=observation_end)
+    return rescan(scan, threads, rereadable(orders), refunds)

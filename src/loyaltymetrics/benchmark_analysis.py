@@ -33,14 +33,13 @@ import numpy as np
 import pyarrow as pa
 
 from . import parallel, periods
-from . import progress as _progress
 from ._types import ColumnMap, DateLike, Engine, GroupKeys, Merchants, Orders, Period, SizeEdges
 from .arrays import bool_array, numeric_array, string_array
 from .errors import reporting_resource_errors
-from .finalize import (DEFAULT_SIZE_EDGES, DERIVED_COLUMNS, check_by, check_observation, check_size_edges, combine,
+from .finalize import (DEFAULT_SIZE_EDGES, DERIVED_COLUMNS, check_by, check_size_edges, combine,
                        finalize, group_codes, key_columns)
-from .inputs import count_rows, order_batches, read_merchants, rereadable, source_label
-from .scan import rescan, scan_module, scan_orders
+from .api import check_scan_options, scan_partials
+from .inputs import read_merchants, source_label
 
 # SPEC §5 metrics in SPEC order, then their year-over-year changes in the same order.
 METRICS = DERIVED_COLUMNS + tuple(f"{name}_yoy" for name in DERIVED_COLUMNS)
@@ -127,28 +126,14 @@ def benchmarks(orders: Orders, merchants: Merchants | None = None, *, by: GroupK
     """
     by = _check_benchmark_by(by)
     metrics = check_metrics(metrics)
-    periods.check_period(period)
-    if timezone is not None:
-        periods.check_zone(timezone)
-    size_edges = check_size_edges(size_edges)
-    check_observation(observation_start, observation_end)
-    scan_module(engine)
-    threads = parallel.resolve_threads(threads)
-    chunk_rows = parallel.check_chunk_rows(chunk_rows)
+    size_edges, threads, chunk_rows = check_scan_options(period, timezone, size_edges, observation_start,
+                                                         observation_end, engine, threads, chunk_rows)
     merchant_table = read_merchants(merchants)
-    zones = merchant_table.zones(timezone)
-    source = source_label(orders)
-    total = count_rows(orders) if _progress.shown(progress) else None
-
-    def scan(threads):
-        with _progress.bar(total, progress, desc="benchmarks") as bar:
-            batches = order_batches(orders, columns)
-            parts = scan_orders(batches, period, refunds, engine, threads, chunk_rows, bar.update, zones)
-        return combine(parts, source)
-
-    partials = rescan(scan, threads, rereadable(orders), refunds)
+    partials = scan_partials(orders, columns, period, refunds, engine, threads, chunk_rows, progress,
+                             merchant_table.zones(timezone), "benchmarks")
     return benchmark_tables(partials, merchant_table, by, period, metrics, size_edges, per_merchant=per_merchant,
-                            source=source, observation_start=observation_start, observation_end=observation_end)
+                            source=source_label(orders), observation_start=observation_start,
+                            observation_end=observation_end)
 
 
 def benchmark_tables(partials, merchant_table, by=(), period="year", metrics=None, size_edges=DEFAULT_SIZE_EDGES,
