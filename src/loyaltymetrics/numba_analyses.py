@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 
 from . import _analyses
+from .numba_scan import zone_of
 
 CURSOR_FIELDS = (
     "started", "prev_merchant", "prev_customer", "prev_ts", "run_period", "run_orders",
@@ -59,20 +60,6 @@ def _bin_of(x):
     return (length - MANTISSA_BITS) * MANTISSA + ((x >> (length - 1 - MANTISSA_BITS)) & (MANTISSA - 1))
 
 
-@njit(nogil=True, cache=True)
-def _zone_of(m, zone_merchant, zone_index):
-    lo, hi = 0, zone_merchant.shape[0]
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if zone_merchant[mid] < m:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo < zone_merchant.shape[0] and zone_merchant[lo] == m:
-        return np.int64(zone_index[lo])
-    return np.int64(0)
-
-
 @njit(nogil=True, cache=True, inline="always")
 def _advance(cur, m, cust, t, a, month_table, month_starts, zone_merchant, zone_index, month_period, shift,
              ts_max, refunds):
@@ -87,7 +74,7 @@ def _advance(cur, m, cust, t, a, month_table, month_starts, zone_merchant, zone_
             move = -UNSORTED
     elif not cur[STARTED] or m > cur[PREV_MERCHANT]:
         move = NEXT_MERCHANT
-        cur[ZONE] = _zone_of(m, zone_merchant, zone_index)    # a new merchant: its zone, an empty cache
+        cur[ZONE] = zone_of(m, zone_merchant, zone_index)    # a new merchant: its zone, an empty cache
         cur[MONTH_LO] = 0
         cur[MONTH_HI] = 0
     else:

@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 from ._rfm import check_zone_offsets
+from .numba_scan import zone_of
 
 OUTPUT_COLUMNS = ("merchant_id", "customer_id", "periods", "first_period", "last_period", "value",
                   "holdout_periods", "holdout_orders", "holdout_value")
@@ -155,14 +156,7 @@ def _scan_rows(cursor, out, merchant_id, customer_id, order_ts, amount, day_peri
             status = 3  # NEGATIVE_AMOUNT
             break
         if m != zone_merchant_now or not zone_set:
-            lo, hi = 0, zone_merchant.shape[0]
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if zone_merchant[mid] < m:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            z = np.int64(zone_index[lo]) if lo < zone_merchant.shape[0] and zone_merchant[lo] == m else np.int64(0)
+            z = zone_of(m, zone_merchant, zone_index)
             zone = z
             seg_lo = zone_first[z]
             seg_hi = zone_first[z + 1]

@@ -143,12 +143,19 @@ def _add_overflows(a, b):
 
 
 @njit(nogil=True, cache=True)
-def _zone_table(tables, zone_merchant, zone_index, m):
-    """The period table of merchant ``m``'s zone: binary search of the sorted ``zone_merchant``, else zone 0."""
+def zone_of(m, zone_merchant, zone_index):
+    """Zone of merchant ``m``: its entry in the sorted ``zone_merchant``, else the default zone 0
+    (the Numba kernels' one lookup, made when the merchant changes)."""
     i = np.searchsorted(zone_merchant, m)
     if i < len(zone_merchant) and zone_merchant[i] == m:
-        return tables[zone_index[i]]
-    return tables[0]
+        return np.int64(zone_index[i])
+    return np.int64(0)
+
+
+@njit(nogil=True, cache=True)
+def _zone_table(tables, zone_merchant, zone_index, m):
+    """The period table of merchant ``m``'s zone."""
+    return tables[zone_of(m, zone_merchant, zone_index)]
 
 
 @njit(nogil=True, cache=True)
