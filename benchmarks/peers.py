@@ -3,6 +3,13 @@
     python benchmarks/peers.py --rows 50000000 --data-dir /data/bench
     python benchmarks/peers.py --rows 5e6 --repeat 3 --markdown
     python benchmarks/peers.py --rows 2e7 --inputs snappy,zstd --engines lm-cython-1,lm-cython-2,polars
+    python benchmarks/peers.py --rows 5e7 --small-engines datafusion,chdb --small-rows 5e6
+
+A peer too slow to run at ``--rows`` (DataFusion takes minutes a run at
+5e7 rows here) can be named in ``--small-engines``: it runs on a data set of
+``--small-rows`` rows generated the same way, its row in the table says so,
+its ratio is of rows/s, and its result is compared with loyaltymetrics' on
+those rows.
 
 One table per input (``--inputs``, default all four):
 
@@ -578,6 +585,7 @@ class Outcome:
     note: str | None = None       # "n/a ...", "did not finish ...", "failed ..."
     difference: str | None = None
     unchecked: bool = False       # no loyaltymetrics result to compare with
+    rows: int | None = None       # rows of the data set this engine ran on (--small-engines: fewer)
 
     @property
     def ran(self):
@@ -725,16 +733,19 @@ def rate(rows_per_s):
 
 
 def table_rows(outcomes, rows, baseline):
+    """Cells of one table; an engine run on fewer rows (``--small-engines``) is named with its row count
+    and compared by rows/s."""
     header = ["engine", "threads", "wall (median)", "min – max", "rows/s", "peak RSS", "vs baseline", "result"]
     lines = []
-    base_rate = rows / statistics.median(baseline.seconds) if baseline and baseline.ran else None
+    base_rate = (baseline.rows or rows) / statistics.median(baseline.seconds) if baseline and baseline.ran else None
     for o in outcomes:
-        cells = [o.engine.name, str(o.engine.threads)]
+        n = o.rows or rows
+        cells = [o.engine.name + (f" (at {n:,} rows)" if n != rows else ""), str(o.engine.threads)]
         if o.ran:
             med = statistics.median(o.seconds)
-            cells += [f"{med:,.3f} s", f"{min(o.seconds):,.3f} – {max(o.seconds):,.3f} s", rate(rows / med),
+            cells += [f"{med:,.3f} s", f"{min(o.seconds):,.3f} – {max(o.seconds):,.3f} s", rate(n / med),
                       mib(statistics.median(o.peak_rss)),
-                      f"{rows / med / base_rate:.2f}x" if base_rate else "n/a",
+                      f"{n / med / base_rate:.2f}x" if base_rate else "n/a",
                       "DIFFERENT" if o.difference else "not compared" if o.unchecked else "equal"]
         else:
             cells += ["-"] * 5 + [o.note or "not run"]
@@ -824,6 +835,12 @@ def main(argv=None):
     parser.add_argument("--bandwidth-mib", type=int, default=1024,
                         help="size of the in-memory array the bandwidth is measured on (default: %(default)s)")
     parser.add_argument("--bandwidth-repeat", type=int, default=7)
+    parser.add_argument("--small-engines", default="",
+                        help="comma-separated engines (as --engines) run on a data set of --small-rows rows "
+                             "instead, for peers too slow for --rows; their rows are marked with the row count "
+                             "and compared by rows/s, their results with loyaltymetrics' on the same rows")
+    parser.add_argument("--small-rows", type=float, default=5e6,
+                        help="rows of the data set --small-engines run on (default: %(default)g)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip checking each engine against the tests' SQL peer on small hostile inputs first")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
@@ -852,6 +869,12 @@ def main(argv=None):
         if unknown:
             parser.error(f"unknown engines {unknown}; choose from {', '.join(engine_ids)}")
         engines = [engine_ids[e] for e in args.engines.split(",")]
+    small = [e for e in args.small_engines.split(",") if e]
+    unknown = [e for e in small if e not in engine_ids]
+    if unknown:
+        parser.error(f"unknown small engines {unknown}; choose from {', '.join(engine_ids)}")
+    small = {engine_ids[e] for e in small}
+    small_rows = int(args.small_rows)
     input_kinds = args.inputs.split(",")
     unknown = [k for k in input_kinds if k not in INPUTS]
     if unknown:
@@ -883,6 +906,14 @@ def main(argv=None):
         files[kind], reused = derived_file(path, kind, args.seed)
         print(f"data:     {files[kind]} ({mib(Path(files[kind]).stat().st_size)}, "
               + ("reused" if reused else f"written in {time.perf_counter() - start:,.1f} s") + ")")
+    small_files = {}
+    if small & set(engines) and small_rows != rows:
+        small_path, _ = write_orders_file(data_dir / data_file_name(small_rows, args.seed, args.merchants),
+                                          small_rows, args.seed, n_merchants=args.merchants)
+        for kind in input_kinds:
+            small_files[kind] = small_path if kind == "arrow" else derived_file(small_path, kind, args.seed)[0]
+        print(f"data:     {small_path} and its derived files ({small_rows:,} rows) for "
+              + ", ".join(e.name for e in engines if e in small))
 
     keywords = lm_keywords()
     # The reference is loyaltymetrics' first result on any input: every input holds the same rows,
@@ -890,6 +921,12 @@ def main(argv=None):
     reference, waiting = None, []
     tables = []
     with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
+        small_reference = None
+        if small_files:
+            # What the engines run on fewer rows must equal: loyaltymetrics (untimed) on those rows.
+            args.input_kind = "arrow"
+            small_reference = run_once(BASELINE, Outcome(BASELINE), args, str(small_files["arrow"]), warmup,
+                                       os.path.join(tmp, "result-small.arrow"))
         for kind in input_kinds:
             args.input_kind = kind
             warm = warm_page_cache(files[kind])
@@ -910,6 +947,16 @@ def main(argv=None):
                     if o.note is not None:
                         continue
                     out = os.path.join(tmp, f"result-{kind}-{i}-{r}.arrow")
+                    if small_files and o.engine in small:
+                        o.rows = small_rows
+                        result = run_once(o.engine, o, args, str(small_files[kind]), warmup_file, out)
+                        if result is not None:
+                            problem = first_difference(small_reference, result)
+                            o.difference = o.difference or problem
+                            print(f"  {kind} run {r + 1}/{args.repeat} {o.engine.name} threads={o.engine.threads} "
+                                  f"at {small_rows:,} rows: {o.seconds[-1]:,.3f} s, peak RSS {mib(o.peak_rss[-1])}"
+                                  + (f"  RESULT DIFFERS: {problem}" if problem else ""), flush=True)
+                        continue
                     result = run_once(o.engine, o, args, files[kind], warmup_file, out)
                     if result is None:
                         continue
