@@ -500,3 +500,34 @@ def test_corrupt_parquet_row_group_gives_the_one_thread_error(tmp_path, threads)
     expected = error(1)
     assert expected[0] is lm.CorruptInputError and expected[1] == 100_000, expected
     assert error(threads) == expected
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_parquet_decoding_runs_a_bounded_number_of_rows_ahead(tmp_path, monkeypatch, threads):
+    # Worker threads decode row groups ahead of the batches taken, up to a round of the driver
+    # (threads * PARQUET_AHEAD_ROWS rows) or `threads` row groups, whichever is more: memory
+    # holds that many decoded rows beyond the batch in hand, however large the file, and the
+    # batches come in file order, whole.
+    table = orders_table(300_000)
+    path = tmp_path / "orders.parquet"
+    pq.write_table(table, path, row_group_size=10_000)   # 30 row groups, none coalesced
+    monkeypatch.setattr(inputs, "PARQUET_AHEAD_ROWS", 15_000)
+    started, lock = [], threading.Lock()
+    read_row_group = pq.ParquetFile.read_row_group
+
+    def traced(self, group, *args, **kwargs):
+        with lock:
+            started.append(group)
+        return read_row_group(self, group, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", traced)
+    ahead = max(threads if threads > 1 else 0, -(-threads * 15_000 // 10_000))   # row groups beyond
+    rows = []
+    for batch in inputs.order_batches(str(path), threads=threads):
+        group = batch.first_row // 10_000
+        with lock:
+            assert max(started) <= group + ahead, (started, group)
+        rows.append((batch.first_row, len(batch)))
+    assert rows == [(g * 10_000, 10_000) for g in range(30)]
+    assert sorted(started) == list(range(30))
+    assert lm.compute(str(path), threads=threads).equals(lm.compute(table, threads=1))

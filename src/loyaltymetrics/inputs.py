@@ -538,6 +538,11 @@ def _read_file(source, kind, watch, names, required, threads=None):
 # Row groups of at most this many rows are decoded whole, several side by side; a file with
 # larger ones is streamed PARQUET_BATCH_ROWS at a time (memory stays bounded either way).
 PARQUET_GROUP_ROWS = 1 << 21
+# Decoded rows kept ready beyond the row group being taken, per thread: the driver (parallel.py)
+# takes threads * chunk_rows rows a round and scans them on every thread; with a round's worth
+# decoded ahead, the next round is decoded while this one is scanned (not before or after it).
+PARQUET_AHEAD_ROWS = 1 << 21
+PARQUET_AHEAD_GROUPS = 64   # and at most this many row groups (small row groups: few rows each)
 
 
 def _parquet_batches(source, parquet, wanted, threads):
@@ -551,7 +556,11 @@ def _parquet_batches(source, parquet, wanted, threads):
     with one thread (which decodes here, one row group at a time). An error
     met decoding a row group is raised when that row group's turn comes,
     naming its first row, after the rows before it: the same error at every
-    thread count. A file with row groups over ``PARQUET_GROUP_ROWS`` rows
+    thread count. Decoding runs ahead of the batches taken by at least
+    ``workers`` row groups and ``threads * PARQUET_AHEAD_ROWS`` rows (a
+    round of the driver at its default chunk size; at most
+    ``PARQUET_AHEAD_GROUPS`` row groups), so a round is decoded while the
+    round before it is scanned. A file with row groups over ``PARQUET_GROUP_ROWS`` rows
     is streamed ``PARQUET_BATCH_ROWS`` rows at a time instead, one row
     group after another, its columns decoded side by side (pyarrow's
     threads) when ``threads`` > 1.
@@ -592,10 +601,14 @@ def _parquet_batches(source, parquet, wanted, threads):
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loyaltymetrics-parquet")
     pending = []
+    # ends[g]: rows of row groups [0, g); ends[ahead] - ends[group + 1]: rows submitted beyond the one taken.
+    ends = list(itertools.accumulate((metadata.row_group(g).num_rows for g in range(groups)), initial=0))
+    ahead_rows = threads * PARQUET_AHEAD_ROWS
     try:
-        ahead = 0
+        ahead = 0   # row groups submitted
         for group in range(groups):
-            while ahead < groups and ahead <= group + workers:
+            while ahead < groups and (ahead <= group + workers or (
+                    ends[ahead] - ends[group + 1] < ahead_rows and ahead <= group + PARQUET_AHEAD_GROUPS)):
                 pending.append(pool.submit(decode, ahead))
                 ahead += 1
             batches = pending.pop(0).result()
