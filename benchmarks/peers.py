@@ -824,6 +824,9 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "loyaltymetrics-bench"),
                         help="where the data file is written and reused (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per engine; medians are reported (default: 5)")
+    parser.add_argument("--repeat-peers", type=int,
+                        help="runs per engine other than loyaltymetrics (default: --repeat); the tables say "
+                             "how many runs each median is of")
     parser.add_argument("--engines", default="all",
                         help="comma-separated subset of: lm-cython-1, lm-cython-2, lm-numba-2, duckdb, polars, "
                              "chdb, datafusion")
@@ -875,6 +878,7 @@ def main(argv=None):
         parser.error(f"unknown small engines {unknown}; choose from {', '.join(engine_ids)}")
     small = {engine_ids[e] for e in small}
     small_rows = int(args.small_rows)
+    peer_repeat = args.repeat if args.repeat_peers is None else args.repeat_peers
     input_kinds = args.inputs.split(",")
     unknown = [k for k in input_kinds if k not in INPUTS]
     if unknown:
@@ -906,7 +910,7 @@ def main(argv=None):
         files[kind], reused = derived_file(path, kind, args.seed)
         print(f"data:     {files[kind]} ({mib(Path(files[kind]).stat().st_size)}, "
               + ("reused" if reused else f"written in {time.perf_counter() - start:,.1f} s") + ")")
-    small_files = {}
+    small_files, small_path = {}, None
     if small & set(engines) and small_rows != rows:
         small_path, _ = write_orders_file(data_dir / data_file_name(small_rows, args.seed, args.merchants),
                                           small_rows, args.seed, n_merchants=args.merchants)
@@ -925,7 +929,7 @@ def main(argv=None):
         if small_files:
             # What the engines run on fewer rows must equal: loyaltymetrics (untimed) on those rows.
             args.input_kind = "arrow"
-            small_reference = run_once(BASELINE, Outcome(BASELINE), args, str(small_files["arrow"]), warmup,
+            small_reference = run_once(BASELINE, Outcome(BASELINE), args, str(small_path), warmup,
                                        os.path.join(tmp, "result-small.arrow"))
         for kind in input_kinds:
             args.input_kind = kind
@@ -942,9 +946,9 @@ def main(argv=None):
                 for o in outcomes:
                     if o.note is None:
                         check_engine(o.engine, o, args, tmp)
-            for r in range(args.repeat):
+            for r in range(max(args.repeat, peer_repeat)):
                 for i, o in enumerate(outcomes):
-                    if o.note is not None:
+                    if o.note is not None or (o.engine.kind != "loyaltymetrics" and r >= peer_repeat):
                         continue
                     out = os.path.join(tmp, f"result-{kind}-{i}-{r}.arrow")
                     if small_files and o.engine in small:
@@ -953,7 +957,7 @@ def main(argv=None):
                         if result is not None:
                             problem = first_difference(small_reference, result)
                             o.difference = o.difference or problem
-                            print(f"  {kind} run {r + 1}/{args.repeat} {o.engine.name} threads={o.engine.threads} "
+                            print(f"  {kind} run {r + 1} {o.engine.name} threads={o.engine.threads} "
                                   f"at {small_rows:,} rows: {o.seconds[-1]:,.3f} s, peak RSS {mib(o.peak_rss[-1])}"
                                   + (f"  RESULT DIFFERS: {problem}" if problem else ""), flush=True)
                         continue
@@ -974,7 +978,7 @@ def main(argv=None):
                         problem = first_difference(reference, result)
                     if problem and not o.difference:
                         o.difference = problem
-                    print(f"  {kind} run {r + 1}/{args.repeat} {o.engine.name} threads={o.engine.threads}: "
+                    print(f"  {kind} run {r + 1} {o.engine.name} threads={o.engine.threads}: "
                           f"{o.seconds[-1]:,.3f} s, peak RSS {mib(o.peak_rss[-1])}"
                           + (f"  RESULT DIFFERS: {problem}" if problem else ""), flush=True)
             tables.append((kind, outcomes))
@@ -995,11 +999,17 @@ def main(argv=None):
         if baseline is not None:
             header[6] = f"vs {baseline.engine.name.replace('loyaltymetrics', 'lm')} x{baseline.engine.threads}"
         print()
+        runs = f"{args.repeat} run(s)" if peer_repeat == args.repeat else \
+            f"{args.repeat} run(s) of loyaltymetrics and {peer_repeat} of each other engine"
         print(f"{INPUTS[kind]}: SPEC §4 base counts by (merchant_id, year), {rows:,} rows, medians of "
-              f"{args.repeat} run(s) (min – max), each run a fresh process:")
+              f"{runs} (min – max), each run a fresh process:")
         print(render_markdown(header, lines) if args.markdown else render_text(header, lines))
         if any(o.unchecked for o in outcomes):
             print("(results not compared: no loyaltymetrics run to compare them with)")
+        ran = {o.engine: o for o in outcomes if o.ran}
+        if ENGINES[0] in ran and ENGINES[1] in ran:
+            speedup = statistics.median(ran[ENGINES[0]].seconds) / statistics.median(ran[ENGINES[1]].seconds)
+            print(f"loyaltymetrics cython on 2 threads: {speedup:.2f}x its speed on 1 thread (medians)")
     outcomes = [o for _, group in tables for o in group]
     kind_of = {id(o): kind for kind, group in tables for o in group}
     per_row = bytes_per_row(path)
