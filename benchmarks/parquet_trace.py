@@ -2,7 +2,7 @@
 
     python benchmarks/parquet_trace.py DATA.parquet [--threads 2] [--repeat 3]
 
-Wraps pyarrow's ``ParquetFile.read_row_group`` and the driver's
+Wraps the reader's ``inputs._read_group`` (one row group) and the driver's
 ``parallel._run_chunk`` with timers, runs ``compute(by=["merchant"],
 period="year")`` and prints, per run: wall seconds, the seconds spent
 decoding and scanning (summed over threads), and the share of
@@ -13,10 +13,8 @@ import argparse
 import threading
 import time
 
-import pyarrow.parquet as pq
-
 import loyaltymetrics as lm
-from loyaltymetrics import parallel
+from loyaltymetrics import inputs, parallel
 
 events = []
 lock = threading.Lock()
@@ -52,7 +50,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    pq.ParquetFile.read_row_group = traced("decode", pq.ParquetFile.read_row_group)
+    inputs._read_group = traced("decode", inputs._read_group)
     parallel._run_chunk = traced("scan", parallel._run_chunk)
     for _ in range(args.repeat + 1):
         events.clear()

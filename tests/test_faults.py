@@ -513,14 +513,14 @@ def test_parquet_decoding_runs_a_bounded_number_of_rows_ahead(tmp_path, monkeypa
     pq.write_table(table, path, row_group_size=10_000)   # 30 row groups, none coalesced
     monkeypatch.setattr(inputs, "PARQUET_AHEAD_ROWS", 15_000)
     started, lock = [], threading.Lock()
-    read_row_group = pq.ParquetFile.read_row_group
+    read_group = inputs._read_group
 
-    def traced(self, group, *args, **kwargs):
+    def traced(reader, group, columns):
         with lock:
             started.append(group)
-        return read_row_group(self, group, *args, **kwargs)
+        return read_group(reader, group, columns)
 
-    monkeypatch.setattr(pq.ParquetFile, "read_row_group", traced)
+    monkeypatch.setattr(inputs, "_read_group", traced)
     ahead = max(threads if threads > 1 else 0, -(-threads * 15_000 // 10_000))   # row groups beyond
     rows = []
     for batch in inputs.order_batches(str(path), threads=threads):

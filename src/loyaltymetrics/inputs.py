@@ -545,6 +545,39 @@ PARQUET_AHEAD_ROWS = 1 << 21
 PARQUET_AHEAD_GROUPS = 64   # and at most this many row groups (small row groups: few rows each)
 
 
+def _decode_pool():
+    """The memory pool row groups are decoded into: the system allocator (malloc).
+
+    Arrow's default pool (mimalloc) lets go of the freed pages of decoded
+    row groups and faults fresh ones in for the next, zeroing transparent
+    huge pages of 2 MiB at a time; with two threads on a busy machine that
+    up to a third of compute()'s CPU time. ``benchmarks/parquet_ab.py`` on
+    5e7 rows, mimalloc -> malloc, medians of 4 interleaved fresh processes
+    on a machine at load 8-10 (so read CPU seconds more than wall):
+    snappy 1 thread 1.58 -> 1.20 CPU s, 2 threads 1.49 -> 1.48; zstd 1
+    thread 2.01 -> 1.65, 2 threads 2.12 -> 1.91 (wall 6.25 -> 5.39 s).
+    """
+    return pa.system_memory_pool()
+
+
+def _open_groups(source, metadata):
+    """A row-group reader of the Parquet file ``source`` (footer ``metadata``) decoding into ``_decode_pool``."""
+    try:
+        from pyarrow._parquet import ParquetReader
+    except ImportError:   # pyarrow's internal reader moved: its public one, with the default pool
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(source, memory_map=False, metadata=metadata).reader
+    reader = ParquetReader(memory_pool=_decode_pool())
+    reader.open(source, use_memory_map=False, metadata=metadata, pre_buffer=False)
+    return reader
+
+
+def _read_group(reader, group, columns):
+    """Row group ``group`` of ``reader`` (``_open_groups``): a Table of the column indices ``columns``."""
+    return reader.read_row_group(group, column_indices=columns, use_threads=False)
+
+
 def _parquet_batches(source, parquet, wanted, threads):
     """The record batches of ``parquet`` in row order, row groups decoded by ``threads`` threads.
 
@@ -583,14 +616,15 @@ def _parquet_batches(source, parquet, wanted, threads):
     # One reader per worker, opened now (beside the watch's descriptor) and reused: no reader
     # is shared by two threads at once, and none opens the path later, when it may name another file.
     readers = queue.SimpleQueue()
-    opened = [parquet] + [pq.ParquetFile(source, memory_map=False, metadata=metadata) for _ in range(workers - 1)]
+    opened = [_open_groups(source, metadata) for _ in range(max(workers, 1))]
+    columns = [opened[0].column_name_idx(name) for name in wanted]
     for reader in opened:
         readers.put(reader)
 
     def decode(group):
         reader = readers.get()
         try:
-            table = reader.read_row_group(group, columns=wanted, use_threads=False)
+            table = _read_group(reader, group, columns)
         finally:
             readers.put(reader)
         return table.to_batches(max_chunksize=PARQUET_BATCH_ROWS)
@@ -618,7 +652,7 @@ def _parquet_batches(source, parquet, wanted, threads):
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True)
-        for reader in opened[1:]:
+        for reader in opened:
             reader.close()
 
 
