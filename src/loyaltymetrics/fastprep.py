@@ -1,0 +1,369 @@
+"""``prepare()``'s fast path for typed warehouse Parquet (SPEC §10): the same outputs without DuckDB's staging.
+
+The common warehouse export — Parquet files with an integer merchant column (or the merchant from
+``--merchant`` / the file name), an integer customer column, a timestamp (or date) ``order_ts``, an
+integer ``amount`` and a boolean (or 0/1) ``reward`` or none, with ``--format generic`` and none of
+the columns or options that need the general path's SQL (order keys, statuses, refunds, currencies,
+FX, reward codes, a zone other than UTC for naive times) — has nothing to parse, group or exclude:
+every row is an order. Here it is read with pyarrow, checked vectorised, mapped to dense ids (a
+lookup table where the keys' range is small, a sort otherwise), sorted by (merchant_id, customer_id,
+order_ts, input order) with ``_sort.grouped_order`` and written in the batches the general path
+writes, with its mapping files written by the same DuckDB ``COPY``: the outputs are the general
+path's, byte for byte.
+
+Whenever a row would be rejected or excluded (a null, a negative amount without ``refunds``, an
+amount or timestamp out of range, a reward that is not 0/1), or a file or option is outside this
+case, or the rows would not fit ``memory_limit``, :func:`prepare_fast` returns None before writing
+anything and ``prepare`` takes the general path, which accounts for such rows by reason.
+"""
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from . import convert as _convert
+from . import progress as _progress
+from .outputs import atomic_output
+from .synthetic import ORDERS_SCHEMA
+
+FAST_ROLES = ("merchant_id", "customer_id", "order_ts", "amount", "reward")
+WRITE_ROWS = 122_880   # the rows per record batch DuckDB's sorted stream yields in the general path
+BYTES_PER_ROW = 56     # peak memory of the path per row (columns, ids, sort keys and permutation)
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+
+def prepare_fast(a):
+    """The PrepareReport of ``prepare`` (its checked options ``a``, a ``convert._Options``), or None when
+    the general path must run."""
+    if (a.format != "generic" or a.code_re is not None or a.fx_table is not None or a.rejects
+            or a.timezone.upper() not in ("UTC", "ETC/UTC")):
+        return None
+    plan = _plan(a)
+    if plan is None:
+        return None
+    n = sum(rows for _, _, _, _, rows in plan)
+    limit = _bytes(a.memory_limit)
+    if n == 0 or limit is None or n * BYTES_PER_ROW > limit:
+        return None
+    data = _read(plan, n, a)
+    if data is None:
+        return None
+    merchant_keys, merchant_ids, customer, ts, amount, reward, offsets = data
+    customer_keys, customer_ids = _dense_rank(customer)
+    del customer
+    if len(customer_keys) >= 1 << 31 or len(merchant_keys) >= 1 << 31:
+        return None
+    order = _order(merchant_ids, customer_ids, ts)
+    return _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, customer_ids, ts, amount, reward,
+                  order)
+
+
+def _bytes(limit):
+    """DuckDB's memory_limit text ("4GB", "512MiB", "2 GB") in bytes, or None if not understood."""
+    import re
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*", str(limit).lower())
+    if not found:
+        return None
+    unit = found.group(2).rstrip("b")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30,
+             "ti": 1 << 40}.get(unit)
+    return None if scale is None else float(found.group(1)) * scale
+
+
+# --- which files and columns ---------------------------------------------------------
+
+def _plan(a):
+    """[(path, ParquetFile, {role: column}, merchant key or None, rows)] or None (the general path)."""
+    import pyarrow.parquet as pq
+
+    plan = []
+    for path in a.files:
+        try:
+            if _convert._is_csv(path):
+                return None
+            parquet = pq.ParquetFile(str(path))
+            schema = parquet.schema_arrow
+        except Exception:  # the general path says what is wrong with the file
+            return None
+        merchant = a.merchant
+        if a.filename_re is not None:
+            found = a.filename_re.search(path.name)
+            if not found or not found.group(1):
+                return None
+            merchant = found.group(1)
+        names = _select(schema, a.columns, merchant)
+        if names is None:
+            return None
+        plan.append((path, parquet, names, merchant, parquet.metadata.num_rows))
+    return plan
+
+
+def _select(schema, columns, merchant):
+    """{role: column} as ``_Stage._select`` chooses them for --format generic, or None unless every chosen
+    role is one this path reads, with a type it reads."""
+    by_lower = {}
+    for name in schema.names:
+        by_lower.setdefault(name.strip().lstrip("\ufeff").lower(), name)
+    chosen = {}
+    for role in _convert.ROLES:
+        if role in columns:
+            if columns[role] in schema.names:
+                chosen[role] = columns[role]
+            continue
+        if role.lower() in by_lower:
+            chosen[role] = by_lower[role.lower()]
+    if merchant is not None:
+        chosen.pop("merchant_id", None)
+    required = set(_convert.REQUIRED) | set(columns) | ({"merchant_id"} if merchant is None else set())
+    if merchant is not None:
+        required.discard("merchant_id")
+    if not required <= set(chosen) or not set(chosen) <= set(FAST_ROLES):
+        return None
+    for role, name in chosen.items():
+        if len(schema.get_all_field_indices(name)) > 1:
+            return None
+        t = schema.field(name).type
+        if role in ("merchant_id", "customer_id", "amount"):
+            ok = pa.types.is_integer(t)
+        elif role == "order_ts":
+            ok = pa.types.is_timestamp(t) or pa.types.is_date32(t) or pa.types.is_date64(t)
+        else:
+            ok = pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_null(t)
+        if not ok:
+            return None
+    return chosen
+
+
+# --- reading and checking ----------------------------------------------------------
+
+def _read(plan, n, a):
+    """The checked columns of every file, concatenated in file order (= src_row order), or None if a row
+    would be rejected or excluded."""
+    merchant_from_column = plan[0][3] is None
+    customer = np.empty(n, np.int64)
+    ts = np.empty(n, np.int64)
+    amount = np.empty(n, np.int64)
+    reward = np.empty(n, np.bool_)
+    merchant = np.empty(n, np.int64) if merchant_from_column else None
+    offsets, file_keys = [0], []
+    at = 0
+    scale = a.scale
+    for path, parquet, names, key, rows in plan:
+        if rows == 0:
+            offsets.append(at)
+            file_keys.append(key)
+            continue
+        table = parquet.read(columns=list(dict.fromkeys(names.values())), use_threads=True)
+        if table.num_rows != rows:
+            return None
+        end = at + rows
+        for role, out in (("customer_id", customer), ("amount", amount), ("merchant_id", merchant)):
+            if role == "merchant_id" and not merchant_from_column:
+                continue
+            values = _integers(table.column(names[role]))
+            if values is None:
+                return None
+            out[at:end] = values
+        us = _timestamps(table.column(names["order_ts"]))
+        if us is None:
+            return None
+        ts[at:end] = us
+        if "reward" in names:
+            flag = _flags(table.column(names["reward"]))
+            if flag is None:
+                return None
+            reward[at:end] = flag
+        else:
+            reward[at:end] = False
+        del table
+        offsets.append(end)
+        file_keys.append(key)
+        at = end
+    lo, hi = int(amount.min()), int(amount.max())
+    if (lo < 0 and not a.refunds) or lo * scale < INT64_MIN or hi * scale > INT64_MAX:
+        return None    # rejected as negative_amount / amount_out_of_range
+    if scale != 1:
+        np.multiply(amount, scale, out=amount)
+    if merchant_from_column:
+        merchant_keys, merchant_ids = _dense_rank(merchant)
+        del merchant
+        merchant_ids = merchant_ids.astype(np.int32) if merchant_ids.dtype != np.int32 else merchant_ids
+    else:
+        merchant_keys, merchant_ids = _text_merchants(file_keys, offsets, n)
+    return merchant_keys, merchant_ids, customer, ts, amount, reward, offsets
+
+
+def _integers(column):
+    """int64 values of an integer column without nulls, or None (a null, or beyond int64)."""
+    if column.null_count:
+        return None
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if array.type != pa.int64():
+        try:
+            array = array.cast(pa.int64())
+        except pa.ArrowInvalid:
+            return None
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _timestamps(column):
+    """UTC microseconds of a timestamp/date column, all in [1970, 2263), or None (a null, out of range, or
+    naive values the zone would move: only UTC reaches here, where naive is UTC)."""
+    if column.null_count:
+        return None
+    t = column.type
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_date32(t):
+        raw, mult, div = array.view(pa.int32()).to_numpy(), 86_400_000_000, 1
+    elif pa.types.is_date64(t):
+        raw, mult, div = array.view(pa.int64()).to_numpy(), 1_000, 1
+    elif t.unit == "ns":
+        raw, mult, div = array.view(pa.int64()).to_numpy(), 1, 1_000
+    else:
+        raw, mult, div = array.view(pa.int64()).to_numpy(), UNITS[t.unit], 1
+    if len(raw) == 0:
+        return raw.astype(np.int64)
+    lo, hi = int(raw.min()), int(raw.max())
+    # The general path: in range when 0 <= us < MAX_US, us = raw * mult or floor(raw / 1000) for ns.
+    if lo < 0 or (hi * mult) // div >= _convert.MAX_US:
+        return None
+    if div != 1:
+        return raw // div
+    return raw.astype(np.int64) * mult if mult != 1 else raw
+
+
+def _flags(column):
+    """Reward flags (bool: null is false; integers: 1 true, 0 or null false), or None (another integer)."""
+    t = column.type
+    if pa.types.is_null(t):
+        return np.zeros(len(column), np.bool_)
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_boolean(t):
+        return array.fill_null(False).to_numpy(zero_copy_only=False)
+    values = array.cast(pa.int64()).fill_null(0).to_numpy() if array.type != pa.int64() \
+        else array.fill_null(0).to_numpy()
+    if len(values) and (values.min() < 0 or values.max() > 1):
+        return None    # rejected as unparsable_reward
+    return values == 1
+
+
+# --- ids and order -------------------------------------------------------------------
+
+def _dense_rank(values):
+    """(the distinct keys ascending, each row's 1-based rank among them), int32 ranks when they fit."""
+    n = len(values)
+    lo, hi = int(values.min()), int(values.max())
+    span = hi - lo + 1
+    if span <= max(2 * n, 1 << 16):
+        # A presence table and its running count: two passes, no sort.
+        offset = values - np.int64(lo)
+        present = np.zeros(span, np.bool_)
+        present[offset] = True
+        rank = np.cumsum(present, dtype=np.int32 if n < 1 << 31 else np.int64)
+        ids = rank[offset]
+        del offset
+        keys = np.flatnonzero(present).astype(np.int64) + np.int64(lo)
+        return keys, ids
+    keys = np.unique(values)
+    ids = np.searchsorted(keys, values)
+    ids += 1
+    return keys, ids.astype(np.int32) if len(keys) < 1 << 31 else ids
+
+
+def _text_merchants(file_keys, offsets, n):
+    """Merchant keys of --merchant / --merchant-from-filename: one per file, ids in natural order of the
+    keys of the files with rows."""
+    with_rows = {key for key, start, end in zip(file_keys, offsets, offsets[1:]) if end > start}
+    keys = sorted(with_rows, key=_convert._natural_key)
+    number = {key: i for i, key in enumerate(keys, start=1)}
+    ids = np.empty(n, np.int32)
+    for key, start, end in zip(file_keys, offsets, offsets[1:]):
+        if end > start:
+            ids[start:end] = number[key]
+    return keys, ids
+
+
+def _order(merchant_ids, customer_ids, ts):
+    """Indices sorting rows stably by (merchant_id, customer_id, order_ts): ties keep input order."""
+    from . import _sort
+
+    order = _sort.grouped_order(merchant_ids, customer_ids, ts)
+    if order is None:
+        order = _sort.stable_order([merchant_ids, customer_ids, ts])
+    return order
+
+
+# --- writing -------------------------------------------------------------------------
+
+def _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, customer_ids, ts, amount, reward, order):
+    import duckdb
+
+    n = len(order)
+    files = a.files
+    currency = a.currency.upper() if a.currency else None
+    con = duckdb.connect(":memory:")
+    try:
+        # The general path's session settings: its COPY writes the same Parquet bytes.
+        con.execute("SET preserve_insertion_order = false")
+        con.execute(f"SET memory_limit = '{_convert._sql_text(a.memory_limit)}'")
+        if a.threads:
+            con.execute(f"SET threads = {int(a.threads)}")
+        int_keys = plan[0][3] is None
+        con.register("merchant_arrow", pa.table({
+            "merchant_key": pa.array(merchant_keys, pa.int64() if int_keys else pa.string()),
+            "merchant_id": pa.array(np.arange(1, len(merchant_keys) + 1, dtype=np.int32), pa.int32()),
+        }))
+        con.execute("CREATE TABLE merchant_map AS SELECT * FROM merchant_arrow")
+        con.unregister("merchant_arrow")
+        con.register("customer_arrow", pa.table({
+            "customer_key": pa.array(customer_keys, pa.int64()),
+            "customer_id": pa.array(np.arange(1, len(customer_keys) + 1, dtype=np.int64), pa.int64()),
+        }))
+        con.execute("CREATE TABLE customer_map AS SELECT * FROM customer_arrow")
+        con.unregister("customer_arrow")
+        _convert._copy_private(con, "SELECT * FROM merchant_map ORDER BY merchant_id", a.merchant_ids, a.inputs,
+                               what="merchant id mapping")
+        _convert._copy_private(con, "SELECT * FROM customer_map ORDER BY customer_id", a.customer_ids, a.inputs,
+                               what="customer id mapping")
+
+        schema = ORDERS_SCHEMA.with_metadata({_convert.CURRENCY_KEY: currency.encode()}) if currency \
+            else ORDERS_SCHEMA
+        duplicates = _convert._Duplicates()
+        utc = pa.timestamp("us", tz="UTC")
+        with atomic_output(a.output, inputs=a.inputs, what="output") as tmp, \
+                pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, \
+                _progress.bar(n, a.progress, desc="prepare: sort and write") as bar:
+            for start in range(0, n, WRITE_ROWS):
+                rows = order[start:start + WRITE_ROWS]
+                m, c, t = merchant_ids[rows], customer_ids[rows], ts[rows]
+                writer.write_batch(pa.record_batch([
+                    pa.array(m, pa.int32()),
+                    pa.array(c.astype(np.int64, copy=False), pa.int64()),
+                    pa.array(t, pa.int64()).view(utc),
+                    pa.array(amount[rows], pa.int64()),
+                    pa.array(reward[rows], pa.bool_()),
+                ], schema=schema))
+                duplicates.add(m, c, t, rows)
+                bar.update(len(rows))
+        warnings, likely = [], 0
+        if duplicates.groups:
+            file_idx = int(np.searchsorted(offsets, duplicates.first, side="right")) - 1
+            file_row = duplicates.first - offsets[file_idx]
+            warnings.append(
+                f"{duplicates.rows:,} rows in {duplicates.groups:,} groups share merchant, customer and order_ts: "
+                f"likely line items of one order each, counted here as separate orders; map an order key "
+                f"(--columns order_id=...) to count each order once; first: {files[file_idx]}: row {file_row}")
+            likely = duplicates.rows - duplicates.groups
+        merchants_table = None
+        if a.merchants_table is not None:
+            merchants_table = _convert._write_merchants(con, a.merchants_table, a.merchants, a.merchants_out,
+                                                        a.inputs, warnings)
+    finally:
+        con.close()
+    return _convert.PrepareReport(
+        output=str(a.output), merchant_ids=str(a.merchant_ids), customer_ids=str(a.customer_ids), rejects=None,
+        rows_read=n, rows_written=n, rejected={}, excluded={}, warnings=warnings, merchants=len(merchant_keys),
+        customers=len(customer_keys), merchants_table=merchants_table, files=[str(f) for f in files],
+        likely_line_items=likely, seconds=time.perf_counter() - a.started, currency=currency)
