@@ -50,10 +50,10 @@ def prepare_fast(a):
     if data is None:
         return None
     merchant_keys, merchant_ids, customer, ts, amount, reward, offsets = data
+    if len(merchant_keys) >= 1 << 31:
+        return None   # merchant_id is int32
     customer_keys, customer_ids = _dense_rank(customer)
     del customer
-    if len(customer_keys) >= 1 << 31 or len(merchant_keys) >= 1 << 31:
-        return None
     order = _order(merchant_ids, customer_ids, ts)
     return _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, customer_ids, ts, amount, reward,
                   order)
@@ -139,60 +139,53 @@ def _select(schema, columns, merchant):
 # --- reading and checking ----------------------------------------------------------
 
 def _read(plan, n, a):
-    """The checked columns of every file, concatenated in file order (= src_row order), or None if a row
-    would be rejected or excluded."""
+    """The checked columns of every file in file order (= src_row order), or None if a row would be rejected
+    or excluded: merchant ids and keys, customer keys, UTC microseconds and amounts in minor units (int64
+    NumPy arrays, zero-copy from Arrow where the types allow) and the reward flags (an Arrow array)."""
     merchant_from_column = plan[0][3] is None
-    customer = np.empty(n, np.int64)
-    ts = np.empty(n, np.int64)
-    amount = np.empty(n, np.int64)
-    reward = np.empty(n, np.bool_)
-    merchant = np.empty(n, np.int64) if merchant_from_column else None
+    parts = {"merchant_id": [], "customer_id": [], "order_ts": [], "amount": [], "reward": []}
     offsets, file_keys = [0], []
-    at = 0
-    scale = a.scale
     for path, parquet, names, key, rows in plan:
+        offsets.append(offsets[-1] + rows)
+        file_keys.append(key)
         if rows == 0:
-            offsets.append(at)
-            file_keys.append(key)
             continue
         table = parquet.read(columns=list(dict.fromkeys(names.values())), use_threads=True)
         if table.num_rows != rows:
             return None
-        end = at + rows
-        for role, out in (("customer_id", customer), ("amount", amount), ("merchant_id", merchant)):
-            if role == "merchant_id" and not merchant_from_column:
-                continue
+        for role in ("customer_id", "amount") + (("merchant_id",) if merchant_from_column else ()):
             values = _integers(table.column(names[role]))
             if values is None:
                 return None
-            out[at:end] = values
+            parts[role].append(values)
         us = _timestamps(table.column(names["order_ts"]))
         if us is None:
             return None
-        ts[at:end] = us
-        if "reward" in names:
-            flag = _flags(table.column(names["reward"]))
-            if flag is None:
-                return None
-            reward[at:end] = flag
-        else:
-            reward[at:end] = False
+        parts["order_ts"].append(us)
+        flag = _flags(table.column(names["reward"])) if "reward" in names else pa.array(np.zeros(rows, np.bool_))
+        if flag is None:
+            return None
+        parts["reward"].append(flag)
         del table
-        offsets.append(end)
-        file_keys.append(key)
-        at = end
+
+    def joined(role):
+        arrays = parts[role]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    amount = joined("amount")
     lo, hi = int(amount.min()), int(amount.max())
+    scale = a.scale
     if (lo < 0 and not a.refunds) or lo * scale < INT64_MIN or hi * scale > INT64_MAX:
         return None    # rejected as negative_amount / amount_out_of_range
     if scale != 1:
-        np.multiply(amount, scale, out=amount)
+        amount = amount * scale
+    reward = parts["reward"][0] if len(parts["reward"]) == 1 else pa.concat_arrays(parts["reward"])
     if merchant_from_column:
-        merchant_keys, merchant_ids = _dense_rank(merchant)
-        del merchant
-        merchant_ids = merchant_ids.astype(np.int32) if merchant_ids.dtype != np.int32 else merchant_ids
+        merchant_keys, merchant_ids = _dense_rank(joined("merchant_id"))
+        merchant_ids = merchant_ids.astype(np.int32, copy=False)
     else:
         merchant_keys, merchant_ids = _text_merchants(file_keys, offsets, n)
-    return merchant_keys, merchant_ids, customer, ts, amount, reward, offsets
+    return merchant_keys, merchant_ids, joined("customer_id"), joined("order_ts"), amount, reward, offsets
 
 
 def _integers(column):
@@ -205,7 +198,7 @@ def _integers(column):
             array = array.cast(pa.int64())
         except pa.ArrowInvalid:
             return None
-    return array.to_numpy(zero_copy_only=False)
+    return array.to_numpy()
 
 
 def _timestamps(column):
@@ -223,8 +216,6 @@ def _timestamps(column):
         raw, mult, div = array.view(pa.int64()).to_numpy(), 1, 1_000
     else:
         raw, mult, div = array.view(pa.int64()).to_numpy(), UNITS[t.unit], 1
-    if len(raw) == 0:
-        return raw.astype(np.int64)
     lo, hi = int(raw.min()), int(raw.max())
     # The general path: in range when 0 <= us < MAX_US, us = raw * mult or floor(raw / 1000) for ns.
     if lo < 0 or (hi * mult) // div >= _convert.MAX_US:
@@ -235,41 +226,46 @@ def _timestamps(column):
 
 
 def _flags(column):
-    """Reward flags (bool: null is false; integers: 1 true, 0 or null false), or None (another integer)."""
+    """Reward flags as an Arrow boolean array without nulls (bool: null is false; integers: 1 true, 0 or null
+    false), or None (another integer: rejected as unparsable_reward)."""
     t = column.type
     if pa.types.is_null(t):
-        return np.zeros(len(column), np.bool_)
+        return pa.array(np.zeros(len(column), np.bool_))
     array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if pa.types.is_boolean(t):
-        return array.fill_null(False).to_numpy(zero_copy_only=False)
-    values = array.cast(pa.int64()).fill_null(0).to_numpy() if array.type != pa.int64() \
-        else array.fill_null(0).to_numpy()
-    if len(values) and (values.min() < 0 or values.max() > 1):
-        return None    # rejected as unparsable_reward
-    return values == 1
+        return array.fill_null(False) if array.null_count else array
+    try:
+        values = array.cast(pa.int64()).fill_null(0).to_numpy()
+    except pa.ArrowInvalid:
+        return None
+    if values.min() < 0 or values.max() > 1:
+        return None
+    return pa.array(values == 1)
 
 
 # --- ids and order -------------------------------------------------------------------
 
 def _dense_rank(values):
-    """(the distinct keys ascending, each row's 1-based rank among them), int32 ranks when they fit."""
+    """(the distinct keys ascending, each row's 1-based rank among them as int64)."""
     n = len(values)
     lo, hi = int(values.min()), int(values.max())
-    span = hi - lo + 1
-    if span <= max(2 * n, 1 << 16):
-        # A presence table and its running count: two passes, no sort.
+    if 0 <= lo and hi < max(2 * n, 1 << 16):
+        # A presence table and its running count: two passes, no sort (keys index it directly).
+        present = np.zeros(hi + 1, np.bool_)
+        present[values] = True
+        keys = np.flatnonzero(present)
+        rank = np.cumsum(present, dtype=np.int64)
+        return keys.astype(np.int64, copy=False), rank[values]
+    if hi - lo < max(2 * n, 1 << 16):
         offset = values - np.int64(lo)
-        present = np.zeros(span, np.bool_)
+        present = np.zeros(hi - lo + 1, np.bool_)
         present[offset] = True
-        rank = np.cumsum(present, dtype=np.int32 if n < 1 << 31 else np.int64)
-        ids = rank[offset]
-        del offset
         keys = np.flatnonzero(present).astype(np.int64) + np.int64(lo)
-        return keys, ids
+        return keys, np.cumsum(present, dtype=np.int64)[offset]
     keys = np.unique(values)
     ids = np.searchsorted(keys, values)
     ids += 1
-    return keys, ids.astype(np.int32) if len(keys) < 1 << 31 else ids
+    return keys, ids
 
 
 def _text_merchants(file_keys, offsets, n):
@@ -330,22 +326,21 @@ def _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, custome
 
         schema = ORDERS_SCHEMA.with_metadata({_convert.CURRENCY_KEY: currency.encode()}) if currency \
             else ORDERS_SCHEMA
-        duplicates = _convert._Duplicates()
         utc = pa.timestamp("us", tz="UTC")
+        rows_table = pa.Table.from_arrays([
+            pa.array(merchant_ids, pa.int32()), pa.array(customer_ids, pa.int64()),
+            pa.array(ts, pa.int64()).view(utc), pa.array(amount, pa.int64()), reward], schema=schema)
+        duplicates = _convert._Duplicates()
         with atomic_output(a.output, inputs=a.inputs, what="output") as tmp, \
                 pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, \
                 _progress.bar(n, a.progress, desc="prepare: sort and write") as bar:
             for start in range(0, n, WRITE_ROWS):
                 rows = order[start:start + WRITE_ROWS]
-                m, c, t = merchant_ids[rows], customer_ids[rows], ts[rows]
-                writer.write_batch(pa.record_batch([
-                    pa.array(m, pa.int32()),
-                    pa.array(c.astype(np.int64, copy=False), pa.int64()),
-                    pa.array(t, pa.int64()).view(utc),
-                    pa.array(amount[rows], pa.int64()),
-                    pa.array(reward[rows], pa.bool_()),
-                ], schema=schema))
-                duplicates.add(m, c, t, rows)
+                taken = rows_table.take(pa.array(rows))
+                columns = [c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in taken.columns]
+                writer.write_batch(pa.record_batch(columns, schema=schema))
+                duplicates.add(columns[0].to_numpy(), columns[1].to_numpy(), columns[2].view(pa.int64()).to_numpy(),
+                               rows)
                 bar.update(len(rows))
         warnings, likely = [], 0
         if duplicates.groups:
