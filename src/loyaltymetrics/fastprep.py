@@ -29,6 +29,7 @@ from .synthetic import ORDERS_SCHEMA
 FAST_ROLES = ("merchant_id", "customer_id", "order_ts", "amount", "reward")
 WRITE_ROWS = 122_880   # the rows per record batch DuckDB's sorted stream yields in the general path
 BYTES_PER_ROW = 56     # peak memory of the path per row (columns, ids, sort keys and permutation)
+BASE_BYTES = 64 << 20  # besides the rows: DuckDB's session for the mapping files, Arrow's pools
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 
@@ -44,7 +45,7 @@ def prepare_fast(a):
         return None
     n = sum(rows for _, _, _, _, rows in plan)
     limit = _bytes(a.memory_limit)
-    if n == 0 or limit is None or n * BYTES_PER_ROW > limit:
+    if n == 0 or limit is None or n * BYTES_PER_ROW + BASE_BYTES > limit:
         return None
     data = _read(plan, n, a)
     if data is None:
