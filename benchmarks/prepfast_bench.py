@@ -53,7 +53,10 @@ def run(kind, src_path, source, out, args):
     env = dict(os.environ, PYTHONPATH=str(src_path))
     done = subprocess.run([sys.executable, "-c", STEP, kind, str(source), str(out), str(args.threads),
                            args.memory_limit], env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    at = done.stdout.rfind('{"wall"')  # after DuckDB's progress bar, if it drew one on stdout
+    if at < 0:
+        raise SystemExit(f"{kind}: no timing in its output: {done.stdout!r} {done.stderr!r}")
+    return json.loads(done.stdout[at:].splitlines()[0])
 
 
 def main():

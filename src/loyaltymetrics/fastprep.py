@@ -51,8 +51,6 @@ def prepare_fast(a):
     if data is None:
         return None
     merchant_keys, merchant_ids, customer, ts, amount, reward, offsets = data
-    if len(merchant_keys) >= 1 << 31:
-        return None   # merchant_id is int32
     customer_keys, customer_ids = _dense_rank(customer)
     del customer
     order = _order(merchant_ids, customer_ids, ts)
@@ -141,52 +139,67 @@ def _select(schema, columns, merchant):
 
 def _read(plan, n, a):
     """The checked columns of every file in file order (= src_row order), or None if a row would be rejected
-    or excluded: merchant ids and keys, customer keys, UTC microseconds and amounts in minor units (int64
-    NumPy arrays, zero-copy from Arrow where the types allow) and the reward flags (an Arrow array)."""
+    or excluded: merchant keys and ids (int32), customer keys (int64), UTC microseconds and amounts in minor
+    units (int64) and reward flags (bool), NumPy arrays of n rows.
+
+    Row group by row group into arrays allocated once: Arrow's pool holds one row group at a time, not
+    the decoded file beside its copy."""
     merchant_from_column = plan[0][3] is None
-    parts = {"merchant_id": [], "customer_id": [], "order_ts": [], "amount": [], "reward": []}
+    customer = np.empty(n, np.int64)
+    ts = np.empty(n, np.int64)
+    amount = np.empty(n, np.int64)
+    reward = np.empty(n, np.bool_)
+    merchant = np.empty(n, np.int64) if merchant_from_column else None
+    outs = (("customer_id", customer), ("amount", amount)) + ((("merchant_id", merchant),) if merchant_from_column
+                                                                else ())
     offsets, file_keys = [0], []
+    at = 0
     for path, parquet, names, key, rows in plan:
-        offsets.append(offsets[-1] + rows)
-        file_keys.append(key)
-        if rows == 0:
-            continue
-        table = parquet.read(columns=list(dict.fromkeys(names.values())), use_threads=True)
-        if table.num_rows != rows:
-            return None
-        for role in ("customer_id", "amount") + (("merchant_id",) if merchant_from_column else ()):
-            values = _integers(table.column(names[role]))
-            if values is None:
+        columns = list(dict.fromkeys(names.values()))
+        for group in range(parquet.metadata.num_row_groups):
+            table = parquet.read_row_group(group, columns=columns, use_threads=True)
+            end = at + table.num_rows
+            if end > n:
                 return None
-            parts[role].append(values)
-        us = _timestamps(table.column(names["order_ts"]))
-        if us is None:
+            if end == at:
+                continue
+            for role, out in outs:
+                values = _integers(table.column(names[role]))
+                if values is None:
+                    return None
+                out[at:end] = values
+            us = _timestamps(table.column(names["order_ts"]))
+            if us is None:
+                return None
+            ts[at:end] = us
+            if "reward" in names:
+                flag = _flags(table.column(names["reward"]))
+                if flag is None:
+                    return None
+                reward[at:end] = flag.to_numpy(zero_copy_only=False)
+            else:
+                reward[at:end] = False
+            at = end
+            del table
+        if at != offsets[-1] + rows:
             return None
-        parts["order_ts"].append(us)
-        flag = _flags(table.column(names["reward"])) if "reward" in names else pa.array(np.zeros(rows, np.bool_))
-        if flag is None:
-            return None
-        parts["reward"].append(flag)
-        del table
-
-    def joined(role):
-        arrays = parts[role]
-        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-
-    amount = joined("amount")
+        offsets.append(at)
+        file_keys.append(key)
+    pa.default_memory_pool().release_unused()
     lo, hi = int(amount.min()), int(amount.max())
     scale = a.scale
     if (lo < 0 and not a.refunds) or lo * scale < INT64_MIN or hi * scale > INT64_MAX:
         return None    # rejected as negative_amount / amount_out_of_range
     if scale != 1:
-        amount = amount * scale
-    reward = parts["reward"][0] if len(parts["reward"]) == 1 else pa.concat_arrays(parts["reward"])
+        np.multiply(amount, scale, out=amount)
     if merchant_from_column:
-        merchant_keys, merchant_ids = _dense_rank(joined("merchant_id"))
-        merchant_ids = merchant_ids.astype(np.int32, copy=False)
+        merchant_keys, merchant_ids = _dense_rank(merchant)
+        del merchant
+        if merchant_ids.dtype != np.int32:
+            return None   # merchant_id is int32
     else:
         merchant_keys, merchant_ids = _text_merchants(file_keys, offsets, n)
-    return merchant_keys, merchant_ids, joined("customer_id"), joined("order_ts"), amount, reward, offsets
+    return merchant_keys, merchant_ids, customer, ts, amount, reward, offsets
 
 
 def _integers(column):
@@ -247,26 +260,26 @@ def _flags(column):
 # --- ids and order -------------------------------------------------------------------
 
 def _dense_rank(values):
-    """(the distinct keys ascending, each row's 1-based rank among them as int64)."""
+    """(the distinct keys ascending as int64, each row's 1-based rank among them: int32 when it fits)."""
     n = len(values)
     lo, hi = int(values.min()), int(values.max())
+    small = np.int32 if n < 1 << 31 else np.int64   # ranks are at most n
     if 0 <= lo and hi < max(2 * n, 1 << 16):
         # A presence table and its running count: two passes, no sort (keys index it directly).
         present = np.zeros(hi + 1, np.bool_)
         present[values] = True
         keys = np.flatnonzero(present)
-        rank = np.cumsum(present, dtype=np.int64)
-        return keys.astype(np.int64, copy=False), rank[values]
+        return keys.astype(np.int64, copy=False), np.cumsum(present, dtype=small)[values]
     if hi - lo < max(2 * n, 1 << 16):
         offset = values - np.int64(lo)
         present = np.zeros(hi - lo + 1, np.bool_)
         present[offset] = True
         keys = np.flatnonzero(present).astype(np.int64) + np.int64(lo)
-        return keys, np.cumsum(present, dtype=np.int64)[offset]
+        return keys, np.cumsum(present, dtype=small)[offset]
     keys = np.unique(values)
     ids = np.searchsorted(keys, values)
     ids += 1
-    return keys, ids
+    return keys, ids.astype(small, copy=False)
 
 
 def _text_merchants(file_keys, offsets, n):
@@ -329,8 +342,9 @@ def _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, custome
             else ORDERS_SCHEMA
         utc = pa.timestamp("us", tz="UTC")
         rows_table = pa.Table.from_arrays([
-            pa.array(merchant_ids, pa.int32()), pa.array(customer_ids, pa.int64()),
-            pa.array(ts, pa.int64()).view(utc), pa.array(amount, pa.int64()), reward], schema=schema)
+            pa.array(merchant_ids, pa.int32()), pa.array(customer_ids), pa.array(ts, pa.int64()).view(utc),
+            pa.array(amount, pa.int64()), pa.array(reward, pa.bool_())],
+            names=schema.names)
         duplicates = _convert._Duplicates()
         with atomic_output(a.output, inputs=a.inputs, what="output") as tmp, \
                 pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, \
@@ -339,6 +353,7 @@ def _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, custome
                 rows = order[start:start + WRITE_ROWS]
                 taken = rows_table.take(pa.array(rows))
                 columns = [c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in taken.columns]
+                columns[1] = columns[1].cast(pa.int64())   # int32 ids while sorting, int64 in the output
                 writer.write_batch(pa.record_batch(columns, schema=schema))
                 duplicates.add(columns[0].to_numpy(), columns[1].to_numpy(), columns[2].view(pa.int64()).to_numpy(),
                                rows)
