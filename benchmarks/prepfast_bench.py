@@ -3,7 +3,7 @@
 The file is ``prepare_bench.make_parquet``'s (shuffled orders, integer merchant and customer ids, a UTC
 timestamp, amounts in cents, a reward flag). Each step runs in its own process, interleaved (old, new,
 new with the general path forced, DuckDB) ``--repeat`` times; the table shows the median wall and CPU
-seconds (user + system, all threads) and the largest peak RSS. The outputs of every ``prepare`` run must
+seconds (user + system, all threads; user alone in brackets) and the largest peak RSS. The outputs of every ``prepare`` run must
 be byte-identical, and hold the plain sort's rows in its order (checked as ``prepare_bench`` does).
 
     python benchmarks/prepfast_bench.py --rows 5e6 --repeat 3 --old ../main/src
@@ -45,7 +45,7 @@ else:
 wall = time.perf_counter() - started
 end = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"wall": wall, "cpu": end.ru_utime + end.ru_stime - cpu.ru_utime - cpu.ru_stime,
-                  "rss_mb": end.ru_maxrss / 1024}))
+                  "user": end.ru_utime - cpu.ru_utime, "rss_mb": end.ru_maxrss / 1024}))
 """
 
 
@@ -98,10 +98,12 @@ def main():
         print(f"every prepare output (and id mapping) byte-identical: {same}")
         base = np.median([r["cpu"] for r in results["duckdb ORDER BY -> IPC"]])
         base_wall = np.median([r["wall"] for r in results["duckdb ORDER BY -> IPC"]])
-        print("\n| step | wall s | CPU s | CPU vs DuckDB | wall vs DuckDB | peak RSS MB |\n|---|---:|---:|---:|---:|---:|")
+        print("\n| step | wall s | CPU s (user) | CPU vs DuckDB | wall vs DuckDB | peak RSS MB |\n"
+              "|---|---:|---:|---:|---:|---:|")
         for name, rs in results.items():
             wall, cpu = np.median([r["wall"] for r in rs]), np.median([r["cpu"] for r in rs])
-            print(f"| {name} | {wall:.2f} | {cpu:.2f} | {cpu / base:.2f}x | {wall / base_wall:.2f}x | "
+            user = np.median([r["user"] for r in rs])
+            print(f"| {name} | {wall:.2f} | {cpu:.2f} ({user:.2f}) | {cpu / base:.2f}x | {wall / base_wall:.2f}x | "
                   f"{max(r['rss_mb'] for r in rs):,.0f} |")
         if not same:
             raise SystemExit("MISMATCH between the prepare outputs")

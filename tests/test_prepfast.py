@@ -365,3 +365,16 @@ def test_memory_limit_text():
     assert fastprep._bytes("4GB") == 4e9 and fastprep._bytes("512MiB") == 512 << 20
     assert fastprep._bytes("2 gb") == 2e9 and fastprep._bytes("lots") is None
     assert datetime  # imported for the strategies' readers
+
+
+@settings(deadline=None)
+@given(st.integers(1, 400), st.sampled_from([1, 40, (1 << 31) - 1]), st.sampled_from([1, 7, 1 << 20, (1 << 31) - 1]),
+       st.sampled_from([1, 1000, 1 << 62]), st.integers(0, 2**32 - 1))
+def test_order_is_a_stable_sort_by_merchant_customer_and_time(n, merchants, customers, spread, seed):
+    """Time buckets in the packed key or not (wide ids leave no spare bits), the order is lexsort's."""
+    rng = np.random.default_rng(seed)
+    mid = rng.choice(rng.integers(1, merchants, 4, endpoint=True), n).astype(np.int32)
+    cid = rng.choice(rng.integers(1, customers, 6, endpoint=True), n).astype(np.int32)
+    ts = rng.choice(rng.integers(0, spread, 5, endpoint=True), n).astype(np.int64)
+    expected = np.lexsort((np.arange(n), ts, cid, mid))
+    assert np.array_equal(fastprep._order(mid, cid, ts), expected)
