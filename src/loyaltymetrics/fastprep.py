@@ -17,6 +17,7 @@ case, or the rows would not fit ``memory_limit``, :func:`prepare_fast` returns N
 anything and ``prepare`` takes the general path, which accounts for such rows by reason.
 """
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -142,8 +143,8 @@ def _read(plan, n, a):
     or excluded: merchant keys and ids (int32), customer keys (int64), UTC microseconds and amounts in minor
     units (int64) and reward flags (bool), NumPy arrays of n rows.
 
-    Row group by row group into arrays allocated once: Arrow's pool holds one row group at a time, not
-    the decoded file beside its copy."""
+    Row group by row group into arrays allocated once: Arrow's pool holds two row groups at a time (one
+    converted, the next decoded), not the decoded file beside its copy."""
     merchant_from_column = plan[0][3] is None
     customer = np.empty(n, np.int64)
     ts = np.empty(n, np.int64)
@@ -154,36 +155,37 @@ def _read(plan, n, a):
                                                                 else ())
     offsets, file_keys = [0], []
     at = 0
-    for path, parquet, names, key, rows in plan:
-        columns = list(dict.fromkeys(names.values()))
-        for group in range(parquet.metadata.num_row_groups):
-            table = parquet.read_row_group(group, columns=columns, use_threads=True)
-            end = at + table.num_rows
-            if end > n:
-                return None
-            if end == at:
-                continue
-            for role, out in outs:
-                values = _integers(table.column(names[role]))
-                if values is None:
-                    return None
-                out[at:end] = values
-            us = _timestamps(table.column(names["order_ts"]))
-            if us is None:
-                return None
-            ts[at:end] = us
-            if "reward" in names:
-                flag = _flags(table.column(names["reward"]))
-                if flag is None:
-                    return None
-                reward[at:end] = flag.to_numpy(zero_copy_only=False)
-            else:
-                reward[at:end] = False
-            at = end
-            del table
-        if at != offsets[-1] + rows:
+    filled = [0] * len(plan)
+    for index, table in _row_groups(plan):
+        names = plan[index][2]
+        end = at + table.num_rows
+        if end > n:
             return None
-        offsets.append(at)
+        if end == at:
+            continue
+        for role, out in outs:
+            values = _integers(table.column(names[role]))
+            if values is None:
+                return None
+            out[at:end] = values
+        us = _timestamps(table.column(names["order_ts"]))
+        if us is None:
+            return None
+        ts[at:end] = us
+        if "reward" in names:
+            flag = _flags(table.column(names["reward"]))
+            if flag is None:
+                return None
+            reward[at:end] = flag.to_numpy(zero_copy_only=False)
+        else:
+            reward[at:end] = False
+        filled[index] += end - at
+        at = end
+        del table
+    for (_, _, _, key, rows), got in zip(plan, filled):
+        if got != rows:
+            return None
+        offsets.append(offsets[-1] + rows)
         file_keys.append(key)
     pa.default_memory_pool().release_unused()
     lo, hi = int(amount.min()), int(amount.max())
@@ -200,6 +202,28 @@ def _read(plan, n, a):
     else:
         merchant_keys, merchant_ids = _text_merchants(file_keys, offsets, n)
     return merchant_keys, merchant_ids, customer, ts, amount, reward, offsets
+
+
+def _row_groups(plan):
+    """(index in plan, the row group's columns) of every row group in file order; the next one is decoded
+    on a second thread while the caller converts this one."""
+    jobs = [(index, group) for index, (_, parquet, _, _, _) in enumerate(plan)
+            for group in range(parquet.metadata.num_row_groups)]
+
+    def load(job):
+        index, group = job
+        parquet, names = plan[index][1], plan[index][2]
+        return index, parquet.read_row_group(group, columns=list(dict.fromkeys(names.values())), use_threads=True)
+
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, jobs[0])
+        for k in range(len(jobs)):
+            result = pending.result()
+            if k + 1 < len(jobs):
+                pending = pool.submit(load, jobs[k + 1])
+            yield result
 
 
 def _integers(column):
@@ -374,15 +398,25 @@ def _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, custome
         with atomic_output(a.output, inputs=a.inputs, what="output") as tmp, \
                 pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, \
                 _progress.bar(n, a.progress, desc="prepare: sort and write") as bar:
-            for start in range(0, n, WRITE_ROWS):
+            def gathered(start):
                 rows = order[start:start + WRITE_ROWS]
                 taken = rows_table.take(pa.array(rows))
                 columns = [c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in taken.columns]
                 columns[1] = columns[1].cast(pa.int64())   # int32 ids while sorting, int64 in the output
-                writer.write_batch(pa.record_batch(columns, schema=schema))
-                duplicates.add(columns[0].to_numpy(), columns[1].to_numpy(), columns[2].view(pa.int64()).to_numpy(),
-                               rows)
-                bar.update(len(rows))
+                return rows, columns
+
+            # The next batch is gathered on a second thread while this one is written (both release the GIL).
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                starts = range(0, n, WRITE_ROWS)
+                pending = pool.submit(gathered, starts[0])
+                for i in range(len(starts)):
+                    rows, columns = pending.result()
+                    if i + 1 < len(starts):
+                        pending = pool.submit(gathered, starts[i + 1])
+                    writer.write_batch(pa.record_batch(columns, schema=schema))
+                    duplicates.add(columns[0].to_numpy(), columns[1].to_numpy(),
+                                   columns[2].view(pa.int64()).to_numpy(), rows)
+                    bar.update(len(rows))
         warnings, likely = [], 0
         if duplicates.groups:
             file_idx = int(np.searchsorted(offsets, duplicates.first, side="right")) - 1
