@@ -40,7 +40,7 @@ UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 def prepare_fast(a):
     """The PrepareReport of ``prepare`` (its checked options ``a``, a ``convert._Options``), or None when
     the general path must run."""
-    if (a.format != "generic" or a.code_re is not None or a.fx_table is not None or a.rejects
+    if (a.format != "generic" or a.code_re is not None or a.fx_table is not None
             or a.timezone.upper() not in ("UTC", "ETC/UTC")):
         return None
     plan = _plan(a)
@@ -433,10 +433,29 @@ def _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, custome
         if a.merchants_table is not None:
             merchants_table = _convert._write_merchants(con, a.merchants_table, a.merchants, a.merchants_out,
                                                         a.inputs, warnings)
+        if a.rejects:
+            _write_no_rejects(con, plan, a)
     finally:
         con.close()
     return _convert.PrepareReport(
-        output=str(a.output), merchant_ids=str(a.merchant_ids), customer_ids=str(a.customer_ids), rejects=None,
+        output=str(a.output), merchant_ids=str(a.merchant_ids), customer_ids=str(a.customer_ids),
+        rejects=str(a.rejects) if a.rejects else None,
         rows_read=n, rows_written=n, rejected={}, excluded={}, warnings=warnings, merchants=len(merchant_keys),
         customers=len(customer_keys), merchants_table=merchants_table, files=[str(f) for f in files],
         likely_line_items=likely, seconds=time.perf_counter() - a.started, currency=currency)
+
+
+def _write_no_rejects(con, plan, a):
+    """The rejects file of a run that rejected nothing: ``_write_rejects``'s columns and types, no row."""
+    from pathlib import Path
+
+    read = {role for _, _, names, _, _ in plan for role in names}
+    roles = [r for r in _convert.ROLES if r in read or r in ("merchant_id", "customer_id")]
+    # As the general path's query, the Parquet writer marks every column optional (a null literal may be
+    # null) but ``row`` required (a column of a table whose statistics hold no null).
+    con.execute("CREATE TABLE no_rejects (row BIGINT)")
+    columns = ", ".join(["NULL::VARCHAR AS file", "row", "NULL::VARCHAR AS reason", "NULL::BIGINT AS line_number",
+                         "NULL::VARCHAR AS line"] + [f"NULL::VARCHAR AS {role}" for role in roles])
+    fmt = "CSV" if Path(a.rejects).suffix.lower() == ".csv" else "PARQUET"
+    _convert._copy_private(con, f"SELECT {columns} FROM no_rejects", a.rejects, a.inputs, fmt=fmt,
+                           what="rejects file")
