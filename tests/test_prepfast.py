@@ -9,6 +9,7 @@ import datetime
 import filecmp
 import re
 from dataclasses import asdict
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,8 @@ def typed_exports(draw):
     customer_type = draw(st.sampled_from([pa.int64(), pa.int32(), pa.uint32()]))
     customer_wide = draw(st.booleans())
     ts_type = draw(st.sampled_from(TS_TYPES))
-    amount_type = draw(st.sampled_from([pa.int64(), pa.int32(), pa.int16()]))
+    amount_type = draw(st.sampled_from([pa.int64(), pa.int32(), pa.int16(), pa.decimal128(10, 2),
+                                        pa.decimal128(18, 0), pa.decimal128(12, 4), pa.decimal128(9, 1)]))
     reward_kind = draw(st.sampled_from(["bool", "bool_nulls", "int", "absent"]))
     refunds = draw(st.booleans())
     negatives = refunds and draw(st.booleans())
@@ -128,7 +130,7 @@ def typed_exports(draw):
         fault = None
     if fault == "null_merchant" and merchant_mode != "column":
         fault = None
-    if fault == "huge_amount" and amount_type != pa.int64():
+    if fault == "huge_amount" and amount_type not in (pa.int64(), pa.decimal128(18, 0)):
         fault = None
     files = {}
     shops = ["shop-10", "shop-2", "shop-1"]
@@ -152,7 +154,7 @@ def typed_exports(draw):
             columns["merchant_id"] = pa.array(merchant).cast(merchant_type)
         columns["customer_id"] = pa.array(customer).cast(customer_type)
         columns["order_ts"] = _ts_array(us, ts_type)
-        columns["amount"] = pa.array(amount).cast(amount_type)
+        columns["amount"] = _amounts(amount, amount_type, rng)
         if reward_kind == "bool":
             columns["reward"] = pa.array(rng.random(rows) < 0.3)
         elif reward_kind == "bool_nulls":
@@ -173,6 +175,21 @@ def typed_exports(draw):
     elif merchant_mode == "filename":
         options["merchant_from_filename"] = r"^(shop-\d+)_"
     return files, options, fault
+
+
+def _amounts(whole, t, rng):
+    """Integers, or decimals with the given whole part and fractions that include half a cent and half a
+    unit (rounded half away from zero, both signs)."""
+    if not pa.types.is_decimal(t):
+        return pa.array(whole).cast(t)
+    power = 10 ** t.scale
+    frac = rng.integers(0, power, len(whole))
+    if t.scale >= 1:
+        frac[1::3] = power // 2                 # half a unit
+    if t.scale >= 3:
+        frac[::3] = 5 * 10 ** (t.scale - 3)     # half a cent
+    unscaled = [int(w) * power + (int(f) if w >= 0 else -int(f)) for w, f in zip(whole, frac)]
+    return pa.array([Decimal(u).scaleb(-t.scale) for u in unscaled], t)
 
 
 def _spoil(table, fault, row):
@@ -204,7 +221,8 @@ def _spoil(table, fault, row):
             return put("reward", 2)
         return put("amount", None)
     if fault == "huge_amount":
-        return put("amount", (1 << 63) - 7)
+        t = table.schema.field("amount").type
+        return put("amount", Decimal(10**18 - 7).scaleb(-t.scale) if pa.types.is_decimal(t) else (1 << 63) - 7)
     raise AssertionError(fault)
 
 
@@ -284,7 +302,8 @@ def _simple(rows=5):
     ({"customer_id": pa.array(["a", "b", "a", "c", "d"])}, {}),                       # text keys
     ({"merchant_id": pa.array(["s1", "s2", "s1", "s2", "s3"])}, {}),
     ({"amount": pa.array([1.5, 2.0, 3.25, 4.0, 5.0])}, {}),                            # float amounts
-    ({"amount": pa.array([1, 2, 3, 4, 5], pa.decimal128(10, 2))}, {}),                # decimals
+    ({"amount": pa.array([1, 2, 3, 4, 5], pa.decimal128(19, 2))}, {}),                # wide decimals
+    ({"amount": pa.array([1, 2, 3, 4, 5], pa.decimal128(18, 17))}, {}),
     ({"amount": pa.array(["1.00", "2", "3", "4", "5"])}, {}),
     ({"order_ts": pa.array(["2023-01-01 10:00:00"] * 5)}, {}),                         # text timestamps
     ({"reward": pa.array(["yes", "no", "yes", "no", "no"])}, {}),
@@ -382,3 +401,18 @@ def test_order_is_a_stable_sort_by_merchant_customer_and_time(n, merchants, cust
     ts = rng.choice(rng.integers(0, spread, 5, endpoint=True), n).astype(np.int64)
     expected = np.lexsort((np.arange(n), ts, cid, mid))
     assert np.array_equal(fastprep._order(mid, cid, ts), expected)
+
+
+@pytest.mark.parametrize("unit", ["major", "minor"])
+def test_decimal_amounts_round_half_away_from_zero_as_the_general_path(tmp_path, monkeypatch, spy, unit):
+    amounts = ["12.3450", "-0.1250", "0.0050", "-0.0050", "2.6750", "19.9900", "0.2850", "-7.5000", "0.4999"]
+    n = len(amounts)
+    table = pa.table({"merchant_id": pa.array([1] * n, pa.int64()), "customer_id": pa.array(range(n), pa.int64()),
+                      "order_ts": pa.array([BASE_US] * n, pa.timestamp("us", tz="UTC")),
+                      "amount": pa.array([Decimal(x) for x in amounts], pa.decimal128(12, 4))})
+    pq.write_table(table, tmp_path / "x.parquet")
+    run_both(tmp_path, str(tmp_path / "x.parquet"), monkeypatch, refunds=True, amount_unit=unit)
+    assert spy == [True]
+    written = pa.ipc.open_file(str(tmp_path / "default" / "orders.arrow")).read_all().column("amount").to_pylist()
+    cents = [1235, -13, 1, -1, 268, 1999, 29, -750, 50] if unit == "major" else [12, 0, 0, 0, 3, 20, 0, -8, 0]
+    assert written == cents  # customer ids follow the rows here: one merchant, keys 0..n-1, one order each

@@ -128,8 +128,10 @@ def _select(schema, columns, merchant):
         if len(schema.get_all_field_indices(name)) > 1:
             return None
         t = schema.field(name).type
-        if role in ("merchant_id", "customer_id", "amount"):
+        if role in ("merchant_id", "customer_id"):
             ok = pa.types.is_integer(t)
+        elif role == "amount":   # decimals whose unscaled values fit int64 and that DECIMAL(38, 16) holds exactly
+            ok = pa.types.is_integer(t) or (pa.types.is_decimal128(t) and t.precision <= 18 and t.scale <= 16)
         elif role == "order_ts":
             ok = pa.types.is_timestamp(t) or pa.types.is_date32(t) or pa.types.is_date64(t)
         else:
@@ -154,8 +156,7 @@ def _read(plan, n, a):
     amount = np.empty(n, np.int64)
     reward = np.empty(n, np.bool_)
     merchant = np.empty(n, np.int64) if merchant_from_column else None
-    outs = (("customer_id", customer), ("amount", amount)) + ((("merchant_id", merchant),) if merchant_from_column
-                                                                else ())
+    outs = (("customer_id", customer),) + ((("merchant_id", merchant),) if merchant_from_column else ())
     offsets, file_keys = [0], []
     at = 0
     filled = [0] * len(plan)
@@ -171,6 +172,10 @@ def _read(plan, n, a):
             if values is None:
                 return None
             out[at:end] = values
+        cents = _cents(table.column(names["amount"]), a.scale)
+        if cents is None:
+            return None
+        amount[at:end] = cents
         us = _timestamps(table.column(names["order_ts"]))
         if us is None:
             return None
@@ -191,12 +196,8 @@ def _read(plan, n, a):
         offsets.append(offsets[-1] + rows)
         file_keys.append(key)
     pa.default_memory_pool().release_unused()
-    lo, hi = int(amount.min()), int(amount.max())
-    scale = a.scale
-    if (lo < 0 and not a.refunds) or lo * scale < INT64_MIN or hi * scale > INT64_MAX:
-        return None    # rejected as negative_amount / amount_out_of_range
-    if scale != 1:
-        np.multiply(amount, scale, out=amount)
+    if not a.refunds and amount.min() < 0:
+        return None    # rejected as negative_amount
     if merchant_from_column:
         merchant_keys, merchant_ids = _dense_rank(merchant)
         del merchant
@@ -240,6 +241,40 @@ def _integers(column):
         except pa.ArrowInvalid:
             return None
     return array.to_numpy()
+
+
+def _cents(column, scale):
+    """The amounts in minor units as the general path computes them — ROUND(amount × scale), half away from
+    zero, exact — or None (a null, or cents beyond int64: rejected as null_amount / amount_out_of_range)."""
+    if column.null_count:
+        return None
+    t = column.type
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_decimal128(t):
+        # The unscaled values: the low 64-bit words of the 128-bit ones (the high words are their sign).
+        words = np.frombuffer(array.buffers()[1], dtype=np.int64).reshape(-1, 2)[array.offset:array.offset + len(array)]
+        unscaled = words[:, 0]
+        if not np.array_equal(words[:, 1], unscaled >> 63):
+            return None
+        value, digits = unscaled.copy(), t.scale
+    else:
+        value = _integers(column)
+        if value is None:
+            return None
+        digits = 0
+    # cents = value × scale / 10**digits: a multiplication when that is whole, else a division rounded half
+    # away from zero (|value| < 10**18: no overflow on the way).
+    power = 10 ** digits
+    if scale % power == 0:
+        unit = scale // power
+        lo, hi = int(value.min()), int(value.max())
+        if lo * unit < INT64_MIN or hi * unit > INT64_MAX:
+            return None
+        return value * unit if unit != 1 else value
+    divisor = power // scale
+    quotient, remainder = np.divmod(np.abs(value), divisor)
+    quotient += 2 * remainder >= divisor
+    return np.where(value < 0, -quotient, quotient)
 
 
 def _timestamps(column):
