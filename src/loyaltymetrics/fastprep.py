@@ -379,13 +379,13 @@ def _order(merchant_ids, customer_ids, ts):
     spare = min(64 - mbits - cbits - (n - 1).bit_length(), tbits)
     key = customer_ids
     if spare > 0:
-        bucket = ts - np.int64(tlo)
-        bucket >>= np.int64(tbits - spare)
         key = customer_ids.astype(np.int64)
         key -= np.int64(clo)
         key <<= np.int64(spare)
-        key |= bucket
-        del bucket
+        for start in range(0, n, 1 << 20):   # in slices: no second array of n rows
+            bucket = ts[start:start + (1 << 20)] - np.int64(tlo)
+            bucket >>= np.int64(tbits - spare)
+            key[start:start + (1 << 20)] |= bucket
     order = _sort.grouped_order(merchant_ids, key, ts)
     if order is None:
         order = _sort.stable_order([merchant_ids, customer_ids, ts])
