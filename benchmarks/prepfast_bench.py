@@ -6,7 +6,7 @@ new with the general path forced, DuckDB) ``--repeat`` times; the table shows th
 seconds (user + system, all threads; user alone in brackets) and the largest peak RSS. The outputs of every ``prepare`` run must
 be byte-identical, and hold the plain sort's rows in its order (checked as ``prepare_bench`` does).
 
-    python benchmarks/prepfast_bench.py --rows 5e6 --repeat 3 --old ../main/src
+    python benchmarks/prepfast_bench.py --rows 5e6 --repeat 3 --old ../main/src [--compute]
 """
 import argparse
 import filecmp
@@ -36,6 +36,9 @@ if kind == "duckdb":
     with pa.OSFile(out, "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
         for batch in reader:
             writer.write_batch(batch)
+elif kind == "compute":
+    import loyaltymetrics as lm
+    lm.compute(source, by=["merchant"], threads=int(threads))
 else:
     import loyaltymetrics as lm
     from loyaltymetrics import convert
@@ -67,6 +70,8 @@ def main():
     parser.add_argument("--memory-limit", default="4GB")
     parser.add_argument("--old", default=None, help="src directory of the old build (e.g. ../main/src)")
     parser.add_argument("--no-general", action="store_true", help="skip the run with the general path forced")
+    parser.add_argument("--compute", action="store_true",
+                        help="also time compute --by merchant on the new prepare's output (prepare + compute)")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     from prepare_bench import make_parquet
@@ -87,6 +92,10 @@ def main():
             for name, kind, src in steps:
                 out = work / f"{kind}-{len(results[name])}-{name.split()[0].strip(',')}.arrow"
                 results[name].append(run(kind, src, source, out, args))
+        if args.compute:
+            prepared = next(work.glob("prepare-*-new.arrow"))
+            results["compute --by merchant (on new's output)"] = [run("compute", new_src, prepared, None, args)
+                                                                  for _ in range(args.repeat)]
         outputs = sorted(p for p in work.glob("*.arrow") if not p.name.startswith("duckdb"))
         same = all(filecmp.cmp(outputs[0], p, shallow=False) for p in outputs[1:])
         for suffix in ("_merchant_ids.parquet", "_customer_ids.parquet"):
@@ -105,6 +114,10 @@ def main():
             user = np.median([r["user"] for r in rs])
             print(f"| {name} | {wall:.2f} | {cpu:.2f} ({user:.2f}) | {cpu / base:.2f}x | {wall / base_wall:.2f}x | "
                   f"{max(r['rss_mb'] for r in rs):,.0f} |")
+        if args.compute:
+            both = (np.median([r["wall"] for r in results["new"]])
+                    + np.median([r["wall"] for r in results["compute --by merchant (on new's output)"]]))
+            print(f"| new prepare + compute | {both:.2f} | | | {both / base_wall:.2f}x | |")
         if not same:
             raise SystemExit("MISMATCH between the prepare outputs")
     finally:
