@@ -70,6 +70,8 @@ def main():
     parser.add_argument("--memory-limit", default="4GB")
     parser.add_argument("--old", default=None, help="src directory of the old build (e.g. ../main/src)")
     parser.add_argument("--no-general", action="store_true", help="skip the run with the general path forced")
+    parser.add_argument("--source", help="an existing Parquet file of the canonical columns instead of a generated one "
+                                         "(e.g. peers.py's unsorted file, to set prepare + compute beside the peers)")
     parser.add_argument("--compute", action="store_true",
                         help="also time compute --by merchant on the new prepare's output (prepare + compute)")
     args = parser.parse_args()
@@ -79,8 +81,14 @@ def main():
     new_src = HERE.parent / "src"
     work = Path(tempfile.mkdtemp(prefix="prepfast-bench-"))
     try:
-        source = work / "orders.parquet"
-        make_parquet(source, int(args.rows))
+        if args.source:
+            source = Path(args.source).resolve()
+            import pyarrow.parquet as pq
+
+            args.rows = pq.ParquetFile(source).metadata.num_rows
+        else:
+            source = work / "orders.parquet"
+            make_parquet(source, int(args.rows))
         steps = [("new", "prepare", new_src)]
         if args.old:
             steps.insert(0, ("old", "prepare", Path(args.old).resolve()))

@@ -56,8 +56,9 @@ def prepare_fast(a):
     merchant_keys, merchant_ids, customer, ts, amount, reward, offsets = data
     del data
     customer_keys, customer_ids = _dense_rank(customer)
-    del customer   # the raw keys: their 8 bytes a row are not held through the sort
-    order = _order(merchant_ids, customer_ids, ts)
+    # The raw keys' array, no longer needed, holds the sort key: no fresh pages to fault in.
+    order = _order(merchant_ids, customer_ids, ts, scratch=customer)
+    del customer
     return _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, customer_ids, ts, amount, reward,
                   order)
 
@@ -357,14 +358,15 @@ def _text_merchants(file_keys, offsets, n):
     return keys, ids
 
 
-def _order(merchant_ids, customer_ids, ts):
+def _order(merchant_ids, customer_ids, ts, scratch=None):
     """Indices sorting rows stably by (merchant_id, customer_id, order_ts): ties keep input order.
 
     ``_sort.grouped_order`` sorts (merchant, customer, row) packed in 64 bits, then each store-customer's
     rows by order_ts: an insertion sort for short runs, NumPy's stable argsort for long ones — slow for
     the customers with thousands of orders real data has. The bits the packed key leaves free carry the
     top bits of order_ts (a time bucket, monotone in order_ts) below the customer, so that runs are rows
-    of one customer in one bucket: short, and the order the same.
+    of one customer in one bucket: short, and the order the same. ``scratch``: an int64 array of n rows
+    free to overwrite (for that key).
     """
     from . import _sort
 
@@ -379,7 +381,8 @@ def _order(merchant_ids, customer_ids, ts):
     spare = min(64 - mbits - cbits - (n - 1).bit_length(), tbits)
     key = customer_ids
     if spare > 0:
-        key = customer_ids.astype(np.int64)
+        key = scratch if scratch is not None else np.empty(n, np.int64)
+        np.copyto(key, customer_ids, casting="safe")
         key -= np.int64(clo)
         key <<= np.int64(spare)
         for start in range(0, n, 1 << 20):   # in slices: no second array of n rows
