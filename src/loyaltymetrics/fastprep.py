@@ -161,36 +161,38 @@ def _read(plan, n, a):
     offsets, file_keys = [0], []
     at = 0
     filled = [0] * len(plan)
-    for index, table in _row_groups(plan):
-        names = plan[index][2]
-        end = at + table.num_rows
-        if end > n:
-            return None
-        if end == at:
-            continue
-        for role, out in outs:
-            values = _integers(table.column(names[role]))
-            if values is None:
+    with _progress.bar(n, a.progress, desc="prepare: read") as bar:
+        for index, table in _row_groups(plan):
+            names = plan[index][2]
+            end = at + table.num_rows
+            if end > n:
                 return None
-            out[at:end] = values
-        cents = _cents(table.column(names["amount"]), a.scale)
-        if cents is None:
-            return None
-        amount[at:end] = cents
-        us = _timestamps(table.column(names["order_ts"]))
-        if us is None:
-            return None
-        ts[at:end] = us
-        if "reward" in names:
-            flag = _flags(table.column(names["reward"]))
-            if flag is None:
+            if end == at:
+                continue
+            for role, out in outs:
+                values = _integers(table.column(names[role]))
+                if values is None:
+                    return None
+                out[at:end] = values
+            cents = _cents(table.column(names["amount"]), a.scale)
+            if cents is None:
                 return None
-            reward[at:end] = flag.to_numpy(zero_copy_only=False)
-        else:
-            reward[at:end] = False
-        filled[index] += end - at
-        at = end
-        del table
+            amount[at:end] = cents
+            us = _timestamps(table.column(names["order_ts"]))
+            if us is None:
+                return None
+            ts[at:end] = us
+            if "reward" in names:
+                flag = _flags(table.column(names["reward"]))
+                if flag is None:
+                    return None
+                reward[at:end] = flag.to_numpy(zero_copy_only=False)
+            else:
+                reward[at:end] = False
+            filled[index] += end - at
+            bar.update(end - at)
+            at = end
+            del table
     for (_, _, _, key, rows), got in zip(plan, filled):
         if got != rows:
             return None
