@@ -416,3 +416,18 @@ def test_decimal_amounts_round_half_away_from_zero_as_the_general_path(tmp_path,
     written = pa.ipc.open_file(str(tmp_path / "default" / "orders.arrow")).read_all().column("amount").to_pylist()
     cents = [1235, -13, 1, -1, 268, 1999, 29, -750, 50] if unit == "major" else [12, 0, 0, 0, 3, 20, 0, -8, 0]
     assert written == cents  # customer ids follow the rows here: one merchant, keys 0..n-1, one order each
+
+
+def test_an_unreadable_row_group_gets_the_general_paths_error(tmp_path, monkeypatch, spy):
+    """A footer that reads but a data page that does not: the fast path steps aside before writing, and the
+    general path names the file (CorruptInputError), as without the fast path."""
+    n = 20_000
+    table = pa.table({**{k: pa.array(np.resize(v.to_numpy(zero_copy_only=False), n)) for k, v in _simple().items()},
+                      "amount": pa.array(np.arange(n), pa.int64())})
+    pq.write_table(table, tmp_path / "x.parquet", compression="snappy", use_dictionary=False)
+    raw = bytearray((tmp_path / "x.parquet").read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 64] = bytes(range(64))
+    (tmp_path / "x.parquet").write_bytes(bytes(raw))
+    error = run_both(tmp_path, str(tmp_path / "x.parquet"), monkeypatch, amount_unit="minor")
+    assert error[0] is lm.CorruptInputError and spy == [False]

@@ -50,15 +50,20 @@ def prepare_fast(a):
     limit = _bytes(a.memory_limit)
     if n == 0 or limit is None or n * BYTES_PER_ROW + BASE_BYTES > limit:
         return None
-    data = _read(plan, n, a)
-    if data is None:
+    try:
+        data = _read(plan, n, a)
+        if data is None:
+            return None
+        merchant_keys, merchant_ids, customer, ts, amount, reward, offsets = data
+        del data
+        customer_keys, customer_ids = _dense_rank(customer)
+        # The raw keys' array, no longer needed, holds the sort key: no fresh pages to fault in.
+        order = _order(merchant_ids, customer_ids, ts, scratch=customer)
+        del customer
+    except (pa.ArrowException, OSError, MemoryError):
+        # Nothing is written yet: an unreadable file gets the general path's error (CorruptInputError
+        # naming it), and memory short here the general path's spilling sort.
         return None
-    merchant_keys, merchant_ids, customer, ts, amount, reward, offsets = data
-    del data
-    customer_keys, customer_ids = _dense_rank(customer)
-    # The raw keys' array, no longer needed, holds the sort key: no fresh pages to fault in.
-    order = _order(merchant_ids, customer_ids, ts, scratch=customer)
-    del customer
     return _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, customer_ids, ts, amount, reward,
                   order)
 
