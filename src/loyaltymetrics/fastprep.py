@@ -2,18 +2,19 @@
 
 The common warehouse export — Parquet files with an integer merchant column (or the merchant from
 ``--merchant`` / the file name), an integer customer column, a timestamp (or date) ``order_ts``, an
-integer ``amount`` and a boolean (or 0/1) ``reward`` or none, with ``--format generic`` and none of
-the columns or options that need the general path's SQL (order keys, statuses, refunds, currencies,
-FX, reward codes, a zone other than UTC for naive times) — has nothing to parse, group or exclude:
-every row is an order. Here it is read with pyarrow, checked vectorised, mapped to dense ids (a
-lookup table where the keys' range is small, a sort otherwise), sorted by (merchant_id, customer_id,
-order_ts, input order) with ``_sort.grouped_order`` and written in the batches the general path
-writes, with its mapping files written by the same DuckDB ``COPY``: the outputs are the general
-path's, byte for byte.
+integer or decimal ``amount`` and a boolean (or 0/1) ``reward`` or none, with ``--format generic`` and
+none of the columns or options that need the general path's SQL (order keys, statuses, refunds,
+currencies, FX, reward codes, a zone other than UTC for naive times) — has nothing to parse, group or
+exclude: every row is an order. Here it is read with pyarrow, checked vectorised, mapped to dense ids
+(a lookup table where the keys' range is small, a sort otherwise), sorted by (merchant_id,
+customer_id, order_ts, input order) with ``_sort.grouped_order`` and written in the record batches the
+general path writes, the mapping files (and an empty rejects file) by the same DuckDB ``COPY``: the
+outputs are the general path's — byte for byte but for the unused bits after the last row of a
+boolean bitmap, which DuckDB leaves set and pyarrow clears — and so is the report.
 
 Whenever a row would be rejected or excluded (a null, a negative amount without ``refunds``, an
-amount or timestamp out of range, a reward that is not 0/1), or a file or option is outside this
-case, or the rows would not fit ``memory_limit``, :func:`prepare_fast` returns None before writing
+amount or timestamp out of range, a reward that is not 0/1, a guest), or a file or option is outside
+this case, or the rows would not fit ``memory_limit``, :func:`prepare_fast` returns None before writing
 anything and ``prepare`` takes the general path, which accounts for such rows by reason.
 """
 import time
@@ -264,7 +265,7 @@ def _cents(column, scale):
         unscaled = words[:, 0]
         if not np.array_equal(words[:, 1], unscaled >> 63):
             return None
-        value, digits = unscaled.copy(), t.scale
+        value, digits = unscaled, t.scale
     else:
         value = _integers(column)
         if value is None:
