@@ -169,7 +169,8 @@ def typed_exports(draw):
         files[name] = (_spoil(table, fault, draw(st.integers(0, table.num_rows - 1))), group)
     options = {"refunds": refunds, "amount_unit": draw(st.sampled_from(["minor", "major"])),
                "currency": draw(st.sampled_from([None, "eur"])), "keep_guests": draw(st.booleans()),
-               "rejects": draw(st.sampled_from([None, "rejects.csv", "rejects.parquet"]))}
+               "rejects": draw(st.sampled_from([None, "rejects.csv", "rejects.parquet"])),
+               "threads": draw(st.sampled_from([None, 1, 2]))}
     if merchant_mode == "constant":
         options["merchant"] = "the-shop"
     elif merchant_mode == "filename":

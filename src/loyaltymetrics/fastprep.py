@@ -168,7 +168,7 @@ def _read(plan, n, a):
     at = 0
     filled = [0] * len(plan)
     with _progress.bar(n, a.progress, desc="prepare: read") as bar:
-        for index, table in _row_groups(plan):
+        for index, table in _row_groups(plan, a.threads):
             names = plan[index][2]
             end = at + table.num_rows
             if end > n:
@@ -217,25 +217,34 @@ def _read(plan, n, a):
     return merchant_keys, merchant_ids, customer, ts, amount, reward, offsets
 
 
-def _row_groups(plan):
-    """(index in plan, the row group's columns) of every row group in file order; the next one is decoded
-    on a second thread while the caller converts this one."""
+def _row_groups(plan, threads):
+    """(index in plan, the row group's columns) of every row group in file order; unless ``threads`` is 1,
+    the next one is decoded (its columns in parallel) on a second thread while the caller converts this one."""
     jobs = [(index, group) for index, (_, parquet, _, _, _) in enumerate(plan)
             for group in range(parquet.metadata.num_row_groups)]
 
     def load(job):
         index, group = job
         parquet, names = plan[index][1], plan[index][2]
-        return index, parquet.read_row_group(group, columns=list(dict.fromkeys(names.values())), use_threads=True)
+        return index, parquet.read_row_group(group, columns=list(dict.fromkeys(names.values())),
+                                             use_threads=threads != 1)
 
-    if not jobs:
+    if threads == 1:
+        yield from map(load, jobs)
+        return
+    yield from _ahead(load, jobs)
+
+
+def _ahead(work, items):
+    """``map(work, items)`` with the next item's work done on a second thread (it must release the GIL)."""
+    if not items:
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load, jobs[0])
-        for k in range(len(jobs)):
+        pending = pool.submit(work, items[0])
+        for k in range(len(items)):
             result = pending.result()
-            if k + 1 < len(jobs):
-                pending = pool.submit(load, jobs[k + 1])
+            if k + 1 < len(items):
+                pending = pool.submit(work, items[k + 1])
             yield result
 
 
@@ -455,17 +464,12 @@ def _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, custome
                 return rows, columns
 
             # The next batch is gathered on a second thread while this one is written (both release the GIL).
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                starts = range(0, n, WRITE_ROWS)
-                pending = pool.submit(gathered, starts[0])
-                for i in range(len(starts)):
-                    rows, columns = pending.result()
-                    if i + 1 < len(starts):
-                        pending = pool.submit(gathered, starts[i + 1])
-                    writer.write_batch(pa.record_batch(columns, schema=schema))
-                    duplicates.add(columns[0].to_numpy(), columns[1].to_numpy(),
-                                   columns[2].view(pa.int64()).to_numpy(), rows)
-                    bar.update(len(rows))
+            starts = list(range(0, n, WRITE_ROWS))
+            for rows, columns in (map(gathered, starts) if a.threads == 1 else _ahead(gathered, starts)):
+                writer.write_batch(pa.record_batch(columns, schema=schema))
+                duplicates.add(columns[0].to_numpy(), columns[1].to_numpy(),
+                               columns[2].view(pa.int64()).to_numpy(), rows)
+                bar.update(len(rows))
         warnings, likely = [], 0
         if duplicates.groups:
             file_idx = int(np.searchsorted(offsets, duplicates.first, side="right")) - 1
