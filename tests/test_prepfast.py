@@ -319,6 +319,8 @@ def _simple(rows=5):
     ({}, {"format": "shopify", "columns": {"customer_id": "customer_id", "order_ts": "order_ts",
                                            "amount": "amount", "merchant_id": "merchant_id"}}),
     ({}, {"memory_limit": "1KB"}),                                                      # does not fit
+    ({}, {"memory_limit": "lots"}),                                                     # DuckDB's error
+    ({}, {"threads": -1}),
     ({"merchant_id": pa.array([1, 2, 1, 2, (1 << 64) - 1], pa.uint64())}, {}),         # beyond int64
 ])
 def test_inputs_outside_the_fast_path_take_the_general_path(tmp_path, monkeypatch, spy, change, options):

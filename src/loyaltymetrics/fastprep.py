@@ -51,6 +51,34 @@ def prepare_fast(a):
     limit = _bytes(a.memory_limit)
     if n == 0 or limit is None or n * BYTES_PER_ROW + BASE_BYTES > limit:
         return None
+    con = _session(a)
+    if con is None:
+        return None
+    try:
+        return _prepare(a, plan, n, con)
+    finally:
+        con.close()
+
+
+def _session(a):
+    """A DuckDB connection with the general path's settings (its COPY then writes the same Parquet bytes), or
+    None if DuckDB refuses one of them: the general path says which."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET preserve_insertion_order = false")
+        con.execute(f"SET memory_limit = '{_convert._sql_text(a.memory_limit)}'")
+        if a.threads:
+            con.execute(f"SET threads = {int(a.threads)}")
+        con.execute("SELECT 1").fetchall()
+    except duckdb.Error:
+        con.close()
+        return None
+    return con
+
+
+def _prepare(a, plan, n, con):
     try:
         data = _read(plan, n, a)
         if data is None:
@@ -65,8 +93,8 @@ def prepare_fast(a):
         # Nothing is written yet: an unreadable file gets the general path's error (CorruptInputError
         # naming it), and memory short here the general path's spilling sort.
         return None
-    return _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, customer_ids, ts, amount, reward,
-                  order)
+    return _write(a, con, plan, offsets, merchant_keys, merchant_ids, customer_keys, customer_ids, ts, amount,
+                  reward, order)
 
 
 def _bytes(limit):
@@ -414,79 +442,69 @@ def _order(merchant_ids, customer_ids, ts, scratch=None):
 
 # --- writing -------------------------------------------------------------------------
 
-def _write(a, plan, offsets, merchant_keys, merchant_ids, customer_keys, customer_ids, ts, amount, reward, order):
-    import duckdb
-
+def _write(a, con, plan, offsets, merchant_keys, merchant_ids, customer_keys, customer_ids, ts, amount, reward,
+           order):
     n = len(order)
     files = a.files
     currency = a.currency.upper() if a.currency else None
-    con = duckdb.connect(":memory:")
-    try:
-        # The general path's session settings: its COPY writes the same Parquet bytes.
-        con.execute("SET preserve_insertion_order = false")
-        con.execute(f"SET memory_limit = '{_convert._sql_text(a.memory_limit)}'")
-        if a.threads:
-            con.execute(f"SET threads = {int(a.threads)}")
-        int_keys = plan[0][3] is None
-        con.register("merchant_arrow", pa.table({
-            "merchant_key": pa.array(merchant_keys, pa.int64() if int_keys else pa.string()),
-            "merchant_id": pa.array(np.arange(1, len(merchant_keys) + 1, dtype=np.int32), pa.int32()),
-        }))
-        con.execute("CREATE TABLE merchant_map AS SELECT * FROM merchant_arrow")
-        con.unregister("merchant_arrow")
-        con.register("customer_arrow", pa.table({
-            "customer_key": pa.array(customer_keys, pa.int64()),
-            "customer_id": pa.array(np.arange(1, len(customer_keys) + 1, dtype=np.int64), pa.int64()),
-        }))
-        con.execute("CREATE TABLE customer_map AS SELECT * FROM customer_arrow")
-        con.unregister("customer_arrow")
-        _convert._copy_private(con, "SELECT * FROM merchant_map ORDER BY merchant_id", a.merchant_ids, a.inputs,
-                               what="merchant id mapping")
-        _convert._copy_private(con, "SELECT * FROM customer_map ORDER BY customer_id", a.customer_ids, a.inputs,
-                               what="customer id mapping")
+    int_keys = plan[0][3] is None
+    con.register("merchant_arrow", pa.table({
+        "merchant_key": pa.array(merchant_keys, pa.int64() if int_keys else pa.string()),
+        "merchant_id": pa.array(np.arange(1, len(merchant_keys) + 1, dtype=np.int32), pa.int32()),
+    }))
+    con.execute("CREATE TABLE merchant_map AS SELECT * FROM merchant_arrow")
+    con.unregister("merchant_arrow")
+    con.register("customer_arrow", pa.table({
+        "customer_key": pa.array(customer_keys, pa.int64()),
+        "customer_id": pa.array(np.arange(1, len(customer_keys) + 1, dtype=np.int64), pa.int64()),
+    }))
+    con.execute("CREATE TABLE customer_map AS SELECT * FROM customer_arrow")
+    con.unregister("customer_arrow")
+    _convert._copy_private(con, "SELECT * FROM merchant_map ORDER BY merchant_id", a.merchant_ids, a.inputs,
+                           what="merchant id mapping")
+    _convert._copy_private(con, "SELECT * FROM customer_map ORDER BY customer_id", a.customer_ids, a.inputs,
+                           what="customer id mapping")
 
-        schema = ORDERS_SCHEMA.with_metadata({_convert.CURRENCY_KEY: currency.encode()}) if currency \
-            else ORDERS_SCHEMA
-        utc = pa.timestamp("us", tz="UTC")
-        rows_table = pa.Table.from_arrays([
-            pa.array(merchant_ids, pa.int32()), pa.array(customer_ids), pa.array(ts, pa.int64()).view(utc),
-            pa.array(amount, pa.int64()), pa.array(reward, pa.bool_())],
-            names=schema.names)
-        duplicates = _convert._Duplicates()
-        with atomic_output(a.output, inputs=a.inputs, what="output") as tmp, \
-                pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, \
-                _progress.bar(n, a.progress, desc="prepare: sort and write") as bar:
-            def gathered(start):
-                rows = order[start:start + WRITE_ROWS]
-                taken = rows_table.take(pa.array(rows))
-                columns = [c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in taken.columns]
-                columns[1] = columns[1].cast(pa.int64())   # int32 ids while sorting, int64 in the output
-                return rows, columns
+    schema = ORDERS_SCHEMA.with_metadata({_convert.CURRENCY_KEY: currency.encode()}) if currency \
+        else ORDERS_SCHEMA
+    utc = pa.timestamp("us", tz="UTC")
+    rows_table = pa.Table.from_arrays([
+        pa.array(merchant_ids, pa.int32()), pa.array(customer_ids), pa.array(ts, pa.int64()).view(utc),
+        pa.array(amount, pa.int64()), pa.array(reward, pa.bool_())],
+        names=schema.names)
+    duplicates = _convert._Duplicates()
+    with atomic_output(a.output, inputs=a.inputs, what="output") as tmp, \
+            pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, \
+            _progress.bar(n, a.progress, desc="prepare: sort and write") as bar:
+        def gathered(start):
+            rows = order[start:start + WRITE_ROWS]
+            taken = rows_table.take(pa.array(rows))
+            columns = [c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in taken.columns]
+            columns[1] = columns[1].cast(pa.int64())   # int32 ids while sorting, int64 in the output
+            return rows, columns
 
-            # The next batch is gathered on a second thread while this one is written (both release the GIL).
-            starts = list(range(0, n, WRITE_ROWS))
-            for rows, columns in (map(gathered, starts) if a.threads == 1 else _ahead(gathered, starts)):
-                writer.write_batch(pa.record_batch(columns, schema=schema))
-                duplicates.add(columns[0].to_numpy(), columns[1].to_numpy(),
-                               columns[2].view(pa.int64()).to_numpy(), rows)
-                bar.update(len(rows))
-        warnings, likely = [], 0
-        if duplicates.groups:
-            file_idx = int(np.searchsorted(offsets, duplicates.first, side="right")) - 1
-            file_row = duplicates.first - offsets[file_idx]
-            warnings.append(
-                f"{duplicates.rows:,} rows in {duplicates.groups:,} groups share merchant, customer and order_ts: "
-                f"likely line items of one order each, counted here as separate orders; map an order key "
-                f"(--columns order_id=...) to count each order once; first: {files[file_idx]}: row {file_row}")
-            likely = duplicates.rows - duplicates.groups
-        merchants_table = None
-        if a.merchants_table is not None:
-            merchants_table = _convert._write_merchants(con, a.merchants_table, a.merchants, a.merchants_out,
-                                                        a.inputs, warnings)
-        if a.rejects:
-            _write_no_rejects(con, plan, a)
-    finally:
-        con.close()
+        # The next batch is gathered on a second thread while this one is written (both release the GIL).
+        starts = list(range(0, n, WRITE_ROWS))
+        for rows, columns in (map(gathered, starts) if a.threads == 1 else _ahead(gathered, starts)):
+            writer.write_batch(pa.record_batch(columns, schema=schema))
+            duplicates.add(columns[0].to_numpy(), columns[1].to_numpy(),
+                           columns[2].view(pa.int64()).to_numpy(), rows)
+            bar.update(len(rows))
+    warnings, likely = [], 0
+    if duplicates.groups:
+        file_idx = int(np.searchsorted(offsets, duplicates.first, side="right")) - 1
+        file_row = duplicates.first - offsets[file_idx]
+        warnings.append(
+            f"{duplicates.rows:,} rows in {duplicates.groups:,} groups share merchant, customer and order_ts: "
+            f"likely line items of one order each, counted here as separate orders; map an order key "
+            f"(--columns order_id=...) to count each order once; first: {files[file_idx]}: row {file_row}")
+        likely = duplicates.rows - duplicates.groups
+    merchants_table = None
+    if a.merchants_table is not None:
+        merchants_table = _convert._write_merchants(con, a.merchants_table, a.merchants, a.merchants_out,
+                                                    a.inputs, warnings)
+    if a.rejects:
+        _write_no_rejects(con, plan, a)
     return _convert.PrepareReport(
         output=str(a.output), merchant_ids=str(a.merchant_ids), customer_ids=str(a.customer_ids),
         rejects=str(a.rejects) if a.rejects else None,
