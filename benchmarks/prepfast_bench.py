@@ -47,8 +47,11 @@ else:
     lm.prepare(source, out, amount_unit="minor", threads=int(threads), memory_limit=memory_limit)
 wall = time.perf_counter() - started
 end = resource.getrusage(resource.RUSAGE_SELF)
+# Peak RSS from VmHWM: getrusage's ru_maxrss survives exec, so a child would report at least the peak
+# of the benchmark process that forked it (which generated the data).
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"wall": wall, "cpu": end.ru_utime + end.ru_stime - cpu.ru_utime - cpu.ru_stime,
-                  "user": end.ru_utime - cpu.ru_utime, "rss_mb": end.ru_maxrss / 1024}))
+                  "user": end.ru_utime - cpu.ru_utime, "rss_mb": hwm / 1024}))
 """
 
 
