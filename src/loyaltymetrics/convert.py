@@ -59,6 +59,7 @@ FALSE_WORDS = ("false", "f", "no", "n", "0", "")
 AMOUNT_UNITS = {"major": 100, "minor": 1}
 FORMATS = ("generic", "shopify", "woocommerce")
 CURRENCY_KEY = b"loyaltymetrics.currency"  # the output schema's metadata: the ISO code of its amounts
+FAST_PATH = True  # False forces the general path (tests compare the two)
 
 # Every column prepare can read ("roles"); the first four are required.
 ROLES = ("merchant_id", "customer_id", "order_ts", "amount", "reward", "order_id", "status", "refunded",
@@ -358,6 +359,12 @@ def prepare(raw: PathLike | Sequence[PathLike], output: PathLike, *, columns: Co
         threads=threads, progress=progress, output=output, merchant_ids=merchant_ids, customer_ids=customer_ids,
         rejects=rejects, merchants=merchants, merchants_table=merchants_table, merchants_out=merchants_out)
     try:
+        if FAST_PATH:  # typed warehouse Parquet that needs none of the SQL below (fastprep.py): same outputs
+            from .fastprep import prepare_fast
+
+            report = prepare_fast(options)
+            if report is not None:
+                return report
         # In memory, spilling to temp_directory past memory_limit: no database file to checkpoint.
         con = duckdb.connect(":memory:")
         try:
