@@ -27,7 +27,9 @@ INT64_MIN = np.iinfo(np.int64).min
 (STARTED, PREV_MERCHANT, PREV_CUSTOMER, PREV_TS, RUN_PERIOD, RUN_ORDERS, RUN_REWARD_ORDERS,
  RUN_REVENUE, LAST_ORDER_PERIOD, ACC_LO, ACC_HI, OUT_ROWS, ORDER_LO, ORDER_HI,
  # The earliest and latest order of the merchants flushed so far, and their merchants.
- FIRST_TS, FIRST_MERCHANT, LAST_TS, LAST_MERCHANT, N_CURSOR) = range(19)
+ FIRST_TS, FIRST_MERCHANT, LAST_TS, LAST_MERCHANT,
+ # Rows the block path took (for tests and benchmarks: no result depends on it).
+ BLOCK_ROWS, N_CURSOR) = range(20)
 
 OK, NEED_SPACE, UNSORTED, NEGATIVE_AMOUNT, TIMESTAMP_RANGE, AMOUNT_OVERFLOW = (
     int(Status.OK), int(Status.NEED_SPACE), int(Status.UNSORTED), int(Status.NEGATIVE_AMOUNT),
@@ -91,6 +93,11 @@ class ScanState:
             return None
         return ((int(self.cur[FIRST_TS]), int(self.cur[FIRST_MERCHANT])),
                 (int(self.cur[LAST_TS]), int(self.cur[LAST_MERCHANT])))
+
+    @property
+    def block_rows(self):
+        """How many of the rows scanned the block path took (the rest went row by row)."""
+        return int(self.cur[BLOCK_ROWS])
 
     @property
     def last_row_keys(self):
@@ -292,7 +299,6 @@ def _block(acc, merchant_id, customer_id, order_ts, amount, reward_bits, reward_
     t0 = np.int64(order_ts[u])
     bad = np.int64(c0 < prev_customer) | (np.int64(c0 == prev_customer) & np.int64(t0 < prev_ts))
     big = z
-    t_lo, t_hi = INT64_MAX, np.int64(-1)
     for j in range(BLOCK):
         k = u + np.uint64(j)
         t = np.int64(order_ts[k])
@@ -304,26 +310,26 @@ def _block(acc, merchant_id, customer_id, order_ts, amount, reward_bits, reward_
         bad |= np.int64(c < cp) | (np.int64(c == cp) & np.int64(np.int64(order_ts[k]) < np.int64(order_ts[k - ONE])))
     if bad | (big >> 56):
         return -BLOCK, none
-    # Each row's period, and the masks: nc new store-customer, nr new run, ret retained (a new
-    # run of the same store-customer in the period after its last one).
-    b = np.uint64((t0 >> shift) * 2)
-    p = table[b] + np.int64(t0 > table[b + ONE])
-    period[0] = p
+    # Each row's period (every timestamp is in the table's range now); then the masks: nc new
+    # store-customer, nr new run, ret retained (a new run of the same store-customer in the
+    # period after its last one). Loops of a fixed count, one job each, so they vectorize.
+    for j in range(BLOCK):
+        t = np.int64(order_ts[u + np.uint64(j)])
+        b = np.uint64((t >> shift) * 2)
+        period[np.uint64(j)] = table[b] + np.int64(t > table[b + ONE])
+    p = period[0]
     nc = np.uint64(c0 != prev_customer)
     nr = nc | np.uint64(p != run_period)
     ret = (ONE - nc) & np.uint64(run_period + 1 == p)
-    pp = p
     for j in range(1, BLOCK):
         k = u + np.uint64(j)
-        t = np.int64(order_ts[k])
-        b = np.uint64((t >> shift) * 2)
-        p = table[b] + np.int64(t > table[b + ONE])
-        period[np.uint64(j)] = p
-        new = np.uint64(customer_id[k] != customer_id[k - ONE])
-        nc |= new << np.uint64(j)
-        nr |= (new | np.uint64(p != pp)) << np.uint64(j)
-        ret |= ((ONE - new) & np.uint64(pp + 1 == p)) << np.uint64(j)
-        pp = p
+        nc |= np.uint64(customer_id[k] != customer_id[k - ONE]) << np.uint64(j)
+    for j in range(1, BLOCK):
+        p, pp = period[np.uint64(j)], period[np.uint64(j - 1)]
+        nr |= np.uint64(p != pp) << np.uint64(j)
+        ret |= np.uint64(pp + 1 == p) << np.uint64(j)
+    nr |= nc
+    ret &= ~nc
     rest = nr & ~ONE
     if not nr & ONE:                    # row i goes on with a run of the cursor's: row loop to the next run
         return -(np.int64(_trailing_zeros(rest)) if rest else BLOCK), none
@@ -331,11 +337,16 @@ def _block(acc, merchant_id, customer_id, order_ts, amount, reward_bits, reward_
         return -BLOCK, none
     n = np.int64(63 - _leading_zeros(rest))   # the last run start: rows i:i+n are complete runs
     w = (ONE << np.uint64(n)) - ONE
-    p_lo, p_hi = period[0], period[0]
-    for j in range(n):
-        p_lo = min(p_lo, period[np.uint64(j)])
-        p_hi = max(p_hi, period[np.uint64(j)])
-        t = np.int64(order_ts[u + np.uint64(j)])
+    # The periods and the order window of rows i:i+n (a fixed count of rows again: the
+    # rows from n on count as row 0).
+    p_lo = p_hi = p0 = period[0]
+    t_lo = t_hi = t0
+    for j in range(BLOCK):
+        inside = j < n
+        p = period[np.uint64(j)] if inside else p0
+        t = np.int64(order_ts[u + np.uint64(j)]) if inside else t0
+        p_lo = min(p_lo, p)
+        p_hi = max(p_hi, p)
         t_lo = min(t_lo, t)
         t_hi = max(t_hi, t)
     if p_hi - p_lo >= BLOCK:
@@ -443,6 +454,7 @@ def _scan_rows(cur, acc, out_merchant, out_period, out_counts, min_amount,
                     acc_hi = max(acc_hi, p_hi)
                     order_lo = min(order_lo, t_lo)
                     order_hi = max(order_hi, t_hi)
+                    cur[BLOCK_ROWS] += n
                     i += n
                     continue
                 row_loop_until = i - n
