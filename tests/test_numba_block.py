@@ -25,7 +25,7 @@ from loyaltymetrics import _scan, numba_scan, periods
 EDGES = [0, 1, 2, 62, 63, 64, 65, 66, 126, 127, 128, 129, 191, 192]
 INT64_MAX = 2**63 - 1
 DAY_UNITS = {1: np.int32, 86_400: np.int64, 1_000_000 * 86_400: np.int64}   # date32, s, us
-HUGE = [2**56 - 1, 2**56, 2**60, 2**62, INT64_MAX]
+HUGE = [2**56 - 1, 2**56, 2**60, 2**62 - 1, 2**62, INT64_MAX]
 # Timestamps from 2000-01-01 (days since 1970); "wide" data spreads store-customers over 30 years,
 # so one block holds months more than 64 apart.
 BASE_DAY = 10_957
@@ -75,10 +75,9 @@ def block_cases(draw):
     ts = np.array(day, np.int64) * upd + np.array(second, np.int64) * (upd // 86_400)
     amounts = draw(st.sampled_from(["small", "small", "small", "huge", "near"]))
     amount = np.array([draw(st.integers(0, 10_000)) for _ in range(n)], np.int64)
-    if amounts == "huge":
+    if amounts == "huge":       # single rows, or a few in a row (whose sum wraps around 2**64)
         for row in draw(st.lists(edge, max_size=3)):
-            if row < n:
-                amount[row] = draw(st.sampled_from(HUGE))
+            amount[row:row + draw(st.integers(1, 6))] = draw(st.sampled_from(HUGE))
     elif amounts == "near":     # a period's revenue close to INT64_MAX before a block that adds more
         for row in draw(st.lists(edge, min_size=1, max_size=2)):
             if row < n:
@@ -103,8 +102,8 @@ def block_cases(draw):
                 merchant[row] = merchant[row - 1] - 1
             elif customer[row] != customer[row - 1]:
                 customer[row] = customer[row - 1] - 1
-            else:
-                ts[row] = ts[row - 1] - 1
+            else:               # back by one unit, or by a year (a new run)
+                ts[row] = ts[row - 1] - draw(st.sampled_from([1, 400 * upd]))
     key_types = draw(st.sampled_from([(np.int64, np.int64), (np.int32, np.int32), (np.int32, np.int64)]))
     # Rewards as an LSB bitmap from bit `offset`, with random bits around the rows' own.
     offset = draw(st.integers(0, 17))
@@ -214,7 +213,7 @@ def test_regular_rows_go_through_blocks(period, upd):
 
 
 @pytest.mark.parametrize("at", [0, 1, 62, 63, 64, 65, 127, 128])
-@pytest.mark.parametrize("event", ["merchant", "customer", "period", "reward", "no-reward", "huge", "near",
+@pytest.mark.parametrize("event", ["merchant", "customer", "period", "reward", "no-reward", "huge", "huge-rows", "near",
                                    "negative", "late", "unsorted", "wide"])
 def test_an_event_at_a_block_edge(at, event):
     case = _regular_case(320)
@@ -230,6 +229,9 @@ def test_an_event_at_a_block_edge(at, event):
         case["reward_bits"][bit // 8] ^= np.uint8(1 << (bit % 8))
     elif event == "huge":
         case["amount"][row] = 2**62
+    elif event == "huge-rows":      # five amounts whose sum wraps around 2**64 to about 2**62
+        case["period"] = "all"
+        case["amount"][row:row + 5] = 2**62 - 1
     elif event == "near":
         case["period"] = "all"          # one period, whose revenue passes INT64_MAX at row `row`
         case["amount"][row] = max(case["amount"][row], 1)
@@ -246,3 +248,20 @@ def test_an_event_at_a_block_edge(at, event):
         case["customer_id"][row] = case["customer_id"][row - 1]
         case["customer_id"][row + 1:] += 1000
     assert _check(case) > 0
+
+
+@pytest.mark.parametrize("key", ["customer", "order_ts"])
+@pytest.mark.parametrize("row, batches", [(1, [0, 320]), (128, [0, 128, 320]), (129, [0, 128, 320])])
+def test_an_unsorted_row_where_a_block_can_start(row, batches, key):
+    """A block may start at a merchant's second row or a batch's first: checked against the cursor."""
+    case = _regular_case(320)
+    case["batches"] = batches
+    if key == "customer":
+        case["customer_id"][row] = case["customer_id"][row - 1] - 1
+    else:                       # the same store-customer, a year back: a new run, so a block could start
+        case["customer_id"][row] = case["customer_id"][row - 1]
+        case["order_ts"][row] = case["order_ts"][row - 1] - 400 * 86_400
+    case["customer_id"][row + 1:] += 1000
+    _check(case)
+    outcome, _, _ = _run(numba_scan, case)
+    assert outcome == (int(numba_scan.Status.UNSORTED), row)

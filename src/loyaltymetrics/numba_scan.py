@@ -281,8 +281,7 @@ def _block(acc, merchant_id, customer_id, order_ts, amount, reward_bits, reward_
 
     Returns ``(n, cursor)``. ``n`` > 0: rows ``i:i+n`` (complete runs) were
     added to ``acc``, and ``cursor`` is ``(prev_customer, prev_ts,
-    run_period, run_orders, run_reward_orders, run_revenue)`` after them,
-    as the row loop would leave it, then the lowest and highest period and
+    run_period)`` after them, then the lowest and highest period and
     timestamp of the rows. ``n`` <= 0: ``acc`` is untouched; leave the next
     ``-n`` rows to the row loop. ``period`` (int64[64]) and ``sums``
     (int64[64, 4], zeros, left zeros) are scratch.
@@ -291,7 +290,7 @@ def _block(acc, merchant_id, customer_id, order_ts, amount, reward_bits, reward_
     indices, which would turn the loops over the block's rows into gathers.
     """
     z = np.int64(0)
-    none = (z, z, z, z, z, z, z, z, z, z)
+    none = (z, z, z, z, z, z, z)
     u = np.uint64(i)
     # The checks of the row loop, for all 64 rows (row i against the cursor's last row):
     # any failure leaves the block to the row loop, which stops at the row.
@@ -362,7 +361,7 @@ def _block(acc, merchant_id, customer_id, order_ts, amount, reward_bits, reward_
     if off:
         r |= np.uint64(reward_bits[byte + np.uint64(8)]) << (np.uint64(64) - off)
     nr, nc, ret, r = nr & w, nc & w, ret & w, r & w
-    mr = _run_fill(r, nr | (ONE << np.uint64(n))) & w   # member runs: all rows of a run with a reward order
+    mr = _run_fill(r, nr) & w   # member runs: all rows of a run with a reward order
     second = ~nr & (nr << ONE) & w      # a run's second row: its store-customer repeats
     # Per period: its rows (a mask) and their amount sums.
     present = np.uint64(0)
@@ -405,14 +404,11 @@ def _block(acc, merchant_id, customer_id, order_ts, amount, reward_bits, reward_
         sums[q, 0] = sums[q, 1] = sums[q, 2] = sums[q, 3] = 0
     if not ok:
         return -n, none
-    # The cursor after row i+n-1, as the row loop leaves it: its run is rows s:n.
-    s = np.int64(63 - _leading_zeros(nr))
-    run_revenue = z
-    for j in range(s, n):
-        run_revenue += amount[u + np.uint64(j)]
+    # The cursor after row i+n-1. Its run ends there (row i+n, in this call, starts one), so the
+    # row loop resets the run's counts at row i+n whatever they are: they are not returned.
     last = u + np.uint64(n - 1)
-    return n, (np.int64(customer_id[last]), np.int64(order_ts[last]), period[np.uint64(n - 1)], n - s,
-               _count(r >> np.uint64(s)), run_revenue, p_lo, p_hi, t_lo, t_hi)
+    return n, (np.int64(customer_id[last]), np.int64(order_ts[last]), period[np.uint64(n - 1)],
+               p_lo, p_hi, t_lo, t_hi)
 
 
 @njit(nogil=True, cache=True)
@@ -448,8 +444,7 @@ def _scan_rows(cur, acc, out_merchant, out_period, out_counts, min_amount,
                                    table, shift, ts_max, i, prev_merchant, prev_customer, prev_ts, run_period,
                                    period, sums)
                 if n > 0:
-                    (prev_customer, prev_ts, run_period, run_orders, run_reward_orders, run_revenue,
-                     p_lo, p_hi, t_lo, t_hi) = cursor
+                    prev_customer, prev_ts, run_period, p_lo, p_hi, t_lo, t_hi = cursor
                     acc_lo = min(acc_lo, p_lo)
                     acc_hi = max(acc_hi, p_hi)
                     order_lo = min(order_lo, t_lo)
