@@ -41,12 +41,14 @@ def worker(path, period, repeat):
     digest = hashlib.sha256()
     for array in (partials.merchant_id, partials.period, partials.counts):
         digest.update(array.tobytes())
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         once()
         times.append(time.perf_counter() - start)
-    print(json.dumps({"rows": rows, "seconds": statistics.median(times), "digest": digest.hexdigest()}))
+        cpu_times.append(time.process_time() - cpu_start)
+    print(json.dumps({"rows": rows, "seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times),
+                      "digest": digest.hexdigest()}))
 
 
 def main():
@@ -78,6 +80,7 @@ def main():
     builds = [b.split("=", 1) for b in args.build] or [["this", str(Path(__file__).parent.parent / "src")]]
     cases = args.case or list(CASES)
     results, digests = {}, {}
+    load = os.getloadavg()[0]
     for case in cases:
         for _ in range(args.runs):
             for name, src in builds:
@@ -86,15 +89,18 @@ def main():
                 out = subprocess.run([sys.executable, __file__, "--worker", path, case, "--repeat", str(args.repeat)],
                                      env=env, capture_output=True, text=True, check=True).stdout
                 r = json.loads(out.strip().splitlines()[-1])
-                results.setdefault((case, name), []).append(r["rows"] / r["seconds"])
+                results.setdefault((case, name, "wall"), []).append(r["rows"] / r["seconds"])
+                results.setdefault((case, name, "cpu"), []).append(r["rows"] / r["cpu_seconds"])
                 digests.setdefault(case, set()).add(r["digest"])
-    print(f"{int(args.rows):,} rows, {path}; Numba kernel, one thread; M rows/s, "
-          f"median of {args.runs} processes x median of {args.repeat} calls; load {os.getloadavg()[0]:.2f}")
-    print(f"{'period':<10}" + "".join(f"{name:>12}" for name, _ in builds) + "   partials")
+    print(f"{int(args.rows):,} rows, {path}; Numba kernel, one thread; M rows per second (wall) and per "
+          f"CPU second, median of {args.runs} processes x median of {args.repeat} calls; "
+          f"load {load:.2f} before, {os.getloadavg()[0]:.2f} after")
+    print(f"{'period':<10}" + "".join(f"{name + ' ' + clock:>14}" for clock in ("wall", "cpu") for name, _ in builds)
+          + "   partials")
     for case in cases:
         same = "identical" if len(digests[case]) == 1 else "DIFFER"
-        print(f"{case:<10}" + "".join(f"{statistics.median(results[(case, name)]) / 1e6:>12.1f}"
-                                      for name, _ in builds) + f"   {same}")
+        print(f"{case:<10}" + "".join(f"{statistics.median(results[(case, name, clock)]) / 1e6:>14.1f}"
+                                      for clock in ("wall", "cpu") for name, _ in builds) + f"   {same}")
     if any(len(d) != 1 for d in digests.values()):
         sys.exit(1)
 
