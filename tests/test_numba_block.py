@@ -15,6 +15,11 @@ apart inside a block, and sums that overflow inside a block.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -265,3 +270,20 @@ def test_an_unsorted_row_where_a_block_can_start(row, batches, key):
     _check(case)
     outcome, _, _ = _run(numba_scan, case)
     assert outcome == (int(numba_scan.Status.UNSORTED), row)
+
+
+def test_the_block_path_runs_as_plain_python_too():
+    """NUMBA_DISABLE_JIT=1 (README: step through the kernel in a debugger) runs the same code, intrinsics included."""
+    script = (
+        "import sys; sys.path.insert(0, 'tests'); import test_numba_block as t;"
+        "case = t._regular_case(200); outcome, _, blocks = t._run(t.numba_scan, case); print(repr(outcome)); print(blocks)"
+    )
+    root = Path(__file__).parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]))
+    outputs = []
+    for disable in ("0", "1"):
+        run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                             env=dict(env, NUMBA_DISABLE_JIT=disable), check=True)
+        outputs.append(run.stdout)
+    assert outputs[0] == outputs[1]
+    assert int(outputs[0].split()[-1]) > 150       # rows taken by blocks

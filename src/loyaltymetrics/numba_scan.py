@@ -9,7 +9,7 @@ independently compiled implementation that the tests hold the first to.
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import config, njit, types
 from numba.core.extending import intrinsic
 
 from ._scan import PARTIAL_COLUMNS, Status
@@ -246,6 +246,18 @@ def _leading_zeros(typingctx, x):
     def codegen(context, builder, signature, args):
         return builder.ctlz(args[0], ir.Constant(ir.IntType(1), 0))
     return x(x), codegen
+
+
+if config.DISABLE_JIT:       # NUMBA_DISABLE_JIT=1 (stepping through in a debugger): plain Python
+    def _popcount(x):
+        return np.uint64(bin(int(x)).count("1"))
+
+    def _trailing_zeros(x):
+        x = int(x)
+        return np.uint64((x & -x).bit_length() - 1 if x else 64)
+
+    def _leading_zeros(x):
+        return np.uint64(64 - int(x).bit_length())
 
 
 @njit(nogil=True, cache=True)
