@@ -762,10 +762,26 @@ class _Stage:
         mtype = key[self.key_kinds.get("merchant_id", "text")]
         ctype = key[self.key_kinds.get("customer_id", "text")]
         self.con.execute(f"""
-            CREATE TABLE staged (src_row BIGINT, file_idx INTEGER, file_row BIGINT, merchant_key {mtype},
-                                 has_order BOOLEAN, order_key VARCHAR, customer_key {ctype}, ts_us BIGINT,
-                                 net DECIMAL(38, 16), cents BIGINT, reward BOOLEAN, currency VARCHAR,
-                                 excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR, neg BOOLEAN, raw VARCHAR[])""")
+            CREATE TABLE staged_rows (src_row BIGINT, file_idx INTEGER, file_row BIGINT, merchant_key {mtype},
+                                      has_order BOOLEAN, order_key VARCHAR, customer_key {ctype}, ts_us BIGINT,
+                                      net DECIMAL(38, 16), cents BIGINT, reward BOOLEAN, currency VARCHAR,
+                                      excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR, neg BOOLEAN, raw VARCHAR[])""")
+        # The rows of an order without its total (line items: most rows of a line-item export), not rejected:
+        # only their keys are stored; every other column of theirs is a constant (_parse_sql, part "items").
+        self.con.execute(f"CREATE TABLE items (src_row BIGINT, merchant_key {mtype}, order_key VARCHAR, "
+                         f"customer_key {ctype})")
+        # staged: one row per raw row. (An item's excl is null: no query reads the exclusion of a row without
+        # the order total, which is a line item or rejected as order_without_total.)
+        self.con.execute(f"""
+            CREATE VIEW staged AS
+            SELECT * FROM staged_rows
+            UNION ALL
+            SELECT src_row, CAST(src_row >> {FILE_ROW_BITS} AS INTEGER) AS file_idx,
+                   src_row & {(1 << FILE_ROW_BITS) - 1} AS file_row, merchant_key, true AS has_order, order_key,
+                   customer_key, NULL::BIGINT AS ts_us, NULL::DECIMAL(38, 16) AS net, NULL::BIGINT AS cents,
+                   false AS reward, NULL::VARCHAR AS currency, NULL::VARCHAR AS excl, false AS is_carrier,
+                   NULL::VARCHAR AS reason, false AS neg, NULL::VARCHAR[] AS raw
+            FROM items""")
         # raw: a rejected row's raw values as text, by ROLES, or a malformed CSV row's [physical line number,
         # line]; one list column, null on every other row, costs less to stage than a column per value.
         malformed = "reason = 'malformed_csv_row'"
@@ -775,7 +791,7 @@ class _Stage:
             CREATE VIEW rejected_raw AS
             SELECT src_row, CASE WHEN {malformed} THEN CAST(raw[1] AS BIGINT) END AS line_number,
                    CASE WHEN {malformed} THEN raw[2] END AS line, {values}
-            FROM staged WHERE reason IS NOT NULL""")
+            FROM staged_rows WHERE reason IS NOT NULL""")
         self.created = True
 
     # -- one file --
@@ -811,7 +827,8 @@ class _Stage:
             if is_csv and swallowed:
                 # A stray quote made the parser read many lines as one field: read the file again,
                 # line by line, so that one bad line costs one row.
-                self.con.execute(f"DELETE FROM staged WHERE file_idx = {file_idx}")
+                self.con.execute(f"DELETE FROM staged_rows WHERE file_idx = {file_idx}")
+                self.con.execute(f"DELETE FROM items WHERE src_row >> {FILE_ROW_BITS} = {file_idx}")
                 malformed = []
                 batches = _csv_lines(path, malformed)
                 next(batches)
@@ -941,7 +958,7 @@ class _Stage:
                               "line": pa.array([text for _, _, text in malformed], pa.string())})
             self.con.register("bad_rows", table)
             try:
-                self.con.execute(f"""INSERT INTO staged (src_row, file_idx, file_row, has_order, is_carrier, reason,
+                self.con.execute(f"""INSERT INTO staged_rows (src_row, file_idx, file_row, has_order, is_carrier, reason,
                                                          neg, raw)
                                      SELECT src_row, {file_idx}, file_row, false, true, 'malformed_csv_row', false,
                                             [CAST(line_number AS VARCHAR), line]
@@ -958,10 +975,21 @@ class _Stage:
         self.con.register("raw_batch", pa.Table.from_batches(pieces, schema=schema))
         try:
             if "order_id" in kinds and kinds["order_id"][1] != "null":
-                for part in ("carriers", "items"):
-                    self.con.execute(f"INSERT INTO staged {self._parse_sql(kinds, merchant, file_idx, part)}")
+                self.con.execute(f"INSERT INTO staged_rows {self._parse_sql(kinds, merchant, file_idx, 'carriers')}")
+                items = self._parse_sql(kinds, merchant, file_idx, "items")
+                if isinstance(items, tuple):
+                    # The keys of the items to the narrow table; those without a merchant or order key (rejected,
+                    # rare) are staged in full instead.
+                    self.con.execute(f"INSERT INTO items {items[0]}")
+                    low = pieces[0].column("src_row")[0].as_py()
+                    where = f"src_row >= {low} AND (merchant_key IS NULL OR order_key IS NULL)"
+                    if self.con.execute(f"SELECT count(*) FROM items WHERE {where}").fetchall()[0][0]:
+                        self.con.execute(f"INSERT INTO staged_rows {items[1]}")
+                        self.con.execute(f"DELETE FROM items WHERE {where}")
+                else:
+                    self.con.execute(f"INSERT INTO staged_rows {items}")
             else:
-                self.con.execute(f"INSERT INTO staged {self._parse_sql(kinds, merchant, file_idx)}")
+                self.con.execute(f"INSERT INTO staged_rows {self._parse_sql(kinds, merchant, file_idx)}")
         finally:
             self.con.unregister("raw_batch")
 
@@ -1003,7 +1031,8 @@ class _Stage:
                 excl = "CASE WHEN rv_cancelled_at IS NOT NULL THEN 'cancelled' END" if has("cancelled_at") else "NULL"
                 carried = "".join(f", {role} AS rv_{role}" for role in ROLES if role in kinds)
                 raw_values = ", ".join(f"CAST(rv_{role} AS VARCHAR)" if role in kinds else "NULL" for role in ROLES)
-                return f"""
+                keys = f"SELECT src_row, {m} AS m, {o} AS o, {c} AS c FROM {source}"
+                return keys, f"""
                     SELECT src_row, {file_idx} AS file_idx, file_row, m, true AS has_order, o, c, NULL AS ts_us,
                            NULL AS net, NULL AS cents, false AS reward, NULL AS cur, {excl} AS excl,
                            false AS is_carrier, reason, false AS neg,
@@ -1011,7 +1040,7 @@ class _Stage:
                     FROM (SELECT *, CASE WHEN m IS NULL THEN 'null_merchant_id' WHEN o IS NULL THEN 'null_order_id'
                                     END AS reason
                           FROM (SELECT src_row, file_row, {m} AS m, {o} AS o, {c} AS c{carried}
-                                FROM {source}))"""
+                                FROM {source} AND ({m} IS NULL OR {o} IS NULL)))"""
         # amounts
         amount_txt, dec, dbl = _amount_sql("amount", kind("amount"))
         refunded_txt, ref, _ = _amount_sql("refunded", kind("refunded"))
