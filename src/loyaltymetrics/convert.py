@@ -732,6 +732,17 @@ def _normalise(role, kind, array):
     return array
 
 
+def _item_columns(alias, src_row):
+    """(name, expression) of each column of staged for a row of the narrow items table."""
+    a = f"{alias}." if alias else ""
+    return [("src_row", src_row), ("file_idx", f"CAST({src_row} >> {FILE_ROW_BITS} AS INTEGER)"),
+            ("file_row", f"{src_row} & {(1 << FILE_ROW_BITS) - 1}"), ("merchant_key", f"{a}merchant_key"),
+            ("has_order", "true"), ("order_key", f"{a}order_key"), ("customer_key", f"{a}customer_key"),
+            ("ts_us", "NULL::BIGINT"), ("net", "NULL::DECIMAL(38, 16)"), ("cents", "NULL::BIGINT"),
+            ("reward", "false"), ("currency", "NULL::VARCHAR"), ("excl", "NULL::VARCHAR"), ("is_carrier", "false"),
+            ("reason", "NULL::VARCHAR"), ("neg", "false"), ("raw", "NULL::VARCHAR[]")]
+
+
 # --- staging: parse every row, with the reason it is rejected ---------------------------
 
 MAX_US = 9_214_646_400_000_000      # 2263-01-01 00:00:00 UTC in microseconds
@@ -776,11 +787,7 @@ class _Stage:
             CREATE VIEW staged AS
             SELECT * FROM staged_rows
             UNION ALL
-            SELECT src_row, CAST(src_row >> {FILE_ROW_BITS} AS INTEGER) AS file_idx,
-                   src_row & {(1 << FILE_ROW_BITS) - 1} AS file_row, merchant_key, true AS has_order, order_key,
-                   customer_key, NULL::BIGINT AS ts_us, NULL::DECIMAL(38, 16) AS net, NULL::BIGINT AS cents,
-                   false AS reward, NULL::VARCHAR AS currency, NULL::VARCHAR AS excl, false AS is_carrier,
-                   NULL::VARCHAR AS reason, false AS neg, NULL::VARCHAR[] AS raw
+            SELECT {", ".join(f"{expr} AS {name}" for name, expr in _item_columns("", "src_row"))}
             FROM items""")
         # raw: a rejected row's raw values as text, by ROLES, or a malformed CSV row's [physical line number,
         # line]; one list column, null on every other row, costs less to stage than a column per value.
@@ -1288,31 +1295,41 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
     if stage.has_order_any:
         # One head row per order: its first carrier (the row with the order total) that is not a refund, else
         # its first carrier, else its first row — the least (rank << 60 | src_row), src_row < 2**60; its
-        # customer: the first carrier's, else the first one on any of its rows.
+        # customer: the first carrier's, else the first one on any of its rows — the customer of the row
+        # cust_row, the least (rank << 60 | src_row) among the rows with one (looked up only where needed).
         # An order is "simple" when it has one carrier holding the order's customer (or none of its rows has
         # one), as most have: that carrier is its head and the other rows its line items, known without
         # joining the row to its order; only the rows of the other orders are joined to their heads.
+        mask, top = (1 << 60) - 1, 1 << 60
         con.execute(f"""
             CREATE TABLE order_heads AS
-            SELECT merchant_key, order_key,
-                   min((CASE WHEN is_carrier AND NOT neg THEN 0 WHEN is_carrier THEN 1 ELSE 2 END)::BIGINT << 60
-                       | src_row) & {(1 << 60) - 1} AS head,
-                   arg_min(customer_key, (CASE WHEN is_carrier THEN 0 ELSE 1 END)::BIGINT << 60 | src_row)
-                       FILTER (WHERE customer_key IS NOT NULL) AS cust,
-                   count(*) FILTER (WHERE is_carrier) = 1
-                       AND (count(customer_key) = 0 OR bool_or(is_carrier AND customer_key IS NOT NULL)) AS simple,
-                   count(*) FILTER (WHERE NOT is_carrier) AS n_items,
-                   min(src_row) FILTER (WHERE NOT is_carrier) AS first_item
-            FROM staged
-            WHERE has_order AND merchant_key IS NOT NULL AND order_key IS NOT NULL
-            GROUP BY merchant_key, order_key""")
+            SELECT merchant_key, order_key, head_key & {mask} AS head, cust_key & {mask} AS cust_row,
+                   (n - n_items = 1 AND (cust_key IS NULL OR cust_key < {top})) AS simple, n_items, first_item
+            FROM (
+                SELECT merchant_key, order_key,
+                       min((CASE WHEN is_carrier AND NOT neg THEN 0 WHEN is_carrier THEN 1 ELSE 2 END)::BIGINT << 60
+                           | src_row) AS head_key,
+                       min((CASE WHEN is_carrier THEN 0 ELSE 1 END)::BIGINT << 60 | src_row)
+                           FILTER (WHERE customer_key IS NOT NULL) AS cust_key,
+                       count(*) AS n, count(*) FILTER (WHERE NOT is_carrier) AS n_items,
+                       min(src_row) FILTER (WHERE NOT is_carrier) AS first_item
+                FROM staged
+                WHERE has_order AND merchant_key IS NOT NULL AND order_key IS NOT NULL
+                GROUP BY merchant_key, order_key)""")
+        con.execute("""
+            CREATE TABLE complex_heads AS
+            SELECT h.merchant_key, h.order_key, h.head, s.customer_key AS cust
+            FROM (SELECT * FROM order_heads WHERE NOT simple) h LEFT JOIN staged s ON s.src_row = h.cust_row""")
         # The line items of simple orders (every row but the carrier) are counted here, by order, and not
         # classified row by row: they are most rows of a line-item export, and no later step reads them.
         stage.simple_items = con.execute(
             "SELECT coalesce(sum(n_items), 0), min(first_item) FROM order_heads WHERE simple").fetchall()[0]
         # k: 1 the head of its order (or a row of none), 2 a line item, 3 a refund row (a later carrier with a
-        # negative amount). cust: the order's customer.
-        source = """
+        # negative amount). cust: the order's customer. The narrow items table holds rows of orders with
+        # both keys, without the total: only those of complex orders are kept, each a head (k 1) or an item.
+        item_columns = ", ".join(
+            f"{expr} AS {name}" for name, expr in _item_columns("i", "i.src_row"))
+        source = f"""
             SELECT s.*,
                    CASE WHEN NOT s.has_order THEN 1
                         WHEN h.head IS NOT NULL THEN (CASE WHEN s.src_row = h.head THEN 1
@@ -1323,10 +1340,13 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
                    CASE WHEN NOT s.has_order THEN s.customer_key
                         WHEN h.head IS NOT NULL THEN h.cust
                         WHEN s.merchant_key IS NOT NULL AND s.order_key IS NOT NULL THEN s.customer_key END AS cust
-            FROM staged s LEFT JOIN (SELECT * FROM order_heads WHERE NOT simple) h
+            FROM staged_rows s LEFT JOIN complex_heads h
               ON s.has_order AND s.merchant_key = h.merchant_key AND s.order_key = h.order_key
             WHERE NOT (s.has_order AND NOT s.is_carrier AND s.merchant_key IS NOT NULL AND s.order_key IS NOT NULL
-                       AND h.head IS NULL)"""
+                       AND h.head IS NULL)
+            UNION ALL
+            SELECT {item_columns}, CASE WHEN i.src_row = h.head THEN 1 ELSE 2 END AS k, h.cust AS cust
+            FROM items i JOIN complex_heads h ON i.merchant_key = h.merchant_key AND i.order_key = h.order_key"""
     else:
         source = "SELECT *, 1 AS k, customer_key AS cust FROM staged"
     grouped = f"""
@@ -1417,13 +1437,16 @@ def _accounts(con, stage, files):
         kind, reason = outcome.split(":", 1)
         entry = Rejected(count=count)
         # From staged (the line items of simple orders are not in classified), with the order's customer.
-        customer = "CASE WHEN s.has_order THEN h.cust ELSE s.customer_key END" if stage.has_order_any \
-            else "s.customer_key"
+        # The order's customer: that of its row cust_row (see _classify).
+        cust_row = "CASE WHEN s.has_order THEN h.cust_row ELSE s.src_row END" if stage.has_order_any \
+            else "s.src_row"
         heads = ("LEFT JOIN order_heads h ON s.has_order AND s.merchant_key = h.merchant_key "
                  "AND s.order_key = h.order_key" if stage.has_order_any else "")
-        file_idx, file_row, merchant_key, order_key, customer_key = con.execute(
-            f"SELECT s.file_idx, s.file_row, s.merchant_key, s.order_key, {customer} FROM staged s {heads} "
+        file_idx, file_row, merchant_key, order_key, customer_row = con.execute(
+            f"SELECT s.file_idx, s.file_row, s.merchant_key, s.order_key, {cust_row} FROM staged s {heads} "
             "WHERE s.src_row = ?", [first]).fetchall()[0]
+        customer_key = None if customer_row is None else con.execute(
+            "SELECT customer_key FROM staged WHERE src_row = ?", [customer_row]).fetchall()[0][0]
         entry.first_source, entry.first_row = str(files[file_idx]), file_row
         cur = con.execute("SELECT * FROM rejected_raw WHERE src_row = ?", [first])
         cols = [d[0] for d in cur.description]
