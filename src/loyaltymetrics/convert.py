@@ -1021,12 +1021,14 @@ class _Stage:
         else:
             o = "NULL::VARCHAR"
         if kind("customer_id") == "text":
-            c = ("CASE WHEN contains(customer_id, '@') THEN NULLIF(lower(trim(customer_id)), '') "
-                 "ELSE customer_id END")
+            # c_lt, the e-mail form, is computed in an earlier projection (p0): as a branch of the CASE
+            # it costs twice as much (DuckDB copies the long strings of a branch's result).
+            c = "CASE WHEN contains(customer_id, '@') THEN c_lt ELSE customer_id END"
         elif kind("customer_id") == "int":
             c = "customer_id"
         else:
             c = "NULL"
+        c_lt = ", NULLIF(lower(trim(customer_id)), '') AS c_lt" if kind("customer_id") == "text" else ""
         carrier = "(amount IS NOT NULL)" if has_order else "true"
         source = "raw_batch"
         if has_order and part is not None:
@@ -1038,7 +1040,7 @@ class _Stage:
                 excl = "CASE WHEN rv_cancelled_at IS NOT NULL THEN 'cancelled' END" if has("cancelled_at") else "NULL"
                 carried = "".join(f", {role} AS rv_{role}" for role in ROLES if role in kinds)
                 raw_values = ", ".join(f"CAST(rv_{role} AS VARCHAR)" if role in kinds else "NULL" for role in ROLES)
-                keys = f"SELECT src_row, {m} AS m, {o} AS o, {c} AS c FROM {source}"
+                keys = f"SELECT src_row, {m} AS m, {o} AS o, {c} AS c FROM (SELECT *{c_lt} FROM {source})"
                 return keys, f"""
                     SELECT src_row, {file_idx} AS file_idx, file_row, m, true AS has_order, o, c, NULL AS ts_us,
                            NULL AS net, NULL AS cents, false AS reward, NULL AS cur, {excl} AS excl,
@@ -1047,7 +1049,7 @@ class _Stage:
                     FROM (SELECT *, CASE WHEN m IS NULL THEN 'null_merchant_id' WHEN o IS NULL THEN 'null_order_id'
                                     END AS reason
                           FROM (SELECT src_row, file_row, {m} AS m, {o} AS o, {c} AS c{carried}
-                                FROM {source} AND ({m} IS NULL OR {o} IS NULL)))"""
+                                FROM (SELECT *{c_lt} FROM {source} AND ({m} IS NULL OR {o} IS NULL))))"""
         # amounts
         amount_txt, dec, dbl = _amount_sql("amount", kind("amount"))
         refunded_txt, ref, _ = _amount_sql("refunded", kind("refunded"))
@@ -1057,7 +1059,7 @@ class _Stage:
         digits = {100: 2, 1: 0}.get(self.scale)
         small_dec = _small_decimal_sql("amount", kind("amount"), digits)
         small_ref = _small_decimal_sql("refunded", kind("refunded"), digits) if has("refunded") else "0"
-        p0 = []
+        p0 = [c_lt[2:]] if c_lt else []
         if amount_txt:
             p0.append(f"CASE WHEN {carrier} THEN {amount_txt} END AS amount_txt")
         if refunded_txt:
