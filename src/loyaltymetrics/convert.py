@@ -1073,6 +1073,8 @@ class _Stage:
                 WHEN length(order_ts) = 20 THEN 2
                 WHEN substr(order_ts, 20, 1) = ' ' THEN 3
                 ELSE 4 END) END AS ts_shape""")
+            p0.append("CASE WHEN ts_shape >= 3 THEN CAST(replace(trim(substr(order_ts, 20)), ':', '') AS BIGINT) "
+                      "END AS ts_zone")
             p0.append(f"CASE WHEN ts_shape = 0 THEN regexp_extract(trim(order_ts), '{TS_PATTERN}', ['d', 't', 'z']) "
                       f"END AS tsp")
         else:
@@ -1232,21 +1234,20 @@ def _ts_sql(spec, utc=False):
         wall = f"epoch_us(TRY_CAST({clock} AS TIMESTAMP))"
         naive = wall if utc else f"epoch_us(CAST(TRY_CAST({clock} AS TIMESTAMP) AS TIMESTAMPTZ))"
         # The fixed-width forms (ts_shape 1-4, digits checked by TS_FIXED): the same parts by position.
-        fixed_clock = "substr(order_ts, 1, 10) || ' ' || substr(order_ts, 12, 8)"
+        # (the first 19 characters: DuckDB reads the date and time separated by "T" as by a space)
+        fixed_clock = "left(order_ts, 19)"
         fixed_wall = f"epoch_us(TRY_CAST({fixed_clock} AS TIMESTAMP))"
         fixed_naive = fixed_wall if utc else f"epoch_us(CAST(TRY_CAST({fixed_clock} AS TIMESTAMP) AS TIMESTAMPTZ))"
 
-        def fixed_offset(sign, hours, minutes):
-            h, m = f"substr(order_ts, {hours}, 2)", f"substr(order_ts, {minutes}, 2)"
-            return (f"(CASE WHEN {h} > '14' OR {m} > '59' THEN NULL ELSE {fixed_wall} - "
-                    f"(CASE WHEN substr(order_ts, {sign}, 1) = '-' THEN -1 ELSE 1 END) "
-                    f"* (CAST({h} AS BIGINT) * 3600 + CAST({m} AS BIGINT) * 60) * 1000000 END)")
+        # Shapes 3 and 4 (" ±HHMM", "±HH:MM"): ts_zone (p0) is the offset as the integer ±HHMM.
+        hours, minutes = "(abs(ts_zone) // 100)", "(abs(ts_zone) % 100)"
+        zoned = (f"(CASE WHEN {hours} > 14 OR {minutes} > 59 THEN NULL ELSE {fixed_wall} - "
+                 f"sign(ts_zone) * ({hours} * 3600 + {minutes} * 60) * 1000000 END)")
 
         value = f"""(CASE
             WHEN ts_shape = 1 THEN {fixed_naive}
             WHEN ts_shape = 2 THEN {fixed_wall}
-            WHEN ts_shape = 3 THEN {fixed_offset(21, 22, 24)}
-            WHEN ts_shape = 4 THEN {fixed_offset(20, 21, 24)}
+            WHEN ts_shape >= 3 THEN {zoned}
             WHEN tsp.d IS NULL OR tsp.d = '' THEN NULL
             WHEN {zone} = '' THEN {naive}
             WHEN {zone} IN ('Z', 'UTC') THEN {wall}
