@@ -32,9 +32,36 @@ import loyaltymetrics as lm
 SHOPS = ("shop-1", "shop-2", "shop-10")
 
 
+PART_LINES = 4_000_000  # lines generated at a time: memory stays ~2 GB whatever --lines is
+
+
 def make_exports(folder, lines, seed=0):
-    rng = np.random.default_rng(seed)
+    """The three shops' exports of ``lines`` lines in all, generated ``PART_LINES`` at a time (one part, as
+    for --lines up to 4e6, is the same data as before parts existed). Returns (paths, lines written)."""
     n_orders = int(lines / 2.4)
+    parts = max(1, -(-lines // PART_LINES))
+    paths = [folder / f"{name}_orders_export.csv" for name in SHOPS]
+    writers, written, first_order = [None] * len(SHOPS), 0, 0
+    try:
+        for part in range(parts):
+            orders = n_orders // parts + (1 if part < n_orders % parts else 0)
+            tables = _export_part(orders, first_order, seed if part == 0 else (seed, part))
+            first_order += orders
+            for s, table in enumerate(tables):
+                if writers[s] is None:
+                    writers[s] = pacsv.CSVWriter(str(paths[s]), table.schema)
+                writers[s].write_table(table)
+                written += table.num_rows
+    finally:
+        for writer in writers:
+            if writer is not None:
+                writer.close()
+    return paths, written
+
+
+def _export_part(n_orders, first_order, seed):
+    """One table per shop: the lines of ``n_orders`` orders numbered from ``first_order`` + 1001."""
+    rng = np.random.default_rng(seed)
     items = rng.choice([1, 1, 2, 3, 5], size=n_orders)
     shop = rng.integers(0, len(SHOPS), n_orders)
     customer = rng.zipf(1.6, n_orders) % 200_000
@@ -68,11 +95,12 @@ def make_exports(folder, lines, seed=0):
         taken = pa.array(values).take(pa.array(order_of_line))
         return pc.if_else(carry, taken, pa.scalar(None, taken.type))
 
-    files = []
+    tables = []
     for s, name in enumerate(SHOPS):
         mine = np.flatnonzero(shop[order_of_line] == s)
         table = pa.table({
-            "Name": pc.binary_join_element_wise(pa.scalar("#"), pa.array(order_of_line + 1001).cast(pa.string()), ""),
+            "Name": pc.binary_join_element_wise(pa.scalar("#"), pa.array(order_of_line + first_order + 1001)
+                                                .cast(pa.string()), ""),
             "Email": on_first(email),
             "Financial Status": on_first(fate),
             "Fulfillment Status": on_first(np.full(n_orders, "fulfilled")),
@@ -87,10 +115,8 @@ def make_exports(folder, lines, seed=0):
             "Payment Method": on_first(np.where(test, "bogus", "Shopify Payments")),
             "Refunded Amount": on_first(money(refunded)),
         }).take(pa.array(mine))
-        path = folder / f"{name}_orders_export.csv"
-        pacsv.write_csv(table, path)
-        files.append(path)
-    return files, len(order_of_line)
+        tables.append(table)
+    return tables
 
 
 HAND_SQL = r"""
