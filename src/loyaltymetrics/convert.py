@@ -3,14 +3,17 @@
 ``prepare`` is where the meaning of a raw export is settled, so that
 ``compute`` sees one row per real order:
 
-1. **Stage** (streamed, batch by batch): each file — CSV, a Parquet file or a
-   directory of Parquet files, many files and globs — is read in record
-   batches; the columns a format reads (``--format shopify|woocommerce|
-   generic``, ``--columns``) are parsed with exact casts (amounts to
-   decimals, timestamps to UTC microseconds after a strict check of their
-   form) into a DuckDB table, each row with the reason it is rejected, if
-   any. The raw values of rejected rows (only of those) are kept as text for
-   the report and the rejects file.
+1. **Stage** (a chunk of up to ``CHUNK_ROWS`` rows at a time): each file —
+   CSV, a Parquet file or a directory of Parquet files, many files and
+   globs — is read in record batches; the columns a format reads
+   (``--format shopify|woocommerce|generic``, ``--columns``) are parsed
+   with exact casts (amounts to decimals, timestamps to UTC microseconds
+   after a strict check of their form) into the DuckDB table
+   ``staged_rows``, each row with the reason it is rejected, if any. The
+   raw values of rejected rows (only of those) are kept as text for the
+   report and the rejects file. With an order key, rows without the order
+   total (line items) keep only their keys, in the narrow table ``items``;
+   the view ``staged`` shows both as one row per raw row.
 2. **Orders** (one SQL pass): rows sharing an order key are one order, its
    fields from the row that carries the order total; the other rows are
    line items. Cancelled, voided, failed, test and fully refunded orders and
@@ -751,7 +754,7 @@ UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
 
 
 class _Stage:
-    """Reads the files batch by batch into the DuckDB table ``staged`` (one row per raw row)."""
+    """Reads the files chunk by chunk into the DuckDB tables behind the view ``staged`` (one row per raw row)."""
 
     def __init__(self, con, fmt, columns, merchant, filename_re, refunds, scale, code_re, timezone="UTC",
                  keep_net=True):
@@ -908,8 +911,8 @@ class _Stage:
     def _stage_batches(self, file_idx, batches, kinds, merchant, invalid, bar, lines):
         """Stage every batch of one file; return True if the CSV parser swallowed lines (stray quote).
 
-        One INSERT per file reads the batches as a stream (DuckDB parses slices of it on all its threads
-        while the next block is read); the raw values of the rows it rejects are kept in the same pass.
+        The batches are staged a chunk at a time (_insert_chunk); the raw values of the rows the parse
+        rejects are kept in the same pass.
         """
         base = file_idx << FILE_ROW_BITS
         state = {"file_row": 0, "swallowed": False, "error": None}
