@@ -605,3 +605,43 @@ def test_invalid_utf8_costs_one_line(tmp_path):
     bad = pq.read_table(tmp_path / "r.parquet").to_pylist()
     assert [(r["reason"], r["line_number"]) for r in bad] == [("malformed_csv_row", 502)]
     assert "\\xff" in bad[0]["line"]
+
+
+def test_line_items_without_a_key_are_rejected_once_with_their_values(tmp_path):
+    """Rows without the order total are staged by their keys alone; those missing the merchant or order key
+    are rejected (each once, not also a line item), with their raw values in the report and rejects."""
+    raw = generic_csv(tmp_path / "x.csv", [
+        "m,1,a@x.com,2023-01-01T00:00:00Z,5.00", "m,1,,2023-01-01T00:00:00Z,",
+        "m,,z@x.com,2023-01-01T00:00:00Z,", ",2,b@x.com,2023-01-02T00:00:00Z,",
+        "m,2,B@x.com,2023-01-02T00:00:00Z,7.00", "m,2,,2023-01-02T00:00:00Z,"],
+        header="merchant_id,order_id,customer_id,order_ts,amount")
+    report = lm.prepare(raw, tmp_path / "o.arrow", rejects=tmp_path / "r.csv")
+    assert report.rows_read == 6 and report.rows_written == 2
+    assert {k: (v.count, v.first_row) for k, v in report.excluded.items()} == {"line_item": (2, 1)}
+    assert {k: (v.count, v.first_row) for k, v in report.rejected.items()} == \
+        {"null_order_id": (1, 2), "null_merchant_id": (1, 3)}
+    assert report.rejected["null_order_id"].first_values["customer_id"] == "z@x.com"
+    assert report.rejected["null_merchant_id"].first_values["order_id"] == "2"
+    with open(tmp_path / "r.csv") as f:
+        assert [(r["row"], r["reason"], r["customer_id"]) for r in csv.DictReader(f)] == \
+            [("2", "null_order_id", "z@x.com"), ("3", "null_merchant_id", "b@x.com")]
+    assert pq.read_table(report.customer_ids).to_pydict()["customer_key"] == ["a@x.com", "b@x.com"]
+    table = pa.ipc.open_file(str(tmp_path / "o.arrow")).read_all()
+    assert table.column("amount").to_pylist() == [500, 700]
+
+
+def test_a_stray_quote_in_a_line_item_export_costs_one_line(tmp_path):
+    """Read again line by line after a stray quote, the rows already staged (orders and line items) are
+    replaced, not added twice."""
+    rows = [r for i in range(1, 301) for r in (f"m,{i},c{i}@x.com,2023-05-01T10:15:00Z,{i}.00",
+                                               f"m,{i},,2023-05-01T10:15:00Z,")]
+    raw = tmp_path / "q.csv"
+    raw.write_text("merchant_id,order_id,customer_id,order_ts,amount\n"
+                   + "".join(r + "\n" for r in rows[:100]) + 'm,"999,c@x.com,2023-05-01T10:15:00Z,1.00\n'
+                   + "".join(r + "\n" for r in rows[100:]))
+    report = lm.prepare(raw, tmp_path / "o.arrow")
+    assert report.rows_read == 601 and report.rows_written == 300
+    assert report.excluded["line_item"].count == 300
+    assert report.rejected["malformed_csv_row"].first_row == 100
+    amounts = pa.ipc.open_file(str(tmp_path / "o.arrow")).read_all().column("amount").to_pylist()
+    assert sorted(amounts) == [i * 100 for i in range(1, 301)]

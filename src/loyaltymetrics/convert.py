@@ -3,14 +3,17 @@
 ``prepare`` is where the meaning of a raw export is settled, so that
 ``compute`` sees one row per real order:
 
-1. **Stage** (streamed, batch by batch): each file — CSV, a Parquet file or a
-   directory of Parquet files, many files and globs — is read in record
-   batches; the columns a format reads (``--format shopify|woocommerce|
-   generic``, ``--columns``) are parsed with exact casts (amounts to
-   decimals, timestamps to UTC microseconds after a strict check of their
-   form) into a DuckDB table, each row with the reason it is rejected, if
-   any. The raw values of rejected rows (only of those) are kept as text for
-   the report and the rejects file.
+1. **Stage** (a chunk of up to ``CHUNK_ROWS`` rows at a time): each file —
+   CSV, a Parquet file or a directory of Parquet files, many files and
+   globs — is read in record batches; the columns a format reads
+   (``--format shopify|woocommerce|generic``, ``--columns``) are parsed
+   with exact casts (amounts to decimals, timestamps to UTC microseconds
+   after a strict check of their form) into the DuckDB table
+   ``staged_rows``, each row with the reason it is rejected, if any. The
+   raw values of rejected rows (only of those) are kept as text for the
+   report and the rejects file. With an order key, rows without the order
+   total (line items) keep only their keys, in the narrow table ``items``;
+   the view ``staged`` shows both as one row per raw row.
 2. **Orders** (one SQL pass): rows sharing an order key are one order, its
    fields from the row that carries the order total; the other rows are
    line items. Cancelled, voided, failed, test and fully refunded orders and
@@ -53,6 +56,7 @@ from .synthetic import ORDERS_SCHEMA
 
 BATCH_ROWS = 1 << 20
 SLICE_ROWS = 1 << 16  # staged in slices of this many rows: the unit DuckDB's threads share out
+CHUNK_ROWS = 1 << 21  # rows of a file held in memory and staged by one query
 FILE_ROW_BITS = 40  # src_row = file index << 40 | row in the file: unique, in file order
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "")
@@ -738,6 +742,17 @@ def _normalise(role, kind, array):
     return array
 
 
+def _item_columns(alias, src_row):
+    """(name, expression) of each column of staged for a row of the narrow items table."""
+    a = f"{alias}." if alias else ""
+    return [("src_row", src_row), ("file_idx", f"CAST({src_row} >> {FILE_ROW_BITS} AS INTEGER)"),
+            ("file_row", f"{src_row} & {(1 << FILE_ROW_BITS) - 1}"), ("merchant_key", f"{a}merchant_key"),
+            ("has_order", "true"), ("order_key", f"{a}order_key"), ("customer_key", f"{a}customer_key"),
+            ("ts_us", "NULL::BIGINT"), ("net", "NULL::DECIMAL(38, 16)"), ("cents", "NULL::BIGINT"),
+            ("reward", "false"), ("currency", "NULL::VARCHAR"), ("excl", "NULL::VARCHAR"), ("is_carrier", "false"),
+            ("reason", "NULL::VARCHAR"), ("neg", "false"), ("raw", "NULL::VARCHAR[]")]
+
+
 # --- staging: parse every row, with the reason it is rejected ---------------------------
 
 MAX_US = 9_214_646_400_000_000      # 2263-01-01 00:00:00 UTC in microseconds
@@ -746,7 +761,7 @@ UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
 
 
 class _Stage:
-    """Reads the files batch by batch into the DuckDB table ``staged`` (one row per raw row)."""
+    """Reads the files chunk by chunk into the DuckDB tables behind the view ``staged`` (one row per raw row)."""
 
     def __init__(self, con, fmt, columns, merchant, filename_re, refunds, scale, code_re, timezone="UTC",
                  keep_net=True):
@@ -768,10 +783,22 @@ class _Stage:
         mtype = key[self.key_kinds.get("merchant_id", "text")]
         ctype = key[self.key_kinds.get("customer_id", "text")]
         self.con.execute(f"""
-            CREATE TABLE staged (src_row BIGINT, file_idx INTEGER, file_row BIGINT, merchant_key {mtype},
-                                 has_order BOOLEAN, order_key VARCHAR, customer_key {ctype}, ts_us BIGINT,
-                                 net DECIMAL(38, 16), cents BIGINT, reward BOOLEAN, currency VARCHAR,
-                                 excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR, neg BOOLEAN, raw VARCHAR[])""")
+            CREATE TABLE staged_rows (src_row BIGINT, file_idx INTEGER, file_row BIGINT, merchant_key {mtype},
+                                      has_order BOOLEAN, order_key VARCHAR, customer_key {ctype}, ts_us BIGINT,
+                                      net DECIMAL(38, 16), cents BIGINT, reward BOOLEAN, currency VARCHAR,
+                                      excl VARCHAR, is_carrier BOOLEAN, reason VARCHAR, neg BOOLEAN, raw VARCHAR[])""")
+        # The rows of an order without its total (line items: most rows of a line-item export), not rejected:
+        # only their keys are stored; every other column of theirs is a constant (_parse_sql, part "items").
+        self.con.execute(f"CREATE TABLE items (src_row BIGINT, merchant_key {mtype}, order_key VARCHAR, "
+                         f"customer_key {ctype})")
+        # staged: one row per raw row. (An item's excl is null: no query reads the exclusion of a row without
+        # the order total, which is a line item or rejected as order_without_total.)
+        self.con.execute(f"""
+            CREATE VIEW staged AS
+            SELECT * FROM staged_rows
+            UNION ALL
+            SELECT {", ".join(f"{expr} AS {name}" for name, expr in _item_columns("", "src_row"))}
+            FROM items""")
         # raw: a rejected row's raw values as text, by ROLES, or a malformed CSV row's [physical line number,
         # line]; one list column, null on every other row, costs less to stage than a column per value.
         malformed = "reason = 'malformed_csv_row'"
@@ -781,7 +808,7 @@ class _Stage:
             CREATE VIEW rejected_raw AS
             SELECT src_row, CASE WHEN {malformed} THEN CAST(raw[1] AS BIGINT) END AS line_number,
                    CASE WHEN {malformed} THEN raw[2] END AS line, {values}
-            FROM staged WHERE reason IS NOT NULL""")
+            FROM staged_rows WHERE reason IS NOT NULL""")
         self.created = True
 
     # -- one file --
@@ -817,7 +844,8 @@ class _Stage:
             if is_csv and swallowed:
                 # A stray quote made the parser read many lines as one field: read the file again,
                 # line by line, so that one bad line costs one row.
-                self.con.execute(f"DELETE FROM staged WHERE file_idx = {file_idx}")
+                self.con.execute(f"DELETE FROM staged_rows WHERE file_idx = {file_idx}")
+                self.con.execute(f"DELETE FROM items WHERE src_row >> {FILE_ROW_BITS} = {file_idx}")
                 malformed = []
                 batches = _csv_lines(path, malformed)
                 next(batches)
@@ -890,8 +918,8 @@ class _Stage:
     def _stage_batches(self, file_idx, batches, kinds, merchant, invalid, bar, lines):
         """Stage every batch of one file; return True if the CSV parser swallowed lines (stray quote).
 
-        One INSERT per file reads the batches as a stream (DuckDB parses slices of it on all its threads
-        while the next block is read); the raw values of the rows it rejects are kept in the same pass.
+        The batches are staged a chunk at a time (_insert_chunk); the raw values of the rows the parse
+        rejects are kept in the same pass.
         """
         base = file_idx << FILE_ROW_BITS
         state = {"file_row": 0, "swallowed": False, "error": None}
@@ -923,17 +951,17 @@ class _Stage:
         if state["error"] is not None:
             raise state["error"]
         if first is not None:
-            def conformed():  # every slice with the first one's schema (a file's types do not change)
-                yield first
-                for piece in stream:
-                    yield piece if piece.schema.equals(first.schema) else piece.cast(first.schema)
-
-            reader = pa.RecordBatchReader.from_batches(first.schema, conformed())
-            self.con.register("raw_batch", reader)
-            try:
-                self.con.execute(f"INSERT INTO staged {self._parse_sql(kinds, merchant, file_idx)}")
-            finally:
-                self.con.unregister("raw_batch")
+            # Staged a chunk at a time from an Arrow table in memory (not one INSERT reading a Python stream,
+            # which DuckDB reads on one thread): every thread parses slices of the chunk.
+            pending, n_pending = [first], first.num_rows
+            for piece in stream:
+                pending.append(piece if piece.schema.equals(first.schema) else piece.cast(first.schema))
+                n_pending += piece.num_rows
+                if n_pending >= CHUNK_ROWS:
+                    self._insert_chunk(pending, first.schema, kinds, merchant, file_idx)
+                    pending, n_pending = [], 0
+            if pending:
+                self._insert_chunk(pending, first.schema, kinds, merchant, file_idx)
             if state["error"] is not None:
                 raise state["error"]
         if state["swallowed"] or (not lines and any(r.number is None or "\n" in (r.text or "") for r in invalid)):
@@ -947,7 +975,7 @@ class _Stage:
                               "line": pa.array([text for _, _, text in malformed], pa.string())})
             self.con.register("bad_rows", table)
             try:
-                self.con.execute(f"""INSERT INTO staged (src_row, file_idx, file_row, has_order, is_carrier, reason,
+                self.con.execute(f"""INSERT INTO staged_rows (src_row, file_idx, file_row, has_order, is_carrier, reason,
                                                          neg, raw)
                                      SELECT src_row, {file_idx}, file_row, false, true, 'malformed_csv_row', false,
                                             [CAST(line_number AS VARCHAR), line]
@@ -957,8 +985,35 @@ class _Stage:
             bar.update(len(malformed))
         return False
 
+    def _insert_chunk(self, pieces, schema, kinds, merchant, file_idx):
+        """Parse and stage one chunk of a file's rows. With an order key, the rows carrying an order total
+        and the others (line items, most rows of a line-item export) are parsed by two queries, each with
+        the carrier test folded to a constant: a line item costs its keys, not the dozen parse expressions."""
+        self.con.register("raw_batch", pa.Table.from_batches(pieces, schema=schema))
+        try:
+            if "order_id" in kinds and kinds["order_id"][1] != "null":
+                self.con.execute(f"INSERT INTO staged_rows {self._parse_sql(kinds, merchant, file_idx, 'carriers')}")
+                items = self._parse_sql(kinds, merchant, file_idx, "items")
+                if isinstance(items, tuple):
+                    # The keys of the items to the narrow table; those without a merchant or order key (rejected,
+                    # rare) are staged in full instead.
+                    self.con.execute(f"INSERT INTO items {items[0]}")
+                    low = pieces[0].column("src_row")[0].as_py()
+                    where = f"src_row >= {low} AND (merchant_key IS NULL OR order_key IS NULL)"
+                    if self.con.execute(f"SELECT count(*) FROM items WHERE {where}").fetchall()[0][0]:
+                        self.con.execute(f"INSERT INTO staged_rows {items[1]}")
+                        self.con.execute(f"DELETE FROM items WHERE {where}")
+                else:
+                    self.con.execute(f"INSERT INTO staged_rows {items}")
+            else:
+                self.con.execute(f"INSERT INTO staged_rows {self._parse_sql(kinds, merchant, file_idx)}")
+        finally:
+            self.con.unregister("raw_batch")
+
     # -- the parse query of one file --
-    def _parse_sql(self, kinds, merchant, file_idx):
+    def _parse_sql(self, kinds, merchant, file_idx, part=None):
+        """The parse query of one file's rows (all of them, or with an order key ``part`` "carriers": those
+        with an amount, or "items": the others)."""
         def has(role):
             return role in kinds and kinds[role][1] != "null"
 
@@ -976,13 +1031,35 @@ class _Stage:
         else:
             o = "NULL::VARCHAR"
         if kind("customer_id") == "text":
-            c = ("CASE WHEN contains(customer_id, '@') THEN NULLIF(lower(trim(customer_id)), '') "
-                 "ELSE customer_id END")
+            # c_lt, the e-mail form, is computed in an earlier projection (p0): as a branch of the CASE
+            # it costs twice as much (DuckDB copies the long strings of a branch's result).
+            c = "CASE WHEN contains(customer_id, '@') THEN c_lt ELSE customer_id END"
         elif kind("customer_id") == "int":
             c = "customer_id"
         else:
             c = "NULL"
+        c_lt = ", NULLIF(lower(trim(customer_id)), '') AS c_lt" if kind("customer_id") == "text" else ""
         carrier = "(amount IS NOT NULL)" if has_order else "true"
+        source = "raw_batch"
+        if has_order and part is not None:
+            carrier = "true" if part == "carriers" else "false"
+            source = f"raw_batch WHERE amount IS {'NOT ' if part == 'carriers' else ''}NULL"
+            if part == "items" and kind("order_ts") in ("text", "null"):
+                # What the full query gives a row without an amount, spelled out: no amount, time (text is
+                # parsed on carriers only), flags or currency; rejected only for a missing key.
+                excl = "CASE WHEN rv_cancelled_at IS NOT NULL THEN 'cancelled' END" if has("cancelled_at") else "NULL"
+                carried = "".join(f", {role} AS rv_{role}" for role in ROLES if role in kinds)
+                raw_values = ", ".join(f"CAST(rv_{role} AS VARCHAR)" if role in kinds else "NULL" for role in ROLES)
+                keys = f"SELECT src_row, {m} AS m, {o} AS o, {c} AS c FROM (SELECT *{c_lt} FROM {source})"
+                return keys, f"""
+                    SELECT src_row, {file_idx} AS file_idx, file_row, m, true AS has_order, o, c, NULL AS ts_us,
+                           NULL AS net, NULL AS cents, false AS reward, NULL AS cur, {excl} AS excl,
+                           false AS is_carrier, reason, false AS neg,
+                           CASE WHEN reason IS NOT NULL THEN [{raw_values}] END
+                    FROM (SELECT *, CASE WHEN m IS NULL THEN 'null_merchant_id' WHEN o IS NULL THEN 'null_order_id'
+                                    END AS reason
+                          FROM (SELECT src_row, file_row, {m} AS m, {o} AS o, {c} AS c{carried}
+                                FROM (SELECT *{c_lt} FROM {source} AND ({m} IS NULL OR {o} IS NULL))))"""
         # amounts
         amount_txt, dec, dbl = _amount_sql("amount", kind("amount"))
         refunded_txt, ref, _ = _amount_sql("refunded", kind("refunded"))
@@ -992,7 +1069,7 @@ class _Stage:
         digits = {100: 2, 1: 0}.get(self.scale)
         small_dec = _small_decimal_sql("amount", kind("amount"), digits)
         small_ref = _small_decimal_sql("refunded", kind("refunded"), digits) if has("refunded") else "0"
-        p0 = []
+        p0 = [c_lt[2:]] if c_lt else []
         if amount_txt:
             p0.append(f"CASE WHEN {carrier} THEN {amount_txt} END AS amount_txt")
         if refunded_txt:
@@ -1006,6 +1083,8 @@ class _Stage:
                 WHEN length(order_ts) = 20 THEN 2
                 WHEN substr(order_ts, 20, 1) = ' ' THEN 3
                 ELSE 4 END) END AS ts_shape""")
+            p0.append("CASE WHEN ts_shape >= 3 THEN CAST(replace(trim(substr(order_ts, 20)), ':', '') AS BIGINT) "
+                      "END AS ts_zone")
             p0.append(f"CASE WHEN ts_shape = 0 THEN regexp_extract(trim(order_ts), '{TS_PATTERN}', ['d', 't', 'z']) "
                       f"END AS tsp")
         else:
@@ -1048,7 +1127,7 @@ class _Stage:
         carried_on = "".join(f", rv_{role}" for role in ROLES if role in kinds)
         raw_values = ", ".join(f"CAST(rv_{role} AS VARCHAR)" if role in kinds else "NULL" for role in ROLES)
         return f"""
-            WITH pt AS (SELECT *, {pt} FROM raw_batch),
+            WITH pt AS (SELECT *, {pt} FROM {source}),
             p0 AS (SELECT *{p0} FROM pt),
             p1a AS (
                 SELECT src_row, file_row, {m} AS m, {o} AS o, {c} AS c,
@@ -1165,21 +1244,20 @@ def _ts_sql(spec, utc=False):
         wall = f"epoch_us(TRY_CAST({clock} AS TIMESTAMP))"
         naive = wall if utc else f"epoch_us(CAST(TRY_CAST({clock} AS TIMESTAMP) AS TIMESTAMPTZ))"
         # The fixed-width forms (ts_shape 1-4, digits checked by TS_FIXED): the same parts by position.
-        fixed_clock = "substr(order_ts, 1, 10) || ' ' || substr(order_ts, 12, 8)"
+        # (the first 19 characters: DuckDB reads the date and time separated by "T" as by a space)
+        fixed_clock = "left(order_ts, 19)"
         fixed_wall = f"epoch_us(TRY_CAST({fixed_clock} AS TIMESTAMP))"
         fixed_naive = fixed_wall if utc else f"epoch_us(CAST(TRY_CAST({fixed_clock} AS TIMESTAMP) AS TIMESTAMPTZ))"
 
-        def fixed_offset(sign, hours, minutes):
-            h, m = f"substr(order_ts, {hours}, 2)", f"substr(order_ts, {minutes}, 2)"
-            return (f"(CASE WHEN {h} > '14' OR {m} > '59' THEN NULL ELSE {fixed_wall} - "
-                    f"(CASE WHEN substr(order_ts, {sign}, 1) = '-' THEN -1 ELSE 1 END) "
-                    f"* (CAST({h} AS BIGINT) * 3600 + CAST({m} AS BIGINT) * 60) * 1000000 END)")
+        # Shapes 3 and 4 (" ±HHMM", "±HH:MM"): ts_zone (p0) is the offset as the integer ±HHMM.
+        hours, minutes = "(abs(ts_zone) // 100)", "(abs(ts_zone) % 100)"
+        zoned = (f"(CASE WHEN {hours} > 14 OR {minutes} > 59 THEN NULL ELSE {fixed_wall} - "
+                 f"sign(ts_zone) * ({hours} * 3600 + {minutes} * 60) * 1000000 END)")
 
         value = f"""(CASE
             WHEN ts_shape = 1 THEN {fixed_naive}
             WHEN ts_shape = 2 THEN {fixed_wall}
-            WHEN ts_shape = 3 THEN {fixed_offset(21, 22, 24)}
-            WHEN ts_shape = 4 THEN {fixed_offset(20, 21, 24)}
+            WHEN ts_shape >= 3 THEN {zoned}
             WHEN tsp.d IS NULL OR tsp.d = '' THEN NULL
             WHEN {zone} = '' THEN {naive}
             WHEN {zone} IN ('Z', 'UTC') THEN {wall}
@@ -1230,31 +1308,41 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
     if stage.has_order_any:
         # One head row per order: its first carrier (the row with the order total) that is not a refund, else
         # its first carrier, else its first row — the least (rank << 60 | src_row), src_row < 2**60; its
-        # customer: the first carrier's, else the first one on any of its rows.
+        # customer: the first carrier's, else the first one on any of its rows — the customer of the row
+        # cust_row, the least (rank << 60 | src_row) among the rows with one (looked up only where needed).
         # An order is "simple" when it has one carrier holding the order's customer (or none of its rows has
         # one), as most have: that carrier is its head and the other rows its line items, known without
         # joining the row to its order; only the rows of the other orders are joined to their heads.
+        mask, top = (1 << 60) - 1, 1 << 60
         con.execute(f"""
             CREATE TABLE order_heads AS
-            SELECT merchant_key, order_key,
-                   min((CASE WHEN is_carrier AND NOT neg THEN 0 WHEN is_carrier THEN 1 ELSE 2 END)::BIGINT << 60
-                       | src_row) & {(1 << 60) - 1} AS head,
-                   arg_min(customer_key, (CASE WHEN is_carrier THEN 0 ELSE 1 END)::BIGINT << 60 | src_row)
-                       FILTER (WHERE customer_key IS NOT NULL) AS cust,
-                   count(*) FILTER (WHERE is_carrier) = 1
-                       AND (count(customer_key) = 0 OR bool_or(is_carrier AND customer_key IS NOT NULL)) AS simple,
-                   count(*) FILTER (WHERE NOT is_carrier) AS n_items,
-                   min(src_row) FILTER (WHERE NOT is_carrier) AS first_item
-            FROM staged
-            WHERE has_order AND merchant_key IS NOT NULL AND order_key IS NOT NULL
-            GROUP BY merchant_key, order_key""")
+            SELECT merchant_key, order_key, head_key & {mask} AS head, cust_key & {mask} AS cust_row,
+                   (n - n_items = 1 AND (cust_key IS NULL OR cust_key < {top})) AS simple, n_items, first_item
+            FROM (
+                SELECT merchant_key, order_key,
+                       min((CASE WHEN is_carrier AND NOT neg THEN 0 WHEN is_carrier THEN 1 ELSE 2 END)::BIGINT << 60
+                           | src_row) AS head_key,
+                       min((CASE WHEN is_carrier THEN 0 ELSE 1 END)::BIGINT << 60 | src_row)
+                           FILTER (WHERE customer_key IS NOT NULL) AS cust_key,
+                       count(*) AS n, count(*) FILTER (WHERE NOT is_carrier) AS n_items,
+                       min(src_row) FILTER (WHERE NOT is_carrier) AS first_item
+                FROM staged
+                WHERE has_order AND merchant_key IS NOT NULL AND order_key IS NOT NULL
+                GROUP BY merchant_key, order_key)""")
+        con.execute("""
+            CREATE TABLE complex_heads AS
+            SELECT h.merchant_key, h.order_key, h.head, s.customer_key AS cust
+            FROM (SELECT * FROM order_heads WHERE NOT simple) h LEFT JOIN staged s ON s.src_row = h.cust_row""")
         # The line items of simple orders (every row but the carrier) are counted here, by order, and not
         # classified row by row: they are most rows of a line-item export, and no later step reads them.
         stage.simple_items = con.execute(
             "SELECT coalesce(sum(n_items), 0), min(first_item) FROM order_heads WHERE simple").fetchall()[0]
         # k: 1 the head of its order (or a row of none), 2 a line item, 3 a refund row (a later carrier with a
-        # negative amount). cust: the order's customer.
-        source = """
+        # negative amount). cust: the order's customer. The narrow items table holds rows of orders with
+        # both keys, without the total: only those of complex orders are kept, each a head (k 1) or an item.
+        item_columns = ", ".join(
+            f"{expr} AS {name}" for name, expr in _item_columns("i", "i.src_row"))
+        source = f"""
             SELECT s.*,
                    CASE WHEN NOT s.has_order THEN 1
                         WHEN h.head IS NOT NULL THEN (CASE WHEN s.src_row = h.head THEN 1
@@ -1265,10 +1353,13 @@ def _classify(con, stage, keep_guests, fx_table, currency, scale):
                    CASE WHEN NOT s.has_order THEN s.customer_key
                         WHEN h.head IS NOT NULL THEN h.cust
                         WHEN s.merchant_key IS NOT NULL AND s.order_key IS NOT NULL THEN s.customer_key END AS cust
-            FROM staged s LEFT JOIN (SELECT * FROM order_heads WHERE NOT simple) h
+            FROM staged_rows s LEFT JOIN complex_heads h
               ON s.has_order AND s.merchant_key = h.merchant_key AND s.order_key = h.order_key
             WHERE NOT (s.has_order AND NOT s.is_carrier AND s.merchant_key IS NOT NULL AND s.order_key IS NOT NULL
-                       AND h.head IS NULL)"""
+                       AND h.head IS NULL)
+            UNION ALL
+            SELECT {item_columns}, CASE WHEN i.src_row = h.head THEN 1 ELSE 2 END AS k, h.cust AS cust
+            FROM items i JOIN complex_heads h ON i.merchant_key = h.merchant_key AND i.order_key = h.order_key"""
     else:
         source = "SELECT *, 1 AS k, customer_key AS cust FROM staged"
     grouped = f"""
@@ -1359,13 +1450,16 @@ def _accounts(con, stage, files):
         kind, reason = outcome.split(":", 1)
         entry = Rejected(count=count)
         # From staged (the line items of simple orders are not in classified), with the order's customer.
-        customer = "CASE WHEN s.has_order THEN h.cust ELSE s.customer_key END" if stage.has_order_any \
-            else "s.customer_key"
+        # The order's customer: that of its row cust_row (see _classify).
+        cust_row = "CASE WHEN s.has_order THEN h.cust_row ELSE s.src_row END" if stage.has_order_any \
+            else "s.src_row"
         heads = ("LEFT JOIN order_heads h ON s.has_order AND s.merchant_key = h.merchant_key "
                  "AND s.order_key = h.order_key" if stage.has_order_any else "")
-        file_idx, file_row, merchant_key, order_key, customer_key = con.execute(
-            f"SELECT s.file_idx, s.file_row, s.merchant_key, s.order_key, {customer} FROM staged s {heads} "
+        file_idx, file_row, merchant_key, order_key, customer_row = con.execute(
+            f"SELECT s.file_idx, s.file_row, s.merchant_key, s.order_key, {cust_row} FROM staged s {heads} "
             "WHERE s.src_row = ?", [first]).fetchall()[0]
+        customer_key = None if customer_row is None else con.execute(
+            "SELECT customer_key FROM staged WHERE src_row = ?", [customer_row]).fetchall()[0][0]
         entry.first_source, entry.first_row = str(files[file_idx]), file_row
         cur = con.execute("SELECT * FROM rejected_raw WHERE src_row = ?", [first])
         cols = [d[0] for d in cur.description]
