@@ -7,11 +7,16 @@ first, eleven bits a pass, only over the bits its range ``max - min``
 needs; the (digit-carrying key, index) pairs move together, so a pass reads
 both sequentially and scatters them into 2048 buckets. Measured against
 ``pyarrow.compute.sort_indices`` (the fallback) in ``unsorted._sort``.
+
+``scatter`` and ``copy_ranges`` are the partition step of ``unsorted``'s
+bucket path: rows go to range buckets of their packed (merchant_id,
+customer_id) key, each bucket keeping input order.
 """
 import numpy as np
 
-from libc.stdint cimport int32_t, int64_t, uint64_t
-from libc.string cimport memset
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
 
 cdef enum:
     DIGIT_BITS = 11
@@ -193,3 +198,100 @@ def stable_order(keys):
             order, spare = spare, order
             work, spare_key = spare_key, work
     return order
+
+
+ctypedef fused key_t:
+    int32_t
+    int64_t
+
+
+def scatter(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const int64_t[::1] amount,
+            const uint8_t[::1] reward_bits, Py_ssize_t reward_offset,
+            int64_t mlo, int64_t mhi, int64_t clo, int64_t chi, int cbits, int shift,
+            const uint16_t[::1] table, uint16_t[::1] bucket_of,
+            key_m[::1] out_m, key_c[::1] out_c, key_t[::1] out_ts, int64_t[::1] out_amount,
+            uint8_t[::1] out_reward, int64_t[::1] offsets):
+    """Counting-sort the rows into buckets ``table[packed key >> shift]``, stably (input order kept).
+
+    The packed key is ``(m - mlo) << cbits | (c - clo)``. ``offsets`` (buckets + 1) receives each
+    bucket's first row in the outputs; ``out_reward`` one byte (0 or 1) per row. Returns -1, or the
+    first row whose key is outside ``[mlo, mhi] x [clo, chi]`` (then the outputs are not filled).
+    """
+    cdef Py_ssize_t n = m.shape[0], i, nb = offsets.shape[0] - 1, p
+    cdef int64_t mi, ci, total, k
+    cdef uint64_t key
+    cdef uint16_t b
+    cdef int64_t *cursor
+    cdef Py_ssize_t bad = -1
+    with nogil:
+        for i in range(nb + 1):
+            offsets[i] = 0
+        for i in range(n):
+            mi = m[i]
+            ci = c[i]
+            if mi < mlo or mi > mhi or ci < clo or ci > chi:
+                bad = i
+                break
+            key = (((<uint64_t>mi) - <uint64_t>mlo) << cbits) | ((<uint64_t>ci) - <uint64_t>clo)
+            b = table[key >> shift]
+            bucket_of[i] = b
+            offsets[b + 1] += 1
+    if bad >= 0:
+        return bad
+    with nogil:
+        for i in range(nb):
+            offsets[i + 1] += offsets[i]
+        cursor = <int64_t *>malloc(nb * sizeof(int64_t))
+        if cursor == NULL:
+            with gil:
+                raise MemoryError()
+        memcpy(cursor, &offsets[0], nb * sizeof(int64_t))
+        for i in range(n):
+            b = bucket_of[i]
+            p = cursor[b]
+            cursor[b] = p + 1
+            out_m[p] = m[i]
+            out_c[p] = c[i]
+            out_ts[p] = ts[i]
+            out_amount[p] = amount[i]
+            k = reward_offset + i
+            out_reward[p] = (reward_bits[k >> 3] >> (k & 7)) & 1
+        free(cursor)
+    return -1
+
+
+def copy_ranges(uint8_t[::1] dst, const uint64_t[::1] addresses, const int64_t[:, ::1] offsets,
+                Py_ssize_t itemsize, Py_ssize_t b0, Py_ssize_t b1, bint by_bucket):
+    """Copy buckets ``[b0, b1)`` of several parts into ``dst``; returns the bytes written.
+
+    Part ``p``'s column starts at address ``addresses[p]`` and its bucket ``b`` is rows
+    ``offsets[p, b]:offsets[p, b + 1]``. ``by_bucket``: bucket by bucket, each bucket's rows part
+    after part (every bucket contiguous); else part after part, each part's rows of the buckets
+    in one piece. Either way the rows of one bucket keep the parts' order.
+    """
+    cdef Py_ssize_t parts = addresses.shape[0], p, b, lo, hi, pos = 0
+    if offsets.shape[0] != parts or b0 < 0 or b1 >= offsets.shape[1] + 1 or b1 < b0:
+        raise ValueError("bad ranges")
+    with nogil:
+        if by_bucket:
+            for b in range(b0, b1):
+                for p in range(parts):
+                    lo = offsets[p, b] * itemsize
+                    hi = offsets[p, b + 1] * itemsize
+                    if hi > lo:
+                        if pos + hi - lo > dst.shape[0]:
+                            with gil:
+                                raise ValueError("dst too small")
+                        memcpy(&dst[pos], <const uint8_t *>addresses[p] + lo, hi - lo)
+                        pos += hi - lo
+        else:
+            for p in range(parts):
+                lo = offsets[p, b0] * itemsize
+                hi = offsets[p, b1] * itemsize
+                if hi > lo:
+                    if pos + hi - lo > dst.shape[0]:
+                        with gil:
+                            raise ValueError("dst too small")
+                    memcpy(&dst[pos], <const uint8_t *>addresses[p] + lo, hi - lo)
+                    pos += hi - lo
+    return pos

@@ -109,7 +109,7 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
                                  engine=engine, threads=threads, chunk_rows=chunk_rows, progress=progress,
                                  observation_start=observation_start, observation_end=observation_end,
                                  timezone=timezone),
-            orders, columns, refunds, memory_limit)
+            orders, columns, refunds, memory_limit, threads=threads)
     partials = scan_partials(orders, columns, period, refunds, engine, threads, chunk_rows, progress,
                              merchant_table.zones(timezone), "compute")
     return finalize(partials, merchant_table, by, period, size_edges, source=source_label(orders),

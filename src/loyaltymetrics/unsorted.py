@@ -35,10 +35,13 @@ anything is sorted, so the row named is the first bad row of the input, as
 the presorted path names it. Other errors met by the drivers on the sorted
 copy (an int64 overflow) are translated back to the input's file and row.
 """
+import collections
 import contextlib
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -46,7 +49,8 @@ import pyarrow.compute as pc
 
 from . import periods
 from .errors import InputError
-from .inputs import _physical_memory, count_rows, order_batches, source_label
+from .inputs import (IN_MEMORY, _directory_files, _file_kind, _physical_memory, count_rows, order_batches,
+                     rereadable, resolve_columns, source_label)
 
 try:
     from . import _sort as _radix
@@ -367,12 +371,336 @@ def _write(table, writer):
         writer.write_batch(batch)
 
 
-def run_sorted(call, orders, columns=None, refunds=False, memory_limit=None):
-    """``call(sorted_orders)`` on ``orders`` sorted (``sorted_input``); its errors name the input's rows.
+# --- the bucket path ----------------------------------------------------------------------------
 
-    ``call`` reads the sorted copy with canonical column names (``columns=None``)
-    and ``presorted=True``. Read the merchants table before: an error about it
-    must not be taken for one about the sorted copy.
+CELL_BITS = 16            # the bucket of a row is table[packed key >> shift], a table of 2**16 cells
+BUCKET_ROWS = 1 << 17     # rows a bucket is planned to hold (a 3 MB sort)
+MAX_BUCKETS = 4096
+UNIT_ROWS = 1 << 17       # consecutive buckets are sorted and fed together up to this many rows
+COPY_BYTES = 16 << 20     # spill files are written in pieces of this size
+# Peak RSS beyond the rows held (measured): the interpreter and libraries, row groups being decoded, units being
+# sorted and the driver's window. memory_limit minus this is what the partitioned rows may take before they spill.
+OVERHEAD_BYTES = 320 << 20
+
+
+class _Fallback(Exception):
+    """The bucket path cannot take this input (keys that do not pack, a stream, mixed types): the copy path."""
+
+
+def _key_bounds(orders, columns):
+    """``(mlo, mhi, clo, chi)``: bounds of merchant_id and customer_id (Parquet statistics or a pass), or None."""
+    names = resolve_columns(columns)
+    if isinstance(orders, (str, os.PathLike)):
+        try:
+            path = Path(orders)
+            files = _directory_files(path) if path.is_dir() else [path]
+            if files and all(_file_kind(f) == "parquet" for f in files):
+                return _parquet_bounds(files, names["merchant_id"], names["customer_id"])
+        except (InputError, OSError, pa.ArrowException):
+            return None   # the copy path reports it
+    bounds = None
+    try:   # tables and Arrow files: zero-copy, a pass over two columns
+        for batch in order_batches(orders, columns):
+            m, c = batch.merchant_id, batch.customer_id
+            here = (int(m.min()), int(m.max()), int(c.min()), int(c.max()))
+            bounds = here if bounds is None else (min(bounds[0], here[0]), max(bounds[1], here[1]),
+                                                  min(bounds[2], here[2]), max(bounds[3], here[3]))
+    except (InputError, OSError, pa.ArrowException):
+        return None   # bad input: the copy path names the first bad row
+    return bounds
+
+
+def _parquet_bounds(files, merchant, customer):
+    import pyarrow.parquet as pq
+
+    lo = [None, None]
+    hi = [None, None]
+    for file in files:
+        metadata = pq.ParquetFile(str(file), memory_map=False).metadata
+        index = {metadata.schema.column(j).path: j for j in range(metadata.num_columns)}
+        if merchant not in index or customer not in index:
+            return None
+        for g in range(metadata.num_row_groups):
+            group = metadata.row_group(g)
+            if group.num_rows == 0:
+                continue
+            for k, name in enumerate((merchant, customer)):
+                stats = group.column(index[name]).statistics
+                if stats is None or not stats.has_min_max or not isinstance(stats.min, int):
+                    return None
+                lo[k] = stats.min if lo[k] is None else min(lo[k], stats.min)
+                hi[k] = stats.max if hi[k] is None else max(hi[k], stats.max)
+    if lo[0] is None:
+        return None
+    return lo[0], hi[0], lo[1], hi[1]
+
+
+class _Plan:
+    """How rows map to buckets: ``table[((m - mlo) << cbits | (c - clo)) >> shift]``, monotone in the key."""
+
+    def __init__(self, bounds, sample, total):
+        self.mlo, self.mhi, self.clo, self.chi = bounds
+        self.cbits = (self.chi - self.clo).bit_length()
+        bits = (self.mhi - self.mlo).bit_length() + self.cbits
+        if bits > 64:
+            raise _Fallback
+        self.shift = max(0, bits - CELL_BITS)
+        cells = (((self.mhi - self.mlo) << self.cbits | (self.chi - self.clo)) >> self.shift) + 1
+        self.buckets = int(min(MAX_BUCKETS, max(1, -(-(total or 0) // BUCKET_ROWS))))
+        step = max(1, len(sample) // SAMPLE_ROWS)
+        m, c = sample.merchant_id[::step], sample.customer_id[::step]
+        inside = (m >= self.mlo) & (m <= self.mhi) & (c >= self.clo) & (c <= self.chi)
+        m, c = m[inside].astype(np.int64), c[inside].astype(np.int64)
+        keys = (((m.view(np.uint64) - np.uint64(self.mlo % (1 << 64))) << np.uint64(self.cbits))
+                | (c.view(np.uint64) - np.uint64(self.clo % (1 << 64))))
+        counts = np.bincount((keys >> np.uint64(self.shift)).astype(np.int64), minlength=cells)[:cells]
+        # Cells are given to buckets in key order by the sample's counts, plus a little for every cell
+        # (unsampled keys): any monotone table sorts correctly, a good one balances the buckets.
+        weights = counts + max(1.0, len(m)) / cells * 0.1
+        start = np.cumsum(weights) - weights
+        self.table = np.minimum(start * (self.buckets / weights.sum()), self.buckets - 1).astype(np.uint16)
+        self.key_dtypes = (sample.merchant_id.dtype, sample.customer_id.dtype, sample.order_ts.dtype)
+        self.units_per_day, self.dates = sample.units_per_day, sample.dates
+        self.dtypes = self.key_dtypes + (np.dtype(np.int64), np.dtype(np.uint8))
+
+
+class _Part:
+    """The rows of one input batch, grouped by bucket (input order within a bucket)."""
+
+    __slots__ = ("columns", "offsets")
+
+    def __init__(self, columns, offsets):
+        self.columns, self.offsets = columns, offsets
+
+
+class _Run:
+    """Parts spilled to one private file: each column bucket after bucket, each bucket's rows in input order."""
+
+    def __init__(self, path, parts, plan):
+        offsets = np.stack([p.offsets for p in parts])
+        counts = (offsets[:, 1:] - offsets[:, :-1]).sum(axis=0)
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        rows = int(self.starts[-1])
+        self.bases = []
+        self.path = path
+        base = 0
+        with open(path, "wb") as f:
+            for k, dtype in enumerate(plan.dtypes):
+                self.bases.append(base)
+                width = dtype.itemsize
+                addresses = np.array([p.columns[k].ctypes.data for p in parts], np.uint64)
+                b = 0
+                while b < plan.buckets:
+                    # Buckets [b, e): at most COPY_BYTES, at least one bucket.
+                    e = max(b + 1, int(np.searchsorted(self.starts, self.starts[b] + COPY_BYTES // width, "right")) - 1)
+                    e = min(e, plan.buckets)
+                    piece = np.empty(int(self.starts[e] - self.starts[b]) * width, np.uint8)
+                    _radix.copy_ranges(piece, addresses, offsets, width, b, e, True)
+                    f.write(piece)
+                    b = e
+                base += rows * width
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def rows(self, b0, b1):
+        return int(self.starts[b1] - self.starts[b0])
+
+    def read(self, k, width, b0, b1, out):
+        """Column ``k`` of buckets ``[b0, b1)`` into ``out`` (bytes)."""
+        offset = self.bases[k] + int(self.starts[b0]) * width
+        view = memoryview(out)
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise OSError(f"spill file {self.path} ended early")
+            done += got
+
+    def close(self):
+        os.close(self.fd)
+
+
+def _bucket_fits(plan, batch):
+    return (batch.merchant_id.dtype, batch.customer_id.dtype, batch.order_ts.dtype) == plan.key_dtypes and (
+        batch.units_per_day, batch.dates) == (plan.units_per_day, plan.dates)
+
+
+class _Buckets:
+    """The input partitioned into range buckets: in memory (``parts``) and spilled (``runs``)."""
+
+    def __init__(self, orders, columns, refunds, stop_error, threads, memory_limit, tmp):
+        self.parts, self.runs, self.plan = [], [], None
+        self.tmp = tmp
+        try:
+            self._partition(orders, columns, refunds, stop_error, threads, memory_limit)
+        except BaseException:
+            self.close()
+            raise
+
+    def _partition(self, orders, columns, refunds, stop_error, threads, memory_limit):
+        check = _Checker(refunds, stop_error)
+        bounds = _key_bounds(orders, columns)
+        if bounds is None:
+            raise _Fallback
+        total = count_rows(orders)
+        budget = max(0, memory_limit - OVERHEAD_BYTES)
+        held = 0
+        bucket_of = None
+        for batch in order_batches(orders, columns, threads=threads):
+            check(batch)   # input order: the first bad row of the input is named
+            if self.plan is None:
+                self.plan = _Plan(bounds, batch, total)
+            elif not _bucket_fits(self.plan, batch):
+                raise _Fallback
+            plan = self.plan
+            n = len(batch)
+            if bucket_of is None or len(bucket_of) < n:
+                bucket_of = np.empty(n, np.uint16)
+            out = [np.empty(n, dtype) for dtype in plan.dtypes]
+            offsets = np.empty(plan.buckets + 1, np.int64)
+            bad = _radix.scatter(batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
+                                 batch.reward_bits, batch.reward_offset, plan.mlo, plan.mhi, plan.clo, plan.chi,
+                                 plan.cbits, plan.shift, plan.table, bucket_of[:n], *out, offsets)
+            if bad >= 0:   # a key outside the file's statistics
+                raise _Fallback
+            self.parts.append(_Part(out, offsets))
+            held += sum(a.nbytes for a in out)
+            if held > budget:
+                self.spill()
+                held = 0
+
+    def spill(self):
+        if self.tmp is None:
+            self.tmp = tempfile.mkdtemp(prefix="loyaltymetrics-unsorted-")   # mode 0700: private
+        path = os.path.join(self.tmp, f"run-{len(self.runs)}.bin")
+        self.runs.append(_Run(path, self.parts, self.plan))
+        self.parts = []
+
+    def close(self):
+        """Close and remove the spill files (idempotent)."""
+        for run in self.runs:
+            with contextlib.suppress(OSError):
+                run.close()
+        self.runs, self.parts = [], []
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+    def units(self):
+        """``(b0, b1)`` ranges of consecutive buckets of about UNIT_ROWS rows."""
+        plan = self.plan
+        counts = np.zeros(plan.buckets, np.int64)
+        for part in self.parts:
+            counts += part.offsets[1:] - part.offsets[:-1]
+        for run in self.runs:
+            counts += run.starts[1:] - run.starts[:-1]
+        ends = np.concatenate([[0], np.cumsum(counts)])
+        b0 = 0
+        while b0 < plan.buckets:
+            b1 = max(b0 + 1, int(np.searchsorted(ends, ends[b0] + UNIT_ROWS, "left")))
+            b1 = min(b1, plan.buckets)
+            if ends[b1] > ends[b0]:
+                yield b0, b1, int(ends[b1] - ends[b0])
+            b0 = b1
+
+    def sorted_unit(self, b0, b1, n, addresses, offsets):
+        """Buckets ``[b0, b1)`` sorted stably by (merchant_id, customer_id, order_ts), as a RecordBatch."""
+        plan = self.plan
+        columns = [np.empty(n, dtype) for dtype in plan.dtypes]
+        pos = 0
+        for run in self.runs:   # spilled rows came first in the input
+            k = run.rows(b0, b1)
+            for j, (column, dtype) in enumerate(zip(columns, plan.dtypes)):
+                run.read(j, dtype.itemsize, b0, b1, column[pos:pos + k].view(np.uint8))
+            pos += k
+        if self.parts:
+            for j, (column, dtype) in enumerate(zip(columns, plan.dtypes)):
+                _radix.copy_ranges(column[pos:].view(np.uint8), addresses[j], offsets, dtype.itemsize, b0, b1, False)
+        m, c, ts, amount, reward = columns
+        order = _radix.grouped_order(m, c, ts)
+        if order is None:
+            order = _radix.stable_order([m, c, ts])
+        m, c, ts, amount, reward = (np.take(a, order) for a in columns)
+        ts_type = (pa.date32() if plan.units_per_day == 1 else pa.date64()) if plan.dates else \
+            pa.timestamp(_UNIT_OF[plan.units_per_day])
+        bits = np.packbits(reward, bitorder="little")
+        return pa.record_batch([
+            pa.array(m), pa.array(c), pa.Array.from_buffers(ts_type, n, [None, pa.py_buffer(ts)]), pa.array(amount),
+            pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(bits)]),
+        ], names=["merchant_id", "customer_id", "order_ts", "amount", "reward"])
+
+    def batches(self, threads):
+        """The sorted units in key order, sorted ``threads`` at a time ahead of the one taken."""
+        addresses = [np.array([p.columns[j].ctypes.data for p in self.parts], np.uint64) for j in range(5)]
+        offsets = np.stack([p.offsets for p in self.parts]) if self.parts else None
+        units = self.units()
+        if threads <= 1:
+            for b0, b1, n in units:
+                yield self.sorted_unit(b0, b1, n, addresses, offsets)
+            return
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loyaltymetrics-sort") as pool:
+            pending = collections.deque()
+            try:
+                for unit in units:
+                    pending.append(pool.submit(self.sorted_unit, *unit, addresses, offsets))
+                    if len(pending) > threads:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+_SCHEMA_NAMES = ["merchant_id", "customer_id", "order_ts", "amount", "reward"]
+
+
+@contextlib.contextmanager
+def bucketed_input(orders, columns=None, refunds=False, memory_limit=None, stop_error=None, threads=None):
+    """Context manager: a ``RecordBatchReader`` of ``orders`` sorted stably, through range buckets.
+
+    Raises ``_Fallback`` (before yielding) when the input does not suit the
+    bucket path. Spill files are removed on exit, whatever happened.
     """
+    from .parallel import resolve_threads
+
+    if _radix is None or not rereadable(orders):
+        raise _Fallback
+    memory_limit = check_memory_limit(memory_limit)
+    threads = resolve_threads(threads)
+    buckets = None
+    try:
+        buckets = _Buckets(orders, columns, refunds, stop_error, threads, memory_limit, None)
+        if buckets.plan is None:   # no rows
+            raise _Fallback
+        first = buckets.sorted_unit(0, 0, 0, [np.zeros(0, np.uint64)] * 5, np.zeros((0, buckets.plan.buckets + 1),
+                                                                                      np.int64))
+        yield pa.RecordBatchReader.from_batches(first.schema, buckets.batches(threads))
+    finally:
+        if buckets is not None:
+            buckets.close()
+
+
+def run_sorted(call, orders, columns=None, refunds=False, memory_limit=None, threads=None):
+    """``call(sorted_orders)`` on ``orders`` sorted; its errors name the input's rows.
+
+    ``call`` reads the sorted rows with canonical column names (``columns=None``)
+    and ``presorted=True``. Read the merchants table before: an error about it
+    must not be taken for one about the sorted rows. The bucket path first; an
+    error that names a row of the sorted rows (an int64 overflow) is raised by
+    running the copy path, whose sorted copy knows every row's place in the input.
+    """
+    label = source_label(orders)
+    try:
+        with bucketed_input(orders, columns, refunds, memory_limit, threads=threads) as reader:
+            try:
+                return call(reader)
+            except InputError as error:
+                if error.source != IN_MEMORY:
+                    raise
+                if error.row is None:
+                    raise type(error)(label, None, error.detail) from error
+                # A row of the sorted stream: the copy path below names it in the input.
+    except _Fallback:
+        pass
     with sorted_input(orders, columns, refunds, memory_limit) as sorted_orders, sorted_orders.translated_errors():
         return call(sorted_orders.orders)
