@@ -21,6 +21,8 @@ from libc.string cimport memcpy, memset
 cdef enum:
     DIGIT_BITS = 11
     BUCKETS = 2048
+    UNIT_DIGIT_BITS = 12
+    UNIT_BUCKETS = 4096
 
 
 cdef int _passes(uint64_t[::1] key, int64_t[::1] idx, uint64_t[::1] key2, int64_t[::1] idx2,
@@ -295,3 +297,132 @@ def copy_ranges(uint8_t[::1] dst, const uint64_t[::1] addresses, const int64_t[:
                     memcpy(&dst[pos], <const uint8_t *>addresses[p] + lo, hi - lo)
                     pos += hi - lo
     return pos
+
+
+cdef inline void _move_row(key_m[::1] m, key_c[::1] c, key_t[::1] ts, int64_t[::1] amount, uint8_t[::1] reward,
+                           Py_ssize_t dst, Py_ssize_t src) noexcept nogil:
+    m[dst] = m[src]
+    c[dst] = c[src]
+    ts[dst] = ts[src]
+    amount[dst] = amount[src]
+    reward[dst] = reward[src]
+
+
+def sort_unit(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const int64_t[::1] amount,
+              const uint8_t[::1] reward, key_m[::1] out_m, key_c[::1] out_c, key_t[::1] out_ts,
+              int64_t[::1] out_amount, uint8_t[::1] out_reward, uint64_t[::1] work, uint64_t[::1] spare,
+              int64_t[::1] long_runs):
+    """Write the rows sorted stably by (m, c, ts) to the outputs; returns the number of long runs, or -1.
+
+    One LSD radix sort (up to twelve bits a pass, passes whose digit is the same for every row skipped) of
+    ``(m - min) << cbits | (c - min)`` with the row index below it, a gather of the five columns, then an
+    insertion sort by ``ts`` of each store-customer's rows. Runs of over 64 rows are left in input order
+    and their ``(start, end)`` written to ``long_runs`` (room for ``n // 65 + 1`` pairs) for the caller to
+    sort by ``ts``. -1 when the key and the index do not pack into 64 bits (nothing is written).
+    """
+    cdef Py_ssize_t n = m.shape[0], i, j, start, end, found = 0
+    cdef int64_t mlo, mhi, clo, chi, t
+    cdef int cbits, bits, index_bits, shift, passes, p, digit
+    cdef uint64_t radix
+    cdef uint64_t mask, key, d
+    cdef uint64_t *src
+    cdef uint64_t *dst
+    cdef uint64_t *tmp
+    cdef int64_t *count
+    cdef key_m vm
+    cdef key_c vc
+    cdef int64_t va
+    cdef uint8_t vr
+    if n == 0:
+        return 0
+    with nogil:
+        mlo = mhi = m[0]
+        clo = chi = c[0]
+        for i in range(n):
+            if m[i] < mlo:
+                mlo = m[i]
+            elif m[i] > mhi:
+                mhi = m[i]
+            if c[i] < clo:
+                clo = c[i]
+            elif c[i] > chi:
+                chi = c[i]
+        cbits = _bit_length(<uint64_t>chi - <uint64_t>clo)
+        bits = _bit_length(<uint64_t>mhi - <uint64_t>mlo) + cbits
+        index_bits = _bit_length(<uint64_t>(n - 1))
+    if bits + index_bits > 64:
+        return -1
+    count = <int64_t *>malloc(6 * UNIT_BUCKETS * sizeof(int64_t))
+    if count == NULL:
+        raise MemoryError()
+    with nogil:
+        mask = ((<uint64_t>1) << index_bits) - 1 if index_bits < 64 else <uint64_t>0 - 1
+        # As few passes as digits of up to UNIT_DIGIT_BITS allow, the digits as narrow as they can be.
+        passes = (bits + UNIT_DIGIT_BITS - 1) // UNIT_DIGIT_BITS
+        digit = (bits + passes - 1) // passes if passes else 1
+        radix = (<uint64_t>1) << digit
+        memset(count, 0, 6 * UNIT_BUCKETS * sizeof(int64_t))
+        for i in range(n):
+            key = ((((<uint64_t>m[i]) - <uint64_t>mlo) << cbits) | ((<uint64_t>c[i]) - <uint64_t>clo))
+            work[i] = (key << index_bits) | <uint64_t>i
+            for p in range(passes):
+                count[p * UNIT_BUCKETS + ((key >> (p * digit)) & (radix - 1))] += 1
+        src, dst = &work[0], &spare[0]
+        for p in range(passes):
+            shift = index_bits + p * digit
+            # A digit all rows share moves nothing: skip the pass.
+            d = (src[0] >> shift) & (radix - 1)
+            if count[p * UNIT_BUCKETS + d] == n:
+                continue
+            t = 0
+            for j in range(<Py_ssize_t>radix):
+                start = count[p * UNIT_BUCKETS + j]
+                count[p * UNIT_BUCKETS + j] = t
+                t += start
+            for i in range(n):
+                d = (src[i] >> shift) & (radix - 1)
+                dst[count[p * UNIT_BUCKETS + d]] = src[i]
+                count[p * UNIT_BUCKETS + d] += 1
+            tmp = src
+            src = dst
+            dst = tmp
+        for i in range(n):
+            j = <Py_ssize_t>(src[i] & mask)
+            out_m[i] = m[j]
+            out_c[i] = c[j]
+            out_ts[i] = ts[j]
+            out_amount[i] = amount[j]
+            out_reward[i] = reward[j]
+        # Each store-customer's rows (equal keys, in input order) by ts: insertion sort, stable.
+        start = 0
+        while start < n:
+            key = src[start] >> index_bits
+            end = start + 1
+            while end < n and (src[end] >> index_bits) == key:
+                end += 1
+            if end - start > 64:
+                long_runs[2 * found] = start
+                long_runs[2 * found + 1] = end
+                found += 1
+            elif end - start > 1:
+                for i in range(start + 1, end):
+                    if out_ts[i - 1] <= out_ts[i]:
+                        continue
+                    t, vm, vc, va, vr = out_ts[i], out_m[i], out_c[i], out_amount[i], out_reward[i]
+                    j = i
+                    while j > start and out_ts[j - 1] > t:   # strictly greater: equal ts keep their order
+                        _move_row(out_m, out_c, out_ts, out_amount, out_reward, j, j - 1)
+                        j -= 1
+                    out_ts[j] = <key_t>t
+                    out_m[j], out_c[j], out_amount[j], out_reward[j] = vm, vc, va, vr
+            start = end
+    free(count)
+    return found
+
+
+cdef inline int _bit_length(uint64_t x) noexcept nogil:
+    cdef int b = 0
+    while x:
+        b += 1
+        x >>= 1
+    return b

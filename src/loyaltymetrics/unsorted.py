@@ -374,9 +374,9 @@ def _write(table, writer):
 # --- the bucket path ----------------------------------------------------------------------------
 
 CELL_BITS = 16            # the bucket of a row is table[packed key >> shift], a table of 2**16 cells
-BUCKET_ROWS = 1 << 17     # rows a bucket is planned to hold (a 3 MB sort)
+BUCKET_ROWS = 1 << 16     # rows a bucket is planned to hold (a 1.6 MB sort)
 MAX_BUCKETS = 4096
-UNIT_ROWS = 1 << 17       # consecutive buckets are sorted and fed together up to this many rows
+UNIT_ROWS = 1 << 16       # consecutive buckets are sorted and fed together up to this many rows
 COPY_BYTES = 16 << 20     # spill files are written in pieces of this size
 # Peak RSS beyond the rows held (measured): the interpreter and libraries, row groups being decoded, units being
 # sorted and the driver's window. memory_limit minus this is what the partitioned rows may take before they spill.
@@ -395,7 +395,9 @@ def _key_bounds(orders, columns):
             path = Path(orders)
             files = _directory_files(path) if path.is_dir() else [path]
             if files and all(_file_kind(f) == "parquet" for f in files):
-                return _parquet_bounds(files, names["merchant_id"], names["customer_id"])
+                bounds = _parquet_bounds(files, names["merchant_id"], names["customer_id"])
+                if bounds is not None:
+                    return bounds
         except (InputError, OSError, pa.ArrowException):
             return None   # the copy path reports it
     bounds = None
@@ -615,18 +617,18 @@ class _Buckets:
         if self.parts:
             for j, (column, dtype) in enumerate(zip(columns, plan.dtypes)):
                 _radix.copy_ranges(column[pos:].view(np.uint8), addresses[j], offsets, dtype.itemsize, b0, b1, False)
-        m, c, ts, amount, reward = columns
-        order = _radix.grouped_order(m, c, ts)
-        if order is None:
-            order = _radix.stable_order([m, c, ts])
-        m, c, ts, amount, reward = (np.take(a, order) for a in columns)
+        m, c, ts, amount, reward = _sort_columns(columns)
         ts_type = (pa.date32() if plan.units_per_day == 1 else pa.date64()) if plan.dates else \
             pa.timestamp(_UNIT_OF[plan.units_per_day])
+        key_type = {np.dtype(np.int32): pa.int32(), np.dtype(np.int64): pa.int64()}
         bits = np.packbits(reward, bitorder="little")
         return pa.record_batch([
-            pa.array(m), pa.array(c), pa.Array.from_buffers(ts_type, n, [None, pa.py_buffer(ts)]), pa.array(amount),
+            pa.Array.from_buffers(key_type[m.dtype], n, [None, pa.py_buffer(m)]),
+            pa.Array.from_buffers(key_type[c.dtype], n, [None, pa.py_buffer(c)]),
+            pa.Array.from_buffers(ts_type, n, [None, pa.py_buffer(ts)]),
+            pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(amount)]),
             pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(bits)]),
-        ], names=["merchant_id", "customer_id", "order_ts", "amount", "reward"])
+        ], names=_SCHEMA_NAMES)
 
     def batches(self, threads):
         """The sorted units in key order, sorted ``threads`` at a time ahead of the one taken."""
@@ -649,6 +651,26 @@ class _Buckets:
             finally:
                 for future in pending:
                     future.cancel()
+
+
+def _sort_columns(columns):
+    """(merchant_id, customer_id, order_ts, amount, reward) sorted stably by the first three, as new arrays."""
+    n = len(columns[0])
+    out = [np.empty(n, column.dtype) for column in columns]
+    long_runs = np.empty(2 * (n // 65 + 1), np.int64)
+    found = _radix.sort_unit(*columns, *out, np.empty(n, np.uint64), np.empty(n, np.uint64), long_runs)
+    if found < 0:   # the keys and the row index do not pack into 64 bits
+        m, c, ts = columns[:3]
+        order = _radix.grouped_order(m, c, ts)
+        if order is None:
+            order = _radix.stable_order([m, c, ts])
+        return [np.take(a, order) for a in columns]
+    for k in range(found):   # store-customers of over 64 rows: by ts, stably
+        a, b = long_runs[2 * k], long_runs[2 * k + 1]
+        within = np.argsort(out[2][a:b], kind="stable")
+        for column in out:
+            column[a:b] = column[a:b][within]
+    return out
 
 
 _SCHEMA_NAMES = ["merchant_id", "customer_id", "order_ts", "amount", "reward"]
