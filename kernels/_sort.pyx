@@ -212,15 +212,17 @@ def scatter(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const i
             int64_t mlo, int64_t mhi, int64_t clo, int64_t chi, int cbits, int shift,
             const uint16_t[::1] table, uint16_t[::1] bucket_of,
             key_m[::1] out_m, key_c[::1] out_c, key_t[::1] out_ts, int64_t[::1] out_amount,
-            uint8_t[::1] out_reward, int64_t[::1] offsets):
+            uint8_t[::1] out_reward, int64_t[::1] offsets, int64_t ts_max, bint negative_amounts):
     """Counting-sort the rows into buckets ``table[packed key >> shift]``, stably (input order kept).
 
     The packed key is ``(m - mlo) << cbits | (c - clo)``. ``offsets`` (buckets + 1) receives each
-    bucket's first row in the outputs; ``out_reward`` one byte (0 or 1) per row. Returns -1, or the
-    first row whose key is outside ``[mlo, mhi] x [clo, chi]`` (then the outputs are not filled).
+    bucket's first row in the outputs; ``out_reward`` one byte (0 or 1) per row. Returns -1 when all is
+    done; else, with the outputs not filled, ``2 * row`` for the first row with ``ts`` outside ``[0,
+    ts_max]`` or (unless ``negative_amounts``) a negative amount, ``2 * row + 1`` for the first row
+    whose key is outside ``[mlo, mhi] x [clo, chi]``, whichever comes first.
     """
     cdef Py_ssize_t n = m.shape[0], i, nb = offsets.shape[0] - 1, p
-    cdef int64_t mi, ci, total, k
+    cdef int64_t mi, ci, total, k, t
     cdef uint64_t key
     cdef uint16_t b
     cdef int64_t *cursor
@@ -231,8 +233,12 @@ def scatter(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const i
         for i in range(n):
             mi = m[i]
             ci = c[i]
+            t = ts[i]
+            if t < 0 or t > ts_max or (amount[i] < 0 and not negative_amounts):
+                bad = 2 * i
+                break
             if mi < mlo or mi > mhi or ci < clo or ci > chi:
-                bad = i
+                bad = 2 * i + 1
                 break
             key = (((<uint64_t>mi) - <uint64_t>mlo) << cbits) | ((<uint64_t>ci) - <uint64_t>clo)
             b = table[key >> shift]
@@ -311,19 +317,21 @@ cdef inline void _move_row(key_m[::1] m, key_c[::1] c, key_t[::1] ts, int64_t[::
 def sort_unit(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const int64_t[::1] amount,
               const uint8_t[::1] reward, key_m[::1] out_m, key_c[::1] out_c, key_t[::1] out_ts,
               int64_t[::1] out_amount, uint8_t[::1] out_reward, uint64_t[::1] work, uint64_t[::1] spare,
-              int64_t[::1] long_runs):
+              int64_t[::1] long_runs, int64_t mlo, int64_t clo, int cbits):
     """Write the rows sorted stably by (m, c, ts) to the outputs; returns the number of long runs, or -1.
 
-    One LSD radix sort (up to twelve bits a pass, passes whose digit is the same for every row skipped) of
-    ``(m - min) << cbits | (c - min)`` with the row index below it, a gather of the five columns, then an
-    insertion sort by ``ts`` of each store-customer's rows. Runs of over 64 rows are left in input order
-    and their ``(start, end)`` written to ``long_runs`` (room for ``n // 65 + 1`` pairs) for the caller to
-    sort by ``ts``. -1 when the key and the index do not pack into 64 bits (nothing is written).
+    The rows' key ``(m - mlo) << cbits | (c - clo)`` must fit in 64 bits (the caller's packing, the same
+    for every unit). One LSD radix sort (up to twelve bits a pass, passes whose digit is the same for
+    every row skipped) of the key less the unit's least key, with the row index below it; a gather of
+    the five columns; then an insertion sort by ``ts`` of each store-customer's rows. Runs of over 64
+    rows are left in input order and their ``(start, end)`` written to ``long_runs`` (room for
+    ``n // 65 + 1`` pairs) for the caller to sort by ``ts``. -1 when the key span and the index do not
+    pack into 64 bits (nothing is written).
     """
     cdef Py_ssize_t n = m.shape[0], i, j, start, end, found = 0
-    cdef int64_t mlo, mhi, clo, chi, t
-    cdef int cbits, bits, index_bits, shift, passes, p, digit
-    cdef uint64_t radix
+    cdef int64_t t
+    cdef int bits, index_bits, shift, passes, p, digit
+    cdef uint64_t radix, kmin, kmax
     cdef uint64_t mask, key, d
     cdef uint64_t *src
     cdef uint64_t *dst
@@ -336,19 +344,16 @@ def sort_unit(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const
     if n == 0:
         return 0
     with nogil:
-        mlo = mhi = m[0]
-        clo = chi = c[0]
+        kmin = <uint64_t>0 - 1
+        kmax = 0
         for i in range(n):
-            if m[i] < mlo:
-                mlo = m[i]
-            elif m[i] > mhi:
-                mhi = m[i]
-            if c[i] < clo:
-                clo = c[i]
-            elif c[i] > chi:
-                chi = c[i]
-        cbits = _bit_length(<uint64_t>chi - <uint64_t>clo)
-        bits = _bit_length(<uint64_t>mhi - <uint64_t>mlo) + cbits
+            key = ((((<uint64_t>m[i]) - <uint64_t>mlo) << cbits) | ((<uint64_t>c[i]) - <uint64_t>clo))
+            work[i] = key
+            if key < kmin:
+                kmin = key
+            if key > kmax:
+                kmax = key
+        bits = _bit_length(kmax - kmin)
         index_bits = _bit_length(<uint64_t>(n - 1))
     if bits + index_bits > 64:
         return -1
@@ -363,7 +368,7 @@ def sort_unit(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const
         radix = (<uint64_t>1) << digit
         memset(count, 0, 6 * UNIT_BUCKETS * sizeof(int64_t))
         for i in range(n):
-            key = ((((<uint64_t>m[i]) - <uint64_t>mlo) << cbits) | ((<uint64_t>c[i]) - <uint64_t>clo))
+            key = work[i] - kmin
             work[i] = (key << index_bits) | <uint64_t>i
             for p in range(passes):
                 count[p * UNIT_BUCKETS + ((key >> (p * digit)) & (radix - 1))] += 1

@@ -548,7 +548,8 @@ class _Buckets:
         held = 0
         bucket_of = None
         for batch in order_batches(orders, columns, threads=threads):
-            check(batch)   # input order: the first bad row of the input is named
+            # The scatter checks each row's amount and order_ts in input order (the checker words the error
+            # of the first bad one): the first bad row of the input is named.
             if self.plan is None:
                 self.plan = _Plan(bounds, batch, total)
             elif not _bucket_fits(self.plan, batch):
@@ -561,9 +562,12 @@ class _Buckets:
             offsets = np.empty(plan.buckets + 1, np.int64)
             bad = _radix.scatter(batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
                                  batch.reward_bits, batch.reward_offset, plan.mlo, plan.mhi, plan.clo, plan.chi,
-                                 plan.cbits, plan.shift, plan.table, bucket_of[:n], *out, offsets)
-            if bad >= 0:   # a key outside the file's statistics
-                raise _Fallback
+                                 plan.cbits, plan.shift, plan.table, bucket_of[:n], *out, offsets,
+                                 periods.ts_max(batch.units_per_day), refunds)
+            if bad >= 0:
+                if bad % 2 == 0:   # a bad row, the first of the input: the checker words its error
+                    check(batch)
+                raise _Fallback   # a key outside the file's statistics
             self.parts.append(_Part(out, offsets))
             held += sum(a.nbytes for a in out)
             if held > budget:
@@ -617,7 +621,7 @@ class _Buckets:
         if self.parts:
             for j, (column, dtype) in enumerate(zip(columns, plan.dtypes)):
                 _radix.copy_ranges(column[pos:].view(np.uint8), addresses[j], offsets, dtype.itemsize, b0, b1, False)
-        m, c, ts, amount, reward = _sort_columns(columns)
+        m, c, ts, amount, reward = _sort_columns(columns, (plan.mlo, plan.clo, plan.cbits))
         ts_type = (pa.date32() if plan.units_per_day == 1 else pa.date64()) if plan.dates else \
             pa.timestamp(_UNIT_OF[plan.units_per_day])
         key_type = {np.dtype(np.int32): pa.int32(), np.dtype(np.int64): pa.int64()}
@@ -653,12 +657,25 @@ class _Buckets:
                     future.cancel()
 
 
-def _sort_columns(columns):
-    """(merchant_id, customer_id, order_ts, amount, reward) sorted stably by the first three, as new arrays."""
+def _sort_columns(columns, packing=None):
+    """(merchant_id, customer_id, order_ts, amount, reward) sorted stably by the first three, as new arrays.
+
+    ``packing``: ``(mlo, clo, cbits)`` that pack every (merchant_id, customer_id) of the columns into 64
+    bits (a ``_Plan``'s), or None to find one here.
+    """
     n = len(columns[0])
+    if packing is None and n:
+        m, c = columns[0], columns[1]
+        mlo, clo = int(m.min()), int(c.min())
+        cbits = (int(c.max()) - clo).bit_length()
+        if (int(m.max()) - mlo).bit_length() + cbits <= 64:
+            packing = mlo, clo, cbits
     out = [np.empty(n, column.dtype) for column in columns]
     long_runs = np.empty(2 * (n // 65 + 1), np.int64)
-    found = _radix.sort_unit(*columns, *out, np.empty(n, np.uint64), np.empty(n, np.uint64), long_runs)
+    found = -1
+    if packing is not None or n == 0:
+        found = _radix.sort_unit(*columns, *out, np.empty(n, np.uint64), np.empty(n, np.uint64), long_runs,
+                                 *(packing or (0, 0, 0)))
     if found < 0:   # the keys and the row index do not pack into 64 bits
         m, c, ts = columns[:3]
         order = _radix.grouped_order(m, c, ts)
