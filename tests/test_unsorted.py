@@ -181,7 +181,7 @@ def test_an_overflow_names_the_row_of_the_input(spill_dir):
 def test_files_keep_their_names_and_rows_and_spill_files_go(tmp_path, spill_dir, monkeypatch):
     spills = []   # the calls' partitions that spilled (bucket path; the copy path must not be needed)
     spill = unsorted._Buckets.spill
-    monkeypatch.setattr(unsorted._Buckets, "spill", lambda self: spills.append(self) or spill(self))
+    monkeypatch.setattr(unsorted._Buckets, "spill", lambda self, size: spills.append(self) or spill(self, size))
     monkeypatch.setattr(unsorted, "_spill_sort", None)
     rng = np.random.default_rng(7)
     n = 30_000

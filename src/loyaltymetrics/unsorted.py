@@ -68,9 +68,13 @@ OUTPUT_BATCH_ROWS = 1 << 20
 _UNIT_OF = {v: k for k, v in periods.UNITS_PER_DAY.items()}
 
 
+# The default memory_limit at most: 5e7 rows of int32 keys (25 bytes a row partitioned) stay under 2 GB of RSS.
+DEFAULT_MEMORY_LIMIT = 7 << 28   # 1.75 GiB
+
+
 def default_memory_limit():
-    """A quarter of this machine's physical memory (the default ``memory_limit``)."""
-    return max(64 << 20, _physical_memory() // 4)
+    """A quarter of this machine's physical memory, at most ``DEFAULT_MEMORY_LIMIT`` (the default ``memory_limit``)."""
+    return max(64 << 20, min(DEFAULT_MEMORY_LIMIT, _physical_memory() // 4))
 
 
 def check_memory_limit(memory_limit):
@@ -380,7 +384,7 @@ UNIT_ROWS = 1 << 16       # consecutive buckets are sorted and fed together up t
 COPY_BYTES = 16 << 20     # spill files are written in pieces of this size
 # Peak RSS beyond the rows held (measured): the interpreter and libraries, row groups being decoded, units being
 # sorted and the driver's window. memory_limit minus this is what the partitioned rows may take before they spill.
-OVERHEAD_BYTES = 320 << 20
+OVERHEAD_BYTES = 384 << 20
 
 
 class _Fallback(Exception):
@@ -571,15 +575,24 @@ class _Buckets:
             self.parts.append(_Part(out, offsets))
             held += sum(a.nbytes for a in out)
             if held > budget:
-                self.spill()
-                held = 0
+                held -= self.spill(max(1, budget // 4))
 
-    def spill(self):
+    def spill(self, size):
+        """Spill the oldest parts, at least ``size`` bytes, to a run file; returns the bytes spilled.
+
+        The oldest: runs hold earlier input rows than the parts left in memory, and ``sorted_unit``
+        takes runs first, so every bucket keeps input order.
+        """
         if self.tmp is None:
             self.tmp = tempfile.mkdtemp(prefix="loyaltymetrics-unsorted-")   # mode 0700: private
         path = os.path.join(self.tmp, f"run-{len(self.runs)}.bin")
-        self.runs.append(_Run(path, self.parts, self.plan))
-        self.parts = []
+        count, spilled = 0, 0
+        while count < len(self.parts) and spilled < size:
+            spilled += sum(a.nbytes for a in self.parts[count].columns)
+            count += 1
+        self.runs.append(_Run(path, self.parts[:count], self.plan))
+        del self.parts[:count]
+        return spilled
 
     def close(self):
         """Close and remove the spill files (idempotent)."""
