@@ -1,13 +1,48 @@
 """Rows in any order (SPEC §8 ``presorted=False`` / ``--unsorted``).
 
 The kernels need each store-customer's rows together and in time order,
-ties in file order. This module turns an input in any order into one
+ties in file order. This module turns an input in any order into a stream
 sorted by ``(merchant_id, customer_id, order_ts)`` — stably, so ties keep
-their input order — and the drivers then read that as they read a sorted
+their input order — and the drivers read that stream as they read a sorted
 input: results are bit-identical to the presorted path by construction.
 
-Method
-------
+The bucket path (``bucketed_input``; the default)
+--------------------------------------------------
+* Bounds of merchant_id and customer_id come from the Parquet statistics
+  (else from a pass over the two key columns of a table or Arrow file), so
+  that ``(merchant_id - mlo) << cbits | (customer_id - clo)`` packs every
+  key into 64 bits, monotone in (merchant_id, customer_id).
+* One streaming pass over the input (Parquet row groups decoded by the
+  reader's threads, ahead of this one): the Cython ``scatter`` checks each
+  row's amount and order_ts in input order (the first bad row of the input
+  is named, as the presorted path names it; nulls are ``order_batches``')
+  and counting-sorts the batch's 25 bytes a row (int32 keys) into range
+  buckets of the packed key (``table[key >> shift]``: 2**16 cells given to
+  about ``rows / BUCKET_ROWS`` buckets in key order by a sample of the
+  first batch). Each batch's bucketed copy is a *part*; no row index.
+* Parts beyond ``memory_limit`` less ``OVERHEAD_BYTES`` are spilled, the
+  oldest first, to *runs*: private temporary files (a directory of mode
+  0700 under ``tempfile.gettempdir()``, removed when the call returns, also
+  on an error or KeyboardInterrupt), each column bucket after bucket. So
+  peak RSS stays about ``memory_limit`` (measured: 0.96 GiB for 5e7 rows
+  at 1 GiB), whatever the input's size; plan disk for one copy of the
+  order columns.
+* Consecutive buckets of about ``UNIT_ROWS`` rows (a *unit*, a few MB) are
+  gathered — runs first, then parts, so each store-customer's rows are in
+  input order — and sorted in cache by ``sort_unit`` (LSD radix on the
+  packed key less the unit's least key with the row index below it, then
+  each store-customer's rows by order_ts), ``threads`` units at a time,
+  and streamed in key order to the drivers as a ``RecordBatchReader``:
+  no sorted copy is written.
+* An error the drivers meet on the sorted stream with a row (an int64
+  overflow: the checks above leave no other) is raised by running the copy
+  path below, whose sorted copy knows each row's place in the input.
+* Inputs the bucket path cannot take — a one-shot stream, keys whose range
+  does not pack into 64 bits, key or timestamp types that change between
+  files, keys outside the Parquet statistics — take the copy path.
+
+The copy path (``sorted_input``: ``rfm``, and the fallback above)
+-----------------------------------------------------------------
 * Input whose order columns plus a 12-byte original row index and source
   fit in ``memory_limit`` / 4 (a sort holds about four times its data) is
   read into memory and sorted stably (``_sort``: the Cython kernels of
@@ -20,20 +55,12 @@ Method
   the drivers memory-map. Range pieces rather than hash pieces: their
   concatenation is globally sorted, so every driver (the two-pass
   concentration, the streaming rfm, the earliest/latest order tracking,
-  the order checks) works unchanged, whereas hash pieces would each need
-  fresh kernel states and every analysis's merge to tolerate a merchant in
-  several pieces. Partitioning keeps input order within a piece, so the
-  sort stays stable.
-* Spill files live in a private directory (mode 0700) under
-  ``tempfile.gettempdir()`` (``TMPDIR``) and are removed when the call
-  returns, also on an error or KeyboardInterrupt. Plan disk space for about
-  two copies of the order columns.
-
-Errors keep naming the input: nulls, negative amounts (without refunds)
-and timestamps outside 1970..2262 are checked here, in input order, before
-anything is sorted, so the row named is the first bad row of the input, as
-the presorted path names it. Other errors met by the drivers on the sorted
-copy (an int64 overflow) are translated back to the input's file and row.
+  the order checks) works unchanged. Partitioning keeps input order within
+  a piece, so the sort stays stable.
+* Errors keep naming the input: nulls, negative amounts (without refunds)
+  and timestamps outside 1970..2262 are checked in input order before
+  anything is sorted; other errors met by the drivers on the sorted copy
+  (an int64 overflow) are translated back to the input's file and row.
 """
 import collections
 import contextlib
@@ -738,10 +765,9 @@ def run_sorted(call, orders, columns=None, refunds=False, memory_limit=None, thr
     ``call`` reads the sorted rows with canonical column names (``columns=None``)
     and ``presorted=True``. Read the merchants table before: an error about it
     must not be taken for one about the sorted rows. The bucket path first; an
-    error that names a row of the sorted rows (an int64 overflow) is raised by
-    running the copy path, whose sorted copy knows every row's place in the input.
+    error about the sorted rows (an int64 overflow) is raised by running the
+    copy path, whose sorted copy knows every row's place in the input.
     """
-    label = source_label(orders)
     try:
         with bucketed_input(orders, columns, refunds, memory_limit, threads=threads) as reader:
             try:
@@ -749,9 +775,8 @@ def run_sorted(call, orders, columns=None, refunds=False, memory_limit=None, thr
             except InputError as error:
                 if error.source != IN_MEMORY:
                     raise
-                if error.row is None:
-                    raise type(error)(label, None, error.detail) from error
-                # A row of the sorted stream: the copy path below names it in the input.
+                # About the sorted stream (an int64 overflow, at a row of it or in the threads' sums): the
+                # copy path below meets it again and names the input's row, as it always has.
     except _Fallback:
         pass
     with sorted_input(orders, columns, refunds, memory_limit) as sorted_orders, sorted_orders.translated_errors():
