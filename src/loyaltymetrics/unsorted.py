@@ -21,12 +21,13 @@ The bucket path (``bucketed_input``; the default)
   about ``rows / BUCKET_ROWS`` buckets in key order by a sample of the
   first batch). Each batch's bucketed copy is a *part*; no row index.
 * Parts beyond ``memory_limit`` less ``OVERHEAD_BYTES`` are spilled, the
-  oldest first, to *runs*: private temporary files (a directory of mode
-  0700 under ``tempfile.gettempdir()``, removed when the call returns, also
-  on an error or KeyboardInterrupt), each column bucket after bucket. So
-  peak RSS stays about ``memory_limit`` (measured: 0.96 GiB for 5e7 rows
-  at 1 GiB), whatever the input's size; plan disk for one copy of the
-  order columns.
+  oldest first (a quarter of that budget at a time), as *runs* appended to
+  one private temporary file (in a directory of mode 0700 under
+  ``tempfile.gettempdir()``, removed when the call returns, also on an
+  error or KeyboardInterrupt), each column bucket after bucket. So peak
+  RSS stays about ``memory_limit`` (measured: 0.96 GiB for 5e7 rows at
+  1 GiB; not below about 350 MB), whatever the input's size; plan disk for
+  one copy of the order columns.
 * Consecutive buckets of about ``UNIT_ROWS`` rows (a *unit*, a few MB) are
   gathered — runs first, then parts, so each store-customer's rows are in
   input order — and sorted in cache by ``sort_unit`` (LSD radix on the
@@ -520,32 +521,35 @@ class _Part:
 
 
 class _Run:
-    """Parts spilled to one private file: each column bucket after bucket, each bucket's rows in input order."""
+    """Parts spilled to the spill file: each column bucket after bucket, each bucket's rows in input order.
 
-    def __init__(self, path, parts, plan):
+    Every run is appended to one file (``spill``, a binary file object; its descriptor read with
+    ``pread``): one descriptor however many runs there are.
+    """
+
+    def __init__(self, spill, parts, plan):
         offsets = np.stack([p.offsets for p in parts])
         counts = (offsets[:, 1:] - offsets[:, :-1]).sum(axis=0)
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         rows = int(self.starts[-1])
         self.bases = []
-        self.path = path
-        base = 0
-        with open(path, "wb") as f:
-            for k, dtype in enumerate(plan.dtypes):
-                self.bases.append(base)
-                width = dtype.itemsize
-                addresses = np.array([p.columns[k].ctypes.data for p in parts], np.uint64)
-                b = 0
-                while b < plan.buckets:
-                    # Buckets [b, e): at most COPY_BYTES, at least one bucket.
-                    e = max(b + 1, int(np.searchsorted(self.starts, self.starts[b] + COPY_BYTES // width, "right")) - 1)
-                    e = min(e, plan.buckets)
-                    piece = _mapped_empty(int(self.starts[e] - self.starts[b]) * width, np.uint8)
-                    _radix.copy_ranges(piece, addresses, offsets, width, b, e, True)
-                    f.write(piece)
-                    b = e
-                base += rows * width
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.spill = spill
+        base = spill.seek(0, os.SEEK_END)
+        for k, dtype in enumerate(plan.dtypes):
+            self.bases.append(base)
+            width = dtype.itemsize
+            addresses = np.array([p.columns[k].ctypes.data for p in parts], np.uint64)
+            b = 0
+            while b < plan.buckets:
+                # Buckets [b, e): at most COPY_BYTES, at least one bucket.
+                e = max(b + 1, int(np.searchsorted(self.starts, self.starts[b] + COPY_BYTES // width, "right")) - 1)
+                e = min(e, plan.buckets)
+                piece = _mapped_empty(int(self.starts[e] - self.starts[b]) * width, np.uint8)
+                _radix.copy_ranges(piece, addresses, offsets, width, b, e, True)
+                spill.write(piece)
+                b = e
+            base += rows * width
+        spill.flush()
 
     def rows(self, b0, b1):
         return int(self.starts[b1] - self.starts[b0])
@@ -556,13 +560,10 @@ class _Run:
         view = memoryview(out)
         done = 0
         while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], offset + done)
+            got = os.preadv(self.spill.fileno(), [view[done:]], offset + done)
             if got <= 0:
-                raise OSError(f"spill file {self.path} ended early")
+                raise OSError(f"spill file {self.spill.name} ended early")
             done += got
-
-    def close(self):
-        os.close(self.fd)
 
 
 def _bucket_fits(plan, batch):
@@ -575,7 +576,7 @@ class _Buckets:
 
     def __init__(self, orders, columns, refunds, stop_error, threads, memory_limit, tmp):
         self.parts, self.runs, self.plan = [], [], None
-        self.tmp = tmp
+        self.tmp, self.spill_file = tmp, None
         self._local = threading.local()
         try:
             self._partition(orders, columns, refunds, stop_error, threads, memory_limit)
@@ -626,20 +627,21 @@ class _Buckets:
         """
         if self.tmp is None:
             self.tmp = tempfile.mkdtemp(prefix="loyaltymetrics-unsorted-")   # mode 0700: private
-        path = os.path.join(self.tmp, f"run-{len(self.runs)}.bin")
+            self.spill_file = open(os.path.join(self.tmp, "runs.bin"), "w+b")
         count, spilled = 0, 0
         while count < len(self.parts) and spilled < size:
             spilled += sum(a.nbytes for a in self.parts[count].columns)
             count += 1
-        self.runs.append(_Run(path, self.parts[:count], self.plan))
+        self.runs.append(_Run(self.spill_file, self.parts[:count], self.plan))
         del self.parts[:count]
         return spilled
 
     def close(self):
-        """Close and remove the spill files (idempotent)."""
-        for run in self.runs:
+        """Close and remove the spill file (idempotent)."""
+        if self.spill_file is not None:
             with contextlib.suppress(OSError):
-                run.close()
+                self.spill_file.close()
+            self.spill_file = None
         self.runs, self.parts = [], []
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
