@@ -26,7 +26,7 @@ The bucket path (``bucketed_input``; the default)
   ``tempfile.gettempdir()``, removed when the call returns, also on an
   error or KeyboardInterrupt), each column bucket after bucket. So peak
   RSS stays about ``memory_limit`` (measured: 0.96 GiB for 5e7 rows at
-  1 GiB; not below about 350 MB), whatever the input's size; plan disk for
+  1 GiB; not below about 450 MB), whatever the input's size; plan disk for
   one copy of the order columns.
 * Consecutive buckets of about ``UNIT_ROWS`` rows (a *unit*, a few MB) are
   gathered — runs first, then parts, so each store-customer's rows are in
@@ -414,7 +414,7 @@ UNIT_ROWS = 1 << 16       # consecutive buckets are sorted and fed together up t
 COPY_BYTES = 16 << 20     # spill files are written in pieces of this size
 # Peak RSS beyond the rows held (measured): the interpreter and libraries, row groups being decoded, units being
 # sorted and the driver's window. memory_limit minus this is what the partitioned rows may take before they spill.
-OVERHEAD_BYTES = 384 << 20
+OVERHEAD_BYTES = 448 << 20
 
 
 def _mapped_empty(n, dtype):
