@@ -345,3 +345,25 @@ def test_parquet_with_and_without_statistics_uses_the_buckets(statistics, tmp_pa
         for limit in (None, 100_000):
             assert lm.compute(path, by=["merchant"], period="month", presorted=False,
                               memory_limit=limit).equals(expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_overflow_late_in_the_stream_names_the_input_row(threads, spill_dir):
+    """An overflow met after many sorted units (sort threads still running) names its input row; nothing is left."""
+    rng = np.random.default_rng(13)
+    n = 20_000
+    merchant = rng.integers(0, 50, n)
+    amount = rng.integers(0, 100, n)
+    big = np.flatnonzero(merchant == 49)[:3]
+    amount[big] = 2**62   # the third of these overflows merchant 49's revenue, late in key order
+    table = pa.table({"merchant_id": merchant, "customer_id": rng.integers(0, 100, n),
+                      "order_ts": pa.array(rng.integers(0, 10**6, n), pa.timestamp("s")), "amount": amount})
+    # Expected: the presorted path on the stably sorted rows, its row mapped back through the sort.
+    order = sorted(range(n), key=lambda i: (int(merchant[i]), int(table["customer_id"][i].as_py()),
+                                            int(table["order_ts"][i].value)))
+    with pytest.raises(lm.errors.AmountOverflowError) as presorted:
+        lm.compute(table.take(pa.array(order)), threads=1)
+    for limit in (None, 5000):
+        with _small_buckets(), pytest.raises(lm.errors.AmountOverflowError) as error:
+            lm.compute(table, threads=threads, presorted=False, memory_limit=limit)
+        assert error.value.source == "<table>" and error.value.row == order[presorted.value.row]

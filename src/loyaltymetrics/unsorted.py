@@ -511,6 +511,12 @@ class _Plan:
         self.key_dtypes = (sample.merchant_id.dtype, sample.customer_id.dtype, sample.order_ts.dtype)
         self.units_per_day, self.dates = sample.units_per_day, sample.dates
         self.dtypes = self.key_dtypes + (np.dtype(np.int64), np.dtype(np.uint8))
+        ts_type = (pa.date32() if self.units_per_day == 1 else pa.date64()) if self.dates else \
+            pa.timestamp(_UNIT_OF[self.units_per_day])
+        key_type = {np.dtype(np.int32): pa.int32(), np.dtype(np.int64): pa.int64()}
+        self.schema = pa.schema([("merchant_id", key_type[self.key_dtypes[0]]),
+                                 ("customer_id", key_type[self.key_dtypes[1]]), ("order_ts", ts_type),
+                                 ("amount", pa.int64()), ("reward", pa.bool_())])
 
 
 class _Part:
@@ -693,17 +699,11 @@ class _Buckets:
             for j, (column, dtype) in enumerate(zip(columns, plan.dtypes)):
                 _radix.copy_ranges(column[pos:].view(np.uint8), addresses[j], offsets, dtype.itemsize, b0, b1, False)
         m, c, ts, amount, reward = _sort_columns(columns, (plan.mlo, plan.clo, plan.cbits), work)
-        ts_type = (pa.date32() if plan.units_per_day == 1 else pa.date64()) if plan.dates else \
-            pa.timestamp(_UNIT_OF[plan.units_per_day])
-        key_type = {np.dtype(np.int32): pa.int32(), np.dtype(np.int64): pa.int64()}
         bits = np.packbits(reward, bitorder="little")
-        return pa.record_batch([
-            pa.Array.from_buffers(key_type[m.dtype], n, [None, pa.py_buffer(m)]),
-            pa.Array.from_buffers(key_type[c.dtype], n, [None, pa.py_buffer(c)]),
-            pa.Array.from_buffers(ts_type, n, [None, pa.py_buffer(ts)]),
-            pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(amount)]),
-            pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(bits)]),
-        ], names=_SCHEMA_NAMES)
+        return pa.RecordBatch.from_arrays([
+            pa.Array.from_buffers(field.type, n, [None, pa.py_buffer(values)])
+            for field, values in zip(plan.schema, (m, c, ts, amount, bits))
+        ], schema=plan.schema)
 
     def batches(self, threads):
         """The sorted units in key order, sorted ``threads`` at a time ahead of the one taken."""
@@ -762,9 +762,6 @@ def _sort_columns(columns, packing=None, work=None):
     return out
 
 
-_SCHEMA_NAMES = ["merchant_id", "customer_id", "order_ts", "amount", "reward"]
-
-
 @contextlib.contextmanager
 def bucketed_input(orders, columns=None, refunds=False, memory_limit=None, stop_error=None, threads=None):
     """Context manager: a ``RecordBatchReader`` of ``orders`` sorted stably, through range buckets.
@@ -783,9 +780,12 @@ def bucketed_input(orders, columns=None, refunds=False, memory_limit=None, stop_
         buckets = _Buckets(orders, columns, refunds, stop_error, threads, memory_limit, None)
         if buckets.plan is None:   # no rows
             raise _Fallback
-        first = buckets.sorted_unit(0, 0, 0, [np.zeros(0, np.uint64)] * 5, np.zeros((0, buckets.plan.buckets + 1),
-                                                                                      np.int64))
-        yield pa.RecordBatchReader.from_batches(first.schema, buckets.batches(threads))
+        batches = buckets.batches(threads)
+        try:
+            yield pa.RecordBatchReader.from_batches(buckets.plan.schema, batches)
+        finally:
+            # Its sort threads are joined before the parts they copy from are let go.
+            batches.close()
     finally:
         if buckets is not None:
             buckets.close()
