@@ -427,7 +427,8 @@ def _mapped_empty(n, dtype):
     dtype = np.dtype(dtype)
     if n * dtype.itemsize < 4 << 20:   # NumPy's threshold (and no mapping a small array: there are 65530)
         return np.empty(n, dtype)
-    return np.frombuffer(mmap.mmap(-1, n * dtype.itemsize), dtype, count=n)
+    mapping = mmap.mmap(-1, n * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)   # not shared memory
+    return np.frombuffer(mapping, dtype, count=n)
 
 
 class _Fallback(Exception):
