@@ -14,7 +14,7 @@ customer_id) key, each bucket keeping input order.
 """
 import numpy as np
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -207,22 +207,29 @@ ctypedef fused key_t:
     int64_t
 
 
+ctypedef fused rel_t:
+    uint32_t
+    uint64_t
+
+
 def scatter(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const int64_t[::1] amount,
             const uint8_t[::1] reward_bits, Py_ssize_t reward_offset,
             int64_t mlo, int64_t mhi, int64_t clo, int64_t chi, int cbits, int shift,
-            const uint16_t[::1] table, uint16_t[::1] bucket_of,
-            key_m[::1] out_m, key_c[::1] out_c, key_t[::1] out_ts, int64_t[::1] out_amount,
-            uint8_t[::1] out_reward, int64_t[::1] offsets, int64_t ts_max, bint negative_amounts):
+            const uint16_t[::1] table, const uint64_t[::1] bases, uint16_t[::1] bucket_of,
+            rel_t[::1] out_key, key_t[::1] out_ts, int64_t[::1] out_amount, uint8_t[::1] out_reward,
+            int64_t[::1] offsets, int64_t ts_max, bint negative_amounts):
     """Counting-sort the rows into buckets ``table[packed key >> shift]``, stably (input order kept).
 
-    The packed key is ``(m - mlo) << cbits | (c - clo)``. ``offsets`` (buckets + 1) receives each
-    bucket's first row in the outputs; ``out_reward`` one byte (0 or 1) per row. Returns -1 when all is
-    done; else, with the outputs not filled, ``2 * row`` for the first row with ``ts`` outside ``[0,
-    ts_max]`` or (unless ``negative_amounts``) a negative amount, ``2 * row + 1`` for the first row
-    whose key is outside ``[mlo, mhi] x [clo, chi]``, whichever comes first.
+    The packed key is ``(m - mlo) << cbits | (c - clo)``; ``out_key`` receives it less its bucket's
+    ``bases[b]`` (the caller has checked that every bucket's keys fit ``rel_t``). ``offsets``
+    (buckets + 1) receives each bucket's first row in the outputs; ``out_reward`` one byte (0 or 1) per
+    row. Returns -1 when all is done; else, with the outputs not filled, ``2 * row`` for the first row
+    with ``ts`` outside ``[0, ts_max]`` or (unless ``negative_amounts``) a negative amount,
+    ``2 * row + 1`` for the first row whose key is outside ``[mlo, mhi] x [clo, chi]``, whichever
+    comes first.
     """
     cdef Py_ssize_t n = m.shape[0], i, nb = offsets.shape[0] - 1, p
-    cdef int64_t mi, ci, total, k, t
+    cdef int64_t mi, ci, k, t
     cdef uint64_t key
     cdef uint16_t b
     cdef int64_t *cursor
@@ -258,14 +265,31 @@ def scatter(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const i
             b = bucket_of[i]
             p = cursor[b]
             cursor[b] = p + 1
-            out_m[p] = m[i]
-            out_c[p] = c[i]
+            key = (((<uint64_t>m[i]) - <uint64_t>mlo) << cbits) | ((<uint64_t>c[i]) - <uint64_t>clo)
+            out_key[p] = <rel_t>(key - bases[b])
             out_ts[p] = ts[i]
             out_amount[p] = amount[i]
             k = reward_offset + i
             out_reward[p] = (reward_bits[k >> 3] >> (k & 7)) & 1
         free(cursor)
     return -1
+
+
+def rebase(uint64_t[::1] dst, const rel_t[::1] src, const int64_t[::1] starts, const uint64_t[::1] bases,
+           Py_ssize_t b0, Py_ssize_t b1):
+    """``dst[i] = src[i] + bases[b]`` for the rows of buckets ``[b0, b1)`` (bucket after bucket in
+    ``src``, bucket ``b`` being ``starts[b + 1] - starts[b]`` rows): relative keys back to keys."""
+    cdef Py_ssize_t b, i, pos = 0, k
+    cdef uint64_t base
+    if starts[b1] - starts[b0] > dst.shape[0] or starts[b1] - starts[b0] > src.shape[0]:
+        raise ValueError("bad ranges")
+    with nogil:
+        for b in range(b0, b1):
+            base = bases[b]
+            k = starts[b + 1] - starts[b]
+            for i in range(pos, pos + k):
+                dst[i] = <uint64_t>src[i] + base
+            pos += k
 
 
 def copy_ranges(uint8_t[::1] dst, const uint64_t[::1] addresses, const int64_t[:, ::1] offsets,
@@ -314,25 +338,25 @@ cdef inline void _move_row(key_m[::1] m, key_c[::1] c, key_t[::1] ts, int64_t[::
     reward[dst] = reward[src]
 
 
-def sort_unit(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const int64_t[::1] amount,
+def sort_unit(const uint64_t[::1] key, const key_t[::1] ts, const int64_t[::1] amount,
               const uint8_t[::1] reward, key_m[::1] out_m, key_c[::1] out_c, key_t[::1] out_ts,
               int64_t[::1] out_amount, uint8_t[::1] out_reward, uint64_t[::1] work, uint64_t[::1] spare,
               int64_t[::1] long_runs, int64_t mlo, int64_t clo, int cbits):
-    """Write the rows sorted stably by (m, c, ts) to the outputs; returns the number of long runs, or -1.
+    """Write the rows sorted stably by (key, ts) to the outputs; returns the number of long runs, or -1.
 
-    The rows' key ``(m - mlo) << cbits | (c - clo)`` must fit in 64 bits (the caller's packing, the same
-    for every unit). One LSD radix sort (up to twelve bits a pass, passes whose digit is the same for
-    every row skipped) of the key less the unit's least key, with the row index below it; a gather of
-    the five columns; then an insertion sort by ``ts`` of each store-customer's rows. Runs of over 64
-    rows are left in input order and their ``(start, end)`` written to ``long_runs`` (room for
-    ``n // 65 + 1`` pairs) for the caller to sort by ``ts``. -1 when the key span and the index do not
-    pack into 64 bits (nothing is written).
+    ``key`` is ``(m - mlo) << cbits | (c - clo)``; the outputs get m and c back from it. One LSD radix
+    sort (up to twelve bits a pass, passes whose digit is the same for every row skipped) of the key
+    less the unit's least key, with the row index below it; a gather of the columns; then an
+    insertion sort by ``ts`` of each store-customer's rows. Runs of over 64 rows are left in input
+    order and their ``(start, end)`` written to ``long_runs`` (room for ``n // 65 + 1`` pairs) for the
+    caller to sort by ``ts``. -1 when the key span and the index do not pack into 64 bits (nothing is
+    written).
     """
-    cdef Py_ssize_t n = m.shape[0], i, j, start, end, found = 0
+    cdef Py_ssize_t n = key.shape[0], i, j, start, end, found = 0
     cdef int64_t t
     cdef int bits, index_bits, shift, passes, p, digit
-    cdef uint64_t radix, kmin, kmax
-    cdef uint64_t mask, key, d
+    cdef uint64_t radix, kmin, kmax, k
+    cdef uint64_t mask, cmask, d
     cdef uint64_t *src
     cdef uint64_t *dst
     cdef uint64_t *tmp
@@ -347,12 +371,11 @@ def sort_unit(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const
         kmin = <uint64_t>0 - 1
         kmax = 0
         for i in range(n):
-            key = ((((<uint64_t>m[i]) - <uint64_t>mlo) << cbits) | ((<uint64_t>c[i]) - <uint64_t>clo))
-            work[i] = key
-            if key < kmin:
-                kmin = key
-            if key > kmax:
-                kmax = key
+            k = key[i]
+            if k < kmin:
+                kmin = k
+            if k > kmax:
+                kmax = k
         bits = _bit_length(kmax - kmin)
         index_bits = _bit_length(<uint64_t>(n - 1))
     if bits + index_bits > 64:
@@ -362,16 +385,17 @@ def sort_unit(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const
         raise MemoryError()
     with nogil:
         mask = ((<uint64_t>1) << index_bits) - 1 if index_bits < 64 else <uint64_t>0 - 1
+        cmask = ((<uint64_t>1) << cbits) - 1 if cbits < 64 else <uint64_t>0 - 1
         # As few passes as digits of up to UNIT_DIGIT_BITS allow, the digits as narrow as they can be.
         passes = (bits + UNIT_DIGIT_BITS - 1) // UNIT_DIGIT_BITS
         digit = (bits + passes - 1) // passes if passes else 1
         radix = (<uint64_t>1) << digit
         memset(count, 0, 6 * UNIT_BUCKETS * sizeof(int64_t))
         for i in range(n):
-            key = work[i] - kmin
-            work[i] = (key << index_bits) | <uint64_t>i
+            k = key[i] - kmin
+            work[i] = (k << index_bits) | <uint64_t>i
             for p in range(passes):
-                count[p * UNIT_BUCKETS + ((key >> (p * digit)) & (radix - 1))] += 1
+                count[p * UNIT_BUCKETS + ((k >> (p * digit)) & (radix - 1))] += 1
         src, dst = &work[0], &spare[0]
         for p in range(passes):
             shift = index_bits + p * digit
@@ -393,17 +417,18 @@ def sort_unit(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const
             dst = tmp
         for i in range(n):
             j = <Py_ssize_t>(src[i] & mask)
-            out_m[i] = m[j]
-            out_c[i] = c[j]
+            k = key[j]
+            out_m[i] = <key_m>(<int64_t>((k >> cbits) if cbits < 64 else 0) + mlo)
+            out_c[i] = <key_c>(<int64_t>(k & cmask) + clo)
             out_ts[i] = ts[j]
             out_amount[i] = amount[j]
             out_reward[i] = reward[j]
         # Each store-customer's rows (equal keys, in input order) by ts: insertion sort, stable.
         start = 0
         while start < n:
-            key = src[start] >> index_bits
+            k = src[start] >> index_bits
             end = start + 1
-            while end < n and (src[end] >> index_bits) == key:
+            while end < n and (src[end] >> index_bits) == k:
                 end += 1
             if end - start > 64:
                 long_runs[2 * found] = start

@@ -509,9 +509,18 @@ class _Plan:
         weights = counts + max(1.0, len(m)) / cells * 0.1
         start = np.cumsum(weights) - weights
         self.table = np.minimum(start * (self.buckets / weights.sum()), self.buckets - 1).astype(np.uint16)
+        # Bucket b holds the keys of its cells, [first << shift, (last + 1) << shift): stored less its
+        # base, first << shift, in 32 bits when every bucket's span fits (5e7 rows: 35-bit keys).
+        b = np.arange(self.buckets)
+        first = np.searchsorted(self.table, b, "left")
+        last = np.searchsorted(self.table, b, "right") - 1
+        self.bases = (np.minimum(first, cells - 1).astype(np.uint64) << np.uint64(self.shift))
+        span = max((int(hi) + 1 - int(lo)) << self.shift for lo, hi in zip(first, last) if hi >= lo)
+        self.rel_dtype = np.dtype(np.uint32 if span <= 1 << 32 else np.uint64)
         self.key_dtypes = (sample.merchant_id.dtype, sample.customer_id.dtype, sample.order_ts.dtype)
         self.units_per_day, self.dates = sample.units_per_day, sample.dates
-        self.dtypes = self.key_dtypes + (np.dtype(np.int64), np.dtype(np.uint8))
+        # The partitioned columns: relative key, order_ts, amount, reward (one byte).
+        self.dtypes = (self.rel_dtype, self.key_dtypes[2], np.dtype(np.int64), np.dtype(np.uint8))
         ts_type = (pa.date32() if self.units_per_day == 1 else pa.date64()) if self.dates else \
             pa.timestamp(_UNIT_OF[self.units_per_day])
         key_type = {np.dtype(np.int32): pa.int32(), np.dtype(np.int64): pa.int64()}
@@ -617,7 +626,7 @@ class _Buckets:
             offsets = np.empty(plan.buckets + 1, np.int64)
             bad = _radix.scatter(batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
                                  batch.reward_bits, batch.reward_offset, plan.mlo, plan.mhi, plan.clo, plan.chi,
-                                 plan.cbits, plan.shift, plan.table, bucket_of[:n], *out, offsets,
+                                 plan.cbits, plan.shift, plan.table, plan.bases, bucket_of[:n], *out, offsets,
                                  periods.ts_max(batch.units_per_day), refunds)
             if bad >= 0:
                 if bad % 2 == 0:   # a bad row, the first of the input: the checker words its error
@@ -674,7 +683,8 @@ class _Buckets:
             b0 = b1
 
     def _scratch(self, n):
-        """This thread's gather columns and radix arrays for ``n`` rows, reused from unit to unit.
+        """This thread's gather arrays (key, order_ts, amount, reward, relative keys) and radix arrays for
+        ``n`` rows, reused from unit to unit.
 
         Fresh arrays for every unit cost page faults (a third of the sort's time on a VM whose free
         memory is handed back to the host); the sorted columns themselves are new, the drivers keep them.
@@ -682,33 +692,46 @@ class _Buckets:
         local = self._local
         if getattr(local, "capacity", -1) < n:
             local.capacity = capacity = max(n, int(getattr(local, "capacity", 0) * 1.5))
-            local.columns = [np.empty(capacity, dtype) for dtype in self.plan.dtypes]
+            dtypes = (np.uint64,) + self.plan.dtypes[1:] + (self.plan.rel_dtype,)
+            local.columns = [np.empty(capacity, dtype) for dtype in dtypes]
             local.work = (np.empty(capacity, np.uint64), np.empty(capacity, np.uint64))
         return [a[:n] for a in local.columns], tuple(a[:n] for a in local.work)
 
     def sorted_unit(self, b0, b1, n, addresses, offsets):
-        """Buckets ``[b0, b1)`` sorted stably by (merchant_id, customer_id, order_ts), as a RecordBatch."""
+        """Buckets ``[b0, b1)`` sorted stably by (merchant_id, customer_id, order_ts), as a RecordBatch.
+
+        Gathered bucket after bucket, each bucket's rows from the runs (in spill order) then from the
+        parts (in input order): every store-customer's rows in input order.
+        """
         plan = self.plan
-        columns, work = self._scratch(n)
+        (key, *columns, relative), work = self._scratch(n)
+        width = plan.rel_dtype.itemsize
         pos = 0
         for run in self.runs:   # spilled rows came first in the input
             k = run.rows(b0, b1)
-            for j, (column, dtype) in enumerate(zip(columns, plan.dtypes)):
+            run.read(0, width, b0, b1, relative[:k].view(np.uint8))
+            _radix.rebase(key[pos:pos + k], relative[:k], run.starts, plan.bases, b0, b1)
+            for j, (column, dtype) in enumerate(zip(columns, plan.dtypes[1:]), 1):
                 run.read(j, dtype.itemsize, b0, b1, column[pos:pos + k].view(np.uint8))
             pos += k
         if self.parts:
-            for j, (column, dtype) in enumerate(zip(columns, plan.dtypes)):
-                _radix.copy_ranges(column[pos:].view(np.uint8), addresses[j], offsets, dtype.itemsize, b0, b1, False)
-        m, c, ts, amount, reward = _sort_columns(columns, (plan.mlo, plan.clo, plan.cbits), work)
-        bits = np.packbits(reward, bitorder="little")
+            k = n - pos
+            _radix.copy_ranges(relative[:k].view(np.uint8), addresses[0], offsets, width, b0, b1, True)
+            starts = np.concatenate([[0], np.cumsum((offsets[:, b0 + 1:b1 + 1] - offsets[:, b0:b1]).sum(axis=0))])
+            _radix.rebase(key[pos:], relative[:k], np.concatenate([np.zeros(b0, np.int64), starts]),
+                          plan.bases, b0, b1)
+            for j, (column, dtype) in enumerate(zip(columns, plan.dtypes[1:]), 1):
+                _radix.copy_ranges(column[pos:].view(np.uint8), addresses[j], offsets, dtype.itemsize, b0, b1, True)
+        out = _sort_keys(key, *columns, plan, work)
+        out[4] = np.packbits(out[4], bitorder="little")
         return pa.RecordBatch.from_arrays([
             pa.Array.from_buffers(field.type, n, [None, pa.py_buffer(values)])
-            for field, values in zip(plan.schema, (m, c, ts, amount, bits))
+            for field, values in zip(plan.schema, out)
         ], schema=plan.schema)
 
     def batches(self, threads):
         """The sorted units in key order, sorted ``threads`` at a time ahead of the one taken."""
-        addresses = [np.array([p.columns[j].ctypes.data for p in self.parts], np.uint64) for j in range(5)]
+        addresses = [np.array([p.columns[j].ctypes.data for p in self.parts], np.uint64) for j in range(4)]
         offsets = np.stack([p.offsets for p in self.parts]) if self.parts else None
         units = self.units()
         if threads <= 1:
@@ -729,38 +752,52 @@ class _Buckets:
                     future.cancel()
 
 
-def _sort_columns(columns, packing=None, work=None):
-    """(merchant_id, customer_id, order_ts, amount, reward) sorted stably by the first three, as new arrays.
+def _sort_keys(key, ts, amount, reward, packing, work=None):
+    """(merchant_id, customer_id, order_ts, amount, reward) of the rows sorted stably by (key, ts), new arrays.
 
-    ``packing``: ``(mlo, clo, cbits)`` that pack every (merchant_id, customer_id) of the columns into 64
-    bits (a ``_Plan``'s), or None to find one here. ``work``: two uint64 arrays of the rows' length
-    for the radix sort, else new ones.
+    ``key``: uint64 ``(merchant_id - mlo) << cbits | (customer_id - clo)`` by ``packing`` (a ``_Plan``:
+    its ``mlo``, ``clo``, ``cbits`` and the ids' ``key_dtypes``). ``work``: two uint64 arrays of the
+    rows' length for the radix sort, else new ones.
     """
-    n = len(columns[0])
-    if packing is None and n:
-        m, c = columns[0], columns[1]
-        mlo, clo = int(m.min()), int(c.min())
-        cbits = (int(c.max()) - clo).bit_length()
-        if (int(m.max()) - mlo).bit_length() + cbits <= 64:
-            packing = mlo, clo, cbits
-    out = [np.empty(n, column.dtype) for column in columns]
+    n = len(key)
+    m_dtype, c_dtype = packing.key_dtypes[:2]
+    out = [np.empty(n, m_dtype), np.empty(n, c_dtype)] + [np.empty(n, a.dtype) for a in (ts, amount, reward)]
     long_runs = np.empty(2 * (n // 65 + 1), np.int64)
-    found = -1
-    if packing is not None or n == 0:
-        work = work or (np.empty(n, np.uint64), np.empty(n, np.uint64))
-        found = _radix.sort_unit(*columns, *out, *work, long_runs, *(packing or (0, 0, 0)))
-    if found < 0:   # the keys and the row index do not pack into 64 bits
-        m, c, ts = columns[:3]
+    work = work or (np.empty(n, np.uint64), np.empty(n, np.uint64))
+    found = _radix.sort_unit(key, ts, amount, reward, *out, *work, long_runs, packing.mlo, packing.clo,
+                             packing.cbits)
+    if found < 0:   # the key span and the row index do not pack into 64 bits
+        m = (key >> np.uint64(packing.cbits) if packing.cbits < 64 else np.zeros(n, np.uint64)).view(np.int64)
+        c = (key & np.uint64((1 << packing.cbits) - 1)).view(np.int64)
+        m, c = (m + packing.mlo).astype(m_dtype), (c + packing.clo).astype(c_dtype)
         order = _radix.grouped_order(m, c, ts)
         if order is None:
             order = _radix.stable_order([m, c, ts])
-        return [np.take(a, order) for a in columns]
+        return [np.take(a, order) for a in (m, c, ts, amount, reward)]
     for k in range(found):   # store-customers of over 64 rows: by ts, stably
         a, b = long_runs[2 * k], long_runs[2 * k + 1]
         within = np.argsort(out[2][a:b], kind="stable")
         for column in out:
             column[a:b] = column[a:b][within]
     return out
+
+
+def _sort_columns(columns):
+    """(merchant_id, customer_id, order_ts, amount, reward) sorted stably by the first three, as new arrays."""
+    import types
+
+    m, c, ts, amount, reward = columns
+    if not len(m):
+        return [a.copy() for a in columns]
+    mlo, clo = int(m.min()), int(c.min())
+    cbits = (int(c.max()) - clo).bit_length()
+    if (int(m.max()) - mlo).bit_length() + cbits > 64:
+        order = _radix.stable_order([m, c, ts])
+        return [np.take(a, order) for a in columns]
+    key = ((m.astype(np.int64).view(np.uint64) - np.uint64(mlo % (1 << 64))) << np.uint64(cbits)) | (
+        c.astype(np.int64).view(np.uint64) - np.uint64(clo % (1 << 64)))
+    packing = types.SimpleNamespace(mlo=mlo, clo=clo, cbits=cbits, key_dtypes=(m.dtype, c.dtype))
+    return _sort_keys(key, ts, amount, reward, packing)
 
 
 @contextlib.contextmanager
