@@ -215,13 +215,17 @@ ctypedef fused rel_t:
 def scatter(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const int64_t[::1] amount,
             const uint8_t[::1] reward_bits, Py_ssize_t reward_offset,
             int64_t mlo, int64_t mhi, int64_t clo, int64_t chi, int cbits, int shift,
-            const uint16_t[::1] table, const uint64_t[::1] bases, uint16_t[::1] bucket_of,
+            const uint16_t[::1] first, const uint16_t[::1] last, const uint64_t[::1] bases,
+            uint16_t[::1] bucket_of,
             rel_t[::1] out_key, key_t[::1] out_ts, int64_t[::1] out_amount, uint8_t[::1] out_reward,
             int64_t[::1] offsets, int64_t ts_max, bint negative_amounts):
-    """Counting-sort the rows into buckets ``table[packed key >> shift]``, stably (input order kept).
+    """Counting-sort the rows into range buckets of their packed key, stably (input order kept).
 
-    The packed key is ``(m - mlo) << cbits | (c - clo)``; ``out_key`` receives it less its bucket's
-    ``bases[b]`` (the caller has checked that every bucket's keys fit ``rel_t``). ``offsets``
+    The packed key is ``(m - mlo) << cbits | (c - clo)``; bucket ``b`` holds the keys from ``bases[b]``
+    (increasing, ``bases[0]`` 0) to the next base. The keys of cell ``key >> shift`` lie in buckets
+    ``first[cell]`` to ``last[cell]``: usually one, else a binary search of their bases finds it.
+    ``out_key`` receives the key less its bucket's base (the caller has checked that every bucket's
+    keys fit ``rel_t``). ``offsets``
     (buckets + 1) receives each bucket's first row in the outputs; ``out_reward`` one byte (0 or 1) per
     row. Returns -1 when all is done; else, with the outputs not filled, ``2 * row`` for the first row
     with ``ts`` outside ``[0, ts_max]`` or (unless ``negative_amounts``) a negative amount,
@@ -230,8 +234,9 @@ def scatter(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const i
     """
     cdef Py_ssize_t n = m.shape[0], i, nb = offsets.shape[0] - 1, p
     cdef int64_t mi, ci, k, t
-    cdef uint64_t key
+    cdef uint64_t key, cell
     cdef uint16_t b
+    cdef Py_ssize_t lo, hi, mid
     cdef int64_t *cursor
     cdef Py_ssize_t bad = -1
     with nogil:
@@ -248,7 +253,16 @@ def scatter(const key_m[::1] m, const key_c[::1] c, const key_t[::1] ts, const i
                 bad = 2 * i + 1
                 break
             key = (((<uint64_t>mi) - <uint64_t>mlo) << cbits) | ((<uint64_t>ci) - <uint64_t>clo)
-            b = table[key >> shift]
+            cell = key >> shift
+            lo = first[cell]
+            hi = last[cell]
+            while lo < hi:   # the last bucket whose base is at or below key
+                mid = (lo + hi + 1) >> 1
+                if bases[mid] <= key:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            b = <uint16_t>lo
             bucket_of[i] = b
             offsets[b + 1] += 1
     if bad >= 0:

@@ -16,10 +16,14 @@ The bucket path (``bucketed_input``; the default)
   reader's threads, ahead of this one): the Cython ``scatter`` checks each
   row's amount and order_ts in input order (the first bad row of the input
   is named, as the presorted path names it; nulls are ``order_batches``')
-  and counting-sorts the batch's 25 bytes a row (int32 keys) into range
-  buckets of the packed key (``table[key >> shift]``: 2**16 cells given to
-  about ``rows / BUCKET_ROWS`` buckets in key order by a sample of the
-  first batch). Each batch's bucketed copy is a *part*; no row index.
+  and counting-sorts the rows into about ``rows / BUCKET_ROWS`` range
+  buckets of the packed key, starting at quantiles of a sample of the
+  first batch's keys (so a heavy merchant spreads over many buckets),
+  found through a table of 2**16 cells of the key (a binary search only in
+  cells that hold several buckets). A row takes 21 bytes (int32 ids): the
+  key less its bucket's first key in 32 bits (when every bucket's span
+  fits, else 64), order_ts, amount and a reward byte. Each batch's bucketed
+  copy is a *part*; no row index.
 * Parts beyond ``memory_limit`` less ``OVERHEAD_BYTES`` are spilled, the
   oldest first (a quarter of that budget at a time), as *runs* appended to
   one private temporary file (in a directory of mode 0700 under
@@ -486,7 +490,7 @@ def _parquet_bounds(files, merchant, customer):
 
 
 class _Plan:
-    """How rows map to buckets: ``table[((m - mlo) << cbits | (c - clo)) >> shift]``, monotone in the key."""
+    """How rows map to range buckets of their packed key ``(m - mlo) << cbits | (c - clo)`` (see ``_sort.scatter``)."""
 
     def __init__(self, bounds, sample, total):
         self.mlo, self.mhi, self.clo, self.chi = bounds
@@ -503,19 +507,20 @@ class _Plan:
         m, c = m[inside].astype(np.int64), c[inside].astype(np.int64)
         keys = (((m.view(np.uint64) - np.uint64(self.mlo % (1 << 64))) << np.uint64(self.cbits))
                 | (c.view(np.uint64) - np.uint64(self.clo % (1 << 64))))
-        counts = np.bincount((keys >> np.uint64(self.shift)).astype(np.int64), minlength=cells)[:cells]
-        # Cells are given to buckets in key order by the sample's counts, plus a little for every cell
-        # (unsampled keys): any monotone table sorts correctly, a good one balances the buckets.
-        weights = counts + max(1.0, len(m)) / cells * 0.1
-        start = np.cumsum(weights) - weights
-        self.table = np.minimum(start * (self.buckets / weights.sum()), self.buckets - 1).astype(np.uint16)
-        # Bucket b holds the keys of its cells, [first << shift, (last + 1) << shift): stored less its
-        # base, first << shift, in 32 bits when every bucket's span fits (5e7 rows: 35-bit keys).
-        b = np.arange(self.buckets)
-        first = np.searchsorted(self.table, b, "left")
-        last = np.searchsorted(self.table, b, "right") - 1
-        self.bases = (np.minimum(first, cells - 1).astype(np.uint64) << np.uint64(self.shift))
-        span = max((int(hi) + 1 - int(lo)) << self.shift for lo, hi in zip(first, last) if hi >= lo)
+        # Buckets start at quantiles of the sample's keys (distinct: one store-customer is never split),
+        # so a heavy merchant's customers spread over many buckets. Any increasing bases sort correctly;
+        # good ones balance the buckets.
+        keys = np.unique(np.sort(keys)[(np.arange(1, self.buckets) * len(keys)) // self.buckets]) if len(keys) \
+            else np.zeros(0, np.uint64)
+        self.bases = np.concatenate([[0], keys[keys > 0]]).astype(np.uint64)
+        self.buckets = len(self.bases)
+        # Cell c (keys [c << shift, (c + 1) << shift)) lies in buckets first[c] .. last[c].
+        edges = np.arange(cells, dtype=np.uint64) << np.uint64(self.shift)
+        self.first = (np.searchsorted(self.bases, edges, "right") - 1).astype(np.uint16)
+        ends = edges + np.uint64((1 << self.shift) - 1)
+        self.last = (np.searchsorted(self.bases, ends, "right") - 1).astype(np.uint16)
+        top = ((self.mhi - self.mlo) << self.cbits | (self.chi - self.clo)) + 1   # one past the largest key
+        span = max(int(b) - int(a) for a, b in zip(self.bases, list(self.bases[1:]) + [top]))
         self.rel_dtype = np.dtype(np.uint32 if span <= 1 << 32 else np.uint64)
         self.key_dtypes = (sample.merchant_id.dtype, sample.customer_id.dtype, sample.order_ts.dtype)
         self.units_per_day, self.dates = sample.units_per_day, sample.dates
@@ -626,7 +631,8 @@ class _Buckets:
             offsets = np.empty(plan.buckets + 1, np.int64)
             bad = _radix.scatter(batch.merchant_id, batch.customer_id, batch.order_ts, batch.amount,
                                  batch.reward_bits, batch.reward_offset, plan.mlo, plan.mhi, plan.clo, plan.chi,
-                                 plan.cbits, plan.shift, plan.table, plan.bases, bucket_of[:n], *out, offsets,
+                                 plan.cbits, plan.shift, plan.first, plan.last, plan.bases, bucket_of[:n], *out,
+                                 offsets,
                                  periods.ts_max(batch.units_per_day), refunds)
             if bad >= 0:
                 if bad % 2 == 0:   # a bad row, the first of the input: the checker words its error
