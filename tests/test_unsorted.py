@@ -367,3 +367,26 @@ def test_an_overflow_late_in_the_stream_names_the_input_row(threads, spill_dir):
         with _small_buckets(), pytest.raises(lm.errors.AmountOverflowError) as error:
             lm.compute(table, threads=threads, presorted=False, memory_limit=limit)
         assert error.value.source == "<table>" and error.value.row == order[presorted.value.row]
+
+
+def test_a_heavy_merchant_spreads_over_many_buckets(spill_dir, monkeypatch):
+    """Bucket bases are quantiles of the keys: one merchant with most rows gets many buckets, not one cell."""
+    rng = np.random.default_rng(17)
+    n = 20_000
+    # Merchant 3: 80% of the rows, all its customers in one cell of 2**16 (merchant ids span 2**20 too).
+    merchant = np.where(rng.random(n) < 0.8, 3, rng.integers(0, 1 << 20, n))
+    table = pa.table({"merchant_id": pa.array(merchant, pa.int32()),
+                      "customer_id": pa.array(rng.integers(0, 1 << 20, n), pa.int32()),
+                      "order_ts": pa.array(rng.integers(0, 10**6, n), pa.timestamp("s")),
+                      "amount": rng.integers(0, 100, n)})
+    plans = []
+    plan = unsorted._Plan
+    monkeypatch.setattr(unsorted, "_Plan", lambda *args: plans.append(plan(*args)) or plans[-1])
+    monkeypatch.setattr(unsorted, "BUCKET_ROWS", 500)
+    expected = lm.compute(_stable_sorted(table), by=["merchant"], period="all")
+    for limit in (None, 5000):
+        assert lm.compute(table, by=["merchant"], period="all", presorted=False,
+                          memory_limit=limit).equals(expected)
+    used = plans[-1]
+    heavy = (used.bases >> np.uint64(used.cbits)) + np.uint64(used.mlo) == 3   # buckets starting in merchant 3
+    assert used.buckets >= 30 and heavy.sum() >= 0.6 * used.buckets
