@@ -39,9 +39,9 @@ The bucket path (``bucketed_input``; the default)
   each store-customer's rows by order_ts), ``threads`` units at a time,
   and streamed in key order to the drivers as a ``RecordBatchReader``:
   no sorted copy is written.
-* An error the drivers meet on the sorted stream with a row (an int64
-  overflow: the checks above leave no other) is raised by running the copy
-  path below, whose sorted copy knows each row's place in the input.
+* An error the drivers meet on the sorted stream (an int64 overflow: the
+  checks above leave no other) is raised by running the copy path below,
+  whose sorted copy knows each row's place in the input.
 * Inputs the bucket path cannot take — a one-shot stream, keys whose range
   does not pack into 64 bits, key or timestamp types that change between
   files, keys outside the Parquet statistics — take the copy path.
