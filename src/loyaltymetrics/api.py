@@ -84,9 +84,9 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
         memory, or through private temporary Arrow files in ``TMPDIR`` when
         they exceed ``memory_limit`` (SPEC §8). Results are bit-identical.
     memory_limit : int, optional
-        About the peak memory (RSS) of ``presorted=False``, in bytes; default
-        a quarter of physical memory, at most 1.75 GiB. Larger input is
-        spilled to disk.
+        About the peak memory (RSS) of the sort of ``presorted=False``, in
+        bytes (the per-merchant results come on top); default a quarter of
+        physical memory, at most 1.75 GiB. Larger input is spilled to disk.
 
     Returns
     -------
