@@ -8,8 +8,10 @@ spills, pieces are partitioned again) to the default (in memory).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa
@@ -66,29 +68,43 @@ def spill_dir(tmp_path, monkeypatch):
 @pytest.mark.parametrize("engine", ENGINES)
 @settings(deadline=None, max_examples=25)
 @given(data=shuffled(max_customers=6), by=bys(), period=st.sampled_from(["year", "month", "all"]),
-       memory_limit=MEMORY_LIMITS, refunds=st.booleans())
-def test_compute_of_shuffled_rows_is_the_presorted_result(data, by, period, memory_limit, refunds, engine, threads):
+       memory_limit=MEMORY_LIMITS, refunds=st.booleans(), small=st.booleans())
+def test_compute_of_shuffled_rows_is_the_presorted_result(data, by, period, memory_limit, refunds, small, engine,
+                                                          threads):
     rows, sorted_rows, merchants = data
     if not refunds and rows.num_rows and pa.compute.any(pa.compute.less(rows["amount"], 0)).as_py():
         return
     expected = lm.compute(sorted_rows, merchants, by=by, period=period, refunds=refunds, threads=1)
-    actual = lm.compute(rows, merchants, by=by, period=period, refunds=refunds, engine=engine, threads=threads,
-                        chunk_rows=7, presorted=False, memory_limit=memory_limit)
+    # small: buckets and units of a few rows, no allowance for the interpreter in memory_limit (600 and
+    # 3000 bytes then hold some batches in memory beside spilled ones).
+    with _small_buckets(small):
+        actual = lm.compute(rows, merchants, by=by, period=period, refunds=refunds, engine=engine, threads=threads,
+                            chunk_rows=7, presorted=False, memory_limit=memory_limit)
     assert actual.equals(expected)
+
+
+@contextlib.contextmanager
+def _small_buckets(small=True):
+    if not small:
+        yield
+        return
+    with mock.patch.multiple(unsorted, BUCKET_ROWS=3, UNIT_ROWS=5, OVERHEAD_BYTES=0, COPY_BYTES=64):
+        yield
 
 
 @pytest.mark.parametrize("threads", THREADS)
 @pytest.mark.parametrize("engine", ENGINES)
 @settings(deadline=None, max_examples=20)
 @given(data=shuffled(max_customers=6, amounts=REFUND_AMOUNTS), by=bys(), memory_limit=MEMORY_LIMITS,
-       analysis=st.sampled_from(["cohorts", "concentration"]))
-def test_analyses_of_shuffled_rows_are_the_presorted_results(data, by, memory_limit, analysis, engine, threads):
+       analysis=st.sampled_from(["cohorts", "concentration"]), small=st.booleans())
+def test_analyses_of_shuffled_rows_are_the_presorted_results(data, by, memory_limit, analysis, small, engine, threads):
     rows, sorted_rows, merchants = data
     function = getattr(lm, analysis)
     period = "month" if analysis == "cohorts" else "year"
     expected = function(sorted_rows, merchants, by=by, period=period, refunds=True, threads=1)
-    actual = function(rows, merchants, by=by, period=period, refunds=True, engine=engine, threads=threads,
-                      chunk_rows=5, presorted=False, memory_limit=memory_limit)
+    with _small_buckets(small):
+        actual = function(rows, merchants, by=by, period=period, refunds=True, engine=engine, threads=threads,
+                          chunk_rows=5, presorted=False, memory_limit=memory_limit)
     assert actual.equals(expected)
 
 
@@ -163,9 +179,10 @@ def test_an_overflow_names_the_row_of_the_input(spill_dir):
 
 
 def test_files_keep_their_names_and_rows_and_spill_files_go(tmp_path, spill_dir, monkeypatch):
-    spills = []
-    spill_sort = unsorted._spill_sort
-    monkeypatch.setattr(unsorted, "_spill_sort", lambda *args: spills.append(1) or spill_sort(*args))
+    spills = []   # the calls' partitions that spilled (bucket path; the copy path must not be needed)
+    spill = unsorted._Buckets.spill
+    monkeypatch.setattr(unsorted._Buckets, "spill", lambda self, size: spills.append(self) or spill(self, size))
+    monkeypatch.setattr(unsorted, "_spill_sort", None)
     rng = np.random.default_rng(7)
     n = 30_000
     table = pa.table({
@@ -188,7 +205,7 @@ def test_files_keep_their_names_and_rows_and_spill_files_go(tmp_path, spill_dir,
     expected = lm.compute(_stable_sorted(table), by=["merchant"])
     for limit in (100_000, 400_000, None):
         assert lm.compute(good, by=["merchant"], presorted=False, memory_limit=limit).equals(expected)
-    assert len(spills) == 3   # the bad directory and both limits spilled; the default sorts in memory
+    assert len({id(s) for s in spills}) == 3   # the bad directory and both limits spilled; the default sorts in memory
 
 
 def test_the_default_path_names_the_option_for_unsorted_rows():
@@ -262,3 +279,114 @@ def test_the_cli_reads_unsorted_rows_with_the_flag(command, tmp_path, spill_dir,
     # The sorted path refuses the rows, naming the flag.
     assert main([command, str(rows), "-o", str(tmp_path / "c.parquet"), "-q"] + extra) != 0
     assert "--unsorted" in capsys.readouterr().err
+
+
+KEY_TYPES = st.sampled_from([np.int32, np.int64])
+
+
+@settings(deadline=None, max_examples=200)
+@given(data=st.data(), m_type=KEY_TYPES, c_type=KEY_TYPES, ts_type=KEY_TYPES, long_runs=st.booleans(),
+       wide=st.booleans())
+def test_the_unit_sort_is_a_stable_lexsort(data, m_type, c_type, ts_type, long_runs, wide):
+    """``_sort.sort_unit`` (with the long runs sorted after it): every column permuted as ``numpy.lexsort``."""
+    def ints(dtype, small):
+        info = np.iinfo(dtype)
+        return st.integers(-3, 3) if small else st.integers(int(info.min), int(info.max))
+
+    n = data.draw(st.integers(0, 300))
+    m = np.array(data.draw(st.lists(ints(m_type, not wide), min_size=n, max_size=n)), m_type)
+    c = np.array(data.draw(st.lists(ints(c_type, not wide), min_size=n, max_size=n)), c_type)
+    if long_runs:   # store-customers of more than 64 rows: sorted by ts after the kernel
+        m, c = m % 2, np.zeros(n, c_type)
+    ts = np.array(data.draw(st.lists(ints(ts_type, True) | ints(ts_type, False), min_size=n, max_size=n)), ts_type)
+    amount = np.arange(n, dtype=np.int64) * 7 - 5
+    reward = (np.arange(n) % 3 == 0).astype(np.uint8)
+    columns = [m, c, ts, amount, reward]
+    order = np.lexsort((ts, c, m))
+    for actual, column in zip(unsorted._sort_columns(columns), columns):
+        assert actual.dtype == column.dtype and np.array_equal(actual, column[order])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_keys_too_wide_for_the_buckets_or_the_units(threads, spill_dir):
+    """Keys that pack into 64 bits only without a row index (units sort another way), or not at all."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    for merchants, customers in (([0, 2**40], 2**23 - 1), ([-2**62, 2**62], 2**40)):
+        table = pa.table({
+            "merchant_id": pa.array(rng.choice(merchants, n), pa.int64()),
+            "customer_id": pa.array(rng.integers(0, 4, n) * (customers // 3), pa.int64()),
+            "order_ts": pa.array(rng.integers(0, 10, n), pa.timestamp("s")),
+            "amount": rng.integers(0, 100, n),
+        })
+        expected = lm.compute(_stable_sorted(table), by=["merchant"], period="all")
+        for limit in (None, 5000):
+            actual = lm.compute(table, by=["merchant"], period="all", presorted=False, threads=threads,
+                                memory_limit=limit)
+            assert actual.equals(expected)
+
+
+@pytest.mark.parametrize("statistics", [True, False])
+def test_parquet_with_and_without_statistics_uses_the_buckets(statistics, tmp_path, spill_dir, monkeypatch):
+    """The bucket path takes Parquet key bounds from the statistics, else from a pass over the keys."""
+    rng = np.random.default_rng(9)
+    n = 20_000
+    table = pa.table({
+        "merchant_id": pa.array(rng.integers(-5, 5, n), pa.int32()),
+        "customer_id": pa.array(rng.integers(0, 2000, n), pa.int64()),
+        "order_ts": pa.array(rng.integers(0, 30_000, n).astype(np.int32), pa.int32()).view(pa.date32()),
+        "amount": rng.integers(0, 100, n), "reward": rng.random(n) < 0.3,
+    })
+    path = tmp_path / "rows.parquet"
+    pq.write_table(table, path, row_group_size=3000, write_statistics=statistics)
+    monkeypatch.setattr(unsorted, "sorted_input", None)   # the copy path must not be needed
+    expected = lm.compute(_stable_sorted(table), by=["merchant"], period="month")
+    with _small_buckets():
+        for limit in (None, 100_000):
+            assert lm.compute(path, by=["merchant"], period="month", presorted=False,
+                              memory_limit=limit).equals(expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_overflow_late_in_the_stream_names_the_input_row(threads, spill_dir):
+    """An overflow met after many sorted units (sort threads still running) names its input row; nothing is left."""
+    rng = np.random.default_rng(13)
+    n = 20_000
+    merchant = rng.integers(0, 50, n)
+    amount = rng.integers(0, 100, n)
+    big = np.flatnonzero(merchant == 49)[:3]
+    amount[big] = 2**62   # the third of these overflows merchant 49's revenue, late in key order
+    table = pa.table({"merchant_id": merchant, "customer_id": rng.integers(0, 100, n),
+                      "order_ts": pa.array(rng.integers(0, 10**6, n), pa.timestamp("s")), "amount": amount})
+    # Expected: the presorted path on the stably sorted rows, its row mapped back through the sort.
+    order = sorted(range(n), key=lambda i: (int(merchant[i]), int(table["customer_id"][i].as_py()),
+                                            int(table["order_ts"][i].value)))
+    with pytest.raises(lm.errors.AmountOverflowError) as presorted:
+        lm.compute(table.take(pa.array(order)), threads=1)
+    for limit in (None, 5000):
+        with _small_buckets(), pytest.raises(lm.errors.AmountOverflowError) as error:
+            lm.compute(table, threads=threads, presorted=False, memory_limit=limit)
+        assert error.value.source == "<table>" and error.value.row == order[presorted.value.row]
+
+
+def test_a_heavy_merchant_spreads_over_many_buckets(spill_dir, monkeypatch):
+    """Bucket bases are quantiles of the keys: one merchant with most rows gets many buckets, not one cell."""
+    rng = np.random.default_rng(17)
+    n = 20_000
+    # Merchant 3: 80% of the rows, all its customers in one cell of 2**16 (merchant ids span 2**20 too).
+    merchant = np.where(rng.random(n) < 0.8, 3, rng.integers(0, 1 << 20, n))
+    table = pa.table({"merchant_id": pa.array(merchant, pa.int32()),
+                      "customer_id": pa.array(rng.integers(0, 1 << 20, n), pa.int32()),
+                      "order_ts": pa.array(rng.integers(0, 10**6, n), pa.timestamp("s")),
+                      "amount": rng.integers(0, 100, n)})
+    plans = []
+    plan = unsorted._Plan
+    monkeypatch.setattr(unsorted, "_Plan", lambda *args: plans.append(plan(*args)) or plans[-1])
+    monkeypatch.setattr(unsorted, "BUCKET_ROWS", 500)
+    expected = lm.compute(_stable_sorted(table), by=["merchant"], period="all")
+    for limit in (None, 5000):
+        assert lm.compute(table, by=["merchant"], period="all", presorted=False,
+                          memory_limit=limit).equals(expected)
+    used = plans[-1]
+    heavy = (used.bases >> np.uint64(used.cbits)) + np.uint64(used.mlo) == 3   # buckets starting in merchant 3
+    assert used.buckets >= 30 and heavy.sum() >= 0.6 * used.buckets

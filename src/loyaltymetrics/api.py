@@ -84,8 +84,9 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
         memory, or through private temporary Arrow files in ``TMPDIR`` when
         they exceed ``memory_limit`` (SPEC §8). Results are bit-identical.
     memory_limit : int, optional
-        Bytes the sort of ``presorted=False`` may hold in memory; default a
-        quarter of physical memory. Larger input is spilled to disk.
+        About the peak memory (RSS) of the sort of ``presorted=False``, in
+        bytes (the per-merchant results come on top); default a quarter of
+        physical memory, at most 1.75 GiB. Larger input is spilled to disk.
 
     Returns
     -------
@@ -109,7 +110,7 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
                                  engine=engine, threads=threads, chunk_rows=chunk_rows, progress=progress,
                                  observation_start=observation_start, observation_end=observation_end,
                                  timezone=timezone),
-            orders, columns, refunds, memory_limit)
+            orders, columns, refunds, memory_limit, threads=threads)
     partials = scan_partials(orders, columns, period, refunds, engine, threads, chunk_rows, progress,
                              merchant_table.zones(timezone), "compute")
     return finalize(partials, merchant_table, by, period, size_edges, source=source_label(orders),

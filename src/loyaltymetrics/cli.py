@@ -93,8 +93,8 @@ def _add_unsorted(p):
                    help="rows may come in any order: sort them first (stably; ties keep file order), in memory "
                         "or through private temporary files in TMPDIR (results identical to sorted input)")
     p.add_argument("--memory-limit", type=_size, default=None, metavar="BYTES",
-                   help="memory the --unsorted sort may hold, e.g. 4G or 512M (default: a quarter of RAM); "
-                        "larger input is spilled to disk")
+                   help="about the peak memory of an --unsorted run, e.g. 4G or 512M (default: a quarter of "
+                        "RAM, at most 1.75G); larger input is spilled to disk")
 
 
 def _size(text):
