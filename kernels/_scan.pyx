@@ -26,6 +26,7 @@ from _types cimport customer_key_t, merchant_key_t, order_ts_t
 cdef extern from *:
     """
     #include <stdint.h>
+    #include <string.h>
     static inline int lm_add_overflows(int64_t a, int64_t b, int64_t *out) {
         return __builtin_add_overflow(a, b, out);
     }
@@ -81,6 +82,126 @@ cdef extern from *:
             *last_merchant = merchant;
         }
     }
+
+    /* ---- The block path (refunds off): 64 rows at a time, runs complete in a block. ----
+       Slot LM_PACKED of a period's acc row holds five 12-bit counters (orders, customers,
+       new_customers, retained_customers, repeat_customers) that block rows add in one store;
+       lm_fold_packed moves them into their columns before fewer than 64 of 4096 are left. */
+    enum { LM_ORDERS, LM_REVENUE, LM_CUSTOMERS, LM_NEW_CUSTOMERS, LM_REPEAT_CUSTOMERS,
+           LM_ORDERS_FROM_REPEAT, LM_RETAINED, LM_REWARD_ORDERS, LM_REWARD_REVENUE,
+           LM_REWARD_CUSTOMERS, LM_MEMBER_ORDERS, LM_MEMBER_REVENUE, LM_MEMBER_REPEAT,
+           LM_PACKED, LM_STRIDE = 16 };
+    #define LM_BLOCK 64
+    #define LM_FOLD_EVERY (4096 - LM_BLOCK)
+
+    static LM_RARE void lm_fold_packed(int64_t *acc_base, lm_range r) {
+        int64_t p;
+        for (p = r.lo; p <= r.hi; p++) {
+            int64_t *acc = acc_base + p * LM_STRIDE;
+            uint64_t v = (uint64_t)acc[LM_PACKED];
+            if (!v) continue;
+            acc[LM_ORDERS] += v & 0xfff;
+            acc[LM_CUSTOMERS] += (v >> 12) & 0xfff;
+            acc[LM_NEW_CUSTOMERS] += (v >> 24) & 0xfff;
+            acc[LM_RETAINED] += (v >> 36) & 0xfff;
+            acc[LM_REPEAT_CUSTOMERS] += (v >> 48) & 0xfff;
+            acc[LM_PACKED] = 0;
+        }
+    }
+
+    #define LM_LOAD(ptr, size, j) ((size) == 4 ? (int64_t)((const int32_t *)(ptr))[j] : ((const int64_t *)(ptr))[j])
+
+    typedef struct { int64_t prev_customer, prev_ts, run_period, order_lo, order_hi; } lm_block_cursor;
+
+    /* Rows i.. of one merchant (merchant_id `merchant`, the previous row's too) as a block.
+       Returns the rows done (> 0: rows [i, i + L), every run in them complete: row i + L starts
+       a run), or -k: nothing done, let the row loop take the next k rows (row i does not start a
+       run: 1; a bad row, one run over all 64 rows or an overflow: LM_BLOCK). */
+    static inline __attribute__((always_inline)) Py_ssize_t lm_block(
+            const void *merchants, int msize, const void *customers, int csize,
+            const void *timestamps, int tsize, const int64_t *amounts,
+            const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
+            const int64_t *table, int shift, int64_t ts_max, int64_t *acc_base, lm_block_cursor *cur) {
+        int64_t period[LM_BLOCK];
+        uint64_t packed[LM_BLOCK];
+        uint64_t runs = 0, bad = 0, reward, word;
+        int64_t pc = cur->prev_customer, pt = cur->prev_ts, pp = cur->run_period;
+        int64_t lo = cur->order_lo, hi = cur->order_hi;
+        uint64_t nr_prev = 0;
+        Py_ssize_t j, L, k, end, start;
+        for (j = 0; j < LM_BLOCK; j++) {
+            int64_t m = LM_LOAD(merchants, msize, i + j);
+            int64_t c = LM_LOAD(customers, csize, i + j);
+            int64_t t = LM_LOAD(timestamps, tsize, i + j);
+            int64_t a = amounts[i + j];
+            uint64_t u = (uint64_t)t, nc, nr, b;
+            int64_t q;
+            nc = c != pc;
+            bad |= (uint64_t)(m ^ merchant) | (uint64_t)(c < pc) | ((nc ^ 1) & (uint64_t)(t < pt))
+                   | ((uint64_t)a >> 63) | (uint64_t)(u > (uint64_t)ts_max);
+            u = u > (uint64_t)ts_max ? 0 : u;
+            b = (u >> shift) * 2;
+            q = table[b] + ((int64_t)u > table[b + 1]);
+            nr = nc | (uint64_t)(q != pp);
+            period[j] = q;
+            packed[j] = 1 + (nr << 12) + (nc << 24) + ((nr & (nc ^ 1) & (uint64_t)(pp + 1 == q)) << 36)
+                        + ((nr_prev & (nr ^ 1)) << 48);
+            runs |= nr << j;
+            nr_prev = nr;
+            pc = c;
+            pt = t;
+            pp = q;
+        }
+        if (!(runs & 1)) return -1;
+        if (bad || runs == 1) return -LM_BLOCK;
+        L = 63 - __builtin_clzll(runs);          /* the last run, perhaps incomplete, starts at L */
+        for (j = 0; j < L; j++) {
+            int64_t *acc = acc_base + period[j] * LM_STRIDE;
+            int64_t t = LM_LOAD(timestamps, tsize, i + j);
+            if (__builtin_add_overflow(acc[LM_REVENUE], amounts[i + j], &acc[LM_REVENUE])) {
+                /* Undo (the sum stored wraps, so rows 0..j are subtracted back): the row loop
+                   reports the exact row. */
+                acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)amounts[i + j]);
+                for (k = 0; k < j; k++) {
+                    acc = acc_base + period[k] * LM_STRIDE;
+                    acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)amounts[i + k]);
+                    acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] - packed[k]);
+                }
+                return -LM_BLOCK;
+            }
+            acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] + packed[j]);
+            lo = t < lo ? t : lo;
+            hi = t > hi ? t : hi;
+        }
+        /* Reward rows (a minority): their counts, and their runs' member counts, once a run. */
+        memcpy(&word, bits + (bit0 >> 3), 8);
+        if (bit0 & 7) word = (word >> (bit0 & 7)) | ((uint64_t)bits[(bit0 >> 3) + 8] << (64 - (bit0 & 7)));
+        reward = word & ((1ULL << L) - 1);
+        end = 0;
+        while (reward) {
+            int64_t *acc;
+            uint64_t below;
+            j = __builtin_ctzll(reward);
+            reward &= reward - 1;
+            acc = acc_base + period[j] * LM_STRIDE;
+            acc[LM_REWARD_ORDERS] += 1;
+            acc[LM_REWARD_REVENUE] += amounts[i + j];
+            if (j < end) continue;               /* its run is a member run already */
+            below = (2ULL << j) - 1;
+            start = 63 - __builtin_clzll(runs & below);
+            end = __builtin_ctzll(runs & ~below);
+            acc[LM_REWARD_CUSTOMERS] += 1;
+            acc[LM_MEMBER_ORDERS] += end - start;
+            acc[LM_MEMBER_REPEAT] += end - start >= 2;
+            for (k = start; k < end; k++) acc[LM_MEMBER_REVENUE] += amounts[i + k];
+        }
+        cur->prev_customer = LM_LOAD(customers, csize, i + L - 1);
+        cur->prev_ts = LM_LOAD(timestamps, tsize, i + L - 1);
+        cur->run_period = period[L - 1];
+        cur->order_lo = lo;
+        cur->order_hi = hi;
+        return L;
+    }
     """
     bint lm_add_overflows(int64_t a, int64_t b, int64_t *out) noexcept nogil
     ctypedef struct lm_range:
@@ -91,6 +212,25 @@ cdef extern from *:
                                  const int32_t* zone_index, Py_ssize_t n_zoned, int64_t m) noexcept nogil
     void lm_fold_orders(int64_t* first_ts, int64_t* first_merchant, int64_t* last_ts, int64_t* last_merchant,
                         int64_t merchant, int64_t lo, int64_t hi) noexcept nogil
+    enum:
+        LM_BLOCK
+        LM_FOLD_EVERY
+        LM_PACKED
+        LM_STRIDE
+        LM_MEMBER_REPEAT
+        LM_RETAINED
+    ctypedef struct lm_block_cursor:
+        int64_t prev_customer
+        int64_t prev_ts
+        int64_t run_period
+        int64_t order_lo
+        int64_t order_hi
+    void lm_fold_packed(int64_t* acc_base, lm_range r) noexcept nogil
+    Py_ssize_t lm_block(const void* merchants, int msize, const void* customers, int csize,
+                        const void* timestamps, int tsize, const int64_t* amounts,
+                        const uint8_t* bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
+                        const int64_t* table, int shift, int64_t ts_max, int64_t* acc_base,
+                        lm_block_cursor* cur) noexcept nogil
 
 # Partial columns, SPEC §4 (returning_customers, repeat_orders, merchants and
 # fees are derived from these in finalize).
@@ -118,6 +258,9 @@ PARTIAL_COLUMNS = (
     "member_repeat_customers",
 )
 assert len(PARTIAL_COLUMNS) == N_COUNTS
+# The block path's C names the same columns (lm_block), and packs counts into the padding.
+assert (LM_PACKED, LM_STRIDE, LM_MEMBER_REPEAT, LM_RETAINED) == (N_COUNTS, ACC_STRIDE, MEMBER_REPEAT_CUSTOMERS,
+                                                                  RETAINED_CUSTOMERS)
 
 # Why a scan call returned.
 cpdef enum Status:
@@ -380,7 +523,29 @@ cdef inline Status scan_rows(
     cdef int64_t same_merchant, same_customer, new_run, keep, first_reward, member, was_member_repeat
     cdef bint overflow
     cdef Status status = OK
-    for i in range(start, n):
+    # The block path (refunds off): rows from `block_from` on may start a block; the row loop
+    # takes the rows a block gives back. Block rows add their counts packed (lm_fold_packed).
+    cdef Py_ssize_t block_from = start, got, packed_rows = 0
+    cdef lm_block_cursor bc
+    i = start
+    while i < n:
+        if (not refunds and i >= block_from and n - i >= LM_BLOCK and started
+                and merchants[i] == prev_merchant and merchants[i + LM_BLOCK - 1] == prev_merchant):
+            bc.prev_customer, bc.prev_ts, bc.run_period = prev_customer, prev_ts, run_period
+            bc.order_lo, bc.order_hi = order_lo, order_hi
+            got = lm_block(merchants, sizeof(merchant_key_t), customers, sizeof(customer_key_t),
+                           timestamps, sizeof(order_ts_t), amounts, bits, reward_offset + i, i,
+                           prev_merchant, table, shift, ts_max, acc_base, &bc)
+            if got > 0:
+                prev_customer, prev_ts, run_period = bc.prev_customer, bc.prev_ts, bc.run_period
+                order_lo, order_hi = bc.order_lo, bc.order_hi
+                i += got
+                packed_rows += got
+                if packed_rows >= LM_FOLD_EVERY:
+                    lm_fold_packed(acc_base, lm_touched_periods(table, shift, order_lo, order_hi))
+                    packed_rows = 0
+                continue
+            block_from = i - got
         m = merchants[i]
         cust = customers[i]
         t = timestamps[i]
@@ -403,6 +568,9 @@ cdef inline Status scan_rows(
                 if not refunds:
                     touched = lm_touched_periods(table, shift, order_lo, order_hi)
                     acc_lo, acc_hi = touched.lo, touched.hi
+                    if packed_rows:
+                        lm_fold_packed(acc_base, touched)
+                        packed_rows = 0
                 if st.out_rows + (acc_hi - acc_lo + 1) > st.out_merchant.shape[0]:
                     status = NEED_SPACE
                     break
@@ -473,12 +641,13 @@ cdef inline Status scan_rows(
         prev_merchant = m
         prev_customer = cust
         prev_ts = t
-    else:
-        i = n
+        i += 1
     stop[0] = i
     if not refunds and started:
         touched = lm_touched_periods(table, shift, order_lo, order_hi)
         acc_lo, acc_hi = touched.lo, touched.hi
+        if packed_rows:
+            lm_fold_packed(acc_base, touched)
     st.cur.started = started
     st.cur.prev_merchant, st.cur.prev_customer, st.cur.prev_ts = prev_merchant, prev_customer, prev_ts
     st.cur.run_period, st.cur.run_orders, st.cur.run_reward_orders = run_period, run_orders, run_reward_orders
