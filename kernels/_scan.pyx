@@ -113,10 +113,27 @@ cdef extern from *:
 
     typedef struct { int64_t prev_customer, prev_ts, run_period, order_lo, order_hi; } lm_block_cursor;
 
-    /* Rows i.. of one merchant (merchant_id `merchant`, the previous row's too) as a block.
-       Returns the rows done (> 0: rows [i, i + L), every run in them complete: row i + L starts
-       a run), or -k: nothing done, let the row loop take the next k rows (row i does not start a
-       run: 1; a bad row, one run over all 64 rows or an overflow: LM_BLOCK). */
+    /* A row's packed counts by its code: bit 0 a new store-customer (nc); bits 1-2 its period
+       after the previous row's: 0 the same, 1 the next, 2 another; bit 3 the previous row
+       started a run. Bit 63 of the value says the row starts a run (nr = nc | !same); it
+       toggles bit 63 of the packed slot, which no counter reaches (fields are 12 bits: 0..59). */
+    #define LM_W(nc, same, next, nr_prev) \
+        (1ULL + ((uint64_t)((nc) | !(same)) << 12) + ((uint64_t)(nc) << 24) \
+         + ((uint64_t)(!(nc) & (next)) << 36) + ((uint64_t)((nr_prev) & !((nc) | !(same))) << 48) \
+         + ((uint64_t)((nc) | !(same)) << 63))
+    #define LM_W2(s, n, r) LM_W(0, s, n, r), LM_W(1, s, n, r)
+    static const uint64_t lm_packed_by_code[16] = {
+        LM_W2(1, 0, 0), LM_W2(0, 1, 0), LM_W2(0, 0, 0), 0, 0,
+        LM_W2(1, 0, 1), LM_W2(0, 1, 1), LM_W2(0, 0, 1), 0, 0};
+
+    /* Rows i..i+63 of one merchant (`merchant`, the previous row's too) as a block. Returns the
+       rows done (> 0: rows [i, i + L), every run in them complete: row i + L starts a run), or
+       -k: nothing done, the row loop takes the next k rows (row i does not start a run: 1; a bad
+       row, an overflow, or one run over all 64 rows: LM_BLOCK).
+       Rows are added to `acc` as they come (revenue with its overflow check, the packed counts)
+       and the rows of the last run, perhaps incomplete, taken back; a bad row or an overflow
+       takes back all. The earliest and latest order take in all 64 rows: the rows after L are
+       the same merchant's, scanned next. */
     static inline __attribute__((always_inline)) Py_ssize_t lm_block(
             const void *merchants, int msize, const void *customers, int csize,
             const void *timestamps, int tsize, const int64_t *amounts,
@@ -124,72 +141,90 @@ cdef extern from *:
             const int64_t *table, int shift, int64_t ts_max, int64_t *acc_base, lm_block_cursor *cur) {
         int64_t period[LM_BLOCK];
         uint64_t packed[LM_BLOCK];
-        uint64_t runs = 0, bad = 0, reward, word;
+        uint64_t runs = 0, any = 0, ts_or = 0, unsorted = 0, word, reward, nr = 0, w;
         int64_t pc = cur->prev_customer, pt = cur->prev_ts, pp = cur->run_period;
-        int64_t lo = cur->order_lo, hi = cur->order_hi;
-        uint64_t nr_prev = 0;
-        Py_ssize_t j, L, k, end, start;
+        int64_t lo = cur->order_lo, hi = cur->order_hi, t, q, b, c;
+        int ts_bits = 63 - __builtin_clzll((uint64_t)ts_max + 1);     /* t < 2^ts_bits: valid */
+        Py_ssize_t j, k, L, start, end;
+        /* Rows that are not the merchant's, negative amounts (loops the compiler vectorizes),
+           rows out of order, timestamps out of range; the earliest and latest order. */
+        for (j = 0; j < LM_BLOCK; j++) any |= (uint64_t)(LM_LOAD(merchants, msize, i + j) ^ merchant);
+        for (j = 0; j < LM_BLOCK; j++) any |= (uint64_t)amounts[i + j] >> 63;
         for (j = 0; j < LM_BLOCK; j++) {
-            int64_t m = LM_LOAD(merchants, msize, i + j);
-            int64_t c = LM_LOAD(customers, csize, i + j);
-            int64_t t = LM_LOAD(timestamps, tsize, i + j);
-            int64_t a = amounts[i + j];
-            uint64_t u = (uint64_t)t, nc, nr, b;
-            int64_t q;
-            nc = c != pc;
-            bad |= (uint64_t)(m ^ merchant) | (uint64_t)(c < pc) | ((nc ^ 1) & (uint64_t)(t < pt))
-                   | ((uint64_t)a >> 63) | (uint64_t)(u > (uint64_t)ts_max);
-            u = u > (uint64_t)ts_max ? 0 : u;
-            b = (u >> shift) * 2;
-            q = table[b] + ((int64_t)u > table[b + 1]);
-            nr = nc | (uint64_t)(q != pp);
-            period[j] = q;
-            packed[j] = 1 + (nr << 12) + (nc << 24) + ((nr & (nc ^ 1) & (uint64_t)(pp + 1 == q)) << 36)
-                        + ((nr_prev & (nr ^ 1)) << 48);
-            runs |= nr << j;
-            nr_prev = nr;
-            pc = c;
-            pt = t;
-            pp = q;
-        }
-        if (!(runs & 1)) return -1;
-        if (bad || runs == 1) return -LM_BLOCK;
-        L = 63 - __builtin_clzll(runs);          /* the last run, perhaps incomplete, starts at L */
-        for (j = 0; j < L; j++) {
-            int64_t *acc = acc_base + period[j] * LM_STRIDE;
-            int64_t t = LM_LOAD(timestamps, tsize, i + j);
-            if (__builtin_add_overflow(acc[LM_REVENUE], amounts[i + j], &acc[LM_REVENUE])) {
-                /* Undo (the sum stored wraps, so rows 0..j are subtracted back): the row loop
-                   reports the exact row. */
-                acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)amounts[i + j]);
-                for (k = 0; k < j; k++) {
-                    acc = acc_base + period[k] * LM_STRIDE;
-                    acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)amounts[i + k]);
-                    acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] - packed[k]);
-                }
-                return -LM_BLOCK;
+            c = LM_LOAD(customers, csize, i + j);
+            t = LM_LOAD(timestamps, tsize, i + j);
+            ts_or |= (uint64_t)t;
+            if (csize == 4) {       /* c - pc is exact; t - pt too (both in [0, 2^63)) */
+                int64_t d = c - pc;
+                /* the sign of d, else of t - pt; without a branch (40% of rows go each way) */
+                unsorted |= (uint64_t)d | (((uint64_t)t - (uint64_t)pt) & -(uint64_t)(d == 0));
+            } else {
+                unsorted |= ((uint64_t)(c < pc) | ((uint64_t)(c == pc) & (uint64_t)(t < pt))) << 63;
             }
-            acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] + packed[j]);
             lo = t < lo ? t : lo;
             hi = t > hi ? t : hi;
+            pc = c;
+            pt = t;
         }
-        /* Reward rows (a minority): their counts, and their runs' member counts, once a run. */
+        if (any | (unsorted >> 63) | (ts_or >> ts_bits)) return -LM_BLOCK;
+        /* Row i must start a run. */
+        pc = cur->prev_customer;
+        t = LM_LOAD(timestamps, tsize, i);
+        b = (t >> shift) * 2;
+        q = table[b] + (t > table[b + 1]);
+        if (LM_LOAD(customers, csize, i) == pc && q == pp) return -1;
+        for (j = 0; j < LM_BLOCK; j++) {
+            int64_t a = amounts[i + j];
+            int64_t *acc;
+            uint64_t nc;
+            c = LM_LOAD(customers, csize, i + j);
+            t = LM_LOAD(timestamps, tsize, i + j);
+            b = (t >> shift) * 2;
+            q = table[b] + (t > table[b + 1]);
+            nc = c != pc;
+            b = (uint64_t)(q - pp) < 2 ? q - pp : 2;
+            w = lm_packed_by_code[nc + 2 * b + 8 * nr];
+            nr = nc | (uint64_t)(q != pp);      /* not from w: the next row's load waits on no load */
+            runs = runs * 2 + nr;               /* row j at bit 63 - j */
+            period[j] = q;
+            packed[j] = w;
+            acc = acc_base + q * LM_STRIDE;
+            if (__builtin_add_overflow(acc[LM_REVENUE], a, &acc[LM_REVENUE])) {
+                acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)a);
+                L = 0;
+                goto take_back;
+            }
+            acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] + w);
+            pc = c;
+            pp = q;
+        }
+        /* The last run starts at row L (the lowest bit of runs); L == 0: one run, none done. */
+        L = 63 - __builtin_ctzll(runs);
+    take_back:
+        for (k = L; k < j; k++) {
+            int64_t *acc = acc_base + period[k] * LM_STRIDE;
+            acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)amounts[i + k]);
+            acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] - packed[k]);
+        }
+        if (L == 0) return -LM_BLOCK;
+        /* Reward rows (a minority), and once a run the member counts of their runs. */
         memcpy(&word, bits + (bit0 >> 3), 8);
         if (bit0 & 7) word = (word >> (bit0 & 7)) | ((uint64_t)bits[(bit0 >> 3) + 8] << (64 - (bit0 & 7)));
         reward = word & ((1ULL << L) - 1);
         end = 0;
         while (reward) {
             int64_t *acc;
-            uint64_t below;
+            uint64_t r;
             j = __builtin_ctzll(reward);
             reward &= reward - 1;
             acc = acc_base + period[j] * LM_STRIDE;
             acc[LM_REWARD_ORDERS] += 1;
             acc[LM_REWARD_REVENUE] += amounts[i + j];
             if (j < end) continue;               /* its run is a member run already */
-            below = (2ULL << j) - 1;
-            start = 63 - __builtin_clzll(runs & below);
-            end = __builtin_ctzll(runs & ~below);
+            r = runs >> (63 - j);                /* runs starting at rows <= j, row j at bit 0 */
+            start = j - __builtin_ctzll(r);
+            r = runs & ((1ULL << (63 - j)) - 1); /* runs starting after row j (row L's at least) */
+            end = 63 - (63 - __builtin_clzll(r));
             acc[LM_REWARD_CUSTOMERS] += 1;
             acc[LM_MEMBER_ORDERS] += end - start;
             acc[LM_MEMBER_REPEAT] += end - start >= 2;
