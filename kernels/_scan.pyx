@@ -126,6 +126,39 @@ cdef extern from *:
         LM_W2(1, 0, 0), LM_W2(0, 1, 0), LM_W2(0, 0, 0), 0, 0,
         LM_W2(1, 0, 1), LM_W2(0, 1, 1), LM_W2(0, 0, 1), 0, 0};
 
+    /* Rows 1..63 of a block against the row before each: bit 63 of .bad set if a row is out of
+       order (a smaller customer_id, or the same and an earlier order_ts); .ts_or: the or of their
+       timestamps (a range check); their earliest and latest timestamp. One function a key/ts
+       type pair, in an AVX2 and a baseline copy (GCC picks one when the module loads): AVX2
+       compares four int64 rows at once, the baseline one row at a time. */
+    typedef struct { uint64_t bad, ts_or; int64_t lo, hi; } lm_checks;
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(LM_NO_CLONES)
+    #define LM_CLONES __attribute__((target_clones("avx2", "default"), noinline))
+    #else
+    #define LM_CLONES __attribute__((noinline))
+    #endif
+    #define LM_DEFINE_CHECKS(NAME, CT, TT) \
+        static LM_CLONES lm_checks NAME(const CT *c, const TT *t, int64_t lo, int64_t hi) { \
+            uint64_t bad = 0, ts_or = 0; \
+            int j; \
+            for (j = 1; j < LM_BLOCK; j++) { \
+                int64_t cj = c[j], tj = t[j], pt = t[j - 1]; \
+                uint64_t d = (uint64_t)cj - (uint64_t)(int64_t)c[j - 1]; \
+                uint64_t lt = (uint64_t)(cj < (int64_t)c[j - 1]) << 63; \
+                ts_or |= (uint64_t)tj; \
+                /* a smaller customer; the same one and t - pt < 0 (exact: both in [0, 2^63) */ \
+                /* when ts_or passes) */ \
+                bad |= lt | (((uint64_t)tj - (uint64_t)pt) & -(uint64_t)(d == 0)); \
+                lo = tj < lo ? tj : lo; \
+                hi = tj > hi ? tj : hi; \
+            } \
+            { lm_checks r = {bad, ts_or, lo, hi}; return r; } \
+        }
+    LM_DEFINE_CHECKS(lm_checks_44, int32_t, int32_t)
+    LM_DEFINE_CHECKS(lm_checks_48, int32_t, int64_t)
+    LM_DEFINE_CHECKS(lm_checks_84, int64_t, int32_t)
+    LM_DEFINE_CHECKS(lm_checks_88, int64_t, int64_t)
+
     /* Rows i..i+63 of one merchant (`merchant`, the previous row's too) as a block. Returns the
        rows done (> 0: rows [i, i + L), every run in them complete: row i + L starts a run), or
        -k: nothing done, the row loop takes the next k rows (row i does not start a run: 1; a bad
@@ -141,32 +174,40 @@ cdef extern from *:
             const int64_t *table, int shift, int64_t ts_max, int64_t *acc_base, lm_block_cursor *cur) {
         int64_t period[LM_BLOCK];
         uint64_t packed[LM_BLOCK];
-        uint64_t runs = 0, any = 0, ts_or = 0, unsorted = 0, word, reward, nr = 0, w;
+        uint64_t runs = 0, any = 0, neg = 0, ts_or = 0, unsorted = 0, word, reward, nr = 0, w;
         int64_t pc = cur->prev_customer, pt = cur->prev_ts, pp = cur->run_period;
         int64_t lo = cur->order_lo, hi = cur->order_hi, t, q, b, c;
         int ts_bits = 63 - __builtin_clzll((uint64_t)ts_max + 1);     /* t < 2^ts_bits: valid */
         Py_ssize_t j, k, L, start, end;
         /* Rows that are not the merchant's, negative amounts (loops the compiler vectorizes),
            rows out of order, timestamps out of range; the earliest and latest order. */
-        for (j = 0; j < LM_BLOCK; j++) any |= (uint64_t)(LM_LOAD(merchants, msize, i + j) ^ merchant);
-        for (j = 0; j < LM_BLOCK; j++) any |= (uint64_t)amounts[i + j] >> 63;
-        for (j = 0; j < LM_BLOCK; j++) {
-            c = LM_LOAD(customers, csize, i + j);
-            t = LM_LOAD(timestamps, tsize, i + j);
-            ts_or |= (uint64_t)t;
-            if (csize == 4) {       /* c - pc is exact; t - pt too (both in [0, 2^63)) */
-                int64_t d = c - pc;
-                /* the sign of d, else of t - pt; without a branch (40% of rows go each way) */
-                unsorted |= (uint64_t)d | (((uint64_t)t - (uint64_t)pt) & -(uint64_t)(d == 0));
-            } else {
-                unsorted |= ((uint64_t)(c < pc) | ((uint64_t)(c == pc) & (uint64_t)(t < pt))) << 63;
-            }
-            lo = t < lo ? t : lo;
-            hi = t > hi ? t : hi;
-            pc = c;
-            pt = t;
+        if (msize == 4) {       /* four rows a 16-byte compare */
+            uint32_t m32 = 0;
+            for (j = 0; j < LM_BLOCK; j++) m32 |= (uint32_t)((const int32_t *)merchants)[i + j] ^ (uint32_t)merchant;
+            any = m32;
+        } else {
+            for (j = 0; j < LM_BLOCK; j++) any |= (uint64_t)(((const int64_t *)merchants)[i + j] ^ merchant);
         }
-        if (any | (unsorted >> 63) | (ts_or >> ts_bits)) return -LM_BLOCK;
+        for (j = 0; j < LM_BLOCK; j++) neg |= (uint64_t)amounts[i + j];
+        {
+            lm_checks r;
+            const void *cb = csize == 4 ? (const void *)((const int32_t *)customers + i)
+                                        : (const void *)((const int64_t *)customers + i);
+            const void *tb = tsize == 4 ? (const void *)((const int32_t *)timestamps + i)
+                                        : (const void *)((const int64_t *)timestamps + i);
+            if (csize == 4 && tsize == 4) r = lm_checks_44((const int32_t *)cb, (const int32_t *)tb, lo, hi);
+            else if (csize == 4) r = lm_checks_48((const int32_t *)cb, (const int64_t *)tb, lo, hi);
+            else if (tsize == 4) r = lm_checks_84((const int64_t *)cb, (const int32_t *)tb, lo, hi);
+            else r = lm_checks_88((const int64_t *)cb, (const int64_t *)tb, lo, hi);
+            /* Row 0 against the row before the block. */
+            c = LM_LOAD(customers, csize, i);
+            t = LM_LOAD(timestamps, tsize, i);
+            unsorted = r.bad | ((uint64_t)((c < pc) | ((c == pc) & (t < pt))) << 63);
+            ts_or = r.ts_or | (uint64_t)t;
+            lo = t < r.lo ? t : r.lo;
+            hi = t > r.hi ? t : r.hi;
+        }
+        if (any | ((neg | unsorted) >> 63) | (ts_or >> ts_bits)) return -LM_BLOCK;
         /* Row i must start a run. */
         pc = cur->prev_customer;
         t = LM_LOAD(timestamps, tsize, i);
