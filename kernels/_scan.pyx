@@ -167,7 +167,7 @@ cdef extern from *:
        and the rows of the last run, perhaps incomplete, taken back; a bad row or an overflow
        takes back all. The earliest and latest order take in all 64 rows: the rows after L are
        the same merchant's, scanned next. */
-    static inline __attribute__((always_inline)) Py_ssize_t lm_block(
+    static inline __attribute__((always_inline)) Py_ssize_t lm_block_body(
             const void *merchants, int msize, const void *customers, int csize,
             const void *timestamps, int tsize, const int64_t *amounts,
             const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
@@ -277,6 +277,47 @@ cdef extern from *:
         cur->order_lo = lo;
         cur->order_hi = hi;
         return L;
+    }
+
+    /* One copy of the block function a key/timestamp type combination, each with an x86-64-v3
+       clone (AVX2, BMI2: shifts by a register other than cl, fewer registers spilled) picked
+       when the module loads; lm_block calls the one of its types (the sizes are constants). */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(LM_NO_CLONES)
+    #define LM_BLOCK_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), noinline))
+    #else
+    #define LM_BLOCK_CLONES __attribute__((noinline))
+    #endif
+    #define LM_BLOCK_ARGS const void *merchants, const void *customers, const void *timestamps, \
+        const int64_t *amounts, const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant, \
+        const int64_t *table, int shift, int64_t ts_max, int64_t *acc_base, lm_block_cursor *cur
+    #define LM_DEFINE_BLOCK(NAME, MS, CS, TS) \
+        static LM_BLOCK_CLONES Py_ssize_t NAME(LM_BLOCK_ARGS) { \
+            return lm_block_body(merchants, MS, customers, CS, timestamps, TS, amounts, bits, bit0, i, \
+                                 merchant, table, shift, ts_max, acc_base, cur); \
+        }
+    LM_DEFINE_BLOCK(lm_block_444, 4, 4, 4)
+    LM_DEFINE_BLOCK(lm_block_448, 4, 4, 8)
+    LM_DEFINE_BLOCK(lm_block_484, 4, 8, 4)
+    LM_DEFINE_BLOCK(lm_block_488, 4, 8, 8)
+    LM_DEFINE_BLOCK(lm_block_844, 8, 4, 4)
+    LM_DEFINE_BLOCK(lm_block_848, 8, 4, 8)
+    LM_DEFINE_BLOCK(lm_block_884, 8, 8, 4)
+    LM_DEFINE_BLOCK(lm_block_888, 8, 8, 8)
+
+    static inline Py_ssize_t lm_block(
+            const void *merchants, int msize, const void *customers, int csize,
+            const void *timestamps, int tsize, const int64_t *amounts,
+            const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
+            const int64_t *table, int shift, int64_t ts_max, int64_t *acc_base, lm_block_cursor *cur) {
+        #define LM_CALL(NAME) NAME(merchants, customers, timestamps, amounts, bits, bit0, i, merchant, \
+                                   table, shift, ts_max, acc_base, cur)
+        if (msize == 4) {
+            if (csize == 4) return tsize == 4 ? LM_CALL(lm_block_444) : LM_CALL(lm_block_448);
+            return tsize == 4 ? LM_CALL(lm_block_484) : LM_CALL(lm_block_488);
+        }
+        if (csize == 4) return tsize == 4 ? LM_CALL(lm_block_844) : LM_CALL(lm_block_848);
+        return tsize == 4 ? LM_CALL(lm_block_884) : LM_CALL(lm_block_888);
+        #undef LM_CALL
     }
     """
     bint lm_add_overflows(int64_t a, int64_t b, int64_t *out) noexcept nogil
