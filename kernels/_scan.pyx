@@ -11,6 +11,16 @@ directly, without branching on whether it starts a store-customer or a run
 values that are added, so the loop has no data-dependent branches but the
 rare ones (a new merchant, a bad row).
 
+Without refunds most rows go through the block path instead (``lm_block``):
+64 rows of one merchant that start a run are checked together (order,
+ranges, merchant: or-ed up, an AVX2 clone where the CPU has it), each row
+adds its revenue and one packed word of five counts to its period, and the
+rows of the block's last run, which may go on past the block, are taken
+back. Reward rows (a minority) then add their counts, and their runs the
+member counts, found from the block's run-start bitmask. A block with a bad
+row, an overflow or one run over all 64 rows is taken back whole and the row
+loop does those rows, so errors name the same row.
+
 State lives in a ``ScanState`` and carries across calls, so a store-customer
 split over two record batches is one store-customer. A call stops early and
 says why (``NEED_SPACE`` when the caller-owned output is full, or an input
