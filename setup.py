@@ -15,8 +15,11 @@ DEBUG = os.environ.get("LOYALTYMETRICS_DEBUG", "") not in ("", "0")
 # GCC only: room for _scan's 16 copies of the row loop (3 fused key/timestamp types x 2 refund
 # modes) to be inlined with refund_row in them. At GCC's default unit-growth budget, spent on
 # Cython's own helpers first, refund_row is called rather than inlined and its run cursor goes to
-# memory: +25% instructions per refund-mode row (benchmarks/zones_instructions.py).
-GCC_SCAN_ARGS = ["--param=inline-unit-growth=100"]
+# memory: +25% instructions per refund-mode row (benchmarks/zones_instructions.py). With the block
+# path in it, scan_rows itself is inlined into its callers only with the room _analyses has below
+# (else one copy a type takes the refunds mode as a variable: +30% instructions a refunds row).
+GCC_SCAN_ARGS = ["--param=inline-unit-growth=100", "--param=max-inline-insns-single=2000",
+                 "--param=large-function-growth=400"]
 # _analyses likewise, and more: its cohort_rows / hist_rows (6 fused copies each, two refund modes
 # each) are inlined into their callers only with this room, so each copy has its refunds mode a
 # constant and the zone tables in registers; called out of line (GCC's defaults since the zone

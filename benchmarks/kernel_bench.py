@@ -27,7 +27,7 @@ from pathlib import Path
 CASES = ("kernel-year", "kernel-month", "compute-2t")
 
 
-def worker(path, case, repeat):
+def worker(path, case, repeat, clock="wall"):
     import loyaltymetrics as lm
     from loyaltymetrics.inputs import order_batches
     from loyaltymetrics.scan import scan_orders
@@ -41,11 +41,12 @@ def worker(path, case, repeat):
     with pa.memory_map(path) as source:
         rows = pa.ipc.open_file(source).read_all().num_rows
     once()
+    timer = time.process_time if clock == "cpu" else time.perf_counter
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = timer()
         once()
-        times.append(time.perf_counter() - start)
+        times.append(timer() - start)
     print(json.dumps({"rows": rows, "seconds": statistics.median(times)}))
 
 
@@ -58,10 +59,12 @@ def main():
     parser.add_argument("--case", action="append", choices=CASES)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: the process's CPU seconds (steadier on a loaded machine; for one thread)")
     parser.add_argument("--worker", nargs=2, metavar=("PATH", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker[0], args.worker[1], args.repeat)
+        return worker(args.worker[0], args.worker[1], args.repeat, args.clock)
 
     sys.path.insert(0, str(Path(__file__).parent))
     from datagen import data_file_name, write_orders_file
@@ -80,11 +83,13 @@ def main():
         for _ in range(args.runs):
             for name, src in builds:
                 env = dict(os.environ, PYTHONPATH=str(Path(src).resolve()))
-                out = subprocess.run([sys.executable, __file__, "--worker", path, case, "--repeat", str(args.repeat)],
+                out = subprocess.run([sys.executable, __file__, "--worker", path, case, "--repeat", str(args.repeat),
+                                      "--clock", args.clock],
                                      env=env, capture_output=True, text=True, check=True).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 results.setdefault((case, name), []).append(r["rows"] / r["seconds"])
-    print(f"{int(args.rows):,} rows, {path}; M rows/s, median of {args.runs} processes x median of {args.repeat} calls")
+    print(f"{int(args.rows):,} rows, {path}; M rows/s ({args.clock} clock), median of {args.runs} processes "
+          f"x median of {args.repeat} calls; load average {os.getloadavg()[0]:.1f}")
     print(f"{'case':<14}" + "".join(f"{name:>12}" for name, _ in builds))
     for case in cases:
         print(f"{case:<14}" + "".join(f"{statistics.median(results[(case, name)]) / 1e6:>12.1f}"

@@ -11,6 +11,16 @@ directly, without branching on whether it starts a store-customer or a run
 values that are added, so the loop has no data-dependent branches but the
 rare ones (a new merchant, a bad row).
 
+Without refunds most rows go through the block path instead (``lm_block``):
+64 rows of one merchant that start a run are checked together (order,
+ranges, merchant: or-ed up, an AVX2 clone where the CPU has it), each row
+adds its revenue and one packed word of five counts to its period, and the
+rows of the block's last run, which may go on past the block, are taken
+back. Reward rows (a minority) then add their counts, and their runs the
+member counts, found from the block's run-start bitmask. A block with a bad
+row, an overflow or one run over all 64 rows is taken back whole and the row
+loop does those rows, so errors name the same row.
+
 State lives in a ``ScanState`` and carries across calls, so a store-customer
 split over two record batches is one store-customer. A call stops early and
 says why (``NEED_SPACE`` when the caller-owned output is full, or an input
@@ -26,6 +36,7 @@ from _types cimport customer_key_t, merchant_key_t, order_ts_t
 cdef extern from *:
     """
     #include <stdint.h>
+    #include <string.h>
     static inline int lm_add_overflows(int64_t a, int64_t b, int64_t *out) {
         return __builtin_add_overflow(a, b, out);
     }
@@ -81,6 +92,243 @@ cdef extern from *:
             *last_merchant = merchant;
         }
     }
+
+    /* ---- The block path (refunds off): 64 rows at a time, runs complete in a block. ----
+       Slot LM_PACKED of a period's acc row holds five 12-bit counters (orders, customers,
+       new_customers, retained_customers, repeat_customers) that block rows add in one store;
+       lm_fold_packed moves them into their columns before fewer than 64 of 4096 are left. */
+    enum { LM_ORDERS, LM_REVENUE, LM_CUSTOMERS, LM_NEW_CUSTOMERS, LM_REPEAT_CUSTOMERS,
+           LM_ORDERS_FROM_REPEAT, LM_RETAINED, LM_REWARD_ORDERS, LM_REWARD_REVENUE,
+           LM_REWARD_CUSTOMERS, LM_MEMBER_ORDERS, LM_MEMBER_REVENUE, LM_MEMBER_REPEAT,
+           LM_PACKED, LM_STRIDE = 16 };
+    #define LM_BLOCK 64
+    #define LM_FOLD_EVERY (4096 - LM_BLOCK)
+
+    static LM_RARE void lm_fold_packed(int64_t *acc_base, lm_range r) {
+        int64_t p;
+        for (p = r.lo; p <= r.hi; p++) {
+            int64_t *acc = acc_base + p * LM_STRIDE;
+            uint64_t v = (uint64_t)acc[LM_PACKED];
+            if (!v) continue;
+            acc[LM_ORDERS] += v & 0xfff;
+            acc[LM_CUSTOMERS] += (v >> 12) & 0xfff;
+            acc[LM_NEW_CUSTOMERS] += (v >> 24) & 0xfff;
+            acc[LM_RETAINED] += (v >> 36) & 0xfff;
+            acc[LM_REPEAT_CUSTOMERS] += (v >> 48) & 0xfff;
+            acc[LM_PACKED] = 0;
+        }
+    }
+
+    #define LM_LOAD(ptr, size, j) ((size) == 4 ? (int64_t)((const int32_t *)(ptr))[j] : ((const int64_t *)(ptr))[j])
+
+    typedef struct { int64_t prev_customer, prev_ts, run_period, order_lo, order_hi; } lm_block_cursor;
+
+    /* A row's packed counts by its code: bit 0 a new store-customer (nc); bits 1-2 its period
+       after the previous row's: 0 the same, 1 the next, 2 another; bit 3 the previous row
+       started a run. Bit 63 of the value says the row starts a run (nr = nc | !same); it
+       toggles bit 63 of the packed slot, which no counter reaches (fields are 12 bits: 0..59). */
+    #define LM_W(nc, same, next, nr_prev) \
+        (1ULL + ((uint64_t)((nc) | !(same)) << 12) + ((uint64_t)(nc) << 24) \
+         + ((uint64_t)(!(nc) & (next)) << 36) + ((uint64_t)((nr_prev) & !((nc) | !(same))) << 48) \
+         + ((uint64_t)((nc) | !(same)) << 63))
+    #define LM_W2(s, n, r) LM_W(0, s, n, r), LM_W(1, s, n, r)
+    static const uint64_t lm_packed_by_code[16] = {
+        LM_W2(1, 0, 0), LM_W2(0, 1, 0), LM_W2(0, 0, 0), 0, 0,
+        LM_W2(1, 0, 1), LM_W2(0, 1, 1), LM_W2(0, 0, 1), 0, 0};
+
+    /* Rows 1..63 of a block against the row before each: bit 63 of .bad set if a row is out of
+       order (a smaller customer_id, or the same and an earlier order_ts); .ts_or: the or of their
+       timestamps (a range check); their earliest and latest timestamp. One function a key/ts
+       type pair, in an AVX2 and a baseline copy (GCC picks one when the module loads): AVX2
+       compares four int64 rows at once, the baseline one row at a time. */
+    typedef struct { uint64_t bad, ts_or; int64_t lo, hi; } lm_checks;
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(LM_NO_CLONES)
+    #define LM_CLONES __attribute__((target_clones("avx2", "default"), noinline))
+    #else
+    #define LM_CLONES __attribute__((noinline))
+    #endif
+    #define LM_DEFINE_CHECKS(NAME, CT, TT) \
+        static LM_CLONES lm_checks NAME(const CT *c, const TT *t, int64_t lo, int64_t hi) { \
+            uint64_t bad = 0, ts_or = 0; \
+            int j; \
+            for (j = 1; j < LM_BLOCK; j++) { \
+                int64_t cj = c[j], tj = t[j], pt = t[j - 1]; \
+                uint64_t d = (uint64_t)cj - (uint64_t)(int64_t)c[j - 1]; \
+                uint64_t lt = (uint64_t)(cj < (int64_t)c[j - 1]) << 63; \
+                ts_or |= (uint64_t)tj; \
+                /* a smaller customer; the same one and t - pt < 0 (exact: both in [0, 2^63) */ \
+                /* when ts_or passes) */ \
+                bad |= lt | (((uint64_t)tj - (uint64_t)pt) & -(uint64_t)(d == 0)); \
+                lo = tj < lo ? tj : lo; \
+                hi = tj > hi ? tj : hi; \
+            } \
+            { lm_checks r = {bad, ts_or, lo, hi}; return r; } \
+        }
+    LM_DEFINE_CHECKS(lm_checks_44, int32_t, int32_t)
+    LM_DEFINE_CHECKS(lm_checks_48, int32_t, int64_t)
+    LM_DEFINE_CHECKS(lm_checks_84, int64_t, int32_t)
+    LM_DEFINE_CHECKS(lm_checks_88, int64_t, int64_t)
+
+    /* Rows i..i+63 of one merchant (`merchant`, the previous row's too) as a block. Returns the
+       rows done (> 0: rows [i, i + L), every run in them complete: row i + L starts a run), or
+       -k: nothing done, the row loop takes the next k rows (row i does not start a run: 1; a bad
+       row, an overflow, or one run over all 64 rows: LM_BLOCK).
+       Rows are added to `acc` as they come (revenue with its overflow check, the packed counts)
+       and the rows of the last run, perhaps incomplete, taken back; a bad row or an overflow
+       takes back all. The earliest and latest order take in all 64 rows: the rows after L are
+       the same merchant's, scanned next. */
+    static inline __attribute__((always_inline)) Py_ssize_t lm_block_body(
+            const void *merchants, int msize, const void *customers, int csize,
+            const void *timestamps, int tsize, const int64_t *amounts,
+            const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
+            const int64_t *table, int shift, int64_t ts_max, int64_t *acc_base, lm_block_cursor *cur) {
+        int64_t period[LM_BLOCK];
+        uint64_t packed[LM_BLOCK];
+        uint64_t runs = 0, any = 0, neg = 0, ts_or = 0, unsorted = 0, word, reward, nr = 0, w;
+        int64_t pc = cur->prev_customer, pt = cur->prev_ts, pp = cur->run_period;
+        int64_t lo = cur->order_lo, hi = cur->order_hi, t, q, b, c;
+        int ts_bits = 63 - __builtin_clzll((uint64_t)ts_max + 1);     /* t < 2^ts_bits: valid */
+        Py_ssize_t j, k, L, start, end;
+        /* Rows that are not the merchant's, negative amounts (loops the compiler vectorizes),
+           rows out of order, timestamps out of range; the earliest and latest order. */
+        if (msize == 4) {       /* four rows a 16-byte compare */
+            uint32_t m32 = 0;
+            for (j = 0; j < LM_BLOCK; j++) m32 |= (uint32_t)((const int32_t *)merchants)[i + j] ^ (uint32_t)merchant;
+            any = m32;
+        } else {
+            for (j = 0; j < LM_BLOCK; j++) any |= (uint64_t)(((const int64_t *)merchants)[i + j] ^ merchant);
+        }
+        for (j = 0; j < LM_BLOCK; j++) neg |= (uint64_t)amounts[i + j];
+        {
+            lm_checks r;
+            const void *cb = csize == 4 ? (const void *)((const int32_t *)customers + i)
+                                        : (const void *)((const int64_t *)customers + i);
+            const void *tb = tsize == 4 ? (const void *)((const int32_t *)timestamps + i)
+                                        : (const void *)((const int64_t *)timestamps + i);
+            if (csize == 4 && tsize == 4) r = lm_checks_44((const int32_t *)cb, (const int32_t *)tb, lo, hi);
+            else if (csize == 4) r = lm_checks_48((const int32_t *)cb, (const int64_t *)tb, lo, hi);
+            else if (tsize == 4) r = lm_checks_84((const int64_t *)cb, (const int32_t *)tb, lo, hi);
+            else r = lm_checks_88((const int64_t *)cb, (const int64_t *)tb, lo, hi);
+            /* Row 0 against the row before the block. */
+            c = LM_LOAD(customers, csize, i);
+            t = LM_LOAD(timestamps, tsize, i);
+            unsorted = r.bad | ((uint64_t)((c < pc) | ((c == pc) & (t < pt))) << 63);
+            ts_or = r.ts_or | (uint64_t)t;
+            lo = t < r.lo ? t : r.lo;
+            hi = t > r.hi ? t : r.hi;
+        }
+        if (any | ((neg | unsorted) >> 63) | (ts_or >> ts_bits)) return -LM_BLOCK;
+        /* Row i must start a run. */
+        pc = cur->prev_customer;
+        t = LM_LOAD(timestamps, tsize, i);
+        b = (t >> shift) * 2;
+        q = table[b] + (t > table[b + 1]);
+        if (LM_LOAD(customers, csize, i) == pc && q == pp) return -1;
+        for (j = 0; j < LM_BLOCK; j++) {
+            int64_t a = amounts[i + j];
+            int64_t *acc;
+            uint64_t nc;
+            c = LM_LOAD(customers, csize, i + j);
+            t = LM_LOAD(timestamps, tsize, i + j);
+            b = (t >> shift) * 2;
+            q = table[b] + (t > table[b + 1]);
+            nc = c != pc;
+            b = (uint64_t)(q - pp) < 2 ? q - pp : 2;
+            w = lm_packed_by_code[nc + 2 * b + 8 * nr];
+            nr = nc | (uint64_t)(q != pp);      /* not from w: the next row's load waits on no load */
+            runs = runs * 2 + nr;               /* row j at bit 63 - j */
+            period[j] = q;
+            packed[j] = w;
+            acc = acc_base + q * LM_STRIDE;
+            if (__builtin_add_overflow(acc[LM_REVENUE], a, &acc[LM_REVENUE])) {
+                acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)a);
+                L = 0;
+                goto take_back;
+            }
+            acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] + w);
+            pc = c;
+            pp = q;
+        }
+        /* The last run starts at row L (the lowest bit of runs); L == 0: one run, none done. */
+        L = 63 - __builtin_ctzll(runs);
+    take_back:
+        for (k = L; k < j; k++) {
+            int64_t *acc = acc_base + period[k] * LM_STRIDE;
+            acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)amounts[i + k]);
+            acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] - packed[k]);
+        }
+        if (L == 0) return -LM_BLOCK;
+        /* Reward rows (a minority), and once a run the member counts of their runs. */
+        memcpy(&word, bits + (bit0 >> 3), 8);
+        if (bit0 & 7) word = (word >> (bit0 & 7)) | ((uint64_t)bits[(bit0 >> 3) + 8] << (64 - (bit0 & 7)));
+        reward = word & ((1ULL << L) - 1);
+        end = 0;
+        while (reward) {
+            int64_t *acc;
+            uint64_t r;
+            j = __builtin_ctzll(reward);
+            reward &= reward - 1;
+            acc = acc_base + period[j] * LM_STRIDE;
+            acc[LM_REWARD_ORDERS] += 1;
+            acc[LM_REWARD_REVENUE] += amounts[i + j];
+            if (j < end) continue;               /* its run is a member run already */
+            r = runs >> (63 - j);                /* runs starting at rows <= j, row j at bit 0 */
+            start = j - __builtin_ctzll(r);
+            r = runs & ((1ULL << (63 - j)) - 1); /* runs starting after row j (row L's at least) */
+            end = 63 - (63 - __builtin_clzll(r));
+            acc[LM_REWARD_CUSTOMERS] += 1;
+            acc[LM_MEMBER_ORDERS] += end - start;
+            acc[LM_MEMBER_REPEAT] += end - start >= 2;
+            for (k = start; k < end; k++) acc[LM_MEMBER_REVENUE] += amounts[i + k];
+        }
+        cur->prev_customer = LM_LOAD(customers, csize, i + L - 1);
+        cur->prev_ts = LM_LOAD(timestamps, tsize, i + L - 1);
+        cur->run_period = period[L - 1];
+        cur->order_lo = lo;
+        cur->order_hi = hi;
+        return L;
+    }
+
+    /* One copy of the block function a key/timestamp type combination, each with an x86-64-v3
+       clone (AVX2, BMI2: shifts by a register other than cl, fewer registers spilled) picked
+       when the module loads; lm_block calls the one of its types (the sizes are constants). */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(LM_NO_CLONES)
+    #define LM_BLOCK_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), noinline))
+    #else
+    #define LM_BLOCK_CLONES __attribute__((noinline))
+    #endif
+    #define LM_BLOCK_ARGS const void *merchants, const void *customers, const void *timestamps, \
+        const int64_t *amounts, const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant, \
+        const int64_t *table, int shift, int64_t ts_max, int64_t *acc_base, lm_block_cursor *cur
+    #define LM_DEFINE_BLOCK(NAME, MS, CS, TS) \
+        static LM_BLOCK_CLONES Py_ssize_t NAME(LM_BLOCK_ARGS) { \
+            return lm_block_body(merchants, MS, customers, CS, timestamps, TS, amounts, bits, bit0, i, \
+                                 merchant, table, shift, ts_max, acc_base, cur); \
+        }
+    LM_DEFINE_BLOCK(lm_block_444, 4, 4, 4)
+    LM_DEFINE_BLOCK(lm_block_448, 4, 4, 8)
+    LM_DEFINE_BLOCK(lm_block_484, 4, 8, 4)
+    LM_DEFINE_BLOCK(lm_block_488, 4, 8, 8)
+    LM_DEFINE_BLOCK(lm_block_844, 8, 4, 4)
+    LM_DEFINE_BLOCK(lm_block_848, 8, 4, 8)
+    LM_DEFINE_BLOCK(lm_block_884, 8, 8, 4)
+    LM_DEFINE_BLOCK(lm_block_888, 8, 8, 8)
+
+    static inline Py_ssize_t lm_block(
+            const void *merchants, int msize, const void *customers, int csize,
+            const void *timestamps, int tsize, const int64_t *amounts,
+            const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
+            const int64_t *table, int shift, int64_t ts_max, int64_t *acc_base, lm_block_cursor *cur) {
+        #define LM_CALL(NAME) NAME(merchants, customers, timestamps, amounts, bits, bit0, i, merchant, \
+                                   table, shift, ts_max, acc_base, cur)
+        if (msize == 4) {
+            if (csize == 4) return tsize == 4 ? LM_CALL(lm_block_444) : LM_CALL(lm_block_448);
+            return tsize == 4 ? LM_CALL(lm_block_484) : LM_CALL(lm_block_488);
+        }
+        if (csize == 4) return tsize == 4 ? LM_CALL(lm_block_844) : LM_CALL(lm_block_848);
+        return tsize == 4 ? LM_CALL(lm_block_884) : LM_CALL(lm_block_888);
+        #undef LM_CALL
+    }
     """
     bint lm_add_overflows(int64_t a, int64_t b, int64_t *out) noexcept nogil
     ctypedef struct lm_range:
@@ -91,6 +339,25 @@ cdef extern from *:
                                  const int32_t* zone_index, Py_ssize_t n_zoned, int64_t m) noexcept nogil
     void lm_fold_orders(int64_t* first_ts, int64_t* first_merchant, int64_t* last_ts, int64_t* last_merchant,
                         int64_t merchant, int64_t lo, int64_t hi) noexcept nogil
+    enum:
+        LM_BLOCK
+        LM_FOLD_EVERY
+        LM_PACKED
+        LM_STRIDE
+        LM_MEMBER_REPEAT
+        LM_RETAINED
+    ctypedef struct lm_block_cursor:
+        int64_t prev_customer
+        int64_t prev_ts
+        int64_t run_period
+        int64_t order_lo
+        int64_t order_hi
+    void lm_fold_packed(int64_t* acc_base, lm_range r) noexcept nogil
+    Py_ssize_t lm_block(const void* merchants, int msize, const void* customers, int csize,
+                        const void* timestamps, int tsize, const int64_t* amounts,
+                        const uint8_t* bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
+                        const int64_t* table, int shift, int64_t ts_max, int64_t* acc_base,
+                        lm_block_cursor* cur) noexcept nogil
 
 # Partial columns, SPEC §4 (returning_customers, repeat_orders, merchants and
 # fees are derived from these in finalize).
@@ -118,6 +385,9 @@ PARTIAL_COLUMNS = (
     "member_repeat_customers",
 )
 assert len(PARTIAL_COLUMNS) == N_COUNTS
+# The block path's C names the same columns (lm_block), and packs counts into the padding.
+assert (LM_PACKED, LM_STRIDE, LM_MEMBER_REPEAT, LM_RETAINED) == (N_COUNTS, ACC_STRIDE, MEMBER_REPEAT_CUSTOMERS,
+                                                                  RETAINED_CUSTOMERS)
 
 # Why a scan call returned.
 cpdef enum Status:
@@ -380,7 +650,29 @@ cdef inline Status scan_rows(
     cdef int64_t same_merchant, same_customer, new_run, keep, first_reward, member, was_member_repeat
     cdef bint overflow
     cdef Status status = OK
-    for i in range(start, n):
+    # The block path (refunds off): rows from `block_from` on may start a block; the row loop
+    # takes the rows a block gives back. Block rows add their counts packed (lm_fold_packed).
+    cdef Py_ssize_t block_from = start, got, packed_rows = 0
+    cdef lm_block_cursor bc
+    i = start
+    while i < n:
+        if (not refunds and i >= block_from and n - i >= LM_BLOCK and started
+                and merchants[i] == prev_merchant and merchants[i + LM_BLOCK - 1] == prev_merchant):
+            bc.prev_customer, bc.prev_ts, bc.run_period = prev_customer, prev_ts, run_period
+            bc.order_lo, bc.order_hi = order_lo, order_hi
+            got = lm_block(merchants, sizeof(merchant_key_t), customers, sizeof(customer_key_t),
+                           timestamps, sizeof(order_ts_t), amounts, bits, reward_offset + i, i,
+                           prev_merchant, table, shift, ts_max, acc_base, &bc)
+            if got > 0:
+                prev_customer, prev_ts, run_period = bc.prev_customer, bc.prev_ts, bc.run_period
+                order_lo, order_hi = bc.order_lo, bc.order_hi
+                i += got
+                packed_rows += got
+                if packed_rows >= LM_FOLD_EVERY:
+                    lm_fold_packed(acc_base, lm_touched_periods(table, shift, order_lo, order_hi))
+                    packed_rows = 0
+                continue
+            block_from = i - got
         m = merchants[i]
         cust = customers[i]
         t = timestamps[i]
@@ -403,6 +695,9 @@ cdef inline Status scan_rows(
                 if not refunds:
                     touched = lm_touched_periods(table, shift, order_lo, order_hi)
                     acc_lo, acc_hi = touched.lo, touched.hi
+                    if packed_rows:
+                        lm_fold_packed(acc_base, touched)
+                        packed_rows = 0
                 if st.out_rows + (acc_hi - acc_lo + 1) > st.out_merchant.shape[0]:
                     status = NEED_SPACE
                     break
@@ -473,12 +768,13 @@ cdef inline Status scan_rows(
         prev_merchant = m
         prev_customer = cust
         prev_ts = t
-    else:
-        i = n
+        i += 1
     stop[0] = i
     if not refunds and started:
         touched = lm_touched_periods(table, shift, order_lo, order_hi)
         acc_lo, acc_hi = touched.lo, touched.hi
+        if packed_rows:
+            lm_fold_packed(acc_base, touched)
     st.cur.started = started
     st.cur.prev_merchant, st.cur.prev_customer, st.cur.prev_ts = prev_merchant, prev_customer, prev_ts
     st.cur.run_period, st.cur.run_orders, st.cur.run_reward_orders = run_period, run_orders, run_reward_orders
