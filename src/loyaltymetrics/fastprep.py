@@ -519,11 +519,11 @@ def _write_no_rejects(con, plan, a):
 
     read = {role for _, _, names, _, _ in plan for role in names}
     roles = [r for r in _convert.ROLES if r in read or r in ("merchant_id", "customer_id")]
-    # As the general path's query, the Parquet writer marks every column optional (a null literal may be
-    # null) but ``row`` required (a column of a table whose statistics hold no null).
-    con.execute("CREATE TABLE no_rejects (row BIGINT)")
-    columns = ", ".join(["NULL::VARCHAR AS file", "row", "NULL::VARCHAR AS reason", "NULL::BIGINT AS line_number",
+    # As the general path's query, the Parquet writer marks every column optional (its ``row`` comes through
+    # the ``staged`` view, whose statistics may hold a null).
+    columns = ", ".join(["NULL::VARCHAR AS file", "NULL::BIGINT AS row", "NULL::VARCHAR AS reason",
+                         "NULL::BIGINT AS line_number",
                          "NULL::VARCHAR AS line"] + [f"NULL::VARCHAR AS {role}" for role in roles])
     fmt = "CSV" if Path(a.rejects).suffix.lower() == ".csv" else "PARQUET"
-    _convert._copy_private(con, f"SELECT {columns} FROM no_rejects", a.rejects, a.inputs, fmt=fmt,
+    _convert._copy_private(con, f"SELECT {columns} WHERE false", a.rejects, a.inputs, fmt=fmt,
                            what="rejects file")
