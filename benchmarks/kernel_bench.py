@@ -67,15 +67,9 @@ def main():
         return worker(args.worker[0], args.worker[1], args.repeat, args.clock)
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from datagen import data_file_name, write_orders_file
+    from datagen import cached_orders_file
 
-    folder = Path(args.data)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = str(folder / data_file_name(int(args.rows)))
-    write_orders_file(path, int(args.rows))
-    with open(path, "rb") as f:            # into the page cache
-        while f.read(1 << 24):
-            pass
+    path = cached_orders_file(args.data, args.rows)
     builds = [b.split("=", 1) for b in args.build] or [["this", str(Path(__file__).parent.parent / "src")]]
     cases = args.case or list(CASES)
     results = {}
