@@ -279,7 +279,9 @@ def test_the_block_path_runs_as_plain_python_too():
         "case = t._regular_case(200); outcome, _, blocks = t._run(t.numba_scan, case); print(repr(outcome)); print(blocks)"
     )
     root = Path(__file__).parent.parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]))
+    # The loyaltymetrics this process imported (built in place under src/, or installed: src/ then has no kernels).
+    package_parent = Path(numba_scan.__file__).parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(package_parent), os.environ.get("PYTHONPATH", "")]))
     outputs = []
     for disable in ("0", "1"):
         run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
