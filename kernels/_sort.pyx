@@ -306,6 +306,18 @@ def rebase(uint64_t[::1] dst, const rel_t[::1] src, const int64_t[::1] starts, c
             pos += k
 
 
+cdef Py_ssize_t _append(uint8_t[::1] dst, Py_ssize_t pos, uint64_t address, Py_ssize_t lo,
+                        Py_ssize_t hi) except -1 nogil:
+    """Copy bytes ``[lo, hi)`` from ``address`` to ``dst[pos:]``; the position after them."""
+    if hi <= lo:
+        return pos
+    if pos + hi - lo > dst.shape[0]:
+        with gil:
+            raise ValueError("dst too small")
+    memcpy(&dst[pos], <const uint8_t *>address + lo, hi - lo)
+    return pos + hi - lo
+
+
 def copy_ranges(uint8_t[::1] dst, const uint64_t[::1] addresses, const int64_t[:, ::1] offsets,
                 Py_ssize_t itemsize, Py_ssize_t b0, Py_ssize_t b1, bint by_bucket):
     """Copy buckets ``[b0, b1)`` of several parts into ``dst``; returns the bytes written.
@@ -315,31 +327,17 @@ def copy_ranges(uint8_t[::1] dst, const uint64_t[::1] addresses, const int64_t[:
     after part (every bucket contiguous); else part after part, each part's rows of the buckets
     in one piece. Either way the rows of one bucket keep the parts' order.
     """
-    cdef Py_ssize_t parts = addresses.shape[0], p, b, lo, hi, pos = 0
+    cdef Py_ssize_t parts = addresses.shape[0], p, b, pos = 0
     if offsets.shape[0] != parts or b0 < 0 or b1 >= offsets.shape[1] + 1 or b1 < b0:
         raise ValueError("bad ranges")
     with nogil:
         if by_bucket:
             for b in range(b0, b1):
                 for p in range(parts):
-                    lo = offsets[p, b] * itemsize
-                    hi = offsets[p, b + 1] * itemsize
-                    if hi > lo:
-                        if pos + hi - lo > dst.shape[0]:
-                            with gil:
-                                raise ValueError("dst too small")
-                        memcpy(&dst[pos], <const uint8_t *>addresses[p] + lo, hi - lo)
-                        pos += hi - lo
+                    pos = _append(dst, pos, addresses[p], offsets[p, b] * itemsize, offsets[p, b + 1] * itemsize)
         else:
             for p in range(parts):
-                lo = offsets[p, b0] * itemsize
-                hi = offsets[p, b1] * itemsize
-                if hi > lo:
-                    if pos + hi - lo > dst.shape[0]:
-                        with gil:
-                            raise ValueError("dst too small")
-                    memcpy(&dst[pos], <const uint8_t *>addresses[p] + lo, hi - lo)
-                    pos += hi - lo
+                pos = _append(dst, pos, addresses[p], offsets[p, b0] * itemsize, offsets[p, b1] * itemsize)
     return pos
 
 
