@@ -58,11 +58,16 @@ def _edges(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _zone(text):
+def _parsed(text, parse):
+    """``parse(text)`` for an argparse type: its ValueError's message becomes the usage error."""
     try:
-        return check_zone(text)
+        return parse(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _zone(text):
+    return _parsed(text, check_zone)
 
 
 TIMEZONE_HELP = ("IANA time zone (e.g. America/New_York) of the calendar periods of merchants without a "
@@ -100,10 +105,7 @@ def _add_unsorted(p):
 def _size(text):
     from .unsorted import parse_size
 
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return _parsed(text, parse_size)
 
 
 def _unsorted(args):
@@ -629,10 +631,7 @@ def _demo(args):
 def _rows(text):
     from .synthetic import parse_rows
 
-    try:
-        return parse_rows(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return _parsed(text, parse_rows)
 
 
 def _years(text):
