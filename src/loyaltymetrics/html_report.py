@@ -447,7 +447,11 @@ def money_text(value, currency, minor=True):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     x = value / MINOR_PER_MAJOR if minor else value
-    number = short_number(abs(x))
+    return _with_currency(x, short_number(abs(x)), currency)
+
+
+def _with_currency(x, number, currency):
+    """``number`` (the text of ``abs(x)``) with x's sign and the currency's symbol, else its code after."""
     sign = "\u2212" if x < 0 else ""
     symbol = CURRENCY_SYMBOLS.get(currency or "")
     if symbol:
@@ -594,12 +598,7 @@ def _style_axes(ax, categories, ylabel, money=False):
 
 def axis_money(x, currency):
     """A money tick: "$200", "$1.5M" (major units; the currency's symbol, else its code after)."""
-    number = _axis_number(abs(x))
-    sign = "\u2212" if x < 0 else ""
-    symbol = CURRENCY_SYMBOLS.get(currency or "")
-    if symbol:
-        return f"{sign}{symbol}{number}"
-    return f"{sign}{number} {currency}" if currency else f"{sign}{number}"
+    return _with_currency(x, _axis_number(abs(x)), currency)
 
 
 def _axis_number(x, _pos=None):
