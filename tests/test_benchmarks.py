@@ -62,10 +62,16 @@ def _group_sort_key(by, edges):
     return lambda key: tuple(order[v] if k == "size" else v for k, v in zip(by, key))
 
 
-def expected_distribution(rows, by, metrics, edges):
+def _by_group(rows, by):
+    """Rows by (group key, period_start)."""
     groups = defaultdict(list)
     for r in rows:
         groups[tuple(r[k] for k in by), r["period_start"]].append(r)
+    return groups
+
+
+def expected_distribution(rows, by, metrics, edges):
+    groups = _by_group(rows, by)
     sort_key = _group_sort_key(by, edges)
     out = []
     for (key, start) in sorted(groups, key=lambda g: (sort_key(g[0]), g[1])):
@@ -87,9 +93,7 @@ def expected_distribution(rows, by, metrics, edges):
 
 
 def expected_per_merchant(rows, by, metrics, edges):
-    groups = defaultdict(list)
-    for r in rows:
-        groups[tuple(r[k] for k in by), r["period_start"]].append(r)
+    groups = _by_group(rows, by)
     sort_key = _group_sort_key(by, edges)
     out = []
     # Rows of one comparison (group and period) together: keys, period, merchant, metric.
