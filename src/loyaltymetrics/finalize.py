@@ -172,26 +172,96 @@ def size_buckets(orders, months, edges):
 
 
 def combine(partials, source="orders"):
-    """Sum partials that share (merchant, period) — e.g. from two chunks — sorted by both."""
-    order = np.lexsort((partials.period, partials.merchant_id))
-    merchant, period = partials.merchant_id[order], partials.period[order]
-    first = np.ones(len(order), dtype=bool)
+    """Sum partials that share (merchant, period) — e.g. from two chunks — sorted by both.
+
+    Partials already sorted with one row per (merchant, period) — one state's,
+    or combined before — are returned as they are.
+    """
+    order = sort_order((partials.merchant_id, partials.period))
+    if order is not None:
+        merchant, period = partials.merchant_id[order], partials.period[order]
+    else:
+        merchant, period = partials.merchant_id, partials.period
+    first = np.ones(len(merchant), dtype=bool)
     first[1:] = (merchant[1:] != merchant[:-1]) | (period[1:] != period[:-1])
+    if order is None and first.all():
+        return partials
     starts = np.flatnonzero(first)
-    counts = sum_groups(partials.counts[order], starts, source)
+    counts = sum_groups(partials.counts, starts, source, order)
     return Partials(merchant[starts], period[starts], counts, partials.month_range, partials.day_range)
 
 
-def sum_groups(values, starts, source):
-    """``np.add.reduceat(values, starts, axis=0)`` that raises instead of wrapping (SPEC §2).
+def sort_order(keys):
+    """The stable order sorting rows by ``keys`` (int arrays, most significant first); None if they are sorted.
 
+    The same permutation as ``np.lexsort(keys[::-1])``. Rows of several
+    states come as a few sorted runs: checking order first, then one stable
+    sort of a single int64 key (a merge of runs) is a fraction of a lexsort.
+    """
+    n = len(keys[0]) if keys else 0
+    if n < 2:
+        return None
+    tied = np.ones(n - 1, dtype=bool)     # rows equal to the row before on the keys so far
+    for k in keys:
+        before, here = k[:-1], k[1:]
+        if (tied & (here < before)).any():
+            break
+        tied &= here == before
+    else:
+        return None
+    # One key ordered like the tuple of keys when their ranges multiply to under 2**63.
+    spans = [(int(k.min()), int(k.max()) - int(k.min()) + 1) for k in keys]
+    if math.prod(span for _, span in spans) > INT64.max:
+        return np.lexsort(keys[::-1])
+    key = np.zeros(n, dtype=np.int64)
+    for k, (low, span) in zip(keys, spans):
+        key *= span
+        key += k.astype(np.int64, copy=False) - low
+    return np.argsort(key, kind="stable")
+
+
+def sum_groups(values, starts, source, order=None):
+    """``np.add.reduceat(values[order], starts, axis=0)`` that raises instead of wrapping (SPEC §2).
+
+    ``starts``: strictly increasing row indexes where groups start;
+    ``order``: the rows of ``values`` in group order (None: as they are).
     int64 addition wraps modulo 2**64, so the sum is exact whenever the true
     sum fits; a float64 sum finds the groups that may not, and those are
-    checked exactly.
+    checked exactly (unless no group can reach 2**62 by the largest value
+    times the largest group). A group of one row is its row: ``reduceat``
+    costs about as much per group as per row, so when most groups are one
+    row (one merchant-period each: ``by=["merchant"]``, or the pieces of
+    two threads) only the others are summed.
     """
-    if len(values) == 0:
+    n = len(values) if order is None else len(order)
+    if n == 0:
         return values[:0].copy()
+    starts = np.asarray(starts, dtype=np.intp)
+    sizes = np.diff(starts, append=n)
+    many = sizes > 1
+    n_many = int(np.count_nonzero(many))
+    firsts = starts if order is None else order[starts]
+    if n_many == 0:
+        return np.take(values, firsts, axis=0)
+    if n_many * 4 > len(starts) or sizes.min() < 1:   # (not strictly increasing: reduceat's own rules)
+        return _sum_groups(values if order is None else np.take(values, order, axis=0), starts,
+                           np.maximum(sizes, 1), source)
+    in_many = np.zeros(n, dtype=bool)
+    in_many[starts[0]:] = np.repeat(many, sizes)
+    rows = np.flatnonzero(in_many) if order is None else order[in_many]
+    many_sizes = sizes[many]
+    many_starts = np.zeros(n_many, dtype=np.intp)
+    np.cumsum(many_sizes[:-1], out=many_starts[1:])
+    sums = np.take(values, firsts, axis=0)
+    sums[many] = _sum_groups(np.take(values, rows, axis=0), many_starts, many_sizes, source)
+    return sums
+
+
+def _sum_groups(values, starts, sizes, source):
     sums = np.add.reduceat(values, starts, axis=0)
+    largest = max(abs(int(values.max())), abs(int(values.min())))
+    if largest * int(sizes.max()) <= 2**62:
+        return sums
     suspect = np.abs(np.add.reduceat(values.astype(np.float64), starts, axis=0)) > 2.0**62
     ends = np.append(starts[1:], len(values))
     for index in zip(*np.nonzero(suspect)):
@@ -213,7 +283,8 @@ def group_codes(merchant_id, orders, months, merchants, by, size_edges):
     codes back into the key's Arrow output column. Shared by ``finalize``
     and the SPEC §9 analyses, so every output groups merchants alike.
     """
-    industry, country, _ = merchants.lookup(merchant_id)
+    if "industry" in by or "country" in by:
+        industry, country, _ = merchants.lookup(merchant_id)
     codes, decode = [], []
     for key in by:
         if key == "merchant":
@@ -267,13 +338,17 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     window = observation_window(p.day_range, observation_start, observation_end)
     first_month, last_month = p.month_range or (0, 0)
     months = (last_month - first_month + 1) if period == "all" else periods.MONTHS_PER_PERIOD[period]
-    _, _, fee = merchants.lookup(p.merchant_id)
+    fee = _annual_fees(merchants, p.merchant_id)
     codes, decode = group_codes(p.merchant_id, p.column("orders"), months, merchants, by, size_edges)
 
-    order = np.lexsort([p.period] + codes[::-1])
-    codes = [c[order] for c in codes]
-    period_index = p.period[order].astype(np.int64)
-    n = len(order)
+    # Rows are (merchant, period); with by=["merchant"] they are already in output order.
+    order = sort_order(codes + [p.period])
+    merchant_id, period_index, counts = p.merchant_id, p.period.astype(np.int64), p.counts
+    if order is not None:
+        codes = [c[order] for c in codes]
+        merchant_id, period_index, fee = merchant_id[order], period_index[order], fee[order]
+        counts = np.take(counts, order, axis=0)
+    n = len(period_index)
     new_group = np.zeros(n, dtype=bool)
     new_group[:1] = True
     for c in codes:
@@ -282,54 +357,95 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     new_row[1:] |= period_index[1:] != period_index[:-1]
     starts = np.flatnonzero(new_row)
 
-    sums = sum_groups(p.counts[order], starts, source)
+    # Every group one row (by=["merchant"]): its sums are its row, no copy.
+    sums = counts if len(starts) == n else sum_groups(counts, starts, source)
     # With refunds, a merchant-period of only refunds adds to its group's revenue sums but is
     # no merchant (SPEC §4: merchants with >= 1 order) and pays no fee; a group-period without
     # orders is no row (SPEC §3).
-    has_orders = p.column("orders")[order] > 0
-    merchants_counted = np.add.reduceat(has_orders.astype(np.int64), starts) if n else np.zeros(0, np.int64)
-    fee_sum = _fee_sums(np.where(has_orders, fee[order], 0), starts, p.merchant_id[order], merchants.source)
+    has_orders = counts[:, PARTIAL_COLUMNS.index("orders")] > 0
+    merchants_counted = sum_groups(has_orders.astype(np.int64), starts, source)
+    fee_sum = _fee_sums(np.where(has_orders, fee, 0), starts, merchant_id, merchants.source)
     group_id = np.cumsum(new_group)[starts] - 1
     keep = sums[:, PARTIAL_COLUMNS.index("orders")] > 0
     if not keep.all():
         starts, sums, merchants_counted, fee_sum, group_id = (
             x[keep] for x in (starts, sums, merchants_counted, fee_sum, group_id))
-    base = {name: sums[:, i] for i, name in enumerate(PARTIAL_COLUMNS)}
-    base["merchants"] = merchants_counted.astype(np.int64)
-    base["returning_customers"] = base["customers"] - base["new_customers"]
-    base["repeat_orders"] = base["orders"] - base["new_customers"]
     group_period = period_index[starts]
+    rows = len(starts)
 
     columns = key_columns(by, [c[starts] for c in codes], decode, merchants)
-    days = periods.period_start(period, group_period, first_month).astype(np.int32)
+    days, complete = _period_columns(period, group_period, window, first_month)
     columns["period_start"] = numeric_array(days, pa.date32())
-    complete = period_complete(period, group_period, window, first_month)
     columns["period_complete"] = bool_array(complete)
 
+    # The metric columns are rows of two blocks, one int64 and one float64: a table of 60,000 rows
+    # allocated column by column costs a page fault per 4 KiB; NumPy maps a large block in huge pages.
+    n_counts = len(PARTIAL_COLUMNS)
+    ints = np.empty((n_counts + 3, rows), np.int64)
+    ints[:n_counts] = sums.T
+    base = {name: ints[i] for i, name in enumerate(PARTIAL_COLUMNS)}
+    ints[n_counts] = merchants_counted
+    base["merchants"] = ints[n_counts]
+    base["returning_customers"] = np.subtract(base["customers"], base["new_customers"], out=ints[n_counts + 1])
+    base["repeat_orders"] = np.subtract(base["orders"], base["new_customers"], out=ints[n_counts + 2])
+    floats = np.empty((1 + len(DERIVED_COLUMNS) + len(BASE_COLUMNS) + len(DERIVED_COLUMNS), rows))
+    fees_row, derived_rows, yoy_rows = floats[0], floats[1:1 + len(DERIVED_COLUMNS)], floats[1 + len(DERIVED_COLUMNS):]
+
     # Metric values with validity: (float or int array, bool array).
-    metrics = {name: (base[name], np.ones(len(starts), bool)) for name in BASE_COLUMNS if name != "fees"}
+    metrics = {name: (base[name], np.ones(rows, bool)) for name in BASE_COLUMNS if name != "fees"}
     if period == "all":
-        metrics["fees"] = (np.zeros(len(starts)), np.zeros(len(starts), bool))
+        fees_row[:] = 0
+        metrics["fees"] = (fees_row, np.zeros(rows, bool))
     else:
-        metrics["fees"] = (_fees(fee_sum, months), np.ones(len(starts), bool))
+        fees_row[:] = _fees(fee_sum, months)
+        metrics["fees"] = (fees_row, np.ones(rows, bool))
     base_order = {name: metrics[name] for name in BASE_COLUMNS}
 
     prev_period = _shift(group_id, group_period, 1, period)
     customers_prev = _take(metrics["customers"], prev_period)
-    derived = _derived(base_order, customers_prev)
+    derived = _derived(base_order, customers_prev, derived_rows)
 
     year_ago = _shift(group_id, group_period, periods.PERIODS_PER_YEAR.get(period), period)
     all_metrics = {**base_order, **derived}
     for name, (values, valid) in all_metrics.items():
         columns[name] = _to_arrow(values, valid)
     # SPEC §3: no YoY unless both periods are complete (a year that has only begun is no year).
-    compared = complete & _take((complete, complete), year_ago)[1]
-    for name, (values, valid) in all_metrics.items():
-        prev_values, prev_valid = _take((values, valid), year_ago)
+    found = year_ago >= 0
+    year_ago = np.where(found, year_ago, 0)    # rows without one compare with row 0, then are null
+    compared = complete & found & complete[year_ago]
+    for (name, (values, valid)), yoy in zip(all_metrics.items(), yoy_rows):
+        prev_values = values[year_ago]
         delta = difference(values, prev_values)  # exact integer subtraction for counts
-        yoy, ok = _ratio(delta, prev_values)
-        columns[f"{name}_yoy"] = _to_arrow(yoy * 100, ok & valid & prev_valid & compared)
+        _, ok = _ratio(delta, prev_values, out=yoy)
+        yoy *= 100
+        ok &= valid
+        ok &= compared
+        ok &= valid[year_ago]
+        columns[f"{name}_yoy"] = _to_arrow(yoy, ok)
     return pa.table(columns)
+
+
+def _annual_fees(merchants, merchant_id):
+    """The merchants table's ``annual_fee`` of each of ``merchant_id`` (0 where missing), as ``lookup`` gives it."""
+    fee = np.zeros(len(merchant_id), np.int64)
+    if len(merchants.merchant_id):   # not ``lookup``: its industry and country are not needed here
+        idx = np.searchsorted(merchants.merchant_id, merchant_id)
+        found = idx < len(merchants.merchant_id)
+        found[found] = merchants.merchant_id[idx[found]] == merchant_id[found]
+        fee[found] = merchants.annual_fee[idx[found]]
+    return fee
+
+
+def _period_columns(period, group_period, window, first_month):
+    """``period_start`` (int32 days) and ``period_complete`` of each row, worked out once per distinct period."""
+    if len(group_period) == 0:
+        low, high = 0, -1
+    else:
+        low, high = int(group_period.min()), int(group_period.max())
+    index = np.arange(low, high + 1, dtype=np.int64)
+    days = periods.period_start(period, index, first_month).astype(np.int32)
+    complete = period_complete(period, index, window, first_month)
+    return days[group_period - low], complete[group_period - low]
 
 
 def _fee_sums(fee, starts, merchant_id, source):
@@ -361,6 +477,8 @@ def difference(a, b):
         return np.asarray(a, np.float64) - np.asarray(b, np.float64)
     d = a - b  # wraps silently on overflow (refunds near ±9.2e18)
     out = d.astype(np.float64)
+    if len(a) == 0 or (int(a.max()) - int(b.min()) <= INT64.max and int(a.min()) - int(b.max()) >= INT64.min):
+        return out   # no difference can wrap
     for i in np.flatnonzero(((a ^ b) & (a ^ d)) < 0):
         out[i] = float(int(a[i]) - int(b[i]))
     return out
@@ -369,17 +487,19 @@ def difference(a, b):
 def _shift(group_id, group_period, lag, period):
     """Row index of the same group ``lag`` periods earlier, -1 where there is none."""
     n = len(group_id)
+    out = np.full(n, -1, dtype=np.int64)
     if lag is None or period == "all" or n == 0:
-        return np.full(n, -1, dtype=np.int64)
-    # Ascending, as rows are sorted by group then period. The stride leaves a
-    # gap of n_periods between groups, so ``key - lag`` never lands in the
-    # previous group.
+        return out
+    # Rows are sorted by group then period, one row per period: the row ``lag`` periods
+    # earlier is at most ``lag`` rows back. The stride leaves a gap of n_periods between
+    # groups, so ``key - lag`` never matches a row of the previous group.
     stride = 2 * periods.n_periods(period)
     key = group_id * stride + group_period
-    idx = np.searchsorted(key, key - lag)
-    found = idx < n
-    found[found] = key[idx[found]] == (key - lag)[found]
-    return np.where(found, idx, -1)
+    target = key - lag
+    for back in range(1, min(lag, n - 1) + 1):
+        hit = np.flatnonzero(key[:-back] == target[back:])
+        out[hit + back] = hit
+    return out
 
 
 def _take(metric, index):
@@ -391,55 +511,68 @@ def _take(metric, index):
     return values[safe], found & valid[safe]
 
 
-def _ratio(num, den):
-    """num / den as float64 with validity (null where den is 0)."""
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    ok = den != 0
-    out = np.zeros(np.broadcast(num, den).shape)
-    np.divide(num, den, out=out, where=ok)
+def _ratio(num, den, out=None):
+    """num / den as float64 with validity (null where den is 0); into ``out`` when given.
+
+    Integers are divided as float64 (NumPy casts them as ``astype`` would);
+    where den is 0 the value is 0.
+    """
+    ok = np.not_equal(den, 0)
+    if out is None:
+        out = np.empty(np.broadcast(num, den).shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(num, den, out=out, dtype=np.float64)
+    np.copyto(out, 0.0, where=~ok)   # not the inf or nan of x / 0: the same value for any x
     return out, ok
 
 
-def _lift(a, b, c, d):
+def _lift(a, b, c, d, out=None):
     """(a / b) / (c / d), null where any denominator is 0 (SPEC §5 lifts)."""
     members, ok1 = _ratio(a, b)
     others, ok2 = _ratio(c, d)
-    lift, ok3 = _ratio(members, others)
+    lift, ok3 = _ratio(members, others, out)
     return lift, ok1 & ok2 & ok3
 
 
-def _derived(m, customers_prev):
-    """SPEC §5, each formula as written there, left to right."""
+def _derived(m, customers_prev, out):
+    """SPEC §5, each formula as written there, left to right; the values into the rows of ``out``."""
     v = {name: values for name, (values, _) in m.items()}
     prev, prev_ok = customers_prev
+    rows = iter(out)
+
+    def ratio(num, den):
+        return _ratio(num, den, next(rows))
 
     def rate(num, den, ok=True):
-        values, ok2 = _ratio(num, den)
-        return values * 100, ok2 & ok
+        values, ok2 = _ratio(num, den, next(rows))
+        values *= 100
+        return values, ok2 & ok
+
+    def lift(a, b, c, d):
+        return _lift(a, b, c, d, next(rows))
 
     fees, fees_ok = m["fees"]
     return {
-        "aov": _ratio(v["revenue"], v["orders"]),
-        "reward_aov": _ratio(v["reward_revenue"], v["reward_orders"]),
-        "purchase_frequency": _ratio(v["orders"], v["customers"]),
-        "reward_purchase_frequency": _ratio(v["reward_orders"], v["reward_customers"]),
-        "clv": _ratio(v["revenue"], v["customers"]),
-        "reward_clv": _ratio(v["reward_revenue"], v["reward_customers"]),
-        "repeat_customer_rate": _ratio(v["repeat_customers"], v["customers"]),
-        "repeat_order_share": _ratio(v["orders_from_repeat_customers"], v["orders"]),
+        "aov": ratio(v["revenue"], v["orders"]),
+        "reward_aov": ratio(v["reward_revenue"], v["reward_orders"]),
+        "purchase_frequency": ratio(v["orders"], v["customers"]),
+        "reward_purchase_frequency": ratio(v["reward_orders"], v["reward_customers"]),
+        "clv": ratio(v["revenue"], v["customers"]),
+        "reward_clv": ratio(v["reward_revenue"], v["reward_customers"]),
+        "repeat_customer_rate": ratio(v["repeat_customers"], v["customers"]),
+        "repeat_order_share": ratio(v["orders_from_repeat_customers"], v["orders"]),
         "retention_rate": rate(v["customers"] - v["new_customers"], prev, prev_ok),
         "strict_retention_rate": rate(v["retained_customers"], prev, prev_ok),
         "loyalty_roi": rate(v["reward_revenue"] - fees, fees, fees_ok),
-        "member_repeat_lift": _lift(
+        "member_repeat_lift": lift(
             v["member_repeat_customers"], v["reward_customers"],
             v["repeat_customers"] - v["member_repeat_customers"], v["customers"] - v["reward_customers"],
         ),
-        "member_aov_lift": _lift(
+        "member_aov_lift": lift(
             v["member_revenue"], v["member_orders"],
             difference(v["revenue"], v["member_revenue"]), v["orders"] - v["member_orders"],
         ),
-        "member_frequency_lift": _lift(
+        "member_frequency_lift": lift(
             v["member_orders"], v["reward_customers"],
             v["orders"] - v["member_orders"], v["customers"] - v["reward_customers"],
         ),
@@ -449,4 +582,4 @@ def _derived(m, customers_prev):
 def _to_arrow(values, valid):
     if values.dtype == np.int64 and valid.all():
         return numeric_array(values, pa.int64())
-    return numeric_array(values.astype(np.float64), pa.float64(), valid)
+    return numeric_array(values.astype(np.float64, copy=False), pa.float64(), valid)
