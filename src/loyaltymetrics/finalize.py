@@ -414,13 +414,14 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     year_ago = np.where(found, year_ago, 0)    # rows without one compare with row 0, then are null
     compared = complete & found & complete[year_ago]
     for (name, (values, valid)), yoy in zip(all_metrics.items(), yoy_rows):
-        prev_values = values[year_ago]
-        delta = difference(values, prev_values)  # exact integer subtraction for counts
+        prev_values = np.take(values, year_ago)
+        delta = difference(values, prev_values, taken=True)  # exact integer subtraction for counts
         _, ok = _ratio(delta, prev_values, out=yoy)
         yoy *= 100
-        ok &= valid
         ok &= compared
-        ok &= valid[year_ago]
+        if not valid.all():
+            ok &= valid
+            ok &= np.take(valid, year_ago)
         columns[f"{name}_yoy"] = _to_arrow(yoy, ok)
     return pa.table(columns)
 
@@ -471,14 +472,22 @@ def _fees(fee_sum, months):
     return np.array([int(f) * months / 12 for f in fee_sum], dtype=np.float64)
 
 
-def difference(a, b):
-    """``a - b`` as float64; for int64 arrays exact even where int64 subtraction would wrap."""
+def difference(a, b, taken=False):
+    """``a - b`` as float64; for int64 arrays exact even where int64 subtraction would wrap.
+
+    ``taken``: ``b`` holds values of ``a`` (``a[index]``), so ``a``'s range bounds both.
+    """
     if a.dtype != np.int64 or b.dtype != np.int64:
         return np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    d = a - b  # wraps silently on overflow (refunds near ±9.2e18)
-    out = d.astype(np.float64)
-    if len(a) == 0 or (int(a.max()) - int(b.min()) <= INT64.max and int(a.min()) - int(b.max()) >= INT64.min):
-        return out   # no difference can wrap
+    out = np.empty(len(a))
+    np.subtract(a, b, out=out, casting="unsafe")  # int64 difference (wraps silently on overflow), then float64
+    if len(a) == 0:
+        return out
+    low, high = int(a.min()), int(a.max())
+    b_low, b_high = (low, high) if taken else (int(b.min()), int(b.max()))
+    if high - b_low <= INT64.max and low - b_high >= INT64.min:
+        return out   # no difference can wrap (refunds near ±9.2e18 can)
+    d = a - b
     for i in np.flatnonzero(((a ^ b) & (a ^ d)) < 0):
         out[i] = float(int(a[i]) - int(b[i]))
     return out
