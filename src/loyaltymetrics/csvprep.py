@@ -136,6 +136,11 @@ class _Lookup:
 
     def __call__(self, values):
         """A NumPy object array: the expression's value for each row of ``values`` (a string array)."""
+        table, indices = self.coded(values)
+        return table[indices]
+
+    def coded(self, values):
+        """(the expression's values, a NumPy object array, and each row's index into it)."""
         encoded = pc.dictionary_encode(values)
         dictionary = encoded.dictionary.to_pylist()
         missing = [v for v in dictionary + [None] if v not in self.cache]
@@ -150,7 +155,11 @@ class _Lookup:
                 self.cache[value] = result
         table = np.array([self.cache[v] for v in dictionary] + [self.cache[None]], dtype=object)
         indices = encoded.indices.fill_null(len(dictionary)).to_numpy(zero_copy_only=False)
-        return table[indices]
+        return table, indices
+
+
+# ``_Stage._parse_sql``'s customer key of a text customer column (the e-mail trimmed and lower-cased).
+CUSTOMER_SQL = "CASE WHEN contains(x, '@') THEN NULLIF(lower(trim(x)), '') ELSE x END"
 
 
 def _status_sql(fmt):
@@ -170,7 +179,6 @@ def _lookups(con, a):
         "currency": _Lookup(con, "NULLIF(upper(trim(CAST(x AS VARCHAR))), '')"),
         "status": _Lookup(con, _status_sql(a.format)),
         "test": _Lookup(con, "coalesce(contains(lower(CAST(x AS VARCHAR)), 'bogus'), false)"),
-        "customer": _Lookup(con, "CASE WHEN contains(x, '@') THEN NULLIF(lower(trim(x)), '') ELSE x END"),
     }
     if a.code_re is not None:
         pattern = _convert._sql_text(r"(?i)(^|[,;|])\s*(?:code:)?(?:" + a.code_re + r")\s*($|[,;|])")
@@ -179,6 +187,20 @@ def _lookups(con, a):
 
 
 # --- reading -----------------------------------------------------------------------------
+
+def _read_ahead(items):
+    """The items of an iterator, the next one taken on a second thread meanwhile (it must release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    done = object()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, items, done)
+        while True:
+            item = pending.result()
+            if item is done:
+                return
+            pending = pool.submit(next, items, done)
+            yield item
 
 def _buffers(array):
     """(int32 offsets of the rows, data bytes, 0/1 validity bytes) of a string array, for the kernel."""
@@ -194,44 +216,63 @@ def _buffers(array):
 EXCLUDED = _convert.EXCLUSIONS   # code = index + 1; 0: written
 
 
-class _Reader:
-    """Reads the files window by window, keeping the written orders and the accounts."""
+class _Budget:
+    """The bytes the readers of all files hold (against ``memory_limit``), and whether one of them has
+    found a reason for the general path (the others then stop)."""
 
-    def __init__(self, a, con, limit):
-        self.a, self.con, self.limit = a, con, limit
+    def __init__(self, limit):
+        import threading
+
+        self.limit, self.held, self.stop = limit, _fastprep.BASE_BYTES, False
+        self.lock = threading.Lock()
+
+    def add(self, nbytes):
+        """False once the readers hold more than the limit (or another reader has stopped)."""
+        with self.lock:
+            self.held += nbytes
+            if self.held > self.limit:
+                self.stop = True
+            return not self.stop
+
+
+class _Reader:
+    """Reads one file window by window, keeping its written orders and its accounts."""
+
+    def __init__(self, a, con, budget, file_idx, names, merchant, seed):
+        self.a, self.budget = a, budget
+        self.file_idx, self.names, self.merchant, self.seed = file_idx, names, merchant, seed
         self.lookups = _lookups(con, a)
         self.naive_ok = a.timezone.upper() in ("UTC", "ETC/UTC")
-        self.merchant_index = {}
         self.hashes, self.ts, self.cents, self.reward, self.emails, self.merchants = [], [], [], [], [], []
         self.counts, self.first = {}, {}   # reason -> rows; reason -> (file, row, merchant, order, raw customer)
         self.currencies = set()
         self.read = self.written = 0
-        self.held = _fastprep.BASE_BYTES
 
-    def file(self, file_idx, path, names, merchant):
-        """Read one file; False if the general path must run."""
-        seed = self.merchant_index.setdefault(merchant, len(self.merchant_index))
+    def run(self, path, read_ahead, bar):
+        """Read the file; False if the general path must run."""
         invalid = []
+        names, file_idx, merchant, seed = self.names, self.file_idx, self.merchant, self.seed
         columns = sorted(set(names.values()))
         try:
             batches = _convert._csv_batches(path, invalid, columns)
             next(batches)
+            if read_ahead:   # the next batch is parsed by pyarrow while this one is accounted for
+                batches = _read_ahead(batches)
             tail, row = None, 0
-            with _progress.bar(None, self.a.progress, desc="prepare: read") as bar:
-                for batch in batches:
-                    if invalid:
-                        return False
-                    window = batch if tail is None or tail.num_rows == 0 else pa.concat_batches([tail, batch])
-                    used = self._window(window, file_idx, row, names, merchant, seed, final=False)
-                    if used is None:
-                        return False
-                    bar.update(used)
-                    tail, row = window.slice(used), row + used
-                if invalid:
+            for batch in batches:
+                if invalid or self.budget.stop:
                     return False
-                if tail is not None and tail.num_rows:
-                    if self._window(tail, file_idx, row, names, merchant, seed, final=True) is None:
-                        return False
+                window = batch if tail is None or tail.num_rows == 0 else pa.concat_batches([tail, batch])
+                used = self._window(window, file_idx, row, names, merchant, seed, final=False)
+                if used is None:
+                    return False
+                bar.update(used)
+                tail, row = window.slice(used), row + used
+            if invalid:
+                return False
+            if tail is not None and tail.num_rows:
+                if self._window(tail, file_idx, row, names, merchant, seed, final=True) is None:
+                    return False
         except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, UnicodeDecodeError):
             return False  # read again by the general path, which says what is wrong
         return True
@@ -274,8 +315,10 @@ class _Reader:
             return None
         if "currency" in col:   # every carrier needs one (null_currency)
             at_carriers = col["currency"].slice(0, end).filter(pa.array(carrier[:end].view(np.bool_)))
-            currency = self.lookups["currency"](at_carriers)
-            if any(c is None for c in currency):
+            table, indices = self.lookups["currency"].coded(at_carriers)
+            used = np.zeros(len(table), np.bool_)
+            used[indices] = True
+            if any(table[i] is None for i in np.flatnonzero(used)):
                 return None
         self.hashes.append(hashes[:runs].copy())
 
@@ -318,6 +361,7 @@ class _Reader:
                 row = int(np.argmin(is_head))
                 example("line_item", row, int(np.searchsorted(starts[:runs], row, side="right")) - 1)
         kept = np.flatnonzero(code == 0)
+        held = 0
         if len(kept):
             rows = heads[kept]
             self.ts.append(ts_us[rows])
@@ -330,23 +374,23 @@ class _Reader:
             email = emails.take(pa.array(custs[kept]))
             self.emails.append(email)
             if "currency" in col:
-                self.currencies |= set(self.lookups["currency"](col["currency"].take(pa.array(rows))))
+                table, indices = self.lookups["currency"].coded(col["currency"].take(pa.array(rows)))
+                self.currencies |= set(table[np.unique(indices)])
             self.written += len(rows)
-            self.held += len(rows) * BYTES_PER_ORDER + email.nbytes
-        self.held += 8 * k
+            held += len(rows) * BYTES_PER_ORDER + email.nbytes
+        held += 8 * k
         self.read += end
-        if self.held > self.limit:
+        if not self.budget.add(held):
             return None
         return end
 
 
 
 def _prepare(a, plan, con, limit):
-    reader = _Reader(a, con, limit)
+    reader = _read(a, plan, con, limit)
+    if reader is None:
+        return None
     try:
-        for file_idx, (path, names, merchant) in enumerate(plan):
-            if not reader.file(file_idx, path, names, merchant):
-                return None
         if reader.written == 0:
             return None
         hashes = np.concatenate(reader.hashes)
@@ -381,9 +425,62 @@ def _prepare(a, plan, con, limit):
     return _convert.PrepareReport(
         output=str(a.output), merchant_ids=str(a.merchant_ids), customer_ids=str(a.customer_ids),
         rejects=str(a.rejects) if a.rejects else None, rows_read=reader.read, rows_written=reader.written,
-        rejected={}, excluded=_excluded(reader, a), warnings=warnings, merchants=len(merchant_keys),
+        rejected={}, excluded=_excluded(reader, a, con), warnings=warnings, merchants=len(merchant_keys),
         customers=n_customers, merchants_table=merchants_table, files=[str(f) for f in a.files],
         likely_line_items=0, seconds=time.perf_counter() - a.started, currency=currency)
+
+
+def _read(a, plan, con, limit):
+    """Every file read (``threads`` of them at a time), their accounts merged in file order, or None."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    seeds = {}
+    for _, _, merchant in plan:
+        seeds.setdefault(merchant, len(seeds))
+    budget = _Budget(limit)
+    cursors = []
+    workers = min(len(plan), a.threads or os.cpu_count() or 1)
+    with _progress.bar(None, a.progress, desc="prepare: read") as bar:
+        def work(index):
+            path, names, merchant = plan[index]
+            cursor = con if workers == 1 else con.cursor()   # DuckDB connections serve one thread each
+            if cursor is not con:
+                cursors.append(cursor)
+            reader = _Reader(a, cursor, budget, index, names, merchant, seeds[merchant])
+            ok = reader.run(path, read_ahead=workers == 1 and a.threads != 1, bar=bar)
+            if not ok:
+                budget.stop = True
+            return reader if ok else None
+
+        try:
+            if workers == 1:
+                readers = []
+                for index in range(len(plan)):
+                    readers.append(work(index))
+                    if readers[-1] is None:
+                        return None
+            else:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    readers = list(pool.map(work, range(len(plan))))
+        finally:
+            for cursor in cursors:
+                cursor.close()
+    if any(r is None for r in readers):
+        return None
+    merged = readers[0]
+    for r in readers[1:]:
+        for name in ("hashes", "ts", "cents", "reward", "emails", "merchants"):
+            getattr(merged, name).extend(getattr(r, name))
+        for reason, count in r.counts.items():
+            merged.counts[reason] = merged.counts.get(reason, 0) + count
+        for reason, first in r.first.items():
+            if reason not in merged.first or first[:2] < merged.first[reason][:2]:
+                merged.first[reason] = first
+        merged.currencies |= r.currencies
+        merged.read += r.read
+        merged.written += r.written
+    return merged
 
 
 def _currency(a, reader, plan):
@@ -406,9 +503,8 @@ def _customers(con, emails):
     con.register("raw_customers", pa.table({"i": pa.array(np.arange(len(encoded.dictionary)), pa.int64()),
                                             "x": encoded.dictionary}))
     try:
-        con.execute("""CREATE TABLE customer_keys AS
-                       SELECT i, CASE WHEN contains(x, '@') THEN NULLIF(lower(trim(x)), '') ELSE x END AS k
-                       FROM raw_customers""")
+        con.execute(f"""CREATE TABLE customer_keys AS
+                       SELECT i, {CUSTOMER_SQL} AS k FROM raw_customers""")
     finally:
         con.unregister("raw_customers")
     con.execute("""
@@ -436,9 +532,9 @@ def _merchants(merchants, n):
     return keys, ids
 
 
-def _excluded(reader, a):
+def _excluded(reader, a, con):
     """reason -> Rejected, in the order of their first rows, with ``_accounts``' example values."""
-    customer = reader.lookups["customer"]
+    customer = _Lookup(con, CUSTOMER_SQL)
     out = {}
     for reason, (file_idx, row, merchant, order, raw) in sorted(reader.first.items(), key=lambda kv: kv[1][:2]):
         key = customer(pa.array([raw], pa.string()))[0] if raw is not None else None
