@@ -421,7 +421,7 @@ def _prepare(a, plan, con, limit):
         merchants_table = _convert._write_merchants(con, a.merchants_table, a.merchants, a.merchants_out,
                                                     a.inputs, warnings)
     if a.rejects:
-        _fastprep._write_no_rejects(con, {role for _, names, _ in plan for role in names}, a)
+        _write_no_rejects(con, {role for _, names, _ in plan for role in names}, a)
     return _convert.PrepareReport(
         output=str(a.output), merchant_ids=str(a.merchant_ids), customer_ids=str(a.customer_ids),
         rejects=str(a.rejects) if a.rejects else None, rows_read=reader.read, rows_written=reader.written,
@@ -543,3 +543,21 @@ def _excluded(reader, a, con):
                               if v is not None}
         out[reason] = entry
     return out
+
+
+def _write_no_rejects(con, roles, a):
+    """The rejects file of a run that rejected nothing, by the general path's own query (``_write_rejects``)
+    over stand-ins of its tables: the same columns, and the same Parquet bytes — the writer marks a column
+    required where DuckDB's statistics say it holds no null, so the stand-in ``classified`` holds one
+    written row (never selected) with the statistics of the general path's: row and outcome never null,
+    the keys nullable."""
+    from types import SimpleNamespace
+
+    con.execute("""CREATE TABLE classified AS
+                   SELECT 0::BIGINT AS src_row, 0::INTEGER AS file_idx, 0::BIGINT AS file_row,
+                          NULL::VARCHAR AS merchant_key, NULL::VARCHAR AS order_key, NULL::VARCHAR AS customer_key,
+                          'written'::VARCHAR AS outcome""")
+    raw = ", ".join(f"NULL::VARCHAR AS raw_{role}" for role in _convert.ROLES)
+    con.execute(f"CREATE TABLE rejected_raw AS SELECT 0::BIGINT AS src_row, 0::BIGINT AS line_number, "
+                f"NULL::VARCHAR AS line, {raw} WHERE false")
+    _convert._write_rejects(con, SimpleNamespace(roles=roles), a.files, a.rejects, a.inputs)

@@ -1,0 +1,280 @@
+"""prepare()'s fast path for Shopify CSV exports (csvprep.py) writes what the general DuckDB path writes.
+
+Every case runs ``prepare`` twice on the same files — the general path forced (``convert.FAST_PATH =
+False``) and the default — and compares the output, mapping and rejects files byte for byte and the
+reports field by field (``test_prepfast.run_both``). Whether the fast path ran is observed, not assumed:
+exports it covers must take it, and exports with a row to reject, a malformed line, an order key in two
+places, a timestamp form it does not read or two currencies must not.
+"""
+import csv
+import datetime
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loyaltymetrics import convert, csvprep
+from test_prepfast import run_both
+
+HEADER = ["Name", "Email", "Financial Status", "Paid at", "Fulfillment Status", "Currency", "Subtotal", "Total",
+          "Discount Code", "Created at", "Lineitem quantity", "Lineitem name", "Cancelled at", "Payment Method",
+          "Refunded Amount"]
+ORDER_FIELDS = ("Email", "Financial Status", "Paid at", "Currency", "Subtotal", "Total", "Discount Code",
+                "Cancelled at", "Payment Method", "Refunded Amount")
+EPOCH = datetime.datetime(2022, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records whether each prepare() call was answered by the CSV fast path."""
+    taken = []
+    real = csvprep.prepare_csv
+
+    def watched(options):
+        report = real(options)
+        taken.append(report is not None)
+        return report
+
+    monkeypatch.setattr(csvprep, "prepare_csv", watched)
+    return taken
+
+
+def created_at(rng, form):
+    """A Shopify-style time of one of the fixed-width forms (or a form only the general path reads)."""
+    when = EPOCH + datetime.timedelta(seconds=int(rng.integers(0, 3 * 365 * 86400)))
+    if form == "offset":   # Shopify's own: "2023-05-01 10:15:00 -0400"
+        zone = datetime.timezone(datetime.timedelta(minutes=int(rng.choice([-240, -300, 330, 0, 60]))))
+        return when.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %z")
+    if form == "iso":
+        zone = datetime.timezone(datetime.timedelta(minutes=int(rng.choice([-240, 120, 0]))))
+        return when.astimezone(zone).isoformat()
+    if form == "z":
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if form == "naive":
+        return when.strftime("%Y-%m-%d %H:%M:%S")
+    return when.strftime("%Y-%m-%d %H:%M")   # "short": no seconds (TS_PATTERN, not a fixed form)
+
+
+def money(cents, rng):
+    text = f"{cents // 100}.{cents % 100:02d}"
+    if cents % 10 == 0 and rng.random() < 0.3:
+        text = text[:-1]       # "12.3"
+    if cents % 100 == 0 and rng.random() < 0.3:
+        text = str(cents // 100)
+    return text
+
+
+def shopify_orders(rng, n, first_number, emails, currency, forms):
+    """The rows of ``n`` orders: lists of {column: text} per order, the order fields on one carrier row."""
+    orders = []
+    for k in range(n):
+        name = f"#{first_number + k}"
+        total = int(rng.integers(0, 40_000))
+        fate = rng.choice(["paid"] * 5 + ["partially_refunded", "partially_refunded", "refunded", "voided",
+                                          " Voided ", "expired", "pending", "PAID"])
+        refunded = {"partially_refunded": total * int(rng.integers(1, 90)) // 100, "refunded": total}.get(fate, 0)
+        email = emails[int(rng.integers(0, len(emails)))]
+        lines = int(rng.choice([1, 1, 2, 3]))
+        ts = created_at(rng, rng.choice(forms))
+        head = {
+            "Name": name if rng.random() < 0.9 else f" {name} ",
+            "Email": email or "",
+            "Financial Status": fate,
+            "Paid at": ts,
+            "Currency": currency if rng.random() < 0.8 else f" {currency.lower()}",
+            "Subtotal": money(total, rng),
+            "Total": money(total, rng),
+            "Discount Code": rng.choice(["", "", "SUMMER10", "LOYAL-7", "loyal-vip, SUMMER", "code:LOYAL-1|x",
+                                         "Loyal-", " LOYAL-2 "]),
+            "Cancelled at": ts if rng.random() < 0.05 else "",
+            "Payment Method": rng.choice(["Shopify Payments"] * 6 + ["bogus", "Bogus Gateway", ""]),
+            "Refunded Amount": "" if refunded == 0 and rng.random() < 0.3 else money(refunded, rng),
+        }
+        rows = []
+        for line in range(lines):
+            row = {"Name": head["Name"] if line == 0 else name, "Created at": ts, "Lineitem quantity": "1",
+                   "Lineitem name": "Thing, blue", "Fulfillment Status": "fulfilled"}
+            rows.append(row)
+        carrier = 0 if rng.random() < 0.85 else lines - 1   # the order fields on another line at times
+        rows[carrier].update(head)
+        if lines > 1 and rng.random() < 0.1:   # a second carrier: a line item of the first one's order
+            other = 1 - carrier if carrier in (0, 1) else 0
+            rows[other].update({"Total": money(int(rng.integers(0, 500)), rng), "Currency": currency})
+        if not email and lines > 1 and rng.random() < 0.3:   # the customer only on a line item
+            rows[(carrier + 1) % lines]["Email"] = emails[1] or "late@example.com"
+        orders.append(rows)
+    return orders
+
+
+def write_csv(path, orders):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=HEADER)
+        writer.writeheader()
+        for rows in orders:
+            for row in rows:
+                writer.writerow({c: row.get(c, "") for c in HEADER})
+
+
+EMAILS = ["ann@example.com", "Ann@Example.com", " ann@example.com ", "bob@example.com", "BOB@EXAMPLE.COM",
+          "carol@example.com", "dan@example.com", "customer 7", None, None]
+FAULTS = ("reject", "malformed", "split_order", "short_ts", "two_currencies", "negative", "bad_refund")
+
+
+@st.composite
+def shopify_exports(draw):
+    """(files {name: orders}, prepare options, the fault injected or None)."""
+    n_files = draw(st.integers(1, 3))
+    fault = draw(st.sampled_from([None] * 8 + list(FAULTS)))
+    timezone = draw(st.sampled_from(["UTC", "UTC", "America/New_York"]))
+    forms = ["offset", "offset", "iso", "z"] + (["naive"] if draw(st.booleans()) else [])
+    names = draw(st.lists(st.sampled_from(["shop-1", "shop-2", "shop-10"]), min_size=n_files, max_size=n_files))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    files = {}
+    number = 1001
+    for f, shop in enumerate(names):
+        n = draw(st.integers(0 if f else 1, 25))
+        orders = shopify_orders(rng, n, number, EMAILS, "USD", forms)
+        number += n   # the same shop in two files: other order numbers (each order in one file)
+        files[f"{shop}_orders_export_{f}.csv"] = orders
+    last = list(files)[-1]
+    orders = files[last]
+    at = draw(st.integers(0, len(orders) - 1)) if orders else 0
+    if fault and orders:
+        row = orders[at][0] if "Total" in orders[at][0] else next(r for r in orders[at] if "Total" in r)
+        if fault == "reject":
+            row["Created at"] = "2023-02-30 10:00:00 -0400"
+        elif fault == "malformed":
+            row["Lineitem name"] = None   # written as a line with one field too many (below)
+        elif fault == "split_order":
+            orders.append([{**orders[at][0], "Total": "", "Email": ""}])   # a line of that order, later
+        elif fault == "short_ts":
+            row["Created at"] = "2023-05-01 10:15"
+        elif fault == "two_currencies":
+            for rows in orders[at:]:
+                for r in rows:
+                    if "Total" in r:
+                        r["Currency"] = "EUR"
+        elif fault == "negative":
+            row["Total"] = "-5.00"
+        elif fault == "bad_refund":
+            row["Refunded Amount"] = "1,000.00"
+    elif fault:
+        fault = None
+    options = {"format": "shopify", "merchant_from_filename": r"^(shop-\d+)_",
+               "reward_codes": draw(st.sampled_from([None, "loyal-*", "LOYAL-?", "re:^loyal"])),
+               "rejects": draw(st.sampled_from([None, "rejects.csv", "rejects.parquet"])),
+               "currency": draw(st.sampled_from([None, None, "usd"])),
+               "threads": draw(st.sampled_from([None, 1, 2])), "timezone": timezone}
+    naive_elsewhere = "naive" in forms and timezone != "UTC"
+    return files, options, fault, naive_elsewhere
+
+
+def write_files(folder, files, fault):
+    folder.mkdir(exist_ok=True)
+    for name, orders in files.items():
+        write_csv(folder / name, orders)
+        if fault == "malformed":
+            text = (folder / name).read_text()
+            if "\n" in text.strip():
+                lines = text.split("\n")
+                lines[1] = lines[1] + ",extra"
+                (folder / name).write_text("\n".join(lines))
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None,
+          max_examples=60)
+@given(shopify_exports())
+def test_fast_path_equals_the_general_path(tmp_path_factory, monkeypatch, spy, case):
+    files, options, fault, naive_elsewhere = case
+    tmp_path = tmp_path_factory.mktemp("csvprep")
+    write_files(tmp_path / "raw", files, fault)
+    spy.clear()
+    report = run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **options)
+    assert len(spy) == 1
+    if fault in ("reject", "malformed", "split_order", "short_ts", "two_currencies", "negative", "bad_refund"):
+        assert spy == [False], fault
+    elif not naive_elsewhere and isinstance(report, dict) and report["rows_written"] > 0:
+        assert spy == [True]
+
+
+def _base(tmp_path, n=40, seed=3):
+    rng = np.random.default_rng(seed)
+    files = {"shop-1_orders_export.csv": shopify_orders(rng, n, 1001, EMAILS, "USD", ["offset", "iso", "z"]),
+             "shop-10_orders_export.csv": shopify_orders(rng, n, 1001, EMAILS, "USD", ["offset"])}
+    return files
+
+
+OPTIONS = {"format": "shopify", "merchant_from_filename": r"^(shop-\d+)_", "reward_codes": "loyal-*"}
+
+
+def test_the_benchmarks_export_takes_the_fast_path(tmp_path, monkeypatch, spy):
+    """A generated export of many batches (runs of an order cut by batch ends) and every exclusion."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import prepare_bench
+
+    (tmp_path / "raw").mkdir()
+    prepare_bench.make_exports(tmp_path / "raw", 300_000)
+    report = run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS, rejects="rejects.csv")
+    assert spy == [True]
+    assert set(report["excluded"]) == {"line_item", "refunded_in_full", "voided", "guest_checkout", "cancelled",
+                                       "test"}
+    assert report["rows_read"] == report["rows_written"] + sum(e["count"] for e in report["excluded"].values())
+
+
+@pytest.mark.parametrize("change", ["reject", "malformed", "split_order", "short_ts", "two_currencies", "negative",
+                                    "order_without_total", "merchant_keys_shared", "non_ascii_key"])
+def test_exports_outside_the_fast_path_take_the_general_path(tmp_path, monkeypatch, spy, change):
+    files = _base(tmp_path)
+    orders = files["shop-10_orders_export.csv"]
+    carrier = next(r for r in orders[5] if "Total" in r)
+    fault = None
+    if change == "reject":   # DuckDB reads 24:00:00 as the next day: decided by the general path
+        carrier["Created at"] = "2023-01-01 24:00:00 -0400"
+    elif change == "short_ts":
+        carrier["Created at"] = "2023-05-01T10:15Z"
+    elif change == "negative":
+        carrier["Total"] = "-1.00"
+    elif change == "malformed":
+        fault = "malformed"
+    elif change == "split_order":
+        orders.insert(9, [{"Name": orders[5][0]["Name"].strip(), "Created at": carrier["Created at"]}])
+    elif change == "two_currencies":
+        for rows in orders:
+            for r in rows:
+                if "Total" in r:
+                    r["Currency"] = "EUR"
+    elif change == "order_without_total":
+        for r in orders[5]:
+            r["Total"] = ""
+    elif change == "merchant_keys_shared":   # shop-1's order #1001 also in a second shop-1 file
+        files["shop-1_orders_export_b.csv"] = [files["shop-1_orders_export.csv"][0]]
+    elif change == "non_ascii_key":
+        for r in orders[5]:
+            r["Name"] = "#1\u00e9"
+    write_files(tmp_path / "raw", files, fault)
+    run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS)
+    assert spy == [False]
+
+
+def test_naive_times_take_the_fast_path_in_utc_only(tmp_path, monkeypatch, spy):
+    rng = np.random.default_rng(5)
+    files = {"shop-1_orders_export.csv": shopify_orders(rng, 30, 1001, EMAILS, "USD", ["naive", "offset"])}
+    write_files(tmp_path / "raw", files, None)
+    run_both(tmp_path / "raw", str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS)
+    (tmp_path / "ny").mkdir()
+    run_both(tmp_path / "ny", str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS, timezone="America/New_York")
+    assert spy == [True, False]
+
+
+def test_merchants_table_and_cli_match(tmp_path, monkeypatch, spy):
+    files = _base(tmp_path)
+    write_files(tmp_path / "raw", files, None)
+    merchants = tmp_path / "merchants.csv"
+    merchants.write_text("merchant_id,industry,country\nshop-1,apparel,US\nshop-10,toys,DE\nshop-99,food,FR\n")
+    report = run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS, merchants=merchants)
+    assert spy == [True]
+    assert report["merchants"] == 2 and len(report["warnings"]) == 1
