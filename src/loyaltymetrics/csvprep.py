@@ -313,28 +313,31 @@ class _Reader:
         if _csvparse.parse_carriers(carrier, end, ts_off, ts_data, ts_valid, am_off, am_data, rf_off, rf_data, rf_valid,
                                     has_refund, self.naive_ok, ts_us, cents, full) >= 0:
             return None
-        if "currency" in col:   # every carrier needs one (null_currency)
-            at_carriers = col["currency"].slice(0, end).filter(pa.array(carrier[:end].view(np.bool_)))
-            table, indices = self.lookups["currency"].coded(at_carriers)
-            used = np.zeros(len(table), np.bool_)
-            used[indices] = True
-            if any(table[i] is None for i in np.flatnonzero(used)):
+        take = pa.array(heads)
+        currency = None
+        if "currency" in col:   # every carrier needs one (null_currency): the heads, and any other carrier
+            carriers = np.flatnonzero(carrier[:end])
+            at = take if len(carriers) == runs else pa.array(carriers)
+            table, indices = self.lookups["currency"].coded(col["currency"].take(at))
+            known = np.array([v is not None for v in table])
+            if not known[indices].all():
                 return None
+            currency = (table, indices if len(carriers) == runs else indices[np.searchsorted(carriers, heads)])
         self.hashes.append(hashes[:runs].copy())
 
-        take = pa.array(heads)
         k = runs
         code = np.where(custs < 0, EXCLUDED.index("guest_checkout") + 1, 0).astype(np.int8)
         code[full[heads].astype(np.bool_)] = EXCLUDED.index("refunded_in_full") + 1
         if "status" in col:
-            reasons = self.lookups["status"](col["status"].take(take))
-            for reason in set(reasons) - {None}:
-                code[reasons == reason] = EXCLUDED.index(reason) + 1
+            table, indices = self.lookups["status"].coded(col["status"].take(take))
+            reason_code = np.array([0 if r is None else EXCLUDED.index(r) + 1 for r in table], np.int8)[indices]
+            np.copyto(code, reason_code, where=reason_code != 0)
         if "cancelled_at" in col:
             code[col["cancelled_at"].take(take).is_valid().to_numpy(zero_copy_only=False)] = \
                 EXCLUDED.index("cancelled") + 1
         if "test" in col:
-            code[self.lookups["test"](col["test"].take(take)).astype(np.bool_)] = EXCLUDED.index("test") + 1
+            table, indices = self.lookups["test"].coded(col["test"].take(take))
+            code[np.array(table, np.bool_)[indices]] = EXCLUDED.index("test") + 1
         counts = np.bincount(code, minlength=len(EXCLUDED) + 1)
         order_keys = col["order_id"]
         emails = col["customer_id"]
@@ -367,15 +370,16 @@ class _Reader:
             self.ts.append(ts_us[rows])
             self.cents.append(cents[rows])
             if "reward" in self.lookups and "discount_code" in col:
-                self.reward.append(self.lookups["reward"](col["discount_code"].take(pa.array(rows))).astype(np.bool_))
+                table, indices = self.lookups["reward"].coded(col["discount_code"].take(pa.array(rows)))
+                self.reward.append(np.array(table, np.bool_)[indices])
             else:
                 self.reward.append(np.zeros(len(rows), np.bool_))
             self.merchants.append((merchant, len(rows)))
             email = emails.take(pa.array(custs[kept]))
             self.emails.append(email)
-            if "currency" in col:
-                table, indices = self.lookups["currency"].coded(col["currency"].take(pa.array(rows)))
-                self.currencies |= set(table[np.unique(indices)])
+            if currency is not None:
+                table, indices = currency
+                self.currencies |= set(table[np.unique(indices[kept])])
             self.written += len(rows)
             held += len(rows) * BYTES_PER_ORDER + email.nbytes
         held += 8 * k
