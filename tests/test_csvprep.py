@@ -286,3 +286,16 @@ def test_merchants_table_and_cli_match(tmp_path, monkeypatch, spy):
     report = run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS, merchants=merchants)
     assert spy == [True]
     assert report["merchants"] == 2 and len(report["warnings"]) == 1
+
+
+def test_rows_beyond_the_memory_limit_take_the_general_path(tmp_path, monkeypatch, spy):
+    """The readers' and the written orders' bytes are counted against memory_limit as they are read."""
+    files = _base(tmp_path)
+    write_files(tmp_path / "raw", files, None)
+    monkeypatch.setattr(csvprep, "BYTES_PER_ORDER", 1 << 20)   # a MB an order: 40 orders do not fit 300 MB
+    run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS, memory_limit="300MB", threads=1)
+    (tmp_path / "fits").mkdir()
+    monkeypatch.setattr(csvprep, "BYTES_PER_ORDER", 100)
+    run_both(tmp_path / "fits", str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS, memory_limit="300MB",
+             threads=1)
+    assert spy == [False, True]

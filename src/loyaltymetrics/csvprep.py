@@ -202,6 +202,31 @@ def _read_ahead(items):
             pending = pool.submit(next, items, done)
             yield item
 
+BLOCK_BYTES = 4 << 20   # pyarrow holds ~40 blocks' worth while reading (620 MB at the general path's 16 MB)
+READER_BYTES = 48 * BLOCK_BYTES   # a file's reader (measured: peak 155 MB at 4 MB blocks), one a worker
+
+
+def _csv_batches(path, invalid, names):
+    """The record batches of a CSV file as ``convert._csv_batches`` reads them — the same header, delimiter,
+    null values, text columns and malformed-row handler, so the same rows and values — in smaller blocks:
+    a quarter of the memory (a row larger than a block is an error here: the general path reads it)."""
+    import pyarrow.csv as pacsv
+
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    header = _convert._csv_header(path, delimiter)
+
+    def skip(row):
+        invalid.append(row)
+        return "skip"
+
+    return pacsv.open_csv(
+        str(path),
+        read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=True),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
+        convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in header},
+                                             strings_can_be_null=True, include_columns=names))
+
+
 def _buffers(array):
     """(int32 offsets of the rows, data bytes, 0/1 validity bytes) of a string array, for the kernel."""
     buffers = array.buffers()
@@ -254,8 +279,7 @@ class _Reader:
         names, file_idx, merchant, seed = self.names, self.file_idx, self.merchant, self.seed
         columns = sorted(set(names.values()))
         try:
-            batches = _convert._csv_batches(path, invalid, columns)
-            next(batches)
+            batches = _csv_batches(path, invalid, columns)
             if read_ahead:   # the next batch is parsed by pyarrow while this one is accounted for
                 batches = _read_ahead(batches)
             tail, row = None, 0
@@ -406,12 +430,8 @@ def _prepare(a, plan, con, limit):
         currency = _currency(a, reader, plan)
         if currency is False:
             return None
-        ts = np.concatenate(reader.ts)
-        cents = np.concatenate(reader.cents)
-        reward = np.concatenate(reader.reward)
-        reader.ts = reader.cents = reader.reward = None
-        customer_ids, n_customers = _customers(con, pa.chunked_array(reader.emails, pa.string()))
-        reader.emails = None
+        ts, cents, reward = (_concatenate(reader, name) for name in ("ts", "cents", "reward"))
+        customer_ids, n_customers = _customers(con, reader)
         merchant_keys, merchant_ids = _merchants(reader.merchants, reader.written)
         order = _fastprep._order(merchant_ids, customer_ids, ts)
     except (pa.ArrowException, OSError, MemoryError):
@@ -442,9 +462,9 @@ def _read(a, plan, con, limit):
     seeds = {}
     for _, _, merchant in plan:
         seeds.setdefault(merchant, len(seeds))
-    budget = _Budget(limit)
-    cursors = []
     workers = min(len(plan), a.threads or os.cpu_count() or 1)
+    budget = _Budget(limit - workers * READER_BYTES)
+    cursors = []
     with _progress.bar(None, a.progress, desc="prepare: read") as bar:
         def work(index):
             path, names, merchant = plan[index]
@@ -499,13 +519,35 @@ def _currency(a, reader, plan):
     return found.pop() if found else None
 
 
-def _customers(con, emails):
+def _concatenate(reader, name):
+    """The reader's list of arrays ``name`` as one array, the list freed as it is copied."""
+    parts = getattr(reader, name)
+    setattr(reader, name, None)
+    out = np.empty(sum(len(p) for p in parts), parts[0].dtype)
+    at = 0
+    while parts:
+        part = parts.pop(0)
+        out[at:at + len(part)] = part
+        at += len(part)
+    return out
+
+
+def _customers(con, reader):
     """(each written order's customer id, int32, the customers): ids number the distinct customer keys
     (the general path's expression of the raw e-mail) in DuckDB's order, as ``_write_mappings`` does; the
     table customer_map is left in ``con``."""
-    encoded = pc.dictionary_encode(emails.combine_chunks() if emails.num_chunks != 1 else emails.chunk(0))
-    con.register("raw_customers", pa.table({"i": pa.array(np.arange(len(encoded.dictionary)), pa.int64()),
-                                            "x": encoded.dictionary}))
+    emails = pa.chunked_array(reader.emails, pa.string())
+    reader.emails = None
+    encoded = pc.dictionary_encode(emails)
+    del emails
+    if isinstance(encoded, pa.ChunkedArray):   # one dictionary over all chunks: the last chunk's is every value
+        dictionary = encoded.chunk(encoded.num_chunks - 1).dictionary
+        indices = np.concatenate([chunk.indices.to_numpy() for chunk in encoded.chunks])
+    else:
+        dictionary, indices = encoded.dictionary, encoded.indices.to_numpy()
+    del encoded
+    con.register("raw_customers", pa.table({"i": pa.array(np.arange(len(dictionary)), pa.int64()),
+                                            "x": dictionary}))
     try:
         con.execute(f"""CREATE TABLE customer_keys AS
                        SELECT i, {CUSTOMER_SQL} AS k FROM raw_customers""")
@@ -518,10 +560,10 @@ def _customers(con, emails):
     ids = con.execute("""SELECT m.customer_id FROM customer_keys k JOIN customer_map m ON k.k = m.customer_key
                          ORDER BY k.i""").fetchnumpy()["customer_id"]
     n_customers = con.execute("SELECT count(*) FROM customer_map").fetchall()[0][0]
-    if len(ids) != len(encoded.dictionary):
+    if len(ids) != len(dictionary):
         raise MemoryError("a written order without a customer key")   # cannot happen: the general path decides
     small = np.int32 if n_customers < 1 << 31 else np.int64
-    return ids.astype(small)[encoded.indices.to_numpy()], n_customers
+    return ids.astype(small)[indices], n_customers
 
 
 def _merchants(merchants, n):
