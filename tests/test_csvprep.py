@@ -299,3 +299,45 @@ def test_rows_beyond_the_memory_limit_take_the_general_path(tmp_path, monkeypatc
     run_both(tmp_path / "fits", str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS, memory_limit="300MB",
              threads=1)
     assert spy == [False, True]
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_woocommerce_exports_take_the_fast_path(tmp_path, monkeypatch, spy, seed):
+    """WooCommerce's order CSV (order fields on the first or on every product row: several carriers an order,
+    the first the head), naive times in UTC; with --timezone elsewhere the general path converts them."""
+    from test_prepare_exports import make_orders, write_woo
+
+    shops = [("alpha.example", "UTC", "USD"), ("beta.example", "UTC", "USD")]
+    orders = make_orders(seed, shops, "woocommerce")
+    (tmp_path / "raw").mkdir()
+    write_woo(tmp_path / "raw", orders, seed + 1, "UTC")
+    options = {"format": "woocommerce", "merchant_from_filename": r"^(.+)-orders-\d+\.csv$",
+               "reward_codes": "re:loyal-(\\d+|vip)", "rejects": "rejects.csv"}
+    report = run_both(tmp_path, str(tmp_path / "raw" / "*-orders-2024.csv"), monkeypatch, **options)
+    assert report["rows_written"] > 0 and "line_item" in report["excluded"]
+    (tmp_path / "chicago").mkdir()
+    run_both(tmp_path / "chicago", str(tmp_path / "raw" / "*-orders-2024.csv"), monkeypatch, **options,
+             timezone="America/Chicago")
+    assert spy == [True, False]
+
+
+def test_generic_csv_with_an_order_key_takes_the_fast_path(tmp_path, monkeypatch, spy):
+    raw = tmp_path / "orders.csv"
+    raw.write_text("order_id,customer_id,order_ts,amount,status,refunded,currency\n"
+                   "A1,a@x.com,2023-05-01 09:00:00,10.00,paid,,usd\n"
+                   "A1,,2023-05-01 09:00:00,,,,\n"
+                   "A2,A@X.com ,2023-05-02T09:00:00Z,7.5,Cancelled,,USD\n"
+                   "A3,b@x.com,2023-05-03 09:00:00+02:00,8,paid,8,USD\n"
+                   "A4,b@x.com,2023-05-04 09:00:00,8,test,0,USD\n"
+                   "A5,b@x.com,2023-05-05 09:00:00,12.25,void,0,USD\n"
+                   "A6,c@x.com,2023-05-06 09:00:00,3.10,,1.05,USD\n")
+    report = run_both(tmp_path, str(raw), monkeypatch, merchant="shop", rejects="rejects.parquet")
+    assert spy == [True]
+    assert report["rows_written"] == 2 and set(report["excluded"]) == {
+        "line_item", "cancelled", "refunded_in_full", "test", "voided"}
+    (tmp_path / "with_reward").mkdir()
+    (tmp_path / "with_reward" / "raw").mkdir()
+    raw2 = tmp_path / "with_reward" / "raw" / "orders.csv"
+    raw2.write_text(raw.read_text().replace(",currency\n", ",reward\n", 1))   # a reward column: general path
+    run_both(tmp_path / "with_reward", str(raw2), monkeypatch, merchant="shop")
+    assert spy == [True, False]

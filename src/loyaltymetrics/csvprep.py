@@ -49,7 +49,7 @@ BYTES_PER_ORDER = 40 + _fastprep.BYTES_PER_ROW
 def prepare_csv(a):
     """The PrepareReport of ``prepare`` (its checked options ``a``, a ``convert._Options``), or None when
     the general path must run."""
-    if (a.format != "shopify" or a.fx_table is not None or a.keep_guests or a.scale != 100):
+    if a.fx_table is not None or a.keep_guests or a.scale != 100:
         return None
     plan = _plan(a)
     if plan is None:
@@ -118,7 +118,7 @@ def _select(header, columns, fmt):
     required = set(_convert.REQUIRED) | set(columns) | {"order_id"}
     if not required <= set(chosen) or not set(chosen) <= set(ROLES_READ):
         return None
-    if "test" in columns:   # a boolean test column, not Shopify's payment method
+    if "test" in chosen and (fmt != "shopify" or "test" in columns):   # a boolean, not Shopify's payment method
         return None
     if any(header.count(name) > 1 for name in chosen.values()):
         return None
