@@ -341,3 +341,11 @@ def test_generic_csv_with_an_order_key_takes_the_fast_path(tmp_path, monkeypatch
     raw2.write_text(raw.read_text().replace(",currency\n", ",reward\n", 1))   # a reward column: general path
     run_both(tmp_path / "with_reward", str(raw2), monkeypatch, merchant="shop")
     assert spy == [True, False]
+
+
+def test_a_reward_pattern_duckdb_refuses_gets_the_general_paths_error(tmp_path, monkeypatch, spy):
+    """Python's re accepts a lookahead, RE2 does not: both paths end in the same error."""
+    write_files(tmp_path / "raw", _base(tmp_path, n=5), None)
+    report = run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch,
+                      **{**OPTIONS, "reward_codes": "re:loyal(?=-)"})
+    assert isinstance(report, tuple) and spy == [False]

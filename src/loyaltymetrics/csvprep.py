@@ -415,6 +415,8 @@ class _Reader:
 
 
 def _prepare(a, plan, con, limit):
+    import duckdb
+
     reader = _read(a, plan, con, limit)
     if reader is None:
         return None
@@ -434,7 +436,7 @@ def _prepare(a, plan, con, limit):
         customer_ids, n_customers = _customers(con, reader)
         merchant_keys, merchant_ids = _merchants(reader.merchants, reader.written)
         order = _fastprep._order(merchant_ids, customer_ids, ts)
-    except (pa.ArrowException, OSError, MemoryError):
+    except (pa.ArrowException, OSError, MemoryError, duckdb.Error):
         return None
     _fastprep.register_merchants(con, merchant_keys, int_keys=False)
     _fastprep.copy_mappings(con, a)
@@ -472,7 +474,10 @@ def _read(a, plan, con, limit):
             if cursor is not con:
                 cursors.append(cursor)
             reader = _Reader(a, cursor, budget, index, names, merchant, seeds[merchant])
-            ok = reader.run(path, read_ahead=workers == 1 and a.threads != 1, bar=bar)
+            try:
+                ok = reader.run(path, read_ahead=workers == 1 and a.threads != 1, bar=bar)
+            except Exception:  # noqa: BLE001 - e.g. DuckDB refusing a --reward-codes expression: the general
+                ok = False     # path raises its own error for it
             if not ok:
                 budget.stop = True
             return reader if ok else None
