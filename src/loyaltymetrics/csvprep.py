@@ -1,9 +1,11 @@
-"""``prepare()``'s fast path for Shopify "Export orders" CSVs (SPEC §10): the general path's outputs without
-DuckDB's staging.
+"""``prepare()``'s fast path for CSV order exports with an order key (SPEC §10) — Shopify's "Export orders",
+WooCommerce's order CSV, generic CSVs with ``order_id`` —: the general path's outputs without DuckDB's
+staging.
 
-A Shopify export writes each order's line items on neighbouring rows, the order-level fields (total,
-e-mail, status, ...) on the first. Here each file is read with the general path's pyarrow CSV reader
-(the same batches, row numbers and nulls), and per batch:
+These exports write each order's line items on neighbouring rows, the order-level fields (total,
+e-mail, status, ...) on the first (or on every one). Here each file is read with the general path's
+pyarrow CSV settings (the same rows, row numbers and nulls; smaller blocks), the files in parallel,
+and per batch:
 
 - ``_csvparse.order_runs`` cuts the rows into runs of one order key (trimmed) and hashes each run's
   (merchant, key); at the end no two runs may share a hash, so each order key is one run — the
@@ -24,8 +26,8 @@ distinct written customers in DuckDB's order of their keys; the rows are sorted 
 
 Anything the general path would reject (an unparsable or unusual timestamp or amount, a negative amount,
 a null key or currency, an order without a total, a malformed CSV line), anything outside this case
-(a merchant column, FX, --keep-guests, amounts in minor units, another format, an order key in two
-places, several currencies) or rows beyond ``memory_limit`` make :func:`prepare_csv` return None before
+(a merchant or reward column, a boolean test column, FX, --keep-guests, amounts in minor units, naive
+times outside UTC, an order key in two places, several currencies) or rows beyond ``memory_limit`` make :func:`prepare_csv` return None before
 writing anything: ``prepare`` then takes the general path, which reports such rows by reason.
 """
 import time
