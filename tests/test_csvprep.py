@@ -349,3 +349,74 @@ def test_a_reward_pattern_duckdb_refuses_gets_the_general_paths_error(tmp_path, 
     report = run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch,
                       **{**OPTIONS, "reward_codes": "re:loyal(?=-)"})
     assert isinstance(report, tuple) and spy == [False]
+
+
+@st.composite
+def fixed_timestamps(draw):
+    """A time in one of the fixed-width forms the kernel reads, fields anywhere in their ranges (leap days,
+    month ends, offsets up to ±14:59), as text."""
+    year = draw(st.integers(1971, 2261))
+    month = draw(st.integers(1, 12))
+    days = [31, 29 if (year % 4 == 0 and year % 100) or year % 400 == 0 else 28, 31, 30, 31, 30, 31, 31, 30, 31,
+            30, 31][month - 1]
+    day = draw(st.integers(1, days))
+    clock = f"{draw(st.integers(0, 23)):02d}:{draw(st.integers(0, 59)):02d}:{draw(st.integers(0, 59)):02d}"
+    sign = draw(st.sampled_from("+-"))
+    zh, zm = draw(st.integers(0, 14)), draw(st.integers(0, 59))
+    form = draw(st.sampled_from(["shopify", "iso", "z", "naive"]))
+    sep = "T" if form in ("iso", "z") or draw(st.booleans()) else " "
+    text = f"{year:04d}-{month:02d}-{day:02d}{sep}{clock}"
+    return text + {"shopify": f" {sign}{zh:02d}{zm:02d}", "iso": f"{sign}{zh:02d}:{zm:02d}", "z": "Z",
+                   "naive": ""}[form]
+
+
+def _amount(cents, style):
+    whole, part = divmod(cents, 100)
+    return {"2": f"{whole}.{part:02d}", "1": f"{whole}.{part // 10}" if part % 10 == 0 else f"{whole}.{part:02d}",
+            "0": str(whole) if part == 0 else f"{whole}.{part:02d}", "lead0": f"{whole:05d}.{part:02d}"}[style]
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None, max_examples=25)
+@given(st.lists(st.tuples(fixed_timestamps(), st.integers(0, 10**15 - 1), st.integers(0, 100),
+                          st.sampled_from(["2", "1", "0", "lead0"])), min_size=1, max_size=40))
+def test_times_and_amounts_read_by_the_kernel_are_the_general_paths(tmp_path_factory, monkeypatch, spy, rows):
+    """Every fixed-width time and plain amount the kernel accepts gives the general path's microseconds and
+    cents (13-digit totals, refunds of any share, leap days, extreme offsets)."""
+    tmp_path = tmp_path_factory.mktemp("kernel")
+    (tmp_path / "raw").mkdir()
+    with open(tmp_path / "raw" / "shop-1_orders_export.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Name", "Email", "Created at", "Total", "Refunded Amount", "Currency"])
+        for k, (created, total, share, style) in enumerate(rows):
+            refund = total * share // 100
+            writer.writerow([f"#{k}", f"c{k % 3}@x.com", created, _amount(total, style),
+                             _amount(refund, style) if share else "", "USD"])
+    spy.clear()
+    report = run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS)
+    assert spy == [report["rows_written"] > 0]
+
+
+@pytest.mark.parametrize("created", ["2023-02-29 10:00:00 -0400", "2024-04-31 10:00:00", "2023-01-01 24:00:00",
+                                     "2023-01-01 10:60:00 +0000", "2023-01-01 10:00:60Z", "2023-01-01 10:00:00 +1500",
+                                     "2023-01-01 10:00:00+05:60", "1970-01-01 00:30:00 +0100",
+                                     "2262-12-31 23:59:59 -1400", "2023-01-01 10:00:00 0400", "2023-1-01 10:00:00",
+                                     "2023-01-01  10:00:00", "2023-01-01 10:00:00.5", " 2023-01-01 10:00:00"])
+@pytest.mark.parametrize("total", ["10.00"])
+def test_times_the_kernel_does_not_read_go_to_the_general_path(tmp_path, monkeypatch, spy, created, total):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "shop-1_orders_export.csv").write_text(
+        "Name,Email,Created at,Total\n#1,a@x.com,2023-01-01 10:00:00 -0400,5.00\n"
+        f"#2,b@x.com,{created},{total}\n")
+    run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS)
+    assert spy == [False]
+
+
+@pytest.mark.parametrize("total", ["12.345", "1e3", "+5.00", "5.", ".50", "1,000.00", "1_000", " 5.00", "5.00 ",
+                                   "12345678901234.00", "-0.00", "0x10", "nan"])
+def test_amounts_the_kernel_does_not_read_go_to_the_general_path(tmp_path, monkeypatch, spy, total):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "shop-1_orders_export.csv").write_text(
+        "Name,Email,Created at,Total\n#1,a@x.com,2023-01-01 10:00:00 -0400,5.00\n"
+        f"#2,b@x.com,2023-01-02 10:00:00 -0400,\"{total}\"\n")
+    run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS)
+    assert spy == [False]
