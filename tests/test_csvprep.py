@@ -420,3 +420,15 @@ def test_amounts_the_kernel_does_not_read_go_to_the_general_path(tmp_path, monke
         f"#2,b@x.com,2023-01-02 10:00:00 -0400,\"{total}\"\n")
     run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS)
     assert spy == [False]
+
+
+def test_orders_longer_than_a_batch(tmp_path, monkeypatch, spy):
+    """Small blocks: orders of hundreds of lines span several batches (carried to the next window whole)."""
+    rng = np.random.default_rng(9)
+    orders = shopify_orders(rng, 30, 1001, EMAILS, "USD", ["offset"])
+    for rows in orders[::7]:
+        rows.extend({**rows[-1], "Total": "", "Email": "", "Financial Status": ""} for _ in range(300))
+    write_files(tmp_path / "raw", {"shop-1_orders_export.csv": orders}, None)
+    monkeypatch.setattr(csvprep, "BLOCK_BYTES", 4096)
+    report = run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS, threads=1)
+    assert spy == [True] and report["excluded"]["line_item"]["count"] >= 5 * 300
