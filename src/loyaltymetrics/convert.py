@@ -369,7 +369,7 @@ def prepare(raw: PathLike | Sequence[PathLike], output: PathLike, *, columns: Co
             report = prepare_fast(options)
             if report is not None:
                 return report
-            from .csvprep import prepare_csv  # Shopify CSV exports (csvprep.py): same outputs
+            from .csvprep import prepare_csv  # CSV exports with an order key (csvprep.py): same outputs
 
             report = prepare_csv(options)
             if report is not None:
