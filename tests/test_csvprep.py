@@ -432,3 +432,15 @@ def test_orders_longer_than_a_batch(tmp_path, monkeypatch, spy):
     monkeypatch.setattr(csvprep, "BLOCK_BYTES", 4096)
     report = run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS, threads=1)
     assert spy == [True] and report["excluded"]["line_item"]["count"] >= 5 * 300
+
+
+def test_non_ascii_emails_are_keyed_and_ordered_as_duckdb_does(tmp_path, monkeypatch, spy):
+    """Customer keys are DuckDB's lower(trim(e-mail)) and their ids DuckDB's order of them, also beyond ASCII
+    (Unicode case mappings, a no-break space that trim strips, a byte order that is not Python's)."""
+    rng = np.random.default_rng(4)
+    emails = ["Zoë@Example.com", "zoë@example.com", "ÄNN@x.com", "änn@x.com", "\u00a0bob@x.com\u3000", "İlk@x.com",
+              "ılk@x.com", "ẞ@x.com", "kelvin\u212a@x.com", "ann@x.com", "日本@x.jp", "Ωmega@x.gr", None]
+    orders = shopify_orders(rng, 60, 1001, emails, "USD", ["offset"])
+    write_files(tmp_path / "raw", {"shop-1_orders_export.csv": orders}, None)
+    report = run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS)
+    assert spy == [True] and report["customers"] >= 5
