@@ -49,6 +49,11 @@ extensions = [
         extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
     ),
     Extension(
+        "loyaltymetrics._csvparse",
+        ["kernels/_csvparse.pyx"],
+        extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),
+    ),
+    Extension(
         "loyaltymetrics._guard",
         ["kernels/_guard.pyx"],
         extra_compile_args=["-O3"] + ([] if DEBUG else ["-DNDEBUG"]),

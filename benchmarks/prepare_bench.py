@@ -201,7 +201,11 @@ def main():
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the median is shown")
     parser.add_argument("--parquet-rows", type=float, default=5e6,
                         help="rows of the generic Parquet case (default 5e6; 0 skips it)")
+    parser.add_argument("--general", action="store_true",
+                        help="force prepare's general DuckDB path (no fast path for typed Parquet or CSV exports)")
     args = parser.parse_args()
+    if args.general:
+        lm.convert.FAST_PATH = False
     import duckdb
 
     work = Path(tempfile.mkdtemp(prefix="prepare-bench-"))

@@ -369,6 +369,11 @@ def prepare(raw: PathLike | Sequence[PathLike], output: PathLike, *, columns: Co
             report = prepare_fast(options)
             if report is not None:
                 return report
+            from .csvprep import prepare_csv  # CSV exports with an order key (csvprep.py): same outputs
+
+            report = prepare_csv(options)
+            if report is not None:
+                return report
         # In memory, spilling to temp_directory past memory_limit: no database file to checkpoint.
         con = duckdb.connect(":memory:")
         try:

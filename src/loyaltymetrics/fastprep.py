@@ -447,49 +447,16 @@ def _write(a, con, plan, offsets, merchant_keys, merchant_ids, customer_keys, cu
     n = len(order)
     files = a.files
     currency = a.currency.upper() if a.currency else None
-    int_keys = plan[0][3] is None
-    con.register("merchant_arrow", pa.table({
-        "merchant_key": pa.array(merchant_keys, pa.int64() if int_keys else pa.string()),
-        "merchant_id": pa.array(np.arange(1, len(merchant_keys) + 1, dtype=np.int32), pa.int32()),
-    }))
-    con.execute("CREATE TABLE merchant_map AS SELECT * FROM merchant_arrow")
-    con.unregister("merchant_arrow")
+    register_merchants(con, merchant_keys, int_keys=plan[0][3] is None)
     con.register("customer_arrow", pa.table({
         "customer_key": pa.array(customer_keys, pa.int64()),
         "customer_id": pa.array(np.arange(1, len(customer_keys) + 1, dtype=np.int64), pa.int64()),
     }))
     con.execute("CREATE TABLE customer_map AS SELECT * FROM customer_arrow")
     con.unregister("customer_arrow")
-    _convert._copy_private(con, "SELECT * FROM merchant_map ORDER BY merchant_id", a.merchant_ids, a.inputs,
-                           what="merchant id mapping")
-    _convert._copy_private(con, "SELECT * FROM customer_map ORDER BY customer_id", a.customer_ids, a.inputs,
-                           what="customer id mapping")
-
-    schema = ORDERS_SCHEMA.with_metadata({_convert.CURRENCY_KEY: currency.encode()}) if currency \
-        else ORDERS_SCHEMA
-    utc = pa.timestamp("us", tz="UTC")
-    rows_table = pa.Table.from_arrays([
-        pa.array(merchant_ids, pa.int32()), pa.array(customer_ids), pa.array(ts, pa.int64()).view(utc),
-        pa.array(amount, pa.int64()), pa.array(reward, pa.bool_())],
-        names=schema.names)
+    copy_mappings(con, a)
     duplicates = _convert._Duplicates()
-    with atomic_output(a.output, inputs=a.inputs, what="output") as tmp, \
-            pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, \
-            _progress.bar(n, a.progress, desc="prepare: sort and write") as bar:
-        def gathered(start):
-            rows = order[start:start + WRITE_ROWS]
-            taken = rows_table.take(pa.array(rows))
-            columns = [c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in taken.columns]
-            columns[1] = columns[1].cast(pa.int64())   # int32 ids while sorting, int64 in the output
-            return rows, columns
-
-        # The next batch is gathered on a second thread while this one is written (both release the GIL).
-        starts = list(range(0, n, WRITE_ROWS))
-        for rows, columns in (map(gathered, starts) if a.threads == 1 else _ahead(gathered, starts)):
-            writer.write_batch(pa.record_batch(columns, schema=schema))
-            duplicates.add(columns[0].to_numpy(), columns[1].to_numpy(),
-                           columns[2].view(pa.int64()).to_numpy(), rows)
-            bar.update(len(rows))
+    write_sorted(a, merchant_ids, customer_ids, ts, amount, reward, order, currency, duplicates)
     warnings, likely = [], 0
     if duplicates.groups:
         file_idx = int(np.searchsorted(offsets, duplicates.first, side="right")) - 1
@@ -504,7 +471,7 @@ def _write(a, con, plan, offsets, merchant_keys, merchant_ids, customer_keys, cu
         merchants_table = _convert._write_merchants(con, a.merchants_table, a.merchants, a.merchants_out,
                                                     a.inputs, warnings)
     if a.rejects:
-        _write_no_rejects(con, plan, a)
+        _write_no_rejects(con, {role for _, _, names, _, _ in plan for role in names}, a)
     return _convert.PrepareReport(
         output=str(a.output), merchant_ids=str(a.merchant_ids), customer_ids=str(a.customer_ids),
         rejects=str(a.rejects) if a.rejects else None,
@@ -513,11 +480,63 @@ def _write(a, con, plan, offsets, merchant_keys, merchant_ids, customer_keys, cu
         likely_line_items=likely, seconds=time.perf_counter() - a.started, currency=currency)
 
 
-def _write_no_rejects(con, plan, a):
-    """The rejects file of a run that rejected nothing: ``_write_rejects``'s columns and types, no row."""
+# Shared with csvprep (the CSV fast path): the mapping files and the sorted output as the general path
+# writes them.
+
+def register_merchants(con, merchant_keys, int_keys):
+    """The table merchant_map (merchant_key, merchant_id int32): ids 1.. in the order of ``merchant_keys``."""
+    con.register("merchant_arrow", pa.table({
+        "merchant_key": pa.array(merchant_keys, pa.int64() if int_keys else pa.string()),
+        "merchant_id": pa.array(np.arange(1, len(merchant_keys) + 1, dtype=np.int32), pa.int32()),
+    }))
+    con.execute("CREATE TABLE merchant_map AS SELECT * FROM merchant_arrow")
+    con.unregister("merchant_arrow")
+
+
+def copy_mappings(con, a):
+    """The id mapping files from the tables merchant_map and customer_map, by the general path's COPY."""
+    _convert._copy_private(con, "SELECT * FROM merchant_map ORDER BY merchant_id", a.merchant_ids, a.inputs,
+                           what="merchant id mapping")
+    _convert._copy_private(con, "SELECT * FROM customer_map ORDER BY customer_id", a.customer_ids, a.inputs,
+                           what="customer id mapping")
+
+
+def write_sorted(a, merchant_ids, customer_ids, ts, amount, reward, order, currency, duplicates=None):
+    """The output file: the rows in ``order``, in the general path's record batches; ``duplicates`` (a
+    ``convert._Duplicates``) counts neighbours sharing (merchant, customer, order_ts) on the way."""
+    n = len(order)
+    schema = ORDERS_SCHEMA.with_metadata({_convert.CURRENCY_KEY: currency.encode()}) if currency \
+        else ORDERS_SCHEMA
+    utc = pa.timestamp("us", tz="UTC")
+    rows_table = pa.Table.from_arrays([
+        pa.array(merchant_ids, pa.int32()), pa.array(customer_ids), pa.array(ts, pa.int64()).view(utc),
+        pa.array(amount, pa.int64()), pa.array(reward, pa.bool_())],
+        names=schema.names)
+    with atomic_output(a.output, inputs=a.inputs, what="output") as tmp, \
+            pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, \
+            _progress.bar(n, a.progress, desc="prepare: sort and write") as bar:
+        def gathered(start):
+            rows = order[start:start + WRITE_ROWS]
+            taken = rows_table.take(pa.array(rows))
+            columns = [c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in taken.columns]
+            columns[1] = columns[1].cast(pa.int64())   # int32 ids while sorting, int64 in the output
+            return rows, columns
+
+        # The next batch is gathered on a second thread while this one is written (both release the GIL).
+        starts = list(range(0, n, WRITE_ROWS))
+        for rows, columns in (map(gathered, starts) if a.threads == 1 else _ahead(gathered, starts)):
+            writer.write_batch(pa.record_batch(columns, schema=schema))
+            if duplicates is not None:
+                duplicates.add(columns[0].to_numpy(), columns[1].to_numpy(),
+                               columns[2].view(pa.int64()).to_numpy(), rows)
+            bar.update(len(rows))
+
+
+def _write_no_rejects(con, read, a):
+    """The rejects file of a run that rejected nothing: ``_write_rejects``'s columns and types, no row
+    (``read``: the roles read from any file)."""
     from pathlib import Path
 
-    read = {role for _, _, names, _, _ in plan for role in names}
     roles = [r for r in _convert.ROLES if r in read or r in ("merchant_id", "customer_id")]
     # As the general path's query, the Parquet writer marks every column optional (its ``row`` comes through
     # the ``staged`` view, whose statistics may hold a null).
