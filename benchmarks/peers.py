@@ -13,7 +13,11 @@ those rows.
 
 One table per input (``--inputs``, default all four):
 
-- ``arrow``: the sorted uncompressed Arrow IPC file below, from the page cache;
+- ``arrow``: the sorted uncompressed Arrow IPC file below, from the page cache
+  (``--page-cache``: by default dropped and read back once first, so it sits
+  in the page cache as a file read from disk does, in large folios; ``as-is``
+  keeps the pages it has, 4 KiB ones for a file just written by pyarrow: see
+  ``warm_page_cache``);
 - ``snappy`` / ``zstd``: the same rows in a Parquet file of that compression,
   sorted, written with pyarrow's defaults: one row group per record batch of
   the Arrow file (about 874,000 rows; pyarrow's maximum is 2^20), dictionary
@@ -624,13 +628,32 @@ def unavailable(engine, keywords, input_kind="arrow"):
     return None
 
 
-def warm_page_cache(path):
-    """Read the file once so every engine starts from the page cache, if it fits in memory."""
+PAGE_CACHE_STATES = ("reread", "as-is")
+
+
+def warm_page_cache(path, state="reread"):
+    """Read the file once so every engine starts from the page cache, if it fits in memory.
+
+    How a file sits in the page cache decides what mapping it costs (and
+    loyaltymetrics maps an Arrow file, Polars and DuckDB too): read from
+    disk, it sits in large folios (Linux readahead allocates up to 2 MiB
+    folios on filesystems that support them, ext4 since 6.x), which a
+    mapping takes a huge page at a time; written a few KiB per ``write``
+    (as pyarrow's IPC writer writes small buffers), it sits in 4 KiB pages,
+    each mapped and unmapped on its own: about 0.17 s of CPU for 1.2 GB
+    here (``benchmarks/mmap_bench.py``). ``state`` ``"reread"`` first drops
+    the file's pages (``POSIX_FADV_DONTNEED``: the file is clean, nothing is
+    lost) so the read brings it back as a read from disk does; ``"as-is"``
+    keeps the pages it already has (a file just written keeps the folios
+    of its writes).
+    """
     size = Path(path).stat().st_size
     available = meminfo().get("MemAvailable")
     if available is not None and size > 0.8 * available:
         return False
     with open(path, "rb", buffering=0) as f:
+        if state == "reread" and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         while f.read(16 << 20):
             pass
     return True
@@ -850,6 +873,11 @@ def main(argv=None):
                         help="rows of the data set --small-engines run on (default: %(default)g)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip checking each engine against the tests' SQL peer on small hostile inputs first")
+    parser.add_argument("--page-cache", choices=PAGE_CACHE_STATES, default="reread",
+                        help="how each input file is brought into the page cache before its runs: 'reread' "
+                             "drops its cached pages and reads it back (as a file read from disk sits: large "
+                             "folios), 'as-is' reads it keeping the pages it has (a file just written sits in "
+                             "the folios of its writes, 4 KiB pages for small writes) (default: %(default)s)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     # Internal: one timed run of one engine in a child process.
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -937,8 +965,11 @@ def main(argv=None):
                                        os.path.join(tmp, "result-small.arrow"))
         for kind in input_kinds:
             args.input_kind = kind
-            warm = warm_page_cache(files[kind])
-            print(f"input:    {INPUTS[kind]}: " + ("file read once before timing (page cache warm)" if warm
+            warm = warm_page_cache(files[kind], args.page_cache)
+            how = ("dropped from the page cache and read back once before timing (page cache warm, as after "
+                   "a read from disk)" if args.page_cache == "reread"
+                   else "read once before timing, keeping the pages it had (page cache warm, as it was)")
+            print(f"input:    {INPUTS[kind]}: " + (how if warm
                                                    else "file larger than available memory: engines read it from disk"))
             warmup_file = warmup if kind == "arrow" else derived_file(warmup, kind, args.seed)[0]
             outcomes = [Outcome(e, note=unavailable(e, keywords, kind)) for e in engines]
