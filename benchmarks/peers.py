@@ -55,7 +55,9 @@ n/a (``pip install 'loyaltymetrics[bench]'`` installs them all).
 
 Every run is a fresh child process (so its peak RSS is its own), warmed up on
 a tiny file first (imports, JIT compilation, thread pools), then timed from
-opening the file to holding the result as an Arrow table. Runs are
+opening the file to holding the result as an Arrow table, in wall seconds
+and in the process's CPU seconds (all its threads: on a busy machine the
+steadier of the two). Runs are
 interleaved across engines (repeat r of every engine before repeat r + 1), so
 a noisy neighbour slows every engine alike. Every run's full per-(merchant,
 year) table is compared, cell for cell, with loyaltymetrics' first result,
@@ -511,16 +513,16 @@ def run_child(args):
     base_counts(args.warmup)  # imports, JIT compilation, thread pools
     reset_peak_rss()
     rss_before, _ = memory_status()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = base_counts(args.file)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     _, peak = memory_status()
     import pyarrow as pa
 
     table = normalized(result)
     with pa.OSFile(args.out, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    print(json.dumps({"seconds": seconds, "peak_rss": peak, "rss_before": rss_before}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak, "rss_before": rss_before}))
 
 
 def check_small_inputs(base_counts, folder, input_kind="arrow"):
@@ -589,6 +591,7 @@ def bandwidth_child(args):
 class Outcome:
     engine: Engine
     seconds: list = field(default_factory=list)
+    cpu_seconds: list = field(default_factory=list)   # the process's CPU time (all its threads) a run
     peak_rss: list = field(default_factory=list)
     note: str | None = None       # "n/a ...", "did not finish ...", "failed ..."
     difference: str | None = None
@@ -707,6 +710,7 @@ def run_once(engine, outcome, args, path, warmup, out):
         return None
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     outcome.seconds.append(report["seconds"])
+    outcome.cpu_seconds.append(report["cpu_seconds"])
     outcome.peak_rss.append(report["peak_rss"])
     import pyarrow as pa
 
@@ -762,7 +766,8 @@ def rate(rows_per_s):
 def table_rows(outcomes, rows, baseline):
     """Cells of one table; an engine run on fewer rows (``--small-engines``) is named with its row count
     and compared by rows/s."""
-    header = ["engine", "threads", "wall (median)", "min – max", "rows/s", "peak RSS", "vs baseline", "result"]
+    header = ["engine", "threads", "wall (median)", "min – max", "CPU (median)", "rows/s", "peak RSS",
+              "vs baseline", "result"]
     lines = []
     base_rate = (baseline.rows or rows) / statistics.median(baseline.seconds) if baseline and baseline.ran else None
     for o in outcomes:
@@ -770,12 +775,13 @@ def table_rows(outcomes, rows, baseline):
         cells = [o.engine.name + (f" (at {n:,} rows)" if n != rows else ""), str(o.engine.threads)]
         if o.ran:
             med = statistics.median(o.seconds)
-            cells += [f"{med:,.3f} s", f"{min(o.seconds):,.3f} – {max(o.seconds):,.3f} s", rate(n / med),
+            cells += [f"{med:,.3f} s", f"{min(o.seconds):,.3f} – {max(o.seconds):,.3f} s",
+                      f"{statistics.median(o.cpu_seconds):,.3f} s", rate(n / med),
                       mib(statistics.median(o.peak_rss)),
                       f"{n / med / base_rate:.2f}x" if base_rate else "n/a",
                       "DIFFERENT" if o.difference else "not compared" if o.unchecked else "equal"]
         else:
-            cells += ["-"] * 5 + [o.note or "not run"]
+            cells += ["-"] * 6 + [o.note or "not run"]
         lines.append(cells)
     return header, lines
 
@@ -1032,7 +1038,7 @@ def main(argv=None):
             baseline = next((o for o in outcomes if o.engine.kind == "loyaltymetrics" and o.ran), None)
         header, lines = table_rows(outcomes, rows, baseline)
         if baseline is not None:
-            header[6] = f"vs {baseline.engine.name.replace('loyaltymetrics', 'lm')} x{baseline.engine.threads}"
+            header[header.index("vs baseline")] = f"vs {baseline.engine.name.replace('loyaltymetrics', 'lm')} x{baseline.engine.threads}"
         print()
         runs = f"{args.repeat} run(s)" if peer_repeat == args.repeat else \
             f"{args.repeat} run(s) of loyaltymetrics and {peer_repeat} of each other engine"
