@@ -7,7 +7,11 @@ the median wall seconds, CPU seconds and minor page faults a call; builds
 are interleaved (old, new, old, new, ...) ``--runs`` times and the table
 shows the medians. Cases: ``path-1t`` / ``path-2t`` (the file's path:
 memory-mapped, its pages mapped and let go each call) and ``table-1t`` /
-``table-2t`` (its rows read into memory once, as a pyarrow Table).
+``table-2t`` (its rows read into memory once, as a pyarrow Table);
+``cold-path-1t`` / ``-2t``: one call on the file just dropped from the page
+cache (read from disk through the mapping); ``after-cold-path-1t`` / ``-2t``:
+the calls after such a first one, over what it left in the page cache.
+The cold cases drop the file from the page cache: use a copy of your own.
 
 How a file got into the page cache decides what mapping it costs: a file
 read from disk sits in large folios (readahead allocates up to 2 MiB
@@ -29,14 +33,23 @@ import subprocess
 import sys
 import time
 
-CASES = ("path-1t", "path-2t", "table-1t", "table-2t")
+CASES = ("path-1t", "path-2t", "table-1t", "table-2t")   # also: cold-path-1t, after-cold-path-1t (and -2t)
+
+
+def evict(path):
+    """Drop the file's pages from the page cache (it is clean: nothing is lost, the next read is from disk)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def worker(path, case, repeat):
     import loyaltymetrics as lm
     import pyarrow as pa
 
-    threads = int(case.split("-")[1][:-1])
+    threads = int(case.split("-")[-1][:-1])
     if case.startswith("table-"):
         with pa.OSFile(path) as source:     # a copy in memory, not a mapping of the file
             data = pa.ipc.open_file(source).read_all()
@@ -46,7 +59,16 @@ def worker(path, case, repeat):
     def once():
         return lm.compute(data, by=["merchant"], period="year", threads=threads).num_rows
 
-    once()
+    if case.startswith(("cold-", "after-cold-")):
+        with pa.OSFile(path) as source:   # imports and code paths warmed on a few rows, the file left cold
+            lm.compute(pa.ipc.open_file(source).get_batch(0).slice(0, 1000), by=["merchant"], period="year")
+        evict(path)
+        if case.startswith("cold-"):
+            repeat = 1
+        else:
+            once()
+    else:
+        once()
     walls, cpus, faults = [], [], []
     for _ in range(repeat):
         f0, c0, w0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time(), time.perf_counter()
