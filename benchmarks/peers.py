@@ -13,7 +13,11 @@ those rows.
 
 One table per input (``--inputs``, default all four):
 
-- ``arrow``: the sorted uncompressed Arrow IPC file below, from the page cache;
+- ``arrow``: the sorted uncompressed Arrow IPC file below, from the page cache
+  (``--page-cache``: by default dropped and read back once first, so it sits
+  in the page cache as a file read from disk does, in large folios; ``as-is``
+  keeps the pages it has, 4 KiB ones for a file just written by pyarrow: see
+  ``warm_page_cache``);
 - ``snappy`` / ``zstd``: the same rows in a Parquet file of that compression,
   sorted, written with pyarrow's defaults: one row group per record batch of
   the Arrow file (about 874,000 rows; pyarrow's maximum is 2^20), dictionary
@@ -51,7 +55,9 @@ n/a (``pip install 'loyaltymetrics[bench]'`` installs them all).
 
 Every run is a fresh child process (so its peak RSS is its own), warmed up on
 a tiny file first (imports, JIT compilation, thread pools), then timed from
-opening the file to holding the result as an Arrow table. Runs are
+opening the file to holding the result as an Arrow table, in wall seconds
+and in the process's CPU seconds (all its threads: on a busy machine the
+steadier of the two). Runs are
 interleaved across engines (repeat r of every engine before repeat r + 1), so
 a noisy neighbour slows every engine alike. Every run's full per-(merchant,
 year) table is compared, cell for cell, with loyaltymetrics' first result,
@@ -507,16 +513,16 @@ def run_child(args):
     base_counts(args.warmup)  # imports, JIT compilation, thread pools
     reset_peak_rss()
     rss_before, _ = memory_status()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = base_counts(args.file)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     _, peak = memory_status()
     import pyarrow as pa
 
     table = normalized(result)
     with pa.OSFile(args.out, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    print(json.dumps({"seconds": seconds, "peak_rss": peak, "rss_before": rss_before}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak, "rss_before": rss_before}))
 
 
 def check_small_inputs(base_counts, folder, input_kind="arrow"):
@@ -585,6 +591,7 @@ def bandwidth_child(args):
 class Outcome:
     engine: Engine
     seconds: list = field(default_factory=list)
+    cpu_seconds: list = field(default_factory=list)   # the process's CPU time (all its threads) a run
     peak_rss: list = field(default_factory=list)
     note: str | None = None       # "n/a ...", "did not finish ...", "failed ..."
     difference: str | None = None
@@ -624,13 +631,32 @@ def unavailable(engine, keywords, input_kind="arrow"):
     return None
 
 
-def warm_page_cache(path):
-    """Read the file once so every engine starts from the page cache, if it fits in memory."""
+PAGE_CACHE_STATES = ("reread", "as-is")
+
+
+def warm_page_cache(path, state="reread"):
+    """Read the file once so every engine starts from the page cache, if it fits in memory.
+
+    How a file sits in the page cache decides what mapping it costs (and
+    loyaltymetrics maps an Arrow file, Polars and DuckDB too): read from
+    disk, it sits in large folios (Linux readahead allocates up to 2 MiB
+    folios on filesystems that support them, ext4 since 6.x), which a
+    mapping takes a huge page at a time; written a few KiB per ``write``
+    (as pyarrow's IPC writer writes small buffers), it sits in 4 KiB pages,
+    each mapped and unmapped on its own: about 0.17 s of CPU for 1.2 GB
+    here (``benchmarks/mmap_bench.py``). ``state`` ``"reread"`` first drops
+    the file's pages (``POSIX_FADV_DONTNEED``: the file is clean, nothing is
+    lost) so the read brings it back as a read from disk does; ``"as-is"``
+    keeps the pages it already has (a file just written keeps the folios
+    of its writes).
+    """
     size = Path(path).stat().st_size
     available = meminfo().get("MemAvailable")
     if available is not None and size > 0.8 * available:
         return False
     with open(path, "rb", buffering=0) as f:
+        if state == "reread" and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         while f.read(16 << 20):
             pass
     return True
@@ -684,6 +710,7 @@ def run_once(engine, outcome, args, path, warmup, out):
         return None
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     outcome.seconds.append(report["seconds"])
+    outcome.cpu_seconds.append(report["cpu_seconds"])
     outcome.peak_rss.append(report["peak_rss"])
     import pyarrow as pa
 
@@ -739,7 +766,8 @@ def rate(rows_per_s):
 def table_rows(outcomes, rows, baseline):
     """Cells of one table; an engine run on fewer rows (``--small-engines``) is named with its row count
     and compared by rows/s."""
-    header = ["engine", "threads", "wall (median)", "min – max", "rows/s", "peak RSS", "vs baseline", "result"]
+    header = ["engine", "threads", "wall (median)", "min – max", "CPU (median)", "rows/s", "peak RSS",
+              "vs baseline", "result"]
     lines = []
     base_rate = (baseline.rows or rows) / statistics.median(baseline.seconds) if baseline and baseline.ran else None
     for o in outcomes:
@@ -747,12 +775,13 @@ def table_rows(outcomes, rows, baseline):
         cells = [o.engine.name + (f" (at {n:,} rows)" if n != rows else ""), str(o.engine.threads)]
         if o.ran:
             med = statistics.median(o.seconds)
-            cells += [f"{med:,.3f} s", f"{min(o.seconds):,.3f} – {max(o.seconds):,.3f} s", rate(n / med),
+            cells += [f"{med:,.3f} s", f"{min(o.seconds):,.3f} – {max(o.seconds):,.3f} s",
+                      f"{statistics.median(o.cpu_seconds):,.3f} s", rate(n / med),
                       mib(statistics.median(o.peak_rss)),
                       f"{n / med / base_rate:.2f}x" if base_rate else "n/a",
                       "DIFFERENT" if o.difference else "not compared" if o.unchecked else "equal"]
         else:
-            cells += ["-"] * 5 + [o.note or "not run"]
+            cells += ["-"] * 6 + [o.note or "not run"]
         lines.append(cells)
     return header, lines
 
@@ -850,6 +879,11 @@ def main(argv=None):
                         help="rows of the data set --small-engines run on (default: %(default)g)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip checking each engine against the tests' SQL peer on small hostile inputs first")
+    parser.add_argument("--page-cache", choices=PAGE_CACHE_STATES, default="reread",
+                        help="how each input file is brought into the page cache before its runs: 'reread' "
+                             "drops its cached pages and reads it back (as a file read from disk sits: large "
+                             "folios), 'as-is' reads it keeping the pages it has (a file just written sits in "
+                             "the folios of its writes, 4 KiB pages for small writes) (default: %(default)s)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     # Internal: one timed run of one engine in a child process.
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -937,8 +971,11 @@ def main(argv=None):
                                        os.path.join(tmp, "result-small.arrow"))
         for kind in input_kinds:
             args.input_kind = kind
-            warm = warm_page_cache(files[kind])
-            print(f"input:    {INPUTS[kind]}: " + ("file read once before timing (page cache warm)" if warm
+            warm = warm_page_cache(files[kind], args.page_cache)
+            how = ("dropped from the page cache and read back once before timing (page cache warm, as after "
+                   "a read from disk)" if args.page_cache == "reread"
+                   else "read once before timing, keeping the pages it had (page cache warm, as it was)")
+            print(f"input:    {INPUTS[kind]}: " + (how if warm
                                                    else "file larger than available memory: engines read it from disk"))
             warmup_file = warmup if kind == "arrow" else derived_file(warmup, kind, args.seed)[0]
             outcomes = [Outcome(e, note=unavailable(e, keywords, kind)) for e in engines]
@@ -1001,7 +1038,7 @@ def main(argv=None):
             baseline = next((o for o in outcomes if o.engine.kind == "loyaltymetrics" and o.ran), None)
         header, lines = table_rows(outcomes, rows, baseline)
         if baseline is not None:
-            header[6] = f"vs {baseline.engine.name.replace('loyaltymetrics', 'lm')} x{baseline.engine.threads}"
+            header[header.index("vs baseline")] = f"vs {baseline.engine.name.replace('loyaltymetrics', 'lm')} x{baseline.engine.threads}"
         print()
         runs = f"{args.repeat} run(s)" if peer_repeat == args.repeat else \
             f"{args.repeat} run(s) of loyaltymetrics and {peer_repeat} of each other engine"

@@ -766,6 +766,28 @@ except ImportError:   # not built for this platform: the checks before each batc
     _guard = None
 
 
+def _read_missing_in_huge_folios(mapping):
+    """Have pages of ``mapping`` missing from the page cache read in 2 MiB folios (``MADV_HUGEPAGE``).
+
+    A page-cache miss in a memory map that no readahead covers (the first
+    page of each column's rows, the metadata pyarrow reads before each
+    batch) is read around the fault, ``read_ahead_kb`` each side, in 4 KiB
+    pages, and those stay in the page cache as such: every later call maps
+    and unmaps them one by one. A 5e7-row file read cold by ``compute()``
+    was left 51% in 4 KiB pages and 10% in 2 MiB folios, and later calls
+    over it took 0.43 CPU s instead of 0.33. With this advice the faults
+    read 2 MiB folios (on filesystems with large folios: ext4, xfs on Linux
+    6.x). Pages already cached stay as they are, what is read is the same
+    bytes, and where the kernel lacks the advice nothing changes.
+    """
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None and hasattr(mapping, "madvise"):
+        try:
+            mapping.madvise(advice)
+        except OSError:
+            pass
+
+
 class _MappedFile:
     """A read-only memory map whose pages are let go once rows have been scanned.
 
@@ -784,6 +806,7 @@ class _MappedFile:
     def __init__(self, path, watch):
         self.watch = watch
         self._map = mmap.mmap(watch.fd, 0, access=mmap.ACCESS_READ)
+        _read_missing_in_huge_folios(self._map)
         self.buffer = pa.py_buffer(self._map)
         watch.guard(self._map, self.buffer.address, self.buffer.size)
 
