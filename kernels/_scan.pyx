@@ -123,6 +123,14 @@ cdef extern from *:
 
     typedef struct { int64_t prev_customer, prev_ts, run_period, order_lo, order_hi; } lm_block_cursor;
 
+    /* The reward flags of rows bit0..bit0+63 of an LSB bitmap, row j at bit j. */
+    static inline uint64_t lm_reward_word(const uint8_t *bits, Py_ssize_t bit0) {
+        uint64_t word;
+        memcpy(&word, bits + (bit0 >> 3), 8);
+        if (bit0 & 7) word = (word >> (bit0 & 7)) | ((uint64_t)bits[(bit0 >> 3) + 8] << (64 - (bit0 & 7)));
+        return word;
+    }
+
     /* A row's packed counts by its code: bit 0 a new store-customer (nc); bits 1-2 its period
        after the previous row's: 0 the same, 1 the next, 2 another; bit 3 the previous row
        started a run. Bit 63 of the value says the row starts a run (nr = nc | !same); it
@@ -213,6 +221,13 @@ cdef extern from *:
         __builtin_cpu_init();
         lm_cpu_avx2 = __builtin_cpu_supports("avx2") != 0;
     }
+    /* Tests: run the scalar copy on a CPU with AVX2 (on = 0), or the AVX2 one again if it has it. */
+    static int lm_use_avx2(int on) {
+        int was = lm_cpu_avx2;
+        __builtin_cpu_init();
+        lm_cpu_avx2 = on && __builtin_cpu_supports("avx2");
+        return was;
+    }
     #define LM_AVX2 static inline __attribute__((target("avx2"), always_inline))
     /* Bit j of the result: c[j] != c[j - 1], for j = 1..63. */
     LM_AVX2 uint64_t lm_key_steps_4(const int32_t *c) {
@@ -270,6 +285,7 @@ cdef extern from *:
     #else
     #define LM_HAVE_AVX2 0
     static void lm_init_cpu(void) {}
+    static int lm_use_avx2(int on) { (void)on; return 0; }
     #define LM_MARKS(NAME, ...) NAME(__VA_ARGS__)
     #endif
 
@@ -292,7 +308,7 @@ cdef extern from *:
             lm_block_cursor *cur) {
         int64_t period[LM_BLOCK];
         uint64_t packed[LM_BLOCK];
-        uint64_t runs = 0, any = 0, neg = 0, ts_or = 0, unsorted = 0, word, reward, nr = 0, w;
+        uint64_t runs = 0, any = 0, neg = 0, ts_or = 0, unsorted = 0, reward, nr = 0, w;
         uint64_t g0 = 0, g1 = 0, g2 = 0;
         int64_t pc = cur->prev_customer, pt = cur->prev_ts, pp = cur->run_period;
         int64_t lo, hi, t, q, b, c, q_lo = 0, K = 0;
@@ -379,12 +395,35 @@ cdef extern from *:
                every period's revenue is checked before any is added. */
             {
                 uint64_t gk[5] = {~0ULL, g0, g1, g2, 0};
+                uint64_t member, fill, pro;
                 for (k = 0; k <= K; k++)
                     if (__builtin_add_overflow(acc_base[(q_lo + k) * LM_STRIDE + LM_REVENUE],
                                                sum[k] - (k < 3 ? sum[k + 1] : 0), &rev[k]))
                         return -LM_BLOCK;
+                /* Member rows: the rows of a run with a reward row, the reward rows filled up
+                   and down to their run's ends (Kogge-Stone fills stopped at run starts). */
+                reward = lm_reward_word(bits, bit0) & valid;
+                fill = reward;
+                pro = ~runs;                        /* row j continues row j - 1's run */
+                fill |= pro & (fill << 1); pro &= pro << 1;
+                fill |= pro & (fill << 2); pro &= pro << 2;
+                fill |= pro & (fill << 4); pro &= pro << 4;
+                fill |= pro & (fill << 8); pro &= pro << 8;
+                fill |= pro & (fill << 16); pro &= pro << 16;
+                fill |= pro & (fill << 32);
+                member = fill;
+                fill = reward;
+                pro = ~runs >> 1;                   /* row j + 1 continues row j's run */
+                fill |= pro & (fill >> 1); pro &= pro >> 1;
+                fill |= pro & (fill >> 2); pro &= pro >> 2;
+                fill |= pro & (fill >> 4); pro &= pro >> 4;
+                fill |= pro & (fill >> 8); pro &= pro >> 8;
+                fill |= pro & (fill >> 16); pro &= pro >> 16;
+                fill |= pro & (fill >> 32);
+                member = (member | fill) & valid;
                 for (k = 0; k <= K; k++) {
-                    uint64_t in = valid & gk[k] & ~gk[k + 1];
+                    uint64_t in = valid & gk[k] & ~gk[k + 1], x;
+                    int64_t rr = 0, mr = 0;
                     acc = acc_base + (q_lo + k) * LM_STRIDE;
                     acc[LM_REVENUE] = rev[k];
                     acc[LM_ORDERS] += __builtin_popcountll(in);
@@ -392,8 +431,21 @@ cdef extern from *:
                     acc[LM_NEW_CUSTOMERS] += __builtin_popcountll(in & nc);
                     acc[LM_RETAINED] += __builtin_popcountll(in & ret);
                     acc[LM_REPEAT_CUSTOMERS] += __builtin_popcountll(in & rep);
+                    /* Reward orders; member runs (a run is in one period): their first rows,
+                       rows, second rows (repeat customers); revenue of both, row by row. */
+                    x = in & member;
+                    if (!x) continue;
+                    acc[LM_REWARD_ORDERS] += __builtin_popcountll(in & reward);
+                    acc[LM_REWARD_CUSTOMERS] += __builtin_popcountll(x & runs);
+                    acc[LM_MEMBER_ORDERS] += __builtin_popcountll(x);
+                    acc[LM_MEMBER_REPEAT] += __builtin_popcountll(x & rep);
+                    for (; x; x &= x - 1) mr += amounts[i + __builtin_ctzll(x)];
+                    for (x = in & reward; x; x &= x - 1) rr += amounts[i + __builtin_ctzll(x)];
+                    acc[LM_MEMBER_REVENUE] += mr;
+                    acc[LM_REWARD_REVENUE] += rr;
                 }
             }
+            goto done;
         } else {
             /* Row i must start a run. */
             t = LM_LOAD(timestamps, tsize, i);
@@ -438,9 +490,7 @@ cdef extern from *:
         #define LM_PERIOD_OF(j) (few ? q_lo + (int64_t)(((g0 >> (j)) & 1) + ((g1 >> (j)) & 1) + ((g2 >> (j)) & 1)) \
                                      : period[j])
         /* Reward rows (a minority), and once a run the member counts of their runs. */
-        memcpy(&word, bits + (bit0 >> 3), 8);
-        if (bit0 & 7) word = (word >> (bit0 & 7)) | ((uint64_t)bits[(bit0 >> 3) + 8] << (64 - (bit0 & 7)));
-        reward = word & ((1ULL << L) - 1);
+        reward = lm_reward_word(bits, bit0) & ((1ULL << L) - 1);
         end = 0;
         while (reward) {
             int64_t *acc;
@@ -460,6 +510,7 @@ cdef extern from *:
             acc[LM_MEMBER_REPEAT] += end - start >= 2;
             for (k = start; k < end; k++) acc[LM_MEMBER_REVENUE] += amounts[i + k];
         }
+    done:
         cur->prev_customer = LM_LOAD(customers, csize, i + L - 1);
         cur->prev_ts = LM_LOAD(timestamps, tsize, i + L - 1);
         cur->run_period = LM_PERIOD_OF(L - 1);
@@ -536,6 +587,7 @@ cdef extern from *:
         int64_t order_hi
     void lm_fold_packed(int64_t* acc_base, lm_range r) noexcept nogil
     void lm_init_cpu() noexcept nogil
+    int lm_use_avx2(int on) noexcept nogil
     Py_ssize_t lm_block(const void* merchants, int msize, const void* customers, int csize,
                         const void* timestamps, int tsize, const int64_t* amounts,
                         const uint8_t* bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
@@ -543,6 +595,14 @@ cdef extern from *:
                         int64_t* acc_base, lm_block_cursor* cur) noexcept nogil
 
 lm_init_cpu()      # which copy of the block path's mask functions runs (AVX2 or not)
+
+
+def _use_avx2(bint on):
+    """For tests: the block path's AVX2 mask functions (if the CPU has AVX2) or the scalar ones.
+
+    Returns whether AVX2 ones ran before. Not for use while another thread scans.
+    """
+    return bool(lm_use_avx2(on))
 
 # Partial columns, SPEC §4 (returning_customers, repeat_orders, merchants and
 # fees are derived from these in finalize).
