@@ -281,6 +281,50 @@ cdef extern from *:
     LM_DEFINE_MARKS_AVX2(lm_marks_48_avx2, int32_t, int64_t, 4, 8)
     LM_DEFINE_MARKS_AVX2(lm_marks_84_avx2, int64_t, int32_t, 8, 4)
     LM_DEFINE_MARKS_AVX2(lm_marks_88_avx2, int64_t, int64_t, 8, 8)
+    /* lm_checks_* in AVX2 (their target_clones copies are auto-vectorized less well): rows
+       1..4, then 4..7, 8..11, ..., 60..63 (row 4 twice: or-ed and min/max, no matter). */
+    LM_AVX2 __m256i lm_key4_4(const int32_t *c) { return _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)c)); }
+    LM_AVX2 __m256i lm_key4_8(const int64_t *c) { return _mm256_loadu_si256((const __m256i *)c); }
+    #define LM_DEFINE_CHECKS_AVX2(NAME, CT, TT, CS, TS) \
+        static __attribute__((target("avx2"), noinline)) lm_checks NAME(const CT *c, const TT *t, int64_t lo, \
+                                                                        int64_t hi) { \
+            __m256i bad = _mm256_setzero_si256(), ts_or = bad; \
+            __m256i vlo = _mm256_set1_epi64x(lo), vhi = _mm256_set1_epi64x(hi); \
+            int64_t x[4]; \
+            int j, k; \
+            for (j = 0; j < LM_BLOCK; j += 4) { \
+                int r = j ? j : 1; \
+                __m256i cj = lm_key4_##CS(c + r), cp = lm_key4_##CS(c + r - 1); \
+                __m256i tj = lm_ts4_##TS(t + r), tp = lm_ts4_##TS(t + r - 1); \
+                /* a smaller customer; the same one and an earlier order_ts (signed: exact */ \
+                /* when ts_or passes) */ \
+                bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi64(cp, cj), \
+                    _mm256_and_si256(_mm256_cmpeq_epi64(cp, cj), _mm256_cmpgt_epi64(tp, tj)))); \
+                ts_or = _mm256_or_si256(ts_or, tj); \
+                vlo = _mm256_blendv_epi8(vlo, tj, _mm256_cmpgt_epi64(vlo, tj)); \
+                vhi = _mm256_blendv_epi8(vhi, tj, _mm256_cmpgt_epi64(tj, vhi)); \
+            } \
+            { \
+                lm_checks out; \
+                out.bad = _mm256_testz_si256(bad, bad) ? 0 : 1ULL << 63; \
+                out.ts_or = lm_or4(ts_or); \
+                _mm256_storeu_si256((__m256i *)x, vlo); \
+                for (k = 0; k < 4; k++) lo = x[k] < lo ? x[k] : lo; \
+                _mm256_storeu_si256((__m256i *)x, vhi); \
+                for (k = 0; k < 4; k++) hi = x[k] > hi ? x[k] : hi; \
+                out.lo = lo; \
+                out.hi = hi; \
+                return out; \
+            } \
+        }
+    LM_AVX2 uint64_t lm_or4(__m256i v) {
+        __m128i x = _mm_or_si128(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        return (uint64_t)_mm_cvtsi128_si64(x) | (uint64_t)_mm_extract_epi64(x, 1);
+    }
+    LM_DEFINE_CHECKS_AVX2(lm_checks_44_avx2, int32_t, int32_t, 4, 4)
+    LM_DEFINE_CHECKS_AVX2(lm_checks_48_avx2, int32_t, int64_t, 4, 8)
+    LM_DEFINE_CHECKS_AVX2(lm_checks_84_avx2, int64_t, int32_t, 8, 4)
+    LM_DEFINE_CHECKS_AVX2(lm_checks_88_avx2, int64_t, int64_t, 8, 8)
     #define LM_MARKS(NAME, ...) (lm_cpu_avx2 ? NAME##_avx2(__VA_ARGS__) : NAME(__VA_ARGS__))
     #else
     #define LM_HAVE_AVX2 0
@@ -333,10 +377,10 @@ cdef extern from *:
             lm_checks r;
             c = LM_LOAD(customers, csize, i);
             t = LM_LOAD(timestamps, tsize, i);
-            if (csize == 4 && tsize == 4) r = lm_checks_44((const int32_t *)cb, (const int32_t *)tb, t, t);
-            else if (csize == 4) r = lm_checks_48((const int32_t *)cb, (const int64_t *)tb, t, t);
-            else if (tsize == 4) r = lm_checks_84((const int64_t *)cb, (const int32_t *)tb, t, t);
-            else r = lm_checks_88((const int64_t *)cb, (const int64_t *)tb, t, t);
+            if (csize == 4 && tsize == 4) r = LM_MARKS(lm_checks_44, (const int32_t *)cb, (const int32_t *)tb, t, t);
+            else if (csize == 4) r = LM_MARKS(lm_checks_48, (const int32_t *)cb, (const int64_t *)tb, t, t);
+            else if (tsize == 4) r = LM_MARKS(lm_checks_84, (const int64_t *)cb, (const int32_t *)tb, t, t);
+            else r = LM_MARKS(lm_checks_88, (const int64_t *)cb, (const int64_t *)tb, t, t);
             /* Row 0 against the row before the block. */
             unsorted = r.bad | ((uint64_t)((c < pc) | ((c == pc) & (t < pt))) << 63);
             ts_or = r.ts_or | (uint64_t)t;
