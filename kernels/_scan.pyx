@@ -179,34 +179,36 @@ cdef extern from *:
 
     /* The few-period block (lm_block_body): rows 0..63 as bitmasks, row j at bit j. .nc: the
        row's customer is not the row before's (row 0: not `pc`); .g[k]: t > e[k], the last
-       timestamp of the block's k-th period (the block's periods are q_lo + (t > e[0]) +
-       (t > e[1]) + (t > e[2])); .s[0]: the sum of all amounts, .s[k + 1]: of the rows with
-       t > e[k] (amounts < 2^57: no sum overflows). One function a key/ts type pair, in an AVX2
+       timestamp of the block's k-th period (the block's periods are q_lo + (t > e[0]) + ... +
+       (t > e[3])); .s[0]: the sum of all amounts, .s[k + 1]: of the rows with t > e[k]
+       (amounts < 2^57: no sum overflows). One function a key/ts type pair, in an AVX2
        copy (8 int32 or 4 int64 keys a compare into a mask, 4 timestamps a compare, masked vector
        sums) and a scalar one; lm_block_body calls the AVX2 one where the CPU has AVX2
        (lm_cpu_avx2, set when the module loads). */
-    typedef struct { uint64_t nc, g[3], s[4]; } lm_marks;
+    typedef struct { uint64_t nc, g[4], s[5]; } lm_marks;
     #define LM_DEFINE_MARKS(NAME, CT, TT) \
         static __attribute__((noinline)) void NAME(const CT *c, const TT *t, const int64_t *a, int64_t pc, \
                                                    const int64_t *e, lm_marks *m) { \
-            uint64_t nc = (uint64_t)((int64_t)c[0] != pc), g0 = 0, g1 = 0, g2 = 0; \
-            uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0; \
-            int64_t e0 = e[0], e1 = e[1], e2 = e[2]; \
+            uint64_t nc = (uint64_t)((int64_t)c[0] != pc), g0 = 0, g1 = 0, g2 = 0, g3 = 0; \
+            uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0; \
+            int64_t e0 = e[0], e1 = e[1], e2 = e[2], e3 = e[3]; \
             int j; \
             for (j = 1; j < LM_BLOCK; j++) nc |= (uint64_t)(c[j] != c[j - 1]) << j; \
             for (j = 0; j < LM_BLOCK; j++) { \
                 int64_t tj = t[j]; \
-                uint64_t aj = (uint64_t)a[j], b0 = tj > e0, b1 = tj > e1, b2 = tj > e2; \
+                uint64_t aj = (uint64_t)a[j], b0 = tj > e0, b1 = tj > e1, b2 = tj > e2, b3 = tj > e3; \
                 g0 |= b0 << j; \
                 g1 |= b1 << j; \
                 g2 |= b2 << j; \
+                g3 |= b3 << j; \
                 s0 += aj; \
                 s1 += aj & -b0; \
                 s2 += aj & -b1; \
                 s3 += aj & -b2; \
+                s4 += aj & -b3; \
             } \
-            m->nc = nc; m->g[0] = g0; m->g[1] = g1; m->g[2] = g2; \
-            m->s[0] = s0; m->s[1] = s1; m->s[2] = s2; m->s[3] = s3; \
+            m->nc = nc; m->g[0] = g0; m->g[1] = g1; m->g[2] = g2; m->g[3] = g3; \
+            m->s[0] = s0; m->s[1] = s1; m->s[2] = s2; m->s[3] = s3; m->s[4] = s4; \
         }
     LM_DEFINE_MARKS(lm_marks_44, int32_t, int32_t)
     LM_DEFINE_MARKS(lm_marks_48, int32_t, int64_t)
@@ -258,24 +260,28 @@ cdef extern from *:
         static __attribute__((target("avx2"), noinline)) void NAME(const CT *c, const TT *t, const int64_t *a, \
                                                                    int64_t pc, const int64_t *e, lm_marks *m) { \
             __m256i e0 = _mm256_set1_epi64x(e[0]), e1 = _mm256_set1_epi64x(e[1]), e2 = _mm256_set1_epi64x(e[2]); \
-            __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0; \
-            uint64_t g0 = 0, g1 = 0, g2 = 0; \
+            __m256i e3 = _mm256_set1_epi64x(e[3]); \
+            __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0, s4 = s0; \
+            uint64_t g0 = 0, g1 = 0, g2 = 0, g3 = 0; \
             int j; \
             for (j = 0; j < LM_BLOCK; j += 4) { \
                 __m256i tj = lm_ts4_##TS(t + j), aj = _mm256_loadu_si256((const __m256i *)(a + j)); \
                 __m256i b0 = _mm256_cmpgt_epi64(tj, e0), b1 = _mm256_cmpgt_epi64(tj, e1); \
-                __m256i b2 = _mm256_cmpgt_epi64(tj, e2); \
+                __m256i b2 = _mm256_cmpgt_epi64(tj, e2), b3 = _mm256_cmpgt_epi64(tj, e3); \
                 g0 |= (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(b0)) << j; \
                 g1 |= (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(b1)) << j; \
                 g2 |= (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(b2)) << j; \
+                g3 |= (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(b3)) << j; \
                 s0 = _mm256_add_epi64(s0, aj); \
                 s1 = _mm256_add_epi64(s1, _mm256_and_si256(aj, b0)); \
                 s2 = _mm256_add_epi64(s2, _mm256_and_si256(aj, b1)); \
                 s3 = _mm256_add_epi64(s3, _mm256_and_si256(aj, b2)); \
+                s4 = _mm256_add_epi64(s4, _mm256_and_si256(aj, b3)); \
             } \
             m->nc = lm_key_steps_##CS(c) | (uint64_t)((int64_t)c[0] != pc); \
-            m->g[0] = g0; m->g[1] = g1; m->g[2] = g2; \
+            m->g[0] = g0; m->g[1] = g1; m->g[2] = g2; m->g[3] = g3; \
             m->s[0] = lm_hsum(s0); m->s[1] = lm_hsum(s1); m->s[2] = lm_hsum(s2); m->s[3] = lm_hsum(s3); \
+            m->s[4] = lm_hsum(s4); \
         }
     LM_DEFINE_MARKS_AVX2(lm_marks_44_avx2, int32_t, int32_t, 4, 4)
     LM_DEFINE_MARKS_AVX2(lm_marks_48_avx2, int32_t, int64_t, 4, 8)
@@ -337,9 +343,9 @@ cdef extern from *:
        rows done (> 0: rows [i, i + L), every run in them complete: row i + L starts a run), or
        -k: nothing done, the row loop takes the next k rows (row i does not start a run: 1; a bad
        row, an overflow, or one run over all 64 rows: LM_BLOCK).
-       A block whose timestamps lie in at most four periods (`ends`: the zone's last timestamp of
+       A block whose timestamps lie in at most five periods (`ends`: the zone's last timestamp of
        each period, NULL if not known) and whose amounts are < 2^57 is done as bitmasks
-       (lm_marks): its counts are popcounts per period, its revenue four masked sums. Any other
+       (lm_marks): its counts are popcounts per period, its revenue five masked sums. Any other
        block adds its rows to `acc` as they come (revenue with its overflow check, the packed
        counts) and takes back the rows of the last run, perhaps incomplete; a bad row or an
        overflow takes back all. The earliest and latest order take in all 64 rows: the rows
@@ -353,7 +359,7 @@ cdef extern from *:
         int64_t period[LM_BLOCK];
         uint64_t packed[LM_BLOCK];
         uint64_t runs = 0, any = 0, neg = 0, ts_or = 0, unsorted = 0, reward, nr = 0, w;
-        uint64_t g0 = 0, g1 = 0, g2 = 0;
+        uint64_t g0 = 0, g1 = 0, g2 = 0, g3 = 0;
         int64_t pc = cur->prev_customer, pt = cur->prev_ts, pp = cur->run_period;
         int64_t lo, hi, t, q, b, c, q_lo = 0, K = 0;
         int ts_bits = 63 - __builtin_clzll((uint64_t)ts_max + 1);     /* t < 2^ts_bits: valid */
@@ -393,12 +399,12 @@ cdef extern from *:
             q_lo = table[b] + (lo > table[b + 1]);
             b = (hi >> shift) * 2;
             K = table[b] + (hi > table[b + 1]) - q_lo;
-            few = K <= 3;
+            few = K <= 4;
         }
         if (few) {
             lm_marks m;
             uint64_t nc, up, upn, ret, rep, valid;
-            int64_t q0, sum[4], rev[4];
+            int64_t q0, sum[5], rev[5];
             int64_t *acc;
             if (csize == 4 && tsize == 4)
                 LM_MARKS(lm_marks_44, (const int32_t *)cb, (const int32_t *)tb, amounts + i, pc, ends + q_lo, &m);
@@ -407,17 +413,18 @@ cdef extern from *:
             else if (tsize == 4)
                 LM_MARKS(lm_marks_84, (const int64_t *)cb, (const int32_t *)tb, amounts + i, pc, ends + q_lo, &m);
             else LM_MARKS(lm_marks_88, (const int64_t *)cb, (const int64_t *)tb, amounts + i, pc, ends + q_lo, &m);
-            g0 = m.g[0]; g1 = m.g[1]; g2 = m.g[2];
+            g0 = m.g[0]; g1 = m.g[1]; g2 = m.g[2]; g3 = m.g[3];
             nc = m.nc;
             /* Row i must start a run. */
-            q0 = q_lo + (int64_t)((g0 & 1) + (g1 & 1) + (g2 & 1));
+            q0 = q_lo + (int64_t)((g0 & 1) + (g1 & 1) + (g2 & 1) + (g3 & 1));
             if (!(nc & 1) && q0 == pp) return -1;
             /* Rows 1..63 whose period is after the row before's by one or more (of the same
                customer a period never goes back: the rows are in order), by two or more. */
             {
                 uint64_t u0 = g0 & ~(g0 << 1), u1 = g1 & ~(g1 << 1), u2 = g2 & ~(g2 << 1);
-                up = (u0 | u1 | u2) & ~1ULL;
-                upn = ((u0 & u1) | (u0 & u2) | (u1 & u2)) & ~1ULL;
+                uint64_t u3 = g3 & ~(g3 << 1);
+                up = (u0 | u1 | u2 | u3) & ~1ULL;
+                upn = ((u0 & (u1 | u2 | u3)) | (u1 & (u2 | u3)) | (u2 & u3)) & ~1ULL;
             }
             runs = nc | up | 1;
             ret = ~nc & up & ~upn;
@@ -427,22 +434,23 @@ cdef extern from *:
             L = 63 - __builtin_clzll(runs);
             if (L == 0) return -LM_BLOCK;
             valid = (1ULL << L) - 1;
-            sum[0] = (int64_t)m.s[0]; sum[1] = (int64_t)m.s[1]; sum[2] = (int64_t)m.s[2]; sum[3] = (int64_t)m.s[3];
+            for (k = 0; k < 5; k++) sum[k] = (int64_t)m.s[k];
             for (j = L; j < LM_BLOCK; j++) {      /* the last run's rows: not done */
                 int64_t a = amounts[i + j];
                 sum[0] -= a;
                 sum[1] -= a & -(int64_t)((g0 >> j) & 1);
                 sum[2] -= a & -(int64_t)((g1 >> j) & 1);
                 sum[3] -= a & -(int64_t)((g2 >> j) & 1);
+                sum[4] -= a & -(int64_t)((g3 >> j) & 1);
             }
             /* Period q_lo + k has the rows with t > e[k - 1] and not t > e[k] (K: q_hi - q_lo);
                every period's revenue is checked before any is added. */
             {
-                uint64_t gk[5] = {~0ULL, g0, g1, g2, 0};
+                uint64_t gk[6] = {~0ULL, g0, g1, g2, g3, 0};
                 uint64_t member, fill, pro;
                 for (k = 0; k <= K; k++)
                     if (__builtin_add_overflow(acc_base[(q_lo + k) * LM_STRIDE + LM_REVENUE],
-                                               sum[k] - (k < 3 ? sum[k + 1] : 0), &rev[k]))
+                                               sum[k] - (k < 4 ? sum[k + 1] : 0), &rev[k]))
                         return -LM_BLOCK;
                 /* Member rows: the rows of a run with a reward row, the reward rows filled up
                    and down to their run's ends (Kogge-Stone fills stopped at run starts). */
@@ -531,8 +539,8 @@ cdef extern from *:
             }
             if (L == 0) return -LM_BLOCK;
         }
-        #define LM_PERIOD_OF(j) (few ? q_lo + (int64_t)(((g0 >> (j)) & 1) + ((g1 >> (j)) & 1) + ((g2 >> (j)) & 1)) \
-                                     : period[j])
+        #define LM_PERIOD_OF(j) (few ? q_lo + (int64_t)(((g0 >> (j)) & 1) + ((g1 >> (j)) & 1) + ((g2 >> (j)) & 1) \
+                                                      + ((g3 >> (j)) & 1)) : period[j])
         /* Reward rows (a minority), and once a run the member counts of their runs. */
         reward = lm_reward_word(bits, bit0) & ((1ULL << L) - 1);
         end = 0;
@@ -842,7 +850,7 @@ def period_ends(tables, shift, ts_max, n_periods):
     """int64[z, n_periods + 3]: the last timestamp of each period in each of the stacked tables.
 
     -1 for a period before every valid timestamp, INT64_MAX for the last one and any after it
-    (the 3 extra: the block path reads the ends of a block's first period and the two after it).
+    (the 3 extra: the block path reads the ends of a block's first period and the three after it).
     Then ``period(t) = #{q : ends[z, q] < t}`` for every ``0 <= t <= ts_max``, checked here at
     every bucket's first and last timestamp and on both sides of its boundary, where the table's
     period steps (between them both are constant: at most one step in a bucket); a table the ends
