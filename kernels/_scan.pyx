@@ -788,7 +788,7 @@ cdef class ScanState:
         """
         if table is not self._checked_table or self._checked_shift != (shift, ts_max):
             check_period_table(table, ts_max, self.n_periods)
-            ends = period_ends(table, shift, ts_max, self.n_periods)
+            ends = _cached_period_ends(table, shift, ts_max, self.n_periods)
             self.has_ends = ends is not None
             if ends is not None:
                 self.ends = ends
@@ -844,6 +844,25 @@ cdef class ScanState:
         n = self.out_rows
         return (self._out_merchant[:n].copy(), self._out_period[:n].copy(),
                 self._out_counts[:n].copy())
+
+
+_ENDS_CACHE = {}
+
+
+def _cached_period_ends(tables, shift, ts_max, n_periods):
+    """``period_ends`` once per read-only table (``periods.period_tables`` caches its tables; a
+    state a thread would otherwise find a many-zone table's ends again: ~0.5 ms a zone)."""
+    if not (isinstance(tables, np.ndarray) and not tables.flags.writeable and tables.base is None):
+        return period_ends(tables, shift, ts_max, n_periods)     # it may change: not cached
+    key = (id(tables), shift, ts_max, n_periods)
+    hit = _ENDS_CACHE.get(key)
+    if hit is not None and hit[0] is tables:
+        return hit[1]
+    ends = period_ends(tables, shift, ts_max, n_periods)
+    if len(_ENDS_CACHE) >= 16:
+        _ENDS_CACHE.clear()
+    _ENDS_CACHE[key] = (tables, ends)      # the table kept alive: its id is not reused
+    return ends
 
 
 def period_ends(tables, shift, ts_max, n_periods):
