@@ -13,13 +13,19 @@ rare ones (a new merchant, a bad row).
 
 Without refunds most rows go through the block path instead (``lm_block``):
 64 rows of one merchant that start a run are checked together (order,
-ranges, merchant: or-ed up, an AVX2 clone where the CPU has it), each row
+ranges, merchant: or-ed up, in AVX2 where the CPU has it). A block whose
+timestamps lie in at most five periods (a "year" block, mostly) is done as
+bitmasks: each row's period from compares with the period ends
+(``period_ends``), store-customer and run starts eight or four rows a
+compare, counts as popcounts per period, amounts as masked vector sums,
+member rows as reward rows filled to their runs' ends; the block's last run,
+which may go on past the block, is left out. In any other block each row
 adds its revenue and one packed word of five counts to its period, and the
-rows of the block's last run, which may go on past the block, are taken
-back. Reward rows (a minority) then add their counts, and their runs the
-member counts, found from the block's run-start bitmask. A block with a bad
-row, an overflow or one run over all 64 rows is taken back whole and the row
-loop does those rows, so errors name the same row.
+rows of the block's last run are taken back; reward rows (a minority) then
+add their counts, and their runs the member counts, found from the block's
+run-start bitmask. A block with a bad row, an overflow or one run over all
+64 rows is taken back whole and the row loop does those rows, so errors name
+the same row.
 
 State lives in a ``ScanState`` and carries across calls, so a store-customer
 split over two record batches is one store-customer. A call stops early and
