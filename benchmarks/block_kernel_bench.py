@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 
-def worker(path, period, repeat, clock):
+def worker(path, period, repeat, clock, refunds=False):
     import pyarrow as pa
 
     from loyaltymetrics.inputs import order_batches
@@ -34,7 +34,7 @@ def worker(path, period, repeat, clock):
     timer = time.process_time if clock == "cpu" else time.perf_counter
 
     def once():
-        kernel = ComputeKernel("cython", period)
+        kernel = ComputeKernel("cython", period, refunds=refunds)
         state = kernel.new_state()
         for b in batches:
             kernel.scan(state, b, 0, len(b.merchant_id))
@@ -60,10 +60,12 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+    parser.add_argument("--refunds", action="store_true",
+                        help="the refunds mode's row loop (no block path) instead")
     parser.add_argument("--worker", nargs=2, metavar=("PATH", "PERIOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker[0], args.worker[1], args.repeat, args.clock)
+        return worker(args.worker[0], args.worker[1], args.repeat, args.clock, args.refunds)
 
     sys.path.insert(0, str(Path(__file__).parent))
     from datagen import cached_orders_file
@@ -76,13 +78,14 @@ def main():
         for _ in range(args.runs):
             for name, src in builds:
                 env = dict(os.environ, PYTHONPATH=str(Path(src).resolve()))
-                out = subprocess.run([sys.executable, __file__, "--worker", path, period, "--repeat", str(args.repeat),
-                                      "--clock", args.clock], env=env, capture_output=True, text=True, check=True).stdout
+                command = [sys.executable, __file__, "--worker", path, period, "--repeat", str(args.repeat),
+                           "--clock", args.clock] + ["--refunds"] * args.refunds
+                out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 results.setdefault((period, name), []).append(r["rows"] / r["seconds"])
                 results.setdefault((period, name, "best"), []).append(r["rows"] / r["best"])
                 checks.setdefault(period, set()).add(r["checksum"])
-    print(f"{int(args.rows):,} rows; kernel M rows/s ({args.clock} clock), median of {args.runs} processes x "
+    print(f"{int(args.rows):,} rows{', refunds mode' * args.refunds}; kernel M rows/s ({args.clock} clock), median of {args.runs} processes x "
           f"median of {args.repeat} passes; load average {os.getloadavg()[0]:.1f}")
     print("(best: the fastest pass of all processes, nearest an unloaded machine)")
     print(f"{'period':<10}" + "".join(f"{name:>12}{name + ' best':>14}" for name, _ in builds) + "   same partials")

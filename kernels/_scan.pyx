@@ -13,13 +13,19 @@ rare ones (a new merchant, a bad row).
 
 Without refunds most rows go through the block path instead (``lm_block``):
 64 rows of one merchant that start a run are checked together (order,
-ranges, merchant: or-ed up, an AVX2 clone where the CPU has it), each row
+ranges, merchant: or-ed up, in AVX2 where the CPU has it). A block whose
+timestamps lie in at most five periods (a "year" block, mostly) is done as
+bitmasks: each row's period from compares with the period ends
+(``period_ends``), store-customer and run starts eight or four rows a
+compare, counts as popcounts per period, amounts as masked vector sums,
+member rows as reward rows filled to their runs' ends; the block's last run,
+which may go on past the block, is left out. In any other block each row
 adds its revenue and one packed word of five counts to its period, and the
-rows of the block's last run, which may go on past the block, are taken
-back. Reward rows (a minority) then add their counts, and their runs the
-member counts, found from the block's run-start bitmask. A block with a bad
-row, an overflow or one run over all 64 rows is taken back whole and the row
-loop does those rows, so errors name the same row.
+rows of the block's last run are taken back; reward rows (a minority) then
+add their counts, and their runs the member counts, found from the block's
+run-start bitmask. A block with a bad row, an overflow or one run over all
+64 rows is taken back whole and the row loop does those rows, so errors name
+the same row.
 
 State lives in a ``ScanState`` and carries across calls, so a store-customer
 split over two record batches is one store-customer. A call stops early and
@@ -123,6 +129,14 @@ cdef extern from *:
 
     typedef struct { int64_t prev_customer, prev_ts, run_period, order_lo, order_hi; } lm_block_cursor;
 
+    /* The reward flags of rows bit0..bit0+63 of an LSB bitmap, row j at bit j. */
+    static inline uint64_t lm_reward_word(const uint8_t *bits, Py_ssize_t bit0) {
+        uint64_t word;
+        memcpy(&word, bits + (bit0 >> 3), 8);
+        if (bit0 & 7) word = (word >> (bit0 & 7)) | ((uint64_t)bits[(bit0 >> 3) + 8] << (64 - (bit0 & 7)));
+        return word;
+    }
+
     /* A row's packed counts by its code: bit 0 a new store-customer (nc); bits 1-2 its period
        after the previous row's: 0 the same, 1 the next, 2 another; bit 3 the previous row
        started a run. Bit 63 of the value says the row starts a run (nr = nc | !same); it
@@ -169,28 +183,200 @@ cdef extern from *:
     LM_DEFINE_CHECKS(lm_checks_84, int64_t, int32_t)
     LM_DEFINE_CHECKS(lm_checks_88, int64_t, int64_t)
 
+    /* The few-period block (lm_block_body): rows 0..63 as bitmasks, row j at bit j. .nc: the
+       row's customer is not the row before's (row 0: not `pc`); .g[k]: t > e[k], the last
+       timestamp of the block's k-th period (the block's periods are q_lo + (t > e[0]) + ... +
+       (t > e[3])); .s[0]: the sum of all amounts, .s[k + 1]: of the rows with t > e[k]
+       (amounts < 2^57: no sum overflows). One function a key/ts type pair, in an AVX2
+       copy (8 int32 or 4 int64 keys a compare into a mask, 4 timestamps a compare, masked vector
+       sums) and a scalar one; lm_block_body calls the AVX2 one where the CPU has AVX2
+       (lm_cpu_avx2, set when the module loads). */
+    typedef struct { uint64_t nc, g[4], s[5]; } lm_marks;
+    #define LM_DEFINE_MARKS(NAME, CT, TT) \
+        static __attribute__((noinline)) void NAME(const CT *c, const TT *t, const int64_t *a, int64_t pc, \
+                                                   const int64_t *e, lm_marks *m) { \
+            uint64_t nc = (uint64_t)((int64_t)c[0] != pc), g0 = 0, g1 = 0, g2 = 0, g3 = 0; \
+            uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0; \
+            int64_t e0 = e[0], e1 = e[1], e2 = e[2], e3 = e[3]; \
+            int j; \
+            for (j = 1; j < LM_BLOCK; j++) nc |= (uint64_t)(c[j] != c[j - 1]) << j; \
+            for (j = 0; j < LM_BLOCK; j++) { \
+                int64_t tj = t[j]; \
+                uint64_t aj = (uint64_t)a[j], b0 = tj > e0, b1 = tj > e1, b2 = tj > e2, b3 = tj > e3; \
+                g0 |= b0 << j; \
+                g1 |= b1 << j; \
+                g2 |= b2 << j; \
+                g3 |= b3 << j; \
+                s0 += aj; \
+                s1 += aj & -b0; \
+                s2 += aj & -b1; \
+                s3 += aj & -b2; \
+                s4 += aj & -b3; \
+            } \
+            m->nc = nc; m->g[0] = g0; m->g[1] = g1; m->g[2] = g2; m->g[3] = g3; \
+            m->s[0] = s0; m->s[1] = s1; m->s[2] = s2; m->s[3] = s3; m->s[4] = s4; \
+        }
+    LM_DEFINE_MARKS(lm_marks_44, int32_t, int32_t)
+    LM_DEFINE_MARKS(lm_marks_48, int32_t, int64_t)
+    LM_DEFINE_MARKS(lm_marks_84, int64_t, int32_t)
+    LM_DEFINE_MARKS(lm_marks_88, int64_t, int64_t)
+
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(LM_NO_CLONES)
+    #define LM_HAVE_AVX2 1
+    #include <immintrin.h>
+    static int lm_cpu_avx2 = 0;
+    static void lm_init_cpu(void) {
+        __builtin_cpu_init();
+        lm_cpu_avx2 = __builtin_cpu_supports("avx2") != 0;
+    }
+    /* Tests: run the scalar copy on a CPU with AVX2 (on = 0), or the AVX2 one again if it has it. */
+    static int lm_use_avx2(int on) {
+        int was = lm_cpu_avx2;
+        __builtin_cpu_init();
+        lm_cpu_avx2 = on && __builtin_cpu_supports("avx2");
+        return was;
+    }
+    #define LM_AVX2 static inline __attribute__((target("avx2"), always_inline))
+    /* Bit j of the result: c[j] != c[j - 1], for j = 1..63. */
+    LM_AVX2 uint64_t lm_key_steps_4(const int32_t *c) {
+        #define LM_NE8(p, q) ((uint64_t)(~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32( \
+            _mm256_loadu_si256((const __m256i *)(p)), _mm256_loadu_si256((const __m256i *)(q))))) & 0xff))
+        uint64_t m = LM_NE8(c + 1, c) << 1;
+        int k;
+        for (k = 8; k < LM_BLOCK; k += 8) m |= LM_NE8(c + k, c + k - 1) << k;
+        #undef LM_NE8
+        return m;
+    }
+    LM_AVX2 uint64_t lm_key_steps_8(const int64_t *c) {
+        #define LM_NE4(p, q) ((uint64_t)(~_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64( \
+            _mm256_loadu_si256((const __m256i *)(p)), _mm256_loadu_si256((const __m256i *)(q))))) & 0xf))
+        uint64_t m = LM_NE4(c + 1, c) << 1;
+        int k;
+        for (k = 4; k < LM_BLOCK; k += 4) m |= LM_NE4(c + k, c + k - 1) << k;
+        #undef LM_NE4
+        return m;
+    }
+    LM_AVX2 __m256i lm_ts4_4(const int32_t *t) { return _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)t)); }
+    LM_AVX2 __m256i lm_ts4_8(const int64_t *t) { return _mm256_loadu_si256((const __m256i *)t); }
+    LM_AVX2 uint64_t lm_hsum(__m256i v) {
+        __m128i x = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        return (uint64_t)_mm_cvtsi128_si64(x) + (uint64_t)_mm_extract_epi64(x, 1);
+    }
+    #define LM_DEFINE_MARKS_AVX2(NAME, CT, TT, CS, TS) \
+        static __attribute__((target("avx2"), noinline)) void NAME(const CT *c, const TT *t, const int64_t *a, \
+                                                                   int64_t pc, const int64_t *e, lm_marks *m) { \
+            __m256i e0 = _mm256_set1_epi64x(e[0]), e1 = _mm256_set1_epi64x(e[1]), e2 = _mm256_set1_epi64x(e[2]); \
+            __m256i e3 = _mm256_set1_epi64x(e[3]); \
+            __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0, s4 = s0; \
+            uint64_t g0 = 0, g1 = 0, g2 = 0, g3 = 0; \
+            int j; \
+            for (j = 0; j < LM_BLOCK; j += 4) { \
+                __m256i tj = lm_ts4_##TS(t + j), aj = _mm256_loadu_si256((const __m256i *)(a + j)); \
+                __m256i b0 = _mm256_cmpgt_epi64(tj, e0), b1 = _mm256_cmpgt_epi64(tj, e1); \
+                __m256i b2 = _mm256_cmpgt_epi64(tj, e2), b3 = _mm256_cmpgt_epi64(tj, e3); \
+                g0 |= (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(b0)) << j; \
+                g1 |= (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(b1)) << j; \
+                g2 |= (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(b2)) << j; \
+                g3 |= (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(b3)) << j; \
+                s0 = _mm256_add_epi64(s0, aj); \
+                s1 = _mm256_add_epi64(s1, _mm256_and_si256(aj, b0)); \
+                s2 = _mm256_add_epi64(s2, _mm256_and_si256(aj, b1)); \
+                s3 = _mm256_add_epi64(s3, _mm256_and_si256(aj, b2)); \
+                s4 = _mm256_add_epi64(s4, _mm256_and_si256(aj, b3)); \
+            } \
+            m->nc = lm_key_steps_##CS(c) | (uint64_t)((int64_t)c[0] != pc); \
+            m->g[0] = g0; m->g[1] = g1; m->g[2] = g2; m->g[3] = g3; \
+            m->s[0] = lm_hsum(s0); m->s[1] = lm_hsum(s1); m->s[2] = lm_hsum(s2); m->s[3] = lm_hsum(s3); \
+            m->s[4] = lm_hsum(s4); \
+        }
+    LM_DEFINE_MARKS_AVX2(lm_marks_44_avx2, int32_t, int32_t, 4, 4)
+    LM_DEFINE_MARKS_AVX2(lm_marks_48_avx2, int32_t, int64_t, 4, 8)
+    LM_DEFINE_MARKS_AVX2(lm_marks_84_avx2, int64_t, int32_t, 8, 4)
+    LM_DEFINE_MARKS_AVX2(lm_marks_88_avx2, int64_t, int64_t, 8, 8)
+    /* lm_checks_* in AVX2 (their target_clones copies are auto-vectorized less well): rows
+       1..4, then 4..7, 8..11, ..., 60..63 (row 4 twice: or-ed and min/max, no matter). */
+    LM_AVX2 __m256i lm_key4_4(const int32_t *c) { return _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)c)); }
+    LM_AVX2 __m256i lm_key4_8(const int64_t *c) { return _mm256_loadu_si256((const __m256i *)c); }
+    #define LM_DEFINE_CHECKS_AVX2(NAME, CT, TT, CS, TS) \
+        static __attribute__((target("avx2"), noinline)) lm_checks NAME(const CT *c, const TT *t, int64_t lo, \
+                                                                        int64_t hi) { \
+            __m256i bad = _mm256_setzero_si256(), ts_or = bad; \
+            __m256i vlo = _mm256_set1_epi64x(lo), vhi = _mm256_set1_epi64x(hi); \
+            int64_t x[4]; \
+            int j, k; \
+            for (j = 0; j < LM_BLOCK; j += 4) { \
+                int r = j ? j : 1; \
+                __m256i cj = lm_key4_##CS(c + r), cp = lm_key4_##CS(c + r - 1); \
+                __m256i tj = lm_ts4_##TS(t + r), tp = lm_ts4_##TS(t + r - 1); \
+                /* a smaller customer; the same one and an earlier order_ts (signed: exact */ \
+                /* when ts_or passes) */ \
+                bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi64(cp, cj), \
+                    _mm256_and_si256(_mm256_cmpeq_epi64(cp, cj), _mm256_cmpgt_epi64(tp, tj)))); \
+                ts_or = _mm256_or_si256(ts_or, tj); \
+                vlo = _mm256_blendv_epi8(vlo, tj, _mm256_cmpgt_epi64(vlo, tj)); \
+                vhi = _mm256_blendv_epi8(vhi, tj, _mm256_cmpgt_epi64(tj, vhi)); \
+            } \
+            { \
+                lm_checks out; \
+                out.bad = _mm256_testz_si256(bad, bad) ? 0 : 1ULL << 63; \
+                out.ts_or = lm_or4(ts_or); \
+                _mm256_storeu_si256((__m256i *)x, vlo); \
+                for (k = 0; k < 4; k++) lo = x[k] < lo ? x[k] : lo; \
+                _mm256_storeu_si256((__m256i *)x, vhi); \
+                for (k = 0; k < 4; k++) hi = x[k] > hi ? x[k] : hi; \
+                out.lo = lo; \
+                out.hi = hi; \
+                return out; \
+            } \
+        }
+    LM_AVX2 uint64_t lm_or4(__m256i v) {
+        __m128i x = _mm_or_si128(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        return (uint64_t)_mm_cvtsi128_si64(x) | (uint64_t)_mm_extract_epi64(x, 1);
+    }
+    LM_DEFINE_CHECKS_AVX2(lm_checks_44_avx2, int32_t, int32_t, 4, 4)
+    LM_DEFINE_CHECKS_AVX2(lm_checks_48_avx2, int32_t, int64_t, 4, 8)
+    LM_DEFINE_CHECKS_AVX2(lm_checks_84_avx2, int64_t, int32_t, 8, 4)
+    LM_DEFINE_CHECKS_AVX2(lm_checks_88_avx2, int64_t, int64_t, 8, 8)
+    #define LM_MARKS(NAME, ...) (lm_cpu_avx2 ? NAME##_avx2(__VA_ARGS__) : NAME(__VA_ARGS__))
+    #else
+    #define LM_HAVE_AVX2 0
+    static void lm_init_cpu(void) {}
+    static int lm_use_avx2(int on) { (void)on; return 0; }
+    #define LM_MARKS(NAME, ...) NAME(__VA_ARGS__)
+    #endif
+
     /* Rows i..i+63 of one merchant (`merchant`, the previous row's too) as a block. Returns the
        rows done (> 0: rows [i, i + L), every run in them complete: row i + L starts a run), or
        -k: nothing done, the row loop takes the next k rows (row i does not start a run: 1; a bad
        row, an overflow, or one run over all 64 rows: LM_BLOCK).
-       Rows are added to `acc` as they come (revenue with its overflow check, the packed counts)
-       and the rows of the last run, perhaps incomplete, taken back; a bad row or an overflow
-       takes back all. The earliest and latest order take in all 64 rows: the rows after L are
-       the same merchant's, scanned next. */
+       A block whose timestamps lie in at most five periods (`ends`: the zone's last timestamp of
+       each period, NULL if not known) and whose amounts are < 2^57 is done as bitmasks
+       (lm_marks): its counts are popcounts per period, its revenue five masked sums. Any other
+       block adds its rows to `acc` as they come (revenue with its overflow check, the packed
+       counts) and takes back the rows of the last run, perhaps incomplete; a bad row or an
+       overflow takes back all. The earliest and latest order take in all 64 rows: the rows
+       after L are the same merchant's, scanned next. */
     static inline __attribute__((always_inline)) Py_ssize_t lm_block_body(
             const void *merchants, int msize, const void *customers, int csize,
             const void *timestamps, int tsize, const int64_t *amounts,
             const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
-            const int64_t *table, int shift, int64_t ts_max, int64_t *acc_base, lm_block_cursor *cur) {
+            const int64_t *table, const int64_t *ends, int shift, int64_t ts_max, int64_t *acc_base,
+            lm_block_cursor *cur) {
         int64_t period[LM_BLOCK];
         uint64_t packed[LM_BLOCK];
-        uint64_t runs = 0, any = 0, neg = 0, ts_or = 0, unsorted = 0, word, reward, nr = 0, w;
+        uint64_t runs = 0, any = 0, neg = 0, ts_or = 0, unsorted = 0, reward, nr = 0, w;
+        uint64_t g0 = 0, g1 = 0, g2 = 0, g3 = 0;
         int64_t pc = cur->prev_customer, pt = cur->prev_ts, pp = cur->run_period;
-        int64_t lo = cur->order_lo, hi = cur->order_hi, t, q, b, c;
+        int64_t lo, hi, t, q, b, c, q_lo = 0, K = 0;
         int ts_bits = 63 - __builtin_clzll((uint64_t)ts_max + 1);     /* t < 2^ts_bits: valid */
+        int few = 0;
         Py_ssize_t j, k, L, start, end;
+        const void *cb = csize == 4 ? (const void *)((const int32_t *)customers + i)
+                                    : (const void *)((const int64_t *)customers + i);
+        const void *tb = tsize == 4 ? (const void *)((const int32_t *)timestamps + i)
+                                    : (const void *)((const int64_t *)timestamps + i);
         /* Rows that are not the merchant's, negative amounts (loops the compiler vectorizes),
-           rows out of order, timestamps out of range; the earliest and latest order. */
+           rows out of order, timestamps out of range; the block's earliest and latest order. */
         if (msize == 4) {       /* four rows a 16-byte compare */
             uint32_t m32 = 0;
             for (j = 0; j < LM_BLOCK; j++) m32 |= (uint32_t)((const int32_t *)merchants)[i + j] ^ (uint32_t)merchant;
@@ -201,91 +387,194 @@ cdef extern from *:
         for (j = 0; j < LM_BLOCK; j++) neg |= (uint64_t)amounts[i + j];
         {
             lm_checks r;
-            const void *cb = csize == 4 ? (const void *)((const int32_t *)customers + i)
-                                        : (const void *)((const int64_t *)customers + i);
-            const void *tb = tsize == 4 ? (const void *)((const int32_t *)timestamps + i)
-                                        : (const void *)((const int64_t *)timestamps + i);
-            if (csize == 4 && tsize == 4) r = lm_checks_44((const int32_t *)cb, (const int32_t *)tb, lo, hi);
-            else if (csize == 4) r = lm_checks_48((const int32_t *)cb, (const int64_t *)tb, lo, hi);
-            else if (tsize == 4) r = lm_checks_84((const int64_t *)cb, (const int32_t *)tb, lo, hi);
-            else r = lm_checks_88((const int64_t *)cb, (const int64_t *)tb, lo, hi);
-            /* Row 0 against the row before the block. */
             c = LM_LOAD(customers, csize, i);
             t = LM_LOAD(timestamps, tsize, i);
+            if (csize == 4 && tsize == 4) r = LM_MARKS(lm_checks_44, (const int32_t *)cb, (const int32_t *)tb, t, t);
+            else if (csize == 4) r = LM_MARKS(lm_checks_48, (const int32_t *)cb, (const int64_t *)tb, t, t);
+            else if (tsize == 4) r = LM_MARKS(lm_checks_84, (const int64_t *)cb, (const int32_t *)tb, t, t);
+            else r = LM_MARKS(lm_checks_88, (const int64_t *)cb, (const int64_t *)tb, t, t);
+            /* Row 0 against the row before the block. */
             unsorted = r.bad | ((uint64_t)((c < pc) | ((c == pc) & (t < pt))) << 63);
             ts_or = r.ts_or | (uint64_t)t;
-            lo = t < r.lo ? t : r.lo;
-            hi = t > r.hi ? t : r.hi;
+            lo = r.lo;
+            hi = r.hi;
         }
         if (any | ((neg | unsorted) >> 63) | (ts_or >> ts_bits)) return -LM_BLOCK;
-        /* Row i must start a run. */
-        pc = cur->prev_customer;
-        t = LM_LOAD(timestamps, tsize, i);
-        b = (t >> shift) * 2;
-        q = table[b] + (t > table[b + 1]);
-        if (LM_LOAD(customers, csize, i) == pc && q == pp) return -1;
-        for (j = 0; j < LM_BLOCK; j++) {
-            int64_t a = amounts[i + j];
+        if (ends && !(neg >> 57)) {
+            b = (lo >> shift) * 2;
+            q_lo = table[b] + (lo > table[b + 1]);
+            b = (hi >> shift) * 2;
+            K = table[b] + (hi > table[b + 1]) - q_lo;
+            few = K <= 4;
+        }
+        if (few) {
+            lm_marks m;
+            uint64_t nc, up, upn, ret, rep, valid;
+            int64_t q0, sum[5], rev[5];
             int64_t *acc;
-            uint64_t nc;
-            c = LM_LOAD(customers, csize, i + j);
-            t = LM_LOAD(timestamps, tsize, i + j);
+            if (csize == 4 && tsize == 4)
+                LM_MARKS(lm_marks_44, (const int32_t *)cb, (const int32_t *)tb, amounts + i, pc, ends + q_lo, &m);
+            else if (csize == 4)
+                LM_MARKS(lm_marks_48, (const int32_t *)cb, (const int64_t *)tb, amounts + i, pc, ends + q_lo, &m);
+            else if (tsize == 4)
+                LM_MARKS(lm_marks_84, (const int64_t *)cb, (const int32_t *)tb, amounts + i, pc, ends + q_lo, &m);
+            else LM_MARKS(lm_marks_88, (const int64_t *)cb, (const int64_t *)tb, amounts + i, pc, ends + q_lo, &m);
+            g0 = m.g[0]; g1 = m.g[1]; g2 = m.g[2]; g3 = m.g[3];
+            nc = m.nc;
+            /* Row i must start a run. */
+            q0 = q_lo + (int64_t)((g0 & 1) + (g1 & 1) + (g2 & 1) + (g3 & 1));
+            if (!(nc & 1) && q0 == pp) return -1;
+            /* Rows 1..63 whose period is after the row before's by one or more (of the same
+               customer a period never goes back: the rows are in order), by two or more. */
+            {
+                uint64_t u0 = g0 & ~(g0 << 1), u1 = g1 & ~(g1 << 1), u2 = g2 & ~(g2 << 1);
+                uint64_t u3 = g3 & ~(g3 << 1);
+                up = (u0 | u1 | u2 | u3) & ~1ULL;
+                upn = ((u0 & (u1 | u2 | u3)) | (u1 & (u2 | u3)) | (u2 & u3)) & ~1ULL;
+            }
+            runs = nc | up | 1;
+            ret = ~nc & up & ~upn;
+            ret |= (uint64_t)(!(nc & 1) & (q0 == pp + 1));
+            rep = ~runs & (runs << 1);
+            /* The last run starts at row L; L == 0: one run, none done. */
+            L = 63 - __builtin_clzll(runs);
+            if (L == 0) return -LM_BLOCK;
+            valid = (1ULL << L) - 1;
+            for (k = 0; k < 5; k++) sum[k] = (int64_t)m.s[k];
+            for (j = L; j < LM_BLOCK; j++) {      /* the last run's rows: not done */
+                int64_t a = amounts[i + j];
+                sum[0] -= a;
+                sum[1] -= a & -(int64_t)((g0 >> j) & 1);
+                sum[2] -= a & -(int64_t)((g1 >> j) & 1);
+                sum[3] -= a & -(int64_t)((g2 >> j) & 1);
+                sum[4] -= a & -(int64_t)((g3 >> j) & 1);
+            }
+            /* Period q_lo + k has the rows with t > e[k - 1] and not t > e[k] (K: q_hi - q_lo);
+               every period's revenue is checked before any is added. */
+            {
+                uint64_t gk[6] = {~0ULL, g0, g1, g2, g3, 0};
+                uint64_t member, fill, pro;
+                for (k = 0; k <= K; k++)
+                    if (__builtin_add_overflow(acc_base[(q_lo + k) * LM_STRIDE + LM_REVENUE],
+                                               sum[k] - (k < 4 ? sum[k + 1] : 0), &rev[k]))
+                        return -LM_BLOCK;
+                /* Member rows: the rows of a run with a reward row, the reward rows filled up
+                   and down to their run's ends (Kogge-Stone fills stopped at run starts). */
+                reward = lm_reward_word(bits, bit0) & valid;
+                fill = reward;
+                pro = ~runs;                        /* row j continues row j - 1's run */
+                fill |= pro & (fill << 1); pro &= pro << 1;
+                fill |= pro & (fill << 2); pro &= pro << 2;
+                fill |= pro & (fill << 4); pro &= pro << 4;
+                fill |= pro & (fill << 8); pro &= pro << 8;
+                fill |= pro & (fill << 16); pro &= pro << 16;
+                fill |= pro & (fill << 32);
+                member = fill;
+                fill = reward;
+                pro = ~runs >> 1;                   /* row j + 1 continues row j's run */
+                fill |= pro & (fill >> 1); pro &= pro >> 1;
+                fill |= pro & (fill >> 2); pro &= pro >> 2;
+                fill |= pro & (fill >> 4); pro &= pro >> 4;
+                fill |= pro & (fill >> 8); pro &= pro >> 8;
+                fill |= pro & (fill >> 16); pro &= pro >> 16;
+                fill |= pro & (fill >> 32);
+                member = (member | fill) & valid;
+                for (k = 0; k <= K; k++) {
+                    uint64_t in = valid & gk[k] & ~gk[k + 1], x;
+                    int64_t rr = 0, mr = 0;
+                    acc = acc_base + (q_lo + k) * LM_STRIDE;
+                    acc[LM_REVENUE] = rev[k];
+                    acc[LM_ORDERS] += __builtin_popcountll(in);
+                    acc[LM_CUSTOMERS] += __builtin_popcountll(in & runs);
+                    acc[LM_NEW_CUSTOMERS] += __builtin_popcountll(in & nc);
+                    acc[LM_RETAINED] += __builtin_popcountll(in & ret);
+                    acc[LM_REPEAT_CUSTOMERS] += __builtin_popcountll(in & rep);
+                    /* Reward orders; member runs (a run is in one period): their first rows,
+                       rows, second rows (repeat customers); revenue of both, row by row. */
+                    x = in & member;
+                    if (!x) continue;
+                    acc[LM_REWARD_ORDERS] += __builtin_popcountll(in & reward);
+                    acc[LM_REWARD_CUSTOMERS] += __builtin_popcountll(x & runs);
+                    acc[LM_MEMBER_ORDERS] += __builtin_popcountll(x);
+                    acc[LM_MEMBER_REPEAT] += __builtin_popcountll(x & rep);
+                    for (; x; x &= x - 1) mr += amounts[i + __builtin_ctzll(x)];
+                    for (x = in & reward; x; x &= x - 1) rr += amounts[i + __builtin_ctzll(x)];
+                    acc[LM_MEMBER_REVENUE] += mr;
+                    acc[LM_REWARD_REVENUE] += rr;
+                }
+            }
+            goto done;
+        } else {
+            /* Row i must start a run. */
+            t = LM_LOAD(timestamps, tsize, i);
             b = (t >> shift) * 2;
             q = table[b] + (t > table[b + 1]);
-            nc = c != pc;
-            b = (uint64_t)(q - pp) < 2 ? q - pp : 2;
-            w = lm_packed_by_code[nc + 2 * b + 8 * nr];
-            nr = nc | (uint64_t)(q != pp);      /* not from w: the next row's load waits on no load */
-            runs = runs * 2 + nr;               /* row j at bit 63 - j */
-            period[j] = q;
-            packed[j] = w;
-            acc = acc_base + q * LM_STRIDE;
-            if (__builtin_add_overflow(acc[LM_REVENUE], a, &acc[LM_REVENUE])) {
-                acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)a);
-                L = 0;
-                goto take_back;
+            if (LM_LOAD(customers, csize, i) == pc && q == pp) return -1;
+            for (j = 0; j < LM_BLOCK; j++) {
+                int64_t a = amounts[i + j];
+                int64_t *acc;
+                uint64_t nc;
+                c = LM_LOAD(customers, csize, i + j);
+                t = LM_LOAD(timestamps, tsize, i + j);
+                b = (t >> shift) * 2;
+                q = table[b] + (t > table[b + 1]);
+                nc = c != pc;
+                b = (uint64_t)(q - pp) < 2 ? q - pp : 2;
+                w = lm_packed_by_code[nc + 2 * b + 8 * nr];
+                nr = nc | (uint64_t)(q != pp);      /* not from w: the next row's load waits on no load */
+                runs |= nr << j;                    /* row j at bit j */
+                period[j] = q;
+                packed[j] = w;
+                acc = acc_base + q * LM_STRIDE;
+                if (__builtin_add_overflow(acc[LM_REVENUE], a, &acc[LM_REVENUE])) {
+                    acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)a);
+                    L = 0;
+                    goto take_back;
+                }
+                acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] + w);
+                pc = c;
+                pp = q;
             }
-            acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] + w);
-            pc = c;
-            pp = q;
+            /* The last run starts at row L (the highest bit of runs); L == 0: one run, none done. */
+            L = 63 - __builtin_clzll(runs);
+        take_back:
+            for (k = L; k < j; k++) {
+                int64_t *acc = acc_base + period[k] * LM_STRIDE;
+                acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)amounts[i + k]);
+                acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] - packed[k]);
+            }
+            if (L == 0) return -LM_BLOCK;
         }
-        /* The last run starts at row L (the lowest bit of runs); L == 0: one run, none done. */
-        L = 63 - __builtin_ctzll(runs);
-    take_back:
-        for (k = L; k < j; k++) {
-            int64_t *acc = acc_base + period[k] * LM_STRIDE;
-            acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)amounts[i + k]);
-            acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] - packed[k]);
-        }
-        if (L == 0) return -LM_BLOCK;
+        #define LM_PERIOD_OF(j) (few ? q_lo + (int64_t)(((g0 >> (j)) & 1) + ((g1 >> (j)) & 1) + ((g2 >> (j)) & 1) \
+                                                      + ((g3 >> (j)) & 1)) : period[j])
         /* Reward rows (a minority), and once a run the member counts of their runs. */
-        memcpy(&word, bits + (bit0 >> 3), 8);
-        if (bit0 & 7) word = (word >> (bit0 & 7)) | ((uint64_t)bits[(bit0 >> 3) + 8] << (64 - (bit0 & 7)));
-        reward = word & ((1ULL << L) - 1);
+        reward = lm_reward_word(bits, bit0) & ((1ULL << L) - 1);
         end = 0;
         while (reward) {
             int64_t *acc;
             uint64_t r;
             j = __builtin_ctzll(reward);
             reward &= reward - 1;
-            acc = acc_base + period[j] * LM_STRIDE;
+            acc = acc_base + LM_PERIOD_OF(j) * LM_STRIDE;
             acc[LM_REWARD_ORDERS] += 1;
             acc[LM_REWARD_REVENUE] += amounts[i + j];
             if (j < end) continue;               /* its run is a member run already */
-            r = runs >> (63 - j);                /* runs starting at rows <= j, row j at bit 0 */
-            start = j - __builtin_ctzll(r);
-            r = runs & ((1ULL << (63 - j)) - 1); /* runs starting after row j (row L's at least) */
-            end = 63 - (63 - __builtin_clzll(r));
+            r = runs & ((2ULL << j) - 1);        /* runs starting at rows <= j (j < L <= 63) */
+            start = 63 - __builtin_clzll(r);
+            r = runs & ~((2ULL << j) - 1);       /* runs starting after row j (row L's at least) */
+            end = __builtin_ctzll(r);
             acc[LM_REWARD_CUSTOMERS] += 1;
             acc[LM_MEMBER_ORDERS] += end - start;
             acc[LM_MEMBER_REPEAT] += end - start >= 2;
             for (k = start; k < end; k++) acc[LM_MEMBER_REVENUE] += amounts[i + k];
         }
+    done:
         cur->prev_customer = LM_LOAD(customers, csize, i + L - 1);
         cur->prev_ts = LM_LOAD(timestamps, tsize, i + L - 1);
-        cur->run_period = period[L - 1];
-        cur->order_lo = lo;
-        cur->order_hi = hi;
+        cur->run_period = LM_PERIOD_OF(L - 1);
+        #undef LM_PERIOD_OF
+        cur->order_lo = lo < cur->order_lo ? lo : cur->order_lo;
+        cur->order_hi = hi > cur->order_hi ? hi : cur->order_hi;
         return L;
     }
 
@@ -299,11 +588,12 @@ cdef extern from *:
     #endif
     #define LM_BLOCK_ARGS const void *merchants, const void *customers, const void *timestamps, \
         const int64_t *amounts, const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant, \
-        const int64_t *table, int shift, int64_t ts_max, int64_t *acc_base, lm_block_cursor *cur
+        const int64_t *table, const int64_t *ends, int shift, int64_t ts_max, int64_t *acc_base, \
+        lm_block_cursor *cur
     #define LM_DEFINE_BLOCK(NAME, MS, CS, TS) \
         static LM_BLOCK_CLONES Py_ssize_t NAME(LM_BLOCK_ARGS) { \
             return lm_block_body(merchants, MS, customers, CS, timestamps, TS, amounts, bits, bit0, i, \
-                                 merchant, table, shift, ts_max, acc_base, cur); \
+                                 merchant, table, ends, shift, ts_max, acc_base, cur); \
         }
     LM_DEFINE_BLOCK(lm_block_444, 4, 4, 4)
     LM_DEFINE_BLOCK(lm_block_448, 4, 4, 8)
@@ -318,9 +608,10 @@ cdef extern from *:
             const void *merchants, int msize, const void *customers, int csize,
             const void *timestamps, int tsize, const int64_t *amounts,
             const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
-            const int64_t *table, int shift, int64_t ts_max, int64_t *acc_base, lm_block_cursor *cur) {
+            const int64_t *table, const int64_t *ends, int shift, int64_t ts_max, int64_t *acc_base,
+            lm_block_cursor *cur) {
         #define LM_CALL(NAME) NAME(merchants, customers, timestamps, amounts, bits, bit0, i, merchant, \
-                                   table, shift, ts_max, acc_base, cur)
+                                   table, ends, shift, ts_max, acc_base, cur)
         if (msize == 4) {
             if (csize == 4) return tsize == 4 ? LM_CALL(lm_block_444) : LM_CALL(lm_block_448);
             return tsize == 4 ? LM_CALL(lm_block_484) : LM_CALL(lm_block_488);
@@ -353,11 +644,23 @@ cdef extern from *:
         int64_t order_lo
         int64_t order_hi
     void lm_fold_packed(int64_t* acc_base, lm_range r) noexcept nogil
+    void lm_init_cpu() noexcept nogil
+    int lm_use_avx2(int on) noexcept nogil
     Py_ssize_t lm_block(const void* merchants, int msize, const void* customers, int csize,
                         const void* timestamps, int tsize, const int64_t* amounts,
                         const uint8_t* bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
-                        const int64_t* table, int shift, int64_t ts_max, int64_t* acc_base,
-                        lm_block_cursor* cur) noexcept nogil
+                        const int64_t* table, const int64_t* ends, int shift, int64_t ts_max,
+                        int64_t* acc_base, lm_block_cursor* cur) noexcept nogil
+
+lm_init_cpu()      # which copy of the block path's mask functions runs (AVX2 or not)
+
+
+def _use_avx2(bint on):
+    """For tests: the block path's AVX2 mask functions (if the CPU has AVX2) or the scalar ones.
+
+    Returns whether AVX2 ones ran before. Not for use while another thread scans.
+    """
+    return bool(lm_use_avx2(on))
 
 # Partial columns, SPEC §4 (returning_customers, repeat_orders, merchants and
 # fees are derived from these in finalize).
@@ -441,6 +744,11 @@ cdef class ScanState:
     # as typed arguments of the 8 fused `scan`s: less code around the row loop).
     cdef const int64_t[::1] zone_merchant
     cdef const int32_t[::1] zone_index
+    # Each zone's last timestamp of every period (period_ends) for the block path, or none
+    # (has_ends False) if the table is not one the ends reproduce; set by check_table.
+    cdef const int64_t[:, ::1] ends
+    cdef bint has_ends
+    cdef object _checked_shift
     # The earliest and latest order of every merchant flushed so far, with its merchant
     # (ties between merchants: the smaller merchant_id first, the larger last).
     cdef int64_t first_ts, first_merchant, last_ts, last_merchant
@@ -479,11 +787,19 @@ cdef class ScanState:
         self._out_merchant, self._out_period, self._out_counts = merchant, period, counts
         self.out_merchant, self.out_period, self.out_counts = merchant, period, counts
 
-    def check_table(self, table, int64_t ts_max):
-        """Check once per table that every period it yields up to ``ts_max`` indexes ``acc``."""
-        if table is not self._checked_table:
+    def check_table(self, table, int64_t ts_max, int shift):
+        """Check once per table that every period it yields up to ``ts_max`` indexes ``acc``.
+
+        And find its period ends for the block path (``period_ends``).
+        """
+        if table is not self._checked_table or self._checked_shift != (shift, ts_max):
             check_period_table(table, ts_max, self.n_periods)
+            ends = _cached_period_ends(table, shift, ts_max, self.n_periods)
+            self.has_ends = ends is not None
+            if ends is not None:
+                self.ends = ends
             self._checked_table = table
+            self._checked_shift = (shift, ts_max)
 
     def check_zones(self, zone_merchant, zone_index, Py_ssize_t n_tables):
         """Check once per array that merchants are sorted and their zones index the stacked tables."""
@@ -534,6 +850,64 @@ cdef class ScanState:
         n = self.out_rows
         return (self._out_merchant[:n].copy(), self._out_period[:n].copy(),
                 self._out_counts[:n].copy())
+
+
+_ENDS_CACHE = {}
+
+
+def _cached_period_ends(tables, shift, ts_max, n_periods):
+    """``period_ends`` once per read-only table (``periods.period_tables`` caches its tables; a
+    state a thread would otherwise find a many-zone table's ends again: ~0.5 ms a zone)."""
+    if not (isinstance(tables, np.ndarray) and not tables.flags.writeable and tables.base is None):
+        return period_ends(tables, shift, ts_max, n_periods)     # it may change: not cached
+    key = (id(tables), shift, ts_max, n_periods)
+    hit = _ENDS_CACHE.get(key)
+    if hit is not None and hit[0] is tables:
+        return hit[1]
+    ends = period_ends(tables, shift, ts_max, n_periods)
+    if len(_ENDS_CACHE) >= 16:
+        _ENDS_CACHE.clear()
+    _ENDS_CACHE[key] = (tables, ends)      # the table kept alive: its id is not reused
+    return ends
+
+
+def period_ends(tables, shift, ts_max, n_periods):
+    """int64[z, n_periods + 3]: the last timestamp of each period in each of the stacked tables.
+
+    -1 for a period before every valid timestamp, INT64_MAX for the last one and any after it
+    (the 3 extra: the block path reads the ends of a block's first period and the three after it).
+    Then ``period(t) = #{q : ends[z, q] < t}`` for every ``0 <= t <= ts_max``, checked here at
+    every bucket's first and last timestamp and on both sides of its boundary, where the table's
+    period steps (between them both are constant: at most one step in a bucket); a table the ends
+    do not reproduce (not the shape ``periods.period_table`` makes) gives None: no block path.
+    """
+    tables = np.asarray(tables, dtype=np.int64)
+    shift, ts_max, n_periods = int(shift), int(ts_max), int(n_periods)     # Python ints: no C shifts
+    n = (ts_max >> shift) + 1
+    if tables.ndim != 3 or tables.shape[1] < n or tables.shape[2] != 2:
+        return None
+    top = np.iinfo(np.int64).max
+    starts = np.arange(n, dtype=np.int64) << shift
+    lasts = np.minimum(starts + ((1 << shift) - 1), ts_max)
+    out = np.full((tables.shape[0], n_periods + 3), top, dtype=np.int64)
+    for z in range(tables.shape[0]):
+        first, cut = tables[z, :n, 0], tables[z, :n, 1]
+        if first.min() < 0 or first.max() >= n_periods:
+            return None
+        ends = out[z]
+        ends[:first[0]] = -1
+        inside = (cut >= starts) & (cut < lasts)
+        ends[first[inside]] = cut[inside]
+        # A period that ends with its bucket: the next bucket starts the next period.
+        step = np.flatnonzero(first[1:] != first[:n - 1])
+        step = step[~inside[step]]
+        ends[first[step]] = starts[step + 1] - 1
+        if np.any(ends[1:] < ends[:n_periods + 2]):
+            return None
+        for t in (starts, lasts, np.where(inside, cut, starts), np.where(inside, cut + 1, lasts)):
+            if not np.array_equal(np.searchsorted(ends, t, "left"), first + (t > cut)):
+                return None
+    return out
 
 
 cdef void flush_merchant(ScanState st, int64_t merchant, int64_t lo, int64_t hi) noexcept nogil:
@@ -643,6 +1017,10 @@ cdef inline Status scan_rows(
     cdef const int64_t* zoned = &st.zone_merchant[0] if n_zoned else NULL
     cdef const int32_t* zones = &st.zone_index[0] if n_zoned else NULL
     cdef const int64_t* table = lm_zone_table(tables, stride, zoned, zones, n_zoned, prev_merchant) if started else tables
+    # The zone's period ends (ScanState.ends) for the block path, NULL: none.
+    cdef Py_ssize_t n_ends = st.ends.shape[1] if st.has_ends else 0
+    cdef const int64_t* ends_base = &st.ends[0, 0] if st.has_ends else NULL
+    cdef const int64_t* ends = ends_base + ((table - tables) // stride) * n_ends if st.has_ends else NULL
     cdef int64_t* acc_base = &st.acc[0, 0]
     cdef int64_t* acc
     cdef Py_ssize_t i, n = stop[0]
@@ -662,7 +1040,7 @@ cdef inline Status scan_rows(
             bc.order_lo, bc.order_hi = order_lo, order_hi
             got = lm_block(merchants, sizeof(merchant_key_t), customers, sizeof(customer_key_t),
                            timestamps, sizeof(order_ts_t), amounts, bits, reward_offset + i, i,
-                           prev_merchant, table, shift, ts_max, acc_base, &bc)
+                           prev_merchant, table, ends, shift, ts_max, acc_base, &bc)
             if got > 0:
                 prev_customer, prev_ts, run_period = bc.prev_customer, bc.prev_ts, bc.run_period
                 order_lo, order_hi = bc.order_lo, bc.order_hi
@@ -710,6 +1088,8 @@ cdef inline Status scan_rows(
                 order_hi = -1
             started = True
             table = lm_zone_table(tables, stride, zoned, zones, n_zoned, m)
+            if ends_base != NULL:
+                ends = ends_base + ((table - tables) // stride) * n_ends
         bit = (t >> shift) * 2
         p = table[bit] + (t > table[bit + 1])
         bit = reward_offset + i
@@ -825,7 +1205,7 @@ def scan(ScanState state not None,
     if (table.shape[0] < 1 or table.shape[2] != 2 or not 0 <= shift < 63 or ts_max < 0
             or (ts_max >> shift) >= table.shape[1]):
         raise ValueError("ts_max is outside the period table")
-    state.check_table(period_tables, ts_max)
+    state.check_table(period_tables, ts_max, shift)
     state.check_zones(zone_merchant, zone_index, table.shape[0])
     cdef Status status
     # Two copies of the loop, the mode a constant in each (branch on modes

@@ -299,3 +299,136 @@ def test_a_bad_row_anywhere_in_a_block_is_reported_at_its_row(prefix, row, kind,
     actual = _outcome(orders, period=period, threads=1)
     assert actual == (expected, row)
     assert _outcome(orders, period=period, threads=1, engine="numba") == actual
+
+
+# The few-period block (kernels/_scan.pyx lm_block_body, `few`): a block whose timestamps lie in
+# at most four periods finds each row's period by comparing it with the ends of the block's
+# first three periods (ScanState.ends, from period_ends) and does its counts as popcounts, its
+# revenue as masked sums, in an AVX2 copy and a scalar one. These tables put every row on a
+# local period boundary (the last unit of a period, the first of the next) in zones with odd
+# offsets and DST, with blocks over 1 to 6 periods and amounts at the 2^57 gate.
+EDGE_ZONES = ["UTC", "America/New_York", "Asia/Tokyo", "Australia/Lord_Howe", "Pacific/Chatham",
+              "Asia/Kathmandu", "Pacific/Kiritimati", "America/St_Johns"]
+UNITS_PER_S = {"s": 1, "ms": 1000, "us": 10**6}
+
+
+def _local_starts(zone, unit, years, months):
+    """The first unit (in `unit`, since the epoch) of each local month `months` of `years` in `zone`."""
+    import zoneinfo
+
+    starts = []
+    for year in years:
+        for month in months:
+            if unit == "date32":        # a date is its own period in every zone (UTC tables)
+                starts.append((dt.date(year, month, 1) - dt.date(1970, 1, 1)).days)
+            else:
+                local = dt.datetime(year, month, 1, tzinfo=zoneinfo.ZoneInfo(zone))
+                starts.append(int(local.timestamp()) * UNITS_PER_S[unit])
+    return starts
+
+
+@st.composite
+def period_edge_orders(draw):
+    """(orders, merchants): one or two merchants, each in its zone, timestamps on local boundaries."""
+    unit = draw(st.sampled_from(["s", "ms", "us", "date32"]))
+    n = draw(st.sampled_from([64, 65, 127, 128, 129, 200]) | st.integers(1, 260))
+    split = draw(st.sampled_from([0, 0, 1, 63, 64, 65]) | st.integers(0, n))
+    zones = {1: draw(st.sampled_from(EDGE_ZONES)), 2: draw(st.sampled_from(EDGE_ZONES))}
+    year0 = draw(st.integers(2019, 2022))
+    span = draw(st.sampled_from([0, 1, 1, 2, 3, 4, 5]))     # years of boundaries: 1..6 periods a block
+    months = draw(st.sampled_from([[1], [1], [1, 4, 7, 10], [1, 3, 11]]))
+    huge = draw(st.sampled_from([False, False, True]))
+    rewards = draw(st.sampled_from(["none", "mixed", "all"]))
+    merchant, customer, ts, amount, reward = [], [], [], [], []
+    points = {}
+    for m, zone in zones.items():
+        starts = _local_starts(zone, unit, range(year0, year0 + span + 1), months)
+        near = [b + d for b in starts for d in (-1, 0, 1)]
+        points[m] = sorted(set(near + [starts[0] - 2, starts[-1] + 5]))
+    row, c = 0, 100
+    while row < n:
+        m = 1 if row < split else 2
+        length = min(draw(st.sampled_from([1, 1, 2, 3, 5, 8, 63, 64, 65])), n - row)
+        if row < split:
+            length = min(length, split - row)
+        c += 1
+        for t in sorted(draw(st.lists(st.sampled_from(points[m]), min_size=length, max_size=length))):
+            merchant.append(m)
+            customer.append(c)
+            ts.append(t)
+            if huge and draw(st.integers(0, 4)) == 0:
+                amount.append(draw(st.sampled_from([2**56, 2**57 - 1, 2**57, 2**58])))
+            else:
+                amount.append(draw(st.integers(0, 10_000)))
+            reward.append(rewards == "all" or (rewards == "mixed" and draw(st.booleans())))
+        row += length
+    if unit == "date32":
+        ts_array = pa.array(ts, pa.int32()).cast(pa.date32())
+    else:
+        ts_array = pa.array(ts, pa.int64()).cast(pa.timestamp(unit, tz="UTC"))
+    orders = pa.table({
+        "merchant_id": pa.array(merchant, pa.int64()),
+        "customer_id": pa.array(customer, draw(st.sampled_from([pa.int32(), pa.int64()]))),
+        "order_ts": ts_array,
+        "amount": pa.array(amount, pa.int64()),
+        "reward": pa.array(reward, pa.bool_()),
+    })
+    merchants = pa.table({
+        "merchant_id": pa.array([1, 2], pa.int64()),
+        "industry": pa.array(["retail"] * 2),
+        "country": pa.array(["XX"] * 2),
+        "annual_fee": pa.array([0, 0], pa.int64()),
+        "timezone": pa.array([zones[1], zones[2]], pa.string()),
+    })
+    return orders, merchants
+
+
+@settings(deadline=None, max_examples=150)
+@given(case=period_edge_orders(), period=st.sampled_from(["year", "year", "quarter", "month"]))
+def test_blocks_on_local_period_boundaries_match_the_twin_and_the_reference(case, period):
+    from loyaltymetrics import _scan
+
+    orders, merchants = case
+    actual = _outcome(orders, merchants=merchants, period=period, threads=1)
+    twin = _outcome(orders, merchants=merchants, period=period, threads=1, engine="numba")
+    was = _scan._use_avx2(False)          # the scalar copy of the mask functions
+    try:
+        scalar = _outcome(orders, merchants=merchants, period=period, threads=1)
+    finally:
+        _scan._use_avx2(was)
+    if isinstance(actual, pa.Table):
+        assert isinstance(twin, pa.Table) and actual.equals(twin) and actual.equals(scalar)
+        if max(orders.column("amount").to_pylist()) < 2**40:
+            assert_tables_match(actual, reference_compute(orders, merchants, period=period),
+                                columns=reference_columns(()))
+    else:
+        assert actual == twin == scalar
+
+
+@pytest.mark.parametrize("units_per_day", [1, 86_400, 86_400_000, 86_400_000_000])
+@pytest.mark.parametrize("period", ["year", "quarter", "month", "all"])
+def test_period_ends_give_every_timestamp_the_tables_period(units_per_day, period):
+    import numpy as np
+
+    from loyaltymetrics import _scan, periods
+
+    zones = periods.MerchantZones(tuple(EDGE_ZONES), np.arange(len(EDGE_ZONES), dtype=np.int64),
+                                  np.arange(len(EDGE_ZONES), dtype=np.int32))
+    tables = periods.period_tables(period, units_per_day, zones)
+    shift, ts_max = periods.bucket_shift(units_per_day), periods.ts_max(units_per_day)
+    ends = _scan.period_ends(tables, shift, ts_max, periods.n_periods(period))
+    assert ends is not None
+    rng = np.random.default_rng(16)
+    for z, zone in enumerate(EDGE_ZONES):
+        # Each local month start and the unit before it, the first and last valid unit, random units.
+        starts = np.array([s for s in _local_starts(zone, "s", range(1970, 2262), range(1, 13))], np.int64)
+        starts = starts * units_per_day // 86_400
+        t = np.concatenate([starts, starts - 1, [0, ts_max], rng.integers(0, ts_max, 5000)])
+        t = t[(t >= 0) & (t <= ts_max)]
+        b = (t >> shift)
+        expected = tables[z, b, 0] + (t > tables[z, b, 1])
+        assert np.array_equal(np.searchsorted(ends[z], t, "left"), expected)
+    # A table the ends cannot reproduce gets no ends (the block path then looks periods up).
+    bad = tables.copy()
+    bad[0, 100, 0] = bad[0, 100, 0] + 1
+    assert _scan.period_ends(bad, shift, ts_max, periods.n_periods(period) + 1) is None
