@@ -16,6 +16,14 @@ interleaved (old, new, old, new, ...); the table shows medians over
 
     python benchmarks/compute_overhead.py --file /tmp/pq-bench/orders-50000000-seed0-int32.arrow \\
         --build old=/work/main/src --build new=src --threads 1 --threads 2
+
+``--timeline``: instead, the phases of ``lm.compute(path, by=["merchant"])`` over the file itself
+(memory-mapped), in this process and this tree, medians over ``--repeat`` calls: the time to the
+first chunk scanned (open, map, record batch metadata, planning), the scan (first chunk start to
+last chunk end), how far apart the threads end, the states' ``finish``, ``combine``, ``finalize``
+and what follows it (unmapping, the table handed back):
+
+    PYTHONPATH=src python benchmarks/compute_overhead.py --timeline --file ... --threads 2 --repeat 7
 """
 import argparse
 import json
@@ -62,6 +70,62 @@ def worker(path, threads, period, repeat):
     print(json.dumps(out))
 
 
+def timeline(path, threads, period, repeat):
+    import collections
+    import threading
+
+    import loyaltymetrics as lm
+    from loyaltymetrics import api, parallel, scan
+
+    events, t0 = [], [0.0]
+
+    def stamp(name):
+        events.append((time.perf_counter() - t0[0], threading.current_thread().name, name))
+
+    def wrap(owner, attr, label):
+        original = getattr(owner, attr)
+
+        def wrapped(*args, **kwargs):
+            stamp(label + ">")
+            try:
+                return original(*args, **kwargs)
+            finally:
+                stamp(label + "<")
+        setattr(owner, attr, wrapped)
+
+    for owner, attr in ((parallel, "_run_chunk"), (parallel, "_plan"), (api, "finalize"), (api, "combine"),
+                        (scan.ComputeKernel, "finish")):
+        wrap(owner, attr, attr.strip("_"))
+    phases = collections.defaultdict(list)
+    lm.compute(path, by=["merchant"], period=period, threads=threads)   # warm-up
+    for _ in range(repeat):
+        events.clear()
+        t0[0] = time.perf_counter()
+        lm.compute(path, by=["merchant"], period=period, threads=threads)
+        stamp("end")
+        at = {name: t for t, _, name in events}
+        starts = [t for t, _, name in events if name == "run_chunk>"]
+        ends = {}
+        for t, thread, name in events:
+            if name == "run_chunk<":
+                ends[thread] = max(ends.get(thread, 0), t)
+        span = lambda a, b: sum(t for t, _, n in events if n == b) - sum(t for t, _, n in events if n == a)
+        phases["to first chunk"].append(min(starts))
+        phases["plan"].append(span("plan>", "plan<"))
+        phases["scan"].append(max(ends.values()) - min(starts))
+        phases["threads end apart"].append(max(ends.values()) - min(ends.values()))
+        phases["scan end to combine"].append(at["combine>"] - max(ends.values()))
+        phases["finish (all states)"].append(span("finish>", "finish<"))
+        phases["combine"].append(at["combine<"] - at["combine>"])
+        phases["finalize"].append(at["finalize<"] - at["finalize>"])
+        phases["after finalize"].append(at["end"] - at["finalize<"])
+        phases["total"].append(at["end"])
+    print(f"{path}, period={period}, threads={threads}; ms, median of {repeat} calls; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for name, values in phases.items():
+        print(f"{name:>22} {statistics.median(values) * 1e3:8.2f}  (min {min(values) * 1e3:.2f})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--file", required=True, help="a sorted Arrow IPC file of orders")
@@ -71,9 +135,12 @@ def main():
     parser.add_argument("--period", default="year")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--timeline", action="store_true", help="phases of compute(path) in this process")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads_list = args.threads or [1, 2]
+    if args.timeline:
+        return timeline(args.file, threads_list[0], args.period, args.repeat)
     if args.worker:
         return worker(args.file, threads_list[0], args.period, args.repeat)
 

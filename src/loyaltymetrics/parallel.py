@@ -33,6 +33,7 @@ A kernel is any object with:
     whose only chunk of a round never ends at a known boundary).
 """
 import bisect
+import itertools
 import os
 import threading
 
@@ -110,64 +111,122 @@ def run(batches, kernel, threads=None, chunk_rows=DEFAULT_CHUNK_ROWS, progress=N
         raise typed from error
 
 
+# A kernel whose ``spread_mapped`` is true (its outputs accumulate in its states: ``end_chunk``
+# returns None) is given the rows of a memory-mapped file as one window, cut into pieces of about
+# 1 / SPREAD_PIECES of a thread's share (at most ``chunk_rows``, at least SPREAD_MIN_ROWS rows), which
+# the threads take in row order as each finishes its last: no thread waits for another at the end of
+# every round of ``threads * chunk_rows`` rows, and they end within about a piece of each other. Memory
+# stays bounded: each thread maps the pages of the rows it scans and lets them go after
+# (``OrderBatch.populate`` / ``release``); the window holds views, not rows.
+SPREAD_PIECES = 16
+SPREAD_MIN_ROWS = 1 << 16
+
+
 def _run(batches, kernel, threads, chunk_rows, progress):
     states = [kernel.new_state() for _ in range(threads)]
+    spread = threads > 1 and getattr(kernel, "spread_mapped", False)
     tail = 0        # the state holding the store-customer open at the end of the last round
-    for window, last_round in _rounds(batches, threads * chunk_rows):
+    for window, last_round in _rounds(batches, threads * chunk_rows, spread):
         check_stop()  # SIGINT/SIGTERM whose exception was lost (see outputs.py)
         _check_files(window)   # _plan reads keys at the cut points: a mapped file must still be whole
-        chunks = _plan(window, threads)
-        # Chunk i goes to state (tail + i) % threads: chunk 0 continues the last round's tail.
-        jobs = [(states[(tail + i) % threads], chunk, last_round or i < len(chunks) - 1)
-                for i, chunk in enumerate(chunks)]
-        results = _run_jobs(kernel, jobs)
+        pieces = threads
+        if spread and window and all(b.mapped is not None for b, _, _ in window):
+            rows = sum(hi - lo for _, lo, hi in window)
+            piece = min(chunk_rows, max(SPREAD_MIN_ROWS, -(-rows // (threads * SPREAD_PIECES))))
+            pieces = max(threads, -(-rows // piece))
+        chunks = _plan(window, pieces)
+        # Chunk 0 continues the last round's tail: the tail's state takes it; the others are taken
+        # in row order by whichever thread is free, so each state sees its rows in increasing order.
+        # A spread kernel's states are finished on their threads as each runs out of chunks.
+        finished = {} if spread and last_round else None
+        results, owners = _run_jobs(kernel, [states[(tail + t) % threads] for t in range(threads)], chunks,
+                                    last_round, progress, finished)
         _check_files(window)   # before any result of the round is used: were its pages whole?
         _raise_first_error(chunks, results)
-        tail = (tail + len(chunks) - 1) % threads
-        if progress is not None:
-            progress(sum(hi - lo for _, lo, hi in window))
+        if chunks:
+            tail = (tail + owners[-1]) % threads
         for output, _ in results:
             if output is not None:
                 yield output
     for state in states:
-        output = kernel.finish(state)
+        output, error = (finished or {}).get(id(state)) or (kernel.finish(state), None)
+        if error is not None:
+            raise error
         if output is not None:
             yield output
 
 
-def _run_jobs(kernel, jobs):
-    """Run the chunks of a round side by side: the first on this thread, each other on a thread of its own.
+def _run_jobs(kernel, states, chunks, last_round, progress=None, finished=None):
+    """Run the chunks of a round side by side on ``len(states)`` threads: this one and one per other state.
 
-    Results in job order. A thread that cannot be started, or that runs out
-    of memory before its job begins (its start-up fails: no pool thread
-    would ever take that job, and a pool would wait for it forever), leaves
-    its job to this thread afterwards: the results are the same on any
-    thread, only later.
+    ``states[0]`` (this thread) takes chunk 0, then every thread takes the next chunk not yet taken,
+    in row order, until none is left: each state sees its rows in increasing order. Returns
+    ``(results, owners)``: ``(output, error)`` per chunk in chunk order, and the index of the state
+    that scanned each. Chunks after the first one whose order or scan failed are not scanned (their
+    results are ``(None, None)``): the first error is what is raised. A thread that cannot be
+    started, or that runs out of memory before it takes a chunk, takes none: the others scan its
+    share, and the results are the same, only later. ``progress(rows)`` is called on this thread as
+    chunks are done. ``finished`` (a dict; the last round of a kernel whose states accumulate): each
+    thread that runs out of chunks finishes its state, ``finished[id(state)] = (output, error)``.
     """
-    results = [None] * len(jobs)
+    n = len(chunks)
+    results, owners = [None] * n, [None] * n
+    # Chunks after a chunk whose first row is out of order need no scan: its error comes first.
+    stop = [next((i for i, (_, cut_error) in enumerate(chunks) if cut_error is not None), n)]
+    taken = itertools.count(1)
+    done, reported = [0], [0]
+    lock = threading.Lock()
 
-    def work(i):
-        try:
-            results[i] = _run_chunk(kernel, *jobs[i])
-        except BaseException as error:   # out of memory building the result: reported in row order
-            results[i] = (None, error)
+    def report():
+        if progress is not None:
+            with lock:
+                rows, reported[0] = done[0] - reported[0], done[0]
+            if rows:
+                progress(rows)
+
+    def work(t, i=None):
+        i = next(taken) if i is None else i
+        while i < n:
+            owners[i] = t
+            try:
+                if i > stop[0]:
+                    results[i] = (None, None)
+                    break
+                if t == 0:
+                    check_stop()  # SIGINT/SIGTERM whose exception was lost (see outputs.py)
+                results[i] = _run_chunk(kernel, states[t], chunks[i], last_round or i < n - 1)
+            except BaseException as error:   # out of memory building the result: reported in row order
+                results[i] = (None, error)
+            with lock:
+                if results[i][1] is not None:
+                    stop[0] = min(stop[0], i)
+                done[0] += sum(hi - lo for _, lo, hi in chunks[i][0])
+            if t == 0:
+                report()
+            i = next(taken)
+        if finished is not None and stop[0] == n:
+            try:
+                finished[id(states[t])] = (kernel.finish(states[t]), None)
+            except BaseException as error:
+                finished[id(states[t])] = (None, error)
 
     started = []
-    for i in range(1, len(jobs)):
-        thread = threading.Thread(target=work, args=(i,), name=f"loyaltymetrics-chunk-{i}", daemon=True)
+    for t in range(1, min(len(states), n)):
+        thread = threading.Thread(target=work, args=(t,), name=f"loyaltymetrics-chunk-{t}", daemon=True)
         try:
             thread.start()
-        except RuntimeError:   # can't start new thread: this thread takes the job below
+        except RuntimeError:   # can't start new thread: the others take its chunks
             continue
         started.append(thread)
-    if jobs:
-        work(0)
+    if n:
+        work(0, 0)
     for thread in started:
         thread.join()
-    for i, result in enumerate(results):
-        if result is None:
-            work(i)
-    return results
+    for i in range(n):
+        if results[i] is None:   # taken by a thread that died before it could say so: out of memory
+            results[i] = (None, None) if i > stop[0] else (None, MemoryError("a scanning thread died"))
+    report()
+    return results, owners
 
 
 def _check_files(window):
@@ -176,10 +235,22 @@ def _check_files(window):
         batch.check(lo)
 
 
-def _rounds(batches, round_rows):
-    """Yield ``(window, is_last)``: lists of ``(batch, lo, hi)`` row ranges of about ``round_rows`` rows."""
+def _rounds(batches, round_rows, spread=False):
+    """Yield ``(window, is_last)``: lists of ``(batch, lo, hi)`` row ranges of about ``round_rows`` rows.
+
+    ``spread``: the rows of one memory-mapped file count for nothing (the window holds views, and
+    the threads let pages go as they scan): they come in one window, ended where another file's
+    rows or rows that are not mapped follow.
+    """
     window, rows = [], 0
     for batch in batches:
+        if spread and window and window[-1][0].mapped is not None and batch.mapped is not window[-1][0].mapped:
+            yield window, False
+            window, rows = [], 0
+        if spread and batch.mapped is not None:
+            if len(batch):
+                window.append((batch, 0, len(batch)))
+            continue
         lo = 0
         while lo < len(batch):
             hi = min(len(batch), lo + round_rows - rows)
@@ -194,7 +265,7 @@ def _rounds(batches, round_rows):
 
 
 def _plan(window, threads):
-    """Cut ``window`` into at most ``threads`` chunks at store-customer boundaries.
+    """Cut ``window`` into at most ``threads`` chunks of about equal rows at store-customer boundaries.
 
     Returns a list of ``(segments, cut_error)``: ``segments`` a list of
     ``(batch, lo, hi)``; ``cut_error`` the UnsortedInputError at the chunk's

@@ -54,6 +54,8 @@ def scan_module(engine):
 class ComputeKernel:
     """The partials kernel (SPEC §4) in the shape ``parallel.run`` drives."""
 
+    spread_mapped = True   # partials accumulate in the states: a mapped file is one window (parallel.py)
+
     def __init__(self, engine="cython", period="year", refunds=False, zones=None):
         self.module = scan_module(engine)
         self.period = period
