@@ -8,6 +8,12 @@ one per thread, while the GIL is released inside the kernels. The last chunk
 of a round ends where the rows read so far end, so its store-customer may go
 on in the next round: the next round's first chunk goes to the same state.
 
+The rows of a memory-mapped file, for a kernel whose states accumulate
+(``spread_mapped``), are one window cut into many pieces that the threads
+take in row order as each finishes its last (``_run_jobs``): no thread waits
+for the others every ``threads * chunk_rows`` rows, and the threads end
+within about a piece of each other.
+
 A state therefore sees its rows in increasing key order, with gaps where
 other states took rows; combining what the states emit is the kernel's
 business (for partial sums, addition). Every pair of adjacent rows is
