@@ -18,9 +18,9 @@ def small_pieces(monkeypatch):
     planned = []
     plan = parallel._plan
 
-    def traced(window, n):
+    def traced(window, n, **options):
         planned.append(n)
-        return plan(window, n)
+        return plan(window, n, **options)
 
     monkeypatch.setattr(parallel, "_plan", traced)
     return planned
@@ -115,3 +115,39 @@ def test_a_piece_per_state_in_row_order(tmp_path, small_pieces, monkeypatch):
     assert sum(len(v) for v in seen.values()) > 3
     assert all(v == sorted(v) for v in seen.values())
     assert sorted(np.concatenate(list(seen.values())).tolist()) == sorted(set(np.concatenate(list(seen.values())).tolist()))
+
+
+def _resident(address):
+    """Resident bytes of the mapping holding ``address`` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no mapping")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="Linux /proc")
+def test_planning_and_reading_let_the_pages_they_map_go(tmp_path):
+    # The keys read at every cut (and each batch's metadata) map pages of the file (2 MiB at a time
+    # where it sits in large folios): with many pieces they must not stay resident until scanned.
+    table = orders_table(400_000)
+    path = write(table, tmp_path / "orders.arrow", batch_rows=20_000)
+    batches = list(lm.inputs.order_batches(str(path)))
+    window = [(b, 0, len(b)) for b in batches]
+    address = batches[0].mapped.buffer.address
+    after_reading = _resident(address)
+    parallel._plan(window, 64)
+    kept = _resident(address)
+    for batch, lo, hi in window:
+        batch.release(lo, hi)
+    parallel._plan(window, 64, let_go=True)
+    let_go = _resident(address)
+    assert kept > 64 * 4096 and let_go < kept / 4, (after_reading, kept, let_go)
+    assert after_reading < kept, (after_reading, kept)
+    # The same cuts and cut errors either way.
+    assert [(s, e) for s, e in parallel._plan(window, 64)] == [(s, e) for s, e in parallel._plan(window, 64, let_go=True)]

@@ -519,6 +519,8 @@ def _read_file(source, kind, watch, names, required, threads=None):
             if batch is None:
                 break
             batch.validate()  # buffer sizes agree with lengths: the kernel reads them unchecked
+            if mapped is not None:
+                mapped.let_go_through(batch)
             yield source, row, batch, mapped, wanted
             row += batch.num_rows
         watch.check(row)   # replaced or changed while the last rows were read
@@ -809,6 +811,7 @@ class _MappedFile:
         _read_missing_in_huge_folios(self._map)
         self.buffer = pa.py_buffer(self._map)
         watch.guard(self._map, self.buffer.address, self.buffer.size)
+        self._let_go = self.buffer.address   # pages before this address were let go (let_go_through)
 
     def check(self, row):
         self.watch.check(row)
@@ -829,6 +832,27 @@ class _MappedFile:
                 "the file's pages cannot be read (truncated while it was being read?); "
                 "read it again once it is complete",
             )
+
+    def let_go_through(self, batch):
+        """Drop the pages mapped so far up to the end of ``batch`` (a record batch in the map).
+
+        Reading a batch's metadata maps the pages around it (2 MiB at a time
+        where the file sits in large folios); the kernel's rows are populated
+        again before they are read. Without this, a driver that reads many
+        batches ahead (``parallel._rounds``) holds the pages of all of them.
+        """
+        if _madvise is None:
+            return
+        base, size = self.buffer.address, self.buffer.size
+        end = self._let_go
+        for column in batch.columns:
+            for buffer in column.buffers():
+                if buffer is not None and base <= buffer.address < base + size:
+                    end = max(end, buffer.address + buffer.size)
+        start = self._let_go // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            _madvise(start, end - start, _MADV_DONTNEED)
+            self._let_go = end
 
     def release(self, arrays):
         """Drop the pages of the NumPy views ``arrays`` (those that point into the map).

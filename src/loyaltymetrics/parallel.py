@@ -140,7 +140,7 @@ def _run(batches, kernel, threads, chunk_rows, progress):
             rows = sum(hi - lo for _, lo, hi in window)
             piece = min(chunk_rows, max(SPREAD_MIN_ROWS, -(-rows // (threads * SPREAD_PIECES))))
             pieces = max(threads, -(-rows // piece))
-        chunks = _plan(window, pieces)
+        chunks = _plan(window, pieces, let_go=pieces > threads)
         # Chunk 0 continues the last round's tail: the tail's state takes it; the others are taken
         # in row order by whichever thread is free, so each state sees its rows in increasing order.
         # A spread kernel's states are finished on their threads as each runs out of chunks.
@@ -270,26 +270,36 @@ def _rounds(batches, round_rows, spread=False):
     yield window, True
 
 
-def _plan(window, threads):
+def _plan(window, threads, let_go=False):
     """Cut ``window`` into at most ``threads`` chunks of about equal rows at store-customer boundaries.
 
     Returns a list of ``(segments, cut_error)``: ``segments`` a list of
     ``(batch, lo, hi)``; ``cut_error`` the UnsortedInputError at the chunk's
     first row if it is not after the row before it (None if it is, and for
     the first chunk, whose first row the kernel checks against its state).
+    ``let_go``: the pages of a memory-mapped file read at each cut are let go
+    before the next cut is sought (2 MiB at a time in large folios: a window
+    of many chunks would hold them all until their chunks are scanned).
     """
     starts = np.cumsum([0] + [hi - lo for _, lo, hi in window]).tolist()
     total = starts[-1]
     size = -(-total // threads)
-    cuts = []
+    cuts, errors, released = [], [], 0
     for j in range(1, threads):
         cut = _next_boundary(window, starts, max(j * size, cuts[-1] + 1 if cuts else 1))
         if cut is None:
             break
         cuts.append(cut)
+        if let_go:
+            errors.append(_cut_error(_slice(window, starts, cut - 1, cut), _slice(window, starts, cut, cut + 1)))
+            for batch, lo, hi in _slice(window, starts, released, cut + 1):
+                batch.release(lo, hi)
+            released = cut + 1
     edges = [0] + cuts + [total]
     chunks = [_slice(window, starts, a, b) for a, b in zip(edges, edges[1:])]
-    return [(segments, _cut_error(chunks[i - 1], segments) if i else None) for i, segments in enumerate(chunks)]
+    if not let_go:
+        errors = [_cut_error(chunks[i - 1], segments) for i, segments in enumerate(chunks) if i]
+    return [(segments, errors[i - 1] if i else None) for i, segments in enumerate(chunks)]
 
 
 def _next_boundary(window, starts, position):
