@@ -466,7 +466,10 @@ def _read(a, plan, con, limit):
     seeds = {}
     for _, _, merchant in plan:
         seeds.setdefault(merchant, len(seeds))
-    workers = min(len(plan), a.threads or os.cpu_count() or 1)
+    threads = a.threads or os.cpu_count() or 1
+    # More files than threads: all read at once (up to two a thread), each parsed by pyarrow a batch ahead,
+    # so no thread idles once its files are done while another still reads a third one.
+    workers = 1 if threads == 1 else min(len(plan), 2 * threads)
     budget = _Budget(limit - workers * READER_BYTES)
     cursors = []
     with _progress.bar(None, a.progress, desc="prepare: read") as bar:
@@ -477,7 +480,7 @@ def _read(a, plan, con, limit):
                 cursors.append(cursor)
             reader = _Reader(a, cursor, budget, index, names, merchant, seeds[merchant])
             try:
-                ok = reader.run(path, read_ahead=workers == 1 and a.threads != 1, bar=bar)
+                ok = reader.run(path, read_ahead=threads > 1, bar=bar)
             except Exception:  # noqa: BLE001 - e.g. DuckDB refusing a --reward-codes expression: the general
                 ok = False     # path raises its own error for it
             if not ok:
