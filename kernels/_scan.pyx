@@ -19,8 +19,10 @@ bitmasks: each row's period from compares with the period ends
 (``period_ends``), store-customer and run starts eight or four rows a
 compare, counts as popcounts per period, amounts as masked vector sums,
 member rows as reward rows filled to their runs' ends; the block's last run,
-which may go on past the block, is left out. In any other block each row
-adds its revenue and one packed word of five counts to its period, and the
+which may go on past the block, is left out. In any other block (most
+"month" blocks: a generated one spans 45-48 months) each row adds its revenue
+and one packed word of five counts to its period (the words computed four
+rows a step in AVX2 from the rows' periods and customers), and the
 rows of the block's last run are taken back; reward rows (a minority) then
 add their counts, and their runs the member counts, found from the block's
 run-start bitmask. A block with a bad row, an overflow or one run over all
