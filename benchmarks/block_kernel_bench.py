@@ -62,6 +62,8 @@ def main():
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
     parser.add_argument("--refunds", action="store_true",
                         help="the refunds mode's row loop (no block path) instead")
+    parser.add_argument("--each", action="store_true",
+                        help="also print each process's median and fastest pass (M rows/s), in run order")
     parser.add_argument("--worker", nargs=2, metavar=("PATH", "PERIOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -93,6 +95,11 @@ def main():
         print(f"{period:<10}" + "".join(f"{statistics.median(results[(period, name)]) / 1e6:>12.1f}"
                                         f"{max(results[(period, name, 'best')]) / 1e6:>14.1f}"
                                         for name, _ in builds) + f"   {len(checks[period]) == 1}")
+    if args.each:       # interleaved runs: old and new of one run saw about the same load
+        for period in periods:
+            for name, _ in builds:
+                print(f"{period:<10}{name:>8} median " + " ".join(f"{v / 1e6:6.1f}" for v in results[(period, name)])
+                      + "  fastest " + " ".join(f"{v / 1e6:6.1f}" for v in results[(period, name, "best")]))
 
 
 if __name__ == "__main__":

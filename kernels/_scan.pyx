@@ -19,8 +19,10 @@ bitmasks: each row's period from compares with the period ends
 (``period_ends``), store-customer and run starts eight or four rows a
 compare, counts as popcounts per period, amounts as masked vector sums,
 member rows as reward rows filled to their runs' ends; the block's last run,
-which may go on past the block, is left out. In any other block each row
-adds its revenue and one packed word of five counts to its period, and the
+which may go on past the block, is left out. In any other block (most
+"month" blocks: a generated one spans 45-48 months) each row adds its revenue
+and one packed word of five counts to its period (the words computed four
+rows a step in AVX2 from the rows' periods and customers), and the
 rows of the block's last run are taken back; reward rows (a minority) then
 add their counts, and their runs the member counts, found from the block's
 run-start bitmask. A block with a bad row, an overflow or one run over all
@@ -337,6 +339,37 @@ cdef extern from *:
     LM_DEFINE_CHECKS_AVX2(lm_checks_48_avx2, int32_t, int64_t, 4, 8)
     LM_DEFINE_CHECKS_AVX2(lm_checks_84_avx2, int64_t, int32_t, 8, 4)
     LM_DEFINE_CHECKS_AVX2(lm_checks_88_avx2, int64_t, int64_t, 8, 8)
+    /* The many-period block's packed words (lm_packed_by_code, four rows a step): q[j + 2] and
+       c[j + 2] are row j's period and customer, q[1], c[1] the row before the block's and q[0],
+       c[0] the same again (row 0's previous row then continues its run: no repeat bit, as in
+       the row loop, where it starts a run anyway). Returns the run starts (row j at bit j). */
+    static __attribute__((target("avx2"), noinline)) uint64_t lm_packed_avx2(const int64_t *q, const int64_t *c,
+                                                                            uint64_t *packed) {
+        const __m256i one = _mm256_set1_epi64x(1), k_nr = _mm256_set1_epi64x((int64_t)((1ULL << 12) | (1ULL << 63)));
+        const __m256i k_nc = _mm256_set1_epi64x(1LL << 24), k_ret = _mm256_set1_epi64x(1LL << 36);
+        const __m256i k_rep = _mm256_set1_epi64x(1LL << 48);
+        uint64_t cont = 0;
+        int j;
+        for (j = 0; j < LM_BLOCK; j += 4) {
+            __m256i q0 = _mm256_loadu_si256((const __m256i *)(q + j + 2));
+            __m256i q1 = _mm256_loadu_si256((const __m256i *)(q + j + 1));
+            __m256i q2 = _mm256_loadu_si256((const __m256i *)(q + j));
+            __m256i c0 = _mm256_loadu_si256((const __m256i *)(c + j + 2));
+            __m256i c1 = _mm256_loadu_si256((const __m256i *)(c + j + 1));
+            __m256i c2 = _mm256_loadu_si256((const __m256i *)(c + j));
+            __m256i eq = _mm256_cmpeq_epi64(c0, c1);                   /* not a new customer */
+            __m256i next = _mm256_and_si256(eq, _mm256_cmpeq_epi64(q0, _mm256_add_epi64(q1, one)));
+            __m256i on = _mm256_and_si256(eq, _mm256_cmpeq_epi64(q0, q1));     /* continues a run */
+            __m256i on_prev = _mm256_and_si256(_mm256_cmpeq_epi64(c1, c2), _mm256_cmpeq_epi64(q1, q2));
+            __m256i w = _mm256_or_si256(one, _mm256_andnot_si256(on, k_nr));
+            w = _mm256_or_si256(w, _mm256_andnot_si256(eq, k_nc));
+            w = _mm256_or_si256(w, _mm256_and_si256(next, k_ret));
+            w = _mm256_or_si256(w, _mm256_and_si256(_mm256_andnot_si256(on_prev, on), k_rep));
+            _mm256_storeu_si256((__m256i *)(packed + j), w);
+            cont |= (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(on)) << j;
+        }
+        return ~cont;
+    }
     #define LM_MARKS(NAME, ...) (lm_cpu_avx2 ? NAME##_avx2(__VA_ARGS__) : NAME(__VA_ARGS__))
     #else
     #define LM_HAVE_AVX2 0
@@ -362,7 +395,8 @@ cdef extern from *:
             const uint8_t *bits, Py_ssize_t bit0, Py_ssize_t i, int64_t merchant,
             const int64_t *table, const int64_t *ends, int shift, int64_t ts_max, int64_t *acc_base,
             lm_block_cursor *cur) {
-        int64_t period[LM_BLOCK];
+        int64_t period_buf[LM_BLOCK + 2], cust[LM_BLOCK + 2];
+        int64_t *period = period_buf + 2;
         uint64_t packed[LM_BLOCK];
         uint64_t runs = 0, any = 0, neg = 0, ts_or = 0, unsorted = 0, reward, nr = 0, w;
         uint64_t g0 = 0, g1 = 0, g2 = 0, g3 = 0;
@@ -510,6 +544,30 @@ cdef extern from *:
             b = (t >> shift) * 2;
             q = table[b] + (t > table[b + 1]);
             if (LM_LOAD(customers, csize, i) == pc && q == pp) return -1;
+    #if LM_HAVE_AVX2
+            if (lm_cpu_avx2) {
+                /* Each row's period and customer, then their packed words four rows a step. */
+                period_buf[0] = period_buf[1] = pp;
+                cust[0] = cust[1] = pc;
+                for (j = 0; j < LM_BLOCK; j++) {
+                    t = LM_LOAD(timestamps, tsize, i + j);
+                    b = (t >> shift) * 2;
+                    period[j] = table[b] + (t > table[b + 1]);
+                    cust[j + 2] = LM_LOAD(customers, csize, i + j);
+                }
+                runs = lm_packed_avx2(period_buf, cust, packed);
+                for (j = 0; j < LM_BLOCK; j++) {
+                    int64_t a = amounts[i + j];
+                    int64_t *acc = acc_base + period[j] * LM_STRIDE;
+                    if (__builtin_add_overflow(acc[LM_REVENUE], a, &acc[LM_REVENUE])) {
+                        acc[LM_REVENUE] = (int64_t)((uint64_t)acc[LM_REVENUE] - (uint64_t)a);
+                        L = 0;
+                        goto take_back;
+                    }
+                    acc[LM_PACKED] = (int64_t)((uint64_t)acc[LM_PACKED] + packed[j]);
+                }
+            } else
+    #endif
             for (j = 0; j < LM_BLOCK; j++) {
                 int64_t a = amounts[i + j];
                 int64_t *acc;

@@ -306,7 +306,11 @@ def test_a_bad_row_anywhere_in_a_block_is_reported_at_its_row(prefix, row, kind,
 # first three periods (ScanState.ends, from period_ends) and does its counts as popcounts, its
 # revenue as masked sums, in an AVX2 copy and a scalar one. These tables put every row on a
 # local period boundary (the last unit of a period, the first of the next) in zones with odd
-# offsets and DST, with blocks over 1 to 6 periods and amounts at the 2^57 gate.
+# offsets and DST, with blocks over 1 to 6 periods and amounts at the 2^57 gate. Blocks over more
+# periods (month boundaries every month: 6 to 16 and more periods a block) take the many-period
+# block path, whose packed words are computed four rows a step in AVX2 (lm_packed_avx2) or row by
+# row in the scalar copy; rewards on the first or last row of each customer's orders put member
+# runs at run and block edges.
 EDGE_ZONES = ["UTC", "America/New_York", "Asia/Tokyo", "Australia/Lord_Howe", "Pacific/Chatham",
               "Asia/Kathmandu", "Pacific/Kiritimati", "America/St_Johns"]
 UNITS_PER_S = {"s": 1, "ms": 1000, "us": 10**6}
@@ -336,9 +340,9 @@ def period_edge_orders(draw):
     zones = {1: draw(st.sampled_from(EDGE_ZONES)), 2: draw(st.sampled_from(EDGE_ZONES))}
     year0 = draw(st.integers(2019, 2022))
     span = draw(st.sampled_from([0, 1, 1, 2, 3, 4, 5]))     # years of boundaries: 1..6 periods a block
-    months = draw(st.sampled_from([[1], [1], [1, 4, 7, 10], [1, 3, 11]]))
+    months = draw(st.sampled_from([[1], [1], [1, 4, 7, 10], [1, 3, 11], list(range(1, 13))]))
     huge = draw(st.sampled_from([False, False, True]))
-    rewards = draw(st.sampled_from(["none", "mixed", "all"]))
+    rewards = draw(st.sampled_from(["none", "mixed", "all", "edges"]))
     merchant, customer, ts, amount, reward = [], [], [], [], []
     points = {}
     for m, zone in zones.items():
@@ -352,7 +356,8 @@ def period_edge_orders(draw):
         if row < split:
             length = min(length, split - row)
         c += 1
-        for t in sorted(draw(st.lists(st.sampled_from(points[m]), min_size=length, max_size=length))):
+        for k, t in enumerate(sorted(draw(st.lists(st.sampled_from(points[m]), min_size=length,
+                                                   max_size=length)))):
             merchant.append(m)
             customer.append(c)
             ts.append(t)
@@ -360,7 +365,8 @@ def period_edge_orders(draw):
                 amount.append(draw(st.sampled_from([2**56, 2**57 - 1, 2**57, 2**58])))
             else:
                 amount.append(draw(st.integers(0, 10_000)))
-            reward.append(rewards == "all" or (rewards == "mixed" and draw(st.booleans())))
+            reward.append(rewards == "all" or (rewards == "mixed" and draw(st.booleans()))
+                          or (rewards == "edges" and k in (0, length - 1)))
         row += length
     if unit == "date32":
         ts_array = pa.array(ts, pa.int32()).cast(pa.date32())
