@@ -444,3 +444,16 @@ def test_non_ascii_emails_are_keyed_and_ordered_as_duckdb_does(tmp_path, monkeyp
     write_files(tmp_path / "raw", {"shop-1_orders_export.csv": orders}, None)
     report = run_both(tmp_path, str(tmp_path / "raw" / "*.csv"), monkeypatch, **OPTIONS)
     assert spy == [True] and report["customers"] >= 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), st.text(max_size=3)), max_size=70), offset=st.integers(0, 20),
+       length=st.integers(0, 70))
+def test_valid_bytes_are_the_arrays_validity(values, offset, length):
+    """The kernels' 0/1 validity bytes, unpacked from the bitmap, at any slice offset (bits not byte-aligned)."""
+    import pyarrow as pa
+
+    array = pa.array(values, pa.string()).slice(min(offset, len(values)), length)
+    got = csvprep._valid(array)
+    assert got.dtype == np.uint8
+    assert got.tolist() == [int(v is not None) for v in array.to_pylist()]

@@ -236,8 +236,16 @@ def _buffers(array):
     offsets = np.frombuffer(buffers[1], dtype=np.int32)[array.offset:array.offset + n + 1]
     data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None and buffers[2].size else \
         np.zeros(1, np.uint8)
-    valid = array.is_valid().to_numpy(zero_copy_only=False).view(np.uint8)
-    return offsets, data, valid
+    return offsets, data, _valid(array)
+
+
+def _valid(array):
+    """0/1 bytes: which rows of ``array`` are not null (its validity bitmap unpacked, not a compute call)."""
+    bitmap = array.buffers()[0]
+    if array.null_count == 0 or bitmap is None:
+        return np.full(len(array), 0 if array.null_count else 1, np.uint8)
+    bits = np.frombuffer(bitmap, dtype=np.uint8)
+    return np.unpackbits(bits, count=array.offset + len(array), bitorder="little")[array.offset:]
 
 
 EXCLUDED = _convert.EXCLUSIONS   # code = index + 1; 0: written
@@ -323,8 +331,8 @@ class _Reader:
                 return 0
         end = n if final else int(starts[runs])
         starts[runs] = end
-        carrier = col["amount"].is_valid().to_numpy(zero_copy_only=False).view(np.uint8)
-        has_customer = col["customer_id"].is_valid().to_numpy(zero_copy_only=False).view(np.uint8)
+        carrier = _valid(col["amount"])
+        has_customer = _valid(col["customer_id"])
         heads = np.empty(runs, np.int64)
         custs = np.empty(runs, np.int64)
         if _csvparse.run_heads(starts, runs, end, carrier, has_customer, heads, custs) >= 0:
