@@ -475,6 +475,12 @@ def _run(con, duckdb, a):
     )
 
 
+def _filename_merchant(filename_re, name):
+    """The merchant key ``--merchant-from-filename`` takes from a file name: its first group, or None."""
+    found = filename_re.search(name)
+    return found.group(1) if found and found.group(1) else None
+
+
 def _filename_regex(pattern):
     if pattern is None:
         return None
@@ -822,11 +828,10 @@ class _Stage:
         self.sources[file_idx] = source
         merchant = self.merchant
         if self.filename_re is not None:
-            found = self.filename_re.search(path.name)
-            if not found or not found.group(1):
+            merchant = _filename_merchant(self.filename_re, path.name)
+            if merchant is None:
                 raise InputError(source, None, f"--merchant-from-filename {self.filename_re.pattern!r} does not "
                                                f"match the file name {path.name!r} (or its first group is empty)")
-            merchant = found.group(1)
         is_csv = _is_csv(path)
         invalid = []
         try:

@@ -86,10 +86,9 @@ def _plan(a):
             return None
         merchant = a.merchant
         if a.filename_re is not None:
-            found = a.filename_re.search(path.name)
-            if not found or not found.group(1):
+            merchant = _convert._filename_merchant(a.filename_re, path.name)
+            if merchant is None:
                 return None
-            merchant = found.group(1)
         if merchant is None:
             return None
         names = _select(header, a.columns, a.format)
