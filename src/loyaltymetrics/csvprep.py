@@ -466,7 +466,7 @@ def _prepare(a, plan, con, limit):
 
 
 def _read(a, plan, con, limit):
-    """Every file read (``threads`` of them at a time), their accounts merged in file order, or None."""
+    """Every file read (up to two a thread at a time), their accounts merged in file order, or None."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
