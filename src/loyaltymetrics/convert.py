@@ -1043,12 +1043,12 @@ class _Stage:
         if kind("customer_id") == "text":
             # c_lt, the e-mail form, is computed in an earlier projection (p0): as a branch of the CASE
             # it costs twice as much (DuckDB copies the long strings of a branch's result).
-            c = "CASE WHEN contains(customer_id, '@') THEN c_lt ELSE customer_id END"
+            c = _customer_key_sql("customer_id", "c_lt")
         elif kind("customer_id") == "int":
             c = "customer_id"
         else:
             c = "NULL"
-        c_lt = ", NULLIF(lower(trim(customer_id)), '') AS c_lt" if kind("customer_id") == "text" else ""
+        c_lt = f", {_email_sql('customer_id')} AS c_lt" if kind("customer_id") == "text" else ""
         carrier = "(amount IS NOT NULL)" if has_order else "true"
         source = "raw_batch"
         if has_order and part is not None:
@@ -1108,29 +1108,17 @@ class _Stage:
         # flags
         reward, bad_reward = _bool_sql("reward", kind("reward"))
         if self.code_re is not None and has("discount_code"):
-            # Each code of a list ("A, B", "A;B", "code:A|amount:5" as some WooCommerce plugins write).
-            pattern = _sql_text(r"(?i)(^|[,;|])\s*(?:code:)?(?:" + self.code_re + r")\s*($|[,;|])")
-            code = f"coalesce(regexp_matches(CAST(discount_code AS VARCHAR), '{pattern}'), false)"
-            reward = f"(({reward}) OR {code})"
+            reward = f"(({reward}) OR {_reward_code_sql(self.code_re, 'discount_code')})"
         if has("test") and self.fmt == "shopify" and "test" not in self.columns:
-            test, bad_test = "coalesce(contains(lower(CAST(test AS VARCHAR)), 'bogus'), false)", "false"
+            test, bad_test = _test_payment_sql("test"), "false"
         else:
             test, bad_test = _bool_sql("test", kind("test"))
         cancelled = "(cancelled_at IS NOT NULL)" if has("cancelled_at") else "false"
         if has("status"):
-            words = STATUS_WORDS[self.fmt]
-            # status_l (p0): lower(trim(status)); the regular expressions only for the values they change.
-            norm = ("(CASE WHEN contains(status_l, ' ') OR contains(status_l, '_') OR starts_with(status_l, 'wc-') "
-                    "THEN regexp_replace(regexp_replace(status_l, '^wc-', ''), '[ _]+', '-', 'g') ELSE status_l END)")
-            if not any("-" in w for w in words):
-                # A value holding a space or "_" normalises to one holding "-", which no word of this format
-                # does: only the "wc-" prefix can matter, and it is dropped without a regular expression.
-                norm = "(CASE WHEN starts_with(status_l, 'wc-') THEN substr(status_l, 4) ELSE status_l END)"
-            cases = " ".join(f"WHEN '{w}' THEN '{r}'" for w, r in words.items())
-            status = f"(CASE {norm} {cases} END)"
+            status = _status_sql(self.fmt, "status_l")   # status_l (p0): lower(trim(status))
         else:
             status = "NULL::VARCHAR"
-        currency = "NULLIF(upper(trim(CAST(currency AS VARCHAR))), '')" if has("currency") else "NULL::VARCHAR"
+        currency = _currency_sql("currency") if has("currency") else "NULL::VARCHAR"
         negative = "false" if self.refunds else "cents < 0"
         # The raw values, kept as text for the rows rejected (only those): for the report and the rejects file.
         carried = "".join(f", {role} AS rv_{role}" for role in ROLES if role in kinds)
@@ -1293,6 +1281,46 @@ def _ts_sql(spec, utc=False):
     if naive and not utc:  # wall-clock time in the session zone (--timezone)
         us = f"epoch_us(CAST(make_timestamp({us}) AS TIMESTAMPTZ))"
     return us, "false"
+
+
+def _email_sql(column):
+    """The e-mail form of a text customer id: trimmed and lower-cased, NULL when empty."""
+    return f"NULLIF(lower(trim({column})), '')"
+
+
+def _customer_key_sql(column, email):
+    """The customer key of a text customer id: ``email`` (its ``_email_sql``) when it holds "@", else as it is."""
+    return f"CASE WHEN contains({column}, '@') THEN {email} ELSE {column} END"
+
+
+def _reward_code_sql(code_re, column):
+    """Whether a discount-code column holds a code ``--reward-codes`` matches (``code_re``, RE2)."""
+    # Each code of a list ("A, B", "A;B", "code:A|amount:5" as some WooCommerce plugins write).
+    pattern = _sql_text(r"(?i)(^|[,;|])\s*(?:code:)?(?:" + code_re + r")\s*($|[,;|])")
+    return f"coalesce(regexp_matches(CAST({column} AS VARCHAR), '{pattern}'), false)"
+
+
+def _test_payment_sql(column):
+    """Whether Shopify's payment method column marks a test order (its "bogus" gateway)."""
+    return f"coalesce(contains(lower(CAST({column} AS VARCHAR)), 'bogus'), false)"
+
+
+def _currency_sql(column):
+    return f"NULLIF(upper(trim(CAST({column} AS VARCHAR))), '')"
+
+
+def _status_sql(fmt, lowered):
+    """The exclusion reason (or NULL) of a status, ``lowered`` its lower(trim(...)) form: the regular
+    expressions only for the values they change."""
+    words = STATUS_WORDS[fmt]
+    norm = (f"(CASE WHEN contains({lowered}, ' ') OR contains({lowered}, '_') OR starts_with({lowered}, 'wc-') "
+            f"THEN regexp_replace(regexp_replace({lowered}, '^wc-', ''), '[ _]+', '-', 'g') ELSE {lowered} END)")
+    if not any("-" in w for w in words):
+        # A value holding a space or "_" normalises to one holding "-", which no word of this format
+        # does: only the "wc-" prefix can matter, and it is dropped without a regular expression.
+        norm = f"(CASE WHEN starts_with({lowered}, 'wc-') THEN substr({lowered}, 4) ELSE {lowered} END)"
+    cases = " ".join(f"WHEN '{w}' THEN '{r}'" for w, r in words.items())
+    return f"(CASE {norm} {cases} END)"
 
 
 def _bool_sql(column, kind):

@@ -159,31 +159,18 @@ class _Lookup:
         return table, indices
 
 
-# ``_Stage._parse_sql``'s customer key of a text customer column (the e-mail trimmed and lower-cased).
-CUSTOMER_SQL = "CASE WHEN contains(x, '@') THEN NULLIF(lower(trim(x)), '') ELSE x END"
-
-
-def _status_sql(fmt):
-    """``_Stage._parse_sql``'s status expression (excluded reason or NULL) over ``x``."""
-    words = _convert.STATUS_WORDS[fmt]
-    status_l = "lower(trim(CAST(x AS VARCHAR)))"
-    norm = (f"(CASE WHEN contains({status_l}, ' ') OR contains({status_l}, '_') OR starts_with({status_l}, 'wc-') "
-            f"THEN regexp_replace(regexp_replace({status_l}, '^wc-', ''), '[ _]+', '-', 'g') ELSE {status_l} END)")
-    if not any("-" in w for w in words):
-        norm = f"(CASE WHEN starts_with({status_l}, 'wc-') THEN substr({status_l}, 4) ELSE {status_l} END)"
-    cases = " ".join(f"WHEN '{w}' THEN '{r}'" for w, r in words.items())
-    return f"(CASE {norm} {cases} END)"
+# The general path's customer key of a text customer column (the e-mail trimmed and lower-cased).
+CUSTOMER_SQL = _convert._customer_key_sql("x", _convert._email_sql("x"))
 
 
 def _lookups(con, a):
     out = {
-        "currency": _Lookup(con, "NULLIF(upper(trim(CAST(x AS VARCHAR))), '')"),
-        "status": _Lookup(con, _status_sql(a.format)),
-        "test": _Lookup(con, "coalesce(contains(lower(CAST(x AS VARCHAR)), 'bogus'), false)"),
+        "currency": _Lookup(con, _convert._currency_sql("x")),
+        "status": _Lookup(con, _convert._status_sql(a.format, "lower(trim(CAST(x AS VARCHAR)))")),
+        "test": _Lookup(con, _convert._test_payment_sql("x")),
     }
     if a.code_re is not None:
-        pattern = _convert._sql_text(r"(?i)(^|[,;|])\s*(?:code:)?(?:" + a.code_re + r")\s*($|[,;|])")
-        out["reward"] = _Lookup(con, f"coalesce(regexp_matches(CAST(x AS VARCHAR), '{pattern}'), false)")
+        out["reward"] = _Lookup(con, _convert._reward_code_sql(a.code_re, "x"))
     return out
 
 
