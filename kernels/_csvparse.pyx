@@ -104,6 +104,11 @@ cdef inline int _digit(uint8_t c) noexcept nogil:
     return c - 48 if 48 <= c <= 57 else -1
 
 
+cdef inline int _sign(uint8_t c) noexcept nogil:
+    """+1 for "+", -1 for "-", 0 for anything else."""
+    return 1 if c == 43 else (-1 if c == 45 else 0)
+
+
 cdef inline int _number(const uint8_t[::1] data, Py_ssize_t at, int width) noexcept nogil:
     """The decimal number of ``width`` digits at ``at``, or -1."""
     cdef int value = 0, d, k
@@ -167,25 +172,17 @@ cdef inline bint _timestamp(const uint8_t[::1] data, Py_ssize_t a, Py_ssize_t b,
         if data[a + 19] != 90:   # "Z"
             return False
     elif data[a + 19] == 32:     # " ±HHMM"
-        if data[a + 20] == 43:
-            sign = 1
-        elif data[a + 20] == 45:
-            sign = -1
-        else:
-            return False
+        sign = _sign(data[a + 20])
         zh = _number(data, a + 21, 2)
         zm = _number(data, a + 23, 2)
     else:                        # "±HH:MM"
-        if data[a + 19] == 43:
-            sign = 1
-        elif data[a + 19] == 45:
-            sign = -1
-        else:
-            return False
+        sign = _sign(data[a + 19])
         if data[a + 22] != 58:
             return False
         zh = _number(data, a + 20, 2)
         zm = _number(data, a + 23, 2)
+    if n == 25 and sign == 0:
+        return False
     if zh < 0 or zm < 0 or zh > 14 or zm > 59:
         return False
     cdef int64_t seconds = _days(y, mo, d) * 86400 + hh * 3600 + mi * 60 + ss - sign * (zh * 3600 + zm * 60)

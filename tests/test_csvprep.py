@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loyaltymetrics import convert, csvprep
-from test_prepfast import run_both
+from test_prepfast import run_both, spy_on
 
 HEADER = ["Name", "Email", "Financial Status", "Paid at", "Fulfillment Status", "Currency", "Subtotal", "Total",
           "Discount Code", "Created at", "Lineitem quantity", "Lineitem name", "Cancelled at", "Payment Method",
@@ -28,16 +28,7 @@ EPOCH = datetime.datetime(2022, 1, 1, tzinfo=datetime.timezone.utc)
 @pytest.fixture
 def spy(monkeypatch):
     """Records whether each prepare() call was answered by the CSV fast path."""
-    taken = []
-    real = csvprep.prepare_csv
-
-    def watched(options):
-        report = real(options)
-        taken.append(report is not None)
-        return report
-
-    monkeypatch.setattr(csvprep, "prepare_csv", watched)
-    return taken
+    return spy_on(monkeypatch, csvprep, "prepare_csv")
 
 
 def created_at(rng, form):

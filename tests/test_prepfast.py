@@ -27,19 +27,24 @@ OUTPUTS = ("orders.arrow", "orders_merchant_ids.parquet", "orders_customer_ids.p
 BASE_US = 1_672_531_200_000_000  # 2023-01-01 UTC
 
 
-@pytest.fixture
-def spy(monkeypatch):
-    """Records whether each prepare() call was answered by the fast path."""
+def spy_on(monkeypatch, module, name):
+    """A list that records, for each call of the fast path ``module.name``, whether it answered (not None)."""
     taken = []
-    real = fastprep.prepare_fast
+    real = getattr(module, name)
 
     def watched(options):
         report = real(options)
         taken.append(report is not None)
         return report
 
-    monkeypatch.setattr(fastprep, "prepare_fast", watched)
+    monkeypatch.setattr(module, name, watched)
     return taken
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records whether each prepare() call was answered by the fast path."""
+    return spy_on(monkeypatch, fastprep, "prepare_fast")
 
 
 def _report(report, folder):

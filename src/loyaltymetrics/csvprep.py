@@ -84,12 +84,8 @@ def _plan(a):
             header = _convert._csv_header(path, "\t" if path.suffix.lower() == ".tsv" else ",")
         except Exception:  # noqa: BLE001 - the general path says what is wrong with the file
             return None
-        merchant = a.merchant
-        if a.filename_re is not None:
-            merchant = _convert._filename_merchant(a.filename_re, path.name)
-            if merchant is None:
-                return None
-        if merchant is None:
+        merchant = a.merchant if a.filename_re is None else _convert._filename_merchant(a.filename_re, path.name)
+        if merchant is None:   # a merchant column, or a file name the pattern does not match: the general path
             return None
         names = _select(header, a.columns, a.format)
         if names is None:
