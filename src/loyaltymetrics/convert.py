@@ -574,15 +574,21 @@ def _csv_header(path, delimiter):
     return header
 
 
-def _csv_batches(path, invalid, names=None):
+def _delimiter(path):
+    """A .tsv file's fields are tab-separated, any other text file's comma-separated."""
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def _csv_batches(path, invalid, names=None, block_size=16 << 20):
     """First the schema (every column as text), then the record batches of a CSV file.
 
     Rows pyarrow cannot parse are appended to ``invalid`` (its InvalidRow objects). With ``names``, only
-    those columns are converted (every field is still parsed and counted).
+    those columns are converted (every field is still parsed and counted). ``block_size``: the bytes
+    pyarrow parses at a time (a row larger than a block is an error).
     """
     import pyarrow.csv as pacsv
 
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    delimiter = _delimiter(path)
     header = _csv_header(path, delimiter)
 
     def skip(row):
@@ -591,7 +597,7 @@ def _csv_batches(path, invalid, names=None):
 
     reader = pacsv.open_csv(
         str(path),
-        read_options=pacsv.ReadOptions(block_size=16 << 20, use_threads=True),
+        read_options=pacsv.ReadOptions(block_size=block_size, use_threads=True),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
         # Ids stay text ("007" is not 7); empty fields and the usual null markers are nulls.
         convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in header},
@@ -618,7 +624,7 @@ def _csv_lines(path, malformed):
 
     import pyarrow.csv as pacsv
 
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    delimiter = _delimiter(path)
     null_values = set(pacsv.ConvertOptions().null_values)
 
     def parse(text):
@@ -836,7 +842,7 @@ class _Stage:
         invalid = []
         try:
             if is_csv:  # the header alone decides the columns: every one is text
-                header = _csv_header(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+                header = _csv_header(path, _delimiter(path))
                 kinds = self._select(file_idx, source, pa.schema([(n, pa.string()) for n in header]), merchant)
             else:
                 batches = _parquet_batches(path)
@@ -1693,10 +1699,10 @@ def _read_table(path, text_columns=()):
     if path.suffix.lower() in (".csv", ".tsv", ".txt"):
         import pyarrow.csv as pacsv
 
-        header = _csv_header(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+        header = _csv_header(path, _delimiter(path))
         try:
             return pacsv.read_csv(str(path), parse_options=pacsv.ParseOptions(
-                delimiter="\t" if path.suffix.lower() == ".tsv" else ","),
+                delimiter=_delimiter(path)),
                 convert_options=pacsv.ConvertOptions(
                     column_types={c: pa.string() for c in header if c in text_columns or not text_columns},
                     strings_can_be_null=True))

@@ -81,7 +81,7 @@ def _plan(a):
         try:
             if not _convert._is_csv(path):
                 return None
-            header = _convert._csv_header(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+            header = _convert._csv_header(path, _convert._delimiter(path))
         except Exception:  # noqa: BLE001 - the general path says what is wrong with the file
             return None
         merchant = a.merchant if a.filename_re is None else _convert._filename_merchant(a.filename_re, path.name)
@@ -190,27 +190,6 @@ BLOCK_BYTES = 4 << 20   # pyarrow holds ~40 blocks' worth while reading (620 MB 
 READER_BYTES = 48 * BLOCK_BYTES   # a file's reader (measured: peak 155 MB at 4 MB blocks), one a worker
 
 
-def _csv_batches(path, invalid, names):
-    """The record batches of a CSV file as ``convert._csv_batches`` reads them — the same header, delimiter,
-    null values, text columns and malformed-row handler, so the same rows and values — in smaller blocks:
-    a quarter of the memory (a row larger than a block is an error here: the general path reads it)."""
-    import pyarrow.csv as pacsv
-
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    header = _convert._csv_header(path, delimiter)
-
-    def skip(row):
-        invalid.append(row)
-        return "skip"
-
-    return pacsv.open_csv(
-        str(path),
-        read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=True),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
-        convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in header},
-                                             strings_can_be_null=True, include_columns=names))
-
-
 def _buffers(array):
     """(int32 offsets of the rows, data bytes, 0/1 validity bytes) of a string array, for the kernel."""
     buffers = array.buffers()
@@ -271,7 +250,10 @@ class _Reader:
         names, file_idx, merchant, seed = self.names, self.file_idx, self.merchant, self.seed
         columns = sorted(set(names.values()))
         try:
-            batches = _csv_batches(path, invalid, columns)
+            # The general path's reader (the same rows, row numbers and nulls) in smaller blocks: a quarter of
+            # the memory (a row larger than a block is an error here: the general path reads it).
+            batches = _convert._csv_batches(path, invalid, columns, block_size=BLOCK_BYTES)
+            next(batches)   # the schema
             if read_ahead:   # the next batch is parsed by pyarrow while this one is accounted for
                 batches = _read_ahead(batches)
             tail, row = None, 0
