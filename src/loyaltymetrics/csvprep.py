@@ -190,14 +190,15 @@ BLOCK_BYTES = 4 << 20   # pyarrow holds ~40 blocks' worth while reading (620 MB 
 READER_BYTES = 48 * BLOCK_BYTES   # a file's reader (measured: peak 155 MB at 4 MB blocks), one a worker
 
 
-def _buffers(array):
-    """(int32 offsets of the rows, data bytes, 0/1 validity bytes) of a string array, for the kernel."""
+def _buffers(array, valid=True):
+    """(int32 offsets of the rows, data bytes, 0/1 validity bytes — or None without ``valid``) of a string
+    array, for the kernel."""
     buffers = array.buffers()
     n = len(array)
     offsets = np.frombuffer(buffers[1], dtype=np.int32)[array.offset:array.offset + n + 1]
     data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None and buffers[2].size else \
         np.zeros(1, np.uint8)
-    return offsets, data, _valid(array)
+    return offsets, data, _valid(array) if valid else None
 
 
 def _valid(array):
@@ -302,7 +303,7 @@ class _Reader:
         if _csvparse.run_heads(starts, runs, end, carrier, has_customer, heads, custs) >= 0:
             return None   # an order without a total: rejected
         ts_off, ts_data, ts_valid = _buffers(col["order_ts"])
-        am_off, am_data, _ = _buffers(col["amount"])
+        am_off, am_data, _ = _buffers(col["amount"], valid=False)   # its validity: ``carrier``
         has_refund = "refunded" in col
         rf_off, rf_data, rf_valid = _buffers(col["refunded"]) if has_refund else (off, data, valid)
         ts_us = np.empty(n, np.int64)
