@@ -401,7 +401,7 @@ class _Groups:
                 raise SchemaError(self.source, None, "by='size' on an RFM table needs a 'size' column")
             ids, labels = self.merchant_sizes
             return labels[np.searchsorted(ids, merchant_id)]
-        industry, country, _ = self.merchants.lookup(merchant_id)
+        industry, country = self.merchants.lookup(merchant_id)
         return industry if key == "industry" else country
 
     def row_groups(self, batch):

@@ -284,7 +284,7 @@ def group_codes(merchant_id, orders, months, merchants, by, size_edges):
     and the SPEC §9 analyses, so every output groups merchants alike.
     """
     if "industry" in by or "country" in by:
-        industry, country, _ = merchants.lookup(merchant_id)
+        industry, country = merchants.lookup(merchant_id)
     codes, decode = [], []
     for key in by:
         if key == "merchant":
@@ -338,7 +338,7 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     window = observation_window(p.day_range, observation_start, observation_end)
     first_month, last_month = p.month_range or (0, 0)
     months = (last_month - first_month + 1) if period == "all" else periods.MONTHS_PER_PERIOD[period]
-    fee = _annual_fees(merchants, p.merchant_id)
+    fee = merchants.annual_fees(p.merchant_id)
     codes, decode = group_codes(p.merchant_id, p.column("orders"), months, merchants, by, size_edges)
 
     # Rows are (merchant, period); with by=["merchant"] they are already in output order.
@@ -425,17 +425,6 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
             ok &= np.take(valid, year_ago)
         columns[f"{name}_yoy"] = _to_arrow(yoy, ok)
     return pa.table(columns)
-
-
-def _annual_fees(merchants, merchant_id):
-    """The merchants table's ``annual_fee`` of each of ``merchant_id`` (0 where missing), as ``lookup`` gives it."""
-    fee = np.zeros(len(merchant_id), np.int64)
-    if len(merchants.merchant_id):   # not ``lookup``: its industry and country are not needed here
-        idx = np.searchsorted(merchants.merchant_id, merchant_id)
-        found = idx < len(merchants.merchant_id)
-        found[found] = merchants.merchant_id[idx[found]] == merchant_id[found]
-        fee[found] = merchants.annual_fee[idx[found]]
-    return fee
 
 
 def _period_columns(period, group_period, window, first_month):

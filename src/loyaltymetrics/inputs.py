@@ -955,19 +955,28 @@ class Merchants:
         out[found] = self.name[idx[found]]
         return out
 
-    def lookup(self, merchant_id):
-        """(industry, country, annual_fee) arrays for ``merchant_id``; missing → "unknown", 0."""
+    def _find(self, merchant_id):
+        """(whether each of ``merchant_id`` is in the table, the table rows of those that are)."""
         idx = np.searchsorted(self.merchant_id, merchant_id)
         found = idx < len(self.merchant_id)
         found[found] = self.merchant_id[idx[found]] == merchant_id[found]
-        idx = idx[found]
+        return found, idx[found]
+
+    def annual_fees(self, merchant_id):
+        """The ``annual_fee`` of each of ``merchant_id``; missing → 0."""
+        found, idx = self._find(merchant_id)
+        fee = np.zeros(len(merchant_id), np.int64)
+        fee[found] = self.annual_fee[idx]
+        return fee
+
+    def lookup(self, merchant_id):
+        """(industry, country) arrays for ``merchant_id``; missing → "unknown"."""
+        found, idx = self._find(merchant_id)
         industry = np.full(len(merchant_id), UNKNOWN, dtype=object)
         country = industry.copy()
-        fee = np.zeros(len(merchant_id), np.int64)
         industry[found] = self.industry[idx]
         country[found] = self.country[idx]
-        fee[found] = self.annual_fee[idx]
-        return industry, country, fee
+        return industry, country
 
 
 MERCHANT_COLUMNS = ("merchant_id", "industry", "country", "annual_fee", "name", "timezone")
