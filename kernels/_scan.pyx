@@ -258,8 +258,9 @@ cdef extern from *:
         #undef LM_NE4
         return m;
     }
-    LM_AVX2 __m256i lm_ts4_4(const int32_t *t) { return _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)t)); }
-    LM_AVX2 __m256i lm_ts4_8(const int64_t *t) { return _mm256_loadu_si256((const __m256i *)t); }
+    /* Four rows of an int32 or int64 column (customers or timestamps) as four int64 lanes. */
+    LM_AVX2 __m256i lm_load4_4(const int32_t *v) { return _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)v)); }
+    LM_AVX2 __m256i lm_load4_8(const int64_t *v) { return _mm256_loadu_si256((const __m256i *)v); }
     LM_AVX2 uint64_t lm_hsum(__m256i v) {
         __m128i x = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
         return (uint64_t)_mm_cvtsi128_si64(x) + (uint64_t)_mm_extract_epi64(x, 1);
@@ -273,7 +274,7 @@ cdef extern from *:
             uint64_t g0 = 0, g1 = 0, g2 = 0, g3 = 0; \
             int j; \
             for (j = 0; j < LM_BLOCK; j += 4) { \
-                __m256i tj = lm_ts4_##TS(t + j), aj = _mm256_loadu_si256((const __m256i *)(a + j)); \
+                __m256i tj = lm_load4_##TS(t + j), aj = _mm256_loadu_si256((const __m256i *)(a + j)); \
                 __m256i b0 = _mm256_cmpgt_epi64(tj, e0), b1 = _mm256_cmpgt_epi64(tj, e1); \
                 __m256i b2 = _mm256_cmpgt_epi64(tj, e2), b3 = _mm256_cmpgt_epi64(tj, e3); \
                 g0 |= (uint64_t)_mm256_movemask_pd(_mm256_castsi256_pd(b0)) << j; \
@@ -297,8 +298,6 @@ cdef extern from *:
     LM_DEFINE_MARKS_AVX2(lm_marks_88_avx2, int64_t, int64_t, 8, 8)
     /* lm_checks_* in AVX2 (their target_clones copies are auto-vectorized less well): rows
        1..4, then 4..7, 8..11, ..., 60..63 (row 4 twice: or-ed and min/max, no matter). */
-    LM_AVX2 __m256i lm_key4_4(const int32_t *c) { return _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)c)); }
-    LM_AVX2 __m256i lm_key4_8(const int64_t *c) { return _mm256_loadu_si256((const __m256i *)c); }
     #define LM_DEFINE_CHECKS_AVX2(NAME, CT, TT, CS, TS) \
         static __attribute__((target("avx2"), noinline)) lm_checks NAME(const CT *c, const TT *t, int64_t lo, \
                                                                         int64_t hi) { \
@@ -308,8 +307,8 @@ cdef extern from *:
             int j, k; \
             for (j = 0; j < LM_BLOCK; j += 4) { \
                 int r = j ? j : 1; \
-                __m256i cj = lm_key4_##CS(c + r), cp = lm_key4_##CS(c + r - 1); \
-                __m256i tj = lm_ts4_##TS(t + r), tp = lm_ts4_##TS(t + r - 1); \
+                __m256i cj = lm_load4_##CS(c + r), cp = lm_load4_##CS(c + r - 1); \
+                __m256i tj = lm_load4_##TS(t + r), tp = lm_load4_##TS(t + r - 1); \
                 /* a smaller customer; the same one and an earlier order_ts (signed: exact */ \
                 /* when ts_or passes) */ \
                 bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi64(cp, cj), \
