@@ -363,17 +363,13 @@ def prepare(raw: PathLike | Sequence[PathLike], output: PathLike, *, columns: Co
         threads=threads, progress=progress, output=output, merchant_ids=merchant_ids, customer_ids=customer_ids,
         rejects=rejects, merchants=merchants, merchants_table=merchants_table, merchants_out=merchants_out)
     try:
-        if FAST_PATH:  # typed warehouse Parquet that needs none of the SQL below (fastprep.py): same outputs
-            from .fastprep import prepare_fast
+        if FAST_PATH:  # exports that need none of the SQL below, same outputs: typed warehouse Parquet
+            from . import csvprep, fastprep   # (fastprep.py) and CSV exports with an order key (csvprep.py)
 
-            report = prepare_fast(options)
-            if report is not None:
-                return report
-            from .csvprep import prepare_csv  # CSV exports with an order key (csvprep.py): same outputs
-
-            report = prepare_csv(options)
-            if report is not None:
-                return report
+            for fast in (fastprep.prepare_fast, csvprep.prepare_csv):
+                report = fast(options)
+                if report is not None:
+                    return report
         # In memory, spilling to temp_directory past memory_limit: no database file to checkpoint.
         con = duckdb.connect(":memory:")
         try:
