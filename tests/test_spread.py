@@ -151,3 +151,24 @@ def test_planning_and_reading_let_the_pages_they_map_go(tmp_path):
     assert after_reading < kept, (after_reading, kept)
     # The same cuts and cut errors either way.
     assert [(s, e) for s, e in parallel._plan(window, 64)] == [(s, e) for s, e in parallel._plan(window, 64, let_go=True)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="Linux /proc")
+@pytest.mark.parametrize("batch_rows", [None, 300_000])
+def test_the_scan_lets_go_of_the_pages_behind_the_pieces_done(tmp_path, monkeypatch, batch_rows):
+    # inputs.Sweep: the pages of the rows before the first piece not yet done are let go as pieces are
+    # done, within one record batch too (None: the whole file is one batch of five columns).
+    table = orders_table(4_000_000)
+    path = write(table, tmp_path / "orders.arrow", batch_rows=batch_rows)
+    resident, run_chunk = [], parallel._run_chunk
+
+    def traced(kernel, state, chunk, closes):
+        batch = chunk[0][0][0]
+        resident.append(_resident(batch.mapped.buffer.address))
+        return run_chunk(kernel, state, chunk, closes)
+
+    expected = lm.compute(table, threads=1)
+    monkeypatch.setattr(parallel, "_run_chunk", traced)
+    assert lm.compute(str(path), threads=2).equals(expected)
+    size = path.stat().st_size
+    assert len(resident) >= 16 and max(resident) < size / 3, (max(resident), size)

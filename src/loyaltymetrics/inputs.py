@@ -13,6 +13,7 @@ import mmap
 import os
 import stat
 import sys
+import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,7 @@ class OrderBatch:
             self.mapped.check(self.first_row + row)
 
     def release(self, lo=0, hi=None):
-        """Let go of the memory-mapped pages of rows ``[lo, hi)`` once they are scanned."""
+        """Let go of the memory-mapped pages of rows ``[lo, hi)`` (and the 2 MiB around them) while no thread scans them."""
         if self.mapped is not None:
             hi = len(self) if hi is None else hi
             bit_lo, bit_hi = (self.reward_offset + lo) // 8, (self.reward_offset + hi + 7) // 8
@@ -99,6 +100,16 @@ class OrderBatch:
                 [(a[lo:hi]) for a in (self.merchant_id, self.customer_id, self.order_ts, self.amount)]
                 + [self.reward_bits[bit_lo:bit_hi]]
             )
+
+    def lanes(self):
+        """``(start, end, bytes a row)`` of each column the kernel reads that lies in the map, in address order
+        (``inputs.Sweep``); the reward bitmap's bytes a row is 1/8."""
+        lanes = []
+        for array in (self.merchant_id, self.customer_id, self.order_ts, self.amount, self.reward_bits):
+            start = array.__array_interface__["data"][0]
+            if self.mapped is not None and array.nbytes and self.mapped.holds(start):
+                lanes.append((start, start + array.nbytes, array.itemsize if array is not self.reward_bits else None))
+        return sorted(lanes)
 
 
 def source_label(orders):
@@ -790,6 +801,48 @@ def _read_missing_in_huge_folios(mapping):
             pass
 
 
+# Pages are let go in whole 2 MiB ranges, aligned: where the file sits in 2 MiB folios the kernel
+# maps them 2 MiB at a time, and dropping part of one splits it (a TLB flush on every core) and maps
+# the rest again 4 KiB at a time.
+HUGE_PAGE = 2 << 20
+
+
+class Sweep:
+    """Lets go of a map's pages as the rows before a point are done, in whole aligned 2 MiB ranges.
+
+    ``upto(batch, row)`` says every row before ``row`` of ``batch`` (and of the
+    batches before it) is done. A batch's columns lie one after another in the
+    file, so what is not done yet is a range of each column (its rows from
+    ``row`` on); the pages between those ranges are dropped, but not the 2 MiB
+    range holding either end of one, which a later call drops. Threads call it
+    as pieces in row order are done (``parallel._run_jobs``): what stays
+    resident is about the rows being scanned, however large the file or its
+    batches.
+    """
+
+    def __init__(self, mapped):
+        self.mapped = mapped
+        self._batch, self._lanes = None, []
+        self._done = [mapped.buffer.address // HUGE_PAGE * HUGE_PAGE]   # dropped up to here, per lane
+        self._lock = threading.Lock()
+
+    def upto(self, batch, row):
+        drops = []
+        with self._lock:
+            if batch is not self._batch:   # the batch before is done
+                self._batch, self._lanes = batch, batch.lanes()
+                self._done = self._done[:1] + [-(-end // HUGE_PAGE) * HUGE_PAGE for _, end, _ in self._lanes[:-1]]
+            for k, (start, end, width) in enumerate(self._lanes):
+                here = end if row == len(batch) else start + (
+                    row * width if width else (batch.reward_offset + row) // 8)
+                top = here // HUGE_PAGE * HUGE_PAGE
+                if top > self._done[k]:
+                    drops.append((self._done[k], top))
+                    self._done[k] = top
+        for start, end in drops:
+            self.mapped._drop(start, end)
+
+
 class _MappedFile:
     """A read-only memory map whose pages are let go once rows have been scanned.
 
@@ -812,6 +865,7 @@ class _MappedFile:
         self.buffer = pa.py_buffer(self._map)
         watch.guard(self._map, self.buffer.address, self.buffer.size)
         self._let_go = self.buffer.address   # pages before this address were let go (let_go_through)
+        self._end = -(-(self.buffer.address + self.buffer.size) // mmap.PAGESIZE) * mmap.PAGESIZE
 
     def check(self, row):
         self.watch.check(row)
@@ -833,6 +887,9 @@ class _MappedFile:
                 "read it again once it is complete",
             )
 
+    def holds(self, address):
+        return self.buffer.address <= address < self.buffer.address + self.buffer.size
+
     def let_go_through(self, batch):
         """Drop the pages mapped so far up to the end of ``batch`` (a record batch in the map).
 
@@ -841,26 +898,36 @@ class _MappedFile:
         again before they are read. Without this, a driver that reads many
         batches ahead (``parallel._rounds``) holds the pages of all of them.
         """
-        if _madvise is None:
-            return
-        base, size = self.buffer.address, self.buffer.size
         end = self._let_go
         for column in batch.columns:
             for buffer in column.buffers():
-                if buffer is not None and base <= buffer.address < base + size:
+                if buffer is not None and self.holds(buffer.address):
                     end = max(end, buffer.address + buffer.size)
-        start = self._let_go // mmap.PAGESIZE * mmap.PAGESIZE
+        start, end = self._let_go, end // HUGE_PAGE * HUGE_PAGE
         if end > start:
-            _madvise(start, end - start, _MADV_DONTNEED)
             self._let_go = end
+            self._drop(start, end)
+
+    def sweep(self):
+        """A ``Sweep`` over this map's pages from its start."""
+        return Sweep(self)
 
     def release(self, arrays):
-        """Drop the pages of the NumPy views ``arrays`` (those that point into the map).
+        """Drop the pages of the NumPy views ``arrays`` (those that point into the map), widened to whole
+        2 MiB: for pages no thread reads now (``parallel._plan``'s, before the scan)."""
+        for array in arrays:
+            address = array.__array_interface__["data"][0]
+            if array.nbytes and self.holds(address):  # compressed files decode elsewhere
+                start = address // HUGE_PAGE * HUGE_PAGE
+                self._drop(max(start, self.buffer.address // mmap.PAGESIZE * mmap.PAGESIZE),
+                           -(-(address + array.nbytes) // HUGE_PAGE) * HUGE_PAGE)
 
-        Called by each thread for the rows it has scanned (the GIL is released).
-        A page shared with rows another thread still reads is only faulted in again.
-        """
-        self._advise(arrays, _MADV_DONTNEED)
+    def _drop(self, start, end):
+        """MADV_DONTNEED ``[start, end)`` clipped to the map (the GIL is released)."""
+        base = self.buffer.address // mmap.PAGESIZE * mmap.PAGESIZE
+        start, end = max(start, base), min(end, self._end)
+        if _madvise is not None and end > start:
+            _madvise(start, end - start, _MADV_DONTNEED)
 
     def _advise(self, arrays, advice):
         """madvise the pages of ``arrays``; the errno of the first failure, or 0."""

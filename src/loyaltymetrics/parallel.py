@@ -123,7 +123,7 @@ def run(batches, kernel, threads=None, chunk_rows=DEFAULT_CHUNK_ROWS, progress=N
 # the threads take in row order as each finishes its last: no thread waits for another at the end of
 # every round of ``threads * chunk_rows`` rows, and they end within about a piece of each other. Memory
 # stays bounded: each thread maps the pages of the rows it scans and lets them go after
-# (``OrderBatch.populate`` / ``release``); the window holds views, not rows.
+# (``OrderBatch.populate``, ``inputs.Sweep``); the window holds views, not rows.
 SPREAD_PIECES = 16
 SPREAD_MIN_ROWS = 1 << 16
 
@@ -182,6 +182,22 @@ def _run_jobs(kernel, states, chunks, last_round, progress=None, finished=None):
     taken = itertools.count(1)
     done, reported = [0], [0]
     lock = threading.Lock()
+    # The pages of a memory-mapped file are let go up to the first chunk not yet done.
+    sweeps = {id(b.mapped): b.mapped.sweep() for segments, _ in chunks for b, _, _ in segments if b.mapped is not None}
+    finished_chunks, swept = [False] * n, [0]
+
+    def sweep(i):
+        """Chunk ``i`` is done: let go of the pages of the chunks done before any not yet done."""
+        with lock:
+            finished_chunks[i] = True
+            first = swept[0]
+            while swept[0] < n and finished_chunks[swept[0]]:
+                swept[0] += 1
+            last = swept[0]
+        for segments, _ in chunks[first:last]:
+            for batch, _, hi in segments:
+                if batch.mapped is not None:
+                    sweeps[id(batch.mapped)].upto(batch, hi)
 
     def report():
         if progress is not None:
@@ -207,6 +223,8 @@ def _run_jobs(kernel, states, chunks, last_round, progress=None, finished=None):
                 if results[i][1] is not None:
                     stop[0] = min(stop[0], i)
                 done[0] += sum(hi - lo for _, lo, hi in chunks[i][0])
+            if sweeps:
+                sweep(i)
             if t == 0:
                 report()
             i = next(taken)
@@ -284,7 +302,8 @@ def _plan(window, threads, let_go=False):
     starts = np.cumsum([0] + [hi - lo for _, lo, hi in window]).tolist()
     total = starts[-1]
     size = -(-total // threads)
-    cuts, errors, released = [], [], 0
+    cuts, errors = [], []
+    sweeps = {id(b.mapped): b.mapped.sweep() for b, _, _ in window if b.mapped is not None} if let_go else {}
     for j in range(1, threads):
         cut = _next_boundary(window, starts, max(j * size, cuts[-1] + 1 if cuts else 1))
         if cut is None:
@@ -292,9 +311,10 @@ def _plan(window, threads, let_go=False):
         cuts.append(cut)
         if let_go:
             errors.append(_cut_error(_slice(window, starts, cut - 1, cut), _slice(window, starts, cut, cut + 1)))
-            for batch, lo, hi in _slice(window, starts, released, cut + 1):
-                batch.release(lo, hi)
-            released = cut + 1
+            # Up to the rows read for this cut: a Sweep keeps the 2 MiB around them until the next cut.
+            for batch, lo, _ in _slice(window, starts, cut, cut + 1):
+                if batch.mapped is not None:
+                    sweeps[id(batch.mapped)].upto(batch, lo)
     edges = [0] + cuts + [total]
     chunks = [_slice(window, starts, a, b) for a, b in zip(edges, edges[1:])]
     if not let_go:
@@ -322,9 +342,12 @@ def _next_boundary(window, starts, position):
 
 
 def _slice(window, starts, a, b):
-    """The ``(batch, lo, hi)`` segments of positions ``[a, b)``."""
+    """The ``(batch, lo, hi)`` segments of positions ``[a, b)`` (``starts``: each segment's first position)."""
     segments = []
-    for (batch, lo, hi), s in zip(window, starts):
+    for k in range(max(bisect.bisect_right(starts, a) - 1, 0), len(window)):
+        (batch, lo, hi), s = window[k], starts[k]
+        if s >= b:
+            break
         first, last = max(a, s), min(b, s + hi - lo)
         if first < last:
             segments.append((batch, lo + first - s, lo + last - s))
@@ -376,7 +399,6 @@ def _run_chunk(kernel, state, chunk, closes):
         for batch, lo, hi in segments:
             batch.populate(lo, hi)
             kernel.scan(state, batch, lo, hi)
-            batch.release(lo, hi)
         if closes:
             return kernel.end_chunk(state), None
         flush = getattr(kernel, "flush", None)
