@@ -38,6 +38,7 @@ import numpy as np
 
 from loyaltymetrics.periods import check_period_table, check_merchant_zones
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint64_t
 from _types cimport customer_key_t, merchant_key_t, order_ts_t
 
@@ -905,8 +906,7 @@ cdef class ScanState:
             self.cur.order_lo = INT64_MAX
             self.cur.order_hi = -1
         n = self.out_rows
-        return (self._out_merchant[:n].copy(), self._out_period[:n].copy(),
-                self._out_counts[:n].copy())
+        return self._out_merchant[:n], self._out_period[:n], self._out_counts[:n]   # views: the scan is over
 
 
 _ENDS_CACHE = {}
@@ -1276,3 +1276,97 @@ def scan(ScanState state not None,
             status = scan_rows(state, merchant_id, customer_id, order_ts, amount,
                                reward_bits, reward_offset, table, shift, ts_max, start, &stop, True)
     return status, stop
+
+
+cdef struct lm_parts:
+    const int64_t **m
+    const int32_t **p
+    const int64_t **c
+    Py_ssize_t *n
+    Py_ssize_t *at
+
+
+
+def merge_partials(list merchants, list periods, list counts, int64_t[::1] out_merchant not None,
+                   int32_t[::1] out_period not None, int64_t[:, ::1] out_counts not None):
+    """Merge the partials of several states into ``out_*``; rows of one (merchant, period) are added up.
+
+    Each part (``merchants[i]`` int64, ``periods[i]`` int32, ``counts[i]`` int64 rows of N_COUNTS) is a
+    state's output: sorted by (merchant, period), one row a pair. The outputs hold at least the rows of
+    all parts. Returns the rows written, or -1 if a part is not sorted that way or a sum overflows
+    int64: the caller then combines them the general way (``finalize.combine``), which says what is
+    wrong. One pass in the parts' order, instead of concatenating, sorting and summing them.
+    """
+    cdef Py_ssize_t k = len(merchants), i, o, cols = out_counts.shape[1]
+    if len(periods) != k or len(counts) != k or cols != N_COUNTS:
+        raise ValueError("merge_partials: parts differ")
+    cdef Py_ssize_t total = 0
+    cdef list views = []
+    cdef const int64_t[::1] vm
+    cdef const int32_t[::1] vp
+    cdef const int64_t[:, ::1] vc
+    cdef lm_parts parts
+    parts.m = <const int64_t **>PyMem_Malloc(k * sizeof(void *))
+    parts.p = <const int32_t **>PyMem_Malloc(k * sizeof(void *))
+    parts.c = <const int64_t **>PyMem_Malloc(k * sizeof(void *))
+    parts.n = <Py_ssize_t *>PyMem_Malloc(k * sizeof(Py_ssize_t))
+    parts.at = <Py_ssize_t *>PyMem_Malloc(k * sizeof(Py_ssize_t))
+    try:
+        if not (parts.m and parts.p and parts.c and parts.n and parts.at):
+            raise MemoryError()
+        for i in range(k):
+            vm, vp, vc = merchants[i], periods[i], counts[i]
+            if vp.shape[0] != vm.shape[0] or vc.shape[0] != vm.shape[0] or (vm.shape[0] and vc.shape[1] != cols):
+                raise ValueError("merge_partials: a part's columns differ in length")
+            views.append((vm, vp, vc))
+            parts.n[i] = vm.shape[0]
+            parts.at[i] = 0
+            total += vm.shape[0]
+            if vm.shape[0]:
+                parts.m[i], parts.p[i], parts.c[i] = &vm[0], &vp[0], &vc[0, 0]
+        if total > out_merchant.shape[0] or total > out_period.shape[0] or total > out_counts.shape[0]:
+            raise ValueError("merge_partials: the outputs are too small")
+        with nogil:
+            o = _merge(parts, k, cols, &out_merchant[0] if total else NULL, &out_period[0] if total else NULL,
+                       &out_counts[0, 0] if total else NULL)
+        return o
+    finally:
+        PyMem_Free(parts.m)
+        PyMem_Free(parts.p)
+        PyMem_Free(parts.c)
+        PyMem_Free(parts.n)
+        PyMem_Free(parts.at)
+
+
+cdef Py_ssize_t _merge(lm_parts parts, Py_ssize_t k, Py_ssize_t cols, int64_t *om, int32_t *op,
+                       int64_t *oc) noexcept nogil:
+    cdef Py_ssize_t i, best, o = 0, c, a
+    cdef int64_t bm = 0, m
+    cdef int32_t bp = 0, p
+    cdef int64_t s
+    cdef const int64_t *row
+    while True:
+        best = -1
+        for i in range(k):
+            a = parts.at[i]
+            if a < parts.n[i]:
+                m, p = parts.m[i][a], parts.p[i][a]
+                if a and (m < parts.m[i][a - 1] or (m == parts.m[i][a - 1] and p <= parts.p[i][a - 1])):
+                    return -1       # not sorted with one row a pair
+                if best < 0 or m < bm or (m == bm and p < bp):
+                    best, bm, bp = i, m, p
+        if best < 0:
+            return o
+        a = parts.at[best]
+        parts.at[best] = a + 1
+        row = parts.c[best] + a * cols
+        if o and om[o - 1] == bm and op[o - 1] == bp:
+            for c in range(cols):
+                if lm_add_overflows(oc[(o - 1) * cols + c], row[c], &s):
+                    return -1
+                oc[(o - 1) * cols + c] = s
+        else:
+            om[o], op[o] = bm, bp
+            for c in range(cols):
+                oc[o * cols + c] = row[c]
+            o += 1

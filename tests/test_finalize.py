@@ -181,3 +181,51 @@ def test_tiny_tables_by_merchant_any_threads(threads, data, chunk_rows):
         actual = lm.compute(orders, merchants, by=["merchant"], period=period, threads=threads, chunk_rows=chunk_rows)
         expected = reference_compute(orders, merchants, by=["merchant"], period=period)
         assert_tables_match(actual, expected, columns=reference_columns(["merchant"]))
+
+
+def _merged(parts):
+    """``_scan.merge_partials`` of ``parts`` (Partials): (merchant, period, counts) or None (-1)."""
+    from loyaltymetrics import _scan
+
+    rows = sum(len(p.merchant_id) for p in parts)
+    out = np.empty(rows, np.int64), np.empty(rows, np.int32), np.empty((rows, len(PARTIAL_COLUMNS)), np.int64)
+    n = _scan.merge_partials([p.merchant_id for p in parts], [p.period for p in parts],
+                             [p.counts for p in parts], *out)
+    return None if n < 0 else tuple(a[:n] for a in out)
+
+
+@given(seed=st.integers(0, 2**32 - 1), n_pieces=st.integers(1, 5), empty=st.booleans())
+def test_merge_partials_is_combine_of_the_states_pieces(seed, n_pieces, empty):
+    # What scan_orders does with the states' outputs instead of concatenating them for combine.
+    rng = np.random.default_rng(seed)
+    whole = _random_partials(rng)
+    pieces = _pieces(rng, whole, n_pieces)
+    # _pieces concatenates the states' sorted runs: take them apart where the keys go back.
+    key = pieces.merchant_id * 2**32 + pieces.period
+    cuts = np.flatnonzero(key[1:] <= key[:-1]) + 1
+    parts = [Partials(m, p, c, None) for m, p, c in zip(np.split(pieces.merchant_id, cuts),
+                                                          np.split(pieces.period, cuts), np.split(pieces.counts, cuts))]
+    if empty:
+        parts.insert(int(rng.integers(0, len(parts) + 1)), Partials(whole.merchant_id[:0], whole.period[:0],
+                                                                    whole.counts[:0], None))
+    merged = _merged(parts)
+    combined = fin.combine(pieces)
+    assert merged is not None
+    assert np.array_equal(merged[0], combined.merchant_id)
+    assert np.array_equal(merged[1], combined.period)
+    assert np.array_equal(merged[2], combined.counts)
+
+
+def test_merge_partials_leaves_overflows_and_unsorted_parts_to_combine():
+    counts = np.zeros((1, len(PARTIAL_COLUMNS)), np.int64)
+    big = counts.copy()
+    big[0, ORDERS] = 2**62
+    one = lambda m, c: Partials(np.array([m], np.int64), np.array([0], np.int32), c, None)
+    assert _merged([one(1, big), one(1, big - 1)]) is not None            # 2**63 - 1 fits
+    assert _merged([one(1, big), one(1, big)]) is None                    # 2**63 does not
+    with pytest.raises(AmountOverflowError):
+        fin.combine(Partials(np.array([1, 1], np.int64), np.array([0, 0], np.int32), np.concatenate([big, big]), None))
+    unsorted = Partials(np.array([2, 1], np.int64), np.array([0, 0], np.int32), np.zeros((2, len(PARTIAL_COLUMNS)), np.int64), None)
+    assert _merged([unsorted, one(3, counts)]) is None
+    repeated = Partials(np.array([1, 1], np.int64), np.array([0, 0], np.int32), np.zeros((2, len(PARTIAL_COLUMNS)), np.int64), None)
+    assert _merged([repeated]) is None

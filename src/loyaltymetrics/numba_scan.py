@@ -114,7 +114,7 @@ class ScanState:
             _flush_merchant(self.cur, self.acc, self.out_merchant, self.out_period, self.out_counts)
             _fold_orders(self.cur)
         n = self.cur[OUT_ROWS]
-        return self.out_merchant[:n].copy(), self.out_period[:n].copy(), self.out_counts[:n].copy()
+        return self.out_merchant[:n], self.out_period[:n], self.out_counts[:n]   # views: the scan is over
 
 
 def scan(state, merchant_id, customer_id, order_ts, amount, reward_bits, reward_offset,
