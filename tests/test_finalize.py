@@ -229,3 +229,28 @@ def test_merge_partials_leaves_overflows_and_unsorted_parts_to_combine():
     assert _merged([unsorted, one(3, counts)]) is None
     repeated = Partials(np.array([1, 1], np.int64), np.array([0, 0], np.int32), np.zeros((2, len(PARTIAL_COLUMNS)), np.int64), None)
     assert _merged([repeated]) is None
+
+
+@pytest.mark.parametrize("period", ["year", "month"])
+def test_finalize_without_its_second_thread_and_with_an_error_on_it(period, monkeypatch):
+    # The base metrics' YoY run on a second thread; where none can start they run on this one, and an
+    # error on it is raised here (not lost with the thread).
+    rng = np.random.default_rng(7)
+    whole = _random_partials(rng, n_periods=14, period_base={"year": 51, "month": 612}[period])
+    merchants = read_merchants(None)
+    expected = fin.finalize(whole, merchants, ("merchant",), period)
+    started = []
+    monkeypatch.setattr(fin._Thread, "start", lambda self: started.append(1) or (_ for _ in ()).throw(RuntimeError("can't start new thread")))
+    _tables_equal(fin.finalize(whole, merchants, ("merchant",), period), expected)
+    assert started
+    monkeypatch.undo()
+    yoy = fin._yoy
+
+    def failing(values, *args):
+        if values.dtype == np.int64:     # the base metrics (on the second thread)
+            raise MemoryError("no memory for the YoY")
+        return yoy(values, *args)
+
+    monkeypatch.setattr(fin, "_yoy", failing)
+    with pytest.raises(MemoryError, match="no memory for the YoY"):
+        fin.finalize(whole, merchants, ("merchant",), period)

@@ -7,6 +7,7 @@ look up the previous period and the same period a year earlier.
 import datetime as dt
 import math
 import numbers
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -402,29 +403,71 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
         metrics["fees"] = (fees_row, np.ones(rows, bool))
     base_order = {name: metrics[name] for name in BASE_COLUMNS}
 
-    prev_period = _shift(group_id, group_period, 1, period)
-    customers_prev = _take(metrics["customers"], prev_period)
-    derived = _derived(base_order, customers_prev, derived_rows)
-
-    year_ago = _shift(group_id, group_period, periods.PERIODS_PER_YEAR.get(period), period)
-    all_metrics = {**base_order, **derived}
-    for name, (values, valid) in all_metrics.items():
-        columns[name] = _to_arrow(values, valid)
     # SPEC §3: no YoY unless both periods are complete (a year that has only begun is no year).
+    year_ago = _shift(group_id, group_period, periods.PERIODS_PER_YEAR.get(period), period)
     found = year_ago >= 0
     year_ago = np.where(found, year_ago, 0)    # rows without one compare with row 0, then are null
     compared = complete & found & complete[year_ago]
-    for (name, (values, valid)), yoy in zip(all_metrics.items(), yoy_rows):
-        prev_values = np.take(values, year_ago)
-        delta = difference(values, prev_values, taken=True)  # exact integer subtraction for counts
-        _, ok = _ratio(delta, prev_values, out=yoy)
-        yoy *= 100
-        ok &= compared
-        if not valid.all():
-            ok &= valid
-            ok &= np.take(valid, year_ago)
-        columns[f"{name}_yoy"] = _to_arrow(yoy, ok)
+    yoy = {}
+
+    def yoy_of(items, out):
+        for (name, (values, valid)), row in zip(items, out):
+            yoy[name] = _to_arrow(*_yoy(values, valid, year_ago, compared, row))
+
+    # The base metrics' YoY on a second thread while this one works out the derived metrics and
+    # theirs: NumPy lets go of the GIL inside each operation, so the two overlap.
+    base_yoy = _Thread(yoy_of, list(base_order.items()), yoy_rows[:len(base_order)])
+    prev_period = _shift(group_id, group_period, 1, period)
+    customers_prev = _take(metrics["customers"], prev_period)
+    derived = _derived(base_order, customers_prev, derived_rows)
+    yoy_of(list(derived.items()), yoy_rows[len(base_order):])
+    base_yoy.join()
+    all_metrics = {**base_order, **derived}
+    for name, (values, valid) in all_metrics.items():
+        columns[name] = _to_arrow(values, valid)
+    for name in all_metrics:
+        columns[f"{name}_yoy"] = yoy[name]
     return pa.table(columns)
+
+
+def _yoy(values, valid, year_ago, compared, out):
+    """A metric's YoY change in percent into ``out``, and its validity: null unless both periods compared
+    have the metric and the year-ago one is not 0."""
+    prev_values = np.take(values, year_ago)
+    delta = difference(values, prev_values, taken=True)  # exact integer subtraction for counts
+    _, ok = _ratio(delta, prev_values, out=out)
+    out *= 100
+    ok &= compared
+    if not valid.all():
+        ok &= valid
+        ok &= np.take(valid, year_ago)
+    return out, ok
+
+
+class _Thread(threading.Thread):
+    """``fn(*args)`` on a thread of its own (on this one if none can start); ``join`` raises what it raised."""
+
+    def __init__(self, fn, *args):
+        super().__init__(name="loyaltymetrics-finalize", daemon=True)
+        self._call, self._error = (fn, args), None
+        try:
+            self.start()
+        except RuntimeError:    # can't start new thread
+            self.run()
+            self._call = None
+
+    def run(self):
+        fn, args = self._call
+        try:
+            fn(*args)
+        except BaseException as error:
+            self._error = error
+
+    def join(self, timeout=None):
+        if self._call is not None:
+            super().join(timeout)
+        if self._error is not None:
+            raise self._error
 
 
 def _period_columns(period, group_period, window, first_month):
