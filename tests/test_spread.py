@@ -19,7 +19,7 @@ def small_pieces(monkeypatch):
     plan = parallel._plan
 
     def traced(window, n, **options):
-        planned.append(n)
+        planned.append(n if isinstance(n, int) else len(n))   # pieces: a count, or their sizes
         return plan(window, n, **options)
 
     monkeypatch.setattr(parallel, "_plan", traced)
@@ -37,6 +37,19 @@ def test_many_pieces_give_the_one_thread_table(tmp_path, small_pieces, threads, 
     assert max(small_pieces) >= threads * 8   # one window of many pieces, not rounds of `threads` chunks
     # Whole network: every merchant's partials added up however the pieces fell.
     assert lm.compute(str(path), period=period, threads=threads).equals(lm.compute(table, period=period, threads=1))
+
+
+@pytest.mark.parametrize("rows, threads, piece", [(10**6, 2, 31_250), (5 * 10**7, 2, 1_562_500), (10**7, 3, 208_334),
+                                                  (700_000, 2, 65_536), (131_073, 2, 65_536), (40_000, 3, 1_000)])
+def test_spread_pieces_get_smaller_at_the_end(rows, threads, piece):
+    # The threads take the last rows in pieces that get smaller, so they end close together.
+    sizes = parallel._spread_sizes(rows, threads, piece)
+    assert sum(sizes) == rows
+    assert sizes[0] == piece and all(a >= b for a, b in zip(sizes, sizes[1:]))
+    assert sizes[-1] <= max(min(parallel.SPREAD_MIN_ROWS, piece), piece // (2 * threads))
+    assert all(s >= min(parallel.SPREAD_MIN_ROWS, piece) for s in sizes[:-1])
+    assert len(sizes) <= -(-rows // piece) + 12 * threads
+    assert parallel._spread_sizes(threads * piece, threads, piece) == threads   # no more than a piece a thread
 
 
 def _with_bad_rows(table, negative_at=None, unsorted_at=None):

@@ -139,8 +139,8 @@ def _run(batches, kernel, threads, chunk_rows, progress):
         if spread and window and all(b.mapped is not None for b, _, _ in window):
             rows = sum(hi - lo for _, lo, hi in window)
             piece = min(chunk_rows, max(SPREAD_MIN_ROWS, -(-rows // (threads * SPREAD_PIECES))))
-            pieces = max(threads, -(-rows // piece))
-        chunks = _plan(window, pieces, let_go=pieces > threads)
+            pieces = _spread_sizes(rows, threads, piece)
+        chunks = _plan(window, pieces, let_go=not isinstance(pieces, int))
         # Chunk 0 continues the last round's tail: the tail's state takes it; the others are taken
         # in row order by whichever thread is free, so each state sees its rows in increasing order.
         # A spread kernel's states are finished on their threads as each runs out of chunks.
@@ -288,8 +288,29 @@ def _rounds(batches, round_rows, spread=False):
     yield window, True
 
 
+def _spread_sizes(rows, threads, piece):
+    """The rows of each piece of a spread window: ``piece`` rows each, then smaller and smaller ones.
+
+    Once fewer rows are left than two pieces for each thread, each piece is
+    1 / (2 * threads) of the rows left (at least SPREAD_MIN_ROWS): the threads
+    take the last rows in smaller and smaller pieces, so they end close together. An int (``threads``) when the
+    window is no more than one piece a thread.
+    """
+    if rows <= threads * piece:
+        return threads
+    sizes = []
+    while rows > 0:
+        size = piece if rows >= 2 * threads * piece else min(piece, max(SPREAD_MIN_ROWS, rows // (2 * threads)))
+        sizes.append(min(size, rows))
+        rows -= sizes[-1]
+    return sizes
+
+
 def _plan(window, threads, let_go=False):
     """Cut ``window`` into at most ``threads`` chunks of about equal rows at store-customer boundaries.
+
+    ``threads`` may be a list of the rows each chunk should have (``_spread_sizes``): the cuts are then
+    at the store-customer boundaries at or after their sums.
 
     Returns a list of ``(segments, cut_error)``: ``segments`` a list of
     ``(batch, lo, hi)``; ``cut_error`` the UnsortedInputError at the chunk's
@@ -301,11 +322,15 @@ def _plan(window, threads, let_go=False):
     """
     starts = np.cumsum([0] + [hi - lo for _, lo, hi in window]).tolist()
     total = starts[-1]
-    size = -(-total // threads)
+    if isinstance(threads, int):
+        size = -(-total // threads)
+        targets = [j * size for j in range(1, threads)]
+    else:
+        targets = np.cumsum(threads[:-1]).tolist()
     cuts, errors = [], []
     sweeps = {id(b.mapped): b.mapped.sweep() for b, _, _ in window if b.mapped is not None} if let_go else {}
-    for j in range(1, threads):
-        cut = _next_boundary(window, starts, max(j * size, cuts[-1] + 1 if cuts else 1))
+    for target in targets:
+        cut = _next_boundary(window, starts, max(target, cuts[-1] + 1 if cuts else 1))
         if cut is None:
             break
         cuts.append(cut)
