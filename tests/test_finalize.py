@@ -233,21 +233,26 @@ def test_merge_partials_leaves_overflows_and_unsorted_parts_to_combine():
 
 @pytest.mark.parametrize("period", ["year", "month"])
 def test_finalize_without_its_second_thread_and_with_an_error_on_it(period, monkeypatch):
-    # The base metrics' YoY run on a second thread; where none can start they run on this one, and an
-    # error on it is raised here (not lost with the thread).
+    # The YoY columns are worked out on two threads; where the second cannot start this one does them
+    # all, and an error on either is raised here (not lost with the thread).
     rng = np.random.default_rng(7)
     whole = _random_partials(rng, n_periods=14, period_base={"year": 51, "month": 612}[period])
     merchants = read_merchants(None)
     expected = fin.finalize(whole, merchants, ("merchant",), period)
     started = []
-    monkeypatch.setattr(fin._Thread, "start", lambda self: started.append(1) or (_ for _ in ()).throw(RuntimeError("can't start new thread")))
+
+    def refuse(self):
+        started.append(self.name)
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(fin.threading.Thread, "start", refuse)
     _tables_equal(fin.finalize(whole, merchants, ("merchant",), period), expected)
-    assert started
+    assert started == ["loyaltymetrics-finalize"]
     monkeypatch.undo()
     yoy = fin._yoy
 
     def failing(values, *args):
-        if values.dtype == np.int64:     # the base metrics (on the second thread)
+        if values.dtype == np.int64:     # the base metrics (the second thread starts with them)
             raise MemoryError("no memory for the YoY")
         return yoy(values, *args)
 

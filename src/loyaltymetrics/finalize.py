@@ -410,18 +410,21 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     compared = complete & found & complete[year_ago]
     yoy = {}
 
-    def yoy_of(items, out):
-        for (name, (values, valid)), row in zip(items, out):
-            yoy[name] = _to_arrow(*_yoy(values, valid, year_ago, compared, row))
+    def yoy_of(name, values, valid, out):
+        yoy[name] = _to_arrow(*_yoy(values, valid, year_ago, compared, out))
 
-    # The base metrics' YoY on a second thread while this one works out the derived metrics and
-    # theirs: NumPy lets go of the GIL inside each operation, so the two overlap.
-    base_yoy = _Thread(yoy_of, list(base_order.items()), yoy_rows[:len(base_order)])
-    prev_period = _shift(group_id, group_period, 1, period)
-    customers_prev = _take(metrics["customers"], prev_period)
-    derived = _derived(base_order, customers_prev, derived_rows)
-    yoy_of(list(derived.items()), yoy_rows[len(base_order):])
-    base_yoy.join()
+    # The YoY columns are worked out on two threads, the base metrics' first (while this one works
+    # out the derived metrics): NumPy lets go of the GIL inside each operation, so they overlap.
+    tasks = _Tasks(yoy_of, [(name, values, valid, row) for (name, (values, valid)), row in zip(base_order.items(), yoy_rows)])
+    try:
+        prev_period = _shift(group_id, group_period, 1, period)
+        customers_prev = _take(metrics["customers"], prev_period)
+        derived = _derived(base_order, customers_prev, derived_rows)
+        tasks.add([(name, values, valid, row) for (name, (values, valid)), row
+                   in zip(derived.items(), yoy_rows[len(base_order):])])
+    finally:
+        tasks.close()
+    tasks.run()
     all_metrics = {**base_order, **derived}
     for name, (values, valid) in all_metrics.items():
         columns[name] = _to_arrow(values, valid)
@@ -444,30 +447,56 @@ def _yoy(values, valid, year_ago, compared, out):
     return out, ok
 
 
-class _Thread(threading.Thread):
-    """``fn(*args)`` on a thread of its own (on this one if none can start); ``join`` raises what it raised."""
+class _Tasks:
+    """Calls ``fn(*task)`` for each task on this thread and a second one, which starts at once.
 
-    def __init__(self, fn, *args):
-        super().__init__(name="loyaltymetrics-finalize", daemon=True)
-        self._call, self._error = (fn, args), None
+    ``add`` gives more tasks, ``close`` says there are no more (always call it),
+    ``run`` (on this thread) takes tasks until none is left, waits for the
+    other thread and raises what either raised. Where no thread can start,
+    ``run`` does them all.
+    """
+
+    def __init__(self, fn, tasks):
+        self._fn, self._tasks, self._next, self._closed, self._errors = fn, list(tasks), 0, False, []
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="loyaltymetrics-finalize", daemon=True)
         try:
-            self.start()
-        except RuntimeError:    # can't start new thread
-            self.run()
-            self._call = None
+            self._thread.start()
+        except RuntimeError:   # can't start new thread
+            self._thread = None
+
+    def add(self, tasks):
+        with self._ready:
+            self._tasks.extend(tasks)
+            self._ready.notify()
+
+    def close(self):
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
 
     def run(self):
-        fn, args = self._call
-        try:
-            fn(*args)
-        except BaseException as error:
-            self._error = error
+        self._work()
+        if self._thread is not None:
+            self._thread.join()
+        if self._errors:
+            raise self._errors[0]
 
-    def join(self, timeout=None):
-        if self._call is not None:
-            super().join(timeout)
-        if self._error is not None:
-            raise self._error
+    def _work(self):
+        while True:
+            with self._ready:
+                while self._next == len(self._tasks) and not self._closed:
+                    self._ready.wait()
+                if self._next == len(self._tasks) or self._errors:
+                    return
+                task = self._tasks[self._next]
+                self._next += 1
+            try:
+                self._fn(*task)
+            except BaseException as error:
+                with self._ready:
+                    self._errors.append(error)
+                return
 
 
 def _period_columns(period, group_period, window, first_month):
