@@ -17,6 +17,7 @@ into Arrow IPC, and checks that both hold the same rows in the same order.
     python benchmarks/prepare_bench.py --lines 2e6 --threads 2 --repeat 3 --parquet-rows 5e6
 """
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -179,6 +180,7 @@ def median_runs(steps, repeat):
     times, cpus, results = {}, {}, {}
     for _ in range(repeat):
         for name, fn in steps:
+            os.sync()   # untimed: no step pays for writing back the files an earlier step wrote
             seconds, results[name] = timed(fn, cpus.setdefault(name, []))
             times.setdefault(name, []).append(seconds)
     for name, _ in steps:
