@@ -185,3 +185,28 @@ def test_the_scan_lets_go_of_the_pages_behind_the_pieces_done(tmp_path, monkeypa
     assert lm.compute(str(path), threads=2).equals(expected)
     size = path.stat().st_size
     assert len(resident) >= 16 and max(resident) < size / 3, (max(resident), size)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="Linux /proc")
+def test_a_thread_held_up_does_not_hold_the_pages_of_the_pieces_done_after_it(tmp_path, monkeypatch):
+    # inputs.Sweep lets pages go up to the first piece not yet done; the pieces another thread does in
+    # the meantime let go of their own pages, or a stalled thread would keep the file resident.
+    table = orders_table(4_000_000)
+    path = write(table, tmp_path / "orders.arrow", batch_rows=100_000)
+    expected = lm.compute(table, threads=1)
+    resident, run_chunk, first = [], parallel._run_chunk, []
+
+    def traced(kernel, state, chunk, closes):
+        batch, lo, _ = chunk[0][0]
+        if not first:
+            first.append(batch.first_row + lo)
+        if batch.first_row + lo == first[0]:     # the first piece: its thread is held up
+            import time
+            time.sleep(1.0)
+        resident.append(_resident(batch.mapped.buffer.address))
+        return run_chunk(kernel, state, chunk, closes)
+
+    monkeypatch.setattr(parallel, "_run_chunk", traced)
+    assert lm.compute(str(path), threads=2, chunk_rows=100_000).equals(expected)
+    size = path.stat().st_size
+    assert len(resident) >= 16 and max(resident) < size / 4, (max(resident), size)

@@ -91,14 +91,15 @@ class OrderBatch:
         if self.mapped is not None:
             self.mapped.check(self.first_row + row)
 
-    def release(self, lo=0, hi=None):
-        """Let go of the memory-mapped pages of rows ``[lo, hi)`` (and the 2 MiB around them) while no thread scans them."""
+    def release(self, lo=0, hi=None, exact=False):
+        """Let go of the memory-mapped pages of rows ``[lo, hi)``: with the 2 MiB around them while no thread
+        scans them, or (``exact``) only the pages they are on."""
         if self.mapped is not None:
             hi = len(self) if hi is None else hi
             bit_lo, bit_hi = (self.reward_offset + lo) // 8, (self.reward_offset + hi + 7) // 8
             self.mapped.release(
                 [(a[lo:hi]) for a in (self.merchant_id, self.customer_id, self.order_ts, self.amount)]
-                + [self.reward_bits[bit_lo:bit_hi]]
+                + [self.reward_bits[bit_lo:bit_hi]], exact
             )
 
     def lanes(self):
@@ -912,15 +913,14 @@ class _MappedFile:
         """A ``Sweep`` over this map's pages from its start."""
         return Sweep(self)
 
-    def release(self, arrays):
+    def release(self, arrays, exact=False):
         """Drop the pages of the NumPy views ``arrays`` (those that point into the map), widened to whole
-        2 MiB: for pages no thread reads now (``parallel._plan``'s, before the scan)."""
+        2 MiB (for pages no thread reads now), or (``exact``) only the pages they are on."""
+        unit = mmap.PAGESIZE if exact else HUGE_PAGE
         for array in arrays:
             address = array.__array_interface__["data"][0]
             if array.nbytes and self.holds(address):  # compressed files decode elsewhere
-                start = address // HUGE_PAGE * HUGE_PAGE
-                self._drop(max(start, self.buffer.address // mmap.PAGESIZE * mmap.PAGESIZE),
-                           -(-(address + array.nbytes) // HUGE_PAGE) * HUGE_PAGE)
+                self._drop(address // unit * unit, -(-(address + array.nbytes) // unit) * unit)
 
     def _drop(self, start, end):
         """MADV_DONTNEED ``[start, end)`` clipped to the map (the GIL is released)."""

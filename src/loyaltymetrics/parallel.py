@@ -187,13 +187,20 @@ def _run_jobs(kernel, states, chunks, last_round, progress=None, finished=None):
     finished_chunks, swept = [False] * n, [0]
 
     def sweep(i):
-        """Chunk ``i`` is done: let go of the pages of the chunks done before any not yet done."""
+        """Chunk ``i`` is done: let go of the pages of the chunks done before any not yet done.
+
+        A chunk done far ahead of them (a thread held up: the others go on) lets go of its own pages
+        at once, page by page, so what stays resident is bounded whatever the wait.
+        """
         with lock:
             finished_chunks[i] = True
             first = swept[0]
             while swept[0] < n and finished_chunks[swept[0]]:
                 swept[0] += 1
             last = swept[0]
+        if i - last > len(states):
+            for batch, lo, hi in chunks[i][0]:
+                batch.release(lo, hi, exact=True)
         for segments, _ in chunks[first:last]:
             for batch, _, hi in segments:
                 if batch.mapped is not None:
