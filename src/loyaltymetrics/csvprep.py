@@ -190,6 +190,26 @@ BLOCK_BYTES = 4 << 20   # pyarrow holds ~40 blocks' worth while reading (620 MB 
 READER_BYTES = 48 * BLOCK_BYTES   # a file's reader (measured: peak 155 MB at 4 MB blocks), one a worker
 
 
+def _continuing(tail, batch, key, most=256):
+    """How many rows at the start of ``batch`` go on with the order of ``tail`` (one order's rows: the same
+    ``key`` column value, spaces trimmed as ``_csvparse.order_runs`` trims them), or None where that is not
+    simple to tell (a null or non-ASCII key, or more than ``most`` rows)."""
+    def trimmed(value):
+        return value.strip(" ") if value is not None and value.isascii() else None
+
+    order = trimmed(tail.column(key)[0].as_py())
+    if order is None:
+        return None
+    keys = batch.column(key).slice(0, most + 1).to_pylist()
+    for i, value in enumerate(keys):
+        value = trimmed(value)
+        if value is None:
+            return None
+        if value != order:
+            return i
+    return len(keys) if len(keys) <= most else None
+
+
 def _buffers(array, valid=True):
     """(int32 offsets of the rows, data bytes, 0/1 validity bytes — or None without ``valid``) of a string
     array, for the kernel."""
@@ -261,7 +281,21 @@ class _Reader:
             for batch in batches:
                 if invalid or self.budget.stop:
                     return False
-                window = batch if tail is None or tail.num_rows == 0 else pa.concat_batches([tail, batch])
+                window = batch
+                if tail is not None and tail.num_rows:
+                    # The last batch's last order, with its rows at the start of this one, on its own: not the
+                    # whole batch copied behind it.
+                    k = _continuing(tail, batch, names["order_id"])
+                    if k is None or k == batch.num_rows:
+                        window = pa.concat_batches([tail, batch])
+                    else:
+                        head = pa.concat_batches([tail, batch.slice(0, k)]) if k else tail
+                        used = self._window(head, file_idx, row, names, merchant, seed, final=True)
+                        if used is None:
+                            return False
+                        bar.update(used)
+                        row += used
+                        window = batch.slice(k)
                 used = self._window(window, file_idx, row, names, merchant, seed, final=False)
                 if used is None:
                     return False
