@@ -500,13 +500,25 @@ cdef extern from *:
             if (L == 0) return -LM_BLOCK;
             valid = (1ULL << L) - 1;
             for (k = 0; k < 5; k++) sum[k] = (int64_t)m.s[k];
-            for (j = L; j < LM_BLOCK; j++) {      /* the last run's rows: not done */
-                int64_t a = amounts[i + j];
+            if (lm_cpu_avx2) {
+                /* The last run's rows (L..63: row 63 and the set bits of ~valid below it), not
+                   done, are in row L's period: taken back from the sums of its thresholds. */
+                int64_t a = (int64_t)((uint64_t)amounts[i + 63]
+                                      + (uint64_t)lm_bits_sum4(amounts + i, ~valid & ~(1ULL << 63)));
                 sum[0] -= a;
-                sum[1] -= a & -(int64_t)((g0 >> j) & 1);
-                sum[2] -= a & -(int64_t)((g1 >> j) & 1);
-                sum[3] -= a & -(int64_t)((g2 >> j) & 1);
-                sum[4] -= a & -(int64_t)((g3 >> j) & 1);
+                sum[1] -= a & -(int64_t)((g0 >> L) & 1);
+                sum[2] -= a & -(int64_t)((g1 >> L) & 1);
+                sum[3] -= a & -(int64_t)((g2 >> L) & 1);
+                sum[4] -= a & -(int64_t)((g3 >> L) & 1);
+            } else {
+                for (j = L; j < LM_BLOCK; j++) {      /* the last run's rows: not done */
+                    int64_t a = amounts[i + j];
+                    sum[0] -= a;
+                    sum[1] -= a & -(int64_t)((g0 >> j) & 1);
+                    sum[2] -= a & -(int64_t)((g1 >> j) & 1);
+                    sum[3] -= a & -(int64_t)((g2 >> j) & 1);
+                    sum[4] -= a & -(int64_t)((g3 >> j) & 1);
+                }
             }
             /* Period q_lo + k has the rows with t > e[k - 1] and not t > e[k] (K: q_hi - q_lo);
                every period's revenue is checked before any is added. */
