@@ -438,3 +438,70 @@ def test_period_ends_give_every_timestamp_the_tables_period(units_per_day, perio
     bad = tables.copy()
     bad[0, 100, 0] = bad[0, 100, 0] + 1
     assert _scan.period_ends(bad, shift, ts_max, periods.n_periods(period) + 1) is None
+
+
+@st.composite
+def member_heavy_orders(draw):
+    """A sorted table of one merchant whose blocks are few-period blocks full of member runs.
+
+    Customers of 1 to 3 runs (1 to 5 orders each) in years 2019..2023 (1 to 5 "year" periods a
+    block), each run a member run with probability `density` (its reward rows: all, the first,
+    the last or random), so a period of a block has 0 to 60 member rows and reward rows: the
+    AVX2 copy sums them eight (members) or four (rewards) set bits a step, and steps past the
+    last bit are taken back. Amounts small, or all just under 2^57 (the few-period path's gate:
+    a period's member sum near 2^63), or mixed.
+    """
+    n = draw(st.sampled_from([64, 65, 128, 129, 200]) | st.integers(64, 260))
+    density = draw(st.sampled_from([0.0, 1.0, 1.0, 0.9, 0.5, 0.1]))
+    years = draw(st.sampled_from([[2021], [2020, 2021], [2019, 2021, 2023], [2019, 2020, 2021, 2022, 2023]]))
+    amounts = draw(st.sampled_from(["small", "huge", "mixed"]))
+    merchant, customer, ts, amount, reward = [], [], [], [], []
+    c = 100
+    while len(ts) < n:
+        c += draw(st.integers(1, 2))
+        runs = sorted(draw(st.lists(st.sampled_from(years), min_size=1, max_size=3, unique=True)))
+        for year in runs:
+            length = draw(st.integers(1, 5))
+            member = draw(st.floats(0, 1)) < density
+            where = draw(st.sampled_from(["all", "first", "last", "random"]))
+            t0 = int(dt.datetime(year, 1, 1, tzinfo=dt.timezone.utc).timestamp()) + draw(st.integers(0, 10**6))
+            for k in range(length):
+                merchant.append(7)
+                customer.append(c)
+                ts.append(t0 + 86_400 * k)
+                if amounts == "huge" or (amounts == "mixed" and draw(st.booleans())):
+                    amount.append(2**57 - 1 - draw(st.integers(0, 3)))
+                else:
+                    amount.append(draw(st.integers(0, 10_000)))
+                reward.append(member and {"all": True, "first": k == 0, "last": k == length - 1}.get(
+                    where, draw(st.booleans()) or k == 0))
+    return pa.table({
+        "merchant_id": pa.array(merchant, pa.int64()),
+        "customer_id": pa.array(customer, draw(st.sampled_from([pa.int32(), pa.int64()]))),
+        "order_ts": pa.array(ts, pa.int64()).cast(pa.timestamp("s", tz="UTC")),
+        "amount": pa.array(amount, pa.int64()),
+        "reward": pa.array(reward, pa.bool_()),
+    })
+
+
+@settings(deadline=None, max_examples=200)
+@given(orders=member_heavy_orders(), period=st.sampled_from(["year", "year", "quarter"]))
+def test_member_and_reward_revenue_of_few_period_blocks_match_the_scalar_copy_and_the_twin(orders, period):
+    """Member and reward revenue as sums over set bits (AVX2 copy) against the scalar copy's
+    bit loops, the row-by-row twin and the reference, with 0 to all rows members and rewards."""
+    from loyaltymetrics import _scan
+
+    actual = _outcome(orders, period=period, threads=1)
+    twin = _outcome(orders, period=period, threads=1, engine="numba")
+    was = _scan._use_avx2(False)
+    try:
+        scalar = _outcome(orders, period=period, threads=1)
+    finally:
+        _scan._use_avx2(was)
+    if isinstance(actual, pa.Table):
+        assert isinstance(twin, pa.Table) and actual.equals(twin) and actual.equals(scalar)
+        if max(orders.column("amount").to_pylist()) < 2**40:
+            assert_tables_match(actual, reference_compute(orders, None, period=period),
+                                columns=reference_columns(()))
+    else:
+        assert actual == twin == scalar
