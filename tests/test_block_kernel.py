@@ -392,9 +392,15 @@ def period_edge_orders(draw):
 @settings(deadline=None, max_examples=150)
 @given(case=period_edge_orders(), period=st.sampled_from(["year", "year", "quarter", "month"]))
 def test_blocks_on_local_period_boundaries_match_the_twin_and_the_reference(case, period):
+    orders, merchants = case
+    _agrees_with_the_scalar_copy_the_twin_and_the_reference(orders, merchants, period)
+
+
+def _agrees_with_the_scalar_copy_the_twin_and_the_reference(orders, merchants, period):
+    """The table (or the error) of the block kernel equals the scalar copy's (``_use_avx2(False)``), the
+    Numba twin's and, where no sum nears int64's edge, the reference's."""
     from loyaltymetrics import _scan
 
-    orders, merchants = case
     actual = _outcome(orders, merchants=merchants, period=period, threads=1)
     twin = _outcome(orders, merchants=merchants, period=period, threads=1, engine="numba")
     was = _scan._use_avx2(False)          # the scalar copy of the mask functions
@@ -489,19 +495,4 @@ def member_heavy_orders(draw):
 def test_member_and_reward_revenue_of_few_period_blocks_match_the_scalar_copy_and_the_twin(orders, period):
     """Member and reward revenue as sums over set bits (AVX2 copy) against the scalar copy's
     bit loops, the row-by-row twin and the reference, with 0 to all rows members and rewards."""
-    from loyaltymetrics import _scan
-
-    actual = _outcome(orders, period=period, threads=1)
-    twin = _outcome(orders, period=period, threads=1, engine="numba")
-    was = _scan._use_avx2(False)
-    try:
-        scalar = _outcome(orders, period=period, threads=1)
-    finally:
-        _scan._use_avx2(was)
-    if isinstance(actual, pa.Table):
-        assert isinstance(twin, pa.Table) and actual.equals(twin) and actual.equals(scalar)
-        if max(orders.column("amount").to_pylist()) < 2**40:
-            assert_tables_match(actual, reference_compute(orders, None, period=period),
-                                columns=reference_columns(()))
-    else:
-        assert actual == twin == scalar
+    _agrees_with_the_scalar_copy_the_twin_and_the_reference(orders, None, period)
