@@ -238,7 +238,8 @@ def test_finalize_without_its_second_thread_and_with_an_error_on_it(period, monk
     rng = np.random.default_rng(7)
     whole = _random_partials(rng, n_periods=14, period_base={"year": 51, "month": 612}[period])
     merchants = read_merchants(None)
-    expected = fin.finalize(whole, merchants, ("merchant",), period)
+    expected = fin.finalize(whole, merchants, ("merchant",), period)   # one thread
+    _tables_equal(fin.finalize(whole, merchants, ("merchant",), period, threads=2), expected)
     started = []
 
     def refuse(self):
@@ -246,7 +247,7 @@ def test_finalize_without_its_second_thread_and_with_an_error_on_it(period, monk
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(fin.threading.Thread, "start", refuse)
-    _tables_equal(fin.finalize(whole, merchants, ("merchant",), period), expected)
+    _tables_equal(fin.finalize(whole, merchants, ("merchant",), period, threads=2), expected)
     assert started == ["loyaltymetrics-finalize"]
     monkeypatch.undo()
     yoy = fin._yoy
@@ -257,5 +258,6 @@ def test_finalize_without_its_second_thread_and_with_an_error_on_it(period, monk
         return yoy(values, *args)
 
     monkeypatch.setattr(fin, "_yoy", failing)
-    with pytest.raises(MemoryError, match="no memory for the YoY"):
-        fin.finalize(whole, merchants, ("merchant",), period)
+    for threads in (1, 2):
+        with pytest.raises(MemoryError, match="no memory for the YoY"):
+            fin.finalize(whole, merchants, ("merchant",), period, threads=threads)

@@ -114,7 +114,7 @@ def compute(orders: Orders, merchants: Merchants | None = None, *, by: GroupKeys
     partials = scan_partials(orders, columns, period, refunds, engine, threads, chunk_rows, progress,
                              merchant_table.zones(timezone), "compute")
     return finalize(partials, merchant_table, by, period, size_edges, source=source_label(orders),
-                    observation_start=observation_start, observation_end=observation_end)
+                    observation_start=observation_start, observation_end=observation_end, threads=threads)
 
 
 def check_scan_options(period, timezone, size_edges, observation_start, observation_end, engine, threads,

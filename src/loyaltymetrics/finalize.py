@@ -329,11 +329,13 @@ def _nullable_strings(values):
 
 
 def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, source="orders",
-             observation_start=None, observation_end=None):
+             observation_start=None, observation_end=None, threads=1):
     """The SPEC §7 table from ``Partials`` and an ``inputs.Merchants``; ``source`` names the input in errors.
 
     ``observation_start``/``observation_end``: the observation window of
     SPEC §3 (``check_observation``), by default the orders' dates.
+    ``threads``: with more than one, the YoY columns are worked out on two
+    threads (``compute`` passes its own); the table is the same.
     """
     p = combine(partials, source)
     window = observation_window(p.day_range, observation_start, observation_end)
@@ -415,7 +417,8 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
 
     # The YoY columns are worked out on two threads, the base metrics' first (while this one works
     # out the derived metrics): NumPy lets go of the GIL inside each operation, so they overlap.
-    tasks = _Tasks(yoy_of, [(name, values, valid, row) for (name, (values, valid)), row in zip(base_order.items(), yoy_rows)])
+    tasks = _Tasks(yoy_of, [(name, values, valid, row) for (name, (values, valid)), row in zip(base_order.items(), yoy_rows)],
+                   second_thread=threads > 1)
     try:
         prev_period = _shift(group_id, group_period, 1, period)
         customers_prev = _take(metrics["customers"], prev_period)
@@ -448,22 +451,24 @@ def _yoy(values, valid, year_ago, compared, out):
 
 
 class _Tasks:
-    """Calls ``fn(*task)`` for each task on this thread and a second one, which starts at once.
+    """Calls ``fn(*task)`` for each task on this thread and (``second_thread``) a second one, which starts at once.
 
     ``add`` gives more tasks, ``close`` says there are no more (always call it),
     ``run`` (on this thread) takes tasks until none is left, waits for the
-    other thread and raises what either raised. Where no thread can start,
-    ``run`` does them all.
+    other thread and raises what either raised. Without a second thread (or
+    where none can start) ``run`` does them all.
     """
 
-    def __init__(self, fn, tasks):
+    def __init__(self, fn, tasks, second_thread=True):
         self._fn, self._tasks, self._next, self._closed, self._errors = fn, list(tasks), 0, False, []
         self._ready = threading.Condition()
-        self._thread = threading.Thread(target=self._work, name="loyaltymetrics-finalize", daemon=True)
-        try:
-            self._thread.start()
-        except RuntimeError:   # can't start new thread
-            self._thread = None
+        self._thread = None
+        if second_thread:
+            self._thread = threading.Thread(target=self._work, name="loyaltymetrics-finalize", daemon=True)
+            try:
+                self._thread.start()
+            except RuntimeError:   # can't start new thread
+                self._thread = None
 
     def add(self, tasks):
         with self._ready:

@@ -153,12 +153,12 @@ def scan_orders(batches, period, refunds=False, engine="cython", threads=None,
     # The states' partials, each sorted with one row a (merchant, period), merged into one such (what
     # finalize.combine would make of them, without concatenating, sorting and summing).
     rows = sum(len(p.merchant_id) for p in parts)
-    merchant, period, counts = np.empty(rows, np.int64), np.empty(rows, np.int32), np.empty((rows, len(PARTIAL_COLUMNS)), np.int64)
+    merged = np.empty(rows, np.int64), np.empty(rows, np.int32), np.empty((rows, len(PARTIAL_COLUMNS)), np.int64)
     n = _scan.merge_partials([p.merchant_id for p in parts], [p.period for p in parts], [p.counts for p in parts],
-                             merchant, period, counts)
+                             *merged)
     if n >= 0:
-        return Partials(merchant[:n], period[:n], counts[:n], month_range, day_range)
-    return Partials(   # an overflow: finalize.combine says where
+        return Partials(*(column[:n] for column in merged), month_range, day_range)
+    return Partials(   # a sum that overflows (or a part not sorted): finalize.combine says where
         np.concatenate([p.merchant_id for p in parts]),
         np.concatenate([p.period for p in parts]),
         np.concatenate([p.counts for p in parts]),
