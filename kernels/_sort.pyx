@@ -106,13 +106,15 @@ cdef void _pack(const key_m[::1] m, const key_c[::1] c, uint64_t mlo, uint64_t c
                   << index_bits) | <uint64_t>i
 
 
-def grouped_order(merchant_id, customer_id, order_ts):
+def grouped_order(merchant_id, customer_id, order_ts, bint overwrite=False):
     """int64 indices sorting rows stably by (merchant_id, customer_id, order_ts), or None.
 
     When (merchant_id, customer_id) and the row index pack into 64 bits: one sort of the packed key, then
     each store-customer's rows (in input order) sorted by ``order_ts`` in place — an insertion
     sort for the usual few rows, numpy's stable sort for long runs. None when they do not
-    pack: use ``stable_order``.
+    pack: use ``stable_order``. ``overwrite``: ``customer_id`` (a writable contiguous int64 array) may
+    be overwritten, and the packed keys are written over it instead of into fresh memory (whose first
+    touch costs more than the packing on a virtual machine).
     """
     m = np.ascontiguousarray(merchant_id)
     c = np.ascontiguousarray(customer_id)
@@ -126,7 +128,10 @@ def grouped_order(merchant_id, customer_id, order_ts):
     index_bits = (n - 1).bit_length()
     if mbits + cbits + index_bits > 64:
         return None   # stable_order's radix passes
-    packed = np.empty(n, np.uint64)
+    if overwrite and c.dtype == np.int64 and c.flags.writeable and c.flags.c_contiguous:
+        packed = c.view(np.uint64)   # each row's key is read before its packed key is written
+    else:
+        packed = np.empty(n, np.uint64)
     _pack_any(m, c, mlo % (1 << 64), clo % (1 << 64), cbits, index_bits, packed)
     # The row index in the low bits makes every key distinct, so NumPy's (unstable, vectorized)
     # sort is stable here: 5e6 rows 0.1 s, against 0.4 s for radix passes.

@@ -243,6 +243,12 @@ def test_the_radix_kernels_sort_stably_as_lexsort(rows, long_runs):
     grouped = _sort.grouped_order(m, c, t)
     if grouped is not None:
         assert np.array_equal(grouped, expected)
+    # The packed keys written over an int64 customer column (fastprep's scratch): the same order.
+    c64 = c.astype(np.int64)
+    overwritten = _sort.grouped_order(m, c64, t, overwrite=True)
+    assert (overwritten is None) == (grouped is None)
+    if grouped is not None:
+        assert np.array_equal(overwritten, expected)
 
 
 @pytest.mark.parametrize("radix", [True, False])

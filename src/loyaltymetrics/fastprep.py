@@ -433,7 +433,7 @@ def _order(merchant_ids, customer_ids, ts, scratch=None):
             bucket = ts[start:start + (1 << 20)] - np.int64(tlo)
             bucket >>= np.int64(tbits - spare)
             key[start:start + (1 << 20)] |= bucket
-    order = _sort.grouped_order(merchant_ids, key, ts)
+    order = _sort.grouped_order(merchant_ids, key, ts, overwrite=key is not customer_ids)
     if order is None:
         order = _sort.stable_order([merchant_ids, customer_ids, ts])
     return order
