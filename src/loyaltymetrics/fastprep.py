@@ -410,7 +410,7 @@ def _order(merchant_ids, customer_ids, ts, scratch=None):
     the customers with thousands of orders real data has. The bits the packed key leaves free carry the
     top bits of order_ts (a time bucket, monotone in order_ts) below the customer, so that runs are rows
     of one customer in one bucket: short, and the order the same. ``scratch``: an int64 array of n rows
-    free to overwrite (for that key).
+    free to overwrite (for that key; then the packed keys, and the order returned is a view of it).
     """
     from . import _sort
 
