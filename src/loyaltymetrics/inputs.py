@@ -880,7 +880,7 @@ class _MappedFile:
         file changed since it was opened, or its pages cannot be read.
         """
         self.watch.check(row)
-        if self._advise(arrays, _MADV_POPULATE_READ) == errno.EFAULT:
+        if self._populate_pages(arrays) == errno.EFAULT:
             self.watch.check(row)
             raise InputChangedError(
                 self.watch.source, row,
@@ -929,16 +929,15 @@ class _MappedFile:
         if _madvise is not None and end > start:
             _madvise(start, end - start, _MADV_DONTNEED)
 
-    def _advise(self, arrays, advice):
-        """madvise the pages of ``arrays``; the errno of the first failure, or 0."""
+    def _populate_pages(self, arrays):
+        """MADV_POPULATE_READ the pages of ``arrays`` (those in the map); the errno of the first failure, or 0."""
         if _madvise is None:
             return 0
-        base, size = self.buffer.address, self.buffer.size
         for array in arrays:
             address = array.__array_interface__["data"][0]
-            if array.nbytes and base <= address < base + size:  # compressed files decode elsewhere
+            if array.nbytes and self.holds(address):  # compressed files decode elsewhere
                 start = address // mmap.PAGESIZE * mmap.PAGESIZE
-                if _madvise(start, address + array.nbytes - start, advice) != 0 and advice == _MADV_POPULATE_READ:
+                if _madvise(start, address + array.nbytes - start, _MADV_POPULATE_READ) != 0:
                     return ctypes.get_errno()   # EINVAL on kernels before 5.14: pages fault in as usual
         return 0
 
@@ -1014,12 +1013,9 @@ class Merchants:
         """The ``name`` of each of ``merchant_id`` (None where missing or null), or None without names."""
         if self.name is None:
             return None
-        merchant_id = np.asarray(merchant_id, dtype=np.int64)
-        idx = np.searchsorted(self.merchant_id, merchant_id)
-        found = idx < len(self.merchant_id)
-        found[found] = self.merchant_id[idx[found]] == merchant_id[found]
-        out = np.full(len(merchant_id), None, dtype=object)
-        out[found] = self.name[idx[found]]
+        found, idx = self._find(np.asarray(merchant_id, dtype=np.int64))
+        out = np.full(len(found), None, dtype=object)
+        out[found] = self.name[idx]
         return out
 
     def _find(self, merchant_id):
