@@ -341,16 +341,14 @@ def _plan(window, threads, let_go=False):
         if cut is None:
             break
         cuts.append(cut)
+        errors.append(_cut_error(_slice(window, starts, cut - 1, cut), _slice(window, starts, cut, cut + 1)))
         if let_go:
-            errors.append(_cut_error(_slice(window, starts, cut - 1, cut), _slice(window, starts, cut, cut + 1)))
             # Up to the rows read for this cut: a Sweep keeps the 2 MiB around them until the next cut.
             for batch, lo, _ in _slice(window, starts, cut, cut + 1):
                 if batch.mapped is not None:
                     sweeps[id(batch.mapped)].upto(batch, lo)
     edges = [0] + cuts + [total]
     chunks = [_slice(window, starts, a, b) for a, b in zip(edges, edges[1:])]
-    if not let_go:
-        errors = [_cut_error(chunks[i - 1], segments) for i, segments in enumerate(chunks) if i]
     return [(segments, errors[i - 1] if i else None) for i, segments in enumerate(chunks)]
 
 
