@@ -1329,7 +1329,6 @@ cdef struct lm_parts:
     Py_ssize_t *at
 
 
-
 def merge_partials(list merchants, list periods, list counts, int64_t[::1] out_merchant not None,
                    int32_t[::1] out_period not None, int64_t[:, ::1] out_counts not None):
     """Merge the partials of several states into ``out_*``; rows of one (merchant, period) are added up.
@@ -1394,14 +1393,16 @@ cdef Py_ssize_t _merge(lm_parts parts, Py_ssize_t k, Py_ssize_t cols, int64_t *o
             a = parts.at[i]
             if a < parts.n[i]:
                 m, p = parts.m[i][a], parts.p[i][a]
-                if a and (m < parts.m[i][a - 1] or (m == parts.m[i][a - 1] and p <= parts.p[i][a - 1])):
-                    return -1       # not sorted with one row a pair
                 if best < 0 or m < bm or (m == bm and p < bp):
                     best, bm, bp = i, m, p
         if best < 0:
             return o
         a = parts.at[best]
         parts.at[best] = a + 1
+        if a + 1 < parts.n[best]:   # the part's next row must come after this one
+            m, p = parts.m[best][a + 1], parts.p[best][a + 1]
+            if m < bm or (m == bm and p <= bp):
+                return -1       # not sorted with one row a pair
         row = parts.c[best] + a * cols
         if o and om[o - 1] == bm and op[o - 1] == bp:
             for c in range(cols):
