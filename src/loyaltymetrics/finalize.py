@@ -415,16 +415,17 @@ def finalize(partials, merchants, by, period, size_edges=DEFAULT_SIZE_EDGES, sou
     def yoy_of(name, values, valid, out):
         yoy[name] = _to_arrow(*_yoy(values, valid, year_ago, compared, out))
 
+    def tasks_of(metrics, rows):   # (name, values, valid, its YoY row) of each metric
+        return [(name, values, valid, row) for (name, (values, valid)), row in zip(metrics.items(), rows)]
+
     # The YoY columns are worked out on two threads, the base metrics' first (while this one works
     # out the derived metrics): NumPy lets go of the GIL inside each operation, so they overlap.
-    tasks = _Tasks(yoy_of, [(name, values, valid, row) for (name, (values, valid)), row in zip(base_order.items(), yoy_rows)],
-                   second_thread=threads > 1)
+    tasks = _Tasks(yoy_of, tasks_of(base_order, yoy_rows), second_thread=threads > 1)
     try:
         prev_period = _shift(group_id, group_period, 1, period)
         customers_prev = _take(metrics["customers"], prev_period)
         derived = _derived(base_order, customers_prev, derived_rows)
-        tasks.add([(name, values, valid, row) for (name, (values, valid)), row
-                   in zip(derived.items(), yoy_rows[len(base_order):])])
+        tasks.add(tasks_of(derived, yoy_rows[len(base_order):]))
     finally:
         tasks.close()
     tasks.run()
